@@ -1,0 +1,364 @@
+"""Data sources named by a request, loaded as labelled image tensors.
+
+Every source yields (x float32 tensor, y int64) in a fixed order; forget indices
+address the train split in exactly that order. Nothing here unpickles: CIFAR is
+read from its official *binary* distribution, SVHN from its .mat files, the
+MNIST family from its idx files (through torchvision), tensors from
+safetensors or npz (allow_pickle=False).
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .errors import DataError
+from .request import DataSpec, Normalize, Request
+
+DIGITS_TEST_SIZE = 360  # scikit-learn digits: 1797 images -> 1437 train / 360 test
+DIGITS_SPLIT_SEED = 0
+
+
+class LabelledData:
+    """A labelled data set: `len`, `targets`, `subset(indices)`, `batches(...)`.
+
+    In-memory tensors are sliced directly (fast path for small data); other
+    sources go through a single-process DataLoader.
+    """
+
+    def __init__(self, dataset: Dataset, targets: torch.Tensor, x: Optional[torch.Tensor] = None):
+        self.dataset = dataset
+        self.targets = targets.long()
+        self.x = x  # set when all inputs are in memory
+
+    @classmethod
+    def from_tensors(cls, x: torch.Tensor, y: torch.Tensor) -> "LabelledData":
+        return cls(torch.utils.data.TensorDataset(x, y), y, x=x)
+
+    def __len__(self) -> int:
+        return int(self.targets.shape[0])
+
+    def subset(self, indices: Sequence[int] | torch.Tensor) -> "LabelledData":
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        if self.x is not None:
+            return LabelledData.from_tensors(self.x[idx], self.targets[idx])
+        return LabelledData(torch.utils.data.Subset(self.dataset, idx.tolist()), self.targets[idx])
+
+    def batches(
+        self, batch_size: int, shuffle: bool = False, generator: Optional[torch.Generator] = None
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield (x, y) CPU batches; shuffled with `generator` when asked."""
+        n = len(self)
+        if self.x is not None:
+            order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+            for start in range(0, n, batch_size):
+                idx = order[start:start + batch_size]
+                yield self.x[idx], self.targets[idx]
+            return
+        loader = DataLoader(self.dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, num_workers=0)
+        for x, y in loader:
+            yield x.float(), torch.as_tensor(y).long()
+
+    def take(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch (x, y) at positions `idx`."""
+        if self.x is not None:
+            return self.x[idx], self.targets[idx]
+        items = [self.dataset[int(i)] for i in idx]
+        return torch.stack([torch.as_tensor(a).float() for a, _ in items]), self.targets[idx]
+
+    def sample(self, k: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """A random batch of k samples (with replacement only if k > len)."""
+        n = len(self)
+        idx = torch.randperm(n, generator=generator)[:k] if k <= n else torch.randint(n, (k,), generator=generator)
+        return self.take(idx)
+
+    def input_shape(self) -> tuple[int, ...]:
+        x, _ = self.dataset[0]
+        return tuple(torch.as_tensor(x).shape)
+
+
+@dataclass
+class Splits:
+    """What a request's data resolves to: train split, test split, and the forget/retain partition."""
+
+    train: LabelledData
+    test: LabelledData
+    forget_idx: torch.Tensor
+    retain_idx: torch.Tensor
+    scenario: str  # "class" or "sample"
+    forget_classes: list[int]
+
+    @property
+    def forget(self) -> LabelledData:
+        return self.train.subset(self.forget_idx)
+
+    @property
+    def retain(self) -> LabelledData:
+        return self.train.subset(self.retain_idx)
+
+
+# ---------------------------------------------------------------- preprocessing
+
+def _normalize(x: torch.Tensor, norm: Optional[Normalize], where: str) -> torch.Tensor:
+    if norm is None:
+        return x
+    c = x.shape[1] if x.dim() == 4 else 1
+    if len(norm.mean) not in (1, c):
+        raise DataError(f"{where}.preprocess.normalize has {len(norm.mean)} values but the images have {c} channels; give one value per channel")
+    shape = (1, -1, 1, 1) if x.dim() == 4 else (1, -1)
+    mean = torch.tensor(norm.mean, dtype=x.dtype).view(*shape)
+    std = torch.tensor(norm.std, dtype=x.dtype).view(*shape)
+    return (x - mean) / std
+
+
+def _resize(x: torch.Tensor, size: Optional[int]) -> torch.Tensor:
+    if size is None or x.dim() != 4:
+        return x
+    return torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+
+
+def _uint8_images_to_tensor(images: np.ndarray, spec: DataSpec, where: str) -> torch.Tensor:
+    """(N, H, W[, C]) uint8 -> (N, C, H, W) float32 in [0, 1], resized and normalised."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).float().div_(255.0)
+    x = x.unsqueeze(1) if x.dim() == 3 else x.permute(0, 3, 1, 2).contiguous()
+    x = _resize(x, spec.preprocess.resize)
+    return _normalize(x, spec.preprocess.normalize, where)
+
+
+# ---------------------------------------------------------------- sources
+
+def _load_tensors(spec: DataSpec, path: Path, where: str) -> LabelledData:
+    if not path.exists():
+        raise DataError(f"{where}.path: {path} not found; give a .safetensors or .npz file with keys x and y")
+    try:
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as f:
+                arrays = {k: f[k] for k in f.files}
+            tensors = {k: torch.from_numpy(np.asarray(v)) for k, v in arrays.items()}
+        else:
+            from safetensors.torch import load_file
+
+            tensors = load_file(str(path))
+    except Exception as e:  # noqa: BLE001 - any parse failure is the user's file
+        raise DataError(f"{where}.path: {path} is not a readable .safetensors/.npz file ({type(e).__name__}); save x and y with safetensors.torch.save_file") from None
+    missing = [k for k in ("x", "y") if k not in tensors]
+    if missing:
+        raise DataError(f"{where}.path: {path} lacks key(s) {', '.join(missing)}; it must hold x (N, ...) float and y (N,) int64")
+    x, y = tensors["x"], tensors["y"]
+    if y.dim() != 1 or x.shape[0] != y.shape[0]:
+        raise DataError(f"{where}.path: {path}: x has {tuple(x.shape)} and y {tuple(y.shape)}; y must be (N,) with N = len(x)")
+    if y.dtype.is_floating_point or y.dtype == torch.bool:
+        raise DataError(f"{where}.path: {path}: y has dtype {y.dtype}; class labels must be integers (int64)")
+    if x.dtype == torch.uint8:
+        x = x.float().div_(255.0)
+    x = x.float()
+    x = _resize(x, spec.preprocess.resize)
+    x = _normalize(x, spec.preprocess.normalize, where)
+    return LabelledData.from_tensors(x.contiguous(), y.long())
+
+
+def _load_digits(spec: DataSpec, role: str, where: str) -> LabelledData:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    d = load_digits()
+    images = d.images.astype(np.float32) / 16.0
+    idx_train, idx_test = train_test_split(
+        np.arange(len(d.target)), test_size=DIGITS_TEST_SIZE, random_state=DIGITS_SPLIT_SEED, stratify=d.target
+    )
+    idx = idx_train if (spec.split or role) == "train" else idx_test
+    x = torch.from_numpy(images[idx]).unsqueeze(1)
+    x = _resize(x, spec.preprocess.resize)
+    x = _normalize(x, spec.preprocess.normalize, where)
+    return LabelledData.from_tensors(x.contiguous(), torch.from_numpy(d.target[idx]).long())
+
+
+def _read_cifar_binary(folder: Path, files: list[str], label_bytes: int, label_offset: int) -> tuple[np.ndarray, np.ndarray]:
+    """CIFAR binary format: each record is label byte(s) then 3072 bytes (R, G, B planes of 32x32)."""
+    record = label_bytes + 3072
+    xs, ys = [], []
+    for name in files:
+        raw = np.fromfile(folder / name, dtype=np.uint8)
+        if raw.size % record:
+            raise DataError(f"{folder / name} has {raw.size} bytes, not a multiple of {record}; the file is truncated, download it again")
+        raw = raw.reshape(-1, record)
+        ys.append(raw[:, label_offset].astype(np.int64))
+        xs.append(raw[:, label_bytes:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+CIFAR_LAYOUT = {
+    # name: (folder, train files, test files, label bytes, which label byte, archive url)
+    "CIFAR10": ("cifar-10-batches-bin", [f"data_batch_{i}.bin" for i in range(1, 6)], ["test_batch.bin"], 1, 0,
+                "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"),
+    "CIFAR100": ("cifar-100-binary", ["train.bin"], ["test.bin"], 2, 1,
+                 "https://www.cs.toronto.edu/~kriz/cifar-100-binary.tar.gz"),
+}
+
+
+def _load_cifar(name: str, spec: DataSpec, root: Path, role: str, where: str) -> LabelledData:
+    folder_name, train_files, test_files, label_bytes, label_offset, url = CIFAR_LAYOUT[name]
+    folder = root / folder_name
+    files = train_files if (spec.split or role) == "train" else test_files
+    if not all((folder / f).exists() for f in files) and spec.download:
+        from torchvision.datasets.utils import download_and_extract_archive
+
+        download_and_extract_archive(url, download_root=str(root))
+    missing = [f for f in files if not (folder / f).exists()]
+    if missing:
+        pickled = root / ("cifar-10-batches-py" if name == "CIFAR10" else "cifar-100-python")
+        hint = (f" ({pickled.name} is the pickle edition, which this tool never unpickles)" if pickled.exists() else "")
+        raise DataError(f"{where}: {name} binary files not found in {folder}{hint}; extract {url.rsplit('/', 1)[1]} into {root} or set download: true")
+    images, labels = _read_cifar_binary(folder, files, label_bytes, label_offset)
+    return LabelledData.from_tensors(_uint8_images_to_tensor(images, spec, where), torch.from_numpy(labels))
+
+
+def _load_svhn(spec: DataSpec, root: Path, role: str, where: str) -> LabelledData:
+    split = spec.split or role
+    path = root / f"{split}_32x32.mat"
+    if not path.exists() and spec.download:
+        import torchvision
+
+        torchvision.datasets.SVHN(str(root), split=split, download=True)
+    if not path.exists():
+        raise DataError(f"{where}: {path} not found; put torchvision's SVHN file {path.name} in root or set download: true")
+    from scipy.io import loadmat
+
+    try:
+        mat = loadmat(str(path))
+        images = np.transpose(mat["X"], (3, 0, 1, 2))  # (32, 32, 3, N) -> (N, 32, 32, 3)
+        labels = mat["y"].astype(np.int64).reshape(-1)
+    except Exception as e:  # noqa: BLE001
+        raise DataError(f"{where}: {path} is not a readable SVHN .mat file ({type(e).__name__}); download it again") from None
+    labels[labels == 10] = 0  # SVHN stores digit 0 as label 10, like torchvision we map it to 0
+    return LabelledData.from_tensors(_uint8_images_to_tensor(images, spec, where), torch.from_numpy(labels))
+
+
+def _load_mnist_family(name: str, spec: DataSpec, root: Path, role: str, where: str) -> LabelledData:
+    import torchvision
+
+    cls = getattr(torchvision.datasets, name)
+    try:
+        ds = cls(str(root), train=(spec.split or role) == "train", download=spec.download)
+    except RuntimeError as e:
+        raise DataError(f"{where}: {name} not found under {root / name / 'raw'} ({e}); put the idx files there or set download: true") from None
+    return LabelledData.from_tensors(_uint8_images_to_tensor(ds.data.numpy(), spec, where), ds.targets.clone())
+
+
+def _load_imagefolder(spec: DataSpec, path: Path, where: str) -> LabelledData:
+    import torchvision
+    from torchvision import transforms as T
+
+    if not path.is_dir():
+        raise DataError(f"{where}.path: {path} is not a folder; give a folder with one sub-folder of images per class")
+    steps = []
+    if spec.preprocess.grayscale:
+        steps.append(T.Grayscale(1))
+    if spec.preprocess.resize:
+        steps.append(T.Resize((spec.preprocess.resize, spec.preprocess.resize)))
+    steps.append(T.ToTensor())
+    if spec.preprocess.normalize:
+        steps.append(T.Normalize(spec.preprocess.normalize.mean, spec.preprocess.normalize.std))
+    try:
+        ds = torchvision.datasets.ImageFolder(str(path), transform=T.Compose(steps))
+    except (FileNotFoundError, RuntimeError) as e:
+        raise DataError(f"{where}.path: {path}: {e}; give a folder with one sub-folder of images per class") from None
+    return LabelledData(ds, torch.tensor(ds.targets, dtype=torch.long))
+
+
+def load_split(spec: DataSpec, role: str, base_dir: Path) -> LabelledData:
+    """Load one split (`role` is 'train' or 'test', the default split to read)."""
+    where = f"data.{role}"
+    src = spec.source
+    if src == "tensors":
+        return _load_tensors(spec, _resolve(base_dir, spec.path), where)
+    if src == "sklearn:digits":
+        return _load_digits(spec, role, where)
+    if src == "imagefolder":
+        return _load_imagefolder(spec, _resolve(base_dir, spec.path), where)
+    name = src.split(":", 1)[1]
+    root = _resolve(base_dir, spec.root)
+    if name in CIFAR_LAYOUT:
+        return _load_cifar(name, spec, root, role, where)
+    if name == "SVHN":
+        return _load_svhn(spec, root, role, where)
+    return _load_mnist_family(name, spec, root, role, where)
+
+
+def _resolve(base_dir: Path, p: Optional[str]) -> Path:
+    path = Path(p or ".").expanduser()
+    return path if path.is_absolute() else base_dir / path
+
+
+def resolve_forget(request: Request, train: LabelledData, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forget and retain index tensors for the request, checked against the data and model."""
+    n = len(train)
+    present = set(torch.unique(train.targets).tolist())
+    if request.forget.classes is not None:
+        classes = request.forget.classes
+        outside = [c for c in classes if c >= num_classes]
+        if outside:
+            raise DataError(f"forget.classes: class {outside[0]} is outside the model's {num_classes} classes (0..{num_classes - 1}); name a class the model predicts")
+        absent = [c for c in classes if c not in present]
+        if absent:
+            raise DataError(f"forget.classes: class {absent[0]} has no sample in the train split; name a class that occurs in the data")
+        mask = torch.isin(train.targets, torch.tensor(classes))
+    else:
+        indices = request.forget_indices_list() or []
+        bad = [i for i in indices if i >= n]
+        if bad:
+            raise DataError(f"forget.indices: index {bad[0]} is out of range for a train split of {n} samples (valid 0..{n - 1}); fix the index list")
+        mask = torch.zeros(n, dtype=torch.bool)
+        mask[torch.tensor(indices, dtype=torch.long)] = True
+    forget_idx = torch.nonzero(mask).flatten()
+    retain_idx = torch.nonzero(~mask).flatten()
+    if len(forget_idx) == 0:
+        raise DataError("forget: the forget set is empty; name classes or indices that exist in the train split")
+    if len(retain_idx) == 0:
+        raise DataError("forget: the request forgets the whole train split, so nothing is retained; forget a subset")
+    return forget_idx, retain_idx
+
+
+def check_labels(data: LabelledData, num_classes: int, where: str) -> None:
+    """Labels must be valid class ids of the model's output."""
+    if len(data) == 0:
+        raise DataError(f"{where}: the split is empty; give a split with samples")
+    lo, hi = int(data.targets.min()), int(data.targets.max())
+    if lo < 0 or hi >= num_classes:
+        raise DataError(f"{where}: labels range {lo}..{hi} but the model has {num_classes} outputs; set model.kwargs num_classes to match the data")
+
+
+def load_splits(request: Request, num_classes: int, train: Optional[LabelledData] = None) -> Splits:
+    """Train and test splits plus the forget/retain partition, checked against the model's classes."""
+    train = train if train is not None else load_split(request.data.train, "train", request.base_dir)
+    test = load_split(request.data.test, "test", request.base_dir)
+    check_labels(train, num_classes, "data.train")
+    check_labels(test, num_classes, "data.test")
+    if train.input_shape() != test.input_shape():
+        raise DataError(f"data: train inputs have shape {train.input_shape()} but test inputs {test.input_shape()}; preprocess both splits the same way")
+    forget_idx, retain_idx = resolve_forget(request, train, num_classes)
+    return Splits(
+        train=train,
+        test=test,
+        forget_idx=forget_idx,
+        retain_idx=retain_idx,
+        scenario=request.forget.scenario,
+        forget_classes=list(request.forget.classes or []),
+    )
+
+
+def write_idx_images(path: Path, images: np.ndarray) -> None:
+    """Write uint8 images (N, H, W) in the idx3 format that MNIST-family readers expect (used by tests and tools)."""
+    n, h, w = images.shape
+    path.write_bytes(struct.pack(">IIII", 2051, n, h, w) + images.astype(np.uint8).tobytes())
+
+
+def write_idx_labels(path: Path, labels: np.ndarray) -> None:
+    """Write uint8 labels (N,) in the idx1 format."""
+    path.write_bytes(struct.pack(">II", 2049, len(labels)) + labels.astype(np.uint8).tobytes())

@@ -1,0 +1,47 @@
+"""One error hierarchy for the library; the CLI maps it to exit codes in one place.
+
+Every message is one line that names the problem and the fix.
+"""
+
+
+class UnlearnError(Exception):
+    """Base class: bad input the user can fix (exit code 2)."""
+
+    exit_code = 2
+
+
+class RequestError(UnlearnError):
+    """The deletion request YAML is malformed or inconsistent."""
+
+
+class DataError(UnlearnError):
+    """The data named by the request cannot be loaded or does not fit the request."""
+
+
+class ModelError(UnlearnError):
+    """The architecture named by the request cannot be built."""
+
+
+class CheckpointError(UnlearnError):
+    """The checkpoint cannot be read or does not match the architecture."""
+
+
+class OutputError(UnlearnError):
+    """The output cannot be written (exists without --force, unwritable folder, ...)."""
+
+
+class UnknownMethodError(UnlearnError, KeyError):
+    """A method name that is not registered."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class MethodError(UnlearnError):
+    """A method's parameters are invalid or the method cannot run on this input."""
+
+
+class GateFailure(UnlearnError):
+    """An audit gate failed (exit code 3): the deletion could not be shown."""
+
+    exit_code = 3

@@ -1,0 +1,275 @@
+"""The deletion request (YAML, schema version 1): what to forget, from which model and data.
+
+Validated with pydantic; unknown keys are errors; relative paths are relative to
+the request file's folder. This module does not import torch, so a malformed
+request is rejected instantly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import RequestError
+
+SCHEMA_VERSION = 1
+DATA_SOURCES = ("tensors", "imagefolder", "sklearn:digits", "torchvision:<Dataset>")
+TORCHVISION_DATASETS = ("CIFAR10", "CIFAR100", "MNIST", "FashionMNIST", "KMNIST", "SVHN")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSpec(_Strict):
+    arch: str = Field(
+        description="torchvision:<name> (e.g. torchvision:resnet18), builtin:<name> (mlp, small_cnn), "
+        "or python:<module>:<callable> (runs your code; module found beside the request or on PYTHONPATH)."
+    )
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the constructor.")
+
+    @field_validator("arch")
+    @classmethod
+    def _arch_form(cls, v: str) -> str:
+        if not re.fullmatch(r"(torchvision:[A-Za-z0-9_]+|builtin:[A-Za-z0-9_]+|python:[A-Za-z0-9_.]+:[A-Za-z0-9_]+)", v):
+            raise ValueError(
+                f"'{v}' is not a model source; use torchvision:<name>, builtin:<name> or python:<module>:<callable>"
+            )
+        return v
+
+
+class Normalize(_Strict):
+    mean: list[float] = Field(description="Per-channel mean subtracted after scaling to [0, 1].")
+    std: list[float] = Field(description="Per-channel standard deviation divided after the mean.")
+
+    @model_validator(mode="after")
+    def _same_length(self) -> "Normalize":
+        if len(self.mean) != len(self.std) or not self.mean:
+            raise ValueError("mean and std must be non-empty lists of the same length (one value per channel)")
+        if any(s <= 0 for s in self.std):
+            raise ValueError("std values must be > 0")
+        return self
+
+
+class Preprocess(_Strict):
+    resize: Optional[int] = Field(None, gt=0, description="Resize images to this square size (torchvision, imagefolder).")
+    grayscale: bool = Field(False, description="Convert images to one channel (imagefolder).")
+    normalize: Optional[Normalize] = Field(None, description="Channel normalisation applied last.")
+
+
+class DataSpec(_Strict):
+    source: str = Field(
+        description="tensors (a .safetensors or .npz file with x, y), torchvision:<Dataset> (CIFAR10, CIFAR100, "
+        "MNIST, FashionMNIST, KMNIST, SVHN) with root, imagefolder with path, or sklearn:digits (built in)."
+    )
+    path: Optional[str] = Field(None, description="File (tensors) or folder (imagefolder); relative to the request.")
+    root: Optional[str] = Field(None, description="torchvision data root folder; relative to the request.")
+    download: bool = Field(False, description="Let torchvision download the data set into root (needs network).")
+    split: Optional[str] = Field(
+        None, description="Which split to read: train/test (default: the role, train or test); SVHN also 'extra'."
+    )
+    preprocess: Preprocess = Field(default_factory=Preprocess, description="Resize and normalisation.")
+
+    @model_validator(mode="after")
+    def _source_needs(self) -> "DataSpec":
+        s = self.source
+        if s == "tensors" or s == "imagefolder":
+            if not self.path:
+                raise ValueError(f"source '{s}' needs 'path'")
+        elif s.startswith("torchvision:"):
+            name = s.split(":", 1)[1]
+            if name not in TORCHVISION_DATASETS:
+                raise ValueError(f"unknown torchvision data set '{name}'; supported: {', '.join(TORCHVISION_DATASETS)}")
+            if not self.root:
+                raise ValueError(f"source '{s}' needs 'root' (the folder that holds the data set)")
+        elif s != "sklearn:digits":
+            raise ValueError(f"unknown data source '{s}'; use one of: {', '.join(DATA_SOURCES)}")
+        if self.split is not None and self.split not in ("train", "test", "extra"):
+            raise ValueError(f"split '{self.split}' is not one of train, test, extra")
+        return self
+
+
+class DataSection(_Strict):
+    train: DataSpec = Field(description="The training data the model saw; forget indices address this split.")
+    test: DataSpec = Field(description="Held-out data, for test accuracy and as the never-seen reference.")
+    batch_size: int = Field(128, gt=0, description="Batch size for evaluation and the methods' default loaders.")
+
+
+class ForgetSpec(_Strict):
+    classes: Optional[list[int]] = Field(None, description="Class unlearning: every train sample of these classes.")
+    indices: Optional[list[int]] = Field(None, description="Sample unlearning: positions in the train split.")
+    indices_file: Optional[str] = Field(None, description="Sample unlearning: a text file, one index per line.")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "ForgetSpec":
+        given = [k for k in ("classes", "indices", "indices_file") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of classes, indices, indices_file (got {', '.join(given) or 'none'})")
+        for key in ("classes", "indices"):
+            values = getattr(self, key)
+            if values is not None:
+                if not values:
+                    raise ValueError(f"'{key}' is empty; name at least one")
+                if min(values) < 0:
+                    raise ValueError(f"'{key}' has a negative value {min(values)}; values are >= 0")
+                if len(set(values)) != len(values):
+                    dup = sorted({v for v in values if values.count(v) > 1})[:5]
+                    raise ValueError(f"'{key}' repeats {dup}; list each once")
+        return self
+
+    @property
+    def scenario(self) -> Literal["class", "sample"]:
+        return "class" if self.classes is not None else "sample"
+
+
+class MethodSpec(_Strict):
+    name: str = Field("rfa", description="Registered method name (see `unlearn methods`).")
+    params: dict[str, Any] = Field(default_factory=dict, description="Method parameters (see `unlearn methods NAME`).")
+
+
+class OutputSpec(_Strict):
+    mode: Literal["merged", "adapter"] = Field(
+        "merged", description="merged: a drop-in checkpoint with the same keys; adapter: a PEFT adapter folder."
+    )
+    path: Optional[str] = Field(None, description="Where to write; default <stem>.unlearned.safetensors beside the input.")
+
+
+class AuditSpec(_Strict):
+    gates: list[str] = Field(default_factory=list, description="Gate expressions, e.g. 'forget_acc <= 0.02'.")
+    reference: Optional[str] = Field(None, description="Retrained reference checkpoint; relative to the request.")
+
+
+class Request(_Strict):
+    version: Literal[1] = Field(description="Schema version; 1.")
+    id: str = Field(description="Free text, echoed in outputs and metadata.")
+    model: ModelSpec
+    data: DataSection
+    forget: ForgetSpec
+    method: MethodSpec = Field(default_factory=MethodSpec)
+    output: OutputSpec = Field(default_factory=OutputSpec)
+    audit: AuditSpec = Field(default_factory=AuditSpec)
+    seed: int = Field(0, ge=0, description="Seed for every random choice; same seed, same CPU output.")
+
+    # Set by load_request, not by the YAML.
+    _base_dir: Path = Path(".")
+    _path: Optional[Path] = None
+    _sha256: str = ""
+
+    def resolve(self, relative: str) -> Path:
+        """A path from the request, relative to the request file's folder."""
+        p = Path(relative).expanduser()
+        return p if p.is_absolute() else (self._base_dir / p)
+
+    @property
+    def base_dir(self) -> Path:
+        return self._base_dir
+
+    @property
+    def path(self) -> Optional[Path]:
+        return self._path
+
+    @property
+    def sha256(self) -> str:
+        return self._sha256
+
+    def forget_indices_list(self) -> Optional[list[int]]:
+        """The sample indices to forget (reading indices_file), or None for class unlearning."""
+        if self.forget.indices is not None:
+            return list(self.forget.indices)
+        if self.forget.indices_file is None:
+            return None
+        path = self.resolve(self.forget.indices_file)
+        try:
+            lines = path.read_text().splitlines()
+        except OSError as e:
+            raise RequestError(f"forget.indices_file: cannot read {path} ({e.strerror}); give an existing text file") from None
+        out: list[int] = []
+        for n, line in enumerate(lines, 1):
+            s = line.split("#", 1)[0].strip()
+            if not s:
+                continue
+            try:
+                out.append(int(s))
+            except ValueError:
+                raise RequestError(f"forget.indices_file: line {n} of {path} is '{s}', not an integer index; one index per line") from None
+        if not out:
+            raise RequestError(f"forget.indices_file: {path} has no indices; write one index per line")
+        if min(out) < 0:
+            raise RequestError(f"forget.indices_file: negative index {min(out)} in {path}; indices are >= 0")
+        if len(set(out)) != len(out):
+            raise RequestError(f"forget.indices_file: {path} repeats indices; list each once")
+        return out
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        parent_loc = first["loc"][:-1]
+        allowed = _allowed_keys(parent_loc)
+        msg = f"unknown key; allowed here: {', '.join(allowed)}" if allowed else "unknown key"
+    elif first["type"] == "missing":
+        msg = "required key is missing"
+    elif msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    more = f" (+{len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
+    return f"{source}: {loc}: {msg}{more}"
+
+
+def _allowed_keys(loc: tuple) -> list[str]:
+    model: Any = Request
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(str(part)) if hasattr(model, "model_fields") else None
+        if field is None:
+            return []
+        ann = field.annotation
+        # unwrap Optional[X]
+        args = getattr(ann, "__args__", None)
+        if args:
+            ann = next((a for a in args if isinstance(a, type) and issubclass(a, BaseModel)), ann)
+        model = ann
+    return list(model.model_fields) if hasattr(model, "model_fields") else []
+
+
+def parse_request(text: str, source: str = "request", base_dir: Path | None = None) -> Request:
+    """Parse and validate request YAML text (yaml.safe_load only)."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or "invalid YAML"
+        raise RequestError(f"{source}: malformed YAML{where}: {problem}; fix the syntax") from None
+    if not isinstance(raw, dict):
+        raise RequestError(f"{source}: expected a mapping of keys (version, id, model, data, forget, ...), got {type(raw).__name__}")
+    if "version" in raw and raw["version"] != SCHEMA_VERSION:
+        raise RequestError(f"{source}: version: {raw['version']!r} is not supported; this tool reads version {SCHEMA_VERSION}")
+    try:
+        req = Request.model_validate(raw)
+    except ValidationError as e:
+        raise RequestError(_format_validation_error(e, source)) from None
+    req._base_dir = (base_dir or Path(".")).resolve()
+    req._sha256 = hashlib.sha256(text.encode()).hexdigest()
+    return req
+
+
+def load_request(path: str | Path) -> Request:
+    """Read and validate a request file; relative paths in it resolve against its folder."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise RequestError(f"request file {path} not found; give the path of a deletion-request YAML") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise RequestError(f"request file {path} cannot be read ({e}); give a readable UTF-8 YAML file") from None
+    req = parse_request(text, source=str(path), base_dir=path.parent)
+    req._path = path.resolve()
+    return req

@@ -1,0 +1,54 @@
+"""Supervised training loops shared by `unlearn train` and the fine-tuning baselines."""
+
+from __future__ import annotations
+
+from typing import Callable, Literal, Optional
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from .data import LabelledData
+
+
+class TrainConfig(BaseModel):
+    """How `unlearn train` (and the `retrain` method) train a model from scratch."""
+
+    model_config = ConfigDict(extra="forbid")
+    epochs: int = Field(40, ge=1, description="Passes over the training data.")
+    lr: float = Field(1e-3, gt=0, description="Learning rate.")
+    optimizer: Literal["adam", "sgd"] = Field("adam", description="adam (small nets) or sgd with momentum 0.9 and cosine decay (ResNets).")
+    weight_decay: float = Field(0.0, ge=0, description="L2 weight decay.")
+    batch_size: int = Field(64, ge=1, description="Training batch size.")
+
+
+def make_optimizer(params, name: str, lr: float, weight_decay: float = 0.0, momentum: float = 0.9) -> torch.optim.Optimizer:
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+
+
+def fit(
+    model: nn.Module,
+    data: LabelledData,
+    config: TrainConfig,
+    device: torch.device,
+    generator: torch.Generator,
+    progress: Optional[Callable[[str, int, int], None]] = None,
+    task: str = "train",
+) -> nn.Module:
+    """Cross-entropy training on `data` (in place); returns the model in eval mode."""
+    model.to(device).train()
+    opt = make_optimizer(model.parameters(), config.optimizer, config.lr, config.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, config.epochs) if config.optimizer == "sgd" else None
+    for epoch in range(config.epochs):
+        for x, y in data.batches(config.batch_size, shuffle=True, generator=generator):
+            loss = nn.functional.cross_entropy(model(x.to(device)), y.to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        if sched is not None:
+            sched.step()
+        if progress:
+            progress(task, epoch + 1, config.epochs)
+    return model.eval()
