@@ -55,6 +55,8 @@ def apply(
     force: bool = typer.Option(False, "--force", help="Overwrite an existing output."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or tables."),
+    audit: bool = typer.Option(False, "--audit", help="Audit the result right away (request's audit.gates and audit.reference); exit 3 if a gate fails."),
+    report_dir: Optional[Path] = typer.Option(None, "--report-dir", help="With --audit: where to write the reports (default <output stem>.audit/)."),
 ) -> None:
     """Make the model forget what the request names and write the unlearned checkpoint."""
     from unlearn_tool.pipeline import apply as run_apply, prepare
@@ -72,11 +74,25 @@ def apply(
     summary = result.as_dict(job)
     for w in result.warnings:
         err(f"warning: {w}")
+    report = None
+    if audit:
+        from unlearn_tool.audit import audit_apply_result
+
+        report, folder = audit_apply_result(job, result, report_dir)
+        summary["audit"] = {"report_dir": str(folder), "verdict": report["verdict"], "gates": report["gates"], "warnings": report["warnings"]}
     if as_json:
         print_json(summary)
     elif not quiet:
         _print_before_after(result.before, result.after, f"{result.method} on request {req.id}")
         err(f"wrote {result.output} ({result.mode}) in {result.wall_time_s:.2f}s of unlearning")
+    if report is not None:
+        from unlearn_tool.audit import check_verdict
+
+        if not (as_json or quiet):
+            from .audit import print_summary
+
+            print_summary(report, folder)
+        check_verdict(report, str(folder / "report.md"))
 
 
 @app.command()
@@ -221,6 +237,8 @@ def _type_name(annotation: object) -> str:
 def main() -> None:  # pragma: no cover - console entry
     app()
 
+
+from . import audit as _audit  # noqa: E402,F401  (registers the command)
 
 if __name__ == "__main__":  # pragma: no cover
     app()

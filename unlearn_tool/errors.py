@@ -45,3 +45,7 @@ class GateFailure(UnlearnError):
     """An audit gate failed (exit code 3): the deletion could not be shown."""
 
     exit_code = 3
+
+
+class AuditError(UnlearnError):
+    """The audit's inputs are invalid: a malformed or unknown gate, an adapter that trained nothing, ..."""

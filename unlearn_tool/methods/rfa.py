@@ -22,12 +22,12 @@ import math
 from typing import Literal, Union
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 
 from .. import lora
 import peft  # noqa: F401  (imported with the registry, so the method's wall time is compute, not import)
 from ..evaluate import predict_logits
+from .common import kl_to_teacher
 from .base import MethodOutput, MethodParams, UnlearnContext, register_method
 
 
@@ -38,7 +38,7 @@ class RFAParams(MethodParams):
         "all", description="'all' Linear/Conv2d layers, 'head', 'last:N', or a list of layer names/regexes."
     )
     epochs: int = Field(30, ge=1, description="Maximum passes over the forget set (each forget batch is paired with a retain batch).")
-    lr: float = Field(1e-2, gt=0, description="Adam learning rate of the adapters.")
+    lr: float = Field(5e-3, gt=0, description="Adam learning rate of the adapters.")
     batch_size: int = Field(32, ge=1, description="Forget-set batch size.")
     retain_batch_size: int = Field(128, ge=1, description="Retain samples drawn per step (a sample of Dr, not all of it).")
     w_residual: float = Field(1.0, ge=0, description="Weight of the zero-residual term on retained data (relative residual energy).")
@@ -52,7 +52,10 @@ class RFAParams(MethodParams):
         "criterion", description="criterion: stop once the forget target is reached (checked every epoch); epochs: run all epochs."
     )
     stop_tolerance: float = Field(
-        0.01, ge=0, description="Class: stop when forget accuracy <= this. Sample: when mean forget confidence <= held-out mean + this."
+        0.01, ge=0, description="Class: forget accuracy <= this. Sample: mean forget confidence <= held-out mean + this."
+    )
+    retain_agreement: float = Field(
+        0.99, ge=0, le=1, description="Also required to stop: share of a retain probe on which the student and teacher agree (argmax)."
     )
 
 
@@ -91,10 +94,6 @@ def _soft_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return -(target * logits.log_softmax(1)).sum(1).mean()
 
 
-def _distill(student: torch.Tensor, teacher: torch.Tensor, t: float) -> torch.Tensor:
-    return F.kl_div((student / t).log_softmax(1), (teacher / t).log_softmax(1), log_target=True, reduction="batchmean") * t * t
-
-
 def run(ctx: UnlearnContext, p: RFAParams) -> MethodOutput:
     device, teacher = ctx.device, ctx.original.eval()
     forget, retain = ctx.forget, ctx.retain
@@ -122,6 +121,9 @@ def run(ctx: UnlearnContext, p: RFAParams) -> MethodOutput:
     scale = {n: feats[n].pow(2).mean().clamp_min(1e-8) for n in layers}
     name_of = {name: name.removeprefix("base_model.model.") for name, _ in lora.lora_layers(model)}
 
+    probe_x, _ = retain.sample(min(len(retain), 1024), ctx.generator(2))
+    with torch.no_grad():
+        teacher_probe = (probe_x, teacher(probe_x.to(device)).argmax(1))
     params = lora.adapter_parameters(model)
     opt = torch.optim.Adam(params, lr=p.lr)
     targets = targets.to(device)
@@ -142,14 +144,14 @@ def run(ctx: UnlearnContext, p: RFAParams) -> MethodOutput:
                 out = model(torch.cat([xf, xr]))
             nf = len(idx)
             loss_forget = _soft_ce(out[:nf], targets[idx.to(device)])
-            loss_align = _distill(out[nf:], t_retain, p.temperature)
+            loss_align = kl_to_teacher(out[nf:], t_retain, p.temperature)
             loss_res = torch.stack([r[nf:].pow(2).mean() / scale[name_of[n]] for n, r in res.items()]).mean()
             loss = p.w_forget * loss_forget + p.w_align * loss_align + p.w_residual * loss_res
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
         ctx.report("rfa", epoch, p.epochs)
-        if p.stop == "criterion" and _reached(model, forget, targets, scenario, heldout_conf, p.stop_tolerance, device, ctx.batch_size):
+        if p.stop == "criterion" and _reached(model, teacher_probe, forget, scenario, heldout_conf, p, device, ctx.batch_size):
             stop_reason = "criterion"
             break
     info.update({"epochs_run": epoch, "steps": epoch * steps_per_epoch, "stop_reason": stop_reason})
@@ -157,12 +159,17 @@ def run(ctx: UnlearnContext, p: RFAParams) -> MethodOutput:
 
 
 @torch.no_grad()
-def _reached(model, forget, targets, scenario, heldout_conf, tol, device, batch_size) -> bool:
+def _reached(model, teacher_probe, forget, scenario, heldout_conf, p: RFAParams, device, batch_size) -> bool:
+    """The measured stopping rule: forget target reached and retained behaviour still the teacher's."""
+    probe_x, teacher_pred = teacher_probe
+    agreement = float((model(probe_x.to(device)).argmax(1) == teacher_pred).float().mean())
+    if agreement < p.retain_agreement:
+        return False
     logits, y = predict_logits(model, forget, device, batch_size)
     if scenario == "other_classes":
-        return float((logits.argmax(1) == y).float().mean()) <= tol
+        return float((logits.argmax(1) == y).float().mean()) <= p.stop_tolerance
     conf = logits.softmax(1).gather(1, y[:, None]).mean()
-    return float(conf) <= heldout_conf + tol
+    return float(conf) <= heldout_conf + p.stop_tolerance
 
 
 register_method(

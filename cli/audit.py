@@ -1,0 +1,82 @@
+"""`unlearn audit`: measure whether the model forgot, against the original and a retrained reference.
+
+Registered on the main app by the import at the end of cli/main.py. No torch at module level.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from .common import err, handle_errors, print_json
+from .main import DeviceOpt, RequestOpt, app
+
+
+def print_summary(report: dict[str, Any], folder: Path) -> None:
+    """A rich table on stderr: metrics per model, gaps, gates and warnings."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from unlearn_tool.audit.report import fmt, gate_rows, summary_rows
+
+    console = Console(stderr=True)
+    header, rows = summary_rows(report)
+    table = Table(title=f"audit of request {report['request']['id']} ({report['request']['scenario']} unlearning)")
+    for i, h in enumerate(header):
+        table.add_column(h, justify="left" if i == 0 else "right")
+    for r in rows:
+        table.add_row(*r)
+    console.print(table)
+    console.print(f"Avg Gap to the {report['baseline']}: {fmt(report['gaps'].get('avg_gap'), points=True)} points")
+    if report["gates"]:
+        gates = Table(title="gates")
+        for h in ("gate", "value", "result"):
+            gates.add_column(h)
+        for g in gate_rows(report):
+            gates.add_row(g[0], g[1], f"[green]{g[2]}[/green]" if g[2] == "pass" else f"[red]{g[2]}[/red]")
+        console.print(gates)
+    for w in report["warnings"]:
+        console.print(f"[yellow]warning:[/yellow] {w}", highlight=False)
+    console.print(f"verdict: [bold]{report['verdict']}[/bold]; reports in {folder}", highlight=False)
+
+
+def finish(report: dict[str, Any], folder: Path, as_json: bool, quiet: bool) -> None:
+    """Print the outcome, then turn a failed gate into exit 3 (reports are already written)."""
+    from unlearn_tool.audit import check_verdict
+
+    if as_json:
+        print_json(report)
+    elif not quiet:
+        print_summary(report, folder)
+    check_verdict(report, str(folder / "report.md"))
+
+
+@app.command()
+@handle_errors
+def audit(
+    request: Path = RequestOpt,
+    original: Path = typer.Option(..., "--original", help="The trained model before unlearning (.safetensors).", show_default=False),
+    unlearned: Path = typer.Option(..., "--unlearned", help="The unlearned model: a .safetensors file or a PEFT adapter folder.", show_default=False),
+    reference: Optional[Path] = typer.Option(None, "--reference", help="Retrained-without-the-forget-set model (default: the request's audit.reference)."),
+    report_dir: Optional[Path] = typer.Option(None, "--report-dir", help="Where to write report.json/.md/.html (default <unlearned stem>.audit/ beside it)."),
+    gate: list[str] = typer.Option([], "--gate", help="Gate 'metric op number', e.g. 'forget_acc <= 0.02' (repeatable; replaces the request's audit.gates)."),
+    device: str = DeviceOpt,
+    seed: Optional[int] = typer.Option(None, "--seed", help="Override the request's seed (attack sampling, random model for ZRF)."),
+    as_json: bool = typer.Option(False, "--json", help="Print report.json on stdout."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No summary table."),
+) -> None:
+    """Audit an unlearned model: accuracies, membership inference, distances to a reference, gates (exit 3 if one fails)."""
+    from unlearn_tool.request import load_request
+
+    req = load_request(request)
+    from unlearn_tool.audit import audit_files, parse_gates
+    from unlearn_tool.pipeline import prepare
+
+    gates = list(gate) if gate else list(req.audit.gates)
+    ref = reference if reference is not None else (req.resolve(req.audit.reference) if req.audit.reference else None)
+    parse_gates(gates, req.forget.scenario, ref is not None)  # a bad gate fails before any model is loaded
+    job = prepare(req, original, device=device, seed=seed)
+    report, folder = audit_files(job, unlearned, ref, gates, report_dir)
+    finish(report, folder, as_json, quiet)

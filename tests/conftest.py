@@ -1,0 +1,78 @@
+"""Shared fixtures: real scikit-learn digits data, small models trained once per session, the real CLI in-process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from cli.main import app
+
+DIGITS_TRAIN = 1437
+
+
+def write_request(
+    folder: Path,
+    forget: dict,
+    arch: str = "builtin:mlp",
+    method: Optional[dict] = None,
+    name: str = "request.yaml",
+    extra: Optional[dict] = None,
+    kwargs: Optional[dict] = None,
+) -> Path:
+    """Write a digits deletion request (YAML) into `folder` and return its path."""
+    req = {
+        "version": 1,
+        "id": f"test-{name}",
+        "model": {"arch": arch, "kwargs": kwargs if kwargs is not None else {"num_classes": 10}},
+        "data": {"train": {"source": "sklearn:digits"}, "test": {"source": "sklearn:digits"}},
+        "forget": forget,
+        "method": method or {"name": "rfa", "params": {}},
+        "seed": 0,
+    }
+    req.update(extra or {})
+    path = folder / name
+    path.write_text(yaml.safe_dump(req, sort_keys=False))
+    return path
+
+
+def random_indices(n: int = 144, seed: int = 0) -> list[int]:
+    """10% of the digits train split, fixed."""
+    return sorted(int(i) for i in np.random.default_rng(seed).choice(DIGITS_TRAIN, n, replace=False))
+
+
+def invoke(*args: str):
+    """Run the real `unlearn` CLI in-process; returns click's Result (exit_code, stdout, stderr)."""
+    return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture(scope="session")
+def digits_dir(tmp_path_factory) -> Path:
+    """A folder with request files and an MLP trained on digits (the 'original'), plus retrained references."""
+    folder = tmp_path_factory.mktemp("digits")
+    class_req = write_request(folder, {"classes": [3]}, name="class.yaml")
+    sample_req = write_request(folder, {"indices": random_indices()}, name="sample.yaml")
+    assert invoke("train", "-r", class_req, "-o", folder / "mlp.safetensors", "--quiet").exit_code == 0
+    assert invoke("train", "-r", class_req, "-o", folder / "mlp.retrain_class.safetensors", "--exclude-forget", "--quiet").exit_code == 0
+    assert invoke("train", "-r", sample_req, "-o", folder / "mlp.retrain_sample.safetensors", "--exclude-forget", "--quiet").exit_code == 0
+    return folder
+
+
+@pytest.fixture(scope="session")
+def digits_job(digits_dir):
+    """A prepared class-unlearning job (forget class 3) with the trained MLP loaded, for library-level tests."""
+    from unlearn_tool.pipeline import prepare
+
+    return prepare(digits_dir / "class.yaml", digits_dir / "mlp.safetensors", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def digits_sample_job(digits_dir):
+    """A prepared 10%-sample-unlearning job with the trained MLP loaded."""
+    from unlearn_tool.pipeline import prepare
+
+    return prepare(digits_dir / "sample.yaml", digits_dir / "mlp.safetensors", device="cpu")

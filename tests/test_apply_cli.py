@@ -1,0 +1,166 @@
+"""`unlearn apply` through the real CLI on real data (scikit-learn digits): it forgets, keeps utility, writes usable outputs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import invoke, random_indices, write_request
+from unlearn_tool.checkpoint import read_checkpoint, sha256_file
+from unlearn_tool.models import MLP
+
+
+def _apply_json(*args):
+    result = invoke("apply", *args, "--json", "--quiet")
+    assert result.exit_code == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_class_unlearning_forgets_the_class_and_keeps_the_rest(digits_dir, tmp_path):
+    before_sha = sha256_file(digits_dir / "mlp.safetensors")
+    out = _apply_json(digits_dir / "mlp.safetensors", "-r", digits_dir / "class.yaml", "-o", tmp_path / "u.safetensors")
+    before, after = out["before"], out["after"]
+    assert before["forget_acc"] > 0.9
+    assert after["forget_acc"] <= 0.05
+    assert after["test_forgotten_acc"] <= 0.05
+    assert after["test_remaining_acc"] >= before["test_remaining_acc"] - 0.02
+    assert after["retain_acc"] >= before["retain_acc"] - 0.02
+    assert out["scenario"] == "class" and out["forget_size"] > 100
+    assert sha256_file(digits_dir / "mlp.safetensors") == before_sha  # input untouched
+    assert out["output_sha256"] == sha256_file(tmp_path / "u.safetensors")
+
+
+def test_sample_unlearning_from_indices_file_matches_retraining(digits_dir, tmp_path):
+    idx_file = tmp_path / "forget.txt"
+    idx_file.write_text("# 10% of digits train\n" + "\n".join(map(str, random_indices())) + "\n")
+    req = write_request(tmp_path, {"indices_file": "forget.txt"})  # relative to the request's folder
+    out = _apply_json(digits_dir / "mlp.safetensors", "-r", req, "-o", tmp_path / "u.safetensors")
+    assert out["scenario"] == "sample" and out["forget_size"] == 144
+
+    from unlearn_tool.pipeline import prepare, utility
+
+    retrained = prepare(req, digits_dir / "mlp.retrain_sample.safetensors", device="cpu")
+    ref = utility(retrained.original, retrained.splits, retrained.device)
+    # forgotten samples look like unseen data (retrain level), not like errors
+    assert abs(out["after"]["forget_acc"] - ref["forget_acc"]) <= 0.05
+    assert out["after"]["forget_acc"] < out["before"]["forget_acc"] or out["before"]["forget_acc"] <= ref["forget_acc"]
+    assert out["after"]["test_acc"] >= out["before"]["test_acc"] - 0.02
+
+
+def test_merged_output_is_a_drop_in_replacement(digits_dir, tmp_path):
+    invoke("apply", digits_dir / "mlp.safetensors", "-r", digits_dir / "class.yaml", "-o", tmp_path / "u.safetensors", "--quiet")
+    original = load_file(str(digits_dir / "mlp.safetensors"))
+    merged, metadata = read_checkpoint(tmp_path / "u.safetensors")
+    assert list(merged) == list(original) or set(merged) == set(original)
+    assert all(merged[k].shape == original[k].shape and merged[k].dtype == original[k].dtype for k in original)
+    model = MLP(num_classes=10)
+    model.load_state_dict(merged, strict=True)
+    assert any(not torch.equal(merged[k], original[k]) for k in original)
+    for key in ("model_arch", "request_id", "request_sha256", "method", "params", "parent_sha256", "tool_version", "seed", "wall_time_s"):
+        assert f"unlearn.{key}" in metadata, key
+    assert metadata["unlearn.parent_sha256"] == sha256_file(digits_dir / "mlp.safetensors")
+    assert metadata["unlearn.method"] == "rfa"
+
+
+def test_adapter_output_loads_with_peft_and_matches_merged(digits_dir, tmp_path):
+    from peft import PeftModel
+
+    r1 = invoke("apply", digits_dir / "mlp.safetensors", "-r", digits_dir / "class.yaml", "-o", tmp_path / "adapter", "--adapter-only", "--quiet")
+    assert r1.exit_code == 0, r1.stderr
+    assert "still in the base weights" in r1.stderr
+    assert (tmp_path / "adapter" / "adapter_config.json").exists()
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").exists()
+    r2 = invoke("apply", digits_dir / "mlp.safetensors", "-r", digits_dir / "class.yaml", "-o", tmp_path / "merged.safetensors", "--quiet")
+    assert r2.exit_code == 0, r2.stderr
+
+    base = MLP(num_classes=10)
+    base.load_state_dict(load_file(str(digits_dir / "mlp.safetensors")))
+    with_adapter = PeftModel.from_pretrained(base, str(tmp_path / "adapter")).eval()
+    merged = MLP(num_classes=10)
+    merged.load_state_dict(load_file(str(tmp_path / "merged.safetensors")))
+    merged.eval()
+    x = torch.rand(64, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(with_adapter(x), merged(x), atol=1e-4)
+        assert (with_adapter(x).argmax(1) == merged(x).argmax(1)).all()
+
+
+def test_same_seed_same_output_on_cpu(digits_dir, tmp_path):
+    for name in ("a", "b"):
+        r = invoke("apply", digits_dir / "mlp.safetensors", "-r", digits_dir / "class.yaml", "-o", tmp_path / f"{name}.safetensors", "--device", "cpu", "--quiet")
+        assert r.exit_code == 0, r.stderr
+    a, b = load_file(str(tmp_path / "a.safetensors")), load_file(str(tmp_path / "b.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    r = invoke("apply", digits_dir / "mlp.safetensors", "-r", digits_dir / "class.yaml", "-o", tmp_path / "c.safetensors", "--seed", "5", "--quiet")
+    c = load_file(str(tmp_path / "c.safetensors"))
+    assert any(not torch.equal(a[k], c[k]) for k in a)
+
+
+def test_existing_output_is_kept_without_force(digits_dir, tmp_path):
+    out = tmp_path / "u.safetensors"
+    out.write_bytes(b"precious")
+    r = invoke("apply", digits_dir / "mlp.safetensors", "-r", digits_dir / "class.yaml", "-o", out, "--quiet")
+    assert r.exit_code == 2 and "--force" in r.stderr
+    assert out.read_bytes() == b"precious"
+    r = invoke("apply", digits_dir / "mlp.safetensors", "-r", digits_dir / "class.yaml", "-o", out, "--quiet", "--force")
+    assert r.exit_code == 0, r.stderr
+    assert read_checkpoint(out)[1]["unlearn.method"] == "rfa"
+
+
+def test_default_output_path_is_beside_the_input(digits_dir, tmp_path):
+    import shutil
+
+    ckpt = tmp_path / "model.safetensors"
+    shutil.copy(digits_dir / "mlp.safetensors", ckpt)
+    req = write_request(tmp_path, {"classes": [1]})
+    r = invoke("apply", ckpt, "-r", req, "--quiet")
+    assert r.exit_code == 0, r.stderr
+    assert (tmp_path / "model.unlearned.safetensors").exists()
+
+
+def test_user_architecture_via_python_source(digits_dir, tmp_path):
+    (tmp_path / "my_nets.py").write_text(
+        "import torch.nn as nn\n"
+        "def tiny(num_classes=10):\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(64, 48), nn.ReLU(), nn.Linear(48, num_classes))\n"
+    )
+    req = write_request(tmp_path, {"classes": [7]}, arch="python:my_nets:tiny")
+    assert invoke("train", "-r", req, "-o", tmp_path / "tiny.safetensors", "--quiet", "--epochs", "30").exit_code == 0
+    out = _apply_json(tmp_path / "tiny.safetensors", "-r", req, "-o", tmp_path / "u.safetensors")
+    assert out["before"]["forget_acc"] > 0.85
+    assert out["after"]["forget_acc"] <= 0.05
+    assert out["after"]["test_remaining_acc"] >= out["before"]["test_remaining_acc"] - 0.03
+
+
+@pytest.mark.parametrize("arch", ["builtin:small_cnn"])
+def test_class_unlearning_on_a_cnn(tmp_path, arch):
+    req = write_request(tmp_path, {"classes": [5]}, arch=arch)
+    assert invoke("train", "-r", req, "-o", tmp_path / "cnn.safetensors", "--quiet").exit_code == 0
+    out = _apply_json(tmp_path / "cnn.safetensors", "-r", req, "-o", tmp_path / "u.safetensors")
+    assert out["before"]["forget_acc"] > 0.85
+    assert out["after"]["forget_acc"] <= 0.05
+    assert out["after"]["test_remaining_acc"] >= out["before"]["test_remaining_acc"] - 0.03
+
+
+def test_validate_and_inspect(digits_dir):
+    r = invoke("validate", "-r", digits_dir / "class.yaml", digits_dir / "mlp.safetensors", "--json")
+    assert r.exit_code == 0, r.stderr
+    info = json.loads(r.stdout)
+    assert info["ok"] and info["num_classes"] == 10 and info["scenario"] == "class"
+    assert info["forget_size"] + info["retain_size"] == info["train_size"] == 1437
+    r = invoke("inspect", digits_dir / "mlp.safetensors", "--json")
+    assert r.exit_code == 0
+    info = json.loads(r.stdout)
+    assert info["parameters"] == sum(p.numel() for p in MLP().parameters())
+    assert info["metadata"]["model_arch"] == "builtin:mlp"
+
+
+def test_methods_lists_rfa_with_parameters():
+    r = invoke("methods")
+    assert r.exit_code == 0 and "rfa" in r.stdout and "retrain" in r.stdout
+    r = invoke("methods", "rfa", "--json")
+    names = [p["name"] for p in json.loads(r.stdout)["params"]]
+    assert {"rank", "alpha", "target_layers", "epochs", "lr"} <= set(names)

@@ -1,0 +1,174 @@
+"""Every class of bad input: exit 2, one line naming the problem and the fix, no output written, inputs untouched."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from conftest import invoke, write_request
+from unlearn_tool.checkpoint import sha256_file
+
+
+def _assert_rejected(result, *fragments: str) -> None:
+    assert result.exit_code == 2, (result.exit_code, result.stderr)
+    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    for f in fragments:
+        assert f in lines[0], (f, lines[0])
+
+
+def _apply(digits_dir, req, out, *extra):
+    return invoke("apply", digits_dir / "mlp.safetensors", "-r", req, "-o", out, "--quiet", *extra)
+
+
+BAD_REQUESTS = {
+    "malformed_yaml": ("version: 1\nid: [unclosed\n", ["malformed YAML", "line"]),
+    "not_a_mapping": ("- just\n- a list\n", ["expected a mapping"]),
+    "unknown_key": (None, ["forget.colour", "unknown key", "classes"]),
+    "missing_model": (None, ["model", "required"]),
+    "bad_version": (None, ["version", "supported"]),
+    "both_classes_and_indices": (None, ["exactly one of classes, indices"]),
+    "bad_arch": (None, ["model.arch", "torchvision:<name>"]),
+    "bad_source": (None, ["unknown data source"]),
+    "duplicate_indices": (None, ["repeats"]),
+}
+
+
+def _bad_request_text(name: str, tmp_path) -> str:
+    text, _ = BAD_REQUESTS[name]
+    if text is not None:
+        return text
+    good = yaml.safe_load(write_request(tmp_path, {"classes": [3]}, name="good.yaml").read_text())
+    if name == "unknown_key":
+        good["forget"]["colour"] = "red"
+    elif name == "missing_model":
+        del good["model"]
+    elif name == "bad_version":
+        good["version"] = 7
+    elif name == "both_classes_and_indices":
+        good["forget"]["indices"] = [1, 2]
+    elif name == "bad_arch":
+        good["model"]["arch"] = "resnet18"
+    elif name == "bad_source":
+        good["data"]["train"]["source"] = "csv"
+    elif name == "duplicate_indices":
+        good["forget"] = {"indices": [4, 4, 5]}
+    return yaml.safe_dump(good)
+
+
+@pytest.mark.parametrize("name", sorted(BAD_REQUESTS))
+def test_schema_errors(digits_dir, tmp_path, name):
+    req = tmp_path / "bad.yaml"
+    req.write_text(_bad_request_text(name, tmp_path))
+    out = tmp_path / "out.safetensors"
+    _assert_rejected(_apply(digits_dir, req, out), *BAD_REQUESTS[name][1])
+    assert not out.exists()
+    _assert_rejected(invoke("validate", "-r", req), *BAD_REQUESTS[name][1])
+
+
+@pytest.mark.parametrize(
+    "forget, fragments",
+    [
+        ({"classes": [12]}, ["class 12", "outside the model's 10 classes"]),
+        ({"indices": [5, 99999]}, ["index 99999", "out of range", "1437"]),
+        ({"indices_file": "missing.txt"}, ["indices_file", "missing.txt"]),
+        ({"classes": list(range(10))}, ["nothing is retained"]),
+    ],
+)
+def test_request_inconsistent_with_data(digits_dir, tmp_path, forget, fragments):
+    req = write_request(tmp_path, forget)
+    out = tmp_path / "out.safetensors"
+    _assert_rejected(_apply(digits_dir, req, out), *fragments)
+    assert not out.exists()
+
+
+def test_class_absent_from_data(digits_dir, tmp_path):
+    train_req = write_request(tmp_path, {"classes": [3]}, kwargs={"num_classes": 12}, name="train.yaml")
+    ckpt = tmp_path / "m12.safetensors"
+    assert invoke("train", "-r", train_req, "-o", ckpt, "--epochs", "1", "--quiet").exit_code == 0
+    req = write_request(tmp_path, {"classes": [11]}, kwargs={"num_classes": 12})
+    _assert_rejected(invoke("apply", ckpt, "-r", req, "-o", tmp_path / "o.safetensors", "--quiet"), "class 11", "no sample")
+
+
+def test_non_integer_line_in_indices_file(digits_dir, tmp_path):
+    (tmp_path / "idx.txt").write_text("1\n2\nthree\n")
+    req = write_request(tmp_path, {"indices_file": "idx.txt"})
+    _assert_rejected(_apply(digits_dir, req, tmp_path / "o.safetensors"), "line 3", "three")
+
+
+def test_checkpoint_that_does_not_match_the_architecture(digits_dir, tmp_path):
+    req = write_request(tmp_path, {"classes": [3]}, arch="builtin:small_cnn")
+    out = tmp_path / "out.safetensors"
+    _assert_rejected(_apply(digits_dir, req, out), "does not match builtin:small_cnn", "missing", "model.arch")
+    assert not out.exists()
+    req = write_request(tmp_path, {"classes": [3]}, kwargs={"num_classes": 10, "hidden": [100, 64]}, name="wide.yaml")
+    _assert_rejected(_apply(digits_dir, req, out), "shape")
+
+
+def test_checkpoint_that_is_not_safetensors(digits_dir, tmp_path):
+    fake = tmp_path / "model.pt"
+    fake.write_bytes(b"\x80\x04PICKLE" * 10)
+    r = invoke("apply", fake, "-r", digits_dir / "class.yaml", "-o", tmp_path / "o.safetensors", "--quiet")
+    _assert_rejected(r, "not a valid safetensors file")
+    _assert_rejected(invoke("apply", tmp_path / "nope.safetensors", "-r", digits_dir / "class.yaml", "--quiet"), "not found")
+    _assert_rejected(invoke("inspect", fake), "not a valid safetensors")
+
+
+def test_unwritable_output(digits_dir, tmp_path):
+    _assert_rejected(_apply(digits_dir, digits_dir / "class.yaml", tmp_path / "no" / "such" / "dir" / "o.safetensors"), "does not exist")
+    if os.geteuid() != 0:  # root can write anywhere
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o500)
+        _assert_rejected(_apply(digits_dir, digits_dir / "class.yaml", ro / "o.safetensors"), "not writable")
+
+
+def test_output_may_not_overwrite_the_input(digits_dir, tmp_path):
+    import shutil
+
+    ckpt = tmp_path / "m.safetensors"
+    shutil.copy(digits_dir / "mlp.safetensors", ckpt)
+    sha = sha256_file(ckpt)
+    r = invoke("apply", ckpt, "-r", digits_dir / "class.yaml", "-o", ckpt, "--force", "--quiet")
+    _assert_rejected(r, "input checkpoint")
+    assert sha256_file(ckpt) == sha
+
+
+def test_unknown_method_and_bad_params(digits_dir, tmp_path):
+    out = tmp_path / "o.safetensors"
+    _assert_rejected(_apply(digits_dir, digits_dir / "class.yaml", out, "--method", "magic"), "unknown method 'magic'", "rfa")
+    _assert_rejected(_apply(digits_dir, digits_dir / "class.yaml", out, "--param", "rank=-1"), "method.params.rank")
+    _assert_rejected(_apply(digits_dir, digits_dir / "class.yaml", out, "--param", "colour=1"), "unknown parameter", "rank")
+    _assert_rejected(_apply(digits_dir, digits_dir / "class.yaml", out, "--method", "retrain", "--adapter-only"), "no adapter output")
+    assert not out.exists()
+
+
+def test_unavailable_device(digits_dir, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    _assert_rejected(_apply(digits_dir, digits_dir / "class.yaml", tmp_path / "o.safetensors", "--device", "cuda"), "CUDA is not available")
+    _assert_rejected(_apply(digits_dir, digits_dir / "class.yaml", tmp_path / "o.safetensors", "--device", "tpu"), "--device tpu")
+
+
+def test_help_and_schema_errors_do_not_import_torch(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("version: 1\nid: x\nforget: {classes: []}\n")
+    code = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from cli.main import app\n"
+        f"r = CliRunner().invoke(app, ['validate', '-r', {str(bad)!r}])\n"
+        "assert r.exit_code == 2, r.output\n"
+        "r = CliRunner().invoke(app, ['--help'])\n"
+        "assert r.exit_code == 0\n"
+        "print('torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert out.stdout.strip() == "False", out.stderr

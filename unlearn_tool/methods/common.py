@@ -1,0 +1,55 @@
+"""Small pieces the baseline methods share (loops over data, distillation loss)."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+
+from ..data import LabelledData
+
+
+def endless_batches(data: LabelledData, batch_size: int, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Shuffled batches forever (a new permutation each pass), for pairing a small set with a large one."""
+    while True:
+        yield from data.batches(batch_size, shuffle=True, generator=generator)
+
+
+def kl_to_teacher(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """KL(teacher || student) at temperature T, batch-mean, scaled by T^2 (Hinton); 'batchmean', never 'mean'."""
+    t = temperature
+    return F.kl_div((student_logits / t).log_softmax(1), (teacher_logits / t).log_softmax(1),
+                    log_target=True, reduction="batchmean") * t * t
+
+
+def other_labels(y: torch.Tensor, num_classes: int, generator: torch.Generator,
+                 exclude: list[int] | None = None, keep_true: bool = False) -> torch.Tensor:
+    """A uniformly random label per sample, never one in `exclude` and (unless keep_true) never the true one.
+
+    Used by random-label (Amnesiac / RL) and SalUn. Drawn on the CPU with `generator`, so a seed gives
+    the same labels on every device.
+    """
+    allowed = torch.ones(len(y), num_classes)
+    if exclude:
+        allowed[:, exclude] = 0.0
+    if not keep_true:
+        allowed[torch.arange(len(y)), y.cpu()] = 0.0
+    if (allowed.sum(1) == 0).any():
+        raise ValueError("no label left to draw from: every class is excluded")
+    return torch.multinomial(allowed, 1, generator=generator).squeeze(1)
+
+
+def mixed_batches(first: LabelledData, second: LabelledData, batch_size: int,
+                  generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """One shuffled pass over the union of two sets: (x, positions in `first`, positions in `second`) per batch.
+
+    x holds the `first` samples, then the `second` ones; works for in-memory and lazy data sets alike.
+    """
+    n1 = len(first)
+    order = torch.randperm(n1 + len(second), generator=generator)
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        i1, i2 = idx[idx < n1], idx[idx >= n1] - n1
+        xs = [d.take(i)[0] for d, i in ((first, i1), (second, i2)) if len(i)]
+        yield torch.cat(xs), i1, i2
