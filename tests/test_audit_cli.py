@@ -1,0 +1,157 @@
+"""`unlearn audit` and `unlearn apply --audit` end to end on digits, through the real CLI."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import invoke, write_request
+
+
+@pytest.fixture(scope="module")
+def outputs(digits_dir, tmp_path_factory):
+    """RFA outputs for class unlearning: a merged checkpoint and an adapter folder."""
+    folder = tmp_path_factory.mktemp("audit")
+    merged, adapter = folder / "out.safetensors", folder / "out_adapter"
+    r = invoke("apply", digits_dir / "mlp.safetensors", "-r", digits_dir / "class.yaml", "-o", merged, "--quiet")
+    assert r.exit_code == 0, r.stderr
+    r = invoke("apply", digits_dir / "mlp.safetensors", "-r", digits_dir / "class.yaml", "-o", adapter, "--adapter-only", "--quiet")
+    assert r.exit_code == 0, r.stderr
+    return {"dir": folder, "merged": merged, "adapter": adapter}
+
+
+def _audit(digits_dir, unlearned, *extra):
+    return invoke("audit", "-r", digits_dir / "class.yaml", "--original", digits_dir / "mlp.safetensors",
+                  "--unlearned", unlearned, "--device", "cpu", *extra)
+
+
+def _validate(report: dict) -> None:
+    import jsonschema
+
+    from unlearn_tool.audit import load_schema
+
+    jsonschema.Draft202012Validator(load_schema()).validate(report)
+
+
+def test_audit_with_reference_passing_gates(digits_dir, outputs, tmp_path):
+    r = _audit(digits_dir, outputs["merged"], "--reference", digits_dir / "mlp.retrain_class.safetensors",
+               "--report-dir", tmp_path / "rep", "--gate", "forget_acc <= 0.02", "--gate", "avg_gap <= 5.0",
+               "--gate", "test_remaining_acc_drop <= 0.05", "--json")
+    assert r.exit_code == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report == json.loads((tmp_path / "rep" / "report.json").read_text())
+    _validate(report)
+    assert report["schema"] == "unlearn.audit/v1" and report["verdict"] == "pass" and report["baseline"] == "reference"
+    assert [g["passed"] for g in report["gates"]] == [True, True, True]
+    unl, ref, orig = report["models"]["unlearned"], report["models"]["reference"], report["models"]["original"]
+    assert unl["forget_acc"] <= 0.02 and orig["forget_acc"] > 0.95 and ref["forget_acc"] <= 0.02
+    assert unl["test_forgotten_acc"] == 0.0 and unl["per_class_acc"][3] == 0.0
+    assert orig["mia_efficacy"] < 0.2 and unl["mia_efficacy"] > 0.8  # the original still knows class 3; RFA does not
+    assert report["gaps"]["avg_gap"] < 5.0 and report["models"]["reference"]["activation_distance"] is None
+    assert unl["activation_distance"]["forget"] > unl["activation_distance"]["retain"]
+    assert report["unlearning"]["method"] == "rfa" and report["unlearning"]["wall_time_s"] > 0
+    assert report["unlearning"]["params"]["rank"] == 8
+    sha = report["provenance"]["sha256"]
+    assert all(re.fullmatch(r"[0-9a-f]{64}", sha[k]) for k in ("request", "original", "unlearned", "reference"))
+    assert {"tool", "torch", "torchvision", "peft"} <= set(report["provenance"]["versions"])
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "| forget_acc <= 0.02 |" in md and "Avg Gap" in md
+
+
+def test_report_html_is_self_contained(digits_dir, outputs, tmp_path):
+    r = _audit(digits_dir, outputs["merged"], "--report-dir", tmp_path / "rep", "--quiet")
+    assert r.exit_code == 0, r.stderr
+    page = (tmp_path / "rep" / "report.html").read_text()
+    refs = re.findall(r"""(?:src|href)\s*=\s*["']([^"']*)""", page)
+    assert len([u for u in refs if u.startswith("data:image/png;base64,")]) == 2  # both plots embedded
+    assert not [u for u in refs if not u.startswith("data:")]
+    assert "http://" not in page and "https://" not in page
+    assert "<script" not in page and "@import" not in page
+
+
+def test_default_report_dir_and_baseline_original(digits_dir, outputs):
+    r = _audit(digits_dir, outputs["merged"], "--quiet")
+    assert r.exit_code == 0, r.stderr
+    report = json.loads((outputs["dir"] / "out.audit" / "report.json").read_text())
+    _validate(report)
+    assert report["baseline"] == "original" and report["models"]["reference"] is None
+    assert report["verdict"] == "no gates" and report["gaps"]["baseline"] == "original"
+
+
+def test_failing_gate_exits_3_after_writing_reports(digits_dir, outputs, tmp_path):
+    r = _audit(digits_dir, outputs["merged"], "--report-dir", tmp_path / "rep", "--gate", "forget_acc >= 0.5", "--quiet")
+    assert r.exit_code == 3
+    assert "forget_acc >= 0.5" in r.stderr
+    report = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert report["verdict"] == "fail" and report["gates"][0]["passed"] is False and report["gates"][0]["value"] == 0.0
+
+
+@pytest.mark.parametrize("gate, message", [
+    ("forget_accuracy <= 0.1", "known metrics: retain_acc, forget_acc"),
+    ("forget_acc <= os.system('x')", "expected '<metric> <op> <number>'"),
+    ("avg_gap <= 1", "give --reference"),
+])
+def test_invalid_gates_exit_2(digits_dir, outputs, tmp_path, gate, message):
+    r = _audit(digits_dir, outputs["merged"], "--report-dir", tmp_path / "rep", "--gate", gate, "--quiet")
+    assert r.exit_code == 2
+    assert message in r.stderr
+    assert not (tmp_path / "rep").exists()
+
+
+def test_adapter_folder_is_audited_as_base_plus_adapter(digits_dir, outputs, tmp_path):
+    r = _audit(digits_dir, outputs["adapter"], "--report-dir", tmp_path / "rep", "--gate", "forget_acc <= 0.02", "--json")
+    assert r.exit_code == 0, r.stderr
+    report = json.loads(r.stdout)
+    _validate(report)
+    assert report["provenance"]["inputs"]["unlearned_kind"] == "adapter"
+    assert any("the forgotten data is still in the base weights" in w for w in report["warnings"])
+    assert report["models"]["unlearned"]["forget_acc"] <= 0.02
+    assert report["unlearning"]["method"] == "rfa"
+
+
+def test_all_zero_adapter_is_rejected(digits_dir, outputs, tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    zero = tmp_path / "zero_adapter"
+    shutil.copytree(outputs["adapter"], zero)
+    weights = zero / "adapter_model.safetensors"
+    with safe_open(str(weights), framework="pt") as f:
+        meta = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    save_file({k: (v * 0 if "lora_B" in k else v) for k, v in tensors.items()}, str(weights), metadata=meta)
+    r = _audit(digits_dir, zero, "--report-dir", tmp_path / "rep", "--quiet")
+    assert r.exit_code == 2
+    assert "trained nothing" in r.stderr
+    assert not (tmp_path / "rep").exists()
+
+
+def test_apply_audit_uses_request_gates_and_reference(digits_dir, tmp_path):
+    audit = {"gates": ["forget_acc <= 0.02", "avg_gap <= 5.0"], "reference": str(digits_dir / "mlp.retrain_class.safetensors")}
+    req = write_request(tmp_path, {"classes": [3]}, name="gated.yaml", extra={"audit": audit})
+    r = invoke("apply", digits_dir / "mlp.safetensors", "-r", req, "-o", tmp_path / "out.safetensors", "--audit", "--json")
+    assert r.exit_code == 0, r.stderr
+    summary = json.loads(r.stdout)
+    assert summary["audit"]["verdict"] == "pass" and len(summary["audit"]["gates"]) == 2
+    report = json.loads((tmp_path / "out.audit" / "report.json").read_text())
+    _validate(report)
+    assert report["baseline"] == "reference" and report["provenance"]["sha256"]["unlearned"] == summary["output_sha256"]
+
+    strict = write_request(tmp_path, {"classes": [3]}, name="strict.yaml", extra={"audit": {"gates": ["retain_acc >= 1.01"]}})
+    r = invoke("apply", digits_dir / "mlp.safetensors", "-r", strict, "-o", tmp_path / "out2.safetensors",
+               "--audit", "--report-dir", tmp_path / "rep2", "--quiet")
+    assert r.exit_code == 3
+    assert (tmp_path / "out2.safetensors").exists() and (tmp_path / "rep2" / "report.json").exists()
+
+
+def test_schema_ships_with_the_package():
+    from unlearn_tool.audit import SCHEMA_PATH
+
+    assert SCHEMA_PATH.exists() and SCHEMA_PATH.parent.name == "audit"
+    assert json.loads(SCHEMA_PATH.read_text())["properties"]["schema"]["const"] == "unlearn.audit/v1"
+    text = Path(__file__).parents[1].joinpath("pyproject.toml").read_text()
+    assert 'unlearn_tool = ["audit/*.json"]' in text

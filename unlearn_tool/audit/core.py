@@ -1,0 +1,412 @@
+"""The audit: stream each model's outputs once, compute its metrics, compare with a baseline, apply gates."""
+
+from __future__ import annotations
+
+import copy
+import json
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import __version__
+from ..checkpoint import load_into, read_checkpoint, read_metadata_fields, sha256_file
+from ..data import LabelledData
+from ..errors import AuditError, CheckpointError, GateFailure
+from . import attacks
+from . import metrics as M
+from .gates import evaluate_gates, parse_gates
+
+SCHEMA = "unlearn.audit/v1"
+SETS = ("retain", "forget", "test")
+MAX_DISTANCE_SAMPLES = 5000  # per set: softmax rows kept for distances / JS / ZRF
+
+# Two-sided warning thresholds (fractions); docs/audit.md explains each.
+ACC_TOLERANCE = 0.05
+MIA_TOLERANCE = 0.10
+LOSS_AUC_TOLERANCE = 0.10
+UTILITY_DROP = 0.05
+
+ADAPTER_AUDIT_WARNING = (
+    "adapter-only output: the forgotten data is still in the base weights; this audit holds only for base + adapter, "
+    "so merge the adapter before deleting the original checkpoint"
+)
+
+
+# ---------------------------------------------------------------- model outputs
+
+@dataclass
+class SetOutputs:
+    """Per-sample figures of one model on one data set (all samples) plus softmax rows for a fixed subset."""
+
+    y: np.ndarray
+    pred: np.ndarray
+    conf: np.ndarray  # p_y
+    ent: np.ndarray  # H(p)
+    loss: np.ndarray  # CE
+    probs: np.ndarray  # softmax rows of the kept subset (same positions for every model)
+
+
+@dataclass
+class ModelOutputs:
+    sets: dict[str, SetOutputs] = field(default_factory=dict)
+
+
+def kept_positions(n: int, seed: int, offset: int, k: int = MAX_DISTANCE_SAMPLES) -> np.ndarray:
+    """The seeded subset of positions whose softmax rows are kept (all when n <= k): the same for every model."""
+    if n <= k:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed * 7919 + offset).choice(n, size=k, replace=False))
+
+
+@torch.no_grad()
+def stream_outputs(model: nn.Module, data: LabelledData, device: torch.device, batch_size: int, keep: np.ndarray) -> SetOutputs:
+    """One pass over `data` in batches: per-sample statistics for all samples, softmax rows only for `keep`."""
+    was_training = model.training
+    model.eval()
+    keep_mask = np.zeros(len(data), dtype=bool)
+    keep_mask[keep] = True
+    ys, preds, confs, ents, losses, kept = [], [], [], [], [], []
+    start = 0
+    for x, y in data.batches(batch_size):
+        logits = model(x.to(device)).float().cpu().numpy().astype(np.float64)
+        yy = y.numpy()
+        p = M.softmax(logits)
+        ys.append(yy)
+        preds.append(logits.argmax(1))
+        confs.append(M.true_class_confidence(p, yy))
+        ents.append(M.entropy(p))
+        losses.append(M.cross_entropy(logits, yy))
+        kept.append(p[keep_mask[start:start + len(yy)]])
+        start += len(yy)
+    model.train(was_training)
+    cat = (lambda parts: np.concatenate(parts) if parts else np.zeros(0))
+    return SetOutputs(y=cat(ys).astype(np.int64), pred=cat(preds).astype(np.int64), conf=cat(confs), ent=cat(ents),
+                      loss=cat(losses), probs=np.concatenate(kept) if kept else np.zeros((0, 0)))
+
+
+def model_outputs(model: nn.Module, job: Any, seed: int) -> ModelOutputs:
+    """Outputs of a model on retain, forget and test data of the job."""
+    out = ModelOutputs()
+    bs = job.request.data.batch_size
+    model = model.to(job.device)
+    for i, name in enumerate(SETS):
+        data = getattr(job.splits, name)
+        out.sets[name] = stream_outputs(model, data, job.device, bs, kept_positions(len(data), seed, i))
+    return out
+
+
+def random_forget_probs(job: Any, seed: int) -> np.ndarray:
+    """Softmax of a randomly initialised model of the same architecture (the ZRF 'incompetent teacher') on the kept forget rows."""
+    torch.manual_seed(seed)
+    rand = job.make_model().to(job.device)
+    forget = job.splits.forget
+    return stream_outputs(rand, forget, job.device, job.request.data.batch_size, kept_positions(len(forget), seed, 1)).probs
+
+
+# ---------------------------------------------------------------- per-model metrics
+
+def metrics_from_outputs(out: ModelOutputs, job: Any, seed: int, random_probs: Optional[np.ndarray] = None) -> dict[str, Any]:
+    """The per-model metric dict of report.json's models.* entries."""
+    s = out.sets
+    r, f, t = s["retain"], s["forget"], s["test"]
+    res: dict[str, Any] = {
+        "retain_acc": M.accuracy(r.pred, r.y),
+        "forget_acc": M.accuracy(f.pred, f.y),
+        "test_acc": M.accuracy(t.pred, t.y),
+    }
+    res["ua"] = 1.0 - res["forget_acc"]
+    res["test_remaining_acc"] = None
+    res["test_forgotten_acc"] = None
+    if job.splits.scenario == "class":
+        forgotten = np.isin(t.y, np.asarray(job.splits.forget_classes))
+        res["test_remaining_acc"] = M.accuracy(t.pred[~forgotten], t.y[~forgotten]) if (~forgotten).any() else None
+        res["test_forgotten_acc"] = M.accuracy(t.pred[forgotten], t.y[forgotten]) if forgotten.any() else None
+    res["per_class_acc"] = M.per_class_accuracy(t.pred, t.y, job.num_classes)
+    res["mia_efficacy"] = attacks.mia_efficacy(r.conf, t.conf, f.conf, seed)
+    res["mia_entropy"] = attacks.mia_entropy(r.ent, t.ent, f.ent, seed)
+    res["mia_loss_acc"], res["mia_loss_auc"] = attacks.mia_loss(f.loss, t.loss, seed)
+    if random_probs is None:
+        random_probs = random_forget_probs(job, seed)
+    res["zrf"] = M.zrf(f.probs, random_probs)
+    res["mean_loss"] = {k: float(v.loss.mean()) for k, v in s.items()}
+    res["mean_confidence"] = {k: float(v.conf.mean()) for k, v in s.items()}
+    res["loss_hist"] = {"edges": [float(e) for e in M.LOSS_EDGES], **{k: M.loss_histogram(v.loss, M.LOSS_EDGES) for k, v in s.items()}}
+    return _clean(res)
+
+
+def model_metrics(model: nn.Module, job: Any, seed: Optional[int] = None) -> dict[str, Any]:
+    """Every per-model metric of the audit for one model (the dict under report.json's models.*), for reuse by bench."""
+    seed = job.seed if seed is None else seed
+    return metrics_from_outputs(model_outputs(model, job, seed), job, seed)
+
+
+def gaps(unlearned_metrics: dict[str, Any], reference_metrics: dict[str, Any]) -> dict[str, Optional[float]]:
+    """Absolute per-metric gaps (fractions) and SalUn's avg_gap (points)."""
+    return M.gaps(unlearned_metrics, reference_metrics)
+
+
+def distances(a: ModelOutputs, b: ModelOutputs) -> dict[str, dict[str, Optional[float]]]:
+    """Activation distance and JS divergence between two models' softmax outputs, per set."""
+    return _clean({
+        "activation_distance": {k: M.activation_distance(a.sets[k].probs, b.sets[k].probs) for k in SETS},
+        "js_divergence": {k: M.js_divergence(a.sets[k].probs, b.sets[k].probs) for k in SETS},
+    })
+
+
+# ---------------------------------------------------------------- warnings
+
+def audit_warnings(unl: dict[str, Any], orig: dict[str, Any], ref: Optional[dict[str, Any]], scenario: str) -> list[str]:
+    """Two-sided findings: under-unlearning (still recognised) and over-unlearning (a detectable deletion)."""
+    w: list[str] = []
+
+    def pts(x: float) -> str:
+        return f"{100 * x:.1f} points"
+
+    fa, ta = unl.get("forget_acc"), unl.get("test_acc")
+    if ref is not None:
+        d = fa - ref["forget_acc"]
+        if d > ACC_TOLERANCE:
+            w.append(f"under-unlearning: forget accuracy {fa:.3f} is {pts(d)} above the reference's {ref['forget_acc']:.3f}; the forget set is still recognised")
+        elif d < -ACC_TOLERANCE:
+            w.append(f"over-unlearning: forget accuracy {fa:.3f} is {pts(-d)} below the reference's {ref['forget_acc']:.3f}; the deletion itself is detectable (Streisand effect)")
+        d = unl["mia_efficacy"] - ref["mia_efficacy"]
+        if d < -MIA_TOLERANCE:
+            w.append(f"under-unlearning: MIA-Efficacy {unl['mia_efficacy']:.3f} is {pts(-d)} below the reference's {ref['mia_efficacy']:.3f}; the attack still calls the forget set members")
+        elif d > MIA_TOLERANCE:
+            w.append(f"over-unlearning: MIA-Efficacy {unl['mia_efficacy']:.3f} is {pts(d)} above the reference's {ref['mia_efficacy']:.3f}; the forget set looks less like training data than a retrained model's (Streisand effect)")
+        if unl.get("mia_loss_auc") is not None and ref.get("mia_loss_auc") is not None:
+            d = unl["mia_loss_auc"] - ref["mia_loss_auc"]
+            if d > LOSS_AUC_TOLERANCE:
+                side = "under" if unl["mean_loss"]["forget"] < ref["mean_loss"]["forget"] else "over"
+                w.append(f"{side}-unlearning: the loss attack separates forget from test data better than on the reference (AUC {unl['mia_loss_auc']:.3f} vs {ref['mia_loss_auc']:.3f})")
+    elif scenario == "sample":
+        d = fa - ta
+        if d > ACC_TOLERANCE:
+            w.append(f"under-unlearning: forget accuracy {fa:.3f} is {pts(d)} above test accuracy {ta:.3f}; forgotten samples are still fitted better than unseen data (no reference given)")
+        elif d < -ACC_TOLERANCE:
+            w.append(f"over-unlearning: forget accuracy {fa:.3f} is {pts(-d)} below test accuracy {ta:.3f}; forgotten samples look worse than unseen data, a detectable deletion (Streisand effect; no reference given)")
+        if unl.get("mia_loss_auc") is not None and unl["mia_loss_auc"] > 0.5 + LOSS_AUC_TOLERANCE:
+            side = "under" if unl["mean_loss"]["forget"] < unl["mean_loss"]["test"] else "over"
+            w.append(f"{side}-unlearning: the loss attack tells forget from test data apart (AUC {unl['mia_loss_auc']:.3f}; 0.5 is indistinguishable)")
+    else:
+        if fa > ACC_TOLERANCE:
+            w.append(f"under-unlearning: forget accuracy {fa:.3f} is above {ACC_TOLERANCE}; a model that never saw the class scores 0 (no reference given)")
+    key = "test_remaining_acc" if scenario == "class" else "test_acc"
+    if orig.get(key) is not None and unl.get(key) is not None and orig[key] - unl[key] > UTILITY_DROP:
+        w.append(f"utility: {key} fell {pts(orig[key] - unl[key])} from the original ({orig[key]:.3f} -> {unl[key]:.3f})")
+    return w
+
+
+# ---------------------------------------------------------------- loading
+
+def _is_adapter_dir(path: Path) -> bool:
+    return path.is_dir()
+
+
+def load_unlearned(path: str | Path, job: Any) -> tuple[nn.Module, dict[str, Any]]:
+    """The unlearned model (merged checkpoint, or original + PEFT adapter merged) and what we know of it."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"unlearned model {path} not found; give the output of `unlearn apply` (a .safetensors file or adapter folder)")
+    if not _is_adapter_dir(path):
+        state, metadata = read_checkpoint(path)
+        model = load_into(job.make_model(), state, job.request.model.arch, path).to(job.device).eval()
+        fields = read_metadata_fields(metadata)
+        info = {"path": str(path.resolve()), "kind": "merged", "sha256": sha256_file(path), "metadata": fields}
+        return model, info
+    return _load_adapter(path, job)
+
+
+def _load_adapter(path: Path, job: Any) -> tuple[nn.Module, dict[str, Any]]:
+    weights, config = path / "adapter_model.safetensors", path / "adapter_config.json"
+    missing = [p.name for p in (weights, config) if not p.exists()]
+    if missing:
+        raise CheckpointError(f"adapter folder {path} lacks {', '.join(missing)}; give a folder written by `unlearn apply --adapter-only`")
+    if job.original is None:
+        raise AuditError("an adapter is audited as base + adapter; give the base checkpoint with --original")
+    tensors, metadata = read_checkpoint(weights)
+    b_keys = [k for k in tensors if "lora_B" in k]
+    if not b_keys:
+        raise AuditError(f"adapter {path} has no LoRA B matrices (no key contains 'lora_B'); give a LoRA adapter written by `unlearn apply --adapter-only`")
+    if all(float(tensors[k].abs().max()) == 0.0 for k in b_keys):
+        raise AuditError(f"adapter {path}: every LoRA B matrix is zero, so the adapter trained nothing; rerun `unlearn apply` (more epochs or a higher lr)")
+    fields = read_metadata_fields(metadata)
+    side = path / "unlearn_metadata.json"
+    if not fields and side.exists():
+        fields = read_metadata_fields(json.loads(side.read_text()))
+    parent = fields.get("parent_sha256")
+    if parent and job.checkpoint_sha256 and parent != job.checkpoint_sha256:
+        raise AuditError(f"adapter {path} was made from a base with sha256 {str(parent)[:12]}..., not {job.checkpoint_sha256[:12]}...; give that base as --original")
+    from peft import PeftModel
+
+    try:
+        peft_model = PeftModel.from_pretrained(copy.deepcopy(job.original).cpu(), str(path))
+    except Exception as e:  # noqa: BLE001 - peft raises many types for a foreign adapter
+        raise CheckpointError(f"adapter {path} does not fit the original model ({type(e).__name__}: {str(e).splitlines()[0][:120]}); give the base it was trained on") from None
+    model = peft_model.merge_and_unload().to(job.device).eval()
+    info = {"path": str(path.resolve()), "kind": "adapter", "sha256": sha256_file(weights), "metadata": fields}
+    return model, info
+
+
+def load_reference(path: str | Path, job: Any) -> tuple[nn.Module, dict[str, Any]]:
+    """A retrained reference checkpoint (same architecture)."""
+    path = Path(path)
+    state, metadata = read_checkpoint(path)
+    model = load_into(job.make_model(), state, job.request.model.arch, path).to(job.device).eval()
+    return model, {"path": str(path.resolve()), "sha256": sha256_file(path), "metadata": read_metadata_fields(metadata)}
+
+
+# ---------------------------------------------------------------- the audit
+
+def run_audit(
+    job: Any,
+    original_model: nn.Module,
+    unlearned_model: nn.Module,
+    reference_model: Optional[nn.Module] = None,
+    gates: Sequence[str] = (),
+    unlearned_info: Optional[dict[str, Any]] = None,
+    reference_info: Optional[dict[str, Any]] = None,
+    seed: Optional[int] = None,
+) -> dict[str, Any]:
+    """Audit an unlearned model against the original (and a retrained reference): the report.json dict.
+
+    Gates are parsed first, so a bad gate fails before any computation. The verdict is in
+    the report; call `check_verdict` (after writing reports) to turn a failure into exit 3.
+    """
+    started, t0 = _utc(), time.perf_counter()
+    seed = job.seed if seed is None else seed
+    scenario = job.splits.scenario
+    parsed = parse_gates(list(gates), scenario, reference_model is not None)
+    unlearned_info = unlearned_info or {"path": None, "kind": "merged", "sha256": None, "metadata": {}}
+
+    rand = random_forget_probs(job, seed)
+    outs = {"original": model_outputs(original_model, job, seed), "unlearned": model_outputs(unlearned_model, job, seed)}
+    if reference_model is not None:
+        outs["reference"] = model_outputs(reference_model, job, seed)
+    models: dict[str, Any] = {k: metrics_from_outputs(v, job, seed, rand) for k, v in outs.items()}
+    baseline = "reference" if reference_model is not None else "original"
+    for k in outs:
+        models[k].update(distances(outs[k], outs[baseline]) if k != baseline else
+                         {"activation_distance": None, "js_divergence": None})
+    models.setdefault("reference", None)
+
+    gap = {"baseline": baseline, **gaps(models["unlearned"], models[baseline])}
+    gate_rows, verdict = evaluate_gates(parsed, models["unlearned"], models["original"], gap)
+    warnings = []
+    if unlearned_info.get("kind") == "adapter":
+        warnings.append(ADAPTER_AUDIT_WARNING)
+    warnings += audit_warnings(models["unlearned"], models["original"], models["reference"], scenario)
+    meta = unlearned_info.get("metadata") or {}
+    parent = meta.get("parent_sha256")
+    if parent and job.checkpoint_sha256 and parent != job.checkpoint_sha256:
+        warnings.append(f"the unlearned checkpoint names parent sha256 {str(parent)[:12]}..., not the given original's {job.checkpoint_sha256[:12]}...")
+    req = job.request
+    report = {
+        "schema": SCHEMA,
+        "verdict": verdict,
+        "gates": gate_rows,
+        "warnings": warnings,
+        "request": {
+            "id": req.id, "path": str(req.path) if req.path else None, "scenario": scenario,
+            "forget_classes": list(job.splits.forget_classes), "num_classes": job.num_classes,
+            "forget_size": len(job.splits.forget_idx), "retain_size": len(job.splits.retain_idx), "test_size": len(job.splits.test),
+        },
+        "baseline": baseline,
+        "models": models,
+        "gaps": gap,
+        "unlearning": {
+            "method": meta.get("method"),
+            "params": meta.get("params"),
+            "wall_time_s": _maybe_float(meta.get("wall_time_s")),
+            "metadata": meta,
+        },
+        "provenance": {
+            "inputs": {
+                "request": str(req.path) if req.path else None,
+                "original": str(job.checkpoint_path) if job.checkpoint_path else None,
+                "unlearned": unlearned_info.get("path"),
+                "unlearned_kind": unlearned_info.get("kind"),
+                "reference": (reference_info or {}).get("path"),
+            },
+            "sha256": {
+                "request": req.sha256 or None,
+                "original": job.checkpoint_sha256 or None,
+                "unlearned": unlearned_info.get("sha256"),
+                "reference": (reference_info or {}).get("sha256"),
+            },
+            "versions": _versions(),
+            "device": str(job.device),
+            "seed": seed,
+            "started_utc": started,
+            "finished_utc": _utc(),
+            "audit_time_s": round(time.perf_counter() - t0, 4),
+        },
+        "protocol": {
+            "max_attack_samples_per_side": attacks.MAX_PER_SIDE,
+            "max_distance_samples_per_set": MAX_DISTANCE_SAMPLES,
+            "mia_loss_splits": attacks.LOSS_SPLITS,
+            "mia_loss_test_size": attacks.LOSS_TEST_SIZE,
+            "thresholds": {"accuracy": ACC_TOLERANCE, "mia": MIA_TOLERANCE, "loss_auc": LOSS_AUC_TOLERANCE, "utility_drop": UTILITY_DROP},
+        },
+    }
+    return _clean(report)
+
+
+def check_verdict(report: dict[str, Any], where: str = "") -> None:
+    """Raise GateFailure (exit 3) when a gate failed; call after the reports are written."""
+    if report.get("verdict") != "fail":
+        return
+    failed = [g for g in report["gates"] if not g["passed"]]
+    shown = "; ".join(f"{g['expr']} (value {_fmt(g['value'])})" for g in failed[:3])
+    more = f"; +{len(failed) - 3} more" if len(failed) > 3 else ""
+    raise GateFailure(f"audit gate failed: {shown}{more}; see {where or 'the report'} for the figures")
+
+
+def _fmt(v: Any) -> str:
+    return "undefined" if v is None else f"{v:.4g}"
+
+
+def _maybe_float(v: Any) -> Optional[float]:
+    try:
+        return float(v) if v is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _utc() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _versions() -> dict[str, Optional[str]]:
+    from importlib import metadata as im
+
+    def ver(name: str) -> Optional[str]:
+        try:
+            return im.version(name)
+        except im.PackageNotFoundError:
+            return None
+
+    return {"tool": __version__, "torch": torch.__version__, "torchvision": ver("torchvision"), "peft": ver("peft"),
+            "scikit-learn": ver("scikit-learn"), "numpy": np.__version__, "python": platform.python_version()}
+
+
+def _clean(obj: Any) -> Any:
+    """JSON-safe: numpy scalars to Python, NaN/inf to None, recursively."""
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, (np.floating, float)):
+        f = float(obj)
+        return f if np.isfinite(f) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    return obj

@@ -1,0 +1,113 @@
+"""Gate expressions: `<metric> <op> <number>`, parsed by a regular expression, never evaluated as code."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional, Sequence
+
+from ..errors import AuditError
+from .metrics import GAP_METRICS
+
+OPS = ("<=", ">=", "==", "<", ">")
+_GATE = re.compile(
+    r"^\s*(?P<name>[A-Za-z_][A-Za-z0-9_]*)\s*(?P<op><=|>=|==|<|>)\s*"
+    r"(?P<num>[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?)\s*$"
+)
+
+# Metrics of the unlearned model (fractions in [0, 1]).
+MODEL_METRICS = (
+    "retain_acc", "forget_acc", "ua", "test_acc", "test_remaining_acc", "test_forgotten_acc",
+    "mia_efficacy", "mia_entropy", "mia_loss_acc", "mia_loss_auc", "zrf",
+)
+CLASS_ONLY = ("test_remaining_acc", "test_forgotten_acc")
+DISTANCES = tuple(f"{kind}_{part}" for kind in ("activation_distance", "js_divergence") for part in ("forget", "retain", "test"))
+DROPS = ("test_acc_drop", "retain_acc_drop", "test_remaining_acc_drop")
+GAPS = tuple(f"{m}_gap" for m in GAP_METRICS) + ("avg_gap",)
+
+
+def known_names() -> tuple[str, ...]:
+    return MODEL_METRICS + DISTANCES + DROPS + GAPS
+
+
+@dataclass(frozen=True)
+class Gate:
+    expr: str
+    metric: str
+    op: str
+    threshold: float
+
+    def passes(self, value: Optional[float]) -> bool:
+        """An undefined value (None/NaN) never passes: a gate that cannot be measured is not met."""
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return False
+        if self.op == "<=":
+            return value <= self.threshold or math.isclose(value, self.threshold, abs_tol=1e-12)
+        if self.op == ">=":
+            return value >= self.threshold or math.isclose(value, self.threshold, abs_tol=1e-12)
+        if self.op == "<":
+            return value < self.threshold
+        if self.op == ">":
+            return value > self.threshold
+        return math.isclose(value, self.threshold, rel_tol=1e-9, abs_tol=1e-9)
+
+
+def parse_gate(expr: str) -> Gate:
+    """One gate; an unknown metric or malformed expression is an input error naming the fix."""
+    m = _GATE.match(expr or "")
+    if not m:
+        raise AuditError(f"gate {expr!r}: expected '<metric> <op> <number>' with op one of {' '.join(OPS)}, e.g. 'forget_acc <= 0.02'")
+    name = m.group("name")
+    if name not in known_names():
+        raise AuditError(f"gate {expr!r}: unknown metric '{name}'; known metrics: {', '.join(known_names())}")
+    return Gate(expr=expr.strip(), metric=name, op=m.group("op"), threshold=float(m.group("num")))
+
+
+def parse_gates(exprs: Sequence[str], scenario: str, has_reference: bool) -> list[Gate]:
+    """Parse every gate before any work, and reject gates this audit cannot measure."""
+    gates = [parse_gate(e) for e in exprs]
+    for g in gates:
+        base = g.metric.removesuffix("_gap").removesuffix("_drop")
+        if scenario != "class" and base in CLASS_ONLY:
+            raise AuditError(f"gate {g.expr!r}: {base} is defined for class unlearning only; use test_acc for sample unlearning")
+        if g.metric.endswith("_gap") and not has_reference:
+            raise AuditError(f"gate {g.expr!r}: gaps are measured against a retrained reference; give --reference (or audit.reference in the request)")
+    return gates
+
+
+def gate_value(metric: str, unlearned: Mapping[str, Any], original: Mapping[str, Any], gaps: Mapping[str, Any]) -> Optional[float]:
+    """The number a gate compares: a metric of the unlearned model, a drop from the original, or a gap."""
+    if metric.endswith("_gap"):
+        key = "avg_gap" if metric == "avg_gap" else metric[: -len("_gap")]
+        return _float(gaps.get(key))
+    if metric.endswith("_drop"):
+        key = metric[: -len("_drop")]
+        a, b = _float(original.get(key)), _float(unlearned.get(key))
+        return None if a is None or b is None else a - b
+    for kind in ("activation_distance", "js_divergence"):
+        if metric.startswith(kind + "_"):
+            return _float((unlearned.get(kind) or {}).get(metric[len(kind) + 1:]))
+    return _float(unlearned.get(metric))
+
+
+def evaluate_gates(gates: Sequence[Gate], unlearned: Mapping[str, Any], original: Mapping[str, Any],
+                   gaps: Mapping[str, Any]) -> tuple[list[dict[str, Any]], str]:
+    """Each gate's value and result, and the verdict: 'pass', 'fail' or 'no gates'."""
+    rows = []
+    for g in gates:
+        value = gate_value(g.metric, unlearned, original, gaps)
+        rows.append({"expr": g.expr, "metric": g.metric, "op": g.op, "threshold": g.threshold,
+                     "value": value, "passed": g.passes(value)})
+    verdict = "no gates" if not rows else ("pass" if all(r["passed"] for r in rows) else "fail")
+    return rows, verdict
+
+
+def _float(v: Any) -> Optional[float]:
+    if v is None:
+        return None
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(f) else f

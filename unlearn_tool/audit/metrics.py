@@ -1,0 +1,164 @@
+"""Pure metric functions on numpy arrays (no torch, no models): the definitions docs/audit.md states.
+
+Probabilities are rows of a (N, C) array that sum to 1; logs are natural logs.
+Every function that averages returns NaN for an empty input, never raises.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Optional
+
+import numpy as np
+
+EPS = 1e-12
+
+# The four figures SalUn averages into Avg Gap: UA, MIA-Efficacy, RA, TA.
+AVG_GAP_METRICS = ("ua", "mia_efficacy", "retain_acc", "test_acc")
+
+# Metrics whose absolute gap to the baseline is reported (fractions).
+GAP_METRICS = (
+    "retain_acc", "forget_acc", "ua", "test_acc", "test_remaining_acc", "test_forgotten_acc",
+    "mia_efficacy", "mia_entropy", "mia_loss_acc", "mia_loss_auc", "zrf",
+)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax, shifted by the row maximum so large logits do not overflow."""
+    z = np.asarray(logits, dtype=np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def cross_entropy(logits: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Per-sample CE loss  logsumexp(z) - z_y  (exact even where softmax underflows)."""
+    z = np.asarray(logits, dtype=np.float64)
+    m = z.max(axis=1, keepdims=True)
+    lse = (m + np.log(np.exp(z - m).sum(axis=1, keepdims=True)))[:, 0]
+    return lse - z[np.arange(len(y)), np.asarray(y, dtype=np.int64)]
+
+
+def true_class_confidence(probs: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """p_y(x): the probability the model gives each sample's own label (SalUn's 'confidence' feature)."""
+    return np.asarray(probs)[np.arange(len(y)), np.asarray(y, dtype=np.int64)]
+
+
+def entropy(probs: np.ndarray) -> np.ndarray:
+    """Prediction entropy H(p) = -sum_j p_j log p_j per row (0 log 0 = 0)."""
+    p = np.asarray(probs, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0)
+    return -terms.sum(axis=1)
+
+
+def modified_entropy(probs: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Song & Mittal's Mentr = -(1-p_y) log p_y - sum_{j != y} p_j log(1-p_j), per row.
+
+    Published unlearning code indexes columns (probs[:, labels]) and uses log p for
+    log(1-p); this is the paper's formula, row by row. Not used in the report.
+    """
+    p = np.clip(np.asarray(probs, dtype=np.float64), EPS, 1 - EPS)
+    rows = np.arange(len(y))
+    y = np.asarray(y, dtype=np.int64)
+    py = p[rows, y]
+    others = -p * np.log(1 - p)
+    others[rows, y] = 0.0
+    return -(1 - py) * np.log(py) + others.sum(axis=1)
+
+
+def accuracy(pred: np.ndarray, y: np.ndarray) -> float:
+    """Share of correct predictions; NaN for an empty set."""
+    pred, y = np.asarray(pred), np.asarray(y)
+    return float((pred == y).mean()) if len(y) else float("nan")
+
+
+def per_class_accuracy(pred: np.ndarray, y: np.ndarray, num_classes: int) -> list[Optional[float]]:
+    """Accuracy per true class; None for a class with no sample."""
+    pred, y = np.asarray(pred), np.asarray(y)
+    out: list[Optional[float]] = []
+    for c in range(num_classes):
+        mask = y == c
+        out.append(float((pred[mask] == c).mean()) if mask.any() else None)
+    return out
+
+
+def activation_distance(p: np.ndarray, q: np.ndarray) -> float:
+    """mean_x ||p(x) - q(x)||_2 between two models' softmax outputs on the same samples."""
+    if len(p) == 0:
+        return float("nan")
+    return float(np.linalg.norm(np.asarray(p, np.float64) - np.asarray(q, np.float64), axis=1).mean())
+
+
+def js_per_sample(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Textbook Jensen-Shannon divergence per row, natural log: 0.5 KL(p||m) + 0.5 KL(q||m), m = (p+q)/2.
+
+    Bounded by log 2; 0 log 0 = 0, so one-hot rows are exact.
+    """
+    p = np.asarray(p, dtype=np.float64)
+    q = np.asarray(q, dtype=np.float64)
+    m = 0.5 * (p + q)
+
+    def kl(a: np.ndarray) -> np.ndarray:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t = np.where(a > 0, a * (np.log(np.where(a > 0, a, 1.0)) - np.log(np.where(m > 0, m, 1.0))), 0.0)
+        return t.sum(axis=1)
+
+    return np.clip(0.5 * kl(p) + 0.5 * kl(q), 0.0, np.log(2.0))
+
+
+def js_divergence(p: np.ndarray, q: np.ndarray) -> float:
+    """Mean over samples of the per-sample JS divergence."""
+    return float(js_per_sample(p, q).mean()) if len(p) else float("nan")
+
+
+def zrf(p_unlearned: np.ndarray, p_random: np.ndarray) -> float:
+    """Zero Retrain Forgetting: 1 - mean JS(unlearned, randomly initialised model) on the forget set.
+
+    1 means the unlearned model answers like an incompetent (random) model. Textbook JS,
+    not the element-averaged 'mean'-reduction KL of the published code.
+    """
+    return 1.0 - js_divergence(p_unlearned, p_random)
+
+
+def _num(v: object) -> Optional[float]:
+    """A finite float, or None for missing/NaN values."""
+    if v is None:
+        return None
+    try:
+        f = float(v)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return f if np.isfinite(f) else None
+
+
+def abs_gap(a: object, b: object) -> Optional[float]:
+    """|a - b| for two fractions; None when either is undefined."""
+    x, y = _num(a), _num(b)
+    return None if x is None or y is None else abs(x - y)
+
+
+def avg_gap(unlearned: Mapping[str, object], reference: Mapping[str, object]) -> Optional[float]:
+    """SalUn's Avg Gap in points: mean |gap| over UA, MIA-Efficacy, RA and TA, times 100."""
+    gaps = [abs_gap(unlearned.get(k), reference.get(k)) for k in AVG_GAP_METRICS]
+    if any(g is None for g in gaps):
+        return None
+    return 100.0 * float(np.mean(gaps))
+
+
+def gaps(unlearned: Mapping[str, object], reference: Mapping[str, object]) -> dict[str, Optional[float]]:
+    """Absolute gap (fraction) per metric, plus avg_gap (points); None where a side is undefined."""
+    out: dict[str, Optional[float]] = {k: abs_gap(unlearned.get(k), reference.get(k)) for k in GAP_METRICS}
+    out["avg_gap"] = avg_gap(unlearned, reference)
+    return out
+
+
+def loss_histogram(losses: np.ndarray, edges: np.ndarray) -> list[int]:
+    """Counts of losses in fixed log10-spaced bins (values outside are clipped into the end bins)."""
+    if len(losses) == 0:
+        return [0] * (len(edges) - 1)
+    v = np.clip(np.asarray(losses, dtype=np.float64), edges[0], edges[-1])
+    counts, _ = np.histogram(v, bins=edges)
+    return [int(c) for c in counts]
+
+
+LOSS_EDGES = np.logspace(-6, 2, 33)  # 1e-6 .. 100, 4 bins per decade
