@@ -12,3 +12,17 @@ from .base import (  # noqa: F401
 )
 from . import rfa  # noqa: F401,E402
 from . import retrain  # noqa: F401,E402
+
+# --- baselines, group A (finetune, neggrad, neggrad+, random-label, salun, l1-sparse): one import per file ---
+from . import finetune  # noqa: F401,E402
+from . import neggrad  # noqa: F401,E402
+from . import random_label  # noqa: F401,E402
+from . import salun  # noqa: F401,E402
+from . import l1_sparse  # noqa: F401,E402
+
+# --- baselines, group B (scrub, bad-teacher, boundary-shrink, ssd, blindspot): one import per file ---
+from . import scrub  # noqa: F401,E402
+from . import bad_teacher  # noqa: F401,E402
+from . import boundary_shrink  # noqa: F401,E402
+from . import ssd  # noqa: F401,E402
+from . import blindspot  # noqa: F401,E402

@@ -40,7 +40,7 @@ class RFAParams(MethodParams):
     epochs: int = Field(30, ge=1, description="Maximum passes over the forget set (each forget batch is paired with a retain batch).")
     lr: float = Field(5e-3, gt=0, description="Adam learning rate of the adapters.")
     batch_size: int = Field(32, ge=1, description="Forget-set batch size.")
-    retain_batch_size: int = Field(128, ge=1, description="Retain samples drawn per step (a sample of Dr, not all of it).")
+    retain_batch_size: int = Field(64, ge=1, description="Retain samples drawn per step (a sample of Dr, not all of it).")
     w_residual: float = Field(1.0, ge=0, description="Weight of the zero-residual term on retained data (relative residual energy).")
     w_align: float = Field(1.0, ge=0, description="Weight of the logit alignment (KL to the teacher) on retained data.")
     w_forget: float = Field(1.0, ge=0, description="Weight of the forget-set shift term.")
@@ -121,7 +121,7 @@ def run(ctx: UnlearnContext, p: RFAParams) -> MethodOutput:
     scale = {n: feats[n].pow(2).mean().clamp_min(1e-8) for n in layers}
     name_of = {name: name.removeprefix("base_model.model.") for name, _ in lora.lora_layers(model)}
 
-    probe_x, _ = retain.sample(min(len(retain), 1024), ctx.generator(2))
+    probe_x, _ = retain.sample(min(len(retain), 512), ctx.generator(2))
     with torch.no_grad():
         teacher_probe = (probe_x, teacher(probe_x.to(device)).argmax(1))
     params = lora.adapter_parameters(model)
