@@ -230,6 +230,26 @@ def methods(name: Optional[str] = typer.Argument(None, help="A method name, to l
         typer.echo(f"  {f['name']} ({f['type']}, default {f['default']!r}): {f['description']}")
 
 
+@app.command()
+@handle_errors
+def quickstart(
+    folder: Path = typer.Option(Path("unlearn-quickstart"), "--dir", help="Working folder for the demo files."),
+    device: str = DeviceOpt,
+    as_json: bool = typer.Option(False, "--json", help="Print the apply summary as JSON."),
+) -> None:
+    """The built-in default, no download: train a small MLP on digits (once), forget digit 3 with RFA, print before/after."""
+    from unlearn_tool.quickstart import run_quickstart
+
+    with progress_bars(not as_json) as progress:
+        summary = run_quickstart(folder, device=device, progress=progress)
+    if as_json:
+        print_json(summary)
+        return
+    _print_before_after(summary["before"], summary["after"], "RFA-LoRA: forget digit 3 (scikit-learn digits, MLP)")
+    err(f"original: {folder / 'digits_mlp.safetensors'}{' (trained now)' if summary['trained_original'] else ''}")
+    err(f"unlearned: {summary['output']} in {summary['wall_time_s']:.2f}s; next: unlearn audit --help")
+
+
 def _type_name(annotation: object) -> str:
     return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
 

@@ -76,3 +76,14 @@ def digits_sample_job(digits_dir):
     from unlearn_tool.pipeline import prepare
 
     return prepare(digits_dir / "sample.yaml", digits_dir / "mlp.safetensors", device="cpu")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """Tiny models run several times faster on one thread than on two (thread start-up dominates)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

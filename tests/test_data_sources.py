@@ -1,0 +1,155 @@
+"""Data loading from each source on small files written in the real on-disk formats (no download)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import invoke
+from unlearn_tool.data import load_split, write_idx_images, write_idx_labels
+from unlearn_tool.errors import DataError
+from unlearn_tool.request import DataSpec
+
+RNG = np.random.default_rng(0)
+
+
+def _spec(**kw) -> DataSpec:
+    return DataSpec.model_validate(kw)
+
+
+def _mnist_like(root, name: str, n_train=40, n_test=20, size=28):
+    raw = root / name / "raw"
+    raw.mkdir(parents=True)
+    data = {}
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        images = RNG.integers(0, 256, size=(n, size, size), dtype=np.uint8)
+        labels = np.arange(n, dtype=np.uint8) % 10
+        write_idx_images(raw / f"{prefix}-images-idx3-ubyte", images)
+        write_idx_labels(raw / f"{prefix}-labels-idx1-ubyte", labels)
+        data[prefix] = (images, labels)
+    return data
+
+
+@pytest.mark.parametrize("name", ["MNIST", "FashionMNIST"])
+def test_mnist_family_from_idx_files(tmp_path, name):
+    data = _mnist_like(tmp_path, name)
+    train = load_split(_spec(source=f"torchvision:{name}", root=str(tmp_path)), "train", tmp_path)
+    test = load_split(_spec(source=f"torchvision:{name}", root=str(tmp_path)), "test", tmp_path)
+    assert len(train) == 40 and len(test) == 20
+    assert train.x.shape == (40, 1, 28, 28) and train.x.dtype == torch.float32
+    # order and values are the files' own: sample 7 is image 7 scaled to [0, 1]
+    assert torch.allclose(train.x[7, 0], torch.from_numpy(data["train"][0][7]).float() / 255)
+    assert train.targets.tolist() == data["train"][1].tolist()
+    normed = load_split(_spec(source=f"torchvision:{name}", root=str(tmp_path), preprocess={"normalize": {"mean": [0.5], "std": [0.25]}}), "train", tmp_path)
+    assert torch.allclose(normed.x, (train.x - 0.5) / 0.25)
+
+
+def _cifar_bin(folder, files, n, label_bytes):
+    folder.mkdir(parents=True)
+    out = []
+    for f in files:
+        labels = RNG.integers(0, 10, size=(n, label_bytes), dtype=np.uint8)
+        pixels = RNG.integers(0, 256, size=(n, 3072), dtype=np.uint8)
+        (folder / f).write_bytes(np.concatenate([labels, pixels], axis=1).tobytes())
+        out.append((labels, pixels))
+    return out
+
+
+def test_cifar10_binary_edition(tmp_path):
+    written = _cifar_bin(tmp_path / "cifar-10-batches-bin", [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"], 6, 1)
+    train = load_split(_spec(source="torchvision:CIFAR10", root="."), "train", tmp_path)
+    test = load_split(_spec(source="torchvision:CIFAR10", root="."), "test", tmp_path)
+    assert len(train) == 30 and len(test) == 6
+    assert train.x.shape == (30, 3, 32, 32)
+    labels, pixels = written[1]  # second batch file = samples 6..11
+    assert train.targets[6:12].tolist() == labels[:, 0].tolist()
+    assert torch.allclose(train.x[6], torch.from_numpy(pixels[0].reshape(3, 32, 32)).float() / 255)
+    resized = load_split(_spec(source="torchvision:CIFAR10", root=".", preprocess={"resize": 16}), "test", tmp_path)
+    assert resized.x.shape == (6, 3, 16, 16)
+
+
+def test_cifar100_binary_uses_the_fine_label(tmp_path):
+    written = _cifar_bin(tmp_path / "cifar-100-binary", ["train.bin", "test.bin"], 5, 2)
+    train = load_split(_spec(source="torchvision:CIFAR100", root=str(tmp_path)), "train", tmp_path)
+    assert train.targets.tolist() == written[0][0][:, 1].tolist()
+
+
+def test_cifar_pickle_edition_is_refused_not_unpickled(tmp_path):
+    (tmp_path / "cifar-10-batches-py").mkdir()
+    (tmp_path / "cifar-10-batches-py" / "data_batch_1").write_bytes(b"\x80\x04 not to be unpickled")
+    with pytest.raises(DataError, match="never unpickles"):
+        load_split(_spec(source="torchvision:CIFAR10", root=str(tmp_path)), "train", tmp_path)
+
+
+def test_svhn_mat_files(tmp_path):
+    from scipy.io import savemat
+
+    x = RNG.integers(0, 256, size=(32, 32, 3, 8), dtype=np.uint8)
+    y = np.array([[10], [1], [2], [3], [4], [5], [6], [10]], dtype=np.uint8)
+    savemat(tmp_path / "train_32x32.mat", {"X": x, "y": y})
+    data = load_split(_spec(source="torchvision:SVHN", root=str(tmp_path)), "train", tmp_path)
+    assert data.x.shape == (8, 3, 32, 32)
+    assert data.targets.tolist() == [0, 1, 2, 3, 4, 5, 6, 0]  # label 10 is digit 0
+    assert torch.allclose(data.x[2].permute(1, 2, 0), torch.from_numpy(x[:, :, :, 2]).float() / 255)
+
+
+def test_imagefolder(tmp_path):
+    for c, cls in enumerate(["cat", "dog"]):
+        (tmp_path / "imgs" / cls).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(np.full((10, 12, 3), 40 * (c + i), dtype=np.uint8)).save(tmp_path / "imgs" / cls / f"{i}.png")
+    data = load_split(_spec(source="imagefolder", path="imgs", preprocess={"resize": 8, "grayscale": True}), "train", tmp_path)
+    assert len(data) == 6 and data.targets.tolist() == [0, 0, 0, 1, 1, 1]
+    x, y = next(data.batches(4))
+    assert x.shape == (4, 1, 8, 8) and y.tolist() == [0, 0, 0, 1]
+    assert data.subset([5]).take(torch.tensor([0]))[1].tolist() == [1]
+
+
+def test_tensor_files_npz_and_safetensors(tmp_path):
+    from safetensors.torch import save_file
+
+    x = torch.rand(12, 1, 4, 4)
+    y = torch.arange(12) % 3
+    save_file({"x": x, "y": y}, str(tmp_path / "d.safetensors"))
+    np.savez(tmp_path / "d.npz", x=x.numpy(), y=y.numpy())
+    for name in ("d.safetensors", "d.npz"):
+        data = load_split(_spec(source="tensors", path=name), "train", tmp_path)
+        assert torch.equal(data.x, x) and torch.equal(data.targets, y)
+    np.savez(tmp_path / "bad.npz", x=x.numpy(), y=y.numpy().astype(np.float32))
+    with pytest.raises(DataError, match="integers"):
+        load_split(_spec(source="tensors", path="bad.npz"), "train", tmp_path)
+    np.savez(tmp_path / "obj.npz", x=np.array([object()], dtype=object), y=np.array([1]))
+    with pytest.raises(DataError, match="not a readable"):
+        load_split(_spec(source="tensors", path="obj.npz"), "train", tmp_path)  # allow_pickle=False
+
+
+def test_missing_torchvision_root_names_the_fix(tmp_path):
+    with pytest.raises(DataError, match="download: true"):
+        load_split(_spec(source="torchvision:MNIST", root=str(tmp_path / "nothing")), "train", tmp_path)
+
+
+def test_fashion_mnist_request_end_to_end(tmp_path):
+    """A torchvision-format data set through the real CLI: train, validate, forget a class."""
+    import yaml
+
+    _mnist_like(tmp_path, "FashionMNIST", n_train=200, n_test=50, size=12)
+    req = {
+        "version": 1, "id": "fmnist", "seed": 0,
+        "model": {"arch": "builtin:mlp", "kwargs": {"in_features": 144, "num_classes": 10}},
+        "data": {"train": {"source": "torchvision:FashionMNIST", "root": "."}, "test": {"source": "torchvision:FashionMNIST", "root": "."}},
+        "forget": {"classes": [2]},
+    }
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(req))
+    assert invoke("train", "-r", tmp_path / "r.yaml", "-o", tmp_path / "m.safetensors", "--epochs", "200", "--quiet").exit_code == 0
+    r = invoke("validate", "-r", tmp_path / "r.yaml", tmp_path / "m.safetensors", "--json")
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout)["forget_size"] == 20
+    r = invoke("apply", tmp_path / "m.safetensors", "-r", tmp_path / "r.yaml", "--json", "--quiet")
+    assert r.exit_code == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["before"]["forget_acc"] > 0.9  # random pixels: memorised
+    assert out["after"]["forget_acc"] <= 0.05

@@ -1,0 +1,38 @@
+"""The built-in default job: train a small MLP on scikit-learn digits (if needed), forget digit 3, show before/after."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+DEFAULT_REQUEST = """\
+# Written by `unlearn quickstart`: forget every sample of digit 3 (scikit-learn digits, built in).
+version: 1
+id: quickstart-digits-forget-3
+model: {arch: "builtin:mlp", kwargs: {num_classes: 10}}
+data:
+  train: {source: "sklearn:digits"}
+  test: {source: "sklearn:digits"}
+forget: {classes: [3]}
+method: {name: rfa, params: {}}
+seed: 0
+"""
+
+
+def run_quickstart(folder: Path, device: str = "auto", progress: Optional[Callable[[str, int, int], None]] = None) -> dict[str, Any]:
+    """Returns the apply summary; re-running reuses the trained model and overwrites only the unlearned output."""
+    from .pipeline import apply, prepare, train_checkpoint
+    from .training import TrainConfig
+
+    folder.mkdir(parents=True, exist_ok=True)
+    request = folder / "request.yaml"
+    if not request.exists():
+        request.write_text(DEFAULT_REQUEST)
+    model = folder / "digits_mlp.safetensors"
+    trained = False
+    if not model.exists():
+        train_checkpoint(prepare(request, None, device=device), model, TrainConfig(), progress=progress)
+        trained = True
+    job = prepare(request, model, device=device)
+    result = apply(job, output=folder / "digits_mlp.unlearned.safetensors", force=True, progress=progress)
+    return {**result.as_dict(job), "trained_original": trained}
