@@ -164,3 +164,26 @@ def test_methods_lists_rfa_with_parameters():
     r = invoke("methods", "rfa", "--json")
     names = [p["name"] for p in json.loads(r.stdout)["params"]]
     assert {"rank", "alpha", "target_layers", "epochs", "lr"} <= set(names)
+
+
+@pytest.mark.parametrize("arch", ["torchvision:resnet18", "torchvision:mobilenet_v3_small"])
+def test_rfa_runs_on_torchvision_models_with_default_parameters(tmp_path, arch):
+    """ResNet (BatchNorm, downsample convs) and MobileNet (depthwise convs, which LoRA skips) with no tuning."""
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(48) % 4
+    x = torch.rand(48, 3, 32, 32, generator=g) * 0.3 + y.view(-1, 1, 1, 1) * 0.2  # class shifts brightness
+    save_file({"x": x, "y": y}, str(tmp_path / "train.safetensors"))
+    save_file({"x": x[:16], "y": y[:16]}, str(tmp_path / "test.safetensors"))
+    req = write_request(tmp_path, {"classes": [1]}, arch=arch, kwargs={"num_classes": 4}, extra={
+        "data": {"train": {"source": "tensors", "path": "train.safetensors"}, "test": {"source": "tensors", "path": "test.safetensors"}}})
+    r = invoke("train", "-r", req, "-o", tmp_path / "m.safetensors", "--epochs", "3", "--quiet")
+    assert r.exit_code == 0, r.stderr
+    out = _apply_json(tmp_path / "m.safetensors", "-r", req, "-o", tmp_path / "u.safetensors", "--param", "epochs=5")
+    assert out["info"]["adapted_layers"] > 10
+    assert out["after"]["forget_acc"] <= out["before"]["forget_acc"]
+    merged = load_file(str(tmp_path / "u.safetensors"))
+    assert set(merged) == set(load_file(str(tmp_path / "m.safetensors")))  # BatchNorm buffers included
+    r = invoke("apply", tmp_path / "m.safetensors", "-r", req, "-o", tmp_path / "adapter", "--adapter-only", "--param", "epochs=5", "--quiet")
+    assert r.exit_code == 0, r.stderr
