@@ -19,7 +19,7 @@ Training stops as soon as a measured criterion is met (docs/rfa.md).
 from __future__ import annotations
 
 import math
-from typing import Literal, Union
+from typing import Literal, Optional, Union
 
 import torch
 from pydantic import Field
@@ -39,11 +39,14 @@ class RFAParams(MethodParams):
     )
     epochs: int = Field(30, ge=1, description="Maximum passes over the forget set (each forget batch is paired with a retain batch).")
     lr: float = Field(5e-3, gt=0, description="Adam learning rate of the adapters.")
-    batch_size: int = Field(32, ge=1, description="Forget-set batch size.")
+    batch_size: int = Field(64, ge=1, description="Forget-set batch size (docs/rfa.md: 64 beat 32 on steps and utility).")
     retain_batch_size: int = Field(64, ge=1, description="Retain samples drawn per step (a sample of Dr, not all of it).")
     w_residual: float = Field(1.0, ge=0, description="Weight of the zero-residual term on retained data (relative residual energy).")
     w_align: float = Field(1.0, ge=0, description="Weight of the logit alignment (KL to the teacher) on retained data.")
-    w_forget: float = Field(1.0, ge=0, description="Weight of the forget-set shift term.")
+    w_forget: Optional[float] = Field(
+        None, ge=0, description="Weight of the forget-set shift term; default 1 for class and 5 for sample unlearning "
+        "(sample targets sit close to the teacher, so their pull is weaker; docs/rfa.md)."
+    )
     temperature: float = Field(2.0, gt=0, description="Distillation temperature of the retain alignment.")
     forget_target: Literal["auto", "other_classes", "heldout"] = Field(
         "auto", description="auto: other_classes for class unlearning, heldout for sample unlearning."
@@ -51,11 +54,14 @@ class RFAParams(MethodParams):
     stop: Literal["criterion", "epochs"] = Field(
         "criterion", description="criterion: stop once the forget target is reached (checked every epoch); epochs: run all epochs."
     )
-    stop_tolerance: float = Field(
-        0.01, ge=0, description="Class: forget accuracy <= this. Sample: mean forget confidence <= held-out mean + this."
+    class_stop_acc: float = Field(
+        0.0, ge=0, le=1, description="Class target reached when the forget set's accuracy over an epoch is <= this."
+    )
+    sample_conf_tolerance: float = Field(
+        0.01, ge=0, description="Sample target reached when the forget set's mean true-class confidence <= held-out mean + this."
     )
     retain_agreement: float = Field(
-        0.99, ge=0, le=1, description="Also required to stop: share of a retain probe on which the student and teacher agree (argmax)."
+        0.99, ge=0, le=1, description="Also required to stop: share of the epoch's retain samples on which student and teacher agree (argmax)."
     )
 
 
@@ -94,6 +100,28 @@ def _soft_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return -(target * logits.log_softmax(1)).sum(1).mean()
 
 
+def _forget_targets(ctx: UnlearnContext, teacher, kind: str) -> tuple[torch.Tensor, float]:
+    """Fixed per-sample target distributions for the forget set, and the held-out confidence level (sample case)."""
+    t_forget, y_forget = predict_logits(teacher, ctx.forget, ctx.device, ctx.batch_size)
+    if kind == "other_classes":
+        if ctx.splits.forget_classes:
+            return _other_class_targets(t_forget, ctx.splits.forget_classes), 0.0
+        # sample unlearning forced to misclassify: drop each sample's own label (an ablation, not the default)
+        masked = t_forget.scatter(1, y_forget[:, None], float("-inf"))
+        return masked.softmax(1), 0.0
+    t_held, y_held = predict_logits(teacher, ctx.splits.test, ctx.device, ctx.batch_size)
+    heldout_conf = float(t_held.softmax(1).gather(1, y_held[:, None]).mean())
+    return _heldout_targets(t_forget, y_forget, t_held, y_held), heldout_conf
+
+
+def _feature_scales(ctx: UnlearnContext, teacher, layers: list[str], gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """Mean squared teacher feature per adapted layer on retained data: the residual penalty is relative energy."""
+    x, _ = ctx.retain.sample(min(len(ctx.retain), 256), gen)
+    with torch.no_grad(), lora.capture_outputs(teacher, layers) as feats:
+        teacher(x.to(ctx.device))
+    return {n: feats[n].pow(2).mean().clamp_min(1e-8) for n in layers}
+
+
 def run(ctx: UnlearnContext, p: RFAParams) -> MethodOutput:
     device, teacher = ctx.device, ctx.original.eval()
     forget, retain = ctx.forget, ctx.retain
@@ -101,75 +129,55 @@ def run(ctx: UnlearnContext, p: RFAParams) -> MethodOutput:
     model = lora.inject(teacher, layers, p.rank, p.alpha).to(device)
     model.eval()  # BatchNorm statistics and dropout stay the teacher's: only adapters change
 
-    # Fixed targets for the forget set, computed once from the teacher.
-    scenario = p.forget_target if p.forget_target != "auto" else ("other_classes" if ctx.scenario == "class" else "heldout")
-    t_forget, y_forget = predict_logits(teacher, forget, device, ctx.batch_size)
-    if scenario == "other_classes":
-        classes = ctx.splits.forget_classes or sorted(set(y_forget.tolist()))
-        targets = _other_class_targets(t_forget, classes)
-        heldout_conf = 0.0
-    else:
-        t_held, y_held = predict_logits(teacher, ctx.splits.test, device, ctx.batch_size)
-        targets = _heldout_targets(t_forget, y_forget, t_held, y_held)
-        heldout_conf = float(t_held.softmax(1).gather(1, y_held[:, None]).mean())
-
-    # Per-layer scale of the teacher's features on retained data: the residual penalty is relative energy.
+    kind = p.forget_target if p.forget_target != "auto" else ("other_classes" if ctx.scenario == "class" else "heldout")
+    targets, heldout_conf = _forget_targets(ctx, teacher, kind)
+    w_forget = p.w_forget if p.w_forget is not None else (1.0 if kind == "other_classes" else 5.0)
+    targets, y_forget = targets.to(device), forget.targets.to(device)
     gen = ctx.generator(1)
-    xr0, _ = retain.sample(min(len(retain), 256), gen)
-    with torch.no_grad(), lora.capture_outputs(teacher, layers) as feats:
-        teacher(xr0.to(device))
-    scale = {n: feats[n].pow(2).mean().clamp_min(1e-8) for n in layers}
+    scale = _feature_scales(ctx, teacher, layers, gen)
     name_of = {name: name.removeprefix("base_model.model.") for name, _ in lora.lora_layers(model)}
 
-    probe_x, _ = retain.sample(min(len(retain), 512), ctx.generator(2))
-    with torch.no_grad():
-        teacher_probe = (probe_x, teacher(probe_x.to(device)).argmax(1))
     params = lora.adapter_parameters(model)
     opt = torch.optim.Adam(params, lr=p.lr)
-    targets = targets.to(device)
     n_f = len(forget)
     steps_per_epoch = math.ceil(n_f / p.batch_size)
-    info = {"adapted_layers": len(layers), "trainable_params": sum(q.numel() for q in params), "scenario_target": scenario}
+    info = {"adapted_layers": len(layers), "trainable_params": sum(q.numel() for q in params), "forget_target": kind,
+            "w_forget": w_forget}
     stop_reason, epoch = "epochs", 0
     for epoch in range(1, p.epochs + 1):
+        # Running statistics of this epoch (outputs before each step): the stopping rule needs no extra pass.
+        forget_hits = forget_conf = retain_agree = retain_seen = 0.0
         order = torch.randperm(n_f, generator=gen)
         for step in range(steps_per_epoch):
             idx = order[step * p.batch_size:(step + 1) * p.batch_size]
             xf = forget.take(idx)[0].to(device)
-            xr, _ = retain.sample(p.retain_batch_size, gen)
-            xr = xr.to(device)
+            xr = retain.sample(p.retain_batch_size, gen)[0].to(device)
             with torch.no_grad():
                 t_retain = teacher(xr)
             with lora.capture_residuals(model) as res:
                 out = model(torch.cat([xf, xr]))
-            nf = len(idx)
-            loss_forget = _soft_ce(out[:nf], targets[idx.to(device)])
+            nf, dev_idx = len(idx), idx.to(device)
+            loss_forget = _soft_ce(out[:nf], targets[dev_idx])
             loss_align = kl_to_teacher(out[nf:], t_retain, p.temperature)
             loss_res = torch.stack([r[nf:].pow(2).mean() / scale[name_of[n]] for n, r in res.items()]).mean()
-            loss = p.w_forget * loss_forget + p.w_align * loss_align + p.w_residual * loss_res
+            loss = w_forget * loss_forget + p.w_align * loss_align + p.w_residual * loss_res
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            with torch.no_grad():
+                yf = y_forget[dev_idx]
+                forget_hits += float((out[:nf].argmax(1) == yf).sum())
+                forget_conf += float(out[:nf].softmax(1).gather(1, yf[:, None]).sum())
+                retain_agree += float((out[nf:].argmax(1) == t_retain.argmax(1)).sum())
+                retain_seen += len(xr)
         ctx.report("rfa", epoch, p.epochs)
-        if p.stop == "criterion" and _reached(model, teacher_probe, forget, scenario, heldout_conf, p, device, ctx.batch_size):
-            stop_reason = "criterion"
-            break
+        if p.stop == "criterion" and retain_agree / retain_seen >= p.retain_agreement:
+            reached = (forget_hits / n_f <= p.class_stop_acc) if kind == "other_classes" else (forget_conf / n_f <= heldout_conf + p.sample_conf_tolerance)
+            if reached:
+                stop_reason = "criterion"
+                break
     info.update({"epochs_run": epoch, "steps": epoch * steps_per_epoch, "stop_reason": stop_reason})
     return MethodOutput(model=lora.merged_copy(model), adapter_model=model, info=info)
-
-
-@torch.no_grad()
-def _reached(model, teacher_probe, forget, scenario, heldout_conf, p: RFAParams, device, batch_size) -> bool:
-    """The measured stopping rule: forget target reached and retained behaviour still the teacher's."""
-    probe_x, teacher_pred = teacher_probe
-    agreement = float((model(probe_x.to(device)).argmax(1) == teacher_pred).float().mean())
-    if agreement < p.retain_agreement:
-        return False
-    logits, y = predict_logits(model, forget, device, batch_size)
-    if scenario == "other_classes":
-        return float((logits.argmax(1) == y).float().mean()) <= p.stop_tolerance
-    conf = logits.softmax(1).gather(1, y[:, None]).mean()
-    return float(conf) <= heldout_conf + p.stop_tolerance
 
 
 register_method(
