@@ -259,6 +259,7 @@ def main() -> None:  # pragma: no cover - console entry
 
 
 from . import audit as _audit  # noqa: E402,F401  (registers the command)
+from . import bench as _bench  # noqa: E402,F401  (registers the command)
 
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -1,0 +1,137 @@
+"""Every registered unlearning method on scikit-learn digits, against retraining (issue: `unlearn bench`).
+
+    python benchmarks/all_methods_digits.py                         # all methods, 3 seeds, both scenarios
+    python benchmarks/all_methods_digits.py --methods rfa,ssd --seeds 1 --scenarios class
+    python benchmarks/all_methods_digits.py --out bench_digits      # also bench.json/.csv/.md/.png per scenario
+
+Scenarios: class unlearning (forget digit 3) and 10% random-sample unlearning (144 of the 1437 train
+indices, fixed rng), builtin MLP. Per seed s: the original is trained on the train split and the
+reference retrained on the retain split (unlearn_tool.training.fit, TrainConfig defaults: 40 epochs
+of Adam 1e-3; the reference's init seed is s + 100), and every method runs on that seed's original
+with its default parameters (ssd with use_cache=false so its times are cold). Figures come from the
+same code as `unlearn bench` (unlearn_tool/bench.py): audit metrics, Avg Gap to the seed's retrained
+model (points), method wall time and its fraction of that seed's retraining time.
+Prints one markdown table per scenario, then the method with the lowest Avg Gap per scenario.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from unlearn_tool import bench as B  # noqa: E402
+from unlearn_tool.audit import gaps  # noqa: E402
+from unlearn_tool.pipeline import prepare, seed_everything  # noqa: E402
+from unlearn_tool.request import parse_request  # noqa: E402
+from unlearn_tool.training import TrainConfig, fit  # noqa: E402
+
+REQUEST = """
+version: 1
+id: digits-{scenario}
+model: {{arch: "builtin:mlp", kwargs: {{num_classes: 10}}}}
+data: {{train: {{source: "sklearn:digits"}}, test: {{source: "sklearn:digits"}}}}
+forget: {forget}
+seed: {seed}
+"""
+
+SAMPLE_INDICES = sorted(int(i) for i in np.random.default_rng(0).choice(1437, 144, replace=False))
+DEFAULT_OVERRIDES = {"ssd": {"use_cache": False}}
+
+
+def make_job(scenario: str, seed: int):
+    forget = "{classes: [3]}" if scenario == "class" else "{indices: " + str(SAMPLE_INDICES) + "}"
+    return prepare(parse_request(REQUEST.format(scenario=scenario, forget=forget, seed=seed)), None, device="cpu")
+
+
+def train(job, data, seed: int):
+    """A fresh model (init seed `seed`) trained with TrainConfig defaults; returns (model, seconds)."""
+    seed_everything(seed)
+    model = B.job_for_seed(job, seed).make_model()
+    start = time.perf_counter()
+    fit(model, data, TrainConfig(), job.device, torch.Generator().manual_seed(seed))
+    return model.eval(), time.perf_counter() - start
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def run_scenario(scenario: str, methods: list[str], seeds: list[int], overrides: dict) -> dict:
+    first = make_job(scenario, seeds[0])
+    params = {m: B.method_params(m, {**DEFAULT_OVERRIDES.get(m, {}), **overrides.get(m, {})}) for m in methods}
+    runs: dict[str, list[dict]] = {m: [] for m in methods}
+    originals, references = [], []
+    for s in seeds:
+        job = make_job(scenario, s)
+        original, t_orig = train(job, job.splits.train, s)
+        retrained, t_retrain = train(job, job.splits.retain, s + 100)
+        job.original = original
+        ref = B.baseline_run(retrained, job, t_retrain)
+        ref["metrics"]["time_fraction"] = 1.0
+        orig = B.baseline_run(original, job)
+        orig["metrics"]["avg_gap"] = gaps(orig["metrics"], ref["metrics"])["avg_gap"]
+        references.append(ref)
+        originals.append(orig)
+        log(f"# {scenario} seed {s}: original trained in {t_orig:.1f}s, retrained in {t_retrain:.1f}s "
+            f"(forget acc {ref['metrics']['forget_acc']:.3f}, test acc {ref['metrics']['test_acc']:.3f})")
+        for m in methods:
+            r = B.run_one(job, m, params[m], ref["metrics"], t_retrain)
+            runs[m].append(r)
+            mm = r["metrics"]
+            log(f"  {m:16s} " + (f"FAILED {r['error']}" if r["error"] else
+                                 f"forget acc {mm['forget_acc']:.3f}  test acc {mm['test_acc']:.3f}  avg gap {mm['avg_gap']:.2f}  {mm['wall_time_s']:.2f}s"))
+    entries = {m: B.summarize(m, runs[m], params[m].model_dump(mode="json")) for m in methods}
+    return B.assemble(first, seeds, "retrain", entries, B.summarize("original", originals, kind="original"),
+                      B.summarize("retrain", references, TrainConfig().model_dump(), kind="reference"),
+                      {"kind": "retrained per seed with unlearn_tool.training.fit, TrainConfig defaults, init seed s + 100"})
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--methods", default="all", help="Comma-separated method names, or 'all' (default).")
+    ap.add_argument("--seeds", type=int, default=3, help="Seeds 0..N-1 (default 3).")
+    ap.add_argument("--scenarios", default="class,sample", help="class, sample or both (default).")
+    ap.add_argument("--param", action="append", default=[], help="METHOD.key=value override (repeatable).")
+    ap.add_argument("--out", type=Path, default=None, help="Also write bench.json/.csv/.md/.png into OUT/<scenario>/.")
+    args = ap.parse_args()
+    import yaml
+
+    methods = B.select_methods(args.methods)
+    raw = {}
+    for pair in args.param:
+        k, _, v = pair.partition("=")
+        raw[k.strip()] = yaml.safe_load(v) if v.strip() else ""
+    overrides = B.split_overrides(raw, methods)
+    seeds = list(range(args.seeds))
+    started = time.perf_counter()
+    results = {}
+    for scenario in args.scenarios.split(","):
+        results[scenario] = run_scenario(scenario.strip(), methods, seeds, overrides)
+        if args.out:
+            args.out.mkdir(parents=True, exist_ok=True)
+            B.write_bench(results[scenario], args.out / scenario)
+    print(f"All methods on scikit-learn digits (1437 train / 360 test), builtin MLP, seeds {seeds}, mean±std; "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads; total {time.perf_counter() - started:.0f}s\n")
+    for scenario, bench in results.items():
+        what = "forget class 3" if scenario == "class" else "forget 144 random train samples (10%)"
+        print(f"## {scenario} unlearning: {what}\n")
+        print(B.markdown_table(bench))
+        rt = bench["retrain_time_s"]
+        print(f"Retraining time {rt['mean']:.2f}±{rt['std'] or 0:.2f}s; accuracies, MIA-Efficacy and time fractions in %, Avg Gap in points.\n")
+    for scenario, bench in results.items():
+        best = B.best_method(bench)
+        gap = bench["methods"][best]["metrics"]["avg_gap"] if best else None
+        floor = bench["methods"].get("retrain", {}).get("metrics", {}).get("avg_gap", {}).get("mean")
+        note = f"; the retrain method itself: {floor:.2f}, the seed-to-seed floor" if floor is not None else ""
+        print(f"lowest Avg Gap to retrain, {scenario}: {best} ({gap['mean']:.2f} points{note})" if best else f"{scenario}: no method succeeded")
+
+
+if __name__ == "__main__":
+    main()
