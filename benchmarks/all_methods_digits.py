@@ -100,7 +100,10 @@ def main() -> None:
     ap.add_argument("--scenarios", default="class,sample", help="class, sample or both (default).")
     ap.add_argument("--param", action="append", default=[], help="METHOD.key=value override (repeatable).")
     ap.add_argument("--out", type=Path, default=None, help="Also write bench.json/.csv/.md/.png into OUT/<scenario>/.")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads for every run, retraining included (default 1: "
+                    "on a 2-core machine these tiny models train fastest on one thread)")
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
     import yaml
 
     methods = B.select_methods(args.methods)

@@ -42,11 +42,16 @@ ABLATIONS = {
     "no zero-residual term": {"w_residual": 0.0},
     "no logit alignment": {"w_align": 0.0},
     "neither retain term": {"w_residual": 0.0, "w_align": 0.0},
+    "retain CE added (w_retain_ce=1)": {"w_retain_ce": 1.0},
+    "class: align with full teacher": {"retain_target": "teacher"},
     "head only": {"target_layers": "head"},
-    "sample target: other classes": {"forget_target": "other_classes"},
-    "fixed 30 epochs (no criterion)": {"stop": "epochs"},
     "rank 2": {"rank": 2},
-    "lr 1e-2": {"lr": 1e-2},
+    "forget weight 1 (sample default is 5)": {"w_forget": 1.0},
+    "forget batch 32": {"batch_size": 32},
+    "retain agreement 0.99": {"retain_agreement": 0.99},
+    "sample: confidence tolerance 0": {"sample_conf_tolerance": 0.0},
+    "sample: force misclassification": {"forget_target": "other_classes"},
+    "fixed 30 epochs (no criterion)": {"stop": "epochs"},
 }
 
 
@@ -142,8 +147,9 @@ def main() -> None:
     ap.add_argument("--ablation", action="store_true", help="Run the design ablation instead of the quality table.")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--archs", default="mlp,small_cnn")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (tiny models run fastest on one)")
     args = ap.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    torch.set_num_threads(args.threads)
     variants = ABLATIONS if args.ablation else {"default": {}}
     rows = []
     for arch in args.archs.split(","):

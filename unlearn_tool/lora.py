@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import re
 from contextlib import contextmanager
-from typing import Iterator, Sequence
+from typing import Iterator, Optional, Sequence
 
 import torch
 from torch import nn
@@ -74,11 +74,14 @@ def lora_layers(peft_model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 @contextmanager
-def capture_residuals(peft_model: nn.Module) -> Iterator[dict[str, torch.Tensor]]:
-    """Record each adapted layer's residual feature, scaling * B(A(x)), during forward passes."""
+def capture_residuals(peft_model: nn.Module, layers: Optional[list[tuple[str, nn.Module]]] = None) -> Iterator[dict[str, torch.Tensor]]:
+    """Record each adapted layer's residual feature, scaling * B(A(x)), during forward passes.
+
+    `layers` (from lora_layers) saves walking the module tree on every call in a training loop.
+    """
     store: dict[str, torch.Tensor] = {}
     handles = []
-    for name, layer in lora_layers(peft_model):
+    for name, layer in (layers if layers is not None else lora_layers(peft_model)):
         scaling = layer.scaling[ADAPTER_NAME]
 
         def hook(_m, _inp, out, name=name, scaling=scaling):

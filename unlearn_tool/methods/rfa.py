@@ -22,6 +22,7 @@ import math
 from typing import Literal, Optional, Union
 
 import torch
+import torch.nn.functional as F
 from pydantic import Field
 
 from .. import lora
@@ -43,6 +44,7 @@ class RFAParams(MethodParams):
     retain_batch_size: int = Field(64, ge=1, description="Retain samples drawn per step (a sample of Dr, not all of it).")
     w_residual: float = Field(1.0, ge=0, description="Weight of the zero-residual term on retained data (relative residual energy).")
     w_align: float = Field(1.0, ge=0, description="Weight of the logit alignment (KL to the teacher) on retained data.")
+    w_retain_ce: float = Field(0.0, ge=0, description="Weight of plain cross-entropy on retained labels (0: alignment only).")
     w_forget: Optional[float] = Field(
         None, ge=0, description="Weight of the forget-set shift term; default 1 for class and 5 for sample unlearning "
         "(sample targets sit close to the teacher, so their pull is weaker; docs/rfa.md)."
@@ -50,6 +52,10 @@ class RFAParams(MethodParams):
     temperature: float = Field(2.0, gt=0, description="Distillation temperature of the retain alignment.")
     forget_target: Literal["auto", "other_classes", "heldout"] = Field(
         "auto", description="auto: other_classes for class unlearning, heldout for sample unlearning."
+    )
+    retain_target: Literal["without_forgotten", "teacher"] = Field(
+        "without_forgotten", description="Class unlearning: align retained data with the teacher's distribution over the "
+        "remaining classes (without_forgotten) or with its full distribution (teacher)."
     )
     stop: Literal["criterion", "epochs"] = Field(
         "criterion", description="criterion: stop once the forget target is reached (checked every epoch); epochs: run all epochs."
@@ -61,8 +67,20 @@ class RFAParams(MethodParams):
         0.01, ge=0, description="Sample target reached when the forget set's mean true-class confidence <= held-out mean + this."
     )
     retain_agreement: float = Field(
-        0.99, ge=0, le=1, description="Also required to stop: share of the epoch's retain samples on which student and teacher agree (argmax)."
+        1.0, ge=0, le=1, description="Also required to stop: share of the epoch's retain samples on which student and teacher agree (argmax)."
     )
+
+
+MASKED_LOGIT = -1e4  # finite, so KL terms of removed classes are exactly 0 (not NaN): exp(-1e4 / T) == 0 in float32
+
+
+def _without(logits: torch.Tensor, classes: list[int]) -> torch.Tensor:
+    """Logits with the given classes removed (set to a very low finite value)."""
+    if not classes:
+        return logits
+    out = logits.clone()
+    out[:, classes] = MASKED_LOGIT
+    return out
 
 
 def _other_class_targets(teacher_logits: torch.Tensor, forget_classes: list[int]) -> torch.Tensor:
@@ -132,10 +150,13 @@ def run(ctx: UnlearnContext, p: RFAParams) -> MethodOutput:
     kind = p.forget_target if p.forget_target != "auto" else ("other_classes" if ctx.scenario == "class" else "heldout")
     targets, heldout_conf = _forget_targets(ctx, teacher, kind)
     w_forget = p.w_forget if p.w_forget is not None else (1.0 if kind == "other_classes" else 5.0)
+    # Class unlearning: retained data follow the teacher *without* the forgotten classes, as a retrained model would.
+    forgotten = ctx.splits.forget_classes if (kind == "other_classes" and p.retain_target == "without_forgotten") else []
     targets, y_forget = targets.to(device), forget.targets.to(device)
     gen = ctx.generator(1)
     scale = _feature_scales(ctx, teacher, layers, gen)
-    name_of = {name: name.removeprefix("base_model.model.") for name, _ in lora.lora_layers(model)}
+    adapted = lora.lora_layers(model)
+    name_of = {name: name.removeprefix("base_model.model.") for name, _ in adapted}
 
     params = lora.adapter_parameters(model)
     opt = torch.optim.Adam(params, lr=p.lr)
@@ -151,16 +172,19 @@ def run(ctx: UnlearnContext, p: RFAParams) -> MethodOutput:
         for step in range(steps_per_epoch):
             idx = order[step * p.batch_size:(step + 1) * p.batch_size]
             xf = forget.take(idx)[0].to(device)
-            xr = retain.sample(p.retain_batch_size, gen)[0].to(device)
+            xr, yr = retain.sample(p.retain_batch_size, gen)
+            xr, yr = xr.to(device), yr.to(device)
             with torch.no_grad():
-                t_retain = teacher(xr)
-            with lora.capture_residuals(model) as res:
+                t_retain = _without(teacher(xr), forgotten)
+            with lora.capture_residuals(model, adapted) as res:
                 out = model(torch.cat([xf, xr]))
             nf, dev_idx = len(idx), idx.to(device)
             loss_forget = _soft_ce(out[:nf], targets[dev_idx])
             loss_align = kl_to_teacher(out[nf:], t_retain, p.temperature)
             loss_res = torch.stack([r[nf:].pow(2).mean() / scale[name_of[n]] for n, r in res.items()]).mean()
             loss = w_forget * loss_forget + p.w_align * loss_align + p.w_residual * loss_res
+            if p.w_retain_ce:
+                loss = loss + p.w_retain_ce * F.cross_entropy(out[nf:], yr)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
