@@ -1,0 +1,1 @@
+"""The `unlearn` command-line interface (thin Typer layer over unlearn_tool)."""
