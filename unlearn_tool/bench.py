@@ -468,17 +468,17 @@ def plot_png(bench: dict[str, Any]) -> bytes:
 
 def write_bench(bench: dict[str, Any], folder: str | Path) -> Path:
     """bench.json, bench.csv, bench.md and bench.png into `folder` (created), each atomically."""
-    from .audit.report import write_atomic
+    from .checkpoint import write_bytes
 
     folder = check_report_dir(folder)
     try:
         folder.mkdir(exist_ok=True)
     except OSError as e:
         raise OutputError(f"cannot create report dir {folder} ({e.strerror}); choose another --report-dir") from None
-    write_atomic(folder / "bench.json", (to_json(bench) + "\n").encode())
-    write_atomic(folder / "bench.csv", render_csv(bench).encode())
-    write_atomic(folder / "bench.md", render_markdown(bench).encode())
-    write_atomic(folder / "bench.png", plot_png(bench))
+    write_bytes(folder / "bench.json", (to_json(bench) + "\n").encode(), fix="choose another --report-dir")
+    write_bytes(folder / "bench.csv", render_csv(bench).encode(), fix="choose another --report-dir")
+    write_bytes(folder / "bench.md", render_markdown(bench).encode(), fix="choose another --report-dir")
+    write_bytes(folder / "bench.png", plot_png(bench), fix="choose another --report-dir")
     return folder
 
 

@@ -12,7 +12,8 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -85,22 +86,37 @@ def check_writable(path: Path, force: bool) -> None:
         raise OutputError(f"output folder {parent} is not writable; choose another --output")
 
 
+@contextmanager
+def _atomic_file(path: Path, fix: str) -> Iterator[Path]:
+    """Yield a temporary path in the destination folder; rename it onto `path` only if the block succeeds."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException as e:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise OutputError(f"cannot write {path} ({e.strerror}); {fix}") from None
+        raise
+
+
 def write_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str], force: bool = False) -> Path:
     """Write tensors + metadata atomically (temp file in the same folder, then rename)."""
     from safetensors.torch import save_file
 
     path = Path(path)
     check_writable(path, force)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException as e:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, OSError):
-            raise OutputError(f"cannot write {path} ({e.strerror}); choose another --output") from None
-        raise
+    with _atomic_file(path, "choose another --output") as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    return path
+
+
+def write_bytes(path: str | Path, data: bytes, fix: str = "choose another output folder") -> Path:
+    """Write a small file atomically (reports, caches): readers never see a half-written file."""
+    path = Path(path)
+    with _atomic_file(path, fix) as tmp:
+        tmp.write_bytes(data)
     return path
 
 

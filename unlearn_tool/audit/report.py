@@ -10,11 +10,10 @@ import base64
 import html
 import io
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
+from ..checkpoint import write_bytes
 from ..errors import OutputError
 
 MODEL_NAMES = ("original", "unlearned", "reference")
@@ -42,16 +41,7 @@ def default_report_dir(unlearned: str | Path) -> Path:
 
 def write_atomic(path: Path, data: bytes) -> None:
     """Temp file in the same folder, then rename: readers never see a half-written report."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException as e:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, OSError):
-            raise OutputError(f"cannot write {path} ({e.strerror}); choose another --report-dir") from None
-        raise
+    write_bytes(path, data, fix="choose another --report-dir")
 
 
 def write_reports(report: dict[str, Any], folder: str | Path) -> Path:

@@ -67,7 +67,7 @@ class RFAParams(MethodParams):
         0.01, ge=0, description="Sample target reached when the forget set's mean true-class confidence <= held-out mean + this."
     )
     retain_agreement: float = Field(
-        1.0, ge=0, le=1, description="Also required to stop: share of the epoch's retain samples on which student and teacher agree (argmax)."
+        0.99, ge=0, le=1, description="Also required to stop: share of the epoch's retain samples on which student and teacher agree (argmax)."
     )
 
 
