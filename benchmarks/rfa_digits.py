@@ -48,7 +48,7 @@ ABLATIONS = {
     "rank 2": {"rank": 2},
     "forget weight 1 (sample default is 5)": {"w_forget": 1.0},
     "forget batch 32": {"batch_size": 32},
-    "retain agreement 0.99": {"retain_agreement": 0.99},
+    "retain agreement 1.0": {"retain_agreement": 1.0},
     "sample: confidence tolerance 0": {"sample_conf_tolerance": 0.0},
     "sample: force misclassification": {"forget_target": "other_classes"},
     "fixed 30 epochs (no criterion)": {"stop": "epochs"},
