@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from unlearn_tool.methods import UnlearnContext, parse_params, run_method  # noqa: E402
+from unlearn_tool.methods import parse_params, run_method  # noqa: E402
 from unlearn_tool.pipeline import prepare, seed_everything, utility  # noqa: E402
 from unlearn_tool.request import parse_request  # noqa: E402
 from unlearn_tool.training import TrainConfig, fit  # noqa: E402
@@ -73,8 +73,7 @@ def train(job, data, seed: int):
 
 
 def run_rfa(job, original, params: dict):
-    ctx = UnlearnContext(original=original, make_model=job.make_model, splits=job.splits, num_classes=job.num_classes,
-                         device=job.device, seed=job.seed)
+    ctx = job.context(original=original)
     seed_everything(job.seed)
     out, wall = run_method("rfa", ctx, parse_params("rfa", params))
     return out.model.eval(), wall, out.info

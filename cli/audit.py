@@ -10,7 +10,7 @@ from typing import Any, Optional
 
 import typer
 
-from .common import err, handle_errors, print_json
+from .common import handle_errors, print_json
 from .main import DeviceOpt, RequestOpt, app
 
 

@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from .common import EXIT_INVALID, err, handle_errors, parse_params, print_json, progress_bars
+from .common import err, handle_errors, parse_params, print_json, progress_bars
 
 app = typer.Typer(
     name="unlearn",

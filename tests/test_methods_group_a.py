@@ -23,8 +23,7 @@ GROUP_A = ["finetune", "neggrad", "neggrad+", "random-label", "salun", "l1-spars
 
 
 def make_ctx(job, seed=None) -> UnlearnContext:
-    return UnlearnContext(original=job.original, make_model=job.make_model, splits=job.splits, num_classes=job.num_classes,
-                          device=job.device, seed=job.seed if seed is None else seed, batch_size=job.request.data.batch_size)
+    return job.context(seed=seed)
 
 
 def forget_confidence(model, job) -> float:

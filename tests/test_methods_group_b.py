@@ -30,20 +30,9 @@ def _private_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("UNLEARN_CACHE_DIR", str(tmp_path / "cache"))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The digits models are tiny: one intra-op thread is ~4x faster than two, and far faster on a loaded machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def make_ctx(job, original=None) -> UnlearnContext:
     """The context pipeline.apply() builds for a job."""
-    return UnlearnContext(original=original if original is not None else job.original, make_model=job.make_model,
-                          splits=job.splits, num_classes=job.num_classes, device=job.device, seed=job.seed,
-                          batch_size=job.request.data.batch_size)
+    return job.context(original=original)
 
 
 def run(name, job, **params):

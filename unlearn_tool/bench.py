@@ -27,7 +27,7 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 
 from .errors import MethodError, OutputError, UnlearnError
-from .methods import MethodParams, UnlearnContext, method_names, parse_params, run_method
+from .methods import MethodParams, method_names, parse_params, run_method
 
 SCHEMA = "unlearn.bench/v1"
 
@@ -160,8 +160,7 @@ def run_one(
     """
     record: dict[str, Any] = {"seed": job.seed, "error": None, "metrics": {k: None for k in SUMMARY_KEYS}, "gaps": None,
                               "info": {}, "warnings": []}
-    ctx = UnlearnContext(original=job.original, make_model=job.make_model, splits=job.splits, num_classes=job.num_classes,
-                         device=job.device, seed=job.seed, batch_size=job.request.data.batch_size, progress=progress)
+    ctx = job.context(progress=progress)
     from .pipeline import seed_everything
 
     seed_everything(job.seed)

@@ -24,7 +24,7 @@ from .checkpoint import (
 from .data import Splits, load_split, load_splits
 from .errors import MethodError, UnlearnError
 from .evaluate import predict_logits
-from .methods import MethodOutput, UnlearnContext, get_method, parse_params, run_method
+from .methods import UnlearnContext, get_method, parse_params, run_method
 from .models import build_model, num_classes_of
 from .request import Request, load_request
 from .training import TrainConfig
@@ -83,6 +83,20 @@ class Job:
     checkpoint_path: Optional[Path] = None
     checkpoint_sha256: str = ""
     checkpoint_metadata: dict[str, str] = field(default_factory=dict)
+
+    def context(self, original: Optional[nn.Module] = None, seed: Optional[int] = None,
+                progress: Optional[Progress] = None) -> UnlearnContext:
+        """What a method sees of this job (its own original model unless another is given)."""
+        return UnlearnContext(
+            original=original if original is not None else self.original,
+            make_model=self.make_model,
+            splits=self.splits,
+            num_classes=self.num_classes,
+            device=self.device,
+            seed=self.seed if seed is None else seed,
+            batch_size=self.request.data.batch_size,
+            progress=progress,
+        )
 
 
 def load_model_checkpoint(job_request: Request, make_model: Callable[[], nn.Module], path: Path, device: torch.device) -> tuple[nn.Module, dict[str, str]]:
@@ -217,16 +231,7 @@ def apply(
 
     t0 = time.perf_counter()
     before = utility(job.original, job.splits, job.device, req.data.batch_size)
-    ctx = UnlearnContext(
-        original=job.original,
-        make_model=job.make_model,
-        splits=job.splits,
-        num_classes=job.num_classes,
-        device=job.device,
-        seed=job.seed,
-        batch_size=req.data.batch_size,
-        progress=progress,
-    )
+    ctx = job.context(progress=progress)
     seed_everything(job.seed)
     result, wall = run_method(name, ctx, method_params)
     model = result.model.to(job.device).eval()
