@@ -21,15 +21,15 @@ from __future__ import annotations
 import math
 from typing import Literal, Optional, Union
 
+import peft  # noqa: F401  (imported with the registry, so the method's wall time is compute, not import)
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 
 from .. import lora
-import peft  # noqa: F401  (imported with the registry, so the method's wall time is compute, not import)
 from ..evaluate import predict_logits
-from .common import kl_to_teacher
 from .base import MethodOutput, MethodParams, UnlearnContext, register_method
+from .common import kl_to_teacher
 
 
 class RFAParams(MethodParams):

@@ -1,0 +1,74 @@
+"""RFA-LoRA's pieces on small fixed inputs: targets, layer choice, residual capture, and what training may touch."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from unlearn_tool import lora
+from unlearn_tool.methods import parse_params, run_method
+from unlearn_tool.methods.rfa import _heldout_targets, _other_class_targets
+
+
+def test_other_class_targets_remove_the_forgotten_class_and_keep_proportions():
+    logits = torch.log(torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.6, 0.3]]))
+    t = _other_class_targets(logits, [1])
+    assert torch.allclose(t.sum(1), torch.ones(2))
+    assert torch.all(t[:, 1] == 0)
+    assert torch.allclose(t[0], torch.tensor([0.7 / 0.8, 0.0, 0.1 / 0.8]))
+    assert torch.allclose(t[1], torch.tensor([0.25, 0.0, 0.75]))
+
+
+def test_heldout_targets_match_heldout_confidence_quantiles_by_rank():
+    # four forget samples, all labelled 0, teacher margins increasing with the index
+    forget_logits = torch.tensor([[2.0, 0.0, -1.0], [3.0, 0.0, -1.0], [4.0, 0.0, -1.0], [6.0, 0.0, -1.0]])
+    y = torch.zeros(4, dtype=torch.long)
+    # held-out true-class confidences 0.4, 0.6, 0.8, 0.9 (label 0)
+    conf = torch.tensor([0.4, 0.6, 0.8, 0.9])
+    held = torch.stack([conf.log(), ((1 - conf) / 2).log(), ((1 - conf) / 2).log()], 1)
+    t = _heldout_targets(forget_logits, y, held, torch.zeros(4, dtype=torch.long))
+    assert torch.allclose(t.sum(1), torch.ones(4))
+    teacher_conf = forget_logits.softmax(1)[:, 0]
+    expected = torch.minimum(conf, teacher_conf)  # k-th least confident gets the k-th quantile, never more than now
+    assert torch.allclose(t[:, 0], expected, atol=1e-6)
+    # the rest keeps the teacher's proportions between classes 1 and 2
+    p = forget_logits.softmax(1)
+    assert torch.allclose(t[:, 1] / t[:, 2], p[:, 1] / p[:, 2], atol=1e-5)
+
+
+def test_lora_skips_depthwise_convs_and_attention_projections():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3)
+            self.depthwise = nn.Conv2d(8, 8, 3, groups=8)
+            self.attn = nn.MultiheadAttention(8, 2)
+            self.head = nn.Linear(8, 4)
+
+    names = lora.lora_capable_layers(Net())
+    assert names == ["conv", "head"]
+    assert lora.select_layers(Net(), "head") == ["head"]
+    assert lora.select_layers(Net(), "last:2") == ["conv", "head"]
+    assert lora.select_layers(Net(), ["co.*"]) == ["conv"]
+
+
+def test_residuals_start_at_zero_and_the_injected_model_equals_the_original():
+    torch.manual_seed(0)
+    base = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 3))
+    peft_model = lora.inject(base, ["1", "3"], rank=2, alpha=4).eval()
+    x = torch.rand(5, 4, 4)
+    with torch.no_grad(), lora.capture_residuals(peft_model) as res:
+        out = peft_model(x)
+    assert set(n.split(".")[-1] for n in res) == {"1", "3"}
+    assert all(torch.count_nonzero(r) == 0 for r in res.values())
+    assert torch.allclose(out, base(x))
+
+
+def test_rfa_trains_only_adapters_and_leaves_the_original_untouched(digits_job):
+    before = {k: v.clone() for k, v in digits_job.original.state_dict().items()}
+    out, _ = run_method("rfa", digits_job.context(), parse_params("rfa", {"epochs": 2, "stop": "epochs"}))
+    assert all(torch.equal(before[k], v) for k, v in digits_job.original.state_dict().items())
+    trainable = [n for n, p in out.adapter_model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    assert any(torch.count_nonzero(p) > 0 for n, p in out.adapter_model.named_parameters() if "lora_B" in n)
+    assert out.info["epochs_run"] == 2 and out.info["stop_reason"] == "epochs"
