@@ -1,0 +1,28 @@
+"""The shipped sample requests are valid: schema for all, full validation (data, classes, indices) for the built-in ones."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conftest import invoke
+from unlearn_tool.methods import parse_params
+from unlearn_tool.request import load_request
+
+SAMPLES = Path(__file__).resolve().parents[1] / "sample_requests"
+
+
+@pytest.mark.parametrize("path", sorted(SAMPLES.glob("*.yaml")), ids=lambda p: p.name)
+def test_schema_and_method_params(path):
+    req = load_request(path)
+    parse_params(req.method.name, req.method.params)
+    if req.forget.indices_file:
+        assert req.forget_indices_list()
+
+
+@pytest.mark.parametrize("name", ["digits_class.yaml", "digits_samples.yaml"])
+def test_builtin_samples_validate_against_their_data(name):
+    r = invoke("validate", "-r", SAMPLES / name)
+    assert r.exit_code == 0, r.stderr
+    assert r.stdout.startswith("ok: ")
