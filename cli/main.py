@@ -86,13 +86,9 @@ def apply(
         _print_before_after(result.before, result.after, f"{result.method} on request {req.id}")
         err(f"wrote {result.output} ({result.mode}) in {result.wall_time_s:.2f}s of unlearning")
     if report is not None:
-        from unlearn_tool.audit import check_verdict
+        from .audit import finish
 
-        if not (as_json or quiet):
-            from .audit import print_summary
-
-            print_summary(report, folder)
-        check_verdict(report, str(folder / "report.md"))
+        finish(report, folder, as_json=False, quiet=as_json or quiet)  # stdout already holds the apply summary
 
 
 @app.command()

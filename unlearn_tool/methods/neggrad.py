@@ -9,7 +9,7 @@ unlearning when forget accuracy falls to the test accuracy (what a model that ne
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Callable, Iterator, Literal, Optional
 
 import torch
 import torch.nn.functional as F
@@ -76,14 +76,13 @@ def _forgotten(model: nn.Module, ctx: UnlearnContext, target: float) -> tuple[bo
     return acc <= target, acc
 
 
-def run_neggrad(ctx: UnlearnContext, p: NegGradParams) -> MethodOutput:
-    model = ctx.student().train()
-    opt = make_optimizer(model.parameters(), p.optimizer, p.lr, p.weight_decay, p.momentum)
-    gen, target = ctx.generator(21), _target(ctx, p.stop_forget_acc)
+def _train(ctx: UnlearnContext, p, task: str, model: nn.Module, opt, epoch_losses: Callable[[], Iterator[torch.Tensor]],
+           target: float) -> MethodOutput:
+    """The loop both variants share: one step per loss; stop on divergence (keeping the last finite weights) or once
+    forget accuracy reaches the target."""
     steps, epoch, stop_reason = 0, 0, "epochs"
     for epoch in range(1, p.epochs + 1):
-        for x, y in ctx.forget.batches(p.batch_size, shuffle=True, generator=gen):
-            loss = -F.cross_entropy(model(x.to(ctx.device)), y.to(ctx.device))
+        for loss in epoch_losses():
             if not torch.isfinite(loss):  # the ascent has diverged: keep the last finite weights
                 stop_reason = "diverged"
                 break
@@ -91,39 +90,7 @@ def run_neggrad(ctx: UnlearnContext, p: NegGradParams) -> MethodOutput:
             loss.backward()
             opt.step()
             steps += 1
-        ctx.report("neggrad", epoch, p.epochs)
-        if stop_reason == "diverged":
-            break
-        if p.stop == "criterion":
-            if _forgotten(model, ctx, target)[0]:
-                stop_reason = "criterion"
-                break
-    info = {"epochs_run": epoch, "steps": steps, "stop_reason": stop_reason, "stop_forget_acc": round(target, 4)}
-    return MethodOutput(model=model.eval(), info=info)
-
-
-def run_neggrad_plus(ctx: UnlearnContext, p: NegGradPlusParams) -> MethodOutput:
-    model = ctx.student().train()
-    opt = make_optimizer(model.parameters(), p.optimizer, p.lr, p.weight_decay, p.momentum)
-    gen, target = ctx.generator(22), _target(ctx, p.stop_forget_acc)
-    forget_batches = endless_batches(ctx.forget, p.forget_batch_size, ctx.generator(23))
-    steps, epoch, stop_reason = 0, 0, "epochs"
-    for epoch in range(1, p.epochs + 1):
-        for xr, yr in ctx.retain.batches(p.batch_size, shuffle=True, generator=gen):
-            xf, yf = next(forget_batches)
-            out = model(torch.cat([xr, xf]).to(ctx.device))
-            nr = len(yr)
-            loss_r = F.cross_entropy(out[:nr], yr.to(ctx.device))
-            loss_f = F.cross_entropy(out[nr:], yf.to(ctx.device))
-            loss = p.alpha * loss_r - (1 - p.alpha) * loss_f
-            if not torch.isfinite(loss):
-                stop_reason = "diverged"
-                break
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            steps += 1
-        ctx.report("neggrad+", epoch, p.epochs)
+        ctx.report(task, epoch, p.epochs)
         if stop_reason == "diverged":
             break
         if p.stop == "criterion" and _forgotten(model, ctx, target)[0]:
@@ -131,6 +98,36 @@ def run_neggrad_plus(ctx: UnlearnContext, p: NegGradPlusParams) -> MethodOutput:
             break
     info = {"epochs_run": epoch, "steps": steps, "stop_reason": stop_reason, "stop_forget_acc": round(target, 4)}
     return MethodOutput(model=model.eval(), info=info)
+
+
+def run_neggrad(ctx: UnlearnContext, p: NegGradParams) -> MethodOutput:
+    model = ctx.student().train()
+    opt = make_optimizer(model.parameters(), p.optimizer, p.lr, p.weight_decay, p.momentum)
+    gen, target = ctx.generator(21), _target(ctx, p.stop_forget_acc)
+
+    def losses() -> Iterator[torch.Tensor]:
+        for x, y in ctx.forget.batches(p.batch_size, shuffle=True, generator=gen):
+            yield -F.cross_entropy(model(x.to(ctx.device)), y.to(ctx.device))
+
+    return _train(ctx, p, "neggrad", model, opt, losses, target)
+
+
+def run_neggrad_plus(ctx: UnlearnContext, p: NegGradPlusParams) -> MethodOutput:
+    model = ctx.student().train()
+    opt = make_optimizer(model.parameters(), p.optimizer, p.lr, p.weight_decay, p.momentum)
+    gen, target = ctx.generator(22), _target(ctx, p.stop_forget_acc)
+    forget_batches = endless_batches(ctx.forget, p.forget_batch_size, ctx.generator(23))
+
+    def losses() -> Iterator[torch.Tensor]:
+        for xr, yr in ctx.retain.batches(p.batch_size, shuffle=True, generator=gen):
+            xf, yf = next(forget_batches)
+            out = model(torch.cat([xr, xf]).to(ctx.device))
+            nr = len(yr)
+            loss_r = F.cross_entropy(out[:nr], yr.to(ctx.device))
+            loss_f = F.cross_entropy(out[nr:], yf.to(ctx.device))
+            yield p.alpha * loss_r - (1 - p.alpha) * loss_f
+
+    return _train(ctx, p, "neggrad+", model, opt, losses, target)
 
 
 register_method(
