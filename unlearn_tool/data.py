@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
@@ -94,11 +95,12 @@ class Splits:
     scenario: str  # "class" or "sample"
     forget_classes: list[int]
 
-    @property
+    @cached_property
     def forget(self) -> LabelledData:
+        """Built once: for in-memory data a subset is a copy, which callers should not pay for on every access."""
         return self.train.subset(self.forget_idx)
 
-    @property
+    @cached_property
     def retain(self) -> LabelledData:
         return self.train.subset(self.retain_idx)
 
