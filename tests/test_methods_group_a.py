@@ -17,7 +17,7 @@ from unlearn_tool.errors import MethodError
 from unlearn_tool.evaluate import predict_logits
 from unlearn_tool.methods import UnlearnContext, get_method, parse_params, run_method
 from unlearn_tool.methods.salun import saliency_mask
-from unlearn_tool.pipeline import load_model_checkpoint, utility
+from unlearn_tool.pipeline import utility
 
 GROUP_A = ["finetune", "neggrad", "neggrad+", "random-label", "salun", "l1-sparse"]
 
@@ -41,7 +41,7 @@ def references(digits_dir, digits_job, digits_sample_job):
     """Original and retrained figures per scenario."""
     refs = {}
     for scenario, job in (("class", digits_job), ("sample", digits_sample_job)):
-        retrained, _ = load_model_checkpoint(job.request, job.make_model, digits_dir / f"mlp.retrain_{scenario}.safetensors", job.device)
+        retrained, _ = job.load(digits_dir / f"mlp.retrain_{scenario}.safetensors")
         refs[scenario] = {"original": utility(job.original, job.splits, job.device), "retrain": utility(retrained, job.splits, job.device),
                           "original_conf": forget_confidence(job.original, job)}
     return refs

@@ -281,9 +281,9 @@ def run_bench(
     ref_runs: dict[int, dict[str, Any]] = {}
     ref_entry, ref_info, baseline = None, None, "original"
     if reference is not None:
-        from .audit import load_reference
+        from .audit import load_checkpoint
 
-        model, ref_info = load_reference(reference, first)
+        model, ref_info = load_checkpoint(reference, first)
         t = ref_info["metadata"].get("wall_time_s")
         run = baseline_run(model, first, float(t) if isinstance(t, (int, float, str)) and _is_number(t) else None)
         if run["metrics"]["wall_time_s"]:

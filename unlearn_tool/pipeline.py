@@ -84,6 +84,12 @@ class Job:
     checkpoint_sha256: str = ""
     checkpoint_metadata: dict[str, str] = field(default_factory=dict)
 
+    def load(self, path: str | Path) -> tuple[nn.Module, dict[str, str]]:
+        """A checkpoint of this job's architecture, loaded strictly, on the job's device in eval mode; and its metadata."""
+        state, metadata = read_checkpoint(path)
+        model = load_into(self.make_model(), state, self.request.model.arch, path)
+        return model.to(self.device).eval(), metadata
+
     def context(self, original: Optional[nn.Module] = None, seed: Optional[int] = None,
                 progress: Optional[Progress] = None) -> UnlearnContext:
         """What a method sees of this job (its own original model unless another is given)."""
@@ -97,12 +103,6 @@ class Job:
             batch_size=self.request.data.batch_size,
             progress=progress,
         )
-
-
-def load_model_checkpoint(job_request: Request, make_model: Callable[[], nn.Module], path: Path, device: torch.device) -> tuple[nn.Module, dict[str, str]]:
-    state, metadata = read_checkpoint(path)
-    model = load_into(make_model(), state, job_request.model.arch, path)
-    return model.to(device).eval(), metadata
 
 
 def prepare(
@@ -129,7 +129,7 @@ def prepare(
     job = Job(request=req, splits=splits, num_classes=num_classes, device=dev, seed=run_seed, make_model=make_model)
     if checkpoint is not None:
         path = Path(checkpoint)
-        job.original, job.checkpoint_metadata = load_model_checkpoint(req, make_model, path, dev)
+        job.original, job.checkpoint_metadata = job.load(path)
         job.checkpoint_path = path.resolve()
         job.checkpoint_sha256 = sha256_file(path)
     return job
@@ -171,6 +171,7 @@ class ApplyResult:
     output_sha256: str
     info: dict[str, Any]
     warnings: list[str]
+    metadata: dict[str, Any] = field(default_factory=dict)  # the provenance fields written with the output
     model: Any = None  # the unlearned nn.Module (for an audit right after)
 
     def as_dict(self, job: Job) -> dict[str, Any]:
@@ -277,6 +278,7 @@ def apply(
         output_sha256=digest,
         info=result.info,
         warnings=warnings,
+        metadata=fields,
         model=model,
     )
 

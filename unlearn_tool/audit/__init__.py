@@ -18,7 +18,7 @@ from .core import (  # noqa: F401
     SCHEMA,
     check_verdict,
     gaps,
-    load_reference,
+    load_checkpoint,
     load_unlearned,
     model_metrics,
     run_audit,
@@ -48,7 +48,7 @@ def audit_files(
 
     _check(list(gates), job.splits.scenario, reference is not None)  # fail fast, before loading models
     model, info = load_unlearned(unlearned, job)
-    ref_model, ref_info = load_reference(reference, job) if reference is not None else (None, None)
+    ref_model, ref_info = load_checkpoint(reference, job) if reference is not None else (None, None)
     report = run_audit(job, job.original, model, ref_model, gates, unlearned_info=info, reference_info=ref_info)
     folder = write_reports(report, report_dir_for(unlearned, report_dir))
     return report, folder
@@ -56,16 +56,12 @@ def audit_files(
 
 def audit_apply_result(job: Any, result: Any, report_dir: Optional[str | Path] = None) -> tuple[dict[str, Any], Path]:
     """`unlearn apply --audit`: audit the fresh result with the request's gates and reference (audit section)."""
-    from ..checkpoint import read_checkpoint, read_metadata_fields
-
     spec = job.request.audit
     reference = job.request.resolve(spec.reference) if spec.reference else None
     parse_gates(list(spec.gates), job.splits.scenario, reference is not None)
     out = Path(result.output)
-    weights = out / "adapter_model.safetensors" if result.mode == "adapter" else out
-    info = {"path": str(out.resolve()), "kind": result.mode, "sha256": result.output_sha256,
-            "metadata": read_metadata_fields(read_checkpoint(weights)[1])}
-    ref_model, ref_info = load_reference(reference, job) if reference is not None else (None, None)
+    info = {"path": str(out.resolve()), "kind": result.mode, "sha256": result.output_sha256, "metadata": result.metadata}
+    ref_model, ref_info = load_checkpoint(reference, job) if reference is not None else (None, None)
     report = run_audit(job, job.original, result.model, ref_model, spec.gates, unlearned_info=info, reference_info=ref_info)
     folder = write_reports(report, report_dir_for(out, report_dir))
     return report, folder

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .. import __version__
-from ..checkpoint import load_into, read_checkpoint, read_metadata_fields, sha256_file
+from ..checkpoint import read_checkpoint, read_metadata_fields, sha256_file
 from ..data import LabelledData
 from ..errors import AuditError, CheckpointError, GateFailure
 from . import attacks
@@ -205,22 +205,15 @@ def audit_warnings(unl: dict[str, Any], orig: dict[str, Any], ref: Optional[dict
 
 # ---------------------------------------------------------------- loading
 
-def _is_adapter_dir(path: Path) -> bool:
-    return path.is_dir()
-
-
 def load_unlearned(path: str | Path, job: Any) -> tuple[nn.Module, dict[str, Any]]:
     """The unlearned model (merged checkpoint, or original + PEFT adapter merged) and what we know of it."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"unlearned model {path} not found; give the output of `unlearn apply` (a .safetensors file or adapter folder)")
-    if not _is_adapter_dir(path):
-        state, metadata = read_checkpoint(path)
-        model = load_into(job.make_model(), state, job.request.model.arch, path).to(job.device).eval()
-        fields = read_metadata_fields(metadata)
-        info = {"path": str(path.resolve()), "kind": "merged", "sha256": sha256_file(path), "metadata": fields}
-        return model, info
-    return _load_adapter(path, job)
+    if path.is_dir():
+        return _load_adapter(path, job)
+    model, info = load_checkpoint(path, job)
+    return model, {**info, "kind": "merged"}
 
 
 def _load_adapter(path: Path, job: Any) -> tuple[nn.Module, dict[str, Any]]:
@@ -254,11 +247,10 @@ def _load_adapter(path: Path, job: Any) -> tuple[nn.Module, dict[str, Any]]:
     return model, info
 
 
-def load_reference(path: str | Path, job: Any) -> tuple[nn.Module, dict[str, Any]]:
-    """A retrained reference checkpoint (same architecture)."""
+def load_checkpoint(path: str | Path, job: Any) -> tuple[nn.Module, dict[str, Any]]:
+    """A checkpoint of the job's architecture (a retrained reference, or a merged unlearned model) and its provenance."""
     path = Path(path)
-    state, metadata = read_checkpoint(path)
-    model = load_into(job.make_model(), state, job.request.model.arch, path).to(job.device).eval()
+    model, metadata = job.load(path)
     return model, {"path": str(path.resolve()), "sha256": sha256_file(path), "metadata": read_metadata_fields(metadata)}
 
 
