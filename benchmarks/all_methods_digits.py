@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from unlearn_tool import bench as B  # noqa: E402
 from unlearn_tool.audit import gaps  # noqa: E402
 from unlearn_tool.pipeline import prepare, seed_everything  # noqa: E402
-from unlearn_tool.request import parse_request  # noqa: E402
+from unlearn_tool.request import parse_key_values, parse_request  # noqa: E402
 from unlearn_tool.training import TrainConfig, fit  # noqa: E402
 
 REQUEST = """
@@ -104,14 +104,8 @@ def main() -> None:
                     "on a 2-core machine these tiny models train fastest on one thread)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    import yaml
-
     methods = B.select_methods(args.methods)
-    raw = {}
-    for pair in args.param:
-        k, _, v = pair.partition("=")
-        raw[k.strip()] = yaml.safe_load(v) if v.strip() else ""
-    overrides = B.split_overrides(raw, methods)
+    overrides = B.split_overrides(parse_key_values(args.param), methods)
     seeds = list(range(args.seeds))
     started = time.perf_counter()
     results = {}

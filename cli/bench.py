@@ -10,7 +10,7 @@ from typing import Any, Optional
 
 import typer
 
-from .common import err, handle_errors, parse_params, print_json, progress_bars
+from .common import err, handle_errors, print_json, progress_bars
 from .main import DeviceOpt, RequestOpt, app
 
 
@@ -57,7 +57,7 @@ def bench(
 ) -> None:
     """Compare unlearning methods on one request over several seeds: audit figures, Avg Gap, time (a failing method is a row, not an exit)."""
     from unlearn_tool.errors import UnlearnError
-    from unlearn_tool.request import load_request
+    from unlearn_tool.request import load_request, parse_key_values
 
     req = load_request(request)
     from unlearn_tool import bench as B
@@ -69,7 +69,7 @@ def bench(
         raise UnlearnError("give --reference or --retrain, not both")
     if reference is not None and not reference.is_file():
         raise UnlearnError(f"--reference {reference}: not found; give a retrained .safetensors file (unlearn train --exclude-forget)")
-    overrides = B.split_overrides(parse_params(param), names)
+    overrides = B.split_overrides(parse_key_values(param), names)
     params = {n: B.method_params(n, overrides.get(n, {}), req) for n in names}
     retrain_params = B.method_params("retrain", overrides.get("retrain", {}), req)
     folder = B.check_report_dir(report_dir if report_dir is not None else B.default_report_dir(checkpoint))

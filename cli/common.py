@@ -95,18 +95,3 @@ def progress_bars(enabled: bool) -> Iterator[Optional[Callable[[str, int, int], 
             progress.update(tasks[task], completed=done, total=total)
 
         yield update
-
-
-def parse_params(pairs: list[str]) -> dict[str, Any]:
-    """--param k=v pairs; values are parsed as YAML scalars/lists (safe_load), so 'lr=0.01' gives a float."""
-    import yaml
-
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        if "=" not in pair:
-            from unlearn_tool.errors import UnlearnError
-
-            raise UnlearnError(f"--param {pair!r}: expected key=value, e.g. --param lr=0.01")
-        key, value = pair.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value) if value.strip() else ""
-    return out

@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from .common import err, handle_errors, parse_params, print_json, progress_bars
+from .common import err, handle_errors, print_json, progress_bars
 
 app = typer.Typer(
     name="unlearn",
@@ -60,13 +60,13 @@ def apply(
 ) -> None:
     """Make the model forget what the request names and write the unlearned checkpoint."""
     from unlearn_tool.pipeline import apply as run_apply, prepare
-    from unlearn_tool.request import load_request
+    from unlearn_tool.request import load_request, parse_key_values
 
     req = load_request(request)
     params = None
     if param or method:
         base = dict(req.method.params) if (method is None or method == req.method.name) else {}
-        params = {**base, **parse_params(param)}
+        params = {**base, **parse_key_values(param)}
     job = prepare(req, checkpoint, device=device, seed=seed)
     with progress_bars(not quiet and not as_json) as progress:
         result = run_apply(job, method=method, params=params, output=output,

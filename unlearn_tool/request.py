@@ -206,6 +206,17 @@ class Request(_Strict):
         return out
 
 
+def parse_key_values(pairs: list[str]) -> dict[str, Any]:
+    """--param k=v pairs; values are parsed as YAML scalars/lists (safe_load), so 'lr=0.01' gives a float."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise RequestError(f"--param {pair!r}: expected key=value, e.g. --param lr=0.01")
+        key, value = pair.split("=", 1)
+        out[key.strip()] = yaml.safe_load(value) if value.strip() else ""
+    return out
+
+
 def _format_validation_error(err: ValidationError, source: str) -> str:
     first = err.errors()[0]
     loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
