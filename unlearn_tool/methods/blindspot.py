@@ -28,6 +28,7 @@ from .. import lora
 from ..data import LabelledData
 from ..training import TrainConfig, fit
 from .base import MethodOutput, MethodParams, UnlearnContext, register_method
+from .common import kl_to_teacher
 
 
 class BlindspotParams(MethodParams):
@@ -92,7 +93,7 @@ def run(ctx: UnlearnContext, p: BlindspotParams) -> MethodOutput:
             loss_r = F.cross_entropy(out[~u], y[~u]) if (~u).any() else zero
             if u.any():
                 if p.forget_loss == "kl":
-                    loss_out = F.kl_div(out[u].log_softmax(1), out_b[u].log_softmax(1), log_target=True, reduction="batchmean")
+                    loss_out = kl_to_teacher(out[u], out_b[u])
                 else:
                     loss_out = (out[u].softmax(1) - out_b[u].softmax(1)).abs().sum(1).mean()
                 loss_att = sum(((attention_map(acts[n][u]) - attention_map(acts_b[n][u])) ** 2).mean() for n in layer_names) if layer_names else zero
