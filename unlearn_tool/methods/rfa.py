@@ -42,8 +42,11 @@ class RFAParams(MethodParams):
         "tensor with at least half of its multiply-accumulates before it (all layers if no such cut leaves two); "
         "'all', 'head', 'last:N', or a list of layer names/regexes."
     )
-    epochs: int = Field(30, ge=1, description="Maximum passes over the forget set (each forget batch is paired with a retain batch).")
-    lr: float = Field(5e-3, gt=0, description="Adam learning rate of the adapters.")
+    epochs: Optional[int] = Field(
+        None, ge=1, description="Maximum passes over the forget set (each forget batch is paired with a retain batch); "
+        "default 30 for class and 3 for sample unlearning (docs/rfa.md)."
+    )
+    lr: float = Field(1e-2, gt=0, description="Adam learning rate of the adapters.")
     batch_size: int = Field(64, ge=1, description="Forget-set batch size (docs/rfa.md: 64 beat 32 on steps and utility).")
     retain_batch_size: int = Field(64, ge=1, description="Retain samples drawn per step (a sample of Dr, not all of it).")
     w_residual: float = Field(1.0, ge=0, description="Weight of the zero-residual term on retained data (relative residual energy).")
@@ -82,7 +85,7 @@ class RFAParams(MethodParams):
     optimizer: Literal["adam", "sgd"] = Field("adam", description="Optimizer of the adapters.")
     eps: float = Field(1e-8, gt=0, description="Adam epsilon.")
     warmup_steps: int = Field(0, ge=0, description="Linear learning-rate warm-up over this many steps.")
-    beta1: float = Field(0.9, ge=0, lt=1, description="Adam beta1.")
+    beta1: float = Field(0.5, ge=0, lt=1, description="Adam beta1.")
     feature_cache: bool = Field(
         True, description="When the adapted layers sit on a suffix of the network, compute the frozen prefix once per "
         "sample and train on its cached output (the graph is cut with torch.fx and checked; otherwise the whole model runs)."
@@ -91,18 +94,19 @@ class RFAParams(MethodParams):
         "eval", description="eval: check the stopping rule on the model after the step (a forget subset and held-back retain "
         "samples); running: from the outputs before each step over the last pass."
     )
-    eval_forget: int = Field(512, ge=1, description="eval: forget samples the stopping rule is checked on (all if fewer).")
-    guard_samples: int = Field(256, ge=0, description="eval: retained samples held back from training to measure agreement with the teacher.")
-    guard_candidates: int = Field(0, ge=0, description="eval: the guard is the guard_samples retained samples nearest the teacher's decision boundary among this many (0: a random guard).")
+    eval_forget: int = Field(256, ge=1, description="eval: forget samples the stopping rule is checked on (all if fewer).")
+    guard_samples: int = Field(128, ge=0, description="eval: retained samples held back from training to measure agreement with the teacher.")
+    guard: Literal["auto", "boundary", "random"] = Field("auto", description="auto: boundary for class, random for sample unlearning.")
+    guard_candidates: int = Field(512, ge=0, description="eval: the boundary guard is the guard_samples retained samples nearest the teacher's decision boundary among this many.")
     check_every: int = Field(
-        1, ge=0, description="Steps between checks of the stopping rule, each over the last pass's worth of steps (0: at the end of each pass)."
+        0, ge=0, description="Steps between checks of the stopping rule, each over the last pass's worth of steps (0: at the end of each pass)."
     )
     retain_pool: int = Field(
-        0, ge=0, description="Retained samples whose encoded inputs and teacher outputs are kept and reused once this many "
+        256, ge=0, description="Retained samples whose encoded inputs and teacher outputs are kept and reused once this many "
         "have been drawn (0: a fresh batch and teacher pass every step)."
     )
     heldout_samples: int = Field(
-        512, ge=0, description="Sample unlearning: at most this many test samples give the held-out confidence distribution (0: all)."
+        1024, ge=0, description="Sample unlearning: at most this many test samples give the held-out confidence distribution (0: all)."
     )
     sample_acc_tolerance: Optional[float] = Field(
         None, ge=0, description="Sample target also needs the forget set's accuracy <= the accuracy its targets imply + this (None: not checked)."
@@ -356,7 +360,7 @@ def run(ctx: UnlearnContext, p: RFAParams) -> MethodOutput:
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / (p.warmup_steps + 1))) if p.warmup_steps else None
     n_f = len(ctx.forget)
     steps_per_epoch = math.ceil(n_f / p.batch_size)
-    max_steps = p.epochs * steps_per_epoch
+    max_steps = (p.epochs or (30 if kind == "other_classes" else 3)) * steps_per_epoch
     check_every = p.check_every or steps_per_epoch
     # the forget statistic covers one pass over Df (every forget sample counted once) unless class_window says less
     forget_window = min(p.class_window or steps_per_epoch, steps_per_epoch) if kind == "other_classes" else steps_per_epoch
@@ -376,11 +380,12 @@ def run(ctx: UnlearnContext, p: RFAParams) -> MethodOutput:
         targets, y_forget = targets.to(device), ctx.forget.targets.to(device)
         target_acc = float((targets.argmax(1) == y_forget).float().mean())  # the forget accuracy the targets imply
         guard = min(p.guard_samples, len(ctx.retain) // 4) if p.stop_check == "eval" else 0
-        retain = _RetainPool(net, ctx.retain, forgotten, p.retain_pool, guard, gen, p.guard_candidates)
+        boundary = p.guard == "boundary" or (p.guard == "auto" and kind == "other_classes")
+        retain = _RetainPool(net, ctx.retain, forgotten, p.retain_pool, guard, gen, p.guard_candidates if boundary else 0)
         if p.stop_check == "eval":
             eval_idx = torch.randperm(n_f, generator=gen)[:p.eval_forget] if n_f > p.eval_forget else torch.arange(n_f)
             zf_eval, yf_eval = forget.take(eval_idx), y_forget[eval_idx.to(device)]
-            every = p.check_every or max(1, math.ceil((len(eval_idx) + guard) / (2 * (p.batch_size + p.retain_batch_size))))
+            every = p.check_every or max(1, round((len(eval_idx) + guard) / (p.batch_size + p.retain_batch_size)))
         for step in range(1, max_steps + 1):
             pos = (step - 1) % steps_per_epoch
             if pos == 0:
