@@ -46,7 +46,7 @@ ABLATION = [
     "running stats checked every step:stop_check=running,check_every=1",
     "random guard for class unlearning:guard=random",
     "boundary guard for sample unlearning:guard=boundary",
-    "sample: no pass cap (at most 30):epochs=30",
+    "sample without the 3-pass cap (at most 30):epochs=30",
     "old optimizer settings (lr 5e-3, beta1 0.9):lr=5e-3,beta1=0.9",
     "beta1 0.9:beta1=0.9",
     "lr 5e-3:lr=5e-3",
@@ -84,7 +84,7 @@ def main() -> None:
     ap.add_argument("--cases", default="mlp,user_mlp60,small_cnn,user_cnn15,user_resnet8")
     ap.add_argument("--scenarios", default="class,sample")
     ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("-v", "--variant", action="append", default=[], help="name:key=value,key=value (repeatable)")
+    ap.add_argument("-v", "--variant", action="append", default=[], help="name:key=value,key=value (repeatable; the name must not contain a colon)")
     ap.add_argument("--ablation", action="store_true", help="run every row of ABLATION")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
