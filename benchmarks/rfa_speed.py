@@ -75,14 +75,15 @@ VARIANTS: dict[str, dict] = {
 }
 
 
-def apply_cli(request: Path, checkpoint: Path, output: Path, params: dict) -> dict:
-    """`python -m cli apply --json` in a fresh process (cold, as a user runs it), one torch thread; its JSON."""
+def apply_cli(request: Path, checkpoint: Path, output: Path, params: dict, code: Path = HERE.parent) -> dict:
+    """`python -m cli apply --json` in a fresh process (cold, as a user runs it), one torch thread, with the tool
+    checked out at `code` (this one by default); its JSON."""
     cmd = [sys.executable, "-m", "cli", "apply", str(checkpoint), "-r", str(request), "-o", str(output), "--json",
            "--force", "--quiet", "--device", "cpu"]
     for k, v in params.items():
         cmd += ["--param", f"{k}={json.dumps(v) if not isinstance(v, str) else v}"]
     env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), "MKL_NUM_THREADS": str(torch.get_num_threads())}
-    r = subprocess.run(cmd, cwd=HERE.parent, env=env, capture_output=True, text=True)
+    r = subprocess.run(cmd, cwd=code, env=env, capture_output=True, text=True)
     if r.returncode != 0:
         raise RuntimeError(f"apply failed ({r.returncode}): {r.stderr[-2000:]}")
     return json.loads(r.stdout)
@@ -115,7 +116,8 @@ def write_request(folder: Path, name: str, case: dict, train_spec: dict, test_sp
     return path
 
 
-def run_case(case_name: str, seeds: list[int], scenarios: list[str], variants: dict[str, dict], work: Path) -> list[dict]:
+def run_case(case_name: str, seeds: list[int], scenarios: list[str], variants: dict[str, dict], work: Path,
+             compare: dict[str, Path], floor: bool) -> list[dict]:
     case = CASES[case_name]
     folder = work / case_name
     folder.mkdir(parents=True, exist_ok=True)
@@ -137,12 +139,17 @@ def run_case(case_name: str, seeds: list[int], scenarios: list[str], variants: d
             req = write_request(folder, f"{scenario}{seed}", case, train_spec, test_spec, forget, seed, {})
             job = prepare(req, device="cpu")
             ref = train_checkpoint(job, folder / f"ret_{scenario}{seed}.safetensors", case["train"], exclude_forget=True, force=True)
-            for vname, params in variants.items():
-                res = apply_cli(req, orig_ckpt, folder / f"u_{scenario}{seed}.safetensors", params)
+            ref2 = None
+            if floor and scenario == "sample":  # retraining's own spread: a second reference from another initialisation
+                ref2 = train_checkpoint(prepare(req, device="cpu", seed=seed + 1000), folder / f"ret2_{scenario}{seed}.safetensors",
+                                        case["train"], exclude_forget=True, force=True)["forget_acc"]
+            runs = [(name, params, HERE.parent) for name, params in variants.items()] + [(name, {}, code) for name, code in compare.items()]
+            for vname, params, code in runs:
+                res = apply_cli(req, orig_ckpt, folder / f"u_{scenario}{seed}.safetensors", params, code)
                 row = {"case": case_name, "scenario": scenario, "seed": seed, "variant": vname, "t_rfa": res["wall_time_s"],
                        "t_retrain": ref["wall_time_s"], "before": res["before"], "after": res["after"],
                        "ref": {k: ref[k] for k in ("retain_acc", "forget_acc", "test_acc", "test_remaining_acc") if k in ref},
-                       "info": res["info"]}
+                       "info": res["info"], "ref2_forget_acc": ref2}
                 rows.append(row)
                 log(f"  {scenario:6s} {vname:28s} RFA {row['t_rfa']:6.3f}s / retrain {ref['wall_time_s']:6.2f}s = "
                     f"{100 * row['t_rfa'] / ref['wall_time_s']:5.1f}%  steps {row['info'].get('steps')}  "
@@ -163,7 +170,8 @@ def quality_str(r: dict) -> str:
         return (f"Drt {100 * r['before']['test_remaining_acc']:.1f}->{100 * a['test_remaining_acc']:.1f} "
                 f"(retrain {100 * r['ref'].get('test_remaining_acc', float('nan')):.1f})  Df {100 * a['forget_acc']:.1f}  "
                 f"Dft {100 * a['test_forgotten_acc']:.1f}")
-    return (f"Df {100 * a['forget_acc']:.1f} (retrain {100 * r['ref']['forget_acc']:.1f}, orig {100 * r['before']['forget_acc']:.1f})  "
+    floor = f", 2nd retrain {100 * r['ref2_forget_acc']:.1f}" if r.get("ref2_forget_acc") is not None else ""
+    return (f"Df {100 * a['forget_acc']:.1f} (retrain {100 * r['ref']['forget_acc']:.1f}{floor}, orig {100 * r['before']['forget_acc']:.1f})  "
             f"test {100 * r['before']['test_acc']:.1f}->{100 * a['test_acc']:.1f}")
 
 
@@ -194,16 +202,18 @@ def print_summary(rows: list[dict]) -> None:
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault((r["case"], r["scenario"], r["variant"]), []).append(r)
-    print("\n| case | scenario | variant | RFA / retrain, mean (max) | quality, mean (worst) | seeds meeting every target |")
-    print("|---|---|---|---:|---|---|")
+    print("\n| case | scenario | variant | RFA / retrain, mean (max) | quality, mean (worst) | 2nd retrain's Df gap, mean (worst) | seeds meeting every target |")
+    print("|---|---|---|---:|---|---|---|")
     for (case, scen, var), rs in groups.items():
         ratios = [100 * r["t_rfa"] / r["t_retrain"] for r in rs]
         gaps = [100 * (quality(r)[1] - quality(r)[2]) for r in rs]
         worst = min(gaps) if scen == "class" else max(gaps, key=abs)
         what = "Drt change vs original" if scen == "class" else "Df gap to retrain"
         ok = sum(all(checks(r).values()) for r in rs)
+        floors = [100 * (r["ref2_forget_acc"] - r["ref"]["forget_acc"]) for r in rs if r.get("ref2_forget_acc") is not None]
+        floor = f"{statistics.mean(floors):+.1f} ({max(floors, key=abs):+.1f}) pt" if floors else "-"
         print(f"| {case} | {scen} | {var} | {statistics.mean(ratios):.1f}% ({max(ratios):.1f}%) | "
-              f"{what} {statistics.mean(gaps):+.1f} ({worst:+.1f}) pt | {ok}/{len(rs)} |")
+              f"{what} {statistics.mean(gaps):+.1f} ({worst:+.1f}) pt | {floor} | {ok}/{len(rs)} |")
 
 
 def main() -> None:
@@ -216,6 +226,10 @@ def main() -> None:
     ap.add_argument("--variants", default=None, help="comma-separated VARIANTS names, or 'all'")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", type=Path, default=None, help="also write the rows as JSON here")
+    ap.add_argument("--compare", action="append", default=[], metavar="NAME=DIR",
+                    help="also run apply with its defaults from another checkout of the tool (e.g. main=/tmp/main), same originals")
+    ap.add_argument("--no-floor", action="store_true", help="sample unlearning: skip the second retrained reference "
+                    "(another initialisation) that shows how far two retrainings differ on the forget set")
     ap.add_argument("--work", type=Path, default=None, help="keep requests, data and checkpoints in this folder (default: a temporary one)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -229,7 +243,8 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for case in args.cases.split(","):
-            rows += run_case(case.strip(), seeds, args.scenarios.split(","), variants, args.work or Path(tmp))
+            compare = {k: Path(v).resolve() for k, v in (c.split("=", 1) for c in args.compare)}
+            rows += run_case(case.strip(), seeds, args.scenarios.split(","), variants, args.work or Path(tmp), compare, not args.no_floor)
     print(f"RFA-LoRA time and quality against retraining; torch {torch.__version__}, {torch.get_num_threads()} thread(s), "
           f"{platform.machine()} CPU ({platform.processor() or 'unknown'}), seeds {seeds}; total {time.perf_counter() - started:.0f}s\n")
     print_table(rows)
