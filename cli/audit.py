@@ -10,8 +10,8 @@ from typing import Any, Optional
 
 import typer
 
-from .common import handle_errors, print_json
-from .main import DeviceOpt, RequestOpt, app
+from .common import handle_errors, markup_safe, print_json
+from .app import CodePathOpt, DeviceOpt, RequestOpt, TrustCodeOpt, app, code_policy
 
 
 def print_summary(report: dict[str, Any], folder: Path) -> None:
@@ -23,11 +23,11 @@ def print_summary(report: dict[str, Any], folder: Path) -> None:
 
     console = Console(stderr=True)
     header, rows = summary_rows(report)
-    table = Table(title=f"audit of request {report['request']['id']} ({report['request']['scenario']} unlearning)")
+    table = Table(title=markup_safe(f"audit of request {report['request']['id']} ({report['request']['scenario']} unlearning)"))
     for i, h in enumerate(header):
         table.add_column(h, justify="left" if i == 0 else "right")
     for r in rows:
-        table.add_row(*r)
+        table.add_row(*(markup_safe(c) for c in r))
     console.print(table)
     console.print(f"Avg Gap to the {report['baseline']}: {fmt(report['gaps'].get('avg_gap'), points=True)} points")
     if report["gates"]:
@@ -35,11 +35,11 @@ def print_summary(report: dict[str, Any], folder: Path) -> None:
         for h in ("gate", "value", "result"):
             gates.add_column(h)
         for g in gate_rows(report):
-            gates.add_row(g[0], g[1], f"[green]{g[2]}[/green]" if g[2] == "pass" else f"[red]{g[2]}[/red]")
+            gates.add_row(markup_safe(g[0]), g[1], f"[green]{g[2]}[/green]" if g[2] == "pass" else f"[red]{g[2]}[/red]")
         console.print(gates)
     for w in report["warnings"]:
-        console.print(f"[yellow]warning:[/yellow] {w}", highlight=False)
-    console.print(f"verdict: [bold]{report['verdict']}[/bold]; reports in {folder}", highlight=False)
+        console.print(f"[yellow]warning:[/yellow] {markup_safe(w)}", highlight=False)
+    console.print(f"verdict: [bold]{report['verdict']}[/bold]; reports in {markup_safe(folder)}", highlight=False)
 
 
 def finish(report: dict[str, Any], folder: Path, as_json: bool, quiet: bool) -> None:
@@ -66,6 +66,8 @@ def audit(
     seed: Optional[int] = typer.Option(None, "--seed", help="Override the request's seed (attack sampling, random model for ZRF)."),
     as_json: bool = typer.Option(False, "--json", help="Print report.json on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No summary table."),
+    code_path: list[Path] = CodePathOpt,
+    trust_code: bool = TrustCodeOpt,
 ) -> None:
     """Audit an unlearned model: accuracies, membership inference, distances to a reference, gates (exit 3 if one fails)."""
     from unlearn_tool.request import load_request
@@ -77,6 +79,10 @@ def audit(
     gates = list(gate) if gate else list(req.audit.gates)
     ref = reference if reference is not None else (req.resolve(req.audit.reference) if req.audit.reference else None)
     parse_gates(gates, req.forget.scenario, ref is not None)  # a bad gate fails before any model is loaded
-    job = prepare(req, original, device=device, seed=seed)
+    if seed is not None:
+        from unlearn_tool.pipeline import check_seed
+
+        check_seed(seed)
+    job = prepare(req, original, device=device, seed=seed, code=code_policy(code_path, trust_code))
     report, folder = audit_files(job, unlearned, ref, gates, report_dir)
     finish(report, folder, as_json, quiet)

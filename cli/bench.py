@@ -10,8 +10,8 @@ from typing import Any, Optional
 
 import typer
 
-from .common import err, handle_errors, print_json, progress_bars
-from .main import DeviceOpt, RequestOpt, app
+from .common import err, handle_errors, markup_safe, print_json, progress_bars
+from .app import CodePathOpt, DeviceOpt, RequestOpt, TrustCodeOpt, app, code_policy
 
 
 def print_table(bench: dict[str, Any], folder: Path) -> None:
@@ -26,18 +26,18 @@ def print_table(bench: dict[str, Any], folder: Path) -> None:
         console = Console(stderr=True, width=200)
     header, rows = table(bench)
     req = bench["request"]
-    t = Table(title=f"bench of request {req['id']} ({req['scenario']} unlearning), mean ± std over seeds {', '.join(map(str, bench['seeds']))}")
+    t = Table(title=markup_safe(f"bench of request {req['id']} ({req['scenario']} unlearning), mean ± std over seeds {', '.join(map(str, bench['seeds']))}"))
     for i, h in enumerate(header):
         t.add_column(h, justify="left" if i == 0 or h == "error" else "right", no_wrap=h != "error", overflow="fold")
     has_errors = header[-1] == "error"
     for r in rows:
-        t.add_row(*r, style=("red" if r[-1].startswith("FAILED") else "yellow" if r[-1] else None) if has_errors else None)
+        t.add_row(*(markup_safe(c) for c in r), style=("red" if r[-1].startswith("FAILED") else "yellow" if r[-1] else None) if has_errors else None)
     console.print(t)
     if bench["baseline"] == "original":
         console.print("[yellow]no --reference or --retrain: Avg Gap is the distance from the original, not to a retrained model[/yellow]", highlight=False)
     elif (best := best_method(bench)) is not None:
-        console.print(f"lowest {gap_label(bench)}: [bold]{best}[/bold]", highlight=False)
-    console.print(f"reports in {folder} (bench.json, bench.csv, bench.md, bench.png)", highlight=False)
+        console.print(f"lowest {gap_label(bench)}: [bold]{markup_safe(best)}[/bold]", highlight=False)
+    console.print(f"reports in {markup_safe(folder)} (bench.json, bench.csv, bench.md, bench.png)", highlight=False)
 
 
 @app.command()
@@ -54,6 +54,8 @@ def bench(
     device: str = DeviceOpt,
     as_json: bool = typer.Option(False, "--json", help="Print bench.json on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or table."),
+    code_path: list[Path] = CodePathOpt,
+    trust_code: bool = TrustCodeOpt,
 ) -> None:
     """Compare unlearning methods on one request over several seeds: audit figures, Avg Gap, time (a failing method is a row, not an exit)."""
     from unlearn_tool.errors import UnlearnError
@@ -74,7 +76,7 @@ def bench(
     retrain_params = B.method_params("retrain", overrides.get("retrain", {}), req)
     folder = B.check_report_dir(report_dir if report_dir is not None else B.default_report_dir(checkpoint))
 
-    job = prepare(req, checkpoint, device=device)
+    job = prepare(req, checkpoint, device=device, code=code_policy(code_path, trust_code))
     show = not quiet and not as_json
 
     def on_run(name: str, seed: int, record: dict[str, Any]) -> None:

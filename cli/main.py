@@ -10,18 +10,8 @@ from typing import Optional
 
 import typer
 
-from .common import err, handle_errors, print_json, progress_bars
-
-app = typer.Typer(
-    name="unlearn",
-    help="Make a trained PyTorch classifier forget part of its training data, and show that it did.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-
-DeviceOpt = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps.")
-RequestOpt = typer.Option(..., "--request", "-r", help="Deletion-request YAML.", show_default=False)
+from .app import CodePathOpt, DeviceOpt, RequestOpt, TrustCodeOpt, app, code_policy
+from .common import err, handle_errors, markup_safe, plain, print_json, progress_bars
 
 
 def _fmt(v: Optional[float]) -> str:
@@ -32,7 +22,7 @@ def _print_before_after(before: dict, after: dict, title: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=title)
+    table = Table(title=markup_safe(title))
     table.add_column("metric")
     table.add_column("before", justify="right")
     table.add_column("after", justify="right")
@@ -47,38 +37,45 @@ def apply(
     checkpoint: Path = typer.Argument(..., help="Trained model (.safetensors)."),
     request: Path = RequestOpt,
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output path (default <stem>.unlearned.safetensors beside the input)."),
-    adapter_only: bool = typer.Option(False, "--adapter-only", help="Write a PEFT adapter folder instead of merged weights (LoRA methods)."),
+    adapter_only: Optional[bool] = typer.Option(None, "--adapter-only/--merged", help="Write a PEFT adapter folder (LoRA methods) or merged weights; default: the request's output.mode.", show_default=False),
     method: Optional[str] = typer.Option(None, "--method", help="Override the request's method.name."),
     param: list[str] = typer.Option([], "--param", help="Method parameter k=v (repeatable); overrides the request's."),
     device: str = DeviceOpt,
     seed: Optional[int] = typer.Option(None, "--seed", help="Override the request's seed."),
-    force: bool = typer.Option(False, "--force", help="Overwrite an existing output."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing output (only a checkpoint, or an adapter folder this tool wrote)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or tables."),
     audit: bool = typer.Option(False, "--audit", help="Audit the result right away (request's audit.gates and audit.reference); exit 3 if a gate fails."),
     report_dir: Optional[Path] = typer.Option(None, "--report-dir", help="With --audit: where to write the reports (default <output stem>.audit/)."),
+    code_path: list[Path] = CodePathOpt,
+    trust_code: bool = TrustCodeOpt,
 ) -> None:
     """Make the model forget what the request names and write the unlearned checkpoint."""
-    from unlearn_tool.pipeline import apply as run_apply, prepare
+    from unlearn_tool.pipeline import apply as run_apply, check_seed, plan_apply, prepare
     from unlearn_tool.request import load_request, parse_key_values
 
     req = load_request(request)
-    params = None
-    if param or method:
-        base = dict(req.method.params) if (method is None or method == req.method.name) else {}
-        params = {**base, **parse_key_values(param)}
-    job = prepare(req, checkpoint, device=device, seed=seed)
+    if seed is not None:
+        check_seed(seed)
+    # Every input error (method, parameters, output, gates, reference) fails here, before data or models load.
+    plan = plan_apply(req, checkpoint, method=method, params=parse_key_values(param), output=output,
+                      adapter_only=adapter_only, force=force, audit=audit)
+    job = prepare(req, checkpoint, device=device, seed=seed, code=code_policy(code_path, trust_code))
+    reference_model = None
+    if plan.audit and plan.reference is not None:
+        from unlearn_tool.audit import load_checkpoint
+
+        reference_model = load_checkpoint(plan.reference, job)  # a reference that does not fit fails before unlearning
     with progress_bars(not quiet and not as_json) as progress:
-        result = run_apply(job, method=method, params=params, output=output,
-                           adapter_only=True if adapter_only else None, force=force, progress=progress)
+        result = run_apply(job, plan, progress=progress)
     summary = result.as_dict(job)
     for w in result.warnings:
         err(f"warning: {w}")
     report = None
-    if audit:
+    if plan.audit:
         from unlearn_tool.audit import audit_apply_result
 
-        report, folder = audit_apply_result(job, result, report_dir)
+        report, folder = audit_apply_result(job, result, report_dir, plan.gates, reference_model)
         summary["audit"] = {"report_dir": str(folder), "verdict": report["verdict"], "gates": report["gates"], "warnings": report["warnings"]}
     if as_json:
         print_json(summary)
@@ -97,6 +94,8 @@ def validate(
     request: Path = RequestOpt,
     checkpoint: Optional[Path] = typer.Argument(None, help="Optional checkpoint to check against the architecture."),
     as_json: bool = typer.Option(False, "--json", help="Print the checks as JSON."),
+    code_path: list[Path] = CodePathOpt,
+    trust_code: bool = TrustCodeOpt,
 ) -> None:
     """Check a request (schema, method parameters, data, classes/indices, checkpoint) without training."""
     from unlearn_tool.request import load_request
@@ -106,7 +105,7 @@ def validate(
     from unlearn_tool.pipeline import prepare
 
     check_params(req.method.name, req.method.params)
-    job = prepare(req, checkpoint, device="cpu")
+    job = prepare(req, checkpoint, device="cpu", code=code_policy(code_path, trust_code))
     info = {
         "request_id": req.id,
         "ok": True,
@@ -122,10 +121,10 @@ def validate(
     if as_json:
         print_json(info)
     else:
-        typer.echo(
+        typer.echo(plain(
             f"ok: request {req.id}: {info['scenario']} unlearning of {info['forget_size']} of {info['train_size']} train samples "
             f"({job.num_classes} classes), method {req.method.name}" + (f", checkpoint matches {req.model.arch}" if checkpoint else "")
-        )
+        ))
 
 
 @app.command()
@@ -146,16 +145,16 @@ def inspect(
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{checkpoint} — {len(rows)} tensors, {total:,} values")
+    table = Table(title=markup_safe(f"{checkpoint} — {len(rows)} tensors, {total:,} values"))
     for col in ("name", "shape", "dtype"):
         table.add_column(col)
     table.add_column("values", justify="right")
     for r in rows:
-        table.add_row(r["name"], "x".join(map(str, r["shape"])) or "scalar", r["dtype"], f"{r['numel']:,}")
+        table.add_row(markup_safe(r["name"]), "x".join(map(str, r["shape"])) or "scalar", r["dtype"], f"{r['numel']:,}")
     console = Console()
     console.print(table)
     for k, v in sorted(metadata.items()):
-        console.print(f"[bold]{k}[/bold]: {v}")
+        console.print(f"[bold]{markup_safe(k)}[/bold]: {markup_safe(v)}", highlight=False)
 
 
 @app.command()
@@ -170,23 +169,24 @@ def train(
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Batch size (default 64)."),
     device: str = DeviceOpt,
     seed: Optional[int] = typer.Option(None, "--seed", help="Override the request's seed."),
-    force: bool = typer.Option(False, "--force", help="Overwrite an existing output."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing output (only a checkpoint)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    code_path: list[Path] = CodePathOpt,
+    trust_code: bool = TrustCodeOpt,
 ) -> None:
     """Train the request's architecture on its train split (optionally without the forget set)."""
-    from unlearn_tool.errors import UnlearnError
-    from unlearn_tool.pipeline import prepare, train_checkpoint
+    from unlearn_tool.checkpoint import check_output
+    from unlearn_tool.pipeline import check_seed, prepare, train_checkpoint
     from unlearn_tool.request import load_request
-    from unlearn_tool.training import TrainConfig
+    from unlearn_tool.training import train_config
 
-    overrides = {k: v for k, v in dict(epochs=epochs, lr=lr, optimizer=optimizer, batch_size=batch_size).items() if v is not None}
-    try:
-        config = TrainConfig(**overrides)
-    except Exception as e:  # pydantic ValidationError -> one line
-        raise UnlearnError(f"train options: {str(e).splitlines()[1:3]}; see unlearn train --help") from None
+    config = train_config(epochs=epochs, lr=lr, optimizer=optimizer, batch_size=batch_size)
     req = load_request(request)
-    job = prepare(req, None, device=device, seed=seed)
+    if seed is not None:
+        check_seed(seed)
+    check_output(output, "file", force, protect={"request": req.path})
+    job = prepare(req, None, device=device, seed=seed, code=code_policy(code_path, trust_code))
     with progress_bars(not quiet and not as_json) as progress:
         summary = train_checkpoint(job, output, config, exclude_forget=exclude_forget, force=force, progress=progress)
     if as_json:
@@ -248,10 +248,6 @@ def quickstart(
 
 def _type_name(annotation: object) -> str:
     return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
-
-
-def main() -> None:  # pragma: no cover - console entry
-    app()
 
 
 from . import audit as _audit  # noqa: E402,F401  (registers the command)

@@ -100,11 +100,14 @@ def test_same_seed_same_output_on_cpu(digits_dir, tmp_path):
 
 
 def test_existing_output_is_kept_without_force(digits_dir, tmp_path):
+    import shutil
+
     out = tmp_path / "u.safetensors"
-    out.write_bytes(b"precious")
+    shutil.copy(digits_dir / "mlp.safetensors", out)
+    before = sha256_file(out)
     r = invoke("apply", digits_dir / "mlp.safetensors", "-r", digits_dir / "class.yaml", "-o", out, "--quiet")
     assert r.exit_code == 2 and "--force" in r.stderr
-    assert out.read_bytes() == b"precious"
+    assert sha256_file(out) == before
     r = invoke("apply", digits_dir / "mlp.safetensors", "-r", digits_dir / "class.yaml", "-o", out, "--quiet", "--force")
     assert r.exit_code == 0, r.stderr
     assert read_checkpoint(out)[1]["unlearn.method"] == "rfa"

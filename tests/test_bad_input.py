@@ -98,7 +98,9 @@ def test_class_absent_from_data(digits_dir, tmp_path):
 def test_non_integer_line_in_indices_file(digits_dir, tmp_path):
     (tmp_path / "idx.txt").write_text("1\n2\nthree\n")
     req = write_request(tmp_path, {"indices_file": "idx.txt"})
-    _assert_rejected(_apply(digits_dir, req, tmp_path / "o.safetensors"), "line 3", "three")
+    r = _apply(digits_dir, req, tmp_path / "o.safetensors")
+    _assert_rejected(r, "line 3", "not a non-negative integer")
+    assert "three" not in r.stderr  # the contents of a file are never echoed
 
 
 def test_checkpoint_that_does_not_match_the_architecture(digits_dir, tmp_path):

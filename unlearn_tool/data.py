@@ -9,6 +9,8 @@ safetensors or npz (allow_pickle=False).
 
 from __future__ import annotations
 
+import os
+import stat
 import struct
 from dataclasses import dataclass
 from functools import cached_property
@@ -119,9 +121,31 @@ def _normalize(x: torch.Tensor, norm: Optional[Normalize], where: str) -> torch.
     return (x - mean) / std
 
 
-def _resize(x: torch.Tensor, size: Optional[int]) -> torch.Tensor:
+def available_memory() -> int:
+    """Bytes of memory available to this process now (a generous guess when the OS will not say)."""
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except Exception:  # noqa: BLE001 - psutil missing or unsupported
+        try:
+            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            return 1 << 40
+
+
+def check_fits_in_memory(n_values: int, where: str, fix: str) -> None:
+    """Refuse an in-memory tensor that would not fit (e.g. resize: 100000), instead of dying in the allocator."""
+    need = 4 * n_values
+    have = available_memory()
+    if need > 0.8 * have:
+        raise DataError(f"{where}: the data would need {need / 2**30:.1f} GiB in memory but {have / 2**30:.1f} GiB are available; {fix}")
+
+
+def _resize(x: torch.Tensor, size: Optional[int], where: str = "data") -> torch.Tensor:
     if size is None or x.dim() != 4:
         return x
+    check_fits_in_memory(x.shape[0] * x.shape[1] * size * size, where, "lower preprocess.resize")
     return torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
 
 
@@ -129,7 +153,7 @@ def _uint8_images_to_tensor(images: np.ndarray, spec: DataSpec, where: str) -> t
     """(N, H, W[, C]) uint8 -> (N, C, H, W) float32 in [0, 1], resized and normalised."""
     x = torch.from_numpy(np.ascontiguousarray(images)).float().div_(255.0)
     x = x.unsqueeze(1) if x.dim() == 3 else x.permute(0, 3, 1, 2).contiguous()
-    x = _resize(x, spec.preprocess.resize)
+    x = _resize(x, spec.preprocess.resize, where)
     return _normalize(x, spec.preprocess.normalize, where)
 
 
@@ -138,6 +162,8 @@ def _uint8_images_to_tensor(images: np.ndarray, spec: DataSpec, where: str) -> t
 def _load_tensors(spec: DataSpec, path: Path, where: str) -> LabelledData:
     if not path.exists():
         raise DataError(f"{where}.path: {path} not found; give a .safetensors or .npz file with keys x and y")
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise DataError(f"{where}.path: {path} is not a regular file; give a .safetensors or .npz file with keys x and y")
     try:
         if path.suffix == ".npz":
             with np.load(path, allow_pickle=False) as f:
@@ -160,7 +186,9 @@ def _load_tensors(spec: DataSpec, path: Path, where: str) -> LabelledData:
     if x.dtype == torch.uint8:
         x = x.float().div_(255.0)
     x = x.float()
-    x = _resize(x, spec.preprocess.resize)
+    if not bool(torch.isfinite(x).all()):
+        raise DataError(f"{where}.path: {path}: x holds NaN or Inf values; clean the data (every input must be finite)")
+    x = _resize(x, spec.preprocess.resize, where)
     x = _normalize(x, spec.preprocess.normalize, where)
     return LabelledData.from_tensors(x.contiguous(), y.long())
 
@@ -176,7 +204,7 @@ def _load_digits(spec: DataSpec, role: str, where: str) -> LabelledData:
     )
     idx = idx_train if (spec.split or role) == "train" else idx_test
     x = torch.from_numpy(images[idx]).unsqueeze(1)
-    x = _resize(x, spec.preprocess.resize)
+    x = _resize(x, spec.preprocess.resize, where)
     x = _normalize(x, spec.preprocess.normalize, where)
     return LabelledData.from_tensors(x.contiguous(), torch.from_numpy(d.target[idx]).long())
 

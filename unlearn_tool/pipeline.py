@@ -13,20 +13,23 @@ from torch import nn
 
 from . import __version__
 from .checkpoint import (
-    check_writable,
+    check_output,
+    dtypes_of,
     load_into,
     metadata_for,
+    non_finite,
     read_checkpoint,
     sha256_file,
     write_directory,
     write_safetensors,
 )
 from .data import Splits, load_split, load_splits
-from .errors import MethodError, UnlearnError
+from .errors import AuditError, DivergedError, MethodError, UnlearnError
 from .evaluate import predict_logits
-from .methods import UnlearnContext, get_method, parse_params, run_method
-from .models import build_model, num_classes_of
-from .request import Request, load_request
+from .methods import MethodParams, UnlearnContext, get_method, parse_params, run_method
+from .models import CodePolicy, build_model, num_classes_of
+from .provenance import created_utc, file_fields
+from .request import Request, load_request, method_params_for
 from .training import TrainConfig
 
 Progress = Callable[[str, int, int], None]
@@ -83,12 +86,17 @@ class Job:
     checkpoint_path: Optional[Path] = None
     checkpoint_sha256: str = ""
     checkpoint_metadata: dict[str, str] = field(default_factory=dict)
+    checkpoint_dtypes: dict[str, torch.dtype] = field(default_factory=dict)  # written back unchanged (fp16 stays fp16)
 
     def load(self, path: str | Path) -> tuple[nn.Module, dict[str, str]]:
         """A checkpoint of this job's architecture, loaded strictly, on the job's device in eval mode; and its metadata."""
+        model, metadata, _ = self._load(path)
+        return model, metadata
+
+    def _load(self, path: str | Path) -> tuple[nn.Module, dict[str, str], dict[str, torch.dtype]]:
         state, metadata = read_checkpoint(path)
         model = load_into(self.make_model(), state, self.request.model.arch, path)
-        return model.to(self.device).eval(), metadata
+        return model.to(self.device).eval(), metadata, dtypes_of(state)
 
     def context(self, original: Optional[nn.Module] = None, seed: Optional[int] = None,
                 progress: Optional[Progress] = None) -> UnlearnContext:
@@ -105,16 +113,25 @@ class Job:
         )
 
 
+def check_seed(seed: int, flag: str = "--seed") -> int:
+    from .request import MAX_SEED
+
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise UnlearnError(f"{flag} {seed}: a seed is a whole number from 0 to {MAX_SEED}; give one in that range")
+    return seed
+
+
 def prepare(
     request: Request | str | Path,
     checkpoint: Optional[str | Path] = None,
     device: str = "auto",
     seed: Optional[int] = None,
+    code: CodePolicy = CodePolicy(),
 ) -> Job:
     """Validate everything a run needs, in the order that fails fastest, without training."""
     req = request if isinstance(request, Request) else load_request(request)
     dev = resolve_device(device)
-    run_seed = req.seed if seed is None else seed
+    run_seed = req.seed if seed is None else check_seed(seed)
     seed_everything(run_seed)
 
     # Data first: its shape tells us how to probe the architecture.
@@ -122,14 +139,14 @@ def prepare(
 
     def make_model() -> nn.Module:
         torch.manual_seed(run_seed)
-        return build_model(req.model, req.base_dir)
+        return build_model(req.model, req.base_dir, code)
 
     num_classes = num_classes_of(make_model(), probe_train.input_shape())
     splits = load_splits(req, num_classes, train=probe_train)
     job = Job(request=req, splits=splits, num_classes=num_classes, device=dev, seed=run_seed, make_model=make_model)
     if checkpoint is not None:
         path = Path(checkpoint)
-        job.original, job.checkpoint_metadata = job.load(path)
+        job.original, job.checkpoint_metadata, job.checkpoint_dtypes = job._load(path)
         job.checkpoint_path = path.resolve()
         job.checkpoint_sha256 = sha256_file(path)
     return job
@@ -202,33 +219,83 @@ class ApplyResult:
 
 ADAPTER_WARNING = (
     "adapter-only output: the forgotten data is still in the base weights; the deletion holds only while the "
-    "adapter is applied. Merge it (output.mode: merged) before deleting the original checkpoint."
+    "adapter is applied. Merge it (unlearn merge, or output.mode: merged) before deleting the original checkpoint."
 )
+
+
+@dataclass
+class ApplyPlan:
+    """Everything `apply` will do, checked before any data is loaded or any model trained."""
+
+    method: str
+    params: MethodParams
+    adapter: bool
+    output: Path
+    force: bool = False
+    gates: list[str] = field(default_factory=list)  # audited right after (apply --audit)
+    reference: Optional[Path] = None
+    audit: bool = False
+
+
+def plan_apply(
+    req: Request,
+    checkpoint: str | Path,
+    method: Optional[str] = None,
+    params: Optional[dict[str, Any]] = None,
+    output: Optional[str | Path] = None,
+    adapter_only: Optional[bool] = None,
+    force: bool = False,
+    audit: bool = False,
+    gates: Optional[list[str]] = None,
+    reference: Optional[str | Path] = None,
+) -> ApplyPlan:
+    """Check method, parameters, output and audit settings: every input error fails here, before any work.
+
+    params: --param overrides, on top of the request's method.params when the request names this method.
+    adapter_only: True/False from --adapter-only/--merged; None keeps the request's output.mode.
+    """
+    name = method or req.method.name
+    entry = get_method(name)
+    method_params = parse_params(name, method_params_for(req, name, params))
+    adapter = adapter_only if adapter_only is not None else req.output.mode == "adapter"
+    if adapter and not entry.supports_adapter:
+        raise MethodError(f"method {name} changes weights directly, so it has no adapter output; drop --adapter-only (or output.mode: adapter)")
+    ckpt = Path(checkpoint)
+    out_path = Path(output) if output else (req.resolve(req.output.path) if req.output.path else default_output_path(ckpt, adapter))
+    check_output(out_path, "dir" if adapter else "file", force, protect={"input checkpoint": ckpt, "request": req.path})
+    plan = ApplyPlan(method=name, params=method_params, adapter=adapter, output=out_path, force=force, audit=audit)
+    if audit:
+        from .audit.gates import parse_gates
+
+        plan.gates = list(gates) if gates is not None else list(req.audit.gates)
+        ref = reference if reference is not None else (req.resolve(req.audit.reference) if req.audit.reference else None)
+        plan.reference = Path(ref) if ref is not None else None
+        parse_gates(plan.gates, req.forget.scenario, plan.reference is not None)
+        if plan.reference is not None and not plan.reference.is_file():
+            raise AuditError(f"audit reference {plan.reference} not found; give a retrained checkpoint (unlearn train --exclude-forget) or drop audit.reference")
+    return plan
 
 
 def apply(
     job: Job,
-    method: Optional[str] = None,
+    method: Optional[str] | ApplyPlan = None,
     params: Optional[dict[str, Any]] = None,
     output: Optional[str | Path] = None,
     adapter_only: Optional[bool] = None,
     force: bool = False,
     progress: Optional[Progress] = None,
 ) -> ApplyResult:
-    """Run the request's method on the job's checkpoint and write the result atomically."""
+    """Run the request's method on the job's checkpoint and publish the result atomically.
+
+    Give an ApplyPlan (from plan_apply) or the same arguments plan_apply takes.
+    """
     if job.original is None or job.checkpoint_path is None:
         raise UnlearnError("apply needs a checkpoint; give the trained model's .safetensors file")
     req = job.request
-    name = method or req.method.name
-    entry = get_method(name)
-    method_params = parse_params(name, params if params is not None else (req.method.params if name == req.method.name else {}))
-    adapter = adapter_only if adapter_only is not None else req.output.mode == "adapter"
-    if adapter and not entry.supports_adapter:
-        raise MethodError(f"method {name} changes weights directly, so it has no adapter output; drop --adapter-only (or output.mode: adapter)")
-    out_path = Path(output) if output else (req.resolve(req.output.path) if req.output.path else default_output_path(job.checkpoint_path, adapter))
+    plan = method if isinstance(method, ApplyPlan) else plan_apply(req, job.checkpoint_path, method, params, output, adapter_only, force)
+    name, method_params, adapter, out_path = plan.method, plan.params, plan.adapter, plan.output
     if out_path.resolve() == job.checkpoint_path:
         raise UnlearnError(f"output {out_path} is the input checkpoint; inputs are never overwritten, choose another --output")
-    check_writable(out_path, force)
 
     t0 = time.perf_counter()
     before = utility(job.original, job.splits, job.device, req.data.batch_size)
@@ -236,6 +303,11 @@ def apply(
     seed_everything(job.seed)
     result, wall = run_method(name, ctx, method_params)
     model = result.model.to(job.device).eval()
+    state = _merged_state(model, job)
+    bad = non_finite(state)
+    if bad:
+        raise DivergedError(f"unlearning diverged: {len(bad)} tensor(s) of the result hold NaN/Inf (first: {bad[0][0]}); "
+                            f"nothing was written; lower the learning rate or check the method's parameters")
     after = utility(model, job.splits, job.device, req.data.batch_size)
 
     fields = {
@@ -255,17 +327,17 @@ def apply(
         "device": str(job.device),
         "torch_version": torch.__version__,
         "python_version": platform.python_version(),
-        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "created_utc": created_utc(),
     }
+    fields = file_fields(fields)
     warnings: list[str] = list(ctx.log)
+    protect = {"input checkpoint": job.checkpoint_path, "request": req.path}
     if adapter:
-        write_directory(out_path, lambda d: _save_adapter(result.adapter_model, d, metadata_for(fields)), force=force)
+        write_directory(out_path, lambda d: _save_adapter(result.adapter_model, d, metadata_for(fields)), force=plan.force, protect=protect)
         digest = sha256_file(out_path / "adapter_model.safetensors")
         warnings.insert(0, ADAPTER_WARNING)
     else:
-        state = _merged_state(model, job.original)
-        write_safetensors(out_path, state, metadata_for(fields), force=force)
-        digest = sha256_file(out_path)
+        digest = write_safetensors(out_path, state, metadata_for(fields), force=plan.force, protect=protect)
     return ApplyResult(
         output=out_path,
         mode="adapter" if adapter else "merged",
@@ -283,14 +355,19 @@ def apply(
     )
 
 
-def _merged_state(model: nn.Module, original: nn.Module) -> dict[str, torch.Tensor]:
-    """The unlearned weights under the original's keys, shapes and dtypes (a drop-in replacement)."""
-    ref = original.state_dict()
+def _merged_state(model: nn.Module, job: Job) -> dict[str, torch.Tensor]:
+    """The unlearned weights under the original's keys, shapes and dtypes (a drop-in replacement).
+
+    Computation runs in the model's dtype (fp32); each tensor goes back to the checkpoint's own dtype.
+    """
+    assert job.original is not None
+    ref = job.original.state_dict()
     state = model.state_dict()
     diffs = sorted(set(ref) ^ set(state))
     if diffs:
         raise UnlearnError(f"internal: the method returned a model with different keys ({', '.join(diffs[:3])}); please report this")
-    return {k: state[k].detach().to(ref[k].dtype).cpu().contiguous() for k in ref}
+    dtypes = job.checkpoint_dtypes or dtypes_of(ref)
+    return {k: state[k].detach().to(dtypes.get(k, ref[k].dtype)).cpu().contiguous() for k in ref}
 
 
 def _save_adapter(peft_model: Any, folder: Path, metadata: dict[str, str]) -> None:
@@ -321,13 +398,16 @@ def train_checkpoint(
     from .training import fit
 
     output = Path(output)
-    check_writable(output, force)
+    check_output(output, "file", force, protect={"request": job.request.path})
     data = job.splits.retain if exclude_forget else job.splits.train
     seed_everything(job.seed)
     model = job.make_model()
     start = time.perf_counter()
     fit(model, data, config, job.device, torch.Generator().manual_seed(job.seed), progress, task="train")
     wall = time.perf_counter() - start
+    bad = non_finite(model.state_dict())
+    if bad:
+        raise DivergedError(f"training diverged: {len(bad)} tensor(s) hold NaN/Inf (first: {bad[0][0]}); nothing was written; lower --lr")
     figures = utility(model, job.splits, job.device, job.request.data.batch_size)
     fields = {
         "format": "unlearn/v1",
@@ -342,8 +422,8 @@ def train_checkpoint(
         "wall_time_s": round(wall, 4),
         "device": str(job.device),
         "torch_version": torch.__version__,
-        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "created_utc": created_utc(),
     }
-    write_safetensors(output, model.state_dict(), metadata_for(fields), force=force)
-    return {"output": str(output), "sha256": sha256_file(output), "train_size": len(data), "wall_time_s": wall,
+    digest = write_safetensors(output, model.state_dict(), metadata_for(file_fields(fields)), force=force, protect={"request": job.request.path})
+    return {"output": str(output), "sha256": digest, "train_size": len(data), "wall_time_s": wall,
             "exclude_forget": exclude_forget, **figures}

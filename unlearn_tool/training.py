@@ -5,21 +5,34 @@ from __future__ import annotations
 from typing import Callable, Literal, Optional
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import nn
 
 from .data import LabelledData
+from .params import SaneParams
 
 
-class TrainConfig(BaseModel):
+class TrainConfig(SaneParams):
     """How `unlearn train` (and the `retrain` method) train a model from scratch."""
-
-    model_config = ConfigDict(extra="forbid")
     epochs: int = Field(40, ge=1, description="Passes over the training data.")
     lr: float = Field(1e-3, gt=0, description="Learning rate.")
     optimizer: Literal["adam", "sgd"] = Field("adam", description="adam (small nets) or sgd with momentum 0.9 and cosine decay (ResNets).")
     weight_decay: float = Field(0.0, ge=0, description="L2 weight decay.")
     batch_size: int = Field(64, ge=1, description="Training batch size.")
+
+
+def train_config(**options: object) -> TrainConfig:
+    """A TrainConfig from command-line options (None = default); an invalid value is one line naming it."""
+    from pydantic import ValidationError
+
+    from .errors import UnlearnError
+    from .params import field_and_message
+
+    try:
+        return TrainConfig(**{k: v for k, v in options.items() if v is not None})
+    except ValidationError as e:
+        name, msg = field_and_message(e.errors()[0])
+        raise UnlearnError(f"--{name.replace('_', '-')}: {msg}; see unlearn train --help") from None
 
 
 def make_optimizer(params, name: str, lr: float, weight_decay: float = 0.0, momentum: float = 0.9) -> torch.optim.Optimizer:

@@ -54,14 +54,18 @@ def audit_files(
     return report, folder
 
 
-def audit_apply_result(job: Any, result: Any, report_dir: Optional[str | Path] = None) -> tuple[dict[str, Any], Path]:
-    """`unlearn apply --audit`: audit the fresh result with the request's gates and reference (audit section)."""
+def audit_apply_result(job: Any, result: Any, report_dir: Optional[str | Path] = None, gates: Optional[Sequence[str]] = None,
+                       reference: Optional[tuple[Any, dict[str, Any]]] = None) -> tuple[dict[str, Any], Path]:
+    """`unlearn apply --audit`: audit the fresh result with the plan's gates and the reference it loaded before unlearning
+    (default: the request's audit section)."""
     spec = job.request.audit
-    reference = job.request.resolve(spec.reference) if spec.reference else None
-    parse_gates(list(spec.gates), job.splits.scenario, reference is not None)
+    gates = list(spec.gates) if gates is None else list(gates)
+    if reference is None and spec.reference:
+        reference = load_checkpoint(job.request.resolve(spec.reference), job)
+    parse_gates(gates, job.splits.scenario, reference is not None)
     out = Path(result.output)
     info = {"path": str(out.resolve()), "kind": result.mode, "sha256": result.output_sha256, "metadata": result.metadata}
-    ref_model, ref_info = load_checkpoint(reference, job) if reference is not None else (None, None)
-    report = run_audit(job, job.original, result.model, ref_model, spec.gates, unlearned_info=info, reference_info=ref_info)
+    ref_model, ref_info = reference if reference is not None else (None, None)
+    report = run_audit(job, job.original, result.model, ref_model, gates, unlearned_info=info, reference_info=ref_info)
     folder = write_reports(report, report_dir_for(out, report_dir))
     return report, folder

@@ -13,17 +13,16 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ValidationError
 from torch import nn
 
 from ..data import LabelledData, Splits
 from ..errors import MethodError, UnknownMethodError
+from ..params import SaneParams, format_error
 
 
-class MethodParams(BaseModel):
-    """Base for method parameter models: unknown keys are errors, every field has a description."""
-
-    model_config = ConfigDict(extra="forbid")
+class MethodParams(SaneParams):
+    """Base for method parameter models: unknown keys are errors, numbers finite and sane, a description per field."""
 
 
 @dataclass
@@ -122,11 +121,10 @@ def parse_params(name: str, params: dict[str, Any]) -> MethodParams:
         return entry.params_cls.model_validate(params)
     except ValidationError as e:
         first = e.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"])
-        msg = first["msg"].removeprefix("Value error, ")
         if first["type"] == "extra_forbidden":
-            msg = f"unknown parameter; {name} takes: {', '.join(entry.params_cls.model_fields)}"
-        raise MethodError(f"method.params.{loc}: {msg}") from None
+            loc = ".".join(str(p) for p in first["loc"])
+            raise MethodError(f"method.params.{loc}: unknown parameter; {name} takes: {', '.join(entry.params_cls.model_fields)}") from None
+        raise MethodError(format_error(first, "method.params")) from None
 
 
 def run_method(name: str, ctx: UnlearnContext, params: MethodParams) -> tuple[MethodOutput, float]:

@@ -35,7 +35,7 @@ from .common import kl_to_teacher
 class RFAParams(MethodParams):
     rank: int = Field(8, ge=1, description="LoRA rank r (capped at each layer's smallest dimension by peft's shapes).")
     alpha: float = Field(16.0, gt=0, description="LoRA alpha; the residual is scaled by alpha / rank.")
-    target_layers: Union[str, list[str]] = Field(
+    target_layers: lora.TargetLayers = Field(
         "all", description="'all' Linear/Conv2d layers, 'head', 'last:N', or a list of layer names/regexes."
     )
     epochs: int = Field(30, ge=1, description="Maximum passes over the forget set (each forget batch is paired with a retain batch).")

@@ -1,0 +1,63 @@
+"""The `unlearn` Typer app and the options several commands share. Every command module registers on this app;
+nothing here imports a command module, so there is no import circle. No torch at import time."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import click
+import typer
+from typer.core import TyperGroup
+
+from .common import err, plain
+
+
+class OneLineErrors(TyperGroup):
+    """Usage errors (unknown option, bad value, missing argument) as one line on stderr with exit 2, like every
+    other input error, instead of click's usage block."""
+
+    def main(self, args: Optional[Sequence[str]] = None, prog_name: Optional[str] = None, complete_var: Optional[str] = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.exceptions.UsageError as e:
+            where = e.ctx.command_path if e.ctx is not None else "unlearn"
+            err(f"error: {plain(e.format_message())}; see `{where} --help`")
+            sys.exit(2)
+        except click.exceptions.ClickException as e:
+            err(f"error: {plain(e.format_message())}")
+            sys.exit(e.exit_code)
+        except click.exceptions.Abort:
+            err("error: aborted")
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+app = typer.Typer(
+    name="unlearn",
+    cls=OneLineErrors,
+    help="Make a trained PyTorch classifier forget part of its training data, and show that it did.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+DeviceOpt = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps.")
+RequestOpt = typer.Option(..., "--request", "-r", help="Deletion-request YAML.", show_default=False)
+CodePathOpt = typer.Option([], "--code-path", help="A folder of your own model code that python:<module>:<callable> may load from (repeatable; the request's folder always counts).", show_default=False)
+TrustCodeOpt = typer.Option(False, "--trust-code", help="Let python:<module>:<callable> load installed and standard-library modules too (runs whatever the request names: only for requests you trust).")
+
+
+def code_policy(code_path: list[Path], trust_code: bool) -> Any:
+    from unlearn_tool.models import CodePolicy
+
+    for p in code_path:
+        if not p.is_dir():
+            from unlearn_tool.errors import UnlearnError
+
+            raise UnlearnError(f"--code-path {p}: not a folder; give the folder that holds your model module")
+    return CodePolicy(code_paths=tuple(code_path), trust_code=trust_code)
