@@ -7,11 +7,28 @@ import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-import click
 import typer
 from typer.core import TyperGroup
 
 from .common import err, plain
+
+
+def _exception_types(name: str) -> tuple[type, ...]:
+    """click's exception class `name`, from click and from the copy of click that recent Typer versions vendor."""
+    found = []
+    for module in ("click.exceptions", "typer._click.exceptions"):
+        try:
+            cls = getattr(__import__(module, fromlist=[name]), name, None)
+        except ImportError:
+            cls = None
+        if isinstance(cls, type):
+            found.append(cls)
+    return tuple(found)
+
+
+USAGE_ERRORS = _exception_types("UsageError")
+CLICK_ERRORS = _exception_types("ClickException")
+ABORTS = _exception_types("Abort")
 
 
 class OneLineErrors(TyperGroup):
@@ -24,17 +41,22 @@ class OneLineErrors(TyperGroup):
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         try:
             rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
-        except click.exceptions.UsageError as e:
-            where = e.ctx.command_path if e.ctx is not None else "unlearn"
-            err(f"error: {plain(e.format_message())}; see `{where} --help`")
+        except USAGE_ERRORS as e:
+            ctx = getattr(e, "ctx", None)
+            where = ctx.command_path if ctx is not None else "unlearn"
+            err(f"error: {_one_line(e.format_message())}; see `{where} --help`")
             sys.exit(2)
-        except click.exceptions.ClickException as e:
-            err(f"error: {plain(e.format_message())}")
+        except CLICK_ERRORS as e:
+            err(f"error: {_one_line(e.format_message())}")
             sys.exit(e.exit_code)
-        except click.exceptions.Abort:
+        except ABORTS:
             err("error: aborted")
             sys.exit(1)
         sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _one_line(message: str) -> str:
+    return " ".join(plain(message).split())
 
 
 app = typer.Typer(

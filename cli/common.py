@@ -40,8 +40,10 @@ def handle_errors(fn: Callable) -> Callable:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from unlearn_tool.checkpoint import PUBLISHED
         from unlearn_tool.errors import Terminated, UnlearnError
 
+        PUBLISHED.clear()  # what this command writes (one process may run several commands, e.g. tests)
         with _signals_as_exceptions():
             try:
                 return fn(*args, **kwargs)

@@ -18,12 +18,13 @@ import stat
 import struct
 import tempfile
 from pathlib import Path
-from typing import Callable, Mapping, Optional
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Callable, Mapping, Optional
 
 from .errors import CheckpointError, OutputError
+
+if TYPE_CHECKING:  # torch is imported where it is used, so `unlearn --help` and request checks stay instant
+    import torch
+    from torch import nn
 
 META_PREFIX = "unlearn."
 TMP_PREFIX = ".unlearn-"  # temporary names do not derive from the output's name, so a long name cannot overflow them
@@ -74,6 +75,8 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
 
 def non_finite(tensors: dict[str, torch.Tensor]) -> list[tuple[str, int, int]]:
     """(name, non-finite count, size) of every floating tensor holding NaN or Inf."""
+    import torch
+
     out = []
     for name, t in tensors.items():
         if t.is_floating_point() or t.is_complex():
@@ -186,19 +189,21 @@ def check_output(path: Path, kind: str, force: bool, protect: Mapping[str, Optio
     """
     path = Path(path)
     absolute = Path(os.path.abspath(path))
+    parent = absolute.parent
+    if len(os.fsencode(path.name)) > _name_max(parent if parent.is_dir() else Path(".")):
+        raise OutputError(f"output name {path.name[:40]}... is longer than the file system allows ({_name_max(parent)} bytes); choose a shorter {flag}")
     for label, p in dict(protect).items():
         if p is None:
             continue
         q = Path(os.path.abspath(p))
         if q == absolute:
             raise OutputError(f"output {path} is the {label}; inputs are never overwritten, choose another {flag}")
+        if os.path.exists(absolute) and os.path.exists(q) and absolute.resolve() == q.resolve():
+            raise OutputError(f"output {path} is a link to the {label}; inputs are never overwritten, choose another {flag}")
         if absolute in q.parents:
             raise OutputError(f"output {path} is a folder that holds the {label} {p}; inputs are never overwritten, choose another {flag}")
-    parent = absolute.parent
     if not parent.is_dir():
         raise OutputError(f"output folder {path.parent} does not exist; create it or choose another {flag}")
-    if len(os.fsencode(path.name)) > _name_max(parent):
-        raise OutputError(f"output name {path.name[:40]}... is longer than the file system allows ({_name_max(parent)} bytes); choose a shorter {flag}")
     if os.path.lexists(absolute):
         st = os.stat(absolute) if absolute.exists() else os.lstat(absolute)
         if kind == "file" and stat.S_ISDIR(st.st_mode):
@@ -272,15 +277,41 @@ def _write_atomically(path: Path, write: Callable[[Path], None], force: bool, fi
     return digest
 
 
+def save_canonical(tensors: dict[str, torch.Tensor], path: str | Path, metadata: Optional[dict[str, str]] = None) -> None:
+    """safetensors.torch.save_file, then the header rewritten with sorted keys.
+
+    safetensors keeps metadata in a hash map whose order changes from run to run, so the same
+    tensors and metadata would give different bytes; sorted, they give the same file every time.
+    """
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(path), metadata=metadata)
+    with open(path, "r+b") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n))
+        text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+        text += b" " * (n - len(text)) if len(text) <= n else b""
+        if len(text) == n:  # same length (the usual case): rewrite the header in place
+            f.seek(8)
+            f.write(text)
+            return
+    data_start = 8 + n  # a header that serialises longer: rewrite the file around the data
+    text += b" " * ((8 - len(text) % 8) % 8)
+    rewritten = Path(str(path) + ".hdr")
+    with open(path, "rb") as src, open(rewritten, "wb") as dst:
+        dst.write(struct.pack("<Q", len(text)) + text)
+        src.seek(data_start)
+        shutil.copyfileobj(src, dst, 1 << 20)
+    os.replace(rewritten, path)
+
+
 def write_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str], force: bool = False,
                       protect: Mapping[str, Optional[Path]] = {}, flag: str = "--output") -> str:
     """Write tensors + metadata atomically; returns the sha256 of the published file."""
-    from safetensors.torch import save_file
-
     path = Path(path)
     check_output(path, "file", force, protect, flag)
     cpu = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    return _write_atomically(path, lambda tmp: save_file(cpu, str(tmp), metadata=metadata), force, f"choose another {flag}", flag)
+    return _write_atomically(path, lambda tmp: save_canonical(cpu, tmp, metadata), force, f"choose another {flag}", flag)
 
 
 def write_bytes(path: str | Path, data: bytes, fix: str = "choose another output folder") -> Path:

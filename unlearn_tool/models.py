@@ -68,7 +68,10 @@ def _torchvision_model(name: str, kwargs: dict) -> nn.Module:
     if name not in known:
         raise ModelError(f"model.arch: torchvision has no classification model '{name}'; e.g. resnet18, mobilenet_v3_small, vit_b_16")
     kwargs = dict(kwargs)
-    kwargs.setdefault("weights", None)  # never download weights: the checkpoint supplies them
+    for key in ("weights", "weights_backbone"):
+        if kwargs.get(key) is not None:  # would download a pickled .pth file; the checkpoint supplies the weights
+            raise ModelError(f"model.kwargs.{key}: pre-trained weights are never downloaded (the checkpoint supplies them); drop {key}")
+    kwargs["weights"] = None
     return _call_factory(lambda **kw: torchvision.models.get_model(name, **kw), kwargs, f"torchvision:{name}")
 
 

@@ -374,13 +374,15 @@ def _save_adapter(peft_model: Any, folder: Path, metadata: dict[str, str]) -> No
     """PEFT layout (adapter_config.json, adapter_model.safetensors) plus our provenance metadata."""
     import json
 
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
+
+    from .checkpoint import save_canonical
 
     if peft_model is None:
         raise UnlearnError("internal: the method produced no adapter; please report this")
     peft_model.save_pretrained(str(folder))
     weights = folder / "adapter_model.safetensors"
-    save_file(load_file(str(weights)), str(weights), metadata=metadata)
+    save_canonical(load_file(str(weights)), weights, metadata)
     (folder / "unlearn_metadata.json").write_text(json.dumps({k: v for k, v in metadata.items()}, indent=2, sort_keys=True))
 
 

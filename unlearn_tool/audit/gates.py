@@ -61,7 +61,10 @@ def parse_gate(expr: str) -> Gate:
     name = m.group("name")
     if name not in known_names():
         raise AuditError(f"gate {expr!r}: unknown metric '{name}'; known metrics: {', '.join(known_names())}")
-    return Gate(expr=expr.strip(), metric=name, op=m.group("op"), threshold=float(m.group("num")))
+    threshold = float(m.group("num"))
+    if not math.isfinite(threshold):
+        raise AuditError(f"gate {expr!r}: the threshold is not a finite number; give e.g. 'forget_acc <= 0.02'")
+    return Gate(expr=expr.strip(), metric=name, op=m.group("op"), threshold=threshold)
 
 
 def parse_gates(exprs: Sequence[str], scenario: str, has_reference: bool) -> list[Gate]:

@@ -9,6 +9,7 @@ from .base import (  # noqa: F401
     parse_params,
     register_method,
     run_method,
+    unregister_method,
 )
 from . import rfa  # noqa: F401,E402
 from . import retrain  # noqa: F401,E402

@@ -104,6 +104,13 @@ def register_method(
     _REGISTRY[name] = MethodSpecEntry(name, summary, params_cls, run, supports_adapter, reference)
 
 
+def unregister_method(name: str) -> None:
+    """Remove a registered method (tests register fakes and remove them afterwards)."""
+    if name not in _REGISTRY:
+        raise UnknownMethodError(f"unknown method '{name}'; known methods: {', '.join(sorted(_REGISTRY))}")
+    del _REGISTRY[name]
+
+
 def get_method(name: str) -> MethodSpecEntry:
     if name not in _REGISTRY:
         raise UnknownMethodError(f"unknown method '{name}'; known methods: {', '.join(sorted(_REGISTRY))}")
