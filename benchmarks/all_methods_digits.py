@@ -9,7 +9,7 @@ indices, fixed rng), builtin MLP. Per seed s: the original is trained on the tra
 reference retrained on the retain split (unlearn_tool.training.fit, TrainConfig defaults: 40 epochs
 of Adam 1e-3; the reference's init seed is s + 100), and every method runs on that seed's original
 with its default parameters (ssd with use_cache=false so its times are cold). Figures come from the
-same code as `unlearn bench` (unlearn_tool/bench.py): audit metrics, Avg Gap to the seed's retrained
+same code as `unlearn bench` (unlearn_tool/bench/run.py: run_methods): audit metrics, Avg Gap to the seed's retrained
 model (points), method wall time and its fraction of that seed's retraining time.
 Prints one markdown table per scenario, then the method with the lowest Avg Gap per scenario.
 """
@@ -27,8 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from unlearn_tool import bench as B  # noqa: E402
-from unlearn_tool.audit import gaps  # noqa: E402
-from unlearn_tool.pipeline import prepare, seed_everything  # noqa: E402
+from unlearn_tool.job import prepare, seed_everything  # noqa: E402
 from unlearn_tool.request import parse_key_values, parse_request  # noqa: E402
 from unlearn_tool.training import TrainConfig, fit  # noqa: E402
 
@@ -53,7 +52,7 @@ def make_job(scenario: str, seed: int):
 def train(job, data, seed: int):
     """A fresh model (init seed `seed`) trained with TrainConfig defaults; returns (model, seconds)."""
     seed_everything(seed)
-    model = B.job_for_seed(job, seed).make_model()
+    model = job.for_seed(seed).make_model()
     start = time.perf_counter()
     fit(model, data, TrainConfig(), job.device, torch.Generator().manual_seed(seed))
     return model.eval(), time.perf_counter() - start
@@ -63,33 +62,32 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+def seed_setup(scenario: str, s: int) -> B.SeedSetup:
+    """Seed s: the original trained on the train split, the reference retrained on the retain split (init seed s + 100)."""
+    job = make_job(scenario, s)
+    original, t_orig = train(job, job.splits.train, s)
+    retrained, t_retrain = train(job, job.splits.retain, s + 100)
+    job.original = original
+    ref = B.baseline_run(retrained, job, t_retrain)
+    ref["metrics"]["time_fraction"] = 1.0
+    orig = B.with_gap(B.baseline_run(original, job), ref)
+    log(f"# {scenario} seed {s}: original trained in {t_orig:.1f}s, retrained in {t_retrain:.1f}s "
+        f"(forget acc {ref['metrics']['forget_acc']:.3f}, test acc {ref['metrics']['test_acc']:.3f})")
+    return B.SeedSetup(job, orig, ref, t_retrain)
+
+
+def on_run(name: str, seed: int, r: dict) -> None:
+    mm = r["metrics"]
+    log(f"  {name:16s} seed {seed} " + (f"FAILED {r['error']}" if r["error"] else
+                                        f"forget acc {mm['forget_acc']:.3f}  test acc {mm['test_acc']:.3f}  avg gap {mm['avg_gap']:.2f}  {mm['wall_time_s']:.2f}s"))
+
+
 def run_scenario(scenario: str, methods: list[str], seeds: list[int], overrides: dict) -> dict:
-    first = make_job(scenario, seeds[0])
     params = {m: B.method_params(m, {**DEFAULT_OVERRIDES.get(m, {}), **overrides.get(m, {})}) for m in methods}
-    runs: dict[str, list[dict]] = {m: [] for m in methods}
-    originals, references = [], []
-    for s in seeds:
-        job = make_job(scenario, s)
-        original, t_orig = train(job, job.splits.train, s)
-        retrained, t_retrain = train(job, job.splits.retain, s + 100)
-        job.original = original
-        ref = B.baseline_run(retrained, job, t_retrain)
-        ref["metrics"]["time_fraction"] = 1.0
-        orig = B.baseline_run(original, job)
-        orig["metrics"]["avg_gap"] = gaps(orig["metrics"], ref["metrics"])["avg_gap"]
-        references.append(ref)
-        originals.append(orig)
-        log(f"# {scenario} seed {s}: original trained in {t_orig:.1f}s, retrained in {t_retrain:.1f}s "
-            f"(forget acc {ref['metrics']['forget_acc']:.3f}, test acc {ref['metrics']['test_acc']:.3f})")
-        for m in methods:
-            r = B.run_one(job, m, params[m], ref["metrics"], t_retrain)
-            runs[m].append(r)
-            mm = r["metrics"]
-            log(f"  {m:16s} " + (f"FAILED {r['error']}" if r["error"] else
-                                 f"forget acc {mm['forget_acc']:.3f}  test acc {mm['test_acc']:.3f}  avg gap {mm['avg_gap']:.2f}  {mm['wall_time_s']:.2f}s"))
-    entries = {m: B.summarize(m, runs[m], params[m].model_dump(mode="json")) for m in methods}
-    return B.assemble(first, seeds, "retrain", entries, B.summarize("original", originals, kind="original"),
-                      B.summarize("retrain", references, TrainConfig().model_dump(), kind="reference"),
+    setups = [seed_setup(scenario, s) for s in seeds]
+    entries = B.run_methods(setups, methods, params, on_run=on_run)  # the same loop as `unlearn bench`
+    return B.assemble(setups[0].job, seeds, "retrain", entries, B.summarize("original", [s.original for s in setups], kind="original"),
+                      B.summarize("retrain", [s.baseline for s in setups], TrainConfig().model_dump(), kind="reference"),
                       {"kind": "retrained per seed with unlearn_tool.training.fit, TrainConfig defaults, init seed s + 100"})
 
 

@@ -75,7 +75,7 @@ TrustCodeOpt = typer.Option(False, "--trust-code", help="Let python:<module>:<ca
 
 
 def code_policy(code_path: list[Path], trust_code: bool) -> Any:
-    from unlearn_tool.models import CodePolicy
+    from unlearn_tool.usercode import CodePolicy
 
     for p in code_path:
         if not p.is_dir():

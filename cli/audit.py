@@ -1,6 +1,6 @@
 """`unlearn audit`: measure whether the model forgot, against the original and a retrained reference.
 
-Registered on the main app by the import at the end of cli/main.py. No torch at module level.
+Registers on the app of cli/app.py (cli/main.py imports this module). No torch at module level.
 """
 
 from __future__ import annotations
@@ -70,19 +70,8 @@ def audit(
     trust_code: bool = TrustCodeOpt,
 ) -> None:
     """Audit an unlearned model: accuracies, membership inference, distances to a reference, gates (exit 3 if one fails)."""
-    from unlearn_tool.request import load_request
+    from unlearn_tool import commands
 
-    req = load_request(request)
-    from unlearn_tool.audit import audit_files, parse_gates
-    from unlearn_tool.pipeline import prepare
-
-    gates = list(gate) if gate else list(req.audit.gates)
-    ref = reference if reference is not None else (req.resolve(req.audit.reference) if req.audit.reference else None)
-    parse_gates(gates, req.forget.scenario, ref is not None)  # a bad gate fails before any model is loaded
-    if seed is not None:
-        from unlearn_tool.pipeline import check_seed
-
-        check_seed(seed)
-    job = prepare(req, original, device=device, seed=seed, code=code_policy(code_path, trust_code))
-    report, folder = audit_files(job, unlearned, ref, gates, report_dir)
+    report, folder = commands.audit(request, original, unlearned, reference=reference, gates=gate or None, report_dir=report_dir,
+                                   device=device, seed=seed, code=code_policy(code_path, trust_code))
     finish(report, folder, as_json, quiet)

@@ -1,6 +1,6 @@
 """`unlearn bench`: several methods, one request, several seeds, one comparison table.
 
-Registered on the main app by the import at the end of cli/main.py. No torch at module level.
+Registers on the app of cli/app.py (cli/main.py imports this module). No torch at module level.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def bench(
     checkpoint: Path = typer.Argument(..., help="Trained model (.safetensors)."),
     request: Path = RequestOpt,
     methods: str = typer.Option(..., "--methods", help="Comma-separated method names, or 'all' (see `unlearn methods`).", show_default=False),
-    seeds: int = typer.Option(3, "--seeds", min=1, help="Runs per method, with seeds request seed, +1, +2, ..."),
+    seeds: int = typer.Option(3, "--seeds", help="Runs per method, with seeds request seed, +1, +2, ..."),
     reference: Optional[Path] = typer.Option(None, "--reference", help="Retrained-without-the-forget-set checkpoint: Avg Gap baseline (audited once); its wall_time_s metadata gives the retraining time."),
     retrain: bool = typer.Option(False, "--retrain", help="Run the retrain method once per seed as the baseline (and the retraining time)."),
     report_dir: Optional[Path] = typer.Option(None, "--report-dir", help="Where to write bench.json/.csv/.md/.png (default <checkpoint stem>.bench/ beside it)."),
@@ -58,25 +58,9 @@ def bench(
     trust_code: bool = TrustCodeOpt,
 ) -> None:
     """Compare unlearning methods on one request over several seeds: audit figures, Avg Gap, time (a failing method is a row, not an exit)."""
-    from unlearn_tool.errors import UnlearnError
-    from unlearn_tool.request import load_request, parse_key_values
+    from unlearn_tool import commands
+    from unlearn_tool.request import parse_key_values
 
-    req = load_request(request)
-    from unlearn_tool import bench as B
-    from unlearn_tool.pipeline import prepare
-
-    # Everything that can be wrong with the input fails here, before any model is loaded or trained.
-    names = B.select_methods(methods)
-    if reference is not None and retrain:
-        raise UnlearnError("give --reference or --retrain, not both")
-    if reference is not None and not reference.is_file():
-        raise UnlearnError(f"--reference {reference}: not found; give a retrained .safetensors file (unlearn train --exclude-forget)")
-    overrides = B.split_overrides(parse_key_values(param), names)
-    params = {n: B.method_params(n, overrides.get(n, {}), req) for n in names}
-    retrain_params = B.method_params("retrain", overrides.get("retrain", {}), req)
-    folder = B.check_report_dir(report_dir if report_dir is not None else B.default_report_dir(checkpoint))
-
-    job = prepare(req, checkpoint, device=device, code=code_policy(code_path, trust_code))
     show = not quiet and not as_json
 
     def on_run(name: str, seed: int, record: dict[str, Any]) -> None:
@@ -90,12 +74,14 @@ def bench(
             err(f"{name} seed {seed}: forget acc {100 * m['forget_acc']:.2f}%, test acc {100 * m['test_acc']:.2f}%, avg gap {gap}, {m['wall_time_s']:.2f}s")
 
     with progress_bars(show) as progress:
-        result = B.run_bench(job, names, [job.seed + i for i in range(seeds)], params, reference=reference, retrain=retrain,
-                             retrain_params=retrain_params, progress=progress, on_run=on_run)
-    folder = B.write_bench(result, folder)
+        result, folder = commands.bench(request, checkpoint, methods, seeds=seeds, reference=reference, retrain=retrain,
+                                       report_dir=report_dir, param_overrides=parse_key_values(param), device=device,
+                                       code=code_policy(code_path, trust_code), progress=progress, on_run=on_run)
     if as_json:
         import json
 
-        print_json(json.loads(B.to_json(result)))
+        from unlearn_tool.bench import to_json
+
+        print_json(json.loads(to_json(result)))
     elif not quiet:
         print_table(result, folder)

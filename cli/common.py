@@ -13,6 +13,7 @@ from typing import Any, Callable, Iterator, Optional
 import typer
 
 EXIT_UNEXPECTED = 1
+LAST_ERROR: list[str] = []  # the last error line printed (validate --json reports it)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
 
@@ -31,7 +32,10 @@ def markup_safe(text: object) -> str:
 
 def err(message: str) -> None:
     """One line on stderr (control characters escaped)."""
-    typer.echo(plain(message), err=True)
+    line = plain(message)
+    if line.startswith("error: "):
+        LAST_ERROR[:] = [line[len("error: "):]]
+    typer.echo(line, err=True)
 
 
 def handle_errors(fn: Callable) -> Callable:
@@ -131,21 +135,34 @@ def _json_default(o: Any) -> Any:
 
 @contextmanager
 def progress_bars(enabled: bool) -> Iterator[Optional[Callable[[str, int, int], None]]]:
-    """A rich progress display on stderr; yields a callback (task, done, total) or None when disabled."""
+    """Rich progress bars on stderr; yields a callback (task, done, total) or None when disabled.
+
+    The display starts at the first update (a run that fails its input checks prints nothing but its error)
+    and a bar disappears once its task is complete, so a finished run never leaves a half-full bar behind.
+    """
     if not enabled:
         yield None
         return
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    console = Console(stderr=True)
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=False) as progress:
-        tasks: dict[str, Any] = {}
+    progress: Optional[Progress] = None
+    tasks: dict[str, Any] = {}
 
-        def update(task: str, done: int, total: int) -> None:
-            if task not in tasks:
-                tasks[task] = progress.add_task(task, total=total)
-            progress.update(tasks[task], completed=done, total=total)
+    def update(task: str, done: int, total: int) -> None:
+        nonlocal progress
+        if progress is None:
+            progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                                console=Console(stderr=True), transient=True)
+            progress.start()
+        if task not in tasks:
+            tasks[task] = progress.add_task(markup_safe(task), total=total)
+        progress.update(tasks[task], completed=done, total=total)
+        if total and done >= total:
+            progress.remove_task(tasks.pop(task))
 
+    try:
         yield update
+    finally:
+        if progress is not None:
+            progress.stop()

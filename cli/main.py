@@ -1,12 +1,13 @@
-"""`unlearn`: the command-line entry point. Thin: parse options, call the library, print.
+"""`unlearn`: the command-line entry point. Thin: each command parses its options, calls one library function, prints.
 
-Nothing here imports torch at module level, so `unlearn --help` answers instantly.
+Nothing here imports torch at module level, so `unlearn --help` answers instantly. The audit and
+bench commands live in cli/audit.py and cli/bench.py and register on the same app (cli/app.py).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
@@ -51,101 +52,82 @@ def apply(
     trust_code: bool = TrustCodeOpt,
 ) -> None:
     """Make the model forget what the request names and write the unlearned checkpoint."""
-    from unlearn_tool.pipeline import apply as run_apply, check_seed, plan_apply, prepare
-    from unlearn_tool.request import load_request, parse_key_values
+    from unlearn_tool import commands
+    from unlearn_tool.request import parse_key_values
 
-    req = load_request(request)
-    if seed is not None:
-        check_seed(seed)
-    # Every input error (method, parameters, output, gates, reference) fails here, before data or models load.
-    plan = plan_apply(req, checkpoint, method=method, params=parse_key_values(param), output=output,
-                      adapter_only=adapter_only, force=force, audit=audit)
-    job = prepare(req, checkpoint, device=device, seed=seed, code=code_policy(code_path, trust_code))
-    reference_model = None
-    if plan.audit and plan.reference is not None:
-        from unlearn_tool.audit import load_checkpoint
-
-        reference_model = load_checkpoint(plan.reference, job)  # a reference that does not fit fails before unlearning
+    params = parse_key_values(param)
     with progress_bars(not quiet and not as_json) as progress:
-        result = run_apply(job, plan, progress=progress)
-    summary = result.as_dict(job)
+        outcome = commands.apply(request, checkpoint, method=method, params=params, output=output, adapter_only=adapter_only,
+                                force=force, device=device, seed=seed, code=code_policy(code_path, trust_code),
+                                audit=audit, report_dir=report_dir, progress=progress)
+    result = outcome.result
     for w in result.warnings:
         err(f"warning: {w}")
-    report = None
-    if plan.audit:
-        from unlearn_tool.audit import audit_apply_result
-
-        report, folder = audit_apply_result(job, result, report_dir, plan.gates, reference_model)
-        summary["audit"] = {"report_dir": str(folder), "verdict": report["verdict"], "gates": report["gates"], "warnings": report["warnings"]}
     if as_json:
-        print_json(summary)
+        print_json(outcome.summary())
     elif not quiet:
-        _print_before_after(result.before, result.after, f"{result.method} on request {req.id}")
+        _print_before_after(result.before, result.after, f"{result.method} on request {outcome.job.request.id}")
         err(f"wrote {result.output} ({result.mode}) in {result.wall_time_s:.2f}s of unlearning")
-    if report is not None:
+    if outcome.report is not None:
         from .audit import finish
 
-        finish(report, folder, as_json=False, quiet=as_json or quiet)  # stdout already holds the apply summary
+        finish(outcome.report, outcome.report_dir, as_json=False, quiet=as_json or quiet)  # stdout already holds the apply summary
 
 
 @app.command()
-@handle_errors
 def validate(
     request: Path = RequestOpt,
     checkpoint: Optional[Path] = typer.Argument(None, help="Optional checkpoint to check against the architecture."),
-    as_json: bool = typer.Option(False, "--json", help="Print the checks as JSON."),
+    as_json: bool = typer.Option(False, "--json", help="Print the checks as JSON (also when they fail: {\"ok\": false, \"error\": ...})."),
     code_path: list[Path] = CodePathOpt,
     trust_code: bool = TrustCodeOpt,
 ) -> None:
     """Check a request (schema, method parameters, data, classes/indices, checkpoint) without training."""
-    from unlearn_tool.request import load_request
 
-    req = load_request(request)  # schema first: no torch needed to reject a malformed request
-    from unlearn_tool.methods import parse_params as check_params
-    from unlearn_tool.pipeline import prepare
+    def run() -> dict[str, Any]:
+        from unlearn_tool import commands
 
-    check_params(req.method.name, req.method.params)
-    job = prepare(req, checkpoint, device="cpu", code=code_policy(code_path, trust_code))
-    info = {
-        "request_id": req.id,
-        "ok": True,
-        "scenario": job.splits.scenario,
-        "num_classes": job.num_classes,
-        "train_size": len(job.splits.train),
-        "test_size": len(job.splits.test),
-        "forget_size": len(job.splits.forget_idx),
-        "retain_size": len(job.splits.retain_idx),
-        "method": req.method.name,
-        "checkpoint": str(checkpoint) if checkpoint else None,
-    }
-    if as_json:
+        return commands.validate(request, checkpoint, code=code_policy(code_path, trust_code))
+
+    if as_json:  # a failing check is a JSON answer too, so pipelines can parse stdout either way
+        try:
+            info = handle_errors(run)()
+        except typer.Exit as e:
+            print_json({"ok": False, "exit_code": e.exit_code, "error": _last_error()})
+            raise
         print_json(info)
-    else:
-        typer.echo(plain(
-            f"ok: request {req.id}: {info['scenario']} unlearning of {info['forget_size']} of {info['train_size']} train samples "
-            f"({job.num_classes} classes), method {req.method.name}" + (f", checkpoint matches {req.model.arch}" if checkpoint else "")
-        ))
+        return
+    info = handle_errors(run)()
+    typer.echo(plain(
+        f"ok: request {info['request_id']}: {info['scenario']} unlearning of {info['forget_size']} of {info['train_size']} train samples "
+        f"({info['num_classes']} classes), method {info['method']}" + (f", checkpoint matches {info['checkpoint_matches']}" if checkpoint else "")
+    ))
+
+
+def _last_error() -> Optional[str]:
+    from .common import LAST_ERROR
+
+    return LAST_ERROR[-1] if LAST_ERROR else None
 
 
 @app.command()
 @handle_errors
 def inspect(
-    checkpoint: Path = typer.Argument(..., help="A .safetensors checkpoint."),
+    checkpoint: Path = typer.Argument(..., help="A .safetensors checkpoint or an adapter folder."),
     as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
 ) -> None:
     """List a checkpoint's tensors, shapes, dtypes, parameter count and metadata."""
-    from unlearn_tool.checkpoint import read_checkpoint, read_metadata_fields
+    from unlearn_tool.artifacts import open_artifact
 
-    tensors, metadata = read_checkpoint(checkpoint)
-    rows = [{"name": k, "shape": list(v.shape), "dtype": str(v.dtype).removeprefix("torch."), "numel": v.numel()} for k, v in tensors.items()]
-    total = sum(r["numel"] for r in rows)
+    info = open_artifact(checkpoint).describe()
     if as_json:
-        print_json({"path": str(checkpoint), "tensors": rows, "parameters": total, "metadata": read_metadata_fields(metadata), "raw_metadata": metadata})
+        print_json(info)
         return
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=markup_safe(f"{checkpoint} — {len(rows)} tensors, {total:,} values"))
+    rows = info["tensors"]
+    table = Table(title=markup_safe(f"{checkpoint} ({info['kind']}) — {len(rows)} tensors, {info['parameters']:,} values"))
     for col in ("name", "shape", "dtype"):
         table.add_column(col)
     table.add_column("values", justify="right")
@@ -153,7 +135,7 @@ def inspect(
         table.add_row(markup_safe(r["name"]), "x".join(map(str, r["shape"])) or "scalar", r["dtype"], f"{r['numel']:,}")
     console = Console()
     console.print(table)
-    for k, v in sorted(metadata.items()):
+    for k, v in sorted(info["raw_metadata"].items()):
         console.print(f"[bold]{markup_safe(k)}[/bold]: {markup_safe(v)}", highlight=False)
 
 
@@ -176,19 +158,12 @@ def train(
     trust_code: bool = TrustCodeOpt,
 ) -> None:
     """Train the request's architecture on its train split (optionally without the forget set)."""
-    from unlearn_tool.checkpoint import check_output
-    from unlearn_tool.pipeline import check_seed, prepare, train_checkpoint
-    from unlearn_tool.request import load_request
-    from unlearn_tool.training import train_config
+    from unlearn_tool import commands
 
-    config = train_config(epochs=epochs, lr=lr, optimizer=optimizer, batch_size=batch_size)
-    req = load_request(request)
-    if seed is not None:
-        check_seed(seed)
-    check_output(output, "file", force, protect={"request": req.path})
-    job = prepare(req, None, device=device, seed=seed, code=code_policy(code_path, trust_code))
     with progress_bars(not quiet and not as_json) as progress:
-        summary = train_checkpoint(job, output, config, exclude_forget=exclude_forget, force=force, progress=progress)
+        summary = commands.train(request, output, options= dict(epochs=epochs, lr=lr, optimizer=optimizer, batch_size=batch_size),
+                                exclude_forget=exclude_forget, force=force, device=device, seed=seed,
+                                code=code_policy(code_path, trust_code), progress=progress)
     if as_json:
         print_json(summary)
     elif not quiet:
@@ -200,29 +175,27 @@ def train(
 def methods(name: Optional[str] = typer.Argument(None, help="A method name, to list its parameters."),
             as_json: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
     """List the registered unlearning methods, or one method's parameters."""
-    from unlearn_tool.methods import get_method, method_names
+    from unlearn_tool.methods import describe_method, list_methods
 
     if name is None:
-        entries = [get_method(n) for n in method_names()]
+        entries = list_methods()
         if as_json:
-            print_json([{"name": e.name, "summary": e.summary, "adapter": e.supports_adapter} for e in entries])
+            print_json(entries)
             return
-        width = max(len(e.name) for e in entries)
+        width = max(len(e["name"]) for e in entries)
         for e in entries:
-            typer.echo(f"{e.name:<{width}}  {e.summary}")
+            typer.echo(f"{e['name']:<{width}}  {e['summary']}")
         return
-    entry = get_method(name)
-    fields = [
-        {"name": k, "default": f.default if f.default is not None else None, "type": _type_name(f.annotation), "description": f.description or ""}
-        for k, f in entry.params_cls.model_fields.items()
-    ]
+    info = describe_method(name)
     if as_json:
-        print_json({"name": entry.name, "summary": entry.summary, "reference": entry.reference, "adapter": entry.supports_adapter, "params": fields})
+        print_json(info)
         return
-    typer.echo(f"{entry.name}: {entry.summary}")
-    if entry.reference:
-        typer.echo(f"reference: {entry.reference}")
-    for f in fields:
+    typer.echo(f"{info['name']}: {info['summary']}")
+    if info["reference"]:
+        typer.echo(f"reference: {info['reference']}")
+    typer.echo(f"tasks: {', '.join(info['tasks'])}; scenarios: {', '.join(info['scenarios'])}"
+               + ("; adapter output" if info["adapter"] else "") + ("; label-free" if info["label_free"] else ""))
+    for f in info["params"]:
         typer.echo(f"  {f['name']} ({f['type']}, default {f['default']!r}): {f['description']}")
 
 
@@ -244,10 +217,6 @@ def quickstart(
     _print_before_after(summary["before"], summary["after"], "RFA-LoRA: forget digit 3 (scikit-learn digits, MLP)")
     err(f"original: {folder / 'digits_mlp.safetensors'}{' (trained now)' if summary['trained_original'] else ''}")
     err(f"unlearned: {summary['output']} in {summary['wall_time_s']:.2f}s; next: unlearn audit --help")
-
-
-def _type_name(annotation: object) -> str:
-    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
 
 
 from . import audit as _audit  # noqa: E402,F401  (registers the command)

@@ -314,6 +314,11 @@ def write_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], metada
     return _write_atomically(path, lambda tmp: save_canonical(cpu, tmp, metadata), force, f"choose another {flag}", flag)
 
 
+def replace_atomically(path: str | Path, write: Callable[[Path], None], fix: str = "choose another output folder") -> str:
+    """Write a file via `write(tmp)` and replace any previous version in one step (caches, reports); returns its sha256."""
+    return _write_atomically(Path(path), write, force=True, fix=fix, flag="--output")
+
+
 def write_bytes(path: str | Path, data: bytes, fix: str = "choose another output folder") -> Path:
     """Write a small file atomically, replacing a previous version (reports, caches): readers never see half a file."""
     path = Path(path)

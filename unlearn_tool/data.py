@@ -15,7 +15,7 @@ import struct
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -23,6 +23,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from .errors import DataError
 from .request import DataSpec, Normalize, Request
+
+if TYPE_CHECKING:
+    from .tasks import Task
 
 DIGITS_TEST_SIZE = 360  # scikit-learn digits: 1797 images -> 1437 train / 360 test
 DIGITS_SPLIT_SEED = 0
@@ -326,19 +329,11 @@ def _resolve(base_dir: Path, p: Optional[str]) -> Path:
     return path if path.is_absolute() else base_dir / path
 
 
-def resolve_forget(request: Request, train: LabelledData, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+def resolve_forget(request: Request, train: LabelledData, num_outputs: int, task: "Task") -> tuple[torch.Tensor, torch.Tensor]:
     """Forget and retain index tensors for the request, checked against the data and model."""
     n = len(train)
-    present = set(torch.unique(train.targets).tolist())
     if request.forget.classes is not None:
-        classes = request.forget.classes
-        outside = [c for c in classes if c >= num_classes]
-        if outside:
-            raise DataError(f"forget.classes: class {outside[0]} is outside the model's {num_classes} classes (0..{num_classes - 1}); name a class the model predicts")
-        absent = [c for c in classes if c not in present]
-        if absent:
-            raise DataError(f"forget.classes: class {absent[0]} has no sample in the train split; name a class that occurs in the data")
-        mask = torch.isin(train.targets, torch.tensor(classes))
+        mask = task.forget_mask(request.forget.classes, train.targets, num_outputs)
     else:
         indices = request.forget_indices_list() or []
         bad = [i for i in indices if i >= n]
@@ -355,24 +350,15 @@ def resolve_forget(request: Request, train: LabelledData, num_classes: int) -> t
     return forget_idx, retain_idx
 
 
-def check_labels(data: LabelledData, num_classes: int, where: str) -> None:
-    """Labels must be valid class ids of the model's output."""
-    if len(data) == 0:
-        raise DataError(f"{where}: the split is empty; give a split with samples")
-    lo, hi = int(data.targets.min()), int(data.targets.max())
-    if lo < 0 or hi >= num_classes:
-        raise DataError(f"{where}: labels range {lo}..{hi} but the model has {num_classes} outputs; set model.kwargs num_classes to match the data")
-
-
-def load_splits(request: Request, num_classes: int, train: Optional[LabelledData] = None) -> Splits:
-    """Train and test splits plus the forget/retain partition, checked against the model's classes."""
+def load_splits(request: Request, num_outputs: int, task: "Task", train: Optional[LabelledData] = None) -> Splits:
+    """Train and test splits plus the forget/retain partition, checked against the model's outputs."""
     train = train if train is not None else load_split(request.data.train, "train", request.base_dir)
     test = load_split(request.data.test, "test", request.base_dir)
-    check_labels(train, num_classes, "data.train")
-    check_labels(test, num_classes, "data.test")
+    task.check_targets(train.targets, num_outputs, "data.train")
+    task.check_targets(test.targets, num_outputs, "data.test")
     if train.input_shape() != test.input_shape():
         raise DataError(f"data: train inputs have shape {train.input_shape()} but test inputs {test.input_shape()}; preprocess both splits the same way")
-    forget_idx, retain_idx = resolve_forget(request, train, num_classes)
+    forget_idx, retain_idx = resolve_forget(request, train, num_outputs, task)
     return Splits(
         train=train,
         test=test,

@@ -80,3 +80,30 @@ class SaneParams(BaseModel):
                 if _is_learning_rate(name) and v > MAX_LR:
                     raise ValueError(f"{name}: learning rate {v:g} is above {MAX_LR:g}, where training only diverges; give e.g. 1e-3")
         return self
+
+
+def type_text(annotation: Any) -> str:
+    """A parameter's type as a user reads it: the allowed values of a Literal, 'number or null', 'list of text'."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) if isinstance(a, str) else str(a) for a in args)
+    if origin is typing.Annotated:
+        return type_text(args[0])
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        parts = [type_text(a) for a in args if a is not type(None)]
+        text = " or ".join(dict.fromkeys(parts))
+        return text + (" or null" if type(None) in args else "")
+    if origin in (list, tuple, set):
+        return f"list of {type_text(args[0]) if args else 'values'}"
+    if origin is dict:
+        return "mapping"
+    return {bool: "true/false", int: "integer", float: "number", str: "text"}.get(annotation, getattr(annotation, "__name__", str(annotation)))
+
+
+def describe_params(params_cls: type[BaseModel]) -> list[dict[str, Any]]:
+    """Each field's name, type text, default (factories called) and description: `unlearn methods NAME`."""
+    out = []
+    for name, field in params_cls.model_fields.items():
+        default = field.get_default(call_default_factory=True)
+        out.append({"name": name, "type": type_text(field.annotation), "default": default, "description": field.description or ""})
+    return out

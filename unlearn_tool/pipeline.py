@@ -1,4 +1,11 @@
-"""The orchestrator, read top to bottom: request -> data and model -> method -> checkpoint writer -> summary."""
+"""The orchestrator, read top to bottom: plan (every check) -> job -> method -> artifact writer -> summary.
+
+    plan_apply(request, ...)        method, parameters, output, gates, reference: every input error, before any work
+    apply(job, plan)                run the method, refuse a diverged result, write the artifact, summarise
+    apply_request(...)              the whole `unlearn apply`: plan, prepare, apply, optionally audit
+    train_checkpoint(job, ...)      `unlearn train` (optionally without the forget set: the retrain reference)
+    validate_request(...)           `unlearn validate`: every check, no training
+"""
 
 from __future__ import annotations
 
@@ -6,166 +13,57 @@ import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import torch
 from torch import nn
 
 from . import __version__
-from .checkpoint import (
-    check_output,
-    dtypes_of,
-    load_into,
-    metadata_for,
-    non_finite,
-    read_checkpoint,
-    sha256_file,
-    write_directory,
-    write_safetensors,
-)
-from .data import Splits, load_split, load_splits
+from .artifacts import CheckpointArtifact, write_adapter, write_merged
+from .audit.registry import finite
+from .checkpoint import check_output, dtypes_of, non_finite
 from .errors import AuditError, DivergedError, MethodError, UnlearnError
-from .evaluate import predict_logits
-from .methods import MethodParams, UnlearnContext, get_method, parse_params, run_method
-from .models import CodePolicy, build_model, num_classes_of
+from .evaluate import stream
+from .job import Job, Progress, check_seed, describe_job, prepare, resolve_device, seed_everything  # noqa: F401 (re-exported)
+from .methods import MethodParams, check_applicable, get_method, parse_params, run_method
+from .models import CodePolicy
 from .provenance import created_utc, file_fields
 from .request import Request, load_request, method_params_for
 from .training import TrainConfig
 
-Progress = Callable[[str, int, int], None]
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' picks cuda, then mps, then cpu; an unavailable device is an input error."""
-    name = (name or "auto").lower()
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise UnlearnError(f"--device {name}: not a device; use auto, cpu, cuda, cuda:N or mps") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UnlearnError(f"--device {name}: CUDA is not available on this machine; use --device cpu or auto")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise UnlearnError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s); use cuda:0..cuda:{torch.cuda.device_count() - 1}")
-    elif dev.type == "mps":
-        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-            raise UnlearnError(f"--device {name}: MPS is not available on this machine; use --device cpu or auto")
-    elif dev.type != "cpu":
-        raise UnlearnError(f"--device {name}: unsupported device type; use auto, cpu, cuda, cuda:N or mps")
-    return dev
-
-
-def seed_everything(seed: int) -> None:
-    """Make CPU runs repeatable (and CUDA runs as repeatable as cuDNN allows)."""
-    import random
-
-    import numpy as np
-
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
-
-
-@dataclass
-class Job:
-    """A validated request bound to its data, architecture and (optionally) checkpoint."""
-
-    request: Request
-    splits: Splits
-    num_classes: int
-    device: torch.device
-    seed: int
-    make_model: Callable[[], nn.Module]
-    original: Optional[nn.Module] = None
-    checkpoint_path: Optional[Path] = None
-    checkpoint_sha256: str = ""
-    checkpoint_metadata: dict[str, str] = field(default_factory=dict)
-    checkpoint_dtypes: dict[str, torch.dtype] = field(default_factory=dict)  # written back unchanged (fp16 stays fp16)
-
-    def load(self, path: str | Path) -> tuple[nn.Module, dict[str, str]]:
-        """A checkpoint of this job's architecture, loaded strictly, on the job's device in eval mode; and its metadata."""
-        model, metadata, _ = self._load(path)
-        return model, metadata
-
-    def _load(self, path: str | Path) -> tuple[nn.Module, dict[str, str], dict[str, torch.dtype]]:
-        state, metadata = read_checkpoint(path)
-        model = load_into(self.make_model(), state, self.request.model.arch, path)
-        return model.to(self.device).eval(), metadata, dtypes_of(state)
-
-    def context(self, original: Optional[nn.Module] = None, seed: Optional[int] = None,
-                progress: Optional[Progress] = None) -> UnlearnContext:
-        """What a method sees of this job (its own original model unless another is given)."""
-        return UnlearnContext(
-            original=original if original is not None else self.original,
-            make_model=self.make_model,
-            splits=self.splits,
-            num_classes=self.num_classes,
-            device=self.device,
-            seed=self.seed if seed is None else seed,
-            batch_size=self.request.data.batch_size,
-            progress=progress,
-        )
-
-
-def check_seed(seed: int, flag: str = "--seed") -> int:
-    from .request import MAX_SEED
-
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
-        raise UnlearnError(f"{flag} {seed}: a seed is a whole number from 0 to {MAX_SEED}; give one in that range")
-    return seed
-
-
-def prepare(
-    request: Request | str | Path,
-    checkpoint: Optional[str | Path] = None,
-    device: str = "auto",
-    seed: Optional[int] = None,
-    code: CodePolicy = CodePolicy(),
-) -> Job:
-    """Validate everything a run needs, in the order that fails fastest, without training."""
-    req = request if isinstance(request, Request) else load_request(request)
-    dev = resolve_device(device)
-    run_seed = req.seed if seed is None else check_seed(seed)
-    seed_everything(run_seed)
-
-    # Data first: its shape tells us how to probe the architecture.
-    probe_train = load_split(req.data.train, "train", req.base_dir)
-
-    def make_model() -> nn.Module:
-        torch.manual_seed(run_seed)
-        return build_model(req.model, req.base_dir, code)
-
-    num_classes = num_classes_of(make_model(), probe_train.input_shape())
-    splits = load_splits(req, num_classes, train=probe_train)
-    job = Job(request=req, splits=splits, num_classes=num_classes, device=dev, seed=run_seed, make_model=make_model)
-    if checkpoint is not None:
-        path = Path(checkpoint)
-        job.original, job.checkpoint_metadata, job.checkpoint_dtypes = job._load(path)
-        job.checkpoint_path = path.resolve()
-        job.checkpoint_sha256 = sha256_file(path)
-    return job
+SUMMARY_SETS = ("retain", "forget", "test")
 
 
 # ---------------------------------------------------------------- utility figures
 
-def utility(model: nn.Module, splits: Splits, device: torch.device, batch_size: int = 256) -> dict[str, float]:
-    """Accuracy on retain, forget and test data (and, for class unlearning, test split by class)."""
-    out: dict[str, float] = {}
-    for name, data in (("retain_acc", splits.retain), ("forget_acc", splits.forget), ("test_acc", splits.test)):
-        logits, y = predict_logits(model, data, device, batch_size)
-        out[name] = float((logits.argmax(1) == y).float().mean()) if len(y) else float("nan")
-        if name == "test_acc" and splits.scenario == "class":
-            forgotten = torch.isin(y, torch.tensor(splits.forget_classes))
-            correct = logits.argmax(1) == y
-            out["test_remaining_acc"] = float(correct[~forgotten].float().mean()) if (~forgotten).any() else float("nan")
-            out["test_forgotten_acc"] = float(correct[forgotten].float().mean()) if forgotten.any() else float("nan")
-    return out
+def utility(model: nn.Module, job: Job, batch_size: Optional[int] = None) -> dict[str, Optional[float]]:
+    """The before/after summary: the task's utility metrics on retain, forget and test data (scalars only)."""
+    bs = batch_size or job.request.data.batch_size
+    sets = {name: stream(model, getattr(job.splits, name), job.device, bs, job.task) for name in SUMMARY_SETS}
+    figures = job.task.utility(sets, job.forget_info)
+    keep = ("retain_acc", "forget_acc", "test_acc") + (("test_remaining_acc", "test_forgotten_acc") if job.splits.scenario == "class" else ())
+    return {k: finite(figures.get(k)) for k in keep}
+
+
+def output_fields(job: Job, **extra: Any) -> dict[str, Any]:
+    """The provenance every written model carries (`unlearn.*` metadata), plus what the caller adds."""
+    req = job.request
+    fields = {
+        "format": "unlearn/v1",
+        "tool_version": __version__,
+        "model_arch": req.model.arch,
+        "model_kwargs": req.model.kwargs,
+        "task": job.task.name,
+        "request_id": req.id,
+        "request_sha256": req.sha256,
+        **extra,
+        "seed": job.seed,
+        "device": str(job.device),
+        "torch_version": torch.__version__,
+        "python_version": platform.python_version(),
+        "created_utc": created_utc(),
+    }
+    return file_fields(fields)
 
 
 # ---------------------------------------------------------------- apply
@@ -175,51 +73,9 @@ def default_output_path(checkpoint: Path, adapter: bool) -> Path:
     return checkpoint.with_name(f"{stem}.unlearned" + ("" if adapter else ".safetensors"))
 
 
-@dataclass
-class ApplyResult:
-    output: Path
-    mode: str
-    method: str
-    params: dict[str, Any]
-    wall_time_s: float
-    total_time_s: float
-    before: dict[str, float]
-    after: dict[str, float]
-    output_sha256: str
-    info: dict[str, Any]
-    warnings: list[str]
-    metadata: dict[str, Any] = field(default_factory=dict)  # the provenance fields written with the output
-    model: Any = None  # the unlearned nn.Module (for an audit right after)
-
-    def as_dict(self, job: Job) -> dict[str, Any]:
-        return {
-            "request_id": job.request.id,
-            "request": str(job.request.path) if job.request.path else None,
-            "request_sha256": job.request.sha256,
-            "checkpoint": str(job.checkpoint_path),
-            "checkpoint_sha256": job.checkpoint_sha256,
-            "output": str(self.output),
-            "output_mode": self.mode,
-            "output_sha256": self.output_sha256,
-            "method": self.method,
-            "params": self.params,
-            "scenario": job.splits.scenario,
-            "forget_size": len(job.splits.forget_idx),
-            "retain_size": len(job.splits.retain_idx),
-            "seed": job.seed,
-            "device": str(job.device),
-            "wall_time_s": round(self.wall_time_s, 4),
-            "total_time_s": round(self.total_time_s, 4),
-            "before": self.before,
-            "after": self.after,
-            "info": self.info,
-            "warnings": self.warnings,
-        }
-
-
 ADAPTER_WARNING = (
     "adapter-only output: the forgotten data is still in the base weights; the deletion holds only while the "
-    "adapter is applied. Merge it (unlearn merge, or output.mode: merged) before deleting the original checkpoint."
+    "adapter is applied. Merge it (output.mode: merged) before deleting the original checkpoint."
 )
 
 
@@ -232,9 +88,9 @@ class ApplyPlan:
     adapter: bool
     output: Path
     force: bool = False
+    audit: bool = False
     gates: list[str] = field(default_factory=list)  # audited right after (apply --audit)
     reference: Optional[Path] = None
-    audit: bool = False
 
 
 def plan_apply(
@@ -257,6 +113,7 @@ def plan_apply(
     name = method or req.method.name
     entry = get_method(name)
     method_params = parse_params(name, method_params_for(req, name, params))
+    check_applicable(name, "classification", req.forget.scenario)
     adapter = adapter_only if adapter_only is not None else req.output.mode == "adapter"
     if adapter and not entry.supports_adapter:
         raise MethodError(f"method {name} changes weights directly, so it has no adapter output; drop --adapter-only (or output.mode: adapter)")
@@ -268,12 +125,54 @@ def plan_apply(
         from .audit.gates import parse_gates
 
         plan.gates = list(gates) if gates is not None else list(req.audit.gates)
-        ref = reference if reference is not None else (req.resolve(req.audit.reference) if req.audit.reference else None)
-        plan.reference = Path(ref) if ref is not None else None
+        plan.reference = Path(reference) if reference is not None else req.audit_reference()
         parse_gates(plan.gates, req.forget.scenario, plan.reference is not None)
         if plan.reference is not None and not plan.reference.is_file():
             raise AuditError(f"audit reference {plan.reference} not found; give a retrained checkpoint (unlearn train --exclude-forget) or drop audit.reference")
     return plan
+
+
+@dataclass
+class ApplyResult:
+    output: Path
+    mode: str
+    method: str
+    params: dict[str, Any]
+    wall_time_s: float
+    total_time_s: float
+    before: dict[str, Optional[float]]
+    after: dict[str, Optional[float]]
+    output_sha256: str
+    info: dict[str, Any]
+    warnings: list[str]
+    metadata: dict[str, Any] = field(default_factory=dict)  # the provenance fields written with the output
+    model: Optional[nn.Module] = None  # the unlearned model (for an audit right after)
+
+    def as_dict(self, job: Job) -> dict[str, Any]:
+        return {
+            "request_id": job.request.id,
+            "request": str(job.request.path) if job.request.path else None,
+            "request_sha256": job.request.sha256,
+            "checkpoint": str(job.checkpoint_path),
+            "checkpoint_sha256": job.checkpoint_sha256,
+            "output": str(self.output),
+            "output_mode": self.mode,
+            "output_sha256": self.output_sha256,
+            "method": self.method,
+            "params": self.params,
+            "task": job.task.name,
+            "scenario": job.splits.scenario,
+            "forget_size": len(job.splits.forget_idx),
+            "retain_size": len(job.splits.retain_idx),
+            "seed": job.seed,
+            "device": str(job.device),
+            "wall_time_s": round(self.wall_time_s, 4),
+            "total_time_s": round(self.total_time_s, 4),
+            "before": self.before,
+            "after": self.after,
+            "info": self.info,
+            "warnings": self.warnings,
+        }
 
 
 def apply(
@@ -285,64 +184,45 @@ def apply(
     force: bool = False,
     progress: Optional[Progress] = None,
 ) -> ApplyResult:
-    """Run the request's method on the job's checkpoint and publish the result atomically.
+    """Run the method on the job's checkpoint and publish the result atomically.
 
     Give an ApplyPlan (from plan_apply) or the same arguments plan_apply takes.
     """
-    if job.original is None or job.checkpoint_path is None:
+    if job.original is None or job.artifact is None:
         raise UnlearnError("apply needs a checkpoint; give the trained model's .safetensors file")
     req = job.request
-    plan = method if isinstance(method, ApplyPlan) else plan_apply(req, job.checkpoint_path, method, params, output, adapter_only, force)
-    name, method_params, adapter, out_path = plan.method, plan.params, plan.adapter, plan.output
-    if out_path.resolve() == job.checkpoint_path:
-        raise UnlearnError(f"output {out_path} is the input checkpoint; inputs are never overwritten, choose another --output")
+    plan = method if isinstance(method, ApplyPlan) else plan_apply(req, job.artifact.path, method, params, output, adapter_only, force)
+    if plan.output.resolve() == job.checkpoint_path:
+        raise UnlearnError(f"output {plan.output} is the input checkpoint; inputs are never overwritten, choose another --output")
 
     t0 = time.perf_counter()
-    before = utility(job.original, job.splits, job.device, req.data.batch_size)
+    before = utility(job.original, job)
     ctx = job.context(progress=progress)
-    seed_everything(job.seed)
-    result, wall = run_method(name, ctx, method_params)
+    job.seed_everything()
+    result, wall = run_method(plan.method, ctx, plan.params)
     model = result.model.to(job.device).eval()
-    state = _merged_state(model, job)
+    state = merged_state(model, job)
     bad = non_finite(state)
     if bad:
         raise DivergedError(f"unlearning diverged: {len(bad)} tensor(s) of the result hold NaN/Inf (first: {bad[0][0]}); "
                             f"nothing was written; lower the learning rate or check the method's parameters")
-    after = utility(model, job.splits, job.device, req.data.batch_size)
+    after = utility(model, job)
 
-    fields = {
-        "format": "unlearn/v1",
-        "tool_version": __version__,
-        "model_arch": req.model.arch,
-        "model_kwargs": req.model.kwargs,
-        "request_id": req.id,
-        "request_sha256": req.sha256,
-        "parent_sha256": job.checkpoint_sha256,
-        "method": name,
-        "params": method_params.model_dump(mode="json"),
-        "scenario": job.splits.scenario,
-        "forget_size": len(job.splits.forget_idx),
-        "seed": job.seed,
-        "wall_time_s": round(wall, 4),
-        "device": str(job.device),
-        "torch_version": torch.__version__,
-        "python_version": platform.python_version(),
-        "created_utc": created_utc(),
-    }
-    fields = file_fields(fields)
+    fields = output_fields(job, parent_sha256=job.checkpoint_sha256, method=plan.method,
+                           params=plan.params.model_dump(mode="json"), scenario=job.splits.scenario,
+                           forget_size=len(job.splits.forget_idx), wall_time_s=round(wall, 4))
     warnings: list[str] = list(ctx.log)
     protect = {"input checkpoint": job.checkpoint_path, "request": req.path}
-    if adapter:
-        write_directory(out_path, lambda d: _save_adapter(result.adapter_model, d, metadata_for(fields)), force=plan.force, protect=protect)
-        digest = sha256_file(out_path / "adapter_model.safetensors")
+    if plan.adapter:
+        digest = write_adapter(plan.output, result.adapter_model, fields, force=plan.force, protect=protect)
         warnings.insert(0, ADAPTER_WARNING)
     else:
-        digest = write_safetensors(out_path, state, metadata_for(fields), force=plan.force, protect=protect)
+        digest = write_merged(plan.output, state, fields, force=plan.force, protect=protect)
     return ApplyResult(
-        output=out_path,
-        mode="adapter" if adapter else "merged",
-        method=name,
-        params=method_params.model_dump(mode="json"),
+        output=plan.output,
+        mode="adapter" if plan.adapter else "merged",
+        method=plan.method,
+        params=plan.params.model_dump(mode="json"),
         wall_time_s=wall,
         total_time_s=time.perf_counter() - t0,
         before=before,
@@ -355,7 +235,7 @@ def apply(
     )
 
 
-def _merged_state(model: nn.Module, job: Job) -> dict[str, torch.Tensor]:
+def merged_state(model: nn.Module, job: Job) -> dict[str, torch.Tensor]:
     """The unlearned weights under the original's keys, shapes and dtypes (a drop-in replacement).
 
     Computation runs in the model's dtype (fp32); each tensor goes back to the checkpoint's own dtype.
@@ -370,23 +250,95 @@ def _merged_state(model: nn.Module, job: Job) -> dict[str, torch.Tensor]:
     return {k: state[k].detach().to(dtypes.get(k, ref[k].dtype)).cpu().contiguous() for k in ref}
 
 
-def _save_adapter(peft_model: Any, folder: Path, metadata: dict[str, str]) -> None:
-    """PEFT layout (adapter_config.json, adapter_model.safetensors) plus our provenance metadata."""
-    import json
+@dataclass
+class ApplyOutcome:
+    """What `unlearn apply` produced: the job, the result, and the audit when one was asked for."""
 
-    from safetensors.torch import load_file
+    job: Job
+    result: ApplyResult
+    report: Optional[dict[str, Any]] = None
+    report_dir: Optional[Path] = None
 
-    from .checkpoint import save_canonical
+    def summary(self) -> dict[str, Any]:
+        out = self.result.as_dict(self.job)
+        if self.report is not None:
+            out["audit"] = {"report_dir": str(self.report_dir), "verdict": self.report["verdict"],
+                            "gates": self.report["gates"], "warnings": self.report["warnings"]}
+        return out
 
-    if peft_model is None:
-        raise UnlearnError("internal: the method produced no adapter; please report this")
-    peft_model.save_pretrained(str(folder))
-    weights = folder / "adapter_model.safetensors"
-    save_canonical(load_file(str(weights)), weights, metadata)
-    (folder / "unlearn_metadata.json").write_text(json.dumps({k: v for k, v in metadata.items()}, indent=2, sort_keys=True))
+
+def apply_request(
+    request: "str | Path | Request",
+    checkpoint: str | Path,
+    method: Optional[str] = None,
+    params: Optional[dict[str, Any]] = None,
+    output: Optional[str | Path] = None,
+    adapter_only: Optional[bool] = None,
+    force: bool = False,
+    device: str = "auto",
+    seed: Optional[int] = None,
+    code: CodePolicy = CodePolicy(),
+    audit: bool = False,
+    report_dir: Optional[str | Path] = None,
+    progress: Optional[Progress] = None,
+) -> ApplyOutcome:
+    """`unlearn apply`: every check first (request, seed, plan, reference), then data and models, then the run."""
+    req = load_request(request)
+    if seed is not None:
+        check_seed(seed)
+    plan = plan_apply(req, checkpoint, method=method, params=params, output=output, adapter_only=adapter_only,
+                      force=force, audit=audit)
+    job = prepare(req, checkpoint, device=device, seed=seed, code=code)
+    reference = None
+    if plan.audit and plan.reference is not None:
+        reference = CheckpointArtifact(plan.reference)
+        reference_model = reference.load(job.load_context())  # a reference that does not fit fails before unlearning
+    result = apply(job, plan, progress=progress)
+    outcome = ApplyOutcome(job, result)
+    if plan.audit:
+        from .audit import audit_fresh_model
+
+        ref = (reference_model, reference.info()) if reference is not None else None
+        info = {"path": str(result.output.resolve()), "kind": result.mode, "sha256": result.output_sha256, "metadata": result.metadata}
+        outcome.report, outcome.report_dir = audit_fresh_model(job, result.model, info, report_dir, plan.gates, ref)
+    return outcome
+
+
+# ---------------------------------------------------------------- validate
+
+def validate_request(request: "str | Path | Request", checkpoint: Optional[str | Path] = None, code: CodePolicy = CodePolicy()) -> dict[str, Any]:
+    """`unlearn validate`: schema, method and parameters, data, classes/indices, checkpoint; no training."""
+    req = load_request(request)  # schema first: no torch needed to reject a malformed request
+    parse_params(req.method.name, req.method.params)
+    check_applicable(req.method.name, "classification", req.forget.scenario)
+    job = prepare(req, checkpoint, device="cpu", code=code)
+    return {"ok": True, **describe_job(job), "checkpoint_matches": req.model.arch if checkpoint else None}
 
 
 # ---------------------------------------------------------------- train
+
+def train_request(
+    request: "str | Path | Request",
+    output: str | Path,
+    options: Optional[dict[str, Any]] = None,
+    exclude_forget: bool = False,
+    force: bool = False,
+    device: str = "auto",
+    seed: Optional[int] = None,
+    code: CodePolicy = CodePolicy(),
+    progress: Optional[Progress] = None,
+) -> dict[str, Any]:
+    """`unlearn train`: options, request, seed and output checked first; then data, model and training."""
+    from .training import train_config
+
+    config = train_config(**(options or {}))
+    req = load_request(request)
+    if seed is not None:
+        check_seed(seed)
+    check_output(Path(output), "file", force, protect={"request": req.path})
+    job = prepare(req, None, device=device, seed=seed, code=code)
+    return train_checkpoint(job, output, config, exclude_forget=exclude_forget, force=force, progress=progress)
+
 
 def train_checkpoint(
     job: Job,
@@ -400,9 +352,10 @@ def train_checkpoint(
     from .training import fit
 
     output = Path(output)
-    check_output(output, "file", force, protect={"request": job.request.path})
+    protect = {"request": job.request.path}
+    check_output(output, "file", force, protect=protect)
     data = job.splits.retain if exclude_forget else job.splits.train
-    seed_everything(job.seed)
+    job.seed_everything()
     model = job.make_model()
     start = time.perf_counter()
     fit(model, data, config, job.device, torch.Generator().manual_seed(job.seed), progress, task="train")
@@ -410,22 +363,9 @@ def train_checkpoint(
     bad = non_finite(model.state_dict())
     if bad:
         raise DivergedError(f"training diverged: {len(bad)} tensor(s) hold NaN/Inf (first: {bad[0][0]}); nothing was written; lower --lr")
-    figures = utility(model, job.splits, job.device, job.request.data.batch_size)
-    fields = {
-        "format": "unlearn/v1",
-        "tool_version": __version__,
-        "model_arch": job.request.model.arch,
-        "model_kwargs": job.request.model.kwargs,
-        "request_id": job.request.id,
-        "request_sha256": job.request.sha256,
-        "trained_on": "retain" if exclude_forget else "train",
-        "train_config": config.model_dump(),
-        "seed": job.seed,
-        "wall_time_s": round(wall, 4),
-        "device": str(job.device),
-        "torch_version": torch.__version__,
-        "created_utc": created_utc(),
-    }
-    digest = write_safetensors(output, model.state_dict(), metadata_for(file_fields(fields)), force=force, protect={"request": job.request.path})
+    figures = utility(model, job)
+    fields = output_fields(job, trained_on="retain" if exclude_forget else "train", train_config=config.model_dump(),
+                           wall_time_s=round(wall, 4))
+    digest = write_merged(output, model.state_dict(), fields, force=force, protect=protect)
     return {"output": str(output), "sha256": digest, "train_size": len(data), "wall_time_s": wall,
             "exclude_forget": exclude_forget, **figures}

@@ -249,6 +249,10 @@ class Request(_Strict):
     def sha256(self) -> str:
         return self._sha256
 
+    def audit_reference(self) -> Optional[Path]:
+        """The retrained reference the request's audit section names, resolved against the request's folder."""
+        return self.resolve(self.audit.reference) if self.audit.reference else None
+
     def forget_indices_list(self) -> Optional[list[int]]:
         """The sample indices to forget (reading indices_file), or None for class unlearning."""
         if self.forget.indices is not None:
@@ -371,8 +375,10 @@ def parse_request(text: str, source: str = "request", base_dir: Path | None = No
     return req
 
 
-def load_request(path: str | Path) -> Request:
-    """Read and validate a request file; relative paths in it resolve against its folder."""
+def load_request(path: "str | Path | Request") -> Request:
+    """Read and validate a request file; relative paths in it resolve against its folder. A Request passes through."""
+    if isinstance(path, Request):
+        return path
     path = Path(path)
     raw = read_regular_file(path, "request file", "give the path of a deletion-request YAML", MAX_REQUEST_BYTES)
     try:

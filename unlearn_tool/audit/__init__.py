@@ -11,7 +11,7 @@ Public API:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 from .core import (  # noqa: F401
     ADAPTER_AUDIT_WARNING,
@@ -23,8 +23,15 @@ from .core import (  # noqa: F401
     model_metrics,
     run_audit,
 )
-from .gates import known_names, parse_gate, parse_gates  # noqa: F401
-from .report import default_report_dir, report_dir_for, write_reports  # noqa: F401
+from .gates import Gate, known_names, parse_gate, parse_gates  # noqa: F401
+from .report import AUDIT_FILES, default_report_dir, report_dir_for, write_reports  # noqa: F401
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from ..job import Job
+    from ..models import CodePolicy
+    from ..request import Request
 
 SCHEMA_PATH = Path(__file__).with_name("report.schema.json")
 
@@ -37,35 +44,63 @@ def load_schema() -> dict[str, Any]:
 
 
 def audit_files(
-    job: Any,
+    job: "Job",
     unlearned: str | Path,
     reference: Optional[str | Path] = None,
-    gates: Sequence[str] = (),
+    gates: Sequence[str | Gate] = (),
     report_dir: Optional[str | Path] = None,
 ) -> tuple[dict[str, Any], Path]:
-    """`unlearn audit`: load the unlearned output (and reference), audit, write the reports; verdict not yet enforced."""
-    from .gates import parse_gates as _check
-
-    _check(list(gates), job.splits.scenario, reference is not None)  # fail fast, before loading models
+    """Load the unlearned output (and reference), audit, write the reports; the verdict is not yet enforced."""
+    parsed = [g if isinstance(g, Gate) else parse_gate(g) for g in gates]
     model, info = load_unlearned(unlearned, job)
     ref_model, ref_info = load_checkpoint(reference, job) if reference is not None else (None, None)
-    report = run_audit(job, job.original, model, ref_model, gates, unlearned_info=info, reference_info=ref_info)
+    report = run_audit(job, job.original, model, ref_model, parsed, unlearned_info=info, reference_info=ref_info)
     folder = write_reports(report, report_dir_for(unlearned, report_dir))
     return report, folder
 
 
-def audit_apply_result(job: Any, result: Any, report_dir: Optional[str | Path] = None, gates: Optional[Sequence[str]] = None,
-                       reference: Optional[tuple[Any, dict[str, Any]]] = None) -> tuple[dict[str, Any], Path]:
-    """`unlearn apply --audit`: audit the fresh result with the plan's gates and the reference it loaded before unlearning
-    (default: the request's audit section)."""
+def audit_request(
+    request: "str | Path | Request",
+    original: str | Path,
+    unlearned: str | Path,
+    reference: Optional[str | Path] = None,
+    gates: Optional[Sequence[str]] = None,
+    report_dir: Optional[str | Path] = None,
+    device: str = "auto",
+    seed: Optional[int] = None,
+    code: Optional["CodePolicy"] = None,
+) -> tuple[dict[str, Any], Path]:
+    """`unlearn audit`: gates (parsed once), reference and report folder are checked before any model is loaded.
+
+    gates: replaces the request's audit.gates when given; reference: default the request's audit.reference.
+    """
+    from ..job import check_seed, prepare
+    from ..models import CodePolicy
+    from ..reporting import check_report_dir
+    from ..request import load_request
+
+    req = load_request(request)
+    exprs = list(gates) if gates else list(req.audit.gates)
+    ref = Path(reference) if reference is not None else req.audit_reference()
+    parsed = parse_gates(exprs, req.forget.scenario, ref is not None)
+    check_report_dir(report_dir_for(unlearned, report_dir), AUDIT_FILES)
+    if seed is not None:
+        check_seed(seed)
+    job = prepare(req, original, device=device, seed=seed, code=code or CodePolicy())
+    return audit_files(job, unlearned, ref, parsed, report_dir)
+
+
+def audit_fresh_model(job: "Job", model: "nn.Module", info: dict[str, Any], report_dir: Optional[str | Path] = None,
+                      gates: Optional[Sequence[str]] = None,
+                      reference: Optional[tuple["nn.Module", dict[str, Any]]] = None) -> tuple[dict[str, Any], Path]:
+    """`unlearn apply --audit`: audit the model just written (info: its path, kind, sha256, metadata) with the plan's
+    gates and the reference loaded before unlearning (default: the request's audit section)."""
     spec = job.request.audit
-    gates = list(spec.gates) if gates is None else list(gates)
+    exprs = list(spec.gates) if gates is None else list(gates)
     if reference is None and spec.reference:
         reference = load_checkpoint(job.request.resolve(spec.reference), job)
-    parse_gates(gates, job.splits.scenario, reference is not None)
-    out = Path(result.output)
-    info = {"path": str(out.resolve()), "kind": result.mode, "sha256": result.output_sha256, "metadata": result.metadata}
+    parsed = parse_gates(exprs, job.splits.scenario, reference is not None)
     ref_model, ref_info = reference if reference is not None else (None, None)
-    report = run_audit(job, job.original, result.model, ref_model, gates, unlearned_info=info, reference_info=ref_info)
-    folder = write_reports(report, report_dir_for(out, report_dir))
+    report = run_audit(job, job.original, model, ref_model, parsed, unlearned_info=info, reference_info=ref_info)
+    folder = write_reports(report, report_dir_for(info["path"], report_dir))
     return report, folder

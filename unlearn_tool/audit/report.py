@@ -6,30 +6,17 @@ The HTML embeds its plots as base64 PNG data URIs and references nothing outside
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import json
 from pathlib import Path
 from typing import Any, Optional
 
-from ..checkpoint import write_bytes
 from ..errors import OutputError
+from ..reporting import md_table, png_data_uri, prepare_report_dir, pyplot, write_report_file
+from .registry import format_metric, format_value, model_metrics
 
 MODEL_NAMES = ("original", "unlearned", "reference")
-TABLE_METRICS = (
-    ("retain_acc", "RA: retain accuracy"),
-    ("forget_acc", "forget accuracy"),
-    ("ua", "UA = 1 - forget accuracy"),
-    ("test_acc", "TA: test accuracy"),
-    ("test_remaining_acc", "test accuracy, remaining classes"),
-    ("test_forgotten_acc", "test accuracy, forgotten classes"),
-    ("mia_efficacy", "MIA-Efficacy (SVC on p_y; share non-member)"),
-    ("mia_entropy", "entropy MIA (share member)"),
-    ("mia_loss_acc", "loss MIA accuracy (0.5 = chance)"),
-    ("mia_loss_auc", "loss MIA AUC (0.5 = chance)"),
-    ("zrf", "ZRF (1 = like a random model)"),
-)
+AUDIT_FILES = ("report.json", "report.md", "report.html")
 
 
 def default_report_dir(unlearned: str | Path) -> Path:
@@ -39,25 +26,12 @@ def default_report_dir(unlearned: str | Path) -> Path:
     return p.with_name(f"{name}.audit")
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Temp file in the same folder, then rename: readers never see a half-written report."""
-    write_bytes(path, data, fix="choose another --report-dir")
-
-
 def write_reports(report: dict[str, Any], folder: str | Path) -> Path:
-    """Write report.json, report.md and report.html into `folder` (created; files inside are replaced)."""
-    folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise OutputError(f"report dir {folder} is a file; choose another --report-dir")
-    if not folder.parent.is_dir():
-        raise OutputError(f"report dir parent {folder.parent} does not exist; create it or choose another --report-dir")
-    try:
-        folder.mkdir(exist_ok=True)
-    except OSError as e:
-        raise OutputError(f"cannot create report dir {folder} ({e.strerror}); choose another --report-dir") from None
-    write_atomic(folder / "report.json", (json.dumps(report, indent=2) + "\n").encode())
-    write_atomic(folder / "report.md", render_markdown(report).encode())
-    write_atomic(folder / "report.html", render_html(report).encode())
+    """Write report.json, report.md and report.html into `folder` (created, or one this tool wrote before)."""
+    folder = prepare_report_dir(Path(folder), AUDIT_FILES)
+    write_report_file(folder / "report.json", (json.dumps(report, indent=2) + "\n").encode())
+    write_report_file(folder / "report.md", render_markdown(report).encode())
+    write_report_file(folder / "report.html", render_html(report).encode())
     return folder
 
 
@@ -65,13 +39,11 @@ def write_reports(report: dict[str, Any], folder: str | Path) -> Path:
 
 def fmt(v: Any, points: bool = False) -> str:
     """Fractions as percentages with two decimals; points as-is; undefined as '-'."""
-    if v is None:
-        return "-"
     if isinstance(v, bool):
         return "yes" if v else "no"
-    if isinstance(v, (int, float)):
-        return f"{v:.2f}" if points else f"{100 * v:.2f}%"
-    return str(v)
+    if v is not None and not isinstance(v, (int, float)):
+        return str(v)
+    return format_value(v, "points" if points else "fraction")
 
 
 def present_models(report: dict[str, Any]) -> list[str]:
@@ -82,10 +54,13 @@ def metric_rows(report: dict[str, Any], short: bool = False) -> list[list[str]]:
     """Rows metric x model, then the gap to the baseline (short: metric keys instead of labels)."""
     models = present_models(report)
     rows = []
-    for key, label in TABLE_METRICS:
+    task = report["request"].get("task", "classification")
+    for metric in model_metrics(task):
+        key = metric.name
         if all(report["models"][m].get(key) is None for m in models):
             continue
-        rows.append([key if short else label] + [fmt(report["models"][m].get(key)) for m in models] + [fmt(report["gaps"].get(key))])
+        rows.append([key if short else metric.label] + [format_metric(key, report["models"][m].get(key)) for m in models]
+                    + [format_metric(key, report["gaps"].get(key))])
     return rows
 
 
@@ -115,9 +90,7 @@ def provenance_rows(report: dict[str, Any]) -> list[list[str]]:
 
 
 def _md_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
+    return md_table(header, rows)
 
 
 def _title(report: dict[str, Any]) -> str:
@@ -161,21 +134,14 @@ def render_markdown(report: dict[str, Any]) -> str:
 # ---------------------------------------------------------------- html
 
 def _png(fig: Any) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    return png_data_uri(fig)
 
 
 def plot_per_class(report: dict[str, Any]) -> str:
     """Grouped bars: per-class test accuracy of each model."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
+
+    plt = pyplot()
 
     models = present_models(report)
     n = report["request"]["num_classes"]
@@ -200,11 +166,9 @@ def plot_per_class(report: dict[str, Any]) -> str:
 
 def plot_losses(report: dict[str, Any]) -> str:
     """Per model: distribution of per-sample CE loss on retain, forget and test data (log scale)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
+
+    plt = pyplot()
 
     models = present_models(report)
     fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 3.2), sharey=True, squeeze=False)

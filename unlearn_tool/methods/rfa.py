@@ -19,7 +19,7 @@ Training stops as soon as a measured criterion is met (docs/rfa.md).
 from __future__ import annotations
 
 import math
-from typing import Literal, Optional, Union
+from typing import Literal, Optional
 
 import peft  # noqa: F401  (imported with the registry, so the method's wall time is compute, not import)
 import torch

@@ -20,9 +20,9 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from conftest import invoke, write_request
-from test_hardening import rejected, tree
+from helpers import rejected, tree
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

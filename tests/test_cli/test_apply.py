@@ -43,7 +43,7 @@ def test_sample_unlearning_from_indices_file_matches_retraining(digits_dir, tmp_
     from unlearn_tool.pipeline import prepare, utility
 
     retrained = prepare(req, digits_dir / "mlp.retrain_sample.safetensors", device="cpu")
-    ref = utility(retrained.original, retrained.splits, retrained.device)
+    ref = utility(retrained.original, retrained)
     # forgotten samples look like unseen data (retrain level), not like errors
     assert abs(out["after"]["forget_acc"] - ref["forget_acc"]) <= 0.05
     assert out["after"]["forget_acc"] < out["before"]["forget_acc"] or out["before"]["forget_acc"] <= ref["forget_acc"]

@@ -1,0 +1,57 @@
+"""One library function per CLI command. Each reads and validates the request first, without torch, so a
+malformed request fails instantly; only then does it import the modules that do the work.
+
+The CLI (cli/) parses options, calls one of these, and prints what it returns.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional, Sequence
+
+from .request import load_request
+
+if TYPE_CHECKING:
+    from .models import CodePolicy
+    from .pipeline import ApplyOutcome
+
+
+def apply(request: str | Path, checkpoint: str | Path, **options: Any) -> "ApplyOutcome":
+    """`unlearn apply` (options: see pipeline.apply_request)."""
+    req = load_request(request)
+    from .pipeline import apply_request
+
+    return apply_request(req, checkpoint, **options)
+
+
+def validate(request: str | Path, checkpoint: Optional[str | Path] = None, code: Optional["CodePolicy"] = None) -> dict[str, Any]:
+    """`unlearn validate`: every check a run makes, without training."""
+    req = load_request(request)
+    from .models import CodePolicy
+    from .pipeline import validate_request
+
+    return validate_request(req, checkpoint, code=code or CodePolicy())
+
+
+def train(request: str | Path, output: str | Path, **options: Any) -> dict[str, Any]:
+    """`unlearn train` (options: see pipeline.train_request)."""
+    req = load_request(request)
+    from .pipeline import train_request
+
+    return train_request(req, output, **options)
+
+
+def audit(request: str | Path, original: str | Path, unlearned: str | Path, **options: Any) -> tuple[dict[str, Any], Path]:
+    """`unlearn audit` (options: see audit.audit_request)."""
+    req = load_request(request)
+    from .audit import audit_request
+
+    return audit_request(req, original, unlearned, **options)
+
+
+def bench(request: str | Path, checkpoint: str | Path, methods: str | Sequence[str], **options: Any) -> tuple[dict[str, Any], Path]:
+    """`unlearn bench` (options: see bench.bench_request)."""
+    req = load_request(request)
+    from .bench import bench_request
+
+    return bench_request(req, checkpoint, methods, **options)
