@@ -22,6 +22,7 @@ from unlearn_tool.data import LabelledData, Splits
 from unlearn_tool.errors import MethodError
 from unlearn_tool.evaluate import predict_logits
 from unlearn_tool.methods import UnlearnContext, get_method, method_names, parse_params, run_method
+from unlearn_tool.methods import iau as iau_mod
 from unlearn_tool.pipeline import utility
 from unlearn_tool.regularizers import (
     checkpoint_regularizer,
@@ -32,7 +33,7 @@ from unlearn_tool.regularizers import (
 )
 from unlearn_tool.training import TrainConfig, fit
 
-SEED_METHODS = []
+SEED_METHODS = ['iau']
 
 
 def run(name, job, ctx=None, **params):
@@ -52,6 +53,20 @@ def weights(model) -> dict:
 
 def same(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_registered_with_described_params_and_listed_by_the_cli():
+    for name in SEED_METHODS:
+        assert name in method_names()
+        entry = get_method(name)
+        assert entry.summary and entry.reference
+        for field, f in entry.params_cls.model_fields.items():
+            assert f.description, f"{name}.{field} has no description"
+        parse_params(name, {})
+    r = invoke("methods")
+    assert r.exit_code == 0 and all(n in r.stdout for n in SEED_METHODS)
+    params = {n: {p["name"] for p in json.loads(invoke("methods", n, "--json").stdout)["params"]} for n in SEED_METHODS}
+    assert {"lr", "steps", "optimizer"} <= params["iau"]
 
 
 # ---------------------------------------------------------------- gradient restriction (training option)
@@ -129,4 +144,82 @@ def test_fit_with_gradient_restriction_takes_the_regularized_step():
     for a, b, c in zip(got.parameters(), manual.parameters(), plain.parameters()):
         torch.testing.assert_close(a, b)
     assert any(not torch.allclose(a, c) for a, c in zip(got.parameters(), plain.parameters()))
+
+
+@pytest.fixture(scope="module")
+def gr_checkpoint(digits_dir, tmp_path_factory):
+    """An MLP trained 10 epochs with gradient restriction through the pipeline's train_checkpoint (metadata as written)."""
+    from unlearn_tool.pipeline import prepare, train_checkpoint
+
+    path = tmp_path_factory.mktemp("gr") / "mlp_gr.safetensors"
+    job = prepare(digits_dir / "class.yaml", None, device="cpu")
+    train_checkpoint(job, path, TrainConfig(epochs=10, regularizer="gradient-restriction"))
+    return path
+
+
+def test_train_checkpoint_records_the_regularizer_and_iau_reads_it(gr_checkpoint, digits_dir, digits_job):
+    from unlearn_tool.checkpoint import read_checkpoint
+
+    _, meta = read_checkpoint(gr_checkpoint)
+    assert json.loads(meta["unlearn.train_config"])["regularizer"] == "gradient-restriction"
+    assert checkpoint_regularizer(meta) == {"regularizer": "gradient-restriction", "regularizer_alpha": 0.005}
+    # iau on it: no warning when the context carries the metadata ...
+    model, meta = digits_job.load(gr_checkpoint)
+    ctx = digits_job.context(original=model)
+    ctx.checkpoint_metadata = meta
+    out, after, ctx = run("iau", digits_job, ctx)
+    assert ctx.log == [] and out.info["original_regularizer"] == "gradient-restriction"
+    assert after["forget_acc"] <= 0.1, after
+    # ... and one warning for a plainly trained checkpoint (metadata from `unlearn train` without the option)
+    _, plain_meta = read_checkpoint(digits_dir / "mlp.safetensors")
+    ctx = digits_job.context()
+    ctx.checkpoint_metadata = plain_meta
+    out, _, ctx = run("iau", digits_job, ctx)
+    assert len(ctx.log) == 1 and "without gradient-restriction" in ctx.log[0] and "--regularizer gradient-restriction" in ctx.log[0]
+    assert out.info["original_regularizer"] == "none"
+
+
+# ---------------------------------------------------------------- iau
+
+def test_iau_class_default_forgets_with_one_step(digits_job):
+    before = weights(digits_job.original)
+    out, after, ctx = run("iau", digits_job)
+    assert same(before, weights(digits_job.original))
+    assert out.info["steps"] == 1 and out.info["lr"] == 1e-2 and len(out.info["grad_norm"]) == 1
+    # measured (seed 0): forget 0.000, retain 0.915, remaining-class test 0.91
+    assert after["forget_acc"] <= 0.05 and after["test_forgotten_acc"] <= 0.1, after
+    assert after["retain_acc"] >= 0.85 and after["test_remaining_acc"] >= 0.82, after
+    assert len(ctx.log) == 1 and ctx.log[0].startswith("iau: the checkpoint does not record")  # no metadata in the context
+    # the paper's lr 1e-3 barely moves a class on this model (measured forget accuracy 0.96)
+    _, small, _ = run("iau", digits_job, lr=1e-3)
+    assert small["forget_acc"] > 0.8
+
+
+def test_iau_sample_default_lowers_forget_confidence_and_keeps_retain(digits_sample_job):
+    job = digits_sample_job
+    conf0 = forget_confidence(job.original, job)
+    out, after, _ = run("iau", job)
+    assert out.info["lr"] == 1e-3
+    assert forget_confidence(out.model, job) < conf0 - 0.005  # measured 0.970 -> 0.958
+    assert after["retain_acc"] >= 0.98 and after["test_acc"] >= 0.95, after
+
+
+def test_iau_accumulated_gradient_is_the_full_batch_gradient(digits_job):
+    """The step from mini-batch accumulation equals the one from whole-set gradients (computed here directly)."""
+    ctx = digits_job.context()
+    out_small, _ = run_method("iau", ctx, parse_params("iau", {"batch_size": 7, "optimizer": "sgd", "lr": 0.5}))
+    model = ctx.student().eval()
+    xr, yr = digits_job.splits.retain.x, digits_job.splits.retain.targets
+    xf, yf = digits_job.splits.forget.x, digits_job.splits.forget.targets
+    g_r = torch.autograd.grad(F.cross_entropy(model(xr), yr), list(model.parameters()))
+    g_f = torch.autograd.grad(F.cross_entropy(model(xf), yf), list(model.parameters()))
+    with torch.no_grad():
+        for q, a, b in zip(model.parameters(), g_r, g_f):
+            q -= 0.5 * (a - b)
+    for a, b in zip(out_small.model.parameters(), model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    norm = float(torch.sqrt(sum(((a - b) ** 2).sum() for a, b in zip(g_r, g_f))))
+    assert out_small.info["grad_norm"][0] == pytest.approx(norm, rel=1e-4)
+    with pytest.raises(MethodError, match="sgd has no default"):
+        run_method("iau", ctx, parse_params("iau", {"optimizer": "sgd"}))
 

@@ -26,3 +26,6 @@ from . import bad_teacher  # noqa: F401,E402
 from . import boundary_shrink  # noqa: F401,E402
 from . import ssd  # noqa: F401,E402
 from . import blindspot  # noqa: F401,E402
+
+# --- seed methods (issue 13: iau, laf / laf+r, concept-poison): one import per file ---
+from . import iau  # noqa: F401,E402
