@@ -23,6 +23,7 @@ from unlearn_tool.errors import MethodError
 from unlearn_tool.evaluate import predict_logits
 from unlearn_tool.methods import UnlearnContext, get_method, method_names, parse_params, run_method
 from unlearn_tool.methods import iau as iau_mod
+from unlearn_tool.methods import laf as laf_mod
 from unlearn_tool.pipeline import utility
 from unlearn_tool.regularizers import (
     checkpoint_regularizer,
@@ -33,7 +34,7 @@ from unlearn_tool.regularizers import (
 )
 from unlearn_tool.training import TrainConfig, fit
 
-SEED_METHODS = ['iau']
+SEED_METHODS = ['iau', 'laf', 'laf+r']
 
 
 def run(name, job, ctx=None, **params):
@@ -67,6 +68,8 @@ def test_registered_with_described_params_and_listed_by_the_cli():
     assert r.exit_code == 0 and all(n in r.stdout for n in SEED_METHODS)
     params = {n: {p["name"] for p in json.loads(invoke("methods", n, "--json").stdout)["params"]} for n in SEED_METHODS}
     assert {"lr", "steps", "optimizer"} <= params["iau"]
+    assert {"feature_layer", "latent_dim", "tau", "lr_ue", "lr_ra"} <= params["laf"] and "head_lr" in params["laf+r"] - params["laf"]
+    assert laf_mod.LABEL_FREE is True
 
 
 # ---------------------------------------------------------------- gradient restriction (training option)
@@ -222,4 +225,95 @@ def test_iau_accumulated_gradient_is_the_full_batch_gradient(digits_job):
     assert out_small.info["grad_norm"][0] == pytest.approx(norm, rel=1e-4)
     with pytest.raises(MethodError, match="sgd has no default"):
         run_method("iau", ctx, parse_params("iau", {"optimizer": "sgd"}))
+
+
+# ---------------------------------------------------------------- laf
+
+@pytest.mark.parametrize("name", ["laf", "laf+r"])
+def test_laf_class_unlearning_defaults(name, digits_job):
+    before = weights(digits_job.original)
+    out, after, _ = run(name, digits_job)
+    assert same(before, weights(digits_job.original))
+    assert out.info["feature_layer"] == "head" and out.info["representation_dim"] == 64 and out.info["latent_dim"] == 4
+    assert out.info["labels_used"] is (name == "laf+r")
+    # measured (seed 0): laf forget 0.000 / retain 0.995 / remaining 0.964; laf+r 0.000 / 0.996 / 0.968
+    assert after["forget_acc"] <= 0.05 and after["test_forgotten_acc"] <= 0.1, after
+    assert after["retain_acc"] >= 0.97 and after["test_remaining_acc"] >= 0.93, after
+    if name == "laf":  # the classification head is never trained without labels
+        assert torch.equal(out.model.head.weight, digits_job.original.head.weight)
+    else:
+        assert not torch.equal(out.model.head.weight, digits_job.original.head.weight)
+
+
+def test_laf_paper_learning_rates_do_not_move_a_small_model(digits_job):
+    """LAF's CIFAR ResNet rates (1e-5 / 5e-5) leave the 17k-parameter MLP where it was: why the small-model default exists."""
+    _, after, _ = run("laf", digits_job, lr_ue=1e-5, lr_ra=5e-5, epochs=10)
+    assert after["forget_acc"] > 0.9
+
+
+def _constant_label_splits(splits: Splits, value: int) -> Splits:
+    train = LabelledData.from_tensors(splits.train.x, torch.full_like(splits.train.targets, value))
+    return Splits(train=train, test=splits.test, forget_idx=splits.forget_idx, retain_idx=splits.retain_idx,
+                  scenario=splits.scenario, forget_classes=list(splits.forget_classes))
+
+
+def test_laf_reads_no_label_at_library_level(digits_job):
+    """Train targets replaced by -1 or a constant: bit-identical weights (a label read would change or crash the run)."""
+    params = {"epochs": 3, "vae_epochs": 2}
+    ref, _, _ = run("laf", digits_job, **params)
+    for value in (-1, 7):
+        ctx = digits_job.context()
+        ctx.splits = _constant_label_splits(digits_job.splits, value)
+        out, _ = run_method("laf", ctx, parse_params("laf", params))
+        assert same(weights(ref.model), weights(out.model)), value
+    # the +R variant does read them
+    ctx = digits_job.context()
+    ctx.splits = _constant_label_splits(digits_job.splits, 7)
+    r_plain, _ = run_method("laf+r", digits_job.context(), parse_params("laf+r", params))
+    r_const, _ = run_method("laf+r", ctx, parse_params("laf+r", params))
+    assert not same(weights(r_plain.model), weights(r_const.model))
+
+
+def test_laf_same_output_when_train_labels_are_shuffled_through_the_cli(digits_dir, digits_job, tmp_path):
+    """The same sample request on a tensors train split with true and with shuffled labels: identical weights."""
+    train, test = digits_job.splits.train, digits_job.splits.test
+    shuffled = train.targets[torch.randperm(len(train), generator=torch.Generator().manual_seed(3))]
+    assert (shuffled != train.targets).float().mean() > 0.8
+    save_file({"x": train.x, "y": train.targets}, str(tmp_path / "train.safetensors"))
+    save_file({"x": train.x, "y": shuffled}, str(tmp_path / "train_shuffled.safetensors"))
+    save_file({"x": test.x, "y": test.targets}, str(tmp_path / "test.safetensors"))
+    outs = []
+    for name in ("train", "train_shuffled"):
+        req = write_request(tmp_path, {"indices": random_indices()}, name=f"{name}.yaml",
+                            method={"name": "laf", "params": {"epochs": 3, "vae_epochs": 2}},
+                            extra={"data": {"train": {"source": "tensors", "path": f"{name}.safetensors"},
+                                            "test": {"source": "tensors", "path": "test.safetensors"}}})
+        out = tmp_path / f"{name}.unlearned.safetensors"
+        r = invoke("apply", digits_dir / "mlp.safetensors", "-r", req, "-o", out, "--device", "cpu", "--json")
+        assert r.exit_code == 0, r.stderr
+        outs.append(load_file(str(out)))
+    assert outs[0].keys() == outs[1].keys() and all(torch.equal(outs[0][k], outs[1][k]) for k in outs[0])
+    original = load_file(str(digits_dir / "mlp.safetensors"))
+    assert any(not torch.equal(outs[0][k], original[k]) for k in original)  # it did change the model
+
+
+def test_feature_module_default_and_errors():
+    import torchvision
+
+    from unlearn_tool.models import MLP, SmallCNN
+
+    assert laf_mod.feature_module(MLP())[0] == "head"
+    assert laf_mod.feature_module(SmallCNN())[0] == "head"
+    resnet = torchvision.models.resnet18(num_classes=4)
+    assert laf_mod.feature_module(resnet)[0] == "fc"
+    mobile = torchvision.models.mobilenet_v3_small(num_classes=4).eval()
+    name, module = laf_mod.feature_module(mobile)
+    assert name == "classifier.3"
+    assert laf_mod.embed(mobile, module, torch.rand(2, 3, 32, 32)).shape == (2, 1024)
+    name, module = laf_mod.feature_module(resnet, "avgpool")  # any module: its input, flattened
+    assert laf_mod.embed(resnet.eval(), module, torch.rand(2, 3, 32, 32)).shape == (2, 512 * 1 * 1)
+    with pytest.raises(MethodError, match="no module 'nope'"):
+        laf_mod.feature_module(resnet, "nope")
+    with pytest.raises(MethodError, match="no nn.Linear"):
+        laf_mod.feature_module(nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten()))
 
