@@ -22,6 +22,7 @@ from unlearn_tool.data import LabelledData, Splits
 from unlearn_tool.errors import MethodError
 from unlearn_tool.evaluate import predict_logits
 from unlearn_tool.methods import UnlearnContext, get_method, method_names, parse_params, run_method
+from unlearn_tool.methods import concept_poison as cp
 from unlearn_tool.methods import iau as iau_mod
 from unlearn_tool.methods import laf as laf_mod
 from unlearn_tool.pipeline import utility
@@ -34,7 +35,7 @@ from unlearn_tool.regularizers import (
 )
 from unlearn_tool.training import TrainConfig, fit
 
-SEED_METHODS = ['iau', 'laf', 'laf+r']
+SEED_METHODS = ["iau", "laf", "laf+r", "concept-poison"]
 
 
 def run(name, job, ctx=None, **params):
@@ -69,6 +70,7 @@ def test_registered_with_described_params_and_listed_by_the_cli():
     params = {n: {p["name"] for p in json.loads(invoke("methods", n, "--json").stdout)["params"]} for n in SEED_METHODS}
     assert {"lr", "steps", "optimizer"} <= params["iau"]
     assert {"feature_layer", "latent_dim", "tau", "lr_ue", "lr_ra"} <= params["laf"] and "head_lr" in params["laf+r"] - params["laf"]
+    assert {"concept_dir", "labels", "top_k", "poison_retain"} <= params["concept-poison"]
     assert laf_mod.LABEL_FREE is True
 
 
@@ -317,3 +319,143 @@ def test_feature_module_default_and_errors():
     with pytest.raises(MethodError, match="no nn.Linear"):
         laf_mod.feature_module(nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten()))
 
+
+# ---------------------------------------------------------------- concept-poison
+
+def test_concept_poison_class_default_forgets_and_names_concepts(digits_job):
+    out, after, _ = run("concept-poison", digits_job)
+    info = out.info
+    # measured (seed 0): forget 0.000 / retain 0.997 / remaining-class test 0.964; head fidelity 0.99 train, 0.98 test
+    assert after["forget_acc"] <= 0.01 and after["test_forgotten_acc"] <= 0.05, after
+    assert after["retain_acc"] >= 0.98 and after["test_remaining_acc"] >= 0.93, after
+    assert info["head_fidelity_train"] >= 0.95 and info["head_fidelity_test"] >= 0.93
+    assert info["concept_source"].startswith("discovered (nmf)") and info["num_concepts"] == 20
+    assert 1 <= len(info["concepts"]) <= 3
+    for c in info["concepts"]:
+        assert c["forget_class"] == 3 and c["attribution"] > 0 and c["head_weight"] > 0 and c["concept"].startswith("concept_")
+    assert info["concepts"][0]["strongest_in_classes"][0] == 3  # the most specific concept is strongest in the forgotten class
+    # targeted labels: retained classes only, never 3, and concentrated on a few neighbours of 3
+    counts = info["forget_label_counts"]
+    assert 3 not in counts and sum(counts.values()) == len(digits_job.splits.forget_idx)
+    assert max(counts.values()) >= 0.3 * sum(counts.values())
+
+
+def test_concept_poison_random_labels_are_uniform_over_retained_classes(digits_job):
+    out, after, _ = run("concept-poison", digits_job, labels="random", epochs=3)
+    counts = out.info["forget_label_counts"]
+    assert 3 not in counts and len(counts) == 9 and max(counts.values()) < 0.25 * sum(counts.values())
+    assert after["forget_acc"] <= 0.05
+
+
+def test_concept_poison_with_a_concept_bank_finds_the_forgotten_digit(digits_job, tmp_path):
+    """Concepts given as folders (tensors and PNG images of test digits): forgetting 3 singles out the '3' concept."""
+    from PIL import Image
+
+    test = digits_job.splits.test
+    for digit in (0, 1, 3, 4, 7):
+        folder = tmp_path / "bank" / f"digit_{digit}"
+        folder.mkdir(parents=True)
+        x = test.x[test.targets == digit][:20]
+        if digit == 7:  # one concept as PNG files
+            for i, img in enumerate(x):
+                Image.fromarray((img[0].clamp(0, 1).numpy() * 255).astype(np.uint8)).save(folder / f"{i}.png")
+        else:
+            save_file({"x": x.contiguous()}, str(folder / "examples.safetensors"))
+    out, after, ctx = run("concept-poison", digits_job, concept_dir=str(tmp_path / "bank"), top_k=1, epochs=3)
+    assert out.info["concept_source"] == "bank" and out.info["num_concepts"] == 5
+    top = out.info["concepts"][0]
+    assert top["concept"] == "digit_3" and top["examples"] == 20 and top["separability"] > 0.9
+    assert any("without the request's normalisation" in line for line in ctx.log)  # PNGs were used
+    assert after["forget_acc"] <= 0.05
+    with pytest.raises(MethodError, match="not a folder"):
+        run("concept-poison", digits_job, concept_dir=str(tmp_path / "missing"))
+
+
+def test_integrated_gradients_closed_form_matches_the_path_integral():
+    rng = np.random.default_rng(0)
+    s, w, b = rng.normal(size=(4, 6)), rng.normal(size=6), rng.normal(size=6)
+    closed = cp.integrated_gradients(s, w, b)
+    steps = 50  # Riemann sum of d(w.s)/ds along the straight path from b to s: the gradient is w everywhere
+    riemann = sum((s - b) * w for _ in range(steps)) / steps
+    np.testing.assert_allclose(closed, riemann)
+    np.testing.assert_allclose(closed.sum(1), s @ w - b @ w)  # completeness: attributions add up to the logit change
+
+
+def test_concept_poison_rejects_sample_requests(digits_sample_job, digits_dir, tmp_path):
+    with pytest.raises(MethodError, match="unlearns whole classes"):
+        run("concept-poison", digits_sample_job)
+    r = invoke("apply", digits_dir / "mlp.safetensors", "-r", digits_dir / "sample.yaml", "--method", "concept-poison",
+               "-o", tmp_path / "x.safetensors", "--quiet")
+    assert r.exit_code == 2 and "unlearns whole classes" in r.stderr
+    assert not (tmp_path / "x.safetensors").exists()
+
+
+# ---------------------------------------------------------------- CLI: apply, bench, audit on digits
+
+def test_bench_and_audit_through_the_cli(digits_dir, tmp_path):
+    rep = tmp_path / "rep"
+    r = invoke("bench", digits_dir / "mlp.safetensors", "-r", digits_dir / "class.yaml", "--device", "cpu",
+               "--methods", "iau,laf,laf+r,concept-poison", "--seeds", "1",
+               "--reference", digits_dir / "mlp.retrain_class.safetensors", "--report-dir", rep, "--json")
+    assert r.exit_code == 0, r.stderr
+    bench = json.loads(r.stdout)
+    for name in SEED_METHODS:
+        entry = bench["methods"][name]
+        assert entry["status"] == "ok", entry["error"]
+        assert entry["metrics"]["forget_acc"]["mean"] <= 0.1 and entry["metrics"]["avg_gap"]["mean"] < 10, (name, entry["metrics"]["avg_gap"])
+    assert bench["methods"]["iau"]["runs"][0]["warnings"]  # plain checkpoint: IAU warns
+    out = tmp_path / "cp.safetensors"
+    r = invoke("apply", digits_dir / "mlp.safetensors", "-r", digits_dir / "class.yaml", "--method", "iau", "-o", out, "--json")
+    assert r.exit_code == 0, r.stderr
+    summary = json.loads(r.stdout)
+    assert summary["warnings"] and summary["warnings"][0].startswith("iau:")
+    r = invoke("audit", "-r", digits_dir / "class.yaml", "--original", digits_dir / "mlp.safetensors", "--unlearned", out,
+               "--reference", digits_dir / "mlp.retrain_class.safetensors", "--device", "cpu", "--report-dir", tmp_path / "audit", "--json")
+    assert r.exit_code == 0, r.stderr
+    report = json.loads((tmp_path / "audit" / "report.json").read_text())
+    assert report["models"]["unlearned"]["forget_acc"] <= 0.05 and report["baseline"] == "reference"
+
+
+# ---------------------------------------------------------------- a torchvision model
+
+@pytest.fixture(scope="module")
+def resnet_job(tmp_path_factory):
+    """ResNet-18 (4 classes) trained 3 epochs on 48 synthetic 32x32 images whose class shifts brightness (as test_apply_cli)."""
+    from unlearn_tool.pipeline import prepare
+
+    folder = tmp_path_factory.mktemp("resnet")
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(48) % 4
+    x = torch.rand(48, 3, 32, 32, generator=g) * 0.3 + y.view(-1, 1, 1, 1) * 0.2
+    save_file({"x": x, "y": y}, str(folder / "train.safetensors"))
+    save_file({"x": x[:16], "y": y[:16]}, str(folder / "test.safetensors"))
+    req = write_request(folder, {"classes": [1]}, arch="torchvision:resnet18", kwargs={"num_classes": 4}, extra={
+        "data": {"train": {"source": "tensors", "path": "train.safetensors"}, "test": {"source": "tensors", "path": "test.safetensors"}}})
+    r = invoke("train", "-r", req, "-o", folder / "m.safetensors", "--epochs", "3", "--quiet")
+    assert r.exit_code == 0, r.stderr
+    return {"req": req, "ckpt": folder / "m.safetensors", "folder": folder,
+            "job": prepare(req, folder / "m.safetensors", device="cpu")}
+
+
+@pytest.mark.parametrize("name,params,layer", [
+    ("iau", {}, None),
+    ("laf", {"epochs": 2, "vae_epochs": 2}, "fc"),
+    ("laf+r", {"epochs": 2, "vae_epochs": 2}, "fc"),
+    ("concept-poison", {"epochs": 3}, "fc"),
+])
+def test_runs_on_resnet18_through_the_cli(resnet_job, name, params, layer):
+    out = resnet_job["folder"] / f"{name}.safetensors"
+    args = ["apply", resnet_job["ckpt"], "-r", resnet_job["req"], "--method", name, "-o", out, "--device", "cpu", "--json"]
+    for k, v in params.items():
+        args += ["--param", f"{k}={v}"]
+    r = invoke(*args)
+    assert r.exit_code == 0, r.stderr
+    summary = json.loads(r.stdout)
+    if layer:
+        assert summary["info"]["feature_layer"] == layer
+    assert summary["after"]["forget_acc"] <= summary["before"]["forget_acc"]
+    state = load_file(str(out))
+    assert set(state) == set(load_file(str(resnet_job["ckpt"])))  # BatchNorm buffers included
+    model = resnet_job["job"].make_model()
+    model.load_state_dict(state, strict=True)
+    assert all(torch.isfinite(v.float()).all() for v in state.values())
