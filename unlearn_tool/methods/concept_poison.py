@@ -159,7 +159,7 @@ def concepts_from_bank(ctx: UnlearnContext, model: nn.Module, module: nn.Module,
         images_used |= any(p.suffix.lower() in IMAGE_SUFFIXES for p in sub.iterdir())
         if len(x) < 2:
             raise MethodError(f"method.params.concept_dir: concept {sub.name!r} has {len(x)} example; give at least 2")
-        pos = embed_all(model, module, LabelledData.from_tensors(x, torch.zeros(len(x), dtype=torch.long)), ctx.device)
+        pos = embed_all(model, module, LabelledData.from_tensors(x, torch.zeros(len(x), dtype=torch.long)), ctx.device).cpu()
         k = min(len(train_feats), max(len(pos), 50))
         neg = train_feats[torch.randperm(len(train_feats), generator=gen)[:k]]
         xy = torch.cat([pos, neg]).numpy()
