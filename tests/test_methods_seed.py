@@ -71,7 +71,7 @@ def test_registered_with_described_params_and_listed_by_the_cli():
     assert {"lr", "steps", "optimizer"} <= params["iau"]
     assert {"feature_layer", "latent_dim", "tau", "lr_ue", "lr_ra"} <= params["laf"] and "head_lr" in params["laf+r"] - params["laf"]
     assert {"concept_dir", "labels", "top_k", "poison_retain"} <= params["concept-poison"]
-    assert laf_mod.LABEL_FREE is True
+    assert laf_mod.LABEL_FREE_METHODS == {"laf"}
 
 
 # ---------------------------------------------------------------- gradient restriction (training option)

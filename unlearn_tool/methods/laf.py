@@ -39,7 +39,7 @@ from .common import endless_batches
 
 LARGE_MODEL_PARAMS = 1_000_000  # at this size and above LAF's published CIFAR-10 ResNet learning rates apply
 SMALL_MODEL_LR = 2e-3  # both steps, below that size (measured on the digits MLP: docs/methods.md)
-LABEL_FREE = True  # this module's `laf` reads no label (tests/test_methods_seed.py proves it); `laf+r` does
+LABEL_FREE_METHODS = frozenset({"laf"})  # registered names that read no label (tests/test_methods_seed.py proves it); `laf+r` does read them
 
 
 # ---------------------------------------------------------------- the representation
