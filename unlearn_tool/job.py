@@ -131,6 +131,7 @@ class Job:
     code: CodePolicy = CodePolicy()
     original: Optional[nn.Module] = None
     artifact: Optional[CheckpointArtifact] = None  # the original checkpoint
+    original_metadata: dict[str, str] = field(default_factory=dict)  # for an in-memory original: what its file would hold
 
     # ---- the original checkpoint
     @property
@@ -143,7 +144,7 @@ class Job:
 
     @property
     def checkpoint_metadata(self) -> dict[str, str]:
-        return self.artifact.raw_metadata if self.artifact is not None else {}
+        return self.artifact.raw_metadata if self.artifact is not None else self.original_metadata
 
     @property
     def checkpoint_dtypes(self) -> dict[str, torch.dtype]:

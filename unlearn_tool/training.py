@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Callable, Literal, Optional
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 
 from .data import LabelledData
 from .params import SaneParams
+from .regularizers import REGULARIZERS, regularized_loss, regularizer_fields
 
 
 class TrainConfig(SaneParams):
@@ -19,6 +20,21 @@ class TrainConfig(SaneParams):
     optimizer: Literal["adam", "sgd"] = Field("adam", description="adam (small nets) or sgd with momentum 0.9 and cosine decay (ResNets).")
     weight_decay: float = Field(0.0, ge=0, description="L2 weight decay.")
     batch_size: int = Field(64, ge=1, description="Training batch size.")
+    regularizer: Optional[Literal["gradient-restriction"]] = Field(
+        None, description="Optional training regularizer (default none). gradient-restriction: loss + alpha * "
+        "sum_tensors ||grad loss||_2 by double backprop, what the `iau` method assumes (IAU, Lolo1222/IAU train_model.py).",
+    )
+    regularizer_alpha: Optional[float] = Field(
+        None, gt=0, description="The regularizer's weight; default 0.005 for gradient-restriction (IAU's train_model.py).",
+    )
+
+    @model_validator(mode="after")
+    def _regularizer_alpha(self) -> "TrainConfig":
+        if self.regularizer is None and self.regularizer_alpha is not None:
+            raise ValueError("regularizer_alpha needs a regularizer (e.g. gradient-restriction)")
+        if self.regularizer is not None and self.regularizer_alpha is None:
+            self.regularizer_alpha = REGULARIZERS[self.regularizer]["alpha"]
+        return self
 
 
 def train_config(**options: object) -> TrainConfig:
@@ -28,6 +44,12 @@ def train_config(**options: object) -> TrainConfig:
     from .errors import UnlearnError
     from .params import field_and_message
 
+    options = dict(options)
+    regularizer, params = options.pop("regularizer", None), options.pop("regularizer_params", None) or {}
+    try:
+        options.update(regularizer_fields(regularizer, params))  # type: ignore[arg-type]
+    except ValueError as e:
+        raise UnlearnError(str(e)) from None
     try:
         return TrainConfig(**{k: v for k, v in options.items() if v is not None})
     except ValidationError as e:
@@ -50,13 +72,15 @@ def fit(
     progress: Optional[Callable[[str, int, int], None]] = None,
     task: str = "train",
 ) -> nn.Module:
-    """Cross-entropy training on `data` (in place); returns the model in eval mode."""
+    """Cross-entropy training on `data` (in place), plus the config's regularizer if any; returns the model in eval mode."""
     model.to(device).train()
     opt = make_optimizer(model.parameters(), config.optimizer, config.lr, config.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, config.epochs) if config.optimizer == "sgd" else None
     for epoch in range(config.epochs):
         for x, y in data.batches(config.batch_size, shuffle=True, generator=generator):
             loss = nn.functional.cross_entropy(model(x.to(device)), y.to(device))
+            if config.regularizer is not None:
+                loss = regularized_loss(config.regularizer, config.regularizer_alpha, loss, model.parameters())
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

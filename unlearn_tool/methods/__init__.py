@@ -30,3 +30,8 @@ from . import bad_teacher  # noqa: F401,E402
 from . import boundary_shrink  # noqa: F401,E402
 from . import ssd  # noqa: F401,E402
 from . import blindspot  # noqa: F401,E402
+
+# --- seed methods (issue 13: iau, laf / laf+r, concept-poison): one import per file ---
+from . import iau  # noqa: F401,E402
+from . import laf  # noqa: F401,E402  (registers laf and laf+r)
+from . import concept_poison  # noqa: F401,E402
