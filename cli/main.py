@@ -180,10 +180,10 @@ def train(
 def methods(name: Optional[str] = typer.Argument(None, help="A method name, to list its parameters."),
             as_json: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
     """List the registered unlearning methods, or one method's parameters."""
-    from unlearn_tool.methods import describe_method, list_methods
+    from unlearn_tool.method_catalog import describe  # torch-free: a cache of the registry
 
     if name is None:
-        entries = list_methods()
+        entries = describe()
         if as_json:
             print_json(entries)
             return
@@ -191,7 +191,7 @@ def methods(name: Optional[str] = typer.Argument(None, help="A method name, to l
         for e in entries:
             typer.echo(f"{e['name']:<{width}}  {e['summary']}")
         return
-    info = describe_method(name)
+    info = describe(name)
     if as_json:
         print_json(info)
         return

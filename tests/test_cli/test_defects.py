@@ -65,3 +65,21 @@ def test_methods_listing_shows_tasks_and_choices(digits_dir):
     assert "one of 'criterion', 'epochs'" in r.stdout and "tasks: classification" in r.stdout
     listing = json.loads(invoke("methods", "--json").stdout)
     assert {"name", "summary", "adapter", "tasks", "label_free"} <= set(listing[0])
+
+
+def test_methods_answer_without_importing_torch_once_cached(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "UNLEARN_CACHE_DIR": str(tmp_path)}
+    root = Path(__file__).resolve().parents[2]
+    code = ("import sys\nfrom typer.testing import CliRunner\nfrom cli.main import app\n"
+            "r = CliRunner().invoke(app, ['methods', 'rfa'])\nassert r.exit_code == 0 and 'rank' in r.stdout, r.output\n"
+            "r = CliRunner().invoke(app, ['methods', 'nope'])\nassert r.exit_code == 2 and 'known methods' in r.stderr\n"
+            "print('torch' in sys.modules)\n")
+    first = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr  # the first call fills the cache (it may import torch)
+    second = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert second.stdout.strip() == "False", second.stderr
