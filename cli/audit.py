@@ -11,17 +11,24 @@ from typing import Any, Optional
 import typer
 
 from .common import handle_errors, markup_safe, print_json
+
+
+def gate_rows(report: dict[str, Any]) -> list[list[str]]:
+    from unlearn_tool.audit.report import gate_rows as rows
+
+    return rows(report)
 from .app import CodePathOpt, DeviceOpt, RequestOpt, TrustCodeOpt, app, code_policy
 
 
 def print_summary(report: dict[str, Any], folder: Path) -> None:
-    """A rich table on stderr: metrics per model, gaps, gates and warnings."""
+    """On stderr: the verdict sentence, its evidence and the utility cost; then the metrics, gates and warnings."""
     from rich.console import Console
     from rich.table import Table
 
-    from unlearn_tool.audit.report import fmt, gate_rows, summary_rows
+    from unlearn_tool.audit.report import avg_gap_sentence, summary_rows, verdict_block
 
     console = Console(stderr=True)
+    sentence, evidence, utility = verdict_block(report)
     header, rows = summary_rows(report)
     table = Table(title=markup_safe(f"audit of request {report['request']['id']} ({report['request']['scenario']} unlearning)"))
     for i, h in enumerate(header):
@@ -29,7 +36,7 @@ def print_summary(report: dict[str, Any], folder: Path) -> None:
     for r in rows:
         table.add_row(*(markup_safe(c) for c in r))
     console.print(table)
-    console.print(f"Avg Gap to the {report['baseline']}: {fmt(report['gaps'].get('avg_gap'), points=True)} points")
+    console.print(markup_safe(avg_gap_sentence(report)), highlight=False)
     if report["gates"]:
         gates = Table(title="gates")
         for h in ("gate", "value", "result"):
@@ -39,7 +46,11 @@ def print_summary(report: dict[str, Any], folder: Path) -> None:
         console.print(gates)
     for w in report["warnings"]:
         console.print(f"[yellow]warning:[/yellow] {markup_safe(w)}", highlight=False)
-    console.print(f"verdict: [bold]{report['verdict']}[/bold]; reports in {markup_safe(folder)}", highlight=False)
+    color = "green" if report["verdict"] == "pass" else "red"
+    console.print(f"[bold {color}]{markup_safe(sentence)}[/bold {color}]", highlight=False)
+    for line in evidence:
+        console.print(f"  - {markup_safe(line)}", highlight=False)
+    console.print(f"  {markup_safe(utility)}; reports in {markup_safe(folder)}", highlight=False)
 
 
 def finish(report: dict[str, Any], folder: Path, as_json: bool, quiet: bool) -> None:

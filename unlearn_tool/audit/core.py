@@ -19,6 +19,7 @@ from . import attacks
 from . import metrics as M
 from .gates import Gate, evaluate_gates, parse_gates
 from .registry import finite
+from .verdict import decide, distinguishability
 
 SCHEMA = "unlearn.audit/v1"
 SETS = ("retain", "forget", "test")
@@ -203,7 +204,12 @@ def run_audit(
     models.setdefault("reference", None)
 
     gap = {"baseline": baseline, **gaps(models["unlearned"], models[baseline])}
-    gate_rows, verdict = evaluate_gates(parsed, models["unlearned"], models["original"], gap)
+    gate_rows, _ = evaluate_gates(parsed, models["unlearned"], models["original"], gap)
+    stats = {k: distinguishability(v["forget"], v["test"], seed) for k, v in outs.items()}
+    avg_gaps = {"unlearned": gap.get("avg_gap"),
+                "original": gaps(models["original"], models["reference"]).get("avg_gap") if models["reference"] is not None else None}
+    detail = decide(scenario, models, gate_rows, stats["unlearned"], avg_gaps, stats["original"])
+    detail["statistics"] = stats
     warnings = []
     if unlearned_info.get("kind") == "adapter":
         warnings.append(ADAPTER_AUDIT_WARNING)
@@ -215,7 +221,8 @@ def run_audit(
     req = job.request
     report = {
         "schema": SCHEMA,
-        "verdict": verdict,
+        "verdict": detail["verdict"],
+        "verdict_detail": detail,
         "gates": gate_rows,
         "warnings": warnings,
         "request": {
@@ -265,13 +272,18 @@ def run_audit(
 
 
 def check_verdict(report: dict[str, Any], where: str = "") -> None:
-    """Raise GateFailure (exit 3) when a gate failed; call after the reports are written."""
+    """Raise GateFailure (exit 3) when the verdict is fail (gates, or the default policy); call after writing the reports."""
     if report.get("verdict") != "fail":
         return
-    failed = [g for g in report["gates"] if not g["passed"]]
-    shown = "; ".join(f"{g['expr']} (value {_fmt(g['value'])})" for g in failed[:3])
-    more = f"; +{len(failed) - 3} more" if len(failed) > 3 else ""
-    raise GateFailure(f"audit gate failed: {shown}{more}; see {where or 'the report'} for the figures")
+    detail = report.get("verdict_detail") or {}
+    if report["gates"]:
+        failed = [g for g in report["gates"] if not g["passed"]]
+        shown = "; ".join(f"{g['expr']} (value {_fmt(g['value'])})" for g in failed[:3])
+        more = f"; +{len(failed) - 3} more" if len(failed) > 3 else ""
+        raise GateFailure(f"audit gate failed: {shown}{more}; see {where or 'the report'} for the figures")
+    failed_checks = [c for c in detail.get("checks", []) if not c["passed"]]
+    shown = "; ".join(f"{c['name']}: {c['value']}" for c in failed_checks[:2])
+    raise GateFailure(f"audit verdict fail (default policy): {shown}; see {where or 'the report'}, or give --gate to set your own criteria")
 
 
 def _fmt(v: Any) -> str:
