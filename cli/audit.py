@@ -10,7 +10,7 @@ from typing import Any, Optional
 
 import typer
 
-from .common import handle_errors, markup_safe, print_json
+from .common import handle_errors, markup_safe, print_json, progress_bars
 
 
 def gate_rows(report: dict[str, Any]) -> list[list[str]]:
@@ -77,12 +77,16 @@ def audit(
     seed: Optional[int] = typer.Option(None, "--seed", help="Override the request's seed (attack sampling, random model for ZRF)."),
     as_json: bool = typer.Option(False, "--json", help="Print report.json on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No summary table."),
+    tier: str = typer.Option("standard", "--tier", help="standard (population attacks) or strong (adds per-example U-LiRA with shadow models, and relearn time; minutes)."),
+    shadows: int = typer.Option(16, "--shadows", help="With --tier strong: shadow models (each a training run; cached)."),
     code_path: list[Path] = CodePathOpt,
     trust_code: bool = TrustCodeOpt,
 ) -> None:
     """Audit an unlearned model: accuracies, membership inference, distances to a reference, gates (exit 3 if one fails)."""
     from unlearn_tool import commands
 
-    report, folder = commands.audit(request, original, unlearned, reference=reference, gates=gate or None, report_dir=report_dir,
-                                   device=device, seed=seed, code=code_policy(code_path, trust_code))
+    with progress_bars(not quiet and not as_json) as progress:
+        report, folder = commands.audit(request, original, unlearned, reference=reference, gates=gate or None, report_dir=report_dir,
+                                       device=device, seed=seed, code=code_policy(code_path, trust_code), tier=tier, shadows=shadows,
+                                       progress=progress)
     finish(report, folder, as_json, quiet)

@@ -49,12 +49,16 @@ def audit_files(
     reference: Optional[str | Path] = None,
     gates: Sequence[str | Gate] = (),
     report_dir: Optional[str | Path] = None,
+    tier: str = "standard",
+    shadows: int = 16,
+    progress: Optional[Any] = None,
 ) -> tuple[dict[str, Any], Path]:
     """Load the unlearned output (and reference), audit, write the reports; the verdict is not yet enforced."""
     parsed = [g if isinstance(g, Gate) else parse_gate(g) for g in gates]
     model, info = load_unlearned(unlearned, job)
     ref_model, ref_info = load_checkpoint(reference, job) if reference is not None else (None, None)
-    report = run_audit(job, job.original, model, ref_model, parsed, unlearned_info=info, reference_info=ref_info)
+    report = run_audit(job, job.original, model, ref_model, parsed, unlearned_info=info, reference_info=ref_info,
+                       tier=tier, shadows=shadows, progress=progress)
     folder = write_reports(report, report_dir_for(unlearned, report_dir))
     return report, folder
 
@@ -69,6 +73,9 @@ def audit_request(
     device: str = "auto",
     seed: Optional[int] = None,
     code: Optional["CodePolicy"] = None,
+    tier: str = "standard",
+    shadows: int = 16,
+    progress: Optional[Any] = None,
 ) -> tuple[dict[str, Any], Path]:
     """`unlearn audit`: gates (parsed once), reference and report folder are checked before any model is loaded.
 
@@ -86,8 +93,16 @@ def audit_request(
     check_report_dir(report_dir_for(unlearned, report_dir), AUDIT_FILES)
     if seed is not None:
         check_seed(seed)
+    if tier not in ("standard", "strong"):
+        from ..errors import AuditError
+
+        raise AuditError(f"--tier {tier}: give standard or strong")
+    if not 2 <= shadows <= 1024:
+        from ..errors import AuditError
+
+        raise AuditError(f"--shadows {shadows}: give 2..1024 (each shadow is a full training run; 16 is the default)")
     job = prepare(req, original, device=device, seed=seed, code=code or CodePolicy())
-    return audit_files(job, unlearned, ref, parsed, report_dir)
+    return audit_files(job, unlearned, ref, parsed, report_dir, tier=tier, shadows=shadows, progress=progress)
 
 
 def audit_fresh_model(job: "Job", model: "nn.Module", info: dict[str, Any], report_dir: Optional[str | Path] = None,

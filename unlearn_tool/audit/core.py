@@ -180,6 +180,9 @@ def run_audit(
     unlearned_info: Optional[dict[str, Any]] = None,
     reference_info: Optional[dict[str, Any]] = None,
     seed: Optional[int] = None,
+    tier: str = "standard",
+    shadows: int = 16,
+    progress: Optional[Any] = None,
 ) -> dict[str, Any]:
     """Audit an unlearned model against the original (and a retrained reference): the report.json dict.
 
@@ -208,7 +211,12 @@ def run_audit(
     stats = {k: distinguishability(v["forget"], v["test"], seed) for k, v in outs.items()}
     avg_gaps = {"unlearned": gap.get("avg_gap"),
                 "original": gaps(models["original"], models["reference"]).get("avg_gap") if models["reference"] is not None else None}
-    detail = decide(scenario, models, gate_rows, stats["unlearned"], avg_gaps, stats["original"])
+    strong = None
+    if tier == "strong":
+        from .strong import strong_tier
+
+        strong = strong_tier(job, unlearned_model, reference_model, unlearned_info.get("metadata") or {}, shadows, progress)
+    detail = decide(scenario, models, gate_rows, stats["unlearned"], avg_gaps, stats["original"], strong)
     detail["statistics"] = stats
     warnings = []
     if unlearned_info.get("kind") == "adapter":
@@ -221,6 +229,8 @@ def run_audit(
     req = job.request
     report = {
         "schema": SCHEMA,
+        "tier": tier,
+        "strong": strong,
         "verdict": detail["verdict"],
         "verdict_detail": detail,
         "gates": gate_rows,

@@ -174,6 +174,35 @@ def statistics_rows(report: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
+def strong_rows(report: dict[str, Any]) -> list[list[str]]:
+    """The strong tier per model: U-LiRA AUC, TPR at 1% and 0.1% FPR, relearn steps."""
+    strong = report.get("strong") or {}
+    rows = []
+    tpr = lambda e, k: "-" if e.get(k) is None else f"{100 * e[k]:.1f}%" + ("" if e.get(k + "_resolved", True) else " (too few negatives)")  # noqa: E731
+    for name, e in (strong.get("models") or {}).items():
+        rows.append([name, "-" if e.get("auc") is None else f"{e['auc']:.3f}", tpr(e, "tpr_at_1pct_fpr"), tpr(e, "tpr_at_0.1pct_fpr"),
+                     "-" if e.get("relearn_steps") is None else str(e["relearn_steps"])])
+    if strong.get("shadow_attack"):
+        e = strong["shadow_attack"]
+        rows.append(["(shadows: unlearned vs never seen)", "-" if e.get("auc") is None else f"{e['auc']:.3f}",
+                     tpr(e, "tpr_at_1pct_fpr"), tpr(e, "tpr_at_0.1pct_fpr"), "-"])
+    return rows
+
+
+def strong_text(report: dict[str, Any]) -> str:
+    strong = report.get("strong") or {}
+    p = strong.get("protocol", {})
+    ain = strong.get("ain")
+    return (f"{p.get('attack', 'U-LiRA')} with {p.get('shadows')} shadow models (trained on random halves with the request's recipe"
+            + (f", then unlearned with {p.get('shadow_method')}" if p.get("shadow_method") else "") + "): per forget example, the likelihood "
+            "ratio of the model's logit-scaled confidence under 'unlearned' and 'never seen' shadows. Positives: the model's scores on the "
+            "forget set; negatives: the never-seen shadows' scores. The reference never saw the forget set, so its row is the attack's "
+            "chance level here (not exactly 0.5: shadows train on half the data). Relearn steps: fine-tuning steps on the forget set until "
+            f"{p.get('relearn', {}).get('target', 'the original behaviour returns')}; AIN = unlearned / reference "
+            + ("-" if ain is None else f"= {ain:.2f}") + f" (below 1: it comes back faster than it can be learned from scratch). "
+            f"Took {strong.get('time_s', '-')} s ({strong.get('cache_hits', 0)} shadow models from the cache).")
+
+
 # ---------------------------------------------------------------- markdown
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -205,6 +234,9 @@ def render_markdown(report: dict[str, Any]) -> str:
         parts += ["\n## Forget set against held-out data\n",
                   "Two-sample Kolmogorov-Smirnov tests (forget vs test) of per-sample loss and prediction entropy, and the loss attack's AUC with its 95% bootstrap interval (0.5 = indistinguishable).\n\n",
                   _md_table(["model", "KS loss", "KS entropy", "loss AUC [95% CI]"], statistics_rows(report))]
+    if report.get("strong"):
+        parts += ["\n## Per-example attack (U-LiRA) and relearn time\n", strong_text(report) + "\n\n",
+                  _md_table(["model", "AUC", "TPR at 1% FPR", "TPR at 0.1% FPR", "relearn steps"], strong_rows(report))]
     n = report["request"]["num_classes"]
     parts += ["\n## Per-class test accuracy\n",
               _md_table(["class"] + models, [[str(c) + (" (forgotten)" if c in report["request"]["forget_classes"] else "")]
@@ -343,6 +375,9 @@ def render_html(report: dict[str, Any]) -> str:
         parts += ["<h2>Forget set against held-out data</h2>",
                   "<p class='small'>Two-sample Kolmogorov-Smirnov tests (forget vs test) of per-sample loss and prediction entropy, and the loss attack's AUC with its 95% bootstrap interval (0.5 = indistinguishable).</p>",
                   _html_table(["model", "KS loss", "KS entropy", "loss AUC [95% CI]"], statistics_rows(report))]
+    if report.get("strong"):
+        parts += ["<h2>Per-example attack (U-LiRA) and relearn time</h2>", f"<p class='small'>{e(strong_text(report))}</p>",
+                  _html_table(["model", "AUC", "TPR at 1% FPR", "TPR at 0.1% FPR", "relearn steps"], strong_rows(report))]
     from ..tasks import get_task
 
     for name in get_task(report["request"].get("task", "classification")).report_plots:

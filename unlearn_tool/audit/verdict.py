@@ -33,10 +33,11 @@ SAMPLE_ALPHA = 0.05
 AUC_CONFIDENCE = 0.95
 BOOTSTRAP = 1000
 MAX_UTILITY_DROP = 0.05
+STRONG_AUC_MARGIN = 0.05  # strong tier: the per-example attack may be at most this much stronger than on the reference
 POLICY = {
     "class_max_forget_acc": CLASS_MAX_FORGET_ACC, "class_min_mia_efficacy": CLASS_MIN_MIA_EFFICACY,
     "sample_ks_alpha": SAMPLE_ALPHA, "sample_auc_confidence": AUC_CONFIDENCE, "bootstrap_resamples": BOOTSTRAP,
-    "max_utility_drop": MAX_UTILITY_DROP,
+    "max_utility_drop": MAX_UTILITY_DROP, "strong_auc_margin": STRONG_AUC_MARGIN,
 }
 
 
@@ -154,11 +155,25 @@ def closer_to_reference(models: dict[str, Any], names: Sequence[str] = ()) -> Op
 
 # ---------------------------------------------------------------- the verdict
 
+def strong_check(strong: Optional[dict[str, Any]]) -> Optional[Check]:
+    """Strong tier with a reference: the per-example attack is no stronger on the unlearned model than on the retrained one."""
+    models = (strong or {}).get("models") or {}
+    u, r = (models.get(k, {}).get("auc") for k in ("unlearned", "reference"))
+    if u is None or r is None:
+        return None
+    return Check("per-example attack at the retrained level", u <= r + STRONG_AUC_MARGIN, f"U-LiRA AUC {u:.3f} (retrained model: {r:.3f})",
+                 f"at most the retrained model's + {STRONG_AUC_MARGIN}", "a per-example likelihood-ratio attack with shadow models (--tier strong)")
+
+
 def decide(scenario: str, models: dict[str, Any], gate_rows: list[dict[str, Any]], stats: Optional[dict[str, Any]],
-           avg_gaps: dict[str, Optional[float]], original_stats: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+           avg_gaps: dict[str, Optional[float]], original_stats: Optional[dict[str, Any]] = None,
+           strong: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """The verdict, who decided it, one sentence, three lines of evidence, the utility cost, and every check."""
     unl, orig = models["unlearned"], models["original"]
     checks = policy_checks(scenario, unl, orig, stats)
+    extra = strong_check(strong)
+    if extra is not None:
+        checks.insert(len(checks) - 1, extra)  # before the utility check, which stays last
     original_checks = policy_checks(scenario, orig, orig, original_stats)[:-1]
     blind = bool(original_checks) and all(c.passed for c in original_checks)  # the tests cannot see the training data at all
     policy_pass = all(c.passed for c in checks)
@@ -168,13 +183,17 @@ def decide(scenario: str, models: dict[str, Any], gate_rows: list[dict[str, Any]
     utility = checks[-1]
     forgetting = [c for c in checks if c is not utility]
 
+    population = [c for c in forgetting if c is not extra]
     if scenario == "class":
-        what = "the forgotten classes are no longer recognised and show no membership signal" if all(c.passed for c in forgetting) \
-            else "the forgotten classes are still " + ("recognised" if not forgetting[0].passed else "visible to a membership attack")
+        what = "the forgotten classes are no longer recognised and show no membership signal" if all(c.passed for c in population) \
+            else "the forgotten classes are still " + ("recognised" if not population[0].passed else "visible to a membership attack")
     else:
-        what = "the forget set is indistinguishable from held-out data" if all(c.passed for c in forgetting) \
+        what = "the forget set is indistinguishable from held-out data" if all(c.passed for c in population) \
             else "the forget set is still distinguishable from held-out data"
-    if blind:
+    if extra is not None:
+        what += ("; per example, it is as private as on the retrained model" if extra.passed
+                 else "; but a per-example attack still tells it apart better than on the retrained model")
+    if blind and extra is None:
         what += " (but so was the original's: these population tests cannot see this model's training data; run --tier strong for per-example evidence)"
     if gate_rows:
         failed = [g["expr"] for g in gate_rows if not g["passed"]]
