@@ -72,7 +72,7 @@ def audit(
     unlearned: Path = typer.Option(..., "--unlearned", help="The unlearned model: a .safetensors file or a PEFT adapter folder.", show_default=False),
     reference: Optional[Path] = typer.Option(None, "--reference", help="Retrained-without-the-forget-set model (default: the request's audit.reference)."),
     report_dir: Optional[Path] = typer.Option(None, "--report-dir", help="Where to write report.json/.md/.html (default <unlearned stem>.audit/ beside it)."),
-    gate: list[str] = typer.Option([], "--gate", help="Gate 'metric op number', e.g. 'forget_acc <= 0.02' (repeatable; replaces the request's audit.gates)."),
+    gate: list[str] = typer.Option([], "--gate", metavar="EXPR", help="Gate 'metric op number', e.g. 'forget_acc <= 0.02' (repeatable; replaces the request's audit.gates)."),
     device: str = DeviceOpt,
     seed: Optional[int] = typer.Option(None, "--seed", help="Override the request's seed (attack sampling, random model for ZRF)."),
     as_json: bool = typer.Option(False, "--json", help="Print report.json on stdout."),

@@ -50,7 +50,7 @@ def bench(
     reference: Optional[Path] = typer.Option(None, "--reference", help="Retrained-without-the-forget-set checkpoint: Avg Gap baseline (audited once); its wall_time_s metadata gives the retraining time."),
     retrain: bool = typer.Option(False, "--retrain", help="Run the retrain method once per seed as the baseline (and the retraining time)."),
     report_dir: Optional[Path] = typer.Option(None, "--report-dir", help="Where to write bench.json/.csv/.md/.png (default <checkpoint stem>.bench/ beside it)."),
-    param: list[str] = typer.Option([], "--param", help="METHOD.key=value for one method (repeatable), e.g. finetune.epochs=2; retrain.* also sets the --retrain baseline's."),
+    param: list[str] = typer.Option([], "--param", metavar="K=V", help="METHOD.key=value for one method (repeatable), e.g. finetune.epochs=2; retrain.* also sets the --retrain baseline's."),
     device: str = DeviceOpt,
     as_json: bool = typer.Option(False, "--json", help="Print bench.json on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or table."),

@@ -40,7 +40,7 @@ def apply(
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output path (default <stem>.unlearned.safetensors beside the input)."),
     adapter_only: Optional[bool] = typer.Option(None, "--adapter-only/--merged", help="Write a PEFT adapter folder (LoRA methods) or merged weights; default: the request's output.mode.", show_default=False),
     method: Optional[str] = typer.Option(None, "--method", help="Override the request's method.name."),
-    param: list[str] = typer.Option([], "--param", help="Method parameter k=v (repeatable); overrides the request's."),
+    param: list[str] = typer.Option([], "--param", metavar="K=V", help="Method parameter k=v (repeatable); overrides the request's."),
     device: str = DeviceOpt,
     seed: Optional[int] = typer.Option(None, "--seed", help="Override the request's seed."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing output (only a checkpoint, or an adapter folder this tool wrote)."),
@@ -48,6 +48,7 @@ def apply(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or tables."),
     audit: bool = typer.Option(False, "--audit", help="Audit the result right away (request's audit.gates and audit.reference); exit 3 if a gate fails."),
     report_dir: Optional[Path] = typer.Option(None, "--report-dir", help="With --audit: where to write the reports (default <output stem>.audit/)."),
+    keep_on_fail: bool = typer.Option(True, "--keep-on-fail/--no-keep-on-fail", help="With --audit: keep the output when the verdict is fail (default; exit 3 either way), or remove it again."),
     code_path: list[Path] = CodePathOpt,
     trust_code: bool = TrustCodeOpt,
 ) -> None:
@@ -59,7 +60,7 @@ def apply(
     with progress_bars(not quiet and not as_json) as progress:
         outcome = commands.apply(request, checkpoint, method=method, params=params, output=output, adapter_only=adapter_only,
                                 force=force, device=device, seed=seed, code=code_policy(code_path, trust_code),
-                                audit=audit, report_dir=report_dir, progress=progress)
+                                audit=audit, report_dir=report_dir, keep_on_fail=keep_on_fail, progress=progress)
     result = outcome.result
     for w in result.warnings:
         err(f"warning: {w}")
@@ -67,11 +68,29 @@ def apply(
         print_json(outcome.summary())
     elif not quiet:
         _print_before_after(result.before, result.after, f"{result.method} on request {outcome.job.request.id}")
-        err(f"wrote {result.output} ({result.mode}) in {result.wall_time_s:.2f}s of unlearning")
+        stop = _stop_line(result.info, result.params)
+        if stop:
+            err(stop)
+        if result.before.get("test_remaining_acc") is not None:
+            err("test_acc counts every test sample, the forgotten classes included; test_remaining_acc is the utility on the classes kept")
+        err(f"wrote {result.output} ({result.mode}) in {result.wall_time_s:.2f}s of unlearning"
+            + (" — then removed it: the audit failed (--no-keep-on-fail)" if outcome.removed else ""))
     if outcome.report is not None:
         from .audit import finish
 
         finish(outcome.report, outcome.report_dir, as_json=False, quiet=as_json or quiet)  # stdout already holds the apply summary
+
+
+def _stop_line(info: dict, params: dict) -> Optional[str]:
+    """Why an iterative method stopped, in one line ("target reached after 7 of 30 passes")."""
+    reason, done, total = info.get("stop_reason"), info.get("epochs_run"), params.get("epochs")
+    if reason is None or done is None:
+        return None
+    if reason == "criterion":
+        return f"stopped early: target reached after {done} of {total} passes"
+    if reason == "diverged":
+        return f"stopped after {done} of {total} passes: the loss diverged; the last finite weights were kept"
+    return f"ran all {done} passes" + (" (the stopping target was not reached)" if params.get("stop") == "criterion" else "")
 
 
 @app.command()
@@ -150,7 +169,7 @@ def train(
     optimizer: Optional[str] = typer.Option(None, "--optimizer", help="adam (default) or sgd."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Batch size (default 64)."),
     regularizer: Optional[str] = typer.Option(None, "--regularizer", help="A training regularizer: gradient-restriction (what the iau method assumes; double backprop, about 2x the training cost)."),
-    param: list[str] = typer.Option([], "--param", help="Regularizer parameter k=v, e.g. alpha=0.005 (with --regularizer)."),
+    param: list[str] = typer.Option([], "--param", metavar="K=V", help="Regularizer parameter k=v, e.g. alpha=0.005 (with --regularizer)."),
     device: str = DeviceOpt,
     seed: Optional[int] = typer.Option(None, "--seed", help="Override the request's seed."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing output (only a checkpoint)."),
@@ -222,6 +241,37 @@ def quickstart(
     _print_before_after(summary["before"], summary["after"], "RFA-LoRA: forget digit 3 (scikit-learn digits, MLP)")
     err(f"original: {folder / 'digits_mlp.safetensors'}{' (trained now)' if summary['trained_original'] else ''}")
     err(f"unlearned: {summary['output']} in {summary['wall_time_s']:.2f}s; next: unlearn audit --help")
+
+
+@app.command()
+@handle_errors
+def merge(
+    adapter: Path = typer.Argument(..., help="An adapter folder written by `unlearn apply --adapter-only`."),
+    base: Path = typer.Option(..., "--base", help="The checkpoint the adapter was trained on (its sha256 is checked).", show_default=False),
+    output: Path = typer.Option(..., "--output", "-o", help="Where to write the merged checkpoint (.safetensors).", show_default=False),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing output (only a checkpoint)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+    code_path: list[Path] = CodePathOpt,
+    trust_code: bool = TrustCodeOpt,
+) -> None:
+    """Fold an adapter into its base checkpoint: a drop-in merged checkpoint, after which the base can be deleted."""
+    from unlearn_tool import commands
+
+    summary = commands.merge(adapter, base, output, force=force, code=code_policy(code_path, trust_code))
+    if as_json:
+        print_json(summary)
+    else:
+        err(f"wrote {output}: {base} + adapter {adapter} merged (sha256 {summary['sha256'][:12]}...); the forgotten data is now out of the weights")
+
+
+@app.command()
+@handle_errors
+def examples(folder: Path = typer.Argument(..., help="A new folder to copy the example requests into.")) -> None:
+    """Copy the example deletion requests (digits, CIFAR-10, Fashion-MNIST) into FOLDER, to run the README's examples from there."""
+    from unlearn_tool.quickstart import copy_examples
+
+    for path in copy_examples(folder):
+        typer.echo(plain(path))
 
 
 from . import audit as _audit  # noqa: E402,F401  (registers the command)

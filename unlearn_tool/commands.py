@@ -55,3 +55,10 @@ def bench(request: str | Path, checkpoint: str | Path, methods: str | Sequence[s
     from .bench import bench_request
 
     return bench_request(req, checkpoint, methods, **options)
+
+
+def merge(adapter: str | Path, base: str | Path, output: str | Path, **options: Any) -> dict[str, Any]:
+    """`unlearn merge`: an adapter folder folded into its base checkpoint (options: force, code)."""
+    from .pipeline import merge_adapter
+
+    return merge_adapter(adapter, base, output, **options)

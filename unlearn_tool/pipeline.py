@@ -75,7 +75,7 @@ def default_output_path(checkpoint: Path, adapter: bool) -> Path:
 
 ADAPTER_WARNING = (
     "adapter-only output: the forgotten data is still in the base weights; the deletion holds only while the "
-    "adapter is applied. Merge it (output.mode: merged) before deleting the original checkpoint."
+    "adapter is applied. Merge it (unlearn merge ADAPTER --base CHECKPOINT -o OUT) before deleting the original checkpoint."
 )
 
 
@@ -258,9 +258,11 @@ class ApplyOutcome:
     result: ApplyResult
     report: Optional[dict[str, Any]] = None
     report_dir: Optional[Path] = None
+    removed: bool = False  # the output was removed again because the audit failed (keep_on_fail=False)
 
     def summary(self) -> dict[str, Any]:
         out = self.result.as_dict(self.job)
+        out["output_removed"] = self.removed
         if self.report is not None:
             out["audit"] = {"report_dir": str(self.report_dir), "verdict": self.report["verdict"],
                             "gates": self.report["gates"], "warnings": self.report["warnings"]}
@@ -280,9 +282,13 @@ def apply_request(
     code: CodePolicy = CodePolicy(),
     audit: bool = False,
     report_dir: Optional[str | Path] = None,
+    keep_on_fail: bool = True,
     progress: Optional[Progress] = None,
 ) -> ApplyOutcome:
-    """`unlearn apply`: every check first (request, seed, plan, reference), then data and models, then the run."""
+    """`unlearn apply`: every check first (request, seed, plan, reference), then data and models, then the run.
+
+    keep_on_fail=False: when the audit's verdict is fail, the output this run wrote is removed again (the reports stay).
+    """
     req = load_request(request)
     if seed is not None:
         check_seed(seed)
@@ -301,7 +307,23 @@ def apply_request(
         ref = (reference_model, reference.info()) if reference is not None else None
         info = {"path": str(result.output.resolve()), "kind": result.mode, "sha256": result.output_sha256, "metadata": result.metadata}
         outcome.report, outcome.report_dir = audit_fresh_model(job, result.model, info, report_dir, plan.gates, ref)
+        if outcome.report["verdict"] == "fail" and not keep_on_fail:
+            remove_output(result.output)
+            outcome.removed = True
     return outcome
+
+
+def remove_output(path: Path) -> None:
+    """Remove an output this run published (a checkpoint, or an adapter folder of our files only)."""
+    import shutil
+
+    from .checkpoint import is_our_adapter_folder
+
+    if path.is_dir():
+        if is_our_adapter_folder(path):
+            shutil.rmtree(path)
+    elif path.is_file():
+        path.unlink()
 
 
 # ---------------------------------------------------------------- validate
@@ -369,3 +391,39 @@ def train_checkpoint(
     digest = write_merged(output, model.state_dict(), fields, force=force, protect=protect)
     return {"output": str(output), "sha256": digest, "train_size": len(data), "wall_time_s": wall,
             "exclude_forget": exclude_forget, **figures}
+
+
+# ---------------------------------------------------------------- merge
+
+def merge_adapter(adapter: str | Path, base: str | Path, output: str | Path, force: bool = False,
+                  code: CodePolicy = CodePolicy()) -> dict[str, Any]:
+    """`unlearn merge`: fold an adapter folder into its base checkpoint, giving a drop-in merged checkpoint.
+
+    The adapter's metadata names the architecture and its base's sha256; a different base is refused.
+    The output keeps the base's keys, shapes and dtypes and carries the adapter's provenance.
+    """
+    from .artifacts import AdapterArtifact, LoadContext
+    from .models import build_model
+    from .request import ModelSpec
+
+    adapter_art, base_art = AdapterArtifact(adapter), CheckpointArtifact(base)
+    fields = adapter_art.fields
+    if not isinstance(fields.get("model_arch"), str):
+        raise UnlearnError(f"adapter {adapter} records no model architecture (unlearn_metadata.json); merge an adapter written by `unlearn apply --adapter-only`")
+    output = Path(output)
+    check_output(output, "file", force, protect={"base checkpoint": Path(base), "adapter": Path(adapter)})
+    spec = ModelSpec(arch=fields["model_arch"], kwargs=fields.get("model_kwargs") or {})
+    policy = CodePolicy(code_paths=tuple(code.code_paths) + (Path(base).resolve().parent,), trust_code=code.trust_code)
+    make = lambda: build_model(spec, Path(base).resolve().parent, policy)  # noqa: E731
+    device = torch.device("cpu")
+    base_model = base_art.load(LoadContext(make_model=make, arch=spec.arch, device=device))
+    merged = adapter_art.load(LoadContext(make_model=make, arch=spec.arch, device=device, base=base_model, base_sha256=base_art.sha256))
+    state = {k: v.detach().to(base_art.dtypes[k]).cpu().contiguous() for k, v in merged.state_dict().items()}
+    bad = non_finite(state)
+    if bad:
+        raise DivergedError(f"the merged weights hold NaN/Inf (first: {bad[0][0]}); nothing was written")
+    out_fields = {**{k: v for k, v in fields.items() if k not in ("created_utc",)}, "merged_from_adapter_sha256": adapter_art.sha256,
+                  "created_utc": created_utc()}
+    digest = write_merged(output, state, file_fields(out_fields), force=force)
+    return {"output": str(output), "sha256": digest, "base_sha256": base_art.sha256, "adapter_sha256": adapter_art.sha256,
+            "method": fields.get("method"), "request_id": fields.get("request_id")}

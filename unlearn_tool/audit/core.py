@@ -127,10 +127,11 @@ def audit_warnings(unl: dict[str, Any], orig: dict[str, Any], ref: Optional[dict
             w.append(f"under-unlearning: MIA-Efficacy {unl['mia_efficacy']:.3f} is {pts(-d)} below the reference's {ref['mia_efficacy']:.3f}; the attack still calls the forget set members")
         elif d > MIA_TOLERANCE:
             w.append(f"over-unlearning: MIA-Efficacy {unl['mia_efficacy']:.3f} is {pts(d)} above the reference's {ref['mia_efficacy']:.3f}; the forget set looks less like training data than a retrained model's (Streisand effect)")
-        if unl.get("mia_loss_auc") is not None and ref.get("mia_loss_auc") is not None:
+        losses = (unl.get("mean_loss") or {}).get("forget"), (ref.get("mean_loss") or {}).get("forget")
+        if unl.get("mia_loss_auc") is not None and ref.get("mia_loss_auc") is not None and None not in losses:
             d = unl["mia_loss_auc"] - ref["mia_loss_auc"]
             if d > LOSS_AUC_TOLERANCE:
-                side = "under" if unl["mean_loss"]["forget"] < ref["mean_loss"]["forget"] else "over"
+                side = "under" if losses[0] < losses[1] else "over"
                 w.append(f"{side}-unlearning: the loss attack separates forget from test data better than on the reference (AUC {unl['mia_loss_auc']:.3f} vs {ref['mia_loss_auc']:.3f})")
     elif scenario == "sample":
         d = fa - ta
@@ -138,8 +139,9 @@ def audit_warnings(unl: dict[str, Any], orig: dict[str, Any], ref: Optional[dict
             w.append(f"under-unlearning: forget accuracy {fa:.3f} is {pts(d)} above test accuracy {ta:.3f}; forgotten samples are still fitted better than unseen data (no reference given)")
         elif d < -ACC_TOLERANCE:
             w.append(f"over-unlearning: forget accuracy {fa:.3f} is {pts(-d)} below test accuracy {ta:.3f}; forgotten samples look worse than unseen data, a detectable deletion (Streisand effect; no reference given)")
-        if unl.get("mia_loss_auc") is not None and unl["mia_loss_auc"] > 0.5 + LOSS_AUC_TOLERANCE:
-            side = "under" if unl["mean_loss"]["forget"] < unl["mean_loss"]["test"] else "over"
+        ml = unl.get("mean_loss") or {}
+        if unl.get("mia_loss_auc") is not None and unl["mia_loss_auc"] > 0.5 + LOSS_AUC_TOLERANCE and "forget" in ml and "test" in ml:
+            side = "under" if ml["forget"] < ml["test"] else "over"
             w.append(f"{side}-unlearning: the loss attack tells forget from test data apart (AUC {unl['mia_loss_auc']:.3f}; 0.5 is indistinguishable)")
     else:
         if fa > ACC_TOLERANCE:
