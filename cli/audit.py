@@ -79,6 +79,7 @@ def audit(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No summary table."),
     tier: str = typer.Option("standard", "--tier", help="standard (population attacks) or strong (adds per-example U-LiRA with shadow models, and relearn time; minutes)."),
     shadows: int = typer.Option(16, "--shadows", help="With --tier strong: shadow models (each a training run; cached)."),
+    ledger: Optional[Path] = typer.Option(None, "--ledger", metavar="FILE", help="The ledger of a checkpoint with a lineage (default <unlearned stem>.ledger.jsonl): earlier deletions are left out and re-checked for a relapse."),
     code_path: list[Path] = CodePathOpt,
     trust_code: bool = TrustCodeOpt,
 ) -> None:
@@ -88,5 +89,5 @@ def audit(
     with progress_bars(not quiet and not as_json) as progress:
         report, folder = commands.audit(request, original, unlearned, reference=reference, gates=gate or None, report_dir=report_dir,
                                        device=device, seed=seed, code=code_policy(code_path, trust_code), tier=tier, shadows=shadows,
-                                       progress=progress)
+                                       progress=progress, ledger=ledger)
     finish(report, folder, as_json, quiet)

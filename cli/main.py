@@ -36,7 +36,7 @@ def _print_before_after(before: dict, after: dict, title: str) -> None:
 @handle_errors
 def apply(
     checkpoint: Path = typer.Argument(..., help="Trained model (.safetensors)."),
-    request: Path = RequestOpt,
+    request: list[Path] = typer.Option(..., "--request", "-r", help="Deletion-request YAML (repeatable: several requests on the same model and data, applied in order, each a step of the lineage).", show_default=False),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output path (default <stem>.unlearned.safetensors beside the input)."),
     adapter_only: Optional[bool] = typer.Option(None, "--adapter-only/--merged", help="Write a PEFT adapter folder (LoRA methods) or merged weights; default: the request's output.mode.", show_default=False),
     method: Optional[str] = typer.Option(None, "--method", help="Override the request's method.name."),
@@ -49,6 +49,10 @@ def apply(
     audit: bool = typer.Option(False, "--audit", help="Audit the result right away (request's audit.gates and audit.reference); exit 3 if a gate fails."),
     report_dir: Optional[Path] = typer.Option(None, "--report-dir", help="With --audit: where to write the reports (default <output stem>.audit/)."),
     keep_on_fail: bool = typer.Option(True, "--keep-on-fail/--no-keep-on-fail", help="With --audit: keep the output when the verdict is fail (default; exit 3 either way), or remove it again."),
+    ledger: Optional[Path] = typer.Option(None, "--ledger", metavar="FILE", help="The JSON-lines ledger to read the checkpoint's lineage from and to extend (default <stem>.ledger.jsonl beside the checkpoint / the output)."),
+    ignore_lineage: bool = typer.Option(False, "--ignore-lineage", help="Do not exclude the checkpoint's earlier deletions from the data (when their ledger is lost)."),
+    record_ids: bool = typer.Option(False, "--record-ids", help="Also record the forgotten record IDs themselves in the output and the ledger (default: count and digest only)."),
+    allow_missing: bool = typer.Option(False, "--allow-missing", help="Forget the IDs that are in the data and report the others (default: unknown IDs are an error)."),
     code_path: list[Path] = CodePathOpt,
     trust_code: bool = TrustCodeOpt,
 ) -> None:
@@ -60,7 +64,8 @@ def apply(
     with progress_bars(not quiet and not as_json) as progress:
         outcome = commands.apply(request, checkpoint, method=method, params=params, output=output, adapter_only=adapter_only,
                                 force=force, device=device, seed=seed, code=code_policy(code_path, trust_code),
-                                audit=audit, report_dir=report_dir, keep_on_fail=keep_on_fail, progress=progress)
+                                audit=audit, report_dir=report_dir, keep_on_fail=keep_on_fail, ledger=ledger,
+                                ignore_lineage=ignore_lineage, record_ids=record_ids, allow_missing=allow_missing, progress=progress)
     result = outcome.result
     for w in result.warnings:
         err(f"warning: {w}")
@@ -75,6 +80,12 @@ def apply(
             err("test_acc counts every test sample, the forgotten classes included; test_remaining_acc is the utility on the classes kept")
         err(f"wrote {result.output} ({result.mode}) in {result.wall_time_s:.2f}s of unlearning"
             + (" — then removed it: the audit failed (--no-keep-on-fail)" if outcome.removed else ""))
+        summary = outcome.summary()
+        if summary.get("ledger"):
+            err(f"lineage: {summary['lineage_steps']} deletion(s) since the original; ledger {summary['ledger']}"
+                + (f"; {summary['excluded_earlier']} samples of earlier deletions left out of the data" if summary["excluded_earlier"] else ""))
+        if summary["missing_ids"]:
+            err(f"{len(summary['missing_ids'])} requested ID(s) are not in the data and were skipped (--allow-missing)")
     if outcome.report is not None:
         from .audit import finish
 
@@ -262,6 +273,44 @@ def merge(
         print_json(summary)
     else:
         err(f"wrote {output}: {base} + adapter {adapter} merged (sha256 {summary['sha256'][:12]}...); the forgotten data is now out of the weights")
+
+
+@app.command()
+@handle_errors
+def ledger(
+    args: list[str] = typer.Argument(..., help="CKPT to print its lineage, or `verify CKPT` to check every hash link.", metavar="[verify] CKPT"),
+    original: Optional[Path] = typer.Option(None, "--original", help="With verify: the checkpoint the chain starts from."),
+    ledger_file: Optional[Path] = typer.Option(None, "--ledger", metavar="FILE", help="The ledger (default <stem>.ledger.jsonl beside CKPT)."),
+    as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
+) -> None:
+    """Print a checkpoint's chain of deletions, or verify it (`verify CKPT --original O`; exit 3 when it does not verify)."""
+    from unlearn_tool import commands
+    from unlearn_tool.errors import GateFailure, UnlearnError
+
+    if args[0] == "verify":
+        if len(args) != 2 or original is None:
+            raise UnlearnError("usage: unlearn ledger verify CKPT --original ORIGINAL [--ledger FILE]")
+        info = commands.ledger_verify(Path(args[1]), original, ledger_file)
+        if as_json:
+            print_json(info)
+        else:
+            for p in info["problems"]:
+                err(f"problem: {p}")
+            typer.echo(plain(f"{'verified' if info['ok'] else 'NOT VERIFIED'}: {len(info['steps'])} step(s) from {info['original_sha256'][:12]}... "
+                             f"to {info['checkpoint_sha256'][:12]}... ({info['ledger']})"))
+        if not info["ok"]:
+            raise GateFailure(f"the lineage of {args[1]} does not verify: {info['problems'][0]}")
+        return
+    if len(args) != 1:
+        raise UnlearnError("usage: unlearn ledger CKPT, or unlearn ledger verify CKPT --original ORIGINAL")
+    info = commands.ledger_show(Path(args[0]), ledger_file)
+    if as_json:
+        print_json(info)
+        return
+    typer.echo(plain(f"{args[0]}: {len(info['steps'])} deletion(s) since original {info['original_sha256'][:12]}..."))
+    for step in info["steps"]:
+        typer.echo(plain(f"  step {step['step']}: request {step['request_id']} ({step['scenario']}, {step['forget_count']} samples, "
+                         f"digest {step['forget_digest'][:12]}...) by {step['method']} on {step['parent_sha256'][:12]}... at {step['created_utc']}"))
 
 
 @app.command()

@@ -16,12 +16,12 @@ if TYPE_CHECKING:
     from .pipeline import ApplyOutcome
 
 
-def apply(request: str | Path, checkpoint: str | Path, **options: Any) -> "ApplyOutcome":
-    """`unlearn apply` (options: see pipeline.apply_request)."""
-    req = load_request(request)
+def apply(request: "str | Path | Sequence[str | Path]", checkpoint: str | Path, **options: Any) -> "ApplyOutcome":
+    """`unlearn apply` (options: see pipeline.apply_request); several requests are applied in order."""
+    reqs = [load_request(r) for r in (request if isinstance(request, (list, tuple)) else [request])]
     from .pipeline import apply_request
 
-    return apply_request(req, checkpoint, **options)
+    return apply_request(reqs if len(reqs) > 1 else reqs[0], checkpoint, **options)
 
 
 def validate(request: str | Path, checkpoint: Optional[str | Path] = None, code: Optional["CodePolicy"] = None) -> dict[str, Any]:
@@ -62,3 +62,22 @@ def merge(adapter: str | Path, base: str | Path, output: str | Path, **options: 
     from .pipeline import merge_adapter
 
     return merge_adapter(adapter, base, output, **options)
+
+
+def ledger_show(checkpoint: Path, ledger: Optional[Path] = None) -> dict[str, Any]:
+    """`unlearn ledger CKPT`: the checkpoint's lineage (from its metadata)."""
+    from .artifacts import CheckpointArtifact
+    from .errors import UnlearnError
+    from .ledger import Lineage
+
+    lineage = Lineage.from_metadata(CheckpointArtifact(checkpoint).fields)
+    if lineage is None:
+        raise UnlearnError(f"{checkpoint} carries no lineage; it was not written by `unlearn apply`")
+    return lineage.to_json()
+
+
+def ledger_verify(checkpoint: Path, original: Path, ledger: Optional[Path] = None) -> dict[str, Any]:
+    """`unlearn ledger verify`: every hash link, and that the checkpoint is the chain's last output."""
+    from .ledger import verify
+
+    return verify(checkpoint, original, ledger)

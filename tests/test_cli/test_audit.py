@@ -155,4 +155,4 @@ def test_schema_ships_with_the_package():
     assert SCHEMA_PATH.exists() and SCHEMA_PATH.parent.name == "audit"
     assert json.loads(SCHEMA_PATH.read_text())["properties"]["schema"]["const"] == "unlearn.audit/v1"
     text = Path(__file__).resolve().parents[2].joinpath("pyproject.toml").read_text()
-    assert 'unlearn_tool = ["audit/*.json"]' in text
+    assert '"audit/*.json"' in text and '"examples/*.yaml"' in text

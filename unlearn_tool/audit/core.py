@@ -185,6 +185,7 @@ def run_audit(
     tier: str = "standard",
     shadows: int = 16,
     progress: Optional[Any] = None,
+    ledger: Optional[Path] = None,
 ) -> dict[str, Any]:
     """Audit an unlearned model against the original (and a retrained reference): the report.json dict.
 
@@ -208,6 +209,11 @@ def run_audit(
                          {"activation_distance": None, "js_divergence": None})
     models.setdefault("reference", None)
 
+    from .relapse import relapse_check
+
+    lineage = relapse_check(job, unlearned_model, (unlearned_info or {}).get("metadata") or {}, ledger, seed)
+    if lineage is not None:
+        models["unlearned"]["relapse_max"] = lineage["relapse_max"]
     gap = {"baseline": baseline, **gaps(models["unlearned"], models[baseline])}
     gate_rows, _ = evaluate_gates(parsed, models["unlearned"], models["original"], gap)
     stats = {k: distinguishability(v["forget"], v["test"], seed) for k, v in outs.items()}
@@ -224,6 +230,12 @@ def run_audit(
     if unlearned_info.get("kind") == "adapter":
         warnings.append(ADAPTER_AUDIT_WARNING)
     warnings += audit_warnings(models["unlearned"], models["original"], models["reference"], scenario)
+    if lineage is not None:
+        if lineage["problem"]:
+            warnings.append(f"lineage: {lineage['problem']}")
+        for k in lineage["relapsed"]:
+            warnings.append(f"relapse: the deletion of lineage step {k} became visible again (its forget accuracy rose more than "
+                            f"{lineage['tolerance']:.2f} since it was made)")
     meta = unlearned_info.get("metadata") or {}
     parent = meta.get("parent_sha256")
     if parent and job.checkpoint_sha256 and parent != job.checkpoint_sha256:
@@ -233,6 +245,7 @@ def run_audit(
         "schema": SCHEMA,
         "tier": tier,
         "strong": strong,
+        "lineage": lineage,
         "verdict": detail["verdict"],
         "verdict_detail": detail,
         "gates": gate_rows,

@@ -174,6 +174,21 @@ def statistics_rows(report: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
+def lineage_rows(report: dict[str, Any]) -> list[list[str]]:
+    """Earlier deletions of the lineage: then and now."""
+    rows = []
+    for r in ((report.get("lineage") or {}).get("steps") or []):
+        pct = lambda v: "-" if v is None else f"{100 * v:.1f}%"  # noqa: E731
+        rows.append([str(r["step"]), str(r.get("request_id")), str(r.get("forget_count")), pct(r.get("forget_acc_then")),
+                     pct(r.get("forget_acc_now")), pct(r.get("mia_efficacy_now")),
+                     "RELAPSED" if r.get("relapsed") else ("no" if r.get("relapsed") is False else r.get("problem", "-"))])
+    return rows
+
+
+LINEAGE_TEXT = ("Every earlier deletion of this checkpoint's lineage, re-checked: its forget accuracy right after it was made and now "
+                "(a rise above 5 points is a relapse: the deletion became visible again), and MIA-Efficacy on it now. Gate: relapse_max.")
+
+
 def strong_rows(report: dict[str, Any]) -> list[list[str]]:
     """The strong tier per model: U-LiRA AUC, TPR at 1% and 0.1% FPR, relearn steps."""
     strong = report.get("strong") or {}
@@ -234,6 +249,9 @@ def render_markdown(report: dict[str, Any]) -> str:
         parts += ["\n## Forget set against held-out data\n",
                   "Two-sample Kolmogorov-Smirnov tests (forget vs test) of per-sample loss and prediction entropy, and the loss attack's AUC with its 95% bootstrap interval (0.5 = indistinguishable).\n\n",
                   _md_table(["model", "KS loss", "KS entropy", "loss AUC [95% CI]"], statistics_rows(report))]
+    if lineage_rows(report):
+        parts += ["\n## Earlier deletions (lineage)\n", LINEAGE_TEXT + "\n\n",
+                  _md_table(["step", "request", "samples", "forget acc then", "now", "MIA-Efficacy now", "relapse"], lineage_rows(report))]
     if report.get("strong"):
         parts += ["\n## Per-example attack (U-LiRA) and relearn time\n", strong_text(report) + "\n\n",
                   _md_table(["model", "AUC", "TPR at 1% FPR", "TPR at 0.1% FPR", "relearn steps"], strong_rows(report))]
@@ -375,6 +393,9 @@ def render_html(report: dict[str, Any]) -> str:
         parts += ["<h2>Forget set against held-out data</h2>",
                   "<p class='small'>Two-sample Kolmogorov-Smirnov tests (forget vs test) of per-sample loss and prediction entropy, and the loss attack's AUC with its 95% bootstrap interval (0.5 = indistinguishable).</p>",
                   _html_table(["model", "KS loss", "KS entropy", "loss AUC [95% CI]"], statistics_rows(report))]
+    if lineage_rows(report):
+        parts += ["<h2>Earlier deletions (lineage)</h2>", f"<p class='small'>{e(LINEAGE_TEXT)}</p>",
+                  _html_table(["step", "request", "samples", "forget acc then", "now", "MIA-Efficacy now", "relapse"], lineage_rows(report))]
     if report.get("strong"):
         parts += ["<h2>Per-example attack (U-LiRA) and relearn time</h2>", f"<p class='small'>{e(strong_text(report))}</p>",
                   _html_table(["model", "AUC", "TPR at 1% FPR", "TPR at 0.1% FPR", "relearn steps"], strong_rows(report))]
