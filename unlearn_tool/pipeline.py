@@ -26,7 +26,7 @@ from .checkpoint import check_output, dtypes_of, non_finite
 from .errors import AuditError, DivergedError, MethodError, UnlearnError
 from .evaluate import stream
 from .job import Job, Progress, check_seed, describe_job, prepare, resolve_device, seed_everything  # noqa: F401 (re-exported)
-from .methods import MethodParams, check_applicable, get_method, parse_params, run_method
+from .methods import MethodParams, check_applicable, get_method, method_names, parse_params, run_method
 from .models import CodePolicy
 from .provenance import created_utc, file_fields
 from .request import Request, load_request, method_params_for
@@ -73,6 +73,9 @@ def default_output_path(checkpoint: Path, adapter: bool) -> Path:
     stem = checkpoint.name[: -len(".safetensors")] if checkpoint.name.endswith(".safetensors") else checkpoint.stem
     return checkpoint.with_name(f"{stem}.unlearned" + ("" if adapter else ".safetensors"))
 
+
+UNLABELLED_NOTE = ("the train split has no labels: the method read none, and the forget/retain figures here are agreement with the "
+                   "original model's predictions, not accuracy")
 
 ADAPTER_WARNING = (
     "adapter-only output: the forgotten data is still in the base weights; the deletion holds only while the "
@@ -375,7 +378,11 @@ def apply_request(
             entries = L.read_ledger(ledger_in)
             resolve = lambda train, sha: L.resolve_excluded(lineage, entries, ledger_in, train.ids, sha)  # noqa: E731
 
-    job = prepare(first, checkpoint, device=device, seed=seed, code=code, excluded_for=resolve, allow_missing=allow_missing)
+    label_free = get_method(plans[0].method).label_free
+    job = prepare(first, checkpoint, device=device, seed=seed, code=code, excluded_for=resolve, allow_missing=allow_missing,
+                  needs_labels=not label_free)
+    if not job.splits.train.labelled:
+        notes.append(UNLABELLED_NOTE)
     reference = None
     if plans[0].audit and plans[0].reference is not None:
         reference = CheckpointArtifact(plans[0].reference)
@@ -390,7 +397,7 @@ def apply_request(
         if k > 0:  # the next request runs on the previous result, with everything forgotten so far left out of its data
             gone = torch.cat([gone, job.splits.forget_positions])
             previous = job
-            job = prepare(req, None, device=device, seed=seed, code=code, allow_missing=allow_missing,
+            job = prepare(req, None, device=device, seed=seed, code=code, allow_missing=allow_missing, needs_labels=not label_free,
                           excluded_for=lambda train, sha, g=gone: torch.cat([resolve(train, sha), g]) if resolve else g)
             job.original, job.artifact = step.model, previous.artifact  # the input's dtypes and file stay the reference
         step = unlearn_step(job, plan, progress)
@@ -446,8 +453,13 @@ def validate_request(request: "str | Path | Request", checkpoint: Optional[str |
     req = load_request(request)  # schema first: no torch needed to reject a malformed request
     parse_params(req.method.name, req.method.params)
     check_applicable(req.method.name, "classification", req.forget.scenario)
-    job = prepare(req, checkpoint, device="cpu", code=code)
-    return {"ok": True, **describe_job(job), "checkpoint_matches": req.model.arch if checkpoint else None}
+    job = prepare(req, checkpoint, device="cpu", code=code, needs_labels=not get_method(req.method.name).label_free)
+    info = {"ok": True, **describe_job(job), "checkpoint_matches": req.model.arch if checkpoint else None,
+            "train_labelled": job.splits.train.labelled}
+    if not job.splits.train.labelled:
+        info["note"] = ("the train split has no labels: only label-free methods can run on it ("
+                        + ", ".join(n for n in method_names() if get_method(n).label_free) + "); the audit measures accuracy on the labelled test split")
+    return info
 
 
 # ---------------------------------------------------------------- train

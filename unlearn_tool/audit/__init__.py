@@ -112,7 +112,7 @@ def audit_request(
         raise AuditError(f"--shadows {shadows}: give 2..1024 (each shadow is a full training run; 16 is the default)")
     ledger_path = Path(ledger) if ledger is not None else None
     resolve = _earlier_deletions(unlearned, ledger_path, req.sha256)
-    job = prepare(req, original, device=device, seed=seed, code=code or CodePolicy(), excluded_for=resolve)
+    job = prepare(req, original, device=device, seed=seed, code=code or CodePolicy(), excluded_for=resolve, needs_labels=False)
     return audit_files(job, unlearned, ref, parsed, report_dir, tier=tier, shadows=shadows, progress=progress, ledger=ledger_path)
 
 
