@@ -18,10 +18,16 @@ if TYPE_CHECKING:
 
 def apply(request: "str | Path | Sequence[str | Path]", checkpoint: str | Path, **options: Any) -> "ApplyOutcome":
     """`unlearn apply` (options: see pipeline.apply_request); several requests are applied in order."""
-    reqs = [load_request(r) for r in (request if isinstance(request, (list, tuple)) else [request])]
-    from .pipeline import apply_request
+    import time
 
-    return apply_request(reqs if len(reqs) > 1 else reqs[0], checkpoint, **options)
+    reqs = [load_request(r) for r in (request if isinstance(request, (list, tuple)) else [request])]
+    t = time.perf_counter()
+    from .pipeline import apply_request  # torch, the methods (peft only when a LoRA method runs)
+
+    imports_s = time.perf_counter() - t
+    outcome = apply_request(reqs if len(reqs) > 1 else reqs[0], checkpoint, **options)
+    outcome.timings = {"imports_s": imports_s, **outcome.timings}
+    return outcome
 
 
 def validate(request: str | Path, checkpoint: Optional[str | Path] = None, code: Optional["CodePolicy"] = None) -> dict[str, Any]:

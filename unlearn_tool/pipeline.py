@@ -191,13 +191,16 @@ class StepResult:
     wall_time_s: float
     info: dict[str, Any]
     log: list[str]
+    summary_s: float = 0.0  # the before/after summary's time
 
 
 def unlearn_step(job: Job, plan: ApplyPlan, progress: Optional[Progress] = None) -> StepResult:
     """Run the plan's method on the job's original; refuse a non-finite result; summarise before and after."""
     if job.original is None:
         raise UnlearnError("apply needs a checkpoint; give the trained model's .safetensors file")
+    t = time.perf_counter()
     before = utility(job.original, job)
+    summary_s = time.perf_counter() - t
     ctx = job.context(progress=progress)
     job.seed_everything()
     result, wall = run_method(plan.method, ctx, plan.params)
@@ -207,7 +210,10 @@ def unlearn_step(job: Job, plan: ApplyPlan, progress: Optional[Progress] = None)
     if bad:
         raise DivergedError(f"unlearning diverged: {len(bad)} tensor(s) of the result hold NaN/Inf (first: {bad[0][0]}); "
                             f"nothing was written; lower the learning rate or check the method's parameters")
-    return StepResult(model, result.adapter_model, state, before, utility(model, job), wall, result.info, list(ctx.log))
+    t = time.perf_counter()
+    after = utility(model, job)
+    summary_s += time.perf_counter() - t
+    return StepResult(model, result.adapter_model, state, before, after, wall, result.info, list(ctx.log), summary_s)
 
 
 def apply(
@@ -300,6 +306,7 @@ class ApplyOutcome:
     report: Optional[dict[str, Any]] = None
     report_dir: Optional[Path] = None
     removed: bool = False  # the output was removed again because the audit failed (keep_on_fail=False)
+    timings: dict[str, float] = field(default_factory=dict)  # where the run's time went (seconds)
 
     def summary(self) -> dict[str, Any]:
         out = self.result.as_dict(self.job)
@@ -309,6 +316,7 @@ class ApplyOutcome:
             out["lineage_steps"] = len(chain.steps)
             out["forget_digest"] = chain.steps[-1]["forget_digest"]
             out["ledger"] = str(getattr(self.result, "ledger", ""))
+        out["timings"] = {k: round(v, 4) for k, v in self.timings.items()}
         splits = self.job.splits
         out["missing_ids"] = list(splits.missing_ids)
         out["excluded_earlier"] = splits.excluded
@@ -379,6 +387,7 @@ def apply_request(
             resolve = lambda train, sha: L.resolve_excluded(lineage, entries, ledger_in, train.ids, sha)  # noqa: E731
 
     label_free = get_method(plans[0].method).label_free
+    t_prepare = time.perf_counter()
     job = prepare(first, checkpoint, device=device, seed=seed, code=code, excluded_for=resolve, allow_missing=allow_missing,
                   needs_labels=not label_free)
     if not job.splits.train.labelled:
@@ -391,6 +400,7 @@ def apply_request(
         raise UnlearnError(f"output {plans[0].output} is the input checkpoint; inputs are never overwritten, choose another --output")
 
     t0 = time.perf_counter()
+    timings = {"prepare_s": t0 - t_prepare, "summary_s": 0.0, "method_s": 0.0}
     lineage = lineage or L.Lineage(original_sha256=parent.sha256, data_sha256=job.data_sha256)
     parent_sha, in_run_steps, step_jobs, gone = parent.sha256, [], [], torch.zeros(0, dtype=torch.long)
     for k, (req, plan) in enumerate(zip(requests, plans)):
@@ -401,12 +411,15 @@ def apply_request(
                           excluded_for=lambda train, sha, g=gone: torch.cat([resolve(train, sha), g]) if resolve else g)
             job.original, job.artifact = step.model, previous.artifact  # the input's dtypes and file stay the reference
         step = unlearn_step(job, plan, progress)
+        timings["summary_s"] += step.summary_s
+        timings["method_s"] += step.wall_time_s
         step_jobs.append(job)
         if k < len(requests) - 1:
             in_run_steps.append(L.new_step(L.Lineage(lineage.original_sha256, lineage.data_sha256, lineage.steps + in_run_steps), req,
                                            plan.method, job.splits, parent_sha, created_utc(), step.after.get("forget_acc"), record_ids))
             parent_sha = L.state_sha256(step.state)  # an in-run result is never a file: its digest is its tensors'
     final_plan = dataclasses.replace(plans[-1], output=plans[0].output, force=plans[0].force, adapter=plans[0].adapter)
+    t_write = time.perf_counter()
     result = write_step(job, final_plan, step, parent_sha, lineage, record_ids, t0, in_run_steps)
     result.warnings[:0] = notes
 
@@ -420,13 +433,16 @@ def apply_request(
         where = result.output if out_sha == result.output_sha256 else Path(f"in-run step {s_step['step']}")
         entries = entries + [L.append(ledger_out, entries, s_step, where, out_sha, L.store_forget_set(ledger_out, s_step, s_job.splits))]
     result.ledger = ledger_out  # type: ignore[attr-defined]
-    outcome = ApplyOutcome(job, result)
+    timings["write_s"] = time.perf_counter() - t_write
+    outcome = ApplyOutcome(job, result, timings=timings)
     if plans[0].audit:
         from .audit import audit_fresh_model
 
         ref = (reference_model, reference.info()) if reference is not None else None
         info = {"path": str(result.output.resolve()), "kind": result.mode, "sha256": result.output_sha256, "metadata": result.metadata}
+        t_audit = time.perf_counter()
         outcome.report, outcome.report_dir = audit_fresh_model(job, result.model, info, report_dir, plans[0].gates, ref)
+        timings["audit_s"] = time.perf_counter() - t_audit
         if outcome.report["verdict"] == "fail" and not keep_on_fail:
             remove_output(result.output)
             outcome.removed = True
