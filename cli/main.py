@@ -67,6 +67,8 @@ def apply(
                                 audit=audit, report_dir=report_dir, keep_on_fail=keep_on_fail, ledger=ledger,
                                 ignore_lineage=ignore_lineage, record_ids=record_ids, allow_missing=allow_missing, progress=progress)
     result = outcome.result
+    if result is None:  # another rank than 0 under torchrun: rank 0 reports
+        return
     for w in result.warnings:
         err(f"warning: {w}")
     outcome.timings = {"startup_s": _since_process_start() - sum(outcome.timings.values()), **outcome.timings,
@@ -216,6 +218,8 @@ def train(
         summary = commands.train(request, output, options=options,
                                 exclude_forget=exclude_forget, force=force, device=device, seed=seed,
                                 code=code_policy(code_path, trust_code), progress=progress)
+    if summary["output"] is None:  # another rank than 0 under torchrun: rank 0 reports
+        return
     if as_json:
         print_json(summary)
     elif not quiet:

@@ -22,9 +22,12 @@ def apply(request: "str | Path | Sequence[str | Path]", checkpoint: str | Path, 
 
     reqs = [load_request(r) for r in (request if isinstance(request, (list, tuple)) else [request])]
     t = time.perf_counter()
+    from .distributed import device_for, setup
     from .pipeline import apply_request  # torch, the methods (peft only when a LoRA method runs)
 
     imports_s = time.perf_counter() - t
+    setup(options.get("device", "auto"))
+    options["device"] = device_for(options.get("device", "auto"))
     outcome = apply_request(reqs if len(reqs) > 1 else reqs[0], checkpoint, **options)
     outcome.timings = {"imports_s": imports_s, **outcome.timings}
     return outcome
@@ -42,8 +45,11 @@ def validate(request: str | Path, checkpoint: Optional[str | Path] = None, code:
 def train(request: str | Path, output: str | Path, **options: Any) -> dict[str, Any]:
     """`unlearn train` (options: see pipeline.train_request)."""
     req = load_request(request)
+    from .distributed import device_for, setup
     from .pipeline import train_request
 
+    setup(options.get("device", "auto"))
+    options["device"] = device_for(options.get("device", "auto"))
     return train_request(req, output, **options)
 
 

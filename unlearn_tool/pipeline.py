@@ -419,6 +419,10 @@ def apply_request(
                                            plan.method, job.splits, parent_sha, created_utc(), step.after.get("forget_acc"), record_ids))
             parent_sha = L.state_sha256(step.state)  # an in-run result is never a file: its digest is its tensors'
     final_plan = dataclasses.replace(plans[-1], output=plans[0].output, force=plans[0].force, adapter=plans[0].adapter)
+    from .distributed import is_writer
+
+    if not is_writer():  # under torchrun, rank 0 writes the output, the ledger and the audit; the others are done
+        return ApplyOutcome(job, None, timings=timings)  # type: ignore[arg-type]
     t_write = time.perf_counter()
     result = write_step(job, final_plan, step, parent_sha, lineage, record_ids, t0, in_run_steps)
     result.warnings[:0] = notes
@@ -521,7 +525,10 @@ def train_checkpoint(
     job.seed_everything()
     model = job.make_model()
     start = time.perf_counter()
-    fit(model, data, config, job.device, torch.Generator().manual_seed(job.seed), progress, task="train")
+    from .distributed import data_parallel, is_writer
+
+    with data_parallel():  # under torchrun: batches split over the ranks, gradients averaged (one process: no-op)
+        fit(model, data, config, job.device, torch.Generator().manual_seed(job.seed), progress, task="train")
     wall = time.perf_counter() - start
     bad = non_finite(model.state_dict())
     if bad:
@@ -529,6 +536,8 @@ def train_checkpoint(
     figures = utility(model, job)
     fields = output_fields(job, trained_on="retain" if exclude_forget else "train", train_config=config.model_dump(),
                            wall_time_s=round(wall, 4))
+    if not is_writer():  # rank 0 writes; the other ranks' weights are the same
+        return {"output": None, "sha256": None, "train_size": len(data), "wall_time_s": wall, "exclude_forget": exclude_forget, **figures}
     digest = write_merged(output, model.state_dict(), fields, force=force, protect=protect)
     return {"output": str(output), "sha256": digest, "train_size": len(data), "wall_time_s": wall,
             "exclude_forget": exclude_forget, **figures}
