@@ -19,6 +19,16 @@ if TYPE_CHECKING:
 def apply(request: str | Path, checkpoint: str | Path, **options: Any) -> "ApplyOutcome":
     """`unlearn apply` (options: see pipeline.apply_request)."""
     req = load_request(request)
+    from .exact import is_exact_folder
+
+    if is_exact_folder(checkpoint):  # an exact artifact is unlearned by deactivating what saw the data
+        from .exact.run import apply_exact_request
+
+        return apply_exact_request(req, checkpoint, **options)  # type: ignore[return-value]
+    if options.pop("retrain_affected", False):
+        from .errors import MethodError
+
+        raise MethodError(f"--retrain-affected: {checkpoint} is not an exact artifact; only `unlearn train --exact` folders have stages to retrain")
     from .pipeline import apply_request
 
     return apply_request(req, checkpoint, **options)
@@ -27,15 +37,31 @@ def apply(request: str | Path, checkpoint: str | Path, **options: Any) -> "Apply
 def validate(request: str | Path, checkpoint: Optional[str | Path] = None, code: Optional["CodePolicy"] = None) -> dict[str, Any]:
     """`unlearn validate`: every check a run makes, without training."""
     req = load_request(request)
+    from .exact import is_exact_folder
     from .models import CodePolicy
+
+    if checkpoint is not None and is_exact_folder(checkpoint):
+        from .exact.run import validate_exact_request
+
+        return validate_exact_request(req, checkpoint, code=code or CodePolicy())
     from .pipeline import validate_request
 
     return validate_request(req, checkpoint, code=code or CodePolicy())
 
 
-def train(request: str | Path, output: str | Path, **options: Any) -> dict[str, Any]:
-    """`unlearn train` (options: see pipeline.train_request)."""
+def train(request: str | Path, output: str | Path, exact: Optional[str] = None, **options: Any) -> dict[str, Any]:
+    """`unlearn train` (options: see pipeline.train_request); with `exact` (s3t, sisa) an exact-unlearning artifact folder:
+    the training options and `regularizer_params` (--param) become that method's parameters."""
+    if exact is not None:
+        from .exact import check_exact_method
+
+        check_exact_method(exact)
     req = load_request(request)
+    if exact is not None:
+        from .exact.run import exact_train_params, train_exact_request
+
+        params = exact_train_params(options.pop("options", None) or {})
+        return train_exact_request(req, output, exact, params=params, **options)
     from .pipeline import train_request
 
     return train_request(req, output, **options)

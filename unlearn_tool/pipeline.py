@@ -21,7 +21,7 @@ from torch import nn
 from . import __version__
 from .artifacts import CheckpointArtifact, write_adapter, write_merged
 from .audit.registry import finite
-from .checkpoint import check_output, dtypes_of, non_finite
+from .checkpoint import check_output, dtypes_of, load_into, non_finite
 from .errors import AuditError, DivergedError, MethodError, UnlearnError
 from .evaluate import stream
 from .job import Job, Progress, check_seed, describe_job, prepare, resolve_device, seed_everything  # noqa: F401 (re-exported)
@@ -327,17 +327,24 @@ def train_request(
     seed: Optional[int] = None,
     code: CodePolicy = CodePolicy(),
     progress: Optional[Progress] = None,
+    init: Optional[str | Path] = None,
 ) -> dict[str, Any]:
-    """`unlearn train`: options, request, seed and output checked first; then data, model and training."""
+    """`unlearn train`: options, request, seed, output and --init checked first; then data, model and training.
+
+    init: start from this checkpoint's weights (a pre-trained backbone) instead of a random initialisation.
+    """
     from .training import train_config
 
     config = train_config(**(options or {}))
     req = load_request(request)
     if seed is not None:
         check_seed(seed)
-    check_output(Path(output), "file", force, protect={"request": req.path})
+    check_output(Path(output), "file", force, protect={"request": req.path, "init checkpoint": Path(init) if init else None})
+    start = CheckpointArtifact(init) if init is not None else None
+    if start is not None:
+        start.tensors  # noqa: B018 - a missing or unreadable --init fails before any work
     job = prepare(req, None, device=device, seed=seed, code=code)
-    return train_checkpoint(job, output, config, exclude_forget=exclude_forget, force=force, progress=progress)
+    return train_checkpoint(job, output, config, exclude_forget=exclude_forget, force=force, progress=progress, init=start)
 
 
 def train_checkpoint(
@@ -347,16 +354,19 @@ def train_checkpoint(
     exclude_forget: bool = False,
     force: bool = False,
     progress: Optional[Progress] = None,
+    init: Optional[CheckpointArtifact] = None,
 ) -> dict[str, Any]:
-    """Train the request's architecture from scratch (optionally without the forget set) and write it atomically."""
+    """Train the request's architecture from scratch, or from `init`'s weights (optionally without the forget set), and write it atomically."""
     from .training import fit
 
     output = Path(output)
-    protect = {"request": job.request.path}
+    protect = {"request": job.request.path, "init checkpoint": init.path if init is not None else None}
     check_output(output, "file", force, protect=protect)
     data = job.splits.retain if exclude_forget else job.splits.train
     job.seed_everything()
     model = job.make_model()
+    if init is not None:
+        model = load_into(model, init.tensors, job.request.model.arch, init.path)
     start = time.perf_counter()
     fit(model, data, config, job.device, torch.Generator().manual_seed(job.seed), progress, task="train")
     wall = time.perf_counter() - start
@@ -365,7 +375,7 @@ def train_checkpoint(
         raise DivergedError(f"training diverged: {len(bad)} tensor(s) hold NaN/Inf (first: {bad[0][0]}); nothing was written; lower --lr")
     figures = utility(model, job)
     fields = output_fields(job, trained_on="retain" if exclude_forget else "train", train_config=config.model_dump(),
-                           wall_time_s=round(wall, 4))
+                           wall_time_s=round(wall, 4), **({"init_sha256": init.sha256} if init is not None else {}))
     digest = write_merged(output, model.state_dict(), fields, force=force, protect=protect)
     return {"output": str(output), "sha256": digest, "train_size": len(data), "wall_time_s": wall,
             "exclude_forget": exclude_forget, **figures}
