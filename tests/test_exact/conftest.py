@@ -10,7 +10,7 @@ import pytest
 from conftest import invoke, write_request
 
 S3T = ["--exact", "s3t", "--param", "shards=2", "--param", "slices=3", "--param", "sequences=2", "--param", "epochs=2"]
-SISA = ["--exact", "sisa", "--param", "shards=2", "--param", "slices=3", "--param", "epochs=6"]
+SISA = ["--exact", "sisa", "--param", "shards=2", "--param", "slices=3", "--param", "epochs=6", "--param", "min_steps=16"]
 
 
 def assignment(folder: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -173,3 +173,14 @@ def test_force_replaces_an_exact_artifact_but_never_a_foreign_folder(deleted, ex
     r = invoke("apply", original, "-r", exact_dir / "delete.yaml", "-o", target, "--force", "--quiet")
     assert r.exit_code == 2 and "did not write" in r.stderr
     assert (target / "thesis.tex").read_text() == "years of work"
+
+
+def test_apply_audit_on_an_exact_artifact(exact_dir, tmp_path):
+    out = tmp_path / "audited"
+    r = invoke("apply", exact_dir / "s3t", "-r", exact_dir / "delete.yaml", "-o", out, "--audit", "--report-dir", tmp_path / "rep",
+               "--quiet")
+    assert r.exit_code == 0, r.stderr
+    report = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert report["provenance"]["sha256"]["original"] == sha256_file(exact_dir / "s3t" / "manifest.json")
+    assert report["provenance"]["sha256"]["unlearned"] == sha256_file(out / "manifest.json")
+    assert any(w.startswith("exact unlearning (s3t)") for w in report["warnings"])

@@ -19,6 +19,7 @@ class ExactParams(SaneParams):
     optimizer: Literal["adam", "sgd"] = Field("adam", description="adam, or sgd with momentum 0.9 (a fresh optimizer per stage).")
     batch_size: int = Field(64, ge=1, description="Training batch size.")
     aggregation: Literal["mean", "vote"] = Field("mean", description="mean of the shards' logits, or a majority vote (ties broken by mean probability).")
+    min_steps: int = Field(0, ge=0, description="At least this many optimizer steps per stage (more epochs for a small stage's data), so short prefixes are trained too.")
 
     def components(self) -> int:
         return self.shards * self.slices * getattr(self, "sequences", 1)
@@ -81,3 +82,11 @@ def stage_epochs(params: ExactParams, stages: int) -> list[int]:
         out = [int(r * avg) - int((r - 1) * avg) for r in range(1, stages + 1)]
         return [max(1, e) for e in out]
     return [params.epochs] * stages
+
+
+def effective_epochs(p: ExactParams, epochs: int, samples: int) -> int:
+    """A stage's epochs: its scheduled `epochs`, raised so that it takes at least `min_steps` optimizer steps."""
+    if p.min_steps <= 0 or samples <= 0:
+        return epochs
+    per_epoch = -(-samples // p.batch_size)
+    return max(epochs, -(-p.min_steps // per_epoch))

@@ -48,7 +48,7 @@ from .manifest import (
     dump_manifest,
     plan_deletion,
 )
-from .params import ExactParams, S3TParams, parse_exact_params, stage_epochs
+from .params import ExactParams, S3TParams, effective_epochs, parse_exact_params, stage_epochs
 from .train import Tensors, s3t_layers, train_sequence
 
 if TYPE_CHECKING:
@@ -151,7 +151,7 @@ def full_retrain_cost(m: Manifest, shard_of: np.ndarray, slice_of: np.ndarray, e
         epochs = stage_epochs(params, len(sh.slice_sizes))
         for seq in sh.sequences:
             for i, idx in enumerate(stage_indices(shard_of, slice_of, sh.shard, seq.order, excluded)):
-                total += len(idx) * epochs[i]
+                total += len(idx) * effective_epochs(params, epochs[i], len(idx))
     return total
 
 
@@ -228,7 +228,7 @@ def train_artifact(job: Job, method: str, p: ExactParams, output: Path, init: Op
             progress(f"train {method}", done[0], total_stages)
 
     shards, components = [], {}
-    sample_epochs = 0
+    sample_epochs = steps = 0
     for k in range(p.shards):
         seqs = []
         for b, order in enumerate(orders[k]):
@@ -243,6 +243,7 @@ def train_artifact(job: Job, method: str, p: ExactParams, output: Path, init: Op
                 stages.append(st)
                 components[(k, b, i)] = res.tensors
                 sample_epochs += res.sample_epochs
+                steps += res.steps
             seqs.append(SequenceEntry(sequence=b, order=order, prefix=len(order), stages=stages))
         sizes = [int(np.sum((shard_of == k) & (slice_of == s))) for s in range(p.slices)]
         shards.append(ShardEntry(shard=k, size=int(np.sum(shard_of == k)), slice_sizes=sizes, sequences=seqs))
@@ -260,7 +261,7 @@ def train_artifact(job: Job, method: str, p: ExactParams, output: Path, init: Op
         assignment=AssignmentEntry(file=ASSIGNMENT_FILE, sha256="0" * 64, digest=assign.digest(shard_of, slice_of), rule=assign.ASSIGNMENT_RULE,
                                    order=p.order if isinstance(p, S3TParams) else "single", deletion_weights_sha256=weights_sha),
         aggregation=p.aggregation,
-        training=_volatile({"stages": len(components), "sample_epochs": sample_epochs, "normal_run_sample_epochs": n * 40,
+        training=_volatile({"stages": len(components), "sample_epochs": sample_epochs, "steps": steps, "normal_run_sample_epochs": n * 40,
                             "excluded": len(excluded), "wall_time_s": round(wall, 4), "device": str(job.device)}),
         shards=shards,
     )
@@ -285,7 +286,7 @@ def train_artifact(job: Job, method: str, p: ExactParams, output: Path, init: Op
     return {"output": str(output), "kind": "exact", "method": method, "params": m.params, "sha256": manifest_sha,
             "train_size": n, "excluded": len(excluded), "shards": p.shards, "slices": p.slices,
             "sequences": getattr(p, "sequences", 1), "components": len(components), "sample_epochs": sample_epochs,
-            "normal_run_sample_epochs": n * 40, "wall_time_s": wall, "exclude_forget": exclude_forget,
+            "steps": steps, "normal_run_sample_epochs": n * 40, "normal_run_steps": -(-n // 64) * 40, "wall_time_s": wall, "exclude_forget": exclude_forget,
             "budget": m.budget(), "warnings": warnings, **figures}
 
 
@@ -486,7 +487,7 @@ def _retrain_truncated(m: Manifest, artifact: EnsembleArtifact, job: Job, shard_
 
     start = time.perf_counter()
     new: dict[tuple[int, int, int], Tensors] = {}
-    sample_epochs = 0
+    sample_epochs = steps = 0
     for sh, seq in todo:
         k, b, p = sh.shard, seq.sequence, seq.prefix
         earlier = [read_checkpoint(artifact.path / (st.file or ""))[0] for st in seq.stages[:p]]
@@ -501,10 +502,11 @@ def _retrain_truncated(m: Manifest, artifact: EnsembleArtifact, job: Job, shard_
             st.excluded = excluded_in(st.slices, k, shard_of, slice_of, excluded)
             new[(k, b, i)] = res.tensors
             sample_epochs += res.sample_epochs
+            steps += res.steps
         seq.prefix = len(seq.stages)
     wall = time.perf_counter() - start
     full = full_retrain_cost(m, shard_of, slice_of, excluded)
-    return new, {"stages": len(new), "sample_epochs": sample_epochs, "full_retrain_sample_epochs": full,
+    return new, {"stages": len(new), "sample_epochs": sample_epochs, "steps": steps, "full_retrain_sample_epochs": full,
                  "fraction_of_full_retrain": round(sample_epochs / full, 6) if full else 0.0, "wall_time_s": round(wall, 4)}
 
 

@@ -35,7 +35,7 @@ from ..data import LabelledData
 from ..errors import CheckpointError, MethodError
 from ..lora import lora_capable_layers
 from ..training import make_optimizer
-from .params import ExactParams, S3TParams, stage_epochs
+from .params import ExactParams, S3TParams, effective_epochs, stage_epochs
 
 Progress = Callable[[str, int, int], None]
 Tensors = dict[str, torch.Tensor]
@@ -140,6 +140,7 @@ class StageResult:
     samples: int
     epochs: int
     sample_epochs: int
+    steps: int = 0  # optimizer steps
 
 
 @dataclass
@@ -202,10 +203,11 @@ def train_sequence(
             for q in params:
                 q.requires_grad_(True)
             data = train.subset(stage_indices[i])
-            _fit(stacked.model, stacked.model, params, data, epochs[i], p, gen, device, train_mode=False)
+            e = effective_epochs(p, epochs[i], len(data))
+            _fit(stacked.model, stacked.model, params, data, e, p, gen, device, train_mode=False)
             for q in params:
                 q.requires_grad_(False)
-            out.append(StageResult(stacked.component(i), len(data), epochs[i], len(data) * epochs[i]))
+            out.append(StageResult(stacked.component(i), len(data), e, len(data) * e, -(-len(data) // p.batch_size) * e))
             if progress:
                 progress()
         return out
@@ -217,9 +219,10 @@ def train_sequence(
         params = [q for q in model.parameters()]
         for q in params:
             q.requires_grad_(True)
-        _fit(model, model, params, data, epochs[i], p, gen, device, train_mode=True)
+        e = effective_epochs(p, epochs[i], len(data))
+        _fit(model, model, params, data, e, p, gen, device, train_mode=True)
         state = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
-        out.append(StageResult(state, len(data), epochs[i], len(data) * epochs[i]))
+        out.append(StageResult(state, len(data), e, len(data) * e, -(-len(data) // p.batch_size) * e))
         if progress:
             progress()
     return out
