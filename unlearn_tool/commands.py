@@ -78,6 +78,13 @@ def audit(request: str | Path, original: str | Path, unlearned: str | Path, **op
 def bench(request: str | Path, checkpoint: str | Path, methods: str | Sequence[str], **options: Any) -> tuple[dict[str, Any], Path]:
     """`unlearn bench` (options: see bench.bench_request)."""
     req = load_request(request)
+    from .exact import is_exact_folder
+
+    if is_exact_folder(checkpoint):
+        from .errors import MethodError
+
+        raise MethodError(f"{checkpoint} is an exact artifact; bench runs approximate methods on a checkpoint. Delete from it with "
+                          "unlearn apply, audit it with unlearn audit, compare with benchmarks/exact_digits.py")
     from .bench import bench_request
 
     return bench_request(req, checkpoint, methods, **options)

@@ -63,3 +63,26 @@ def test_sisa_schedule_spends_about_the_epoch_budget():
         parse_exact_params("s3t", {"sequences": 5, "slices": 4})
     with pytest.raises(MethodError, match="unknown parameter"):
         parse_exact_params("sisa", {"sequences": 2})
+
+
+def test_bms_training_records_its_orders_and_weights(exact_dir, tmp_path):
+    import json
+
+    from conftest import invoke
+    from unlearn_tool.checkpoint import sha256_file
+
+    from .conftest import assignment
+
+    shard, slc = assignment(exact_dir / "s3t")  # same seed and sizes: the same assignment
+    w = np.full(len(shard), 0.001)
+    w[(shard == 0) & (slc == 0)] = 0.5  # shard 0's slice 0 is likely to be deleted
+    weights = tmp_path / "w.txt"
+    weights.write_text("\n".join(map(str, w)) + "\n")
+    r = invoke("train", "-r", exact_dir / "train.yaml", "-o", tmp_path / "art", "--init", exact_dir / "base.safetensors",
+               "--exact", "s3t", "--param", "shards=2", "--param", "slices=3", "--param", "sequences=2", "--param", "epochs=1",
+               "--param", "order=bms", "--param", f"deletion_weights={weights}", "--quiet")
+    assert r.exit_code == 0, r.stderr
+    m = json.loads((tmp_path / "art" / "manifest.json").read_text())
+    assert m["assignment"]["order"] == "bms" and m["assignment"]["deletion_weights_sha256"] == sha256_file(weights)
+    orders = [s["order"] for s in m["shards"][0]["sequences"]]
+    assert all(o[-1] == 0 for o in orders) and orders[0][0] != orders[1][0]

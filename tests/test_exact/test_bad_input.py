@@ -151,6 +151,11 @@ def test_output_inside_the_input_artifact_or_over_it(art):
     assert tree(art) == before
 
 
+def test_bench_refuses_an_exact_artifact(art):
+    rejected(invoke("bench", "-r", art.parent / "delete.yaml", art, "--methods", "rfa", "--report-dir", art.parent / "b"), "is an exact artifact")
+    assert not (art.parent / "b").exists()
+
+
 def test_retrain_affected_needs_an_exact_artifact(exact_dir, tmp_path):
     rejected(invoke("apply", exact_dir / "base.safetensors", "-r", exact_dir / "delete.yaml", "-o", tmp_path / "o.safetensors",
                     "--retrain-affected", "--quiet"), "not an exact artifact")

@@ -414,8 +414,14 @@ def apply_exact_request(
                         retrained=[list(t) for t in sorted(new_components)], parent_manifest_sha256=artifact.sha256,
                         created_utc=created_utc(), figures={})
     new.deletions.append(deletion)
-    copy_base = lambda dst: shutil.copyfile(artifact_path / m.base.file, dst)  # noqa: E731
-    copy_assignment = lambda dst: shutil.copyfile(artifact_path / m.assignment.file, dst)  # noqa: E731
+    def copier(rel: str, want: str) -> Any:
+        def copy(dst: Path) -> None:
+            shutil.copyfile(artifact_path / rel, dst)
+            if sha256_file(dst) != want:  # the input changed under us: never publish a mismatch
+                raise CheckpointError(f"exact artifact {artifact_path}: {rel} changed while it was being copied; nothing was written, rerun")
+        return copy
+
+    copy_base, copy_assignment = copier(m.base.file, m.base.sha256), copier(m.assignment.file, m.assignment.sha256)
     latency_before_write = time.perf_counter() - t0
     deletion.figures = _volatile({"plan_and_deactivate_s": round(latency_before_write, 6), **retrain_figures})
     digest = _publish(out, new, new_components, artifact_path, copy_base, copy_assignment, force,

@@ -101,8 +101,10 @@ class StackedLoRA:
         params = dict(self.model.named_parameters())
         with torch.no_grad():
             for n in sorted(self.lora_names(i)):
-                if ".lora_A." in n:
-                    nn.init.kaiming_uniform_(params[n], a=math.sqrt(5), generator=generator)
+                if ".lora_A." in n:  # drawn on the CPU (the generator's device), whatever device the model is on
+                    w = torch.empty(params[n].shape, dtype=params[n].dtype)
+                    nn.init.kaiming_uniform_(w, a=math.sqrt(5), generator=generator)
+                    params[n].copy_(w)
                 else:
                     params[n].zero_()
 
