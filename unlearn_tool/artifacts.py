@@ -167,7 +167,7 @@ class AdapterArtifact(Artifact):
         self.check_trained()
         parent = self.fields.get("parent_sha256")
         if parent and ctx.base_sha256 and parent != ctx.base_sha256:
-            raise AuditError(f"adapter {self.path} was made from a base with sha256 {str(parent)[:12]}..., not {ctx.base_sha256[:12]}...; give that base as --original")
+            raise AuditError(f"adapter {self.path} was made from a base with sha256 {str(parent)[:12]}..., not {ctx.base_sha256[:12]}...; give that base checkpoint (--original for audit, --base for merge)")
         from peft import PeftModel
 
         try:

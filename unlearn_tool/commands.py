@@ -16,22 +16,26 @@ if TYPE_CHECKING:
     from .pipeline import ApplyOutcome
 
 
-def apply(request: str | Path, checkpoint: str | Path, **options: Any) -> "ApplyOutcome":
-    """`unlearn apply` (options: see pipeline.apply_request)."""
-    req = load_request(request)
+def apply(request: "str | Path | Sequence[str | Path]", checkpoint: str | Path, **options: Any) -> "ApplyOutcome":
+    """`unlearn apply` (options: see pipeline.apply_request); several requests are applied in order."""
+    reqs = [load_request(r) for r in (request if isinstance(request, (list, tuple)) else [request])]
     from .exact import is_exact_folder
 
     if is_exact_folder(checkpoint):  # an exact artifact is unlearned by deactivating what saw the data
         from .exact.run import apply_exact_request
 
-        return apply_exact_request(req, checkpoint, **options)  # type: ignore[return-value]
+        if len(reqs) > 1:
+            from .errors import MethodError
+
+            raise MethodError(f"{checkpoint} is an exact artifact: apply one request at a time (each deletion is a step of its log)")
+        return apply_exact_request(reqs[0], checkpoint, **options)  # type: ignore[return-value]
     if options.pop("retrain_affected", False):
         from .errors import MethodError
 
         raise MethodError(f"--retrain-affected: {checkpoint} is not an exact artifact; only `unlearn train --exact` folders have stages to retrain")
     from .pipeline import apply_request
 
-    return apply_request(req, checkpoint, **options)
+    return apply_request(reqs if len(reqs) > 1 else reqs[0], checkpoint, **options)
 
 
 def validate(request: str | Path, checkpoint: Optional[str | Path] = None, code: Optional["CodePolicy"] = None) -> dict[str, Any]:
@@ -88,3 +92,29 @@ def bench(request: str | Path, checkpoint: str | Path, methods: str | Sequence[s
     from .bench import bench_request
 
     return bench_request(req, checkpoint, methods, **options)
+
+
+def merge(adapter: str | Path, base: str | Path, output: str | Path, **options: Any) -> dict[str, Any]:
+    """`unlearn merge`: an adapter folder folded into its base checkpoint (options: force, code)."""
+    from .pipeline import merge_adapter
+
+    return merge_adapter(adapter, base, output, **options)
+
+
+def ledger_show(checkpoint: Path, ledger: Optional[Path] = None) -> dict[str, Any]:
+    """`unlearn ledger CKPT`: the checkpoint's lineage (from its metadata)."""
+    from .artifacts import CheckpointArtifact
+    from .errors import UnlearnError
+    from .ledger import Lineage
+
+    lineage = Lineage.from_metadata(CheckpointArtifact(checkpoint).fields)
+    if lineage is None:
+        raise UnlearnError(f"{checkpoint} carries no lineage; it was not written by `unlearn apply`")
+    return lineage.to_json()
+
+
+def ledger_verify(checkpoint: Path, original: Path, ledger: Optional[Path] = None) -> dict[str, Any]:
+    """`unlearn ledger verify`: every hash link, and that the checkpoint is the chain's last output."""
+    from .ledger import verify
+
+    return verify(checkpoint, original, ledger)

@@ -132,6 +132,8 @@ class Job:
     original: Optional[nn.Module] = None
     artifact: Optional[CheckpointArtifact] = None  # the original checkpoint (or an EnsembleArtifact: same interface)
     original_metadata: dict[str, str] = field(default_factory=dict)  # for an in-memory original: what its file would hold
+    data_sha256: str = ""  # fingerprint of the full train split (before earlier deletions were excluded)
+    full_train: Optional[LabelledData] = None  # that split, whose positions the ledger records
 
     # ---- the original checkpoint
     @property
@@ -205,8 +207,14 @@ def prepare(
     device: str = "auto",
     seed: Optional[int] = None,
     code: CodePolicy = CodePolicy(),
+    excluded_for: Optional[Callable[[LabelledData, str], Optional[torch.Tensor]]] = None,
+    allow_missing: bool = False,
 ) -> Job:
-    """Validate everything a run needs, in the order that fails fastest, without training."""
+    """Validate everything a run needs, in the order that fails fastest, without training.
+
+    excluded_for(train, data_sha256): train positions earlier requests forgot (a lineage), removed before anything else.
+    allow_missing: forget.ids not found in the data are reported instead of refused.
+    """
     req = request if isinstance(request, Request) else load_request(request)
     task = get_task("classification")
     dev = resolve_device(device)
@@ -217,8 +225,13 @@ def prepare(
     probe_train = load_split(req.data.train, "train", req.base_dir)
     torch.manual_seed(run_seed)
     num_outputs = num_outputs_of(build_model(req.model, req.base_dir, code), probe_train.input_shape())
-    splits = load_splits(req, num_outputs, task, train=probe_train)
-    job = Job(request=req, task=task, splits=splits, num_classes=num_outputs, device=dev, seed=run_seed, code=code)
+    from .data import fingerprint
+
+    data_sha = fingerprint(probe_train)
+    excluded = excluded_for(probe_train, data_sha) if excluded_for is not None else None
+    splits = load_splits(req, num_outputs, task, train=probe_train, excluded=excluded, allow_missing=allow_missing)
+    job = Job(request=req, task=task, splits=splits, num_classes=num_outputs, device=dev, seed=run_seed, code=code,
+              data_sha256=data_sha, full_train=probe_train)
     if checkpoint is not None:
         from .exact import is_exact_folder
 

@@ -9,11 +9,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import torch
 from torch import nn
@@ -75,7 +76,7 @@ def default_output_path(checkpoint: Path, adapter: bool) -> Path:
 
 ADAPTER_WARNING = (
     "adapter-only output: the forgotten data is still in the base weights; the deletion holds only while the "
-    "adapter is applied. Merge it (output.mode: merged) before deleting the original checkpoint."
+    "adapter is applied. Merge it (unlearn merge ADAPTER --base CHECKPOINT -o OUT) before deleting the original checkpoint."
 )
 
 
@@ -175,27 +176,24 @@ class ApplyResult:
         }
 
 
-def apply(
-    job: Job,
-    method: Optional[str] | ApplyPlan = None,
-    params: Optional[dict[str, Any]] = None,
-    output: Optional[str | Path] = None,
-    adapter_only: Optional[bool] = None,
-    force: bool = False,
-    progress: Optional[Progress] = None,
-) -> ApplyResult:
-    """Run the method on the job's checkpoint and publish the result atomically.
+@dataclass
+class StepResult:
+    """One request's unlearning, in memory (nothing written yet)."""
 
-    Give an ApplyPlan (from plan_apply) or the same arguments plan_apply takes.
-    """
-    if job.original is None or job.artifact is None:
+    model: nn.Module
+    adapter_model: Any
+    state: dict[str, torch.Tensor]
+    before: dict[str, Optional[float]]
+    after: dict[str, Optional[float]]
+    wall_time_s: float
+    info: dict[str, Any]
+    log: list[str]
+
+
+def unlearn_step(job: Job, plan: ApplyPlan, progress: Optional[Progress] = None) -> StepResult:
+    """Run the plan's method on the job's original; refuse a non-finite result; summarise before and after."""
+    if job.original is None:
         raise UnlearnError("apply needs a checkpoint; give the trained model's .safetensors file")
-    req = job.request
-    plan = method if isinstance(method, ApplyPlan) else plan_apply(req, job.artifact.path, method, params, output, adapter_only, force)
-    if plan.output.resolve() == job.checkpoint_path:
-        raise UnlearnError(f"output {plan.output} is the input checkpoint; inputs are never overwritten, choose another --output")
-
-    t0 = time.perf_counter()
     before = utility(job.original, job)
     ctx = job.context(progress=progress)
     job.seed_everything()
@@ -206,33 +204,73 @@ def apply(
     if bad:
         raise DivergedError(f"unlearning diverged: {len(bad)} tensor(s) of the result hold NaN/Inf (first: {bad[0][0]}); "
                             f"nothing was written; lower the learning rate or check the method's parameters")
-    after = utility(model, job)
+    return StepResult(model, result.adapter_model, state, before, utility(model, job), wall, result.info, list(ctx.log))
 
-    fields = output_fields(job, parent_sha256=job.checkpoint_sha256, method=plan.method,
-                           params=plan.params.model_dump(mode="json"), scenario=job.splits.scenario,
-                           forget_size=len(job.splits.forget_idx), wall_time_s=round(wall, 4))
-    warnings: list[str] = list(ctx.log)
-    protect = {"input checkpoint": job.checkpoint_path, "request": req.path}
+
+def apply(
+    job: Job,
+    method: Optional[str] | ApplyPlan = None,
+    params: Optional[dict[str, Any]] = None,
+    output: Optional[str | Path] = None,
+    adapter_only: Optional[bool] = None,
+    force: bool = False,
+    progress: Optional[Progress] = None,
+    lineage: Optional[Any] = None,
+    record_ids: bool = False,
+) -> ApplyResult:
+    """Run the method on the job's checkpoint and publish the result atomically.
+
+    Give an ApplyPlan (from plan_apply) or the same arguments plan_apply takes. `lineage` (ledger.Lineage): the
+    steps before this one; the output's metadata gets it extended by this request (a fresh lineage when None).
+    """
+    if job.original is None or job.artifact is None:
+        raise UnlearnError("apply needs a checkpoint; give the trained model's .safetensors file")
+    plan = method if isinstance(method, ApplyPlan) else plan_apply(job.request, job.artifact.path, method, params, output, adapter_only, force)
+    if plan.output.resolve() == job.checkpoint_path:
+        raise UnlearnError(f"output {plan.output} is the input checkpoint; inputs are never overwritten, choose another --output")
+    t0 = time.perf_counter()
+    step = unlearn_step(job, plan, progress)
+    return write_step(job, plan, step, job.checkpoint_sha256, lineage, record_ids, t0)
+
+
+def write_step(job: Job, plan: ApplyPlan, step: StepResult, parent_sha256: str, lineage: Optional[Any], record_ids: bool,
+               t0: float, extra_steps: Optional[list[dict[str, Any]]] = None) -> ApplyResult:
+    """Publish a step's result with its provenance and lineage (`extra_steps`: earlier in-run steps, multi-request apply)."""
+    from .ledger import Lineage, forget_digest, new_step
+
+    lineage = lineage or Lineage(original_sha256=parent_sha256, data_sha256=job.data_sha256)
+    steps = list(lineage.steps) + list(extra_steps or [])
+    this = new_step(Lineage(lineage.original_sha256, lineage.data_sha256, steps), job.request, plan.method, job.splits,
+                    parent_sha256, created_utc(), step.after.get("forget_acc"), record_ids)
+    chain = Lineage(lineage.original_sha256, lineage.data_sha256, steps + [this])
+    fields = output_fields(job, parent_sha256=parent_sha256, method=plan.method, params=plan.params.model_dump(mode="json"),
+                           scenario=job.splits.scenario, forget_size=len(job.splits.forget_idx),
+                           forget_digest=forget_digest(job.splits, lineage.data_sha256), wall_time_s=round(step.wall_time_s, 4),
+                           lineage=chain.to_json(), **({"forget_ids": list(job.splits.forget_ids)} if record_ids and job.splits.forget_ids else {}))
+    warnings = list(step.log)
+    protect = {"input checkpoint": job.checkpoint_path, "request": job.request.path}
     if plan.adapter:
-        digest = write_adapter(plan.output, result.adapter_model, fields, force=plan.force, protect=protect)
+        digest = write_adapter(plan.output, step.adapter_model, fields, force=plan.force, protect=protect)
         warnings.insert(0, ADAPTER_WARNING)
     else:
-        digest = write_merged(plan.output, state, fields, force=plan.force, protect=protect)
-    return ApplyResult(
+        digest = write_merged(plan.output, step.state, fields, force=plan.force, protect=protect)
+    result = ApplyResult(
         output=plan.output,
         mode="adapter" if plan.adapter else "merged",
         method=plan.method,
         params=plan.params.model_dump(mode="json"),
-        wall_time_s=wall,
+        wall_time_s=step.wall_time_s,
         total_time_s=time.perf_counter() - t0,
-        before=before,
-        after=after,
+        before=step.before,
+        after=step.after,
         output_sha256=digest,
-        info=result.info,
+        info=step.info,
         warnings=warnings,
         metadata=fields,
-        model=model,
+        model=step.model,
     )
+    result.lineage = chain  # type: ignore[attr-defined]
+    return result
 
 
 def merged_state(model: nn.Module, job: Job) -> dict[str, torch.Tensor]:
@@ -258,9 +296,20 @@ class ApplyOutcome:
     result: ApplyResult
     report: Optional[dict[str, Any]] = None
     report_dir: Optional[Path] = None
+    removed: bool = False  # the output was removed again because the audit failed (keep_on_fail=False)
 
     def summary(self) -> dict[str, Any]:
         out = self.result.as_dict(self.job)
+        out["output_removed"] = self.removed
+        chain = getattr(self.result, "lineage", None)
+        if chain is not None:
+            out["lineage_steps"] = len(chain.steps)
+            out["forget_digest"] = chain.steps[-1]["forget_digest"]
+            out["ledger"] = str(getattr(self.result, "ledger", ""))
+        splits = self.job.splits
+        out["missing_ids"] = list(splits.missing_ids)
+        out["excluded_earlier"] = splits.excluded
+        out["already_forgotten"] = splits.already_forgotten
         if self.report is not None:
             out["audit"] = {"report_dir": str(self.report_dir), "verdict": self.report["verdict"],
                             "gates": self.report["gates"], "warnings": self.report["warnings"]}
@@ -268,7 +317,7 @@ class ApplyOutcome:
 
 
 def apply_request(
-    request: "str | Path | Request",
+    request: "str | Path | Request | Sequence[str | Path | Request]",
     checkpoint: str | Path,
     method: Optional[str] = None,
     params: Optional[dict[str, Any]] = None,
@@ -280,28 +329,114 @@ def apply_request(
     code: CodePolicy = CodePolicy(),
     audit: bool = False,
     report_dir: Optional[str | Path] = None,
+    keep_on_fail: bool = True,
+    ledger: Optional[str | Path] = None,
+    ignore_lineage: bool = False,
+    record_ids: bool = False,
+    allow_missing: bool = False,
     progress: Optional[Progress] = None,
 ) -> ApplyOutcome:
-    """`unlearn apply`: every check first (request, seed, plan, reference), then data and models, then the run."""
-    req = load_request(request)
+    """`unlearn apply`: every check first (requests, seed, plan, reference, lineage), then data and models, then the run.
+
+    Several requests (same model and data) are applied one after another in one run, each a step of the lineage.
+    A checkpoint that carries a lineage has every earlier forgotten sample excluded from the data (resolved from the
+    ledger: `ledger`, else `<checkpoint stem>.ledger.jsonl`); `ignore_lineage` skips that (said in the warnings).
+    keep_on_fail=False: when the audit's verdict is fail, the output this run wrote is removed again (the reports stay).
+    """
+    from . import ledger as L
+
+    requests = [load_request(r) for r in (request if isinstance(request, (list, tuple)) else [request])]
+    first = requests[0]
+    for other in requests[1:]:
+        if other.model.model_dump() != first.model.model_dump() or other.data.train.model_dump() != first.data.train.model_dump():
+            raise UnlearnError(f"request {other.id!r} names another model or train data than {first.id!r}; "
+                               "requests applied in one run must share both (run apply once per model)")
     if seed is not None:
         check_seed(seed)
-    plan = plan_apply(req, checkpoint, method=method, params=params, output=output, adapter_only=adapter_only,
-                      force=force, audit=audit)
-    job = prepare(req, checkpoint, device=device, seed=seed, code=code)
+    plans = [plan_apply(first, checkpoint, method=method, params=params, output=output, adapter_only=adapter_only, force=force, audit=audit)]
+    plans += [plan_apply(r, checkpoint, method=method, params=params, output=plans[0].output, adapter_only=False, force=True)
+              for r in requests[1:]]  # later requests share the run's output; their plans only fix method and parameters
+    if len(requests) > 1 and plans[0].adapter:
+        raise UnlearnError("several requests in one run give a merged output; drop --adapter-only (or output.mode: adapter)")
+
+    parent = CheckpointArtifact(checkpoint)
+    lineage = L.Lineage.from_metadata(parent.fields)
+    ledger_in = Path(ledger) if ledger is not None else L.default_ledger(Path(checkpoint))
+    entries: list[dict[str, Any]] = []
+    notes: list[str] = []
+    resolve = None
+    if lineage is not None and lineage.steps:
+        if ignore_lineage:
+            notes.append(f"--ignore-lineage: the {len(lineage.steps)} earlier deletion(s) of this checkpoint were not excluded from the data")
+        else:
+            if not ledger_in.is_file():
+                raise L.LedgerError(f"the checkpoint has {len(lineage.steps)} earlier deletion(s) but its ledger {ledger_in} is missing; "
+                                    "give it with --ledger FILE, or pass --ignore-lineage")
+            entries = L.read_ledger(ledger_in)
+            resolve = lambda train, sha: L.resolve_excluded(lineage, entries, ledger_in, train.ids, sha)  # noqa: E731
+
+    job = prepare(first, checkpoint, device=device, seed=seed, code=code, excluded_for=resolve, allow_missing=allow_missing)
     reference = None
-    if plan.audit and plan.reference is not None:
-        reference = CheckpointArtifact(plan.reference)
+    if plans[0].audit and plans[0].reference is not None:
+        reference = CheckpointArtifact(plans[0].reference)
         reference_model = reference.load(job.load_context())  # a reference that does not fit fails before unlearning
-    result = apply(job, plan, progress=progress)
+    if plans[0].output.resolve() == job.checkpoint_path:
+        raise UnlearnError(f"output {plans[0].output} is the input checkpoint; inputs are never overwritten, choose another --output")
+
+    t0 = time.perf_counter()
+    lineage = lineage or L.Lineage(original_sha256=parent.sha256, data_sha256=job.data_sha256)
+    parent_sha, in_run_steps, step_jobs, gone = parent.sha256, [], [], torch.zeros(0, dtype=torch.long)
+    for k, (req, plan) in enumerate(zip(requests, plans)):
+        if k > 0:  # the next request runs on the previous result, with everything forgotten so far left out of its data
+            gone = torch.cat([gone, job.splits.forget_positions])
+            previous = job
+            job = prepare(req, None, device=device, seed=seed, code=code, allow_missing=allow_missing,
+                          excluded_for=lambda train, sha, g=gone: torch.cat([resolve(train, sha), g]) if resolve else g)
+            job.original, job.artifact = step.model, previous.artifact  # the input's dtypes and file stay the reference
+        step = unlearn_step(job, plan, progress)
+        step_jobs.append(job)
+        if k < len(requests) - 1:
+            in_run_steps.append(L.new_step(L.Lineage(lineage.original_sha256, lineage.data_sha256, lineage.steps + in_run_steps), req,
+                                           plan.method, job.splits, parent_sha, created_utc(), step.after.get("forget_acc"), record_ids))
+            parent_sha = L.state_sha256(step.state)  # an in-run result is never a file: its digest is its tensors'
+    final_plan = dataclasses.replace(plans[-1], output=plans[0].output, force=plans[0].force, adapter=plans[0].adapter)
+    result = write_step(job, final_plan, step, parent_sha, lineage, record_ids, t0, in_run_steps)
+    result.warnings[:0] = notes
+
+    # the ledger: the earlier entries, then one hash-chained entry per step of this run, each with its forgotten set
+    ledger_out = Path(ledger) if ledger is not None else L.default_ledger(result.output)
+    if ledger_out != ledger_in and entries:
+        L.copy_forget_files(entries, ledger_in, ledger_out)
+    new_steps = result.lineage.steps[len(lineage.steps):]
+    outputs = [s["parent_sha256"] for s in new_steps[1:]] + [result.output_sha256]
+    for s_job, s_step, out_sha in zip(step_jobs, new_steps, outputs):
+        where = result.output if out_sha == result.output_sha256 else Path(f"in-run step {s_step['step']}")
+        entries = entries + [L.append(ledger_out, entries, s_step, where, out_sha, L.store_forget_set(ledger_out, s_step, s_job.splits))]
+    result.ledger = ledger_out  # type: ignore[attr-defined]
     outcome = ApplyOutcome(job, result)
-    if plan.audit:
+    if plans[0].audit:
         from .audit import audit_fresh_model
 
         ref = (reference_model, reference.info()) if reference is not None else None
         info = {"path": str(result.output.resolve()), "kind": result.mode, "sha256": result.output_sha256, "metadata": result.metadata}
-        outcome.report, outcome.report_dir = audit_fresh_model(job, result.model, info, report_dir, plan.gates, ref)
+        outcome.report, outcome.report_dir = audit_fresh_model(job, result.model, info, report_dir, plans[0].gates, ref)
+        if outcome.report["verdict"] == "fail" and not keep_on_fail:
+            remove_output(result.output)
+            outcome.removed = True
     return outcome
+
+
+def remove_output(path: Path) -> None:
+    """Remove an output this run published (a checkpoint, or an adapter folder of our files only)."""
+    import shutil
+
+    from .checkpoint import is_our_adapter_folder
+
+    if path.is_dir():
+        if is_our_adapter_folder(path):
+            shutil.rmtree(path)
+    elif path.is_file():
+        path.unlink()
 
 
 # ---------------------------------------------------------------- validate
@@ -379,3 +514,39 @@ def train_checkpoint(
     digest = write_merged(output, model.state_dict(), fields, force=force, protect=protect)
     return {"output": str(output), "sha256": digest, "train_size": len(data), "wall_time_s": wall,
             "exclude_forget": exclude_forget, **figures}
+
+
+# ---------------------------------------------------------------- merge
+
+def merge_adapter(adapter: str | Path, base: str | Path, output: str | Path, force: bool = False,
+                  code: CodePolicy = CodePolicy()) -> dict[str, Any]:
+    """`unlearn merge`: fold an adapter folder into its base checkpoint, giving a drop-in merged checkpoint.
+
+    The adapter's metadata names the architecture and its base's sha256; a different base is refused.
+    The output keeps the base's keys, shapes and dtypes and carries the adapter's provenance.
+    """
+    from .artifacts import AdapterArtifact, LoadContext
+    from .models import build_model
+    from .request import ModelSpec
+
+    adapter_art, base_art = AdapterArtifact(adapter), CheckpointArtifact(base)
+    fields = adapter_art.fields
+    if not isinstance(fields.get("model_arch"), str):
+        raise UnlearnError(f"adapter {adapter} records no model architecture (unlearn_metadata.json); merge an adapter written by `unlearn apply --adapter-only`")
+    output = Path(output)
+    check_output(output, "file", force, protect={"base checkpoint": Path(base), "adapter": Path(adapter)})
+    spec = ModelSpec(arch=fields["model_arch"], kwargs=fields.get("model_kwargs") or {})
+    policy = CodePolicy(code_paths=tuple(code.code_paths) + (Path(base).resolve().parent,), trust_code=code.trust_code)
+    make = lambda: build_model(spec, Path(base).resolve().parent, policy)  # noqa: E731
+    device = torch.device("cpu")
+    base_model = base_art.load(LoadContext(make_model=make, arch=spec.arch, device=device))
+    merged = adapter_art.load(LoadContext(make_model=make, arch=spec.arch, device=device, base=base_model, base_sha256=base_art.sha256))
+    state = {k: v.detach().to(base_art.dtypes[k]).cpu().contiguous() for k, v in merged.state_dict().items()}
+    bad = non_finite(state)
+    if bad:
+        raise DivergedError(f"the merged weights hold NaN/Inf (first: {bad[0][0]}); nothing was written")
+    out_fields = {**{k: v for k, v in fields.items() if k not in ("created_utc",)}, "merged_from_adapter_sha256": adapter_art.sha256,
+                  "created_utc": created_utc()}
+    digest = write_merged(output, state, file_fields(out_fields), force=force)
+    return {"output": str(output), "sha256": digest, "base_sha256": base_art.sha256, "adapter_sha256": adapter_art.sha256,
+            "method": fields.get("method"), "request_id": fields.get("request_id")}

@@ -138,6 +138,8 @@ def test_bad_exact_training_options(exact_dir, tmp_path, args, fragment):
     (["--param", "lr=0.1"], "no parameters"),
     (["--adapter-only"], "--adapter-only"),
     (["--seed", "5"], "replays the artifact's seed"),
+    (["--ledger", "x.jsonl"], "its own deletion log"),
+    (["--record-ids"], "its own deletion log"),
 ])
 def test_approximate_options_on_an_exact_artifact(art, args, fragment):
     rejected(_apply(art, *args), fragment)

@@ -352,11 +352,23 @@ def apply_exact_request(
     params: Optional[dict[str, Any]] = None,
     adapter_only: Optional[bool] = None,
     gates: Optional[list[str]] = None,
+    keep_on_fail: bool = True,
+    ledger: Optional[str | Path] = None,
+    ignore_lineage: bool = False,
+    record_ids: bool = False,
+    allow_missing: bool = False,
 ) -> "ApplyOutcome":
     """`unlearn apply` on an exact artifact: every check first, then the deletion (no gradient step unless
-    --retrain-affected), then the new artifact folder, published atomically."""
+    --retrain-affected), then the new artifact folder, published atomically.
+
+    The artifact's lineage is its own deletion log (manifest.json), so --ledger, --ignore-lineage and --record-ids
+    (a checkpoint's JSON-lines ledger) do not apply; allow_missing skips forget.ids not in the data, as for a checkpoint.
+    """
     from ..pipeline import ApplyOutcome, utility
 
+    for flag, given in (("--ledger", ledger is not None), ("--ignore-lineage", ignore_lineage), ("--record-ids", record_ids)):
+        _forbid(flag, given, "an exact artifact keeps its lineage in its own deletion log (manifest.json: positions and the "
+                             "request's sha256); drop " + flag)
     req = load_request(request)
     artifact_path = Path(artifact_path)
     artifact = EnsembleArtifact(artifact_path)
@@ -385,7 +397,7 @@ def apply_exact_request(
     if not m.served():
         raise ExhaustedError(f"exact artifact {artifact_path}: every component was deactivated by earlier deletions, it cannot serve; {retrain_hint(m)}")
 
-    job = prepare(req, None, device=device, seed=m.seed, code=code)
+    job = prepare(req, None, device=device, seed=m.seed, code=code, allow_missing=allow_missing)
     check_compatible(artifact, job)
     shard_of, slice_of = artifact.assignment
     forget = [int(i) for i in job.splits.forget_idx]
@@ -464,6 +476,9 @@ def apply_exact_request(
 
         ref = (reference_model, CheckpointArtifact(reference).info()) if reference is not None and reference_model is not None else None
         outcome.report, outcome.report_dir = audit_fresh_model(job, model, result_artifact.info(), report_dir, exprs, ref)
+        if outcome.report.get("verdict") == "fail" and not keep_on_fail:
+            shutil.rmtree(out, ignore_errors=True)
+            outcome.removed = True
     return outcome
 
 
