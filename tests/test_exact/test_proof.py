@@ -79,6 +79,8 @@ def test_served_model_uses_exactly_the_stage_weights(deleted, exact_dir):
     artifact = EnsembleArtifact(out)
     ensemble = artifact.load(job.load_context())
     served = artifact.manifest.served()
+    x = job.splits.test.x[:4]
+    ensemble(x).sum().backward()  # an ordinary module: a copy can be fine-tuned (audit --tier strong's relearn time)
     for member, k in zip(ensemble.members, ensemble.shards):
         b, p = served[k]
         stages = artifact.manifest.shards[k].sequences[b].stages[:p]

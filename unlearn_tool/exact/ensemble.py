@@ -73,4 +73,7 @@ def build_ensemble(m: "Manifest", folder: Any, ctx: "LoadContext") -> EnsembleMo
         comps = [read_checkpoint(folder / (st.file or ""))[0] for st in seq.stages[:p]]
         members.append(serving_model(m.method, params, base, ctx.make_model, comps, ctx.device, head, groups,
                                      where=f"exact artifact {folder} shard {k} sequence {b}"))
-    return EnsembleModule(members, m.aggregation, shards=sorted(served)).to(ctx.device).eval()
+    ensemble = EnsembleModule(members, m.aggregation, shards=sorted(served)).to(ctx.device).eval()
+    for p in ensemble.parameters():  # an ordinary module to its users (an audit may fine-tune a copy: relearn time)
+        p.requires_grad_(True)
+    return ensemble
