@@ -33,9 +33,15 @@ def apply(request: "str | Path | Sequence[str | Path]", checkpoint: str | Path, 
         from .errors import MethodError
 
         raise MethodError(f"--retrain-affected: {checkpoint} is not an exact artifact; only `unlearn train --exact` folders have stages to retrain")
-    from .pipeline import apply_request
+    import time
 
-    return apply_request(reqs if len(reqs) > 1 else reqs[0], checkpoint, **options)
+    t = time.perf_counter()
+    from .pipeline import apply_request  # torch, the methods (peft only when a LoRA method runs)
+
+    imports_s = time.perf_counter() - t
+    outcome = apply_request(reqs if len(reqs) > 1 else reqs[0], checkpoint, **options)
+    outcome.timings = {"imports_s": imports_s, **outcome.timings}
+    return outcome
 
 
 def validate(request: str | Path, checkpoint: Optional[str | Path] = None, code: Optional["CodePolicy"] = None) -> dict[str, Any]:

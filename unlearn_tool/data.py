@@ -43,6 +43,7 @@ class LabelledData:
         self.targets = targets.long()
         self.x = x  # set when all inputs are in memory
         self.ids = ids  # record IDs, one per sample, when the source has them (strings)
+        self.labelled = True  # False: a train split without labels (targets are -1, or the original's predictions)
 
     @classmethod
     def from_tensors(cls, x: torch.Tensor, y: torch.Tensor, ids: Optional[list[str]] = None) -> "LabelledData":
@@ -55,8 +56,11 @@ class LabelledData:
         idx = torch.as_tensor(indices, dtype=torch.long)
         ids = [self.ids[i] for i in idx.tolist()] if self.ids is not None else None
         if self.x is not None:
-            return LabelledData.from_tensors(self.x[idx], self.targets[idx], ids)
-        return LabelledData(torch.utils.data.Subset(self.dataset, idx.tolist()), self.targets[idx], ids=ids)
+            out = LabelledData.from_tensors(self.x[idx], self.targets[idx], ids)
+        else:
+            out = LabelledData(torch.utils.data.Subset(self.dataset, idx.tolist()), self.targets[idx], ids=ids)
+        out.labelled = self.labelled
+        return out
 
     def batches(
         self, batch_size: int, shuffle: bool = False, generator: Optional[torch.Generator] = None
@@ -213,10 +217,12 @@ def _load_tensors(spec: DataSpec, path: Path, where: str) -> LabelledData:
             tensors = load_file(str(path))
     except Exception as e:  # noqa: BLE001 - any parse failure is the user's file
         raise DataError(f"{where}.path: {path} is not a readable .safetensors/.npz file ({type(e).__name__}); save x and y with safetensors.torch.save_file") from None
-    missing = [k for k in ("x", "y") if k not in tensors]
+    missing = [k for k in ("x", "y") if k not in tensors and not (k == "y" and where == "data.train")]
     if missing:
         raise DataError(f"{where}.path: {path} lacks key(s) {', '.join(missing)}; it must hold x (N, ...) float and y (N,) int64")
-    x, y = tensors["x"], tensors["y"]
+    x = tensors["x"]
+    labelled = "y" in tensors  # a train split may come without labels, for label-free methods (checked in Job.prepare)
+    y = tensors["y"] if labelled else torch.full((x.shape[0],), -1, dtype=torch.long)
     if y.dim() != 1 or x.shape[0] != y.shape[0]:
         raise DataError(f"{where}.path: {path}: x has {tuple(x.shape)} and y {tuple(y.shape)}; y must be (N,) with N = len(x)")
     if y.dtype.is_floating_point or y.dtype == torch.bool:
@@ -239,7 +245,9 @@ def _load_tensors(spec: DataSpec, path: Path, where: str) -> LabelledData:
             raise DataError(f"{where}.ids_path: {len(ids)} IDs for {x.shape[0]} samples; give one ID per line, in the samples' order")
     x = _resize(x, spec.preprocess.resize, where)
     x = _normalize(x, spec.preprocess.normalize, where)
-    return LabelledData.from_tensors(x.contiguous(), y.long(), check_unique_ids(ids, where))
+    data = LabelledData.from_tensors(x.contiguous(), y.long(), check_unique_ids(ids, where))
+    data.labelled = labelled
+    return data
 
 
 def read_id_lines(path: Path, where: str) -> list[str]:
@@ -441,7 +449,10 @@ def load_splits(request: Request, num_outputs: int, task: "Task", train: Optiona
     """
     train = train if train is not None else load_split(request.data.train, "train", request.base_dir)
     test = load_split(request.data.test, "test", request.base_dir)
-    task.check_targets(train.targets, num_outputs, "data.train")
+    if train.labelled:
+        task.check_targets(train.targets, num_outputs, "data.train")
+    elif request.forget.classes is not None:
+        raise DataError("forget.classes: the train split has no labels (no y), so its classes are unknown; forget by indices or ids")
     task.check_targets(test.targets, num_outputs, "data.test")
     if train.input_shape() != test.input_shape():
         raise DataError(f"data: train inputs have shape {train.input_shape()} but test inputs {test.input_shape()}; preprocess both splits the same way")

@@ -209,11 +209,15 @@ def prepare(
     code: CodePolicy = CodePolicy(),
     excluded_for: Optional[Callable[[LabelledData, str], Optional[torch.Tensor]]] = None,
     allow_missing: bool = False,
+    needs_labels: bool = True,
 ) -> Job:
     """Validate everything a run needs, in the order that fails fastest, without training.
 
     excluded_for(train, data_sha256): train positions earlier requests forgot (a lineage), removed before anything else.
     allow_missing: forget.ids not found in the data are reported instead of refused.
+    needs_labels: False for a label-free method: the train split may then have no labels (y). With a checkpoint, an
+    unlabelled train split is given the original model's predictions as labels for the summary and the audit only
+    (the method never reads them; the summary and the report say so).
     """
     req = request if isinstance(request, Request) else load_request(request)
     task = get_task("classification")
@@ -223,6 +227,11 @@ def prepare(
 
     # Data first: its shape tells us how to probe the architecture.
     probe_train = load_split(req.data.train, "train", req.base_dir)
+    if not probe_train.labelled and needs_labels:
+        from .errors import DataError
+
+        raise DataError(f"data.train: {req.data.train.path} has no labels (no y), and method {req.method.name} needs them; "
+                        "add y, or use a label-free method (unlearn methods lists them, e.g. laf)")
     torch.manual_seed(run_seed)
     num_outputs = num_outputs_of(build_model(req.model, req.base_dir, code), probe_train.input_shape())
     from .data import fingerprint
@@ -239,7 +248,23 @@ def prepare(
         artifact = open_artifact(checkpoint) if is_exact_folder(checkpoint) else CheckpointArtifact(checkpoint)
         job.original = artifact.load(job.load_context())
         job.artifact = artifact
+        if not probe_train.labelled:
+            _pseudo_labels(job)
     return job
+
+
+def _pseudo_labels(job: Job) -> None:
+    """An unlabelled train split gets the original model's predictions as labels, for measuring only (label-free methods
+    never read them): forget/retain "accuracy" is then agreement with the original."""
+    from .evaluate import predict_logits
+
+    for data in {id(d): d for d in (job.splits.train, job.full_train) if d is not None}.values():
+        logits, _ = predict_logits(job.original, data, job.device, job.request.data.batch_size)
+        data.targets = logits.argmax(1)
+        if data.x is not None:
+            data.dataset = torch.utils.data.TensorDataset(data.x, data.targets)
+    job.splits.__dict__.pop("forget", None)  # rebuilt from the labelled train split
+    job.splits.__dict__.pop("retain", None)
 
 
 def describe_job(job: Job) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from .checkpoint import check_output, dtypes_of, load_into, non_finite
 from .errors import AuditError, DivergedError, MethodError, UnlearnError
 from .evaluate import stream
 from .job import Job, Progress, check_seed, describe_job, prepare, resolve_device, seed_everything  # noqa: F401 (re-exported)
-from .methods import MethodParams, check_applicable, get_method, parse_params, run_method
+from .methods import MethodParams, check_applicable, get_method, method_names, parse_params, run_method
 from .models import CodePolicy
 from .provenance import created_utc, file_fields
 from .request import Request, load_request, method_params_for
@@ -73,6 +73,9 @@ def default_output_path(checkpoint: Path, adapter: bool) -> Path:
     stem = checkpoint.name[: -len(".safetensors")] if checkpoint.name.endswith(".safetensors") else checkpoint.stem
     return checkpoint.with_name(f"{stem}.unlearned" + ("" if adapter else ".safetensors"))
 
+
+UNLABELLED_NOTE = ("the train split has no labels: the method read none, and the forget/retain figures here are agreement with the "
+                   "original model's predictions, not accuracy")
 
 ADAPTER_WARNING = (
     "adapter-only output: the forgotten data is still in the base weights; the deletion holds only while the "
@@ -188,13 +191,16 @@ class StepResult:
     wall_time_s: float
     info: dict[str, Any]
     log: list[str]
+    summary_s: float = 0.0  # the before/after summary's time
 
 
 def unlearn_step(job: Job, plan: ApplyPlan, progress: Optional[Progress] = None) -> StepResult:
     """Run the plan's method on the job's original; refuse a non-finite result; summarise before and after."""
     if job.original is None:
         raise UnlearnError("apply needs a checkpoint; give the trained model's .safetensors file")
+    t = time.perf_counter()
     before = utility(job.original, job)
+    summary_s = time.perf_counter() - t
     ctx = job.context(progress=progress)
     job.seed_everything()
     result, wall = run_method(plan.method, ctx, plan.params)
@@ -204,7 +210,10 @@ def unlearn_step(job: Job, plan: ApplyPlan, progress: Optional[Progress] = None)
     if bad:
         raise DivergedError(f"unlearning diverged: {len(bad)} tensor(s) of the result hold NaN/Inf (first: {bad[0][0]}); "
                             f"nothing was written; lower the learning rate or check the method's parameters")
-    return StepResult(model, result.adapter_model, state, before, utility(model, job), wall, result.info, list(ctx.log))
+    t = time.perf_counter()
+    after = utility(model, job)
+    summary_s += time.perf_counter() - t
+    return StepResult(model, result.adapter_model, state, before, after, wall, result.info, list(ctx.log), summary_s)
 
 
 def apply(
@@ -297,6 +306,7 @@ class ApplyOutcome:
     report: Optional[dict[str, Any]] = None
     report_dir: Optional[Path] = None
     removed: bool = False  # the output was removed again because the audit failed (keep_on_fail=False)
+    timings: dict[str, float] = field(default_factory=dict)  # where the run's time went (seconds)
 
     def summary(self) -> dict[str, Any]:
         out = self.result.as_dict(self.job)
@@ -306,6 +316,7 @@ class ApplyOutcome:
             out["lineage_steps"] = len(chain.steps)
             out["forget_digest"] = chain.steps[-1]["forget_digest"]
             out["ledger"] = str(getattr(self.result, "ledger", ""))
+        out["timings"] = {k: round(v, 4) for k, v in self.timings.items()}
         splits = self.job.splits
         out["missing_ids"] = list(splits.missing_ids)
         out["excluded_earlier"] = splits.excluded
@@ -375,7 +386,12 @@ def apply_request(
             entries = L.read_ledger(ledger_in)
             resolve = lambda train, sha: L.resolve_excluded(lineage, entries, ledger_in, train.ids, sha)  # noqa: E731
 
-    job = prepare(first, checkpoint, device=device, seed=seed, code=code, excluded_for=resolve, allow_missing=allow_missing)
+    label_free = get_method(plans[0].method).label_free
+    t_prepare = time.perf_counter()
+    job = prepare(first, checkpoint, device=device, seed=seed, code=code, excluded_for=resolve, allow_missing=allow_missing,
+                  needs_labels=not label_free)
+    if not job.splits.train.labelled:
+        notes.append(UNLABELLED_NOTE)
     reference = None
     if plans[0].audit and plans[0].reference is not None:
         reference = CheckpointArtifact(plans[0].reference)
@@ -384,22 +400,26 @@ def apply_request(
         raise UnlearnError(f"output {plans[0].output} is the input checkpoint; inputs are never overwritten, choose another --output")
 
     t0 = time.perf_counter()
+    timings = {"prepare_s": t0 - t_prepare, "summary_s": 0.0, "method_s": 0.0}
     lineage = lineage or L.Lineage(original_sha256=parent.sha256, data_sha256=job.data_sha256)
     parent_sha, in_run_steps, step_jobs, gone = parent.sha256, [], [], torch.zeros(0, dtype=torch.long)
     for k, (req, plan) in enumerate(zip(requests, plans)):
         if k > 0:  # the next request runs on the previous result, with everything forgotten so far left out of its data
             gone = torch.cat([gone, job.splits.forget_positions])
             previous = job
-            job = prepare(req, None, device=device, seed=seed, code=code, allow_missing=allow_missing,
+            job = prepare(req, None, device=device, seed=seed, code=code, allow_missing=allow_missing, needs_labels=not label_free,
                           excluded_for=lambda train, sha, g=gone: torch.cat([resolve(train, sha), g]) if resolve else g)
             job.original, job.artifact = step.model, previous.artifact  # the input's dtypes and file stay the reference
         step = unlearn_step(job, plan, progress)
+        timings["summary_s"] += step.summary_s
+        timings["method_s"] += step.wall_time_s
         step_jobs.append(job)
         if k < len(requests) - 1:
             in_run_steps.append(L.new_step(L.Lineage(lineage.original_sha256, lineage.data_sha256, lineage.steps + in_run_steps), req,
                                            plan.method, job.splits, parent_sha, created_utc(), step.after.get("forget_acc"), record_ids))
             parent_sha = L.state_sha256(step.state)  # an in-run result is never a file: its digest is its tensors'
     final_plan = dataclasses.replace(plans[-1], output=plans[0].output, force=plans[0].force, adapter=plans[0].adapter)
+    t_write = time.perf_counter()
     result = write_step(job, final_plan, step, parent_sha, lineage, record_ids, t0, in_run_steps)
     result.warnings[:0] = notes
 
@@ -413,13 +433,16 @@ def apply_request(
         where = result.output if out_sha == result.output_sha256 else Path(f"in-run step {s_step['step']}")
         entries = entries + [L.append(ledger_out, entries, s_step, where, out_sha, L.store_forget_set(ledger_out, s_step, s_job.splits))]
     result.ledger = ledger_out  # type: ignore[attr-defined]
-    outcome = ApplyOutcome(job, result)
+    timings["write_s"] = time.perf_counter() - t_write
+    outcome = ApplyOutcome(job, result, timings=timings)
     if plans[0].audit:
         from .audit import audit_fresh_model
 
         ref = (reference_model, reference.info()) if reference is not None else None
         info = {"path": str(result.output.resolve()), "kind": result.mode, "sha256": result.output_sha256, "metadata": result.metadata}
+        t_audit = time.perf_counter()
         outcome.report, outcome.report_dir = audit_fresh_model(job, result.model, info, report_dir, plans[0].gates, ref)
+        timings["audit_s"] = time.perf_counter() - t_audit
         if outcome.report["verdict"] == "fail" and not keep_on_fail:
             remove_output(result.output)
             outcome.removed = True
@@ -446,8 +469,13 @@ def validate_request(request: "str | Path | Request", checkpoint: Optional[str |
     req = load_request(request)  # schema first: no torch needed to reject a malformed request
     parse_params(req.method.name, req.method.params)
     check_applicable(req.method.name, "classification", req.forget.scenario)
-    job = prepare(req, checkpoint, device="cpu", code=code)
-    return {"ok": True, **describe_job(job), "checkpoint_matches": req.model.arch if checkpoint else None}
+    job = prepare(req, checkpoint, device="cpu", code=code, needs_labels=not get_method(req.method.name).label_free)
+    info = {"ok": True, **describe_job(job), "checkpoint_matches": req.model.arch if checkpoint else None,
+            "train_labelled": job.splits.train.labelled}
+    if not job.splits.train.labelled:
+        info["note"] = ("the train split has no labels: only label-free methods can run on it ("
+                        + ", ".join(n for n in method_names() if get_method(n).label_free) + "); the audit measures accuracy on the labelled test split")
+    return info
 
 
 # ---------------------------------------------------------------- train

@@ -111,13 +111,14 @@ def audit_request(
 
         raise AuditError(f"--shadows {shadows}: give 2..1024 (each shadow is a full training run; 16 is the default)")
     ledger_path = Path(ledger) if ledger is not None else None
-    resolve = _earlier_deletions(unlearned, ledger_path)
-    job = prepare(req, original, device=device, seed=seed, code=code or CodePolicy(), excluded_for=resolve)
+    resolve = _earlier_deletions(unlearned, ledger_path, req.sha256)
+    job = prepare(req, original, device=device, seed=seed, code=code or CodePolicy(), excluded_for=resolve, needs_labels=False)
     return audit_files(job, unlearned, ref, parsed, report_dir, tier=tier, shadows=shadows, progress=progress, ledger=ledger_path)
 
 
-def _earlier_deletions(unlearned: str | Path, ledger: Optional[Path]) -> Any:
-    """For a checkpoint with a lineage: a function giving the train positions its earlier steps forgot (None: nothing to leave out)."""
+def _earlier_deletions(unlearned: str | Path, ledger: Optional[Path], request_sha256: str) -> Any:
+    """For a checkpoint with a lineage audited with its last request: a function giving the train positions its earlier steps
+    forgot (None: nothing to leave out; another request, e.g. all deletions combined, is audited on the full data)."""
     from ..artifacts import open_artifact
     from ..ledger import Lineage, default_ledger, read_ledger, resolve_excluded
 
@@ -125,7 +126,7 @@ def _earlier_deletions(unlearned: str | Path, ledger: Optional[Path]) -> Any:
     if not path.exists():
         return None
     lineage = Lineage.from_metadata(open_artifact(path).fields)
-    if lineage is None or len(lineage.steps) < 2:
+    if lineage is None or len(lineage.steps) < 2 or lineage.steps[-1].get("request_sha256") != request_sha256:
         return None
     ledger = ledger or default_ledger(path)
     if not ledger.is_file():

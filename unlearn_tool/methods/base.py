@@ -138,6 +138,8 @@ def run_method(name: str, ctx: UnlearnContext, params: MethodParams) -> tuple[Me
     from ..job import seed_everything
 
     entry = get_method(name)
+    if entry.supports_adapter:
+        import peft  # noqa: F401  (a LoRA method's first call would otherwise time the import of peft and transformers)
     seed_everything(ctx.seed)
     start = time.perf_counter()
     out = entry.run(ctx, params)
