@@ -22,7 +22,7 @@ from torch import nn
 from . import __version__
 from .artifacts import CheckpointArtifact, write_adapter, write_merged
 from .audit.registry import finite
-from .checkpoint import check_output, dtypes_of, non_finite
+from .checkpoint import check_output, dtypes_of, load_into, non_finite
 from .errors import AuditError, DivergedError, MethodError, UnlearnError
 from .evaluate import stream
 from .job import Job, Progress, check_seed, describe_job, prepare, resolve_device, seed_everything  # noqa: F401 (re-exported)
@@ -403,13 +403,14 @@ def apply_request(
     timings = {"prepare_s": t0 - t_prepare, "summary_s": 0.0, "method_s": 0.0}
     lineage = lineage or L.Lineage(original_sha256=parent.sha256, data_sha256=job.data_sha256)
     parent_sha, in_run_steps, step_jobs, gone = parent.sha256, [], [], torch.zeros(0, dtype=torch.long)
+    step = None  # the previous request's result, once there is one
     for k, (req, plan) in enumerate(zip(requests, plans)):
         if k > 0:  # the next request runs on the previous result, with everything forgotten so far left out of its data
             gone = torch.cat([gone, job.splits.forget_positions])
             previous = job
             job = prepare(req, None, device=device, seed=seed, code=code, allow_missing=allow_missing, needs_labels=not label_free,
                           excluded_for=lambda train, sha, g=gone: torch.cat([resolve(train, sha), g]) if resolve else g)
-            job.original, job.artifact = step.model, previous.artifact  # the input's dtypes and file stay the reference
+            job.original, job.artifact = step.model, previous.artifact  # type: ignore[union-attr]  # the input's dtypes and file stay the reference
         step = unlearn_step(job, plan, progress)
         timings["summary_s"] += step.summary_s
         timings["method_s"] += step.wall_time_s
@@ -494,17 +495,24 @@ def train_request(
     seed: Optional[int] = None,
     code: CodePolicy = CodePolicy(),
     progress: Optional[Progress] = None,
+    init: Optional[str | Path] = None,
 ) -> dict[str, Any]:
-    """`unlearn train`: options, request, seed and output checked first; then data, model and training."""
+    """`unlearn train`: options, request, seed, output and --init checked first; then data, model and training.
+
+    init: start from this checkpoint's weights (a pre-trained backbone) instead of a random initialisation.
+    """
     from .training import train_config
 
     config = train_config(**(options or {}))
     req = load_request(request)
     if seed is not None:
         check_seed(seed)
-    check_output(Path(output), "file", force, protect={"request": req.path})
+    check_output(Path(output), "file", force, protect={"request": req.path, "init checkpoint": Path(init) if init else None})
+    start = CheckpointArtifact(init) if init is not None else None
+    if start is not None:
+        start.tensors  # noqa: B018 - a missing or unreadable --init fails before any work
     job = prepare(req, None, device=device, seed=seed, code=code)
-    return train_checkpoint(job, output, config, exclude_forget=exclude_forget, force=force, progress=progress)
+    return train_checkpoint(job, output, config, exclude_forget=exclude_forget, force=force, progress=progress, init=start)
 
 
 def train_checkpoint(
@@ -514,16 +522,19 @@ def train_checkpoint(
     exclude_forget: bool = False,
     force: bool = False,
     progress: Optional[Progress] = None,
+    init: Optional[CheckpointArtifact] = None,
 ) -> dict[str, Any]:
-    """Train the request's architecture from scratch (optionally without the forget set) and write it atomically."""
+    """Train the request's architecture from scratch, or from `init`'s weights (optionally without the forget set), and write it atomically."""
     from .training import fit
 
     output = Path(output)
-    protect = {"request": job.request.path}
+    protect = {"request": job.request.path, "init checkpoint": init.path if init is not None else None}
     check_output(output, "file", force, protect=protect)
     data = job.splits.retain if exclude_forget else job.splits.train
     job.seed_everything()
     model = job.make_model()
+    if init is not None:
+        model = load_into(model, init.tensors, job.request.model.arch, init.path)
     start = time.perf_counter()
     from .distributed import data_parallel, is_writer
 
@@ -535,7 +546,7 @@ def train_checkpoint(
         raise DivergedError(f"training diverged: {len(bad)} tensor(s) hold NaN/Inf (first: {bad[0][0]}); nothing was written; lower --lr")
     figures = utility(model, job)
     fields = output_fields(job, trained_on="retain" if exclude_forget else "train", train_config=config.model_dump(),
-                           wall_time_s=round(wall, 4))
+                           wall_time_s=round(wall, 4), **({"init_sha256": init.sha256} if init is not None else {}))
     if not is_writer():  # rank 0 writes; the other ranks' weights are the same
         return {"output": None, "sha256": None, "train_size": len(data), "wall_time_s": wall, "exclude_forget": exclude_forget, **figures}
     digest = write_merged(output, model.state_dict(), fields, force=force, protect=protect)
