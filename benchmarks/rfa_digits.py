@@ -24,7 +24,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from unlearn_tool.methods import parse_params, run_method  # noqa: E402
-from unlearn_tool.pipeline import prepare, seed_everything, utility  # noqa: E402
+from unlearn_tool.job import prepare, seed_everything  # noqa: E402
+from unlearn_tool.pipeline import utility  # noqa: E402
 from unlearn_tool.request import parse_request  # noqa: E402
 from unlearn_tool.training import TrainConfig, fit  # noqa: E402
 
@@ -83,12 +84,12 @@ def one_case(arch: str, scenario: str, seed: int, variants: dict[str, dict]) -> 
     job = make_job(arch, scenario, seed)
     original, _ = train(job, job.splits.train, seed)
     retrained, t_retrain = train(job, job.splits.retain, seed + 100)
-    u_orig = utility(original, job.splits, job.device)
-    u_ret = utility(retrained, job.splits, job.device)
+    u_orig = utility(original, job)
+    u_ret = utility(retrained, job)
     rows = []
     for name, params in variants.items():
         model, wall, info = run_rfa(job, original, params)
-        u = utility(model, job.splits, job.device)
+        u = utility(model, job)
         rows.append({"arch": arch, "scenario": scenario, "seed": seed, "variant": name, "orig": u_orig, "ret": u_ret, "rfa": u,
                      "t_rfa": wall, "t_retrain": t_retrain, "steps": info.get("steps")})
     return rows

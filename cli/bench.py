@@ -1,6 +1,6 @@
 """`unlearn bench`: several methods, one request, several seeds, one comparison table.
 
-Registered on the main app by the import at the end of cli/main.py. No torch at module level.
+Registers on the app of cli/app.py (cli/main.py imports this module). No torch at module level.
 """
 
 from __future__ import annotations
@@ -10,34 +10,47 @@ from typing import Any, Optional
 
 import typer
 
-from .common import err, handle_errors, print_json, progress_bars
-from .main import DeviceOpt, RequestOpt, app
+from .common import err, handle_errors, markup_safe, print_json, progress_bars
+from .app import CodePathOpt, DeviceOpt, RequestOpt, TrustCodeOpt, app, code_policy
+
+
+SHORT = {"RA %": "RA%", "UA %": "UA%", "TA %": "TA%", "TA remaining %": "TA kept%", "TA forgotten %": "TA fgt%",
+         "MIA-Efficacy %": "MIA-E%", "loss AUC": "AUC", "wall s": "s", "time / retrain %": "t/rt%"}
 
 
 def print_table(bench: dict[str, Any], folder: Path) -> None:
-    """The comparison as a rich table on stderr, then failures and where the files are."""
+    """The comparison as a rich table on stderr that fits the terminal (or $COLUMNS), then failures and the files."""
+    import os
+
     from rich.console import Console
     from rich.table import Table
 
-    from unlearn_tool.bench import best_method, gap_label, table
+    from unlearn_tool.bench import best_method, gap_label, pareto_front, table
 
-    console = Console(stderr=True)
-    if not console.is_terminal:  # a log file or pipe: do not fold the table into 80 columns
-        console = Console(stderr=True, width=200)
+    width = int(os.environ["COLUMNS"]) if os.environ.get("COLUMNS", "").isdigit() else None
+    console = Console(stderr=True, width=width) if width or Console(stderr=True).is_terminal else Console(stderr=True, width=200)
     header, rows = table(bench)
     req = bench["request"]
-    t = Table(title=f"bench of request {req['id']} ({req['scenario']} unlearning), mean ± std over seeds {', '.join(map(str, bench['seeds']))}")
+    compact = console.width < 180
+    t = Table(title=markup_safe(f"bench of request {req['id']} ({req['scenario']} unlearning), mean ± std over seeds {', '.join(map(str, bench['seeds']))}"),
+              padding=(0, 1) if not compact else (0, 0), collapse_padding=True)
     for i, h in enumerate(header):
-        t.add_column(h, justify="left" if i == 0 or h == "error" else "right", no_wrap=h != "error", overflow="fold")
+        label = ("Gap" if h == gap_label(bench) else SHORT.get(h, h)) if compact else h
+        wraps = h in ("error", "status") or compact
+        t.add_column(label, justify="left" if i == 0 or h in ("error", "status") else "right", no_wrap=not wraps, overflow="fold")
     has_errors = header[-1] == "error"
     for r in rows:
-        t.add_row(*r, style=("red" if r[-1].startswith("FAILED") else "yellow" if r[-1] else None) if has_errors else None)
+        t.add_row(*(markup_safe(c) for c in r), style=("red" if r[-1].startswith("FAILED") else "yellow" if r[-1] else None) if has_errors else None)
     console.print(t)
+    if compact:
+        console.print(f"Gap = {gap_label(bench)} (points); kept/fgt = remaining/forgotten classes; MIA-E = MIA-Efficacy; "
+                      "s = method wall time; t/rt = time over retraining", highlight=False)
     if bench["baseline"] == "original":
         console.print("[yellow]no --reference or --retrain: Avg Gap is the distance from the original, not to a retrained model[/yellow]", highlight=False)
     elif (best := best_method(bench)) is not None:
-        console.print(f"lowest {gap_label(bench)}: [bold]{best}[/bold]", highlight=False)
-    console.print(f"reports in {folder} (bench.json, bench.csv, bench.md, bench.png)", highlight=False)
+        console.print(f"lowest {gap_label(bench)}: [bold]{markup_safe(best)}[/bold]; Pareto front (time vs gap): "
+                      f"{markup_safe(', '.join(pareto_front(bench)))}", highlight=False)
+    console.print(f"reports in {markup_safe(folder)} (bench.json, bench.csv, bench.md, bench.png)", highlight=False)
 
 
 @app.command()
@@ -46,35 +59,21 @@ def bench(
     checkpoint: Path = typer.Argument(..., help="Trained model (.safetensors)."),
     request: Path = RequestOpt,
     methods: str = typer.Option(..., "--methods", help="Comma-separated method names, or 'all' (see `unlearn methods`).", show_default=False),
-    seeds: int = typer.Option(3, "--seeds", min=1, help="Runs per method, with seeds request seed, +1, +2, ..."),
+    seeds: int = typer.Option(3, "--seeds", help="Runs per method, with seeds request seed, +1, +2, ..."),
     reference: Optional[Path] = typer.Option(None, "--reference", help="Retrained-without-the-forget-set checkpoint: Avg Gap baseline (audited once); its wall_time_s metadata gives the retraining time."),
     retrain: bool = typer.Option(False, "--retrain", help="Run the retrain method once per seed as the baseline (and the retraining time)."),
     report_dir: Optional[Path] = typer.Option(None, "--report-dir", help="Where to write bench.json/.csv/.md/.png (default <checkpoint stem>.bench/ beside it)."),
-    param: list[str] = typer.Option([], "--param", help="METHOD.key=value for one method (repeatable), e.g. finetune.epochs=2; retrain.* also sets the --retrain baseline's."),
+    param: list[str] = typer.Option([], "--param", metavar="K=V", help="METHOD.key=value for one method (repeatable), e.g. finetune.epochs=2; retrain.* also sets the --retrain baseline's."),
     device: str = DeviceOpt,
     as_json: bool = typer.Option(False, "--json", help="Print bench.json on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or table."),
+    code_path: list[Path] = CodePathOpt,
+    trust_code: bool = TrustCodeOpt,
 ) -> None:
     """Compare unlearning methods on one request over several seeds: audit figures, Avg Gap, time (a failing method is a row, not an exit)."""
-    from unlearn_tool.errors import UnlearnError
-    from unlearn_tool.request import load_request, parse_key_values
+    from unlearn_tool import commands
+    from unlearn_tool.request import parse_key_values
 
-    req = load_request(request)
-    from unlearn_tool import bench as B
-    from unlearn_tool.pipeline import prepare
-
-    # Everything that can be wrong with the input fails here, before any model is loaded or trained.
-    names = B.select_methods(methods)
-    if reference is not None and retrain:
-        raise UnlearnError("give --reference or --retrain, not both")
-    if reference is not None and not reference.is_file():
-        raise UnlearnError(f"--reference {reference}: not found; give a retrained .safetensors file (unlearn train --exclude-forget)")
-    overrides = B.split_overrides(parse_key_values(param), names)
-    params = {n: B.method_params(n, overrides.get(n, {}), req) for n in names}
-    retrain_params = B.method_params("retrain", overrides.get("retrain", {}), req)
-    folder = B.check_report_dir(report_dir if report_dir is not None else B.default_report_dir(checkpoint))
-
-    job = prepare(req, checkpoint, device=device)
     show = not quiet and not as_json
 
     def on_run(name: str, seed: int, record: dict[str, Any]) -> None:
@@ -88,12 +87,14 @@ def bench(
             err(f"{name} seed {seed}: forget acc {100 * m['forget_acc']:.2f}%, test acc {100 * m['test_acc']:.2f}%, avg gap {gap}, {m['wall_time_s']:.2f}s")
 
     with progress_bars(show) as progress:
-        result = B.run_bench(job, names, [job.seed + i for i in range(seeds)], params, reference=reference, retrain=retrain,
-                             retrain_params=retrain_params, progress=progress, on_run=on_run)
-    folder = B.write_bench(result, folder)
+        result, folder = commands.bench(request, checkpoint, methods, seeds=seeds, reference=reference, retrain=retrain,
+                                       report_dir=report_dir, param_overrides=parse_key_values(param), device=device,
+                                       code=code_policy(code_path, trust_code), progress=progress, on_run=on_run)
     if as_json:
         import json
 
-        print_json(json.loads(B.to_json(result)))
+        from unlearn_tool.bench import to_json
+
+        print_json(json.loads(to_json(result)))
     elif not quiet:
         print_table(result, folder)

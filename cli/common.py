@@ -4,50 +4,108 @@ from __future__ import annotations
 
 import functools
 import json
+import re
+import signal
 import sys
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Optional
 
 import typer
 
-EXIT_OK, EXIT_UNEXPECTED, EXIT_INVALID, EXIT_GATE = 0, 1, 2, 3
+EXIT_UNEXPECTED = 1
+LAST_ERROR: list[str] = []  # the last error line printed (validate --json reports it)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def plain(text: object) -> str:
+    """Foreign text (ids, paths, metadata, tensor names) made safe for a terminal: control characters, ANSI
+    escapes and bidi overrides are shown as \\xNN instead of being interpreted."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 256 else f"\\u{ord(m.group()):04x}", str(text))
+
+
+def markup_safe(text: object) -> str:
+    """Foreign text for a rich string that is parsed as markup: `[/x]` printed as is, never interpreted."""
+    from rich.markup import escape
+
+    return escape(plain(text))
 
 
 def err(message: str) -> None:
-    """One line on stderr."""
-    typer.echo(message, err=True)
+    """One line on stderr (control characters escaped)."""
+    line = plain(message)
+    if line.startswith("error: "):
+        LAST_ERROR[:] = [line[len("error: "):]]
+    typer.echo(line, err=True)
 
 
 def handle_errors(fn: Callable) -> Callable:
-    """Map library errors to one-line messages and exit codes: 2 invalid input, 3 gate failed, 1 unexpected."""
+    """Map library errors to one-line messages and exit codes: 2 invalid input, 3 gate failed, 1 unexpected or
+    diverged, 130 Ctrl-C, 143 SIGTERM (129 SIGHUP). Signals unwind like Ctrl-C, so temporary files are removed."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from unlearn_tool.errors import UnlearnError
+        from unlearn_tool.checkpoint import PUBLISHED
+        from unlearn_tool.errors import Terminated, UnlearnError
 
-        try:
-            return fn(*args, **kwargs)
-        except typer.Exit:
-            raise
-        except UnlearnError as e:
-            err(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
-            raise typer.Exit(e.exit_code) from None
-        except KeyboardInterrupt:
-            err("error: interrupted; no output was written")
-            raise typer.Exit(130) from None
-        except MemoryError:
-            err("error: out of memory; lower data.batch_size or the method's batch sizes, or use a larger device")
-            raise typer.Exit(EXIT_UNEXPECTED) from None
-        except Exception as e:  # noqa: BLE001 - the last line of defence: one line, exit 1
-            if _is_cuda_oom(e):
-                err("error: CUDA out of memory; lower data.batch_size or the method's batch sizes, or use --device cpu")
-            else:
-                err(f"error: unexpected {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''} (please report this)")
-            if _debug():
+        PUBLISHED.clear()  # what this command writes (one process may run several commands, e.g. tests)
+        with _signals_as_exceptions():
+            try:
+                return fn(*args, **kwargs)
+            except typer.Exit:
                 raise
-            raise typer.Exit(EXIT_UNEXPECTED) from None
+            except UnlearnError as e:
+                err(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+                raise typer.Exit(e.exit_code) from None
+            except Terminated as e:
+                err(f"error: terminated by signal {e.signum}; {_written_note()}")
+                raise typer.Exit(128 + e.signum) from None
+            except KeyboardInterrupt:
+                err(f"error: interrupted; {_written_note()}")
+                raise typer.Exit(130) from None
+            except MemoryError:
+                err("error: out of memory; lower data.batch_size or the method's batch sizes, or use a larger device")
+                raise typer.Exit(EXIT_UNEXPECTED) from None
+            except RecursionError:
+                err("error: input nested too deeply to process; simplify it")
+                raise typer.Exit(2) from None
+            except Exception as e:  # noqa: BLE001 - the last line of defence: one line, exit 1
+                if _is_cuda_oom(e):
+                    err("error: CUDA out of memory; lower data.batch_size or the method's batch sizes, or use --device cpu")
+                else:
+                    err(f"error: unexpected {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''} (please report this)")
+                if _debug():
+                    raise
+                raise typer.Exit(EXIT_UNEXPECTED) from None
 
     return wrapper
+
+
+def _written_note() -> str:
+    from unlearn_tool.checkpoint import PUBLISHED
+
+    return f"{PUBLISHED[-1]} was written before that" if PUBLISHED else "no output was written"
+
+
+@contextmanager
+def _signals_as_exceptions() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise Terminated in the main thread (restored afterwards), so cleanup code runs."""
+    from unlearn_tool.errors import Terminated
+
+    def raise_terminated(signum: int, _frame: Any) -> None:
+        raise Terminated(signum)
+
+    previous = {}
+    try:
+        for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+            if sig is not None:
+                previous[sig] = signal.signal(sig, raise_terminated)
+    except ValueError:  # not the main thread: leave the default handlers
+        pass
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _is_cuda_oom(e: Exception) -> bool:
@@ -75,23 +133,43 @@ def _json_default(o: Any) -> Any:
     return str(o)
 
 
+def rank0() -> bool:
+    """Not one of the other ranks of a torchrun launch (they stay quiet; rank 0 reports)."""
+    import os
+
+    return os.environ.get("RANK", "0") in ("", "0")
+
+
 @contextmanager
 def progress_bars(enabled: bool) -> Iterator[Optional[Callable[[str, int, int], None]]]:
-    """A rich progress display on stderr; yields a callback (task, done, total) or None when disabled."""
-    if not enabled:
+    """Rich progress bars on stderr; yields a callback (task, done, total) or None when disabled.
+
+    The display starts at the first update (a run that fails its input checks prints nothing but its error)
+    and a bar disappears once its task is complete, so a finished run never leaves a half-full bar behind.
+    """
+    if not enabled or not rank0():
         yield None
         return
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    console = Console(stderr=True)
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=False) as progress:
-        tasks: dict[str, Any] = {}
+    progress: Optional[Progress] = None
+    tasks: dict[str, Any] = {}
 
-        def update(task: str, done: int, total: int) -> None:
-            if task not in tasks:
-                tasks[task] = progress.add_task(task, total=total)
-            progress.update(tasks[task], completed=done, total=total)
+    def update(task: str, done: int, total: int) -> None:
+        nonlocal progress
+        if progress is None:
+            progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                                console=Console(stderr=True), transient=True)
+            progress.start()
+        if task not in tasks:
+            tasks[task] = progress.add_task(markup_safe(task), total=total)
+        progress.update(tasks[task], completed=done, total=total)
+        if total and done >= total:
+            progress.remove_task(tasks.pop(task))
 
+    try:
         yield update
+    finally:
+        if progress is not None:
+            progress.stop()

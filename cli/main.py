@@ -1,27 +1,18 @@
-"""`unlearn`: the command-line entry point. Thin: parse options, call the library, print.
+"""`unlearn`: the command-line entry point. Thin: each command parses its options, calls one library function, prints.
 
-Nothing here imports torch at module level, so `unlearn --help` answers instantly.
+Nothing here imports torch at module level, so `unlearn --help` answers instantly. The audit and
+bench commands live in cli/audit.py and cli/bench.py and register on the same app (cli/app.py).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
-from .common import err, handle_errors, print_json, progress_bars
-
-app = typer.Typer(
-    name="unlearn",
-    help="Make a trained PyTorch classifier forget part of its training data, and show that it did.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-
-DeviceOpt = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps.")
-RequestOpt = typer.Option(..., "--request", "-r", help="Deletion-request YAML.", show_default=False)
+from .app import CodePathOpt, DeviceOpt, RequestOpt, TrustCodeOpt, app, code_policy
+from .common import err, handle_errors, markup_safe, plain, print_json, progress_bars
 
 
 def _fmt(v: Optional[float]) -> str:
@@ -32,7 +23,7 @@ def _print_before_after(before: dict, after: dict, title: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=title)
+    table = Table(title=markup_safe(title))
     table.add_column("metric")
     table.add_column("before", justify="right")
     table.add_column("after", justify="right")
@@ -45,117 +36,191 @@ def _print_before_after(before: dict, after: dict, title: str) -> None:
 @handle_errors
 def apply(
     checkpoint: Path = typer.Argument(..., help="Trained model (.safetensors)."),
-    request: Path = RequestOpt,
+    request: list[Path] = typer.Option(..., "--request", "-r", help="Deletion-request YAML (repeatable: several requests on the same model and data, applied in order, each a step of the lineage).", show_default=False),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output path (default <stem>.unlearned.safetensors beside the input)."),
-    adapter_only: bool = typer.Option(False, "--adapter-only", help="Write a PEFT adapter folder instead of merged weights (LoRA methods)."),
+    adapter_only: Optional[bool] = typer.Option(None, "--adapter-only/--merged", help="Write a PEFT adapter folder (LoRA methods) or merged weights; default: the request's output.mode.", show_default=False),
     method: Optional[str] = typer.Option(None, "--method", help="Override the request's method.name."),
-    param: list[str] = typer.Option([], "--param", help="Method parameter k=v (repeatable); overrides the request's."),
+    param: list[str] = typer.Option([], "--param", metavar="K=V", help="Method parameter k=v (repeatable); overrides the request's."),
     device: str = DeviceOpt,
     seed: Optional[int] = typer.Option(None, "--seed", help="Override the request's seed."),
-    force: bool = typer.Option(False, "--force", help="Overwrite an existing output."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing output (only a checkpoint, or an adapter folder this tool wrote)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or tables."),
     audit: bool = typer.Option(False, "--audit", help="Audit the result right away (request's audit.gates and audit.reference); exit 3 if a gate fails."),
+    retrain_affected: bool = typer.Option(False, "--retrain-affected", help="Exact artifacts (train --exact): retrain the truncated stages on the remaining data (SISA's deletion) instead of only deactivating them."),
     report_dir: Optional[Path] = typer.Option(None, "--report-dir", help="With --audit: where to write the reports (default <output stem>.audit/)."),
+    keep_on_fail: bool = typer.Option(True, "--keep-on-fail/--no-keep-on-fail", help="With --audit: keep the output when the verdict is fail (default; exit 3 either way), or remove it again."),
+    ledger: Optional[Path] = typer.Option(None, "--ledger", metavar="FILE", help="The JSON-lines ledger to read the checkpoint's lineage from and to extend (default <stem>.ledger.jsonl beside the checkpoint / the output)."),
+    ignore_lineage: bool = typer.Option(False, "--ignore-lineage", help="Do not exclude the checkpoint's earlier deletions from the data (when their ledger is lost)."),
+    record_ids: bool = typer.Option(False, "--record-ids", help="Also record the forgotten record IDs themselves in the output and the ledger (default: count and digest only)."),
+    allow_missing: bool = typer.Option(False, "--allow-missing", help="Forget the IDs that are in the data and report the others (default: unknown IDs are an error)."),
+    code_path: list[Path] = CodePathOpt,
+    trust_code: bool = TrustCodeOpt,
 ) -> None:
     """Make the model forget what the request names and write the unlearned checkpoint."""
-    from unlearn_tool.pipeline import apply as run_apply, prepare
-    from unlearn_tool.request import load_request, parse_key_values
+    from unlearn_tool import commands
+    from unlearn_tool.request import parse_key_values
 
-    req = load_request(request)
-    params = None
-    if param or method:
-        base = dict(req.method.params) if (method is None or method == req.method.name) else {}
-        params = {**base, **parse_key_values(param)}
-    job = prepare(req, checkpoint, device=device, seed=seed)
+    params = parse_key_values(param)
     with progress_bars(not quiet and not as_json) as progress:
-        result = run_apply(job, method=method, params=params, output=output,
-                           adapter_only=True if adapter_only else None, force=force, progress=progress)
-    summary = result.as_dict(job)
+        outcome = commands.apply(request, checkpoint, method=method, params=params, output=output, adapter_only=adapter_only,
+                                force=force, device=device, seed=seed, code=code_policy(code_path, trust_code),
+                                audit=audit, report_dir=report_dir, keep_on_fail=keep_on_fail, ledger=ledger,
+                                ignore_lineage=ignore_lineage, record_ids=record_ids, allow_missing=allow_missing, progress=progress,
+                                **({"retrain_affected": True} if retrain_affected else {}))
+    result = outcome.result
+    if result is None:  # another rank than 0 under torchrun: rank 0 reports
+        return
     for w in result.warnings:
         err(f"warning: {w}")
-    report = None
-    if audit:
-        from unlearn_tool.audit import audit_apply_result
-
-        report, folder = audit_apply_result(job, result, report_dir)
-        summary["audit"] = {"report_dir": str(folder), "verdict": report["verdict"], "gates": report["gates"], "warnings": report["warnings"]}
+    outcome.timings = {"startup_s": _since_process_start() - sum(outcome.timings.values()), **outcome.timings,
+                       "process_s": _since_process_start()}
     if as_json:
-        print_json(summary)
+        print_json(outcome.summary())
     elif not quiet:
-        _print_before_after(result.before, result.after, f"{result.method} on request {req.id}")
-        err(f"wrote {result.output} ({result.mode}) in {result.wall_time_s:.2f}s of unlearning")
-    if report is not None:
+        _print_before_after(result.before, result.after, f"{result.method} on request {outcome.job.request.id}")
+        stop = _stop_line(result.info, result.params)
+        if stop:
+            err(stop)
+        if result.before.get("test_remaining_acc") is not None:
+            err("test_acc counts every test sample, the forgotten classes included; test_remaining_acc is the utility on the classes kept")
+        err(f"wrote {result.output} ({result.mode}) in {result.wall_time_s:.2f}s of unlearning"
+            + (" — then removed it: the audit failed (--no-keep-on-fail)" if outcome.removed else ""))
+        for note in getattr(result, "notes", []):  # an exact deletion's figures and guarantee
+            err(note)
+        summary = outcome.summary()
+        if summary.get("ledger"):
+            err(f"lineage: {summary['lineage_steps']} deletion(s) since the original; ledger {summary['ledger']}"
+                + (f"; {summary['excluded_earlier']} samples of earlier deletions left out of the data" if summary["excluded_earlier"] else ""))
+        if summary["missing_ids"]:
+            err(f"{len(summary['missing_ids'])} requested ID(s) are not in the data and were skipped (--allow-missing)")
+    if outcome.report is not None:
         from .audit import finish
 
-        finish(report, folder, as_json=False, quiet=as_json or quiet)  # stdout already holds the apply summary
+        finish(outcome.report, outcome.report_dir, as_json=False, quiet=as_json or quiet)  # stdout already holds the apply summary
+
+
+def _since_process_start() -> float:
+    """Seconds since this process started (start-up included), for the timing breakdown."""
+    import time
+
+    try:
+        import psutil
+
+        return time.time() - psutil.Process().create_time()
+    except Exception:  # noqa: BLE001 - psutil missing: from the first import of this module
+        return time.perf_counter() - _IMPORTED_AT
+
+
+_IMPORTED_AT = __import__("time").perf_counter()
+
+
+def _stop_line(info: dict, params: dict) -> Optional[str]:
+    """Why an iterative method stopped, in one line ("target reached after 7 of 30 passes")."""
+    reason, done, total = info.get("stop_reason"), info.get("epochs_run"), params.get("epochs")
+    if reason is None or done is None:
+        return None
+    if reason == "criterion":
+        return f"stopped early: target reached after {done} of {total} passes"
+    if reason == "diverged":
+        return f"stopped after {done} of {total} passes: the loss diverged; the last finite weights were kept"
+    return f"ran all {done} passes" + (" (the stopping target was not reached)" if params.get("stop") == "criterion" else "")
 
 
 @app.command()
-@handle_errors
 def validate(
     request: Path = RequestOpt,
     checkpoint: Optional[Path] = typer.Argument(None, help="Optional checkpoint to check against the architecture."),
-    as_json: bool = typer.Option(False, "--json", help="Print the checks as JSON."),
+    as_json: bool = typer.Option(False, "--json", help="Print the checks as JSON (also when they fail: {\"ok\": false, \"error\": ...})."),
+    code_path: list[Path] = CodePathOpt,
+    trust_code: bool = TrustCodeOpt,
 ) -> None:
     """Check a request (schema, method parameters, data, classes/indices, checkpoint) without training."""
-    from unlearn_tool.request import load_request
 
-    req = load_request(request)  # schema first: no torch needed to reject a malformed request
-    from unlearn_tool.methods import parse_params as check_params
-    from unlearn_tool.pipeline import prepare
+    def run() -> dict[str, Any]:
+        from unlearn_tool import commands
 
-    check_params(req.method.name, req.method.params)
-    job = prepare(req, checkpoint, device="cpu")
-    info = {
-        "request_id": req.id,
-        "ok": True,
-        "scenario": job.splits.scenario,
-        "num_classes": job.num_classes,
-        "train_size": len(job.splits.train),
-        "test_size": len(job.splits.test),
-        "forget_size": len(job.splits.forget_idx),
-        "retain_size": len(job.splits.retain_idx),
-        "method": req.method.name,
-        "checkpoint": str(checkpoint) if checkpoint else None,
-    }
-    if as_json:
+        return commands.validate(request, checkpoint, code=code_policy(code_path, trust_code))
+
+    if as_json:  # a failing check is a JSON answer too, so pipelines can parse stdout either way
+        try:
+            info = handle_errors(run)()
+        except typer.Exit as e:
+            print_json({"ok": False, "exit_code": e.exit_code, "error": _last_error()})
+            raise
         print_json(info)
-    else:
-        typer.echo(
-            f"ok: request {req.id}: {info['scenario']} unlearning of {info['forget_size']} of {info['train_size']} train samples "
-            f"({job.num_classes} classes), method {req.method.name}" + (f", checkpoint matches {req.model.arch}" if checkpoint else "")
-        )
+        return
+    info = handle_errors(run)()
+    typer.echo(plain(
+        f"ok: request {info['request_id']}: {info['scenario']} unlearning of {info['forget_size']} of {info['train_size']} train samples "
+        f"({info['num_classes']} classes), method {info['method']}" + (f", checkpoint matches {info['checkpoint_matches']}" if checkpoint else "")
+    ))
+    if info.get("exact_note"):
+        typer.echo(plain(info["exact_note"]))
+
+
+def _last_error() -> Optional[str]:
+    from .common import LAST_ERROR
+
+    return LAST_ERROR[-1] if LAST_ERROR else None
 
 
 @app.command()
 @handle_errors
 def inspect(
-    checkpoint: Path = typer.Argument(..., help="A .safetensors checkpoint."),
+    checkpoint: Path = typer.Argument(..., help="A .safetensors checkpoint or an adapter folder."),
     as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
 ) -> None:
     """List a checkpoint's tensors, shapes, dtypes, parameter count and metadata."""
-    from unlearn_tool.checkpoint import read_checkpoint, read_metadata_fields
+    from unlearn_tool.artifacts import open_artifact
 
-    tensors, metadata = read_checkpoint(checkpoint)
-    rows = [{"name": k, "shape": list(v.shape), "dtype": str(v.dtype).removeprefix("torch."), "numel": v.numel()} for k, v in tensors.items()]
-    total = sum(r["numel"] for r in rows)
+    info = open_artifact(checkpoint).describe()
     if as_json:
-        print_json({"path": str(checkpoint), "tensors": rows, "parameters": total, "metadata": read_metadata_fields(metadata), "raw_metadata": metadata})
+        print_json(info)
         return
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{checkpoint} — {len(rows)} tensors, {total:,} values")
+    if info["kind"] == "exact":
+        _print_exact(checkpoint, info)
+        return
+
+    rows = info["tensors"]
+    table = Table(title=markup_safe(f"{checkpoint} ({info['kind']}) — {len(rows)} tensors, {info['parameters']:,} values"))
     for col in ("name", "shape", "dtype"):
         table.add_column(col)
     table.add_column("values", justify="right")
     for r in rows:
-        table.add_row(r["name"], "x".join(map(str, r["shape"])) or "scalar", r["dtype"], f"{r['numel']:,}")
+        table.add_row(markup_safe(r["name"]), "x".join(map(str, r["shape"])) or "scalar", r["dtype"], f"{r['numel']:,}")
     console = Console()
     console.print(table)
-    for k, v in sorted(metadata.items()):
-        console.print(f"[bold]{k}[/bold]: {v}")
+    for k, v in sorted(info["raw_metadata"].items()):
+        console.print(f"[bold]{markup_safe(k)}[/bold]: {markup_safe(v)}", highlight=False)
+
+
+def _print_exact(path: Path, info: dict) -> None:
+    """`unlearn inspect` of an exact artifact: one row per shard and sequence, its stages, and the budget."""
+    from rich.console import Console
+    from rich.table import Table
+
+    b = info["budget"]
+    table = Table(title=markup_safe(f"{path} (exact {info['method']}) — {b['active_components']} of {b['components']} components active, "
+                                    f"{b['active_shards']} of {len(info['shards'])} shards serving, {len(info['deletions'])} deletion(s)"))
+    for col in ("shard", "size", "sequence", "slice order", "active prefix", "stages (slices seen: status)", "serves"):
+        table.add_column(col)
+    for sh in info["shards"]:
+        for seq in sh["sequences"]:
+            stages = " ".join(f"{''.join(map(str, st['slices']))}:{'A' if st['status'] == 'active' else 'x'}" + (f"g{st['generation']}" if st["generation"] else "")
+                              for st in seq["stages"])
+            serving = sh["serving"] is not None and sh["serving"]["sequence"] == seq["sequence"]
+            table.add_row(str(sh["shard"]), str(sh["size"]), str(seq["sequence"]), ",".join(map(str, seq["order"])),
+                          f"{seq['prefix']}/{len(seq['stages'])}", stages, "yes" if serving else "")
+    console = Console()
+    console.print(table)
+    console.print(f"deletion budget: {b['deletions_left']} more worst-case single-sample deletions (per shard {b['per_shard']})", highlight=False)
+    console.print(markup_safe(f"guarantee: {info['guarantee']}"), highlight=False)
+    console.print(markup_safe(f"params: {info['params']}; aggregation {info['aggregation']}; seed {info['seed']}; "
+                              f"base {info['base']['source']} {info['base']['sha256'][:12]}...; manifest sha256 {info['sha256']}"), highlight=False)
 
 
 @app.command()
@@ -168,29 +233,40 @@ def train(
     lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate (default 1e-3)."),
     optimizer: Optional[str] = typer.Option(None, "--optimizer", help="adam (default) or sgd."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Batch size (default 64)."),
+    regularizer: Optional[str] = typer.Option(None, "--regularizer", help="A training regularizer: gradient-restriction (what the iau method assumes; double backprop, about 2x the training cost)."),
+    param: list[str] = typer.Option([], "--param", metavar="K=V", help="Regularizer parameter k=v, e.g. alpha=0.005 (with --regularizer); with --exact, that method's parameter (shards=5, slices=4, ...)."),
+    init: Optional[Path] = typer.Option(None, "--init", help="Start from this checkpoint's weights (a pre-trained backbone) instead of a random initialisation."),
+    exact: Optional[str] = typer.Option(None, "--exact", help="Train an exact-unlearning artifact folder: s3t or sisa (docs/exact.md); see --param."),
     device: str = DeviceOpt,
     seed: Optional[int] = typer.Option(None, "--seed", help="Override the request's seed."),
-    force: bool = typer.Option(False, "--force", help="Overwrite an existing output."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing output (only a checkpoint)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    code_path: list[Path] = CodePathOpt,
+    trust_code: bool = TrustCodeOpt,
 ) -> None:
     """Train the request's architecture on its train split (optionally without the forget set)."""
-    from unlearn_tool.errors import UnlearnError
-    from unlearn_tool.pipeline import prepare, train_checkpoint
-    from unlearn_tool.request import load_request
-    from unlearn_tool.training import TrainConfig
+    from unlearn_tool import commands
+    from unlearn_tool.request import parse_key_values
 
-    overrides = {k: v for k, v in dict(epochs=epochs, lr=lr, optimizer=optimizer, batch_size=batch_size).items() if v is not None}
-    try:
-        config = TrainConfig(**overrides)
-    except Exception as e:  # pydantic ValidationError -> one line
-        raise UnlearnError(f"train options: {str(e).splitlines()[1:3]}; see unlearn train --help") from None
-    req = load_request(request)
-    job = prepare(req, None, device=device, seed=seed)
+    options = dict(epochs=epochs, lr=lr, optimizer=optimizer, batch_size=batch_size, regularizer=regularizer,
+                   regularizer_params=parse_key_values(param))
     with progress_bars(not quiet and not as_json) as progress:
-        summary = train_checkpoint(job, output, config, exclude_forget=exclude_forget, force=force, progress=progress)
+        summary = commands.train(request, output, options=options,
+                                exclude_forget=exclude_forget, force=force, device=device, seed=seed,
+                                code=code_policy(code_path, trust_code), progress=progress, init=init,
+                                **({"exact": exact} if exact is not None else {}))
+    if summary.get("output") is None:  # another rank than 0 under torchrun: rank 0 reports
+        return
+    for w in summary.get("warnings", []):
+        err(f"warning: {w}")
     if as_json:
         print_json(summary)
+    elif not quiet and exact is not None:
+        err(f"wrote {output} (exact {summary['method']}: {summary['shards']} shards x {summary['sequences']} sequence(s) x {summary['slices']} slices = "
+            f"{summary['components']} components): test accuracy {_fmt(summary['test_acc'])}, {summary['train_size']} training samples, "
+            f"{summary['sample_epochs']:,} sample-epochs ({summary['sample_epochs'] / summary['normal_run_sample_epochs']:.2f}x a 40-epoch run), "
+            f"{summary['wall_time_s']:.1f}s; deletion budget {summary['budget']['deletions_left']}")
     elif not quiet:
         err(f"wrote {output}: test accuracy {_fmt(summary['test_acc'])}, {summary['train_size']} training samples, {summary['wall_time_s']:.1f}s")
 
@@ -200,29 +276,27 @@ def train(
 def methods(name: Optional[str] = typer.Argument(None, help="A method name, to list its parameters."),
             as_json: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
     """List the registered unlearning methods, or one method's parameters."""
-    from unlearn_tool.methods import get_method, method_names
+    from unlearn_tool.method_catalog import describe  # torch-free: a cache of the registry
 
     if name is None:
-        entries = [get_method(n) for n in method_names()]
+        entries = describe()
         if as_json:
-            print_json([{"name": e.name, "summary": e.summary, "adapter": e.supports_adapter} for e in entries])
+            print_json(entries)
             return
-        width = max(len(e.name) for e in entries)
+        width = max(len(e["name"]) for e in entries)
         for e in entries:
-            typer.echo(f"{e.name:<{width}}  {e.summary}")
+            typer.echo(f"{e['name']:<{width}}  {e['summary']}")
         return
-    entry = get_method(name)
-    fields = [
-        {"name": k, "default": f.default if f.default is not None else None, "type": _type_name(f.annotation), "description": f.description or ""}
-        for k, f in entry.params_cls.model_fields.items()
-    ]
+    info = describe(name)
     if as_json:
-        print_json({"name": entry.name, "summary": entry.summary, "reference": entry.reference, "adapter": entry.supports_adapter, "params": fields})
+        print_json(info)
         return
-    typer.echo(f"{entry.name}: {entry.summary}")
-    if entry.reference:
-        typer.echo(f"reference: {entry.reference}")
-    for f in fields:
+    typer.echo(f"{info['name']}: {info['summary']}")
+    if info["reference"]:
+        typer.echo(f"reference: {info['reference']}")
+    typer.echo(f"tasks: {', '.join(info['tasks'])}; scenarios: {', '.join(info['scenarios'])}"
+               + ("; adapter output" if info["adapter"] else "") + ("; label-free" if info["label_free"] else ""))
+    for f in info["params"]:
         typer.echo(f"  {f['name']} ({f['type']}, default {f['default']!r}): {f['description']}")
 
 
@@ -246,12 +320,73 @@ def quickstart(
     err(f"unlearned: {summary['output']} in {summary['wall_time_s']:.2f}s; next: unlearn audit --help")
 
 
-def _type_name(annotation: object) -> str:
-    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+@app.command()
+@handle_errors
+def merge(
+    adapter: Path = typer.Argument(..., help="An adapter folder written by `unlearn apply --adapter-only`."),
+    base: Path = typer.Option(..., "--base", help="The checkpoint the adapter was trained on (its sha256 is checked).", show_default=False),
+    output: Path = typer.Option(..., "--output", "-o", help="Where to write the merged checkpoint (.safetensors).", show_default=False),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing output (only a checkpoint)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+    code_path: list[Path] = CodePathOpt,
+    trust_code: bool = TrustCodeOpt,
+) -> None:
+    """Fold an adapter into its base checkpoint: a drop-in merged checkpoint, after which the base can be deleted."""
+    from unlearn_tool import commands
+
+    summary = commands.merge(adapter, base, output, force=force, code=code_policy(code_path, trust_code))
+    if as_json:
+        print_json(summary)
+    else:
+        err(f"wrote {output}: {base} + adapter {adapter} merged (sha256 {summary['sha256'][:12]}...); the forgotten data is now out of the weights")
 
 
-def main() -> None:  # pragma: no cover - console entry
-    app()
+@app.command()
+@handle_errors
+def ledger(
+    args: list[str] = typer.Argument(..., help="CKPT to print its lineage, or `verify CKPT` to check every hash link.", metavar="[verify] CKPT"),
+    original: Optional[Path] = typer.Option(None, "--original", help="With verify: the checkpoint the chain starts from."),
+    ledger_file: Optional[Path] = typer.Option(None, "--ledger", metavar="FILE", help="The ledger (default <stem>.ledger.jsonl beside CKPT)."),
+    as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
+) -> None:
+    """Print a checkpoint's chain of deletions, or verify it (`verify CKPT --original O`; exit 3 when it does not verify)."""
+    from unlearn_tool import commands
+    from unlearn_tool.errors import GateFailure, UnlearnError
+
+    if args[0] == "verify":
+        if len(args) != 2 or original is None:
+            raise UnlearnError("usage: unlearn ledger verify CKPT --original ORIGINAL [--ledger FILE]")
+        info = commands.ledger_verify(Path(args[1]), original, ledger_file)
+        if as_json:
+            print_json(info)
+        else:
+            for p in info["problems"]:
+                err(f"problem: {p}")
+            typer.echo(plain(f"{'verified' if info['ok'] else 'NOT VERIFIED'}: {len(info['steps'])} step(s) from {info['original_sha256'][:12]}... "
+                             f"to {info['checkpoint_sha256'][:12]}... ({info['ledger']})"))
+        if not info["ok"]:
+            raise GateFailure(f"the lineage of {args[1]} does not verify: {info['problems'][0]}")
+        return
+    if len(args) != 1:
+        raise UnlearnError("usage: unlearn ledger CKPT, or unlearn ledger verify CKPT --original ORIGINAL")
+    info = commands.ledger_show(Path(args[0]), ledger_file)
+    if as_json:
+        print_json(info)
+        return
+    typer.echo(plain(f"{args[0]}: {len(info['steps'])} deletion(s) since original {info['original_sha256'][:12]}..."))
+    for step in info["steps"]:
+        typer.echo(plain(f"  step {step['step']}: request {step['request_id']} ({step['scenario']}, {step['forget_count']} samples, "
+                         f"digest {step['forget_digest'][:12]}...) by {step['method']} on {step['parent_sha256'][:12]}... at {step['created_utc']}"))
+
+
+@app.command()
+@handle_errors
+def examples(folder: Path = typer.Argument(..., help="A new folder to copy the example requests into.")) -> None:
+    """Copy the example deletion requests (digits, CIFAR-10, Fashion-MNIST) into FOLDER, to run the README's examples from there."""
+    from unlearn_tool.quickstart import copy_examples
+
+    for path in copy_examples(folder):
+        typer.echo(plain(path))
 
 
 from . import audit as _audit  # noqa: E402,F401  (registers the command)

@@ -79,6 +79,20 @@ def digits_sample_job(digits_dir):
 
 
 @pytest.fixture(autouse=True, scope="session")
+def _private_caches(tmp_path_factory):
+    """Caches (SSD importances, the method catalog) go to a temporary folder, never the user's ~/.cache."""
+    import os
+
+    before = os.environ.get("UNLEARN_CACHE_DIR")
+    os.environ["UNLEARN_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if before is None:
+        os.environ.pop("UNLEARN_CACHE_DIR", None)
+    else:
+        os.environ["UNLEARN_CACHE_DIR"] = before
+
+
+@pytest.fixture(autouse=True, scope="session")
 def _one_thread():
     """Tiny models run several times faster on one thread than on two (thread start-up dominates)."""
     import torch

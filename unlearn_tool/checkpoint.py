@@ -1,26 +1,39 @@
-"""Read, check and write checkpoints: safetensors only, outputs written atomically.
+"""Read, check and write checkpoints: safetensors only, outputs published atomically and never by surprise.
 
 Inputs are never modified. An output is written to a temporary file in the
-destination folder and renamed into place, so a crash leaves no half-written file.
+destination folder and published in one step: without `--force` by a hard link
+that fails if the name exists (so two concurrent runs cannot both "win"), with
+`--force` by a rename that replaces only a checkpoint or an adapter folder this
+tool wrote. A crash, Ctrl-C or SIGTERM leaves no half-written file behind.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import shutil
+import stat
+import struct
 import tempfile
 from pathlib import Path
-from contextlib import contextmanager
-from typing import Callable, Iterator
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Callable, Mapping, Optional
 
 from .errors import CheckpointError, OutputError
 
+if TYPE_CHECKING:  # torch is imported where it is used, so `unlearn --help` and request checks stay instant
+    import torch
+    from torch import nn
+
 META_PREFIX = "unlearn."
+TMP_PREFIX = ".unlearn-"  # temporary names do not derive from the output's name, so a long name cannot overflow them
+# Files `unlearn apply --adapter-only` writes; --force replaces a folder holding these and nothing else.
+ADAPTER_FILES = frozenset({"adapter_config.json", "adapter_model.safetensors", "unlearn_metadata.json", "README.md"})
+ADAPTER_MARKER = "unlearn_metadata.json"
+
+# Outputs published by this process (for an honest message when it is interrupted afterwards).
+PUBLISHED: list[Path] = []
 
 
 def sha256_file(path: str | Path) -> str:
@@ -31,22 +44,56 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def _regular_file(path: Path, what: str, fix: str) -> None:
+    """Refuse folders, FIFOs and devices before opening anything (reading a FIFO would hang)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise CheckpointError(f"{what} {path} not found; {fix}") from None
+    except OSError as e:
+        raise CheckpointError(f"{what} {path} cannot be read ({e.strerror}); {fix}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise CheckpointError(f"{what} {path} is a folder; {fix}")
+    if not stat.S_ISREG(st.st_mode):
+        raise CheckpointError(f"{what} {path} is not a regular file; {fix}")
+
+
 def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Tensors and string metadata of a .safetensors file."""
     from safetensors import safe_open
 
     path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"checkpoint {path} not found; give the path of a .safetensors file")
-    if path.is_dir():
-        raise CheckpointError(f"checkpoint {path} is a folder; give a .safetensors file (adapter folders are read by `unlearn audit`)")
+    _regular_file(path, "checkpoint", "give the path of a .safetensors file")
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = dict(f.metadata() or {})
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:  # noqa: BLE001 - safetensors raises several types for a bad header
-        raise CheckpointError(f"checkpoint {path} is not a valid safetensors file ({str(e).splitlines()[0][:120]}); convert it with safetensors.torch.save_file(model.state_dict(), path)") from None
+        raise CheckpointError(f"checkpoint {path} is not a valid safetensors file ({str(e).splitlines()[0][:120] if str(e) else type(e).__name__}); convert it with safetensors.torch.save_file(model.state_dict(), path)") from None
     return tensors, metadata
+
+
+def non_finite(tensors: dict[str, torch.Tensor]) -> list[tuple[str, int, int]]:
+    """(name, non-finite count, size) of every floating tensor holding NaN or Inf."""
+    import torch
+
+    out = []
+    for name, t in tensors.items():
+        if t.is_floating_point() or t.is_complex():
+            bad = int((~torch.isfinite(t)).sum())
+            if bad:
+                out.append((name, bad, t.numel()))
+    return out
+
+
+def check_finite(tensors: dict[str, torch.Tensor], path: str | Path) -> None:
+    """A checkpoint with NaN or Inf weights is corrupt (or its training diverged): refuse it, naming the tensor."""
+    bad = non_finite(tensors)
+    if bad:
+        name, count, size = bad[0]
+        more = f" (and {len(bad) - 1} more tensor(s))" if len(bad) > 1 else ""
+        raise CheckpointError(f"checkpoint {path}: tensor {name} holds {count} of {size} NaN/Inf values{more}; "
+                              "the file is corrupt or its training diverged; give a checkpoint with finite weights")
 
 
 def mismatches(model: nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
@@ -63,83 +110,290 @@ def mismatches(model: nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
 
 
 def load_into(model: nn.Module, state: dict[str, torch.Tensor], arch: str, path: str | Path) -> nn.Module:
-    """Load a checkpoint strictly, or say which keys/shapes differ and how to fix it."""
+    """Load a checkpoint strictly, or say which keys/shapes differ and how to fix it; refuse non-finite weights.
+
+    Tensors are cast to the model's dtype (fp32 for computing); callers that write a drop-in
+    replacement cast back to the checkpoint's own dtypes (`dtypes_of`).
+    """
     diffs = mismatches(model, state)
     if diffs:
         shown = "; ".join(diffs[:4]) + (f"; +{len(diffs) - 4} more" if len(diffs) > 4 else "")
         raise CheckpointError(f"checkpoint {path} does not match {arch}: {shown}; set model.arch/kwargs to the architecture it was trained with")
+    check_finite(state, path)
     target = model.state_dict()
     model.load_state_dict({k: v.to(target[k].dtype) for k, v in state.items()}, strict=True)
     return model
 
 
-# ---------------------------------------------------------------- atomic outputs
-
-def check_writable(path: Path, force: bool) -> None:
-    """Fail before any work if the output exists (without force) or its folder is not writable."""
-    if path.exists() and not force:
-        raise OutputError(f"output {path} exists; pass --force to overwrite it or choose another --output")
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise OutputError(f"output folder {parent} does not exist; create it or choose another --output")
-    if not os.access(parent, os.W_OK):
-        raise OutputError(f"output folder {parent} is not writable; choose another --output")
+def dtypes_of(state: dict[str, torch.Tensor]) -> dict[str, torch.dtype]:
+    return {k: v.dtype for k, v in state.items()}
 
 
-@contextmanager
-def _atomic_file(path: Path, fix: str) -> Iterator[Path]:
-    """Yield a temporary path in the destination folder; rename it onto `path` only if the block succeeds."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+# ---------------------------------------------------------------- output checks (before any work)
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _new_file_mode() -> int:
+    """What open(path, 'w') would give a new file: 0666 minus the umask."""
+    return 0o666 & ~_umask()
+
+
+def _name_max(folder: Path) -> int:
     try:
-        yield Path(tmp)
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):
+        return 255
+
+
+def looks_like_safetensors(path: Path) -> bool:
+    """A safetensors file starts with an 8-byte little-endian header length, then a JSON object."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(9)
+    except OSError:
+        return False
+    if len(head) < 9:
+        return False
+    (n,) = struct.unpack("<Q", head[:8])
+    return 0 < n <= size - 8 and head[8:9] == b"{"
+
+
+def is_our_adapter_folder(path: Path) -> bool:
+    """A folder `unlearn apply --adapter-only` wrote: only its files, with our metadata marker."""
+    try:
+        entries = list(path.iterdir())
+    except OSError:
+        return False
+    names = {e.name for e in entries}
+    if ADAPTER_MARKER not in names or not names <= ADAPTER_FILES or any(not e.is_file() or e.is_symlink() for e in entries):
+        return False
+    try:
+        marker = json.loads((path / ADAPTER_MARKER).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(marker, dict) and str(marker.get(META_PREFIX + "format", "")).startswith("unlearn/")
+
+
+EXACT_FILES = frozenset({"manifest.json", "base.safetensors", "assignment.safetensors", "components"})
+
+
+def is_our_exact_folder(path: Path) -> bool:
+    """A folder `unlearn train --exact` or an exact deletion wrote: only its files, with our manifest format."""
+    try:
+        entries = {e.name: e for e in path.iterdir()}
+        comps = list((path / "components").iterdir()) if (path / "components").is_dir() else []
+        manifest = json.loads((path / "manifest.json").read_text()) if (path / "manifest.json").is_file() else None
+    except (OSError, ValueError):
+        return False
+    return (isinstance(manifest, dict) and str(manifest.get("format", "")).startswith("unlearn-exact/")
+            and set(entries) <= EXACT_FILES and not any(e.is_symlink() for e in entries.values())
+            and all(c.is_file() and not c.is_symlink() and c.name.endswith(".safetensors") for c in comps))
+
+
+def is_our_folder(path: Path) -> bool:
+    """A folder this tool wrote and --force may replace: an adapter folder or an exact-unlearning artifact."""
+    return is_our_adapter_folder(path) or is_our_exact_folder(path)
+
+
+def check_output(path: Path, kind: str, force: bool, protect: Mapping[str, Optional[Path]] = {}, flag: str = "--output") -> None:
+    """Fail before any work if the output cannot or must not be written.
+
+    kind is "file" (a checkpoint) or "dir" (an adapter folder). With `force`, an existing output is
+    replaced only if it is what this tool writes there: a safetensors file, or an adapter folder
+    holding only our files. The output may never be, or contain, a protected path (the input
+    checkpoint, the request).
+    """
+    path = Path(path)
+    absolute = Path(os.path.abspath(path))
+    parent = absolute.parent
+    if len(os.fsencode(path.name)) > _name_max(parent if parent.is_dir() else Path(".")):
+        raise OutputError(f"output name {path.name[:40]}... is longer than the file system allows ({_name_max(parent)} bytes); choose a shorter {flag}")
+    for label, p in dict(protect).items():
+        if p is None:
+            continue
+        q = Path(os.path.abspath(p))
+        if q == absolute:
+            raise OutputError(f"output {path} is the {label}; inputs are never overwritten, choose another {flag}")
+        if os.path.exists(absolute) and os.path.exists(q) and absolute.resolve() == q.resolve():
+            raise OutputError(f"output {path} is a link to the {label}; inputs are never overwritten, choose another {flag}")
+        if absolute in q.parents:
+            raise OutputError(f"output {path} is a folder that holds the {label} {p}; inputs are never overwritten, choose another {flag}")
+    if not parent.is_dir():
+        raise OutputError(f"output folder {path.parent} does not exist; create it or choose another {flag}")
+    if os.path.lexists(absolute):
+        st = os.stat(absolute) if absolute.exists() else os.lstat(absolute)
+        if kind == "file" and stat.S_ISDIR(st.st_mode):
+            raise OutputError(f"output {path} is a folder; give a file name for the checkpoint ({flag})")
+        if kind == "dir" and not stat.S_ISDIR(st.st_mode):
+            raise OutputError(f"output {path} exists and is not a folder; an adapter output is a folder, choose another {flag}")
+        if not force:
+            raise OutputError(f"output {path} exists; pass --force to overwrite it or choose another {flag}")
+        if kind == "file" and not (stat.S_ISREG(st.st_mode) and looks_like_safetensors(absolute)):
+            raise OutputError(f"output {path} exists and is not a safetensors checkpoint; --force replaces only checkpoints, choose another {flag}")
+        if kind == "dir" and not is_our_folder(absolute):
+            raise OutputError(f"output {path} is a folder holding files this tool did not write; --force replaces only an adapter folder "
+                              f"written by `unlearn apply --adapter-only` or an exact artifact, choose another {flag}")
+    try:  # the only reliable writability test (root ignores permission bits; read-only mounts; quotas)
+        fd, probe = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=".probe", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise OutputError(f"output folder {path.parent} is not writable ({e.strerror}); choose another {flag}") from None
+
+
+# ---------------------------------------------------------------- atomic, no-clobber publishing
+
+def _published(path: Path) -> None:
+    PUBLISHED.append(path)
+
+
+def _publish_file(tmp: Path, path: Path, force: bool, flag: str) -> None:
+    """Move a finished temporary file onto `path` in one step; without force, never over an existing file."""
+    if force:
         os.replace(tmp, path)
+        return
+    try:
+        try:
+            os.link(tmp, path)  # fails with EEXIST if the name appeared meanwhile: no check-then-rename race
+        except FileExistsError:
+            raise
+        except OSError as e:
+            if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK, errno.ENOSYS):
+                raise
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)  # no hard links here: reserve the name
+            os.close(fd)
+            os.replace(tmp, path)
+    except FileExistsError:
+        raise OutputError(f"output {path} appeared while this run was writing (another run?); it was kept; pass --force or choose another {flag}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _write_atomically(path: Path, write: Callable[[Path], None], force: bool, fix: str, flag: str, mode: Optional[int] = None) -> str:
+    """Write via `write(tmp)` into a temporary file beside `path`, publish it, return the sha256 of what was published."""
+    if mode is None:
+        mode = stat.S_IMODE(os.stat(path).st_mode) if force and path.is_file() else _new_file_mode()
+    try:
+        fd, name = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise OutputError(f"cannot write {path} ({e.strerror}); {fix}") from None
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        write(tmp)
+        os.chmod(tmp, mode)
+        digest = sha256_file(tmp)
+        _publish_file(tmp, path, force, flag)
     except BaseException as e:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         if isinstance(e, OSError):
-            raise OutputError(f"cannot write {path} ({e.strerror}); {fix}") from None
+            raise OutputError(f"cannot write {path} ({e.strerror or e}); {fix}") from None
         raise
+    _published(path)
+    return digest
 
 
-def write_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str], force: bool = False) -> Path:
-    """Write tensors + metadata atomically (temp file in the same folder, then rename)."""
+def save_canonical(tensors: dict[str, torch.Tensor], path: str | Path, metadata: Optional[dict[str, str]] = None) -> None:
+    """safetensors.torch.save_file, then the header rewritten with sorted keys.
+
+    safetensors keeps metadata in a hash map whose order changes from run to run, so the same
+    tensors and metadata would give different bytes; sorted, they give the same file every time.
+    """
     from safetensors.torch import save_file
 
+    save_file(tensors, str(path), metadata=metadata)
+    with open(path, "r+b") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n))
+        text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+        text += b" " * (n - len(text)) if len(text) <= n else b""
+        if len(text) == n:  # same length (the usual case): rewrite the header in place
+            f.seek(8)
+            f.write(text)
+            return
+    data_start = 8 + n  # a header that serialises longer: rewrite the file around the data
+    text += b" " * ((8 - len(text) % 8) % 8)
+    rewritten = Path(str(path) + ".hdr")
+    with open(path, "rb") as src, open(rewritten, "wb") as dst:
+        dst.write(struct.pack("<Q", len(text)) + text)
+        src.seek(data_start)
+        shutil.copyfileobj(src, dst, 1 << 20)
+    os.replace(rewritten, path)
+
+
+def write_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str], force: bool = False,
+                      protect: Mapping[str, Optional[Path]] = {}, flag: str = "--output") -> str:
+    """Write tensors + metadata atomically; returns the sha256 of the published file."""
     path = Path(path)
-    check_writable(path, force)
-    with _atomic_file(path, "choose another --output") as tmp:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    return path
+    check_output(path, "file", force, protect, flag)
+    cpu = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    return _write_atomically(path, lambda tmp: save_canonical(cpu, tmp, metadata), force, f"choose another {flag}", flag)
+
+
+def replace_atomically(path: str | Path, write: Callable[[Path], None], fix: str = "choose another output folder") -> str:
+    """Write a file via `write(tmp)` and replace any previous version in one step (caches, reports); returns its sha256."""
+    return _write_atomically(Path(path), write, force=True, fix=fix, flag="--output")
 
 
 def write_bytes(path: str | Path, data: bytes, fix: str = "choose another output folder") -> Path:
-    """Write a small file atomically (reports, caches): readers never see a half-written file."""
+    """Write a small file atomically, replacing a previous version (reports, caches): readers never see half a file."""
     path = Path(path)
-    with _atomic_file(path, fix) as tmp:
-        tmp.write_bytes(data)
+    _write_atomically(path, lambda tmp: tmp.write_bytes(data), force=True, fix=fix, flag="--report-dir")
     return path
 
 
-def write_directory(path: str | Path, fill: Callable[[Path], None], force: bool = False) -> Path:
-    """Write a folder atomically: `fill` writes into a temporary sibling, which then replaces `path`."""
+def write_directory(path: str | Path, fill: Callable[[Path], None], force: bool = False,
+                    protect: Mapping[str, Optional[Path]] = {}, flag: str = "--output") -> Path:
+    """Write a folder atomically: `fill` writes into a temporary sibling, which is then published as `path`.
+
+    Without force the name is reserved with mkdir (fails if it exists) and the finished folder renamed onto
+    the empty reservation; with force an existing folder is replaced only if this tool wrote it.
+    """
     path = Path(path)
-    check_writable(path, force)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    check_output(path, "dir", force, protect, flag)
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, suffix=".tmp", dir=path.parent))
+    except OSError as e:
+        raise OutputError(f"cannot write {path} ({e.strerror}); choose another {flag}") from None
+    reserved = old = None
     try:
         fill(tmp)
+        os.chmod(tmp, 0o777 & ~_umask())
         if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            path.rename(old)
-            tmp.rename(path)
-            shutil.rmtree(old, ignore_errors=True)
+            if not is_our_folder(path):  # checked again right before replacing
+                raise OutputError(f"output {path} changed while this run was writing; it was kept; choose another {flag}")
+            old = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, suffix=".old", dir=path.parent))
+            os.rename(path, old / "previous")
+            os.rename(tmp, path)
         else:
-            tmp.rename(path)
+            try:
+                os.mkdir(path)
+            except FileExistsError:
+                raise OutputError(f"output {path} appeared while this run was writing (another run?); it was kept; pass --force or choose another {flag}") from None
+            reserved = path
+            os.rename(tmp, path)  # onto the empty folder we just made
+            reserved = None
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if reserved is not None:
+            try:
+                os.rmdir(reserved)
+            except OSError:
+                pass
+        if old is not None and (old / "previous").exists() and not path.exists():
+            os.rename(old / "previous", path)  # put the previous adapter back
         if isinstance(e, OSError):
-            raise OutputError(f"cannot write {path} ({e.strerror}); choose another --output") from None
+            raise OutputError(f"cannot write {path} ({e.strerror or e}); choose another {flag}") from None
         raise
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    _published(path)
     return path
 
 

@@ -47,5 +47,19 @@ class GateFailure(UnlearnError):
     exit_code = 3
 
 
+class DivergedError(UnlearnError):
+    """A method produced non-finite weights (exit code 1): nothing is written."""
+
+    exit_code = 1
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM/SIGHUP, raised in the main thread so that every cleanup handler runs (like Ctrl-C)."""
+
+    def __init__(self, signum: int = 15):
+        super().__init__(signum)
+        self.signum = signum
+
+
 class AuditError(UnlearnError):
     """The audit's inputs are invalid: a malformed or unknown gate, an adapter that trained nothing, ..."""

@@ -1,11 +1,18 @@
-"""Batched inference: logits, probabilities and accuracies (streamed over batches)."""
+"""Batched inference, streamed: logits for methods, per-sample figures for summaries and the audit."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Optional
+
+import numpy as np
 import torch
 from torch import nn
 
 from .data import LabelledData
+from .tasks import CLASSIFICATION, SetOutputs, Task
+
+if TYPE_CHECKING:
+    pass
 
 
 @torch.no_grad()
@@ -29,3 +36,32 @@ def accuracy(model: nn.Module, data: LabelledData, device: torch.device, batch_s
         return float("nan")
     logits, y = predict_logits(model, data, device, batch_size)
     return float((logits.argmax(1) == y).float().mean())
+
+
+@torch.no_grad()
+def stream(model: nn.Module, data: LabelledData, device: torch.device, batch_size: int, task: Task = CLASSIFICATION,
+           keep: Optional[np.ndarray] = None) -> SetOutputs:
+    """One pass over `data`: the task's per-sample figures for every sample, output rows only at positions `keep`.
+
+    Memory is O(N) scalars plus the kept rows, never the whole (N, C) output of a large data set.
+    """
+    was_training = model.training
+    model.eval()
+    keep_mask = np.zeros(len(data), dtype=bool)
+    if keep is not None:
+        keep_mask[keep] = True
+    targets, stats, kept = [], [], []
+    start = 0
+    for x, y in data.batches(batch_size):
+        out = model(x.to(device)).float().cpu().numpy().astype(np.float64)
+        yy = y.numpy()
+        targets.append(yy)
+        stats.append(task.per_sample(out, yy))
+        mask = keep_mask[start:start + len(yy)]
+        if mask.any():
+            kept.append(task.rows(out[mask]))
+        start += len(yy)
+    model.train(was_training)
+    merged = {k: np.concatenate([s[k] for s in stats]) for k in (stats[0] if stats else {})}
+    return SetOutputs(targets=np.concatenate(targets) if targets else np.zeros(0, dtype=np.int64), stats=merged,
+                      rows=np.concatenate(kept) if kept else np.zeros((0, 0)))

@@ -9,9 +9,10 @@ from __future__ import annotations
 import copy
 import re
 from contextlib import contextmanager
-from typing import Iterator, NamedTuple, Optional, Sequence
+from typing import Annotated, Iterator, NamedTuple, Optional, Sequence, Union
 
 import torch
+from pydantic import AfterValidator
 from torch import nn
 
 from .errors import MethodError
@@ -38,6 +39,31 @@ def lora_capable_layers(model: nn.Module) -> list[str]:
     return names
 
 
+def check_target_spec(targets: Union[str, list[str]]) -> Union[str, list[str]]:
+    """Reject a malformed layer spec when parameters are read (exit 2), not when training starts."""
+    specs = [targets] if isinstance(targets, str) else list(targets)
+    if not specs:
+        raise ValueError("target_layers is empty; give 'all', 'head', 'last:N' or layer names")
+    for t in specs:
+        if not isinstance(t, str) or not t:
+            raise ValueError("target_layers entries must be non-empty layer names or regular expressions")
+        m = re.fullmatch(r"last:(-?\d+)", t)
+        if m:
+            if int(m.group(1)) < 1:
+                raise ValueError(f"target_layers '{t}': N must be at least 1 (last:1 is the head)")
+            continue
+        if t.startswith("last:"):
+            raise ValueError(f"target_layers '{t}': expected last:N with N a whole number")
+        try:
+            re.compile(t)
+        except re.error as e:
+            raise ValueError(f"target_layers '{t}' is not a valid regular expression ({e}); give layer names or regexes") from None
+    return targets
+
+
+TargetLayers = Annotated[Union[str, list[str]], AfterValidator(check_target_spec)]
+
+
 def select_layers(model: nn.Module, targets: str | Sequence[str]) -> list[str]:
     """Resolve a target spec: 'all', 'head' (last layer), 'last:N' (last N layers), or explicit names/regexes."""
     capable = lora_capable_layers(model)
@@ -50,6 +76,8 @@ def select_layers(model: nn.Module, targets: str | Sequence[str]) -> list[str]:
             return capable[-1:]
         m = re.fullmatch(r"last:(\d+)", targets)
         if m:
+            if int(m.group(1)) < 1:
+                raise MethodError(f"target_layers '{targets}': N must be at least 1")
             return capable[-int(m.group(1)):]
         targets = [targets]
     chosen = [n for n in capable if any(n == t or re.fullmatch(t, n) for t in targets)]

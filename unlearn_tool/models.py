@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import importlib
-import sys
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
 from .errors import ModelError
 from .request import ModelSpec
+from .usercode import CodePolicy, import_model_module, one_line as _one_line  # noqa: F401 (CodePolicy re-exported)
 
 
 class MLP(nn.Module):
@@ -63,65 +62,58 @@ def _torchvision_model(name: str, kwargs: dict) -> nn.Module:
     if name not in known:
         raise ModelError(f"model.arch: torchvision has no classification model '{name}'; e.g. resnet18, mobilenet_v3_small, vit_b_16")
     kwargs = dict(kwargs)
-    kwargs.setdefault("weights", None)  # never download weights: the checkpoint supplies them
-    return torchvision.models.get_model(name, **kwargs)
+    for key in ("weights", "weights_backbone"):
+        if kwargs.get(key) is not None:  # would download a pickled .pth file; the checkpoint supplies the weights
+            raise ModelError(f"model.kwargs.{key}: pre-trained weights are never downloaded (the checkpoint supplies them); drop {key}")
+    kwargs["weights"] = None
+    return _call_factory(lambda **kw: torchvision.models.get_model(name, **kw), kwargs, f"torchvision:{name}")
 
 
-def _python_model(spec: str, kwargs: dict, base_dir: Path) -> nn.Module:
+def _python_model(spec: str, kwargs: dict, base_dir: Path, policy: CodePolicy) -> nn.Module:
     _, module_name, attr = spec.split(":")
-    added = str(base_dir) not in sys.path
-    if added:
-        sys.path.insert(0, str(base_dir))
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise ModelError(f"model.arch: cannot import module '{module_name}' ({e}); put it beside the request or on PYTHONPATH") from None
-    finally:
-        if added:
-            sys.path.remove(str(base_dir))
+    module = import_model_module(module_name, base_dir, policy)
     factory = getattr(module, attr, None)
     if not callable(factory):
         raise ModelError(f"model.arch: module '{module_name}' has no callable '{attr}'; name a class or function that returns an nn.Module")
-    return factory(**kwargs)
+    return _call_factory(factory, kwargs, spec)
 
 
-def build_model(spec: ModelSpec, base_dir: Path = Path(".")) -> nn.Module:
+def _call_factory(factory: Callable[..., Any], kwargs: dict, arch: str) -> Any:
+    try:
+        return factory(**kwargs)
+    except TypeError as e:
+        raise ModelError(f"model.kwargs: {arch} rejects the keyword arguments ({_one_line(e)}); fix model.kwargs") from None
+    except (Exception, SystemExit) as e:  # noqa: BLE001 - the constructor is the user's (or a library's) code
+        raise ModelError(f"model.arch: building {arch} failed ({type(e).__name__}: {_one_line(e)}); fix the model code or model.kwargs") from None
+
+
+def build_model(spec: ModelSpec, base_dir: Path = Path("."), policy: CodePolicy = CodePolicy()) -> nn.Module:
     """A freshly initialised model of the request's architecture (random weights)."""
     kind, _, rest = spec.arch.partition(":")
-    try:
-        if kind == "builtin":
-            if rest not in BUILTIN:
-                raise ModelError(f"model.arch: unknown builtin '{rest}'; builtins are {', '.join(BUILTIN)}")
-            model = BUILTIN[rest](**spec.kwargs)
-        elif kind == "torchvision":
-            model = _torchvision_model(rest, spec.kwargs)
-        else:
-            model = _python_model(spec.arch, spec.kwargs, base_dir)
-    except ModelError:
-        raise
-    except TypeError as e:
-        raise ModelError(f"model.kwargs: {spec.arch} rejects the keyword arguments ({e}); fix model.kwargs") from None
+    if kind == "builtin":
+        if rest not in BUILTIN:
+            raise ModelError(f"model.arch: unknown builtin '{rest}'; builtins are {', '.join(BUILTIN)}")
+        model = _call_factory(BUILTIN[rest], spec.kwargs, spec.arch)
+    elif kind == "torchvision":
+        model = _torchvision_model(rest, spec.kwargs)
+    else:
+        model = _python_model(spec.arch, spec.kwargs, base_dir, policy)
     if not isinstance(model, nn.Module):
-        raise ModelError(f"model.arch: {spec.arch} returned {type(model).__name__}, not a torch nn.Module")
+        raise ModelError(f"model.arch: {spec.arch} returned {type(model).__name__}, not a torch nn.Module; return the model itself")
     return model
 
 
-def num_classes_of(model: nn.Module, input_shape: tuple[int, ...]) -> int:
-    """Number of classes = width of the model's output on one input of the data's shape."""
+def num_outputs_of(model: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """Width of the model's output on one input of the data's shape (the number of classes, for a classifier)."""
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
             out = model(torch.zeros(1, *input_shape))
-    except Exception as e:  # noqa: BLE001 - any failure here is a data/arch mismatch
+    except (Exception, SystemExit) as e:  # noqa: BLE001 - any failure here is a data/arch mismatch
         raise ModelError(f"model.arch: the model cannot run on inputs of shape {input_shape} ({type(e).__name__}: {str(e).splitlines()[0][:160]}); match the architecture to the data (kwargs, preprocess.resize)") from None
     finally:
         model.train(was_training)
     if out.dim() != 2:
         raise ModelError(f"model.arch: the model outputs shape {tuple(out.shape)}; a classifier must output (batch, classes) logits")
     return int(out.shape[1])
-
-
-def adaptable_layer_names(model: nn.Module) -> list[str]:
-    """Names of the Linear and Conv2d layers (those LoRA can adapt), in module order."""
-    return [name for name, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d)) and name]

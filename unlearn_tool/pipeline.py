@@ -1,154 +1,70 @@
-"""The orchestrator, read top to bottom: request -> data and model -> method -> checkpoint writer -> summary."""
+"""The orchestrator, read top to bottom: plan (every check) -> job -> method -> artifact writer -> summary.
+
+    plan_apply(request, ...)        method, parameters, output, gates, reference: every input error, before any work
+    apply(job, plan)                run the method, refuse a diverged result, write the artifact, summarise
+    apply_request(...)              the whole `unlearn apply`: plan, prepare, apply, optionally audit
+    train_checkpoint(job, ...)      `unlearn train` (optionally without the forget set: the retrain reference)
+    validate_request(...)           `unlearn validate`: every check, no training
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional, Sequence
 
 import torch
 from torch import nn
 
 from . import __version__
-from .checkpoint import (
-    check_writable,
-    load_into,
-    metadata_for,
-    read_checkpoint,
-    sha256_file,
-    write_directory,
-    write_safetensors,
-)
-from .data import Splits, load_split, load_splits
-from .errors import MethodError, UnlearnError
-from .evaluate import predict_logits
-from .methods import UnlearnContext, get_method, parse_params, run_method
-from .models import build_model, num_classes_of
-from .request import Request, load_request
+from .artifacts import CheckpointArtifact, write_adapter, write_merged
+from .audit.registry import finite
+from .checkpoint import check_output, dtypes_of, load_into, non_finite
+from .errors import AuditError, DivergedError, MethodError, UnlearnError
+from .evaluate import stream
+from .job import Job, Progress, check_seed, describe_job, prepare, resolve_device, seed_everything  # noqa: F401 (re-exported)
+from .methods import MethodParams, check_applicable, get_method, method_names, parse_params, run_method
+from .models import CodePolicy
+from .provenance import created_utc, file_fields
+from .request import Request, load_request, method_params_for
 from .training import TrainConfig
 
-Progress = Callable[[str, int, int], None]
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' picks cuda, then mps, then cpu; an unavailable device is an input error."""
-    name = (name or "auto").lower()
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise UnlearnError(f"--device {name}: not a device; use auto, cpu, cuda, cuda:N or mps") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UnlearnError(f"--device {name}: CUDA is not available on this machine; use --device cpu or auto")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise UnlearnError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s); use cuda:0..cuda:{torch.cuda.device_count() - 1}")
-    elif dev.type == "mps":
-        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-            raise UnlearnError(f"--device {name}: MPS is not available on this machine; use --device cpu or auto")
-    elif dev.type != "cpu":
-        raise UnlearnError(f"--device {name}: unsupported device type; use auto, cpu, cuda, cuda:N or mps")
-    return dev
-
-
-def seed_everything(seed: int) -> None:
-    """Make CPU runs repeatable (and CUDA runs as repeatable as cuDNN allows)."""
-    import random
-
-    import numpy as np
-
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
-
-
-@dataclass
-class Job:
-    """A validated request bound to its data, architecture and (optionally) checkpoint."""
-
-    request: Request
-    splits: Splits
-    num_classes: int
-    device: torch.device
-    seed: int
-    make_model: Callable[[], nn.Module]
-    original: Optional[nn.Module] = None
-    checkpoint_path: Optional[Path] = None
-    checkpoint_sha256: str = ""
-    checkpoint_metadata: dict[str, str] = field(default_factory=dict)
-
-    def load(self, path: str | Path) -> tuple[nn.Module, dict[str, str]]:
-        """A checkpoint of this job's architecture, loaded strictly, on the job's device in eval mode; and its metadata."""
-        state, metadata = read_checkpoint(path)
-        model = load_into(self.make_model(), state, self.request.model.arch, path)
-        return model.to(self.device).eval(), metadata
-
-    def context(self, original: Optional[nn.Module] = None, seed: Optional[int] = None,
-                progress: Optional[Progress] = None) -> UnlearnContext:
-        """What a method sees of this job (its own original model unless another is given)."""
-        return UnlearnContext(
-            original=original if original is not None else self.original,
-            make_model=self.make_model,
-            splits=self.splits,
-            num_classes=self.num_classes,
-            device=self.device,
-            seed=self.seed if seed is None else seed,
-            batch_size=self.request.data.batch_size,
-            progress=progress,
-        )
-
-
-def prepare(
-    request: Request | str | Path,
-    checkpoint: Optional[str | Path] = None,
-    device: str = "auto",
-    seed: Optional[int] = None,
-) -> Job:
-    """Validate everything a run needs, in the order that fails fastest, without training."""
-    req = request if isinstance(request, Request) else load_request(request)
-    dev = resolve_device(device)
-    run_seed = req.seed if seed is None else seed
-    seed_everything(run_seed)
-
-    # Data first: its shape tells us how to probe the architecture.
-    probe_train = load_split(req.data.train, "train", req.base_dir)
-
-    def make_model() -> nn.Module:
-        torch.manual_seed(run_seed)
-        return build_model(req.model, req.base_dir)
-
-    num_classes = num_classes_of(make_model(), probe_train.input_shape())
-    splits = load_splits(req, num_classes, train=probe_train)
-    job = Job(request=req, splits=splits, num_classes=num_classes, device=dev, seed=run_seed, make_model=make_model)
-    if checkpoint is not None:
-        path = Path(checkpoint)
-        job.original, job.checkpoint_metadata = job.load(path)
-        job.checkpoint_path = path.resolve()
-        job.checkpoint_sha256 = sha256_file(path)
-    return job
+SUMMARY_SETS = ("retain", "forget", "test")
 
 
 # ---------------------------------------------------------------- utility figures
 
-def utility(model: nn.Module, splits: Splits, device: torch.device, batch_size: int = 256) -> dict[str, float]:
-    """Accuracy on retain, forget and test data (and, for class unlearning, test split by class)."""
-    out: dict[str, float] = {}
-    for name, data in (("retain_acc", splits.retain), ("forget_acc", splits.forget), ("test_acc", splits.test)):
-        logits, y = predict_logits(model, data, device, batch_size)
-        out[name] = float((logits.argmax(1) == y).float().mean()) if len(y) else float("nan")
-        if name == "test_acc" and splits.scenario == "class":
-            forgotten = torch.isin(y, torch.tensor(splits.forget_classes))
-            correct = logits.argmax(1) == y
-            out["test_remaining_acc"] = float(correct[~forgotten].float().mean()) if (~forgotten).any() else float("nan")
-            out["test_forgotten_acc"] = float(correct[forgotten].float().mean()) if forgotten.any() else float("nan")
-    return out
+def utility(model: nn.Module, job: Job, batch_size: Optional[int] = None) -> dict[str, Optional[float]]:
+    """The before/after summary: the task's utility metrics on retain, forget and test data (scalars only)."""
+    bs = batch_size or job.request.data.batch_size
+    sets = {name: stream(model, getattr(job.splits, name), job.device, bs, job.task) for name in SUMMARY_SETS}
+    figures = job.task.utility(sets, job.forget_info)
+    keep = ("retain_acc", "forget_acc", "test_acc") + (("test_remaining_acc", "test_forgotten_acc") if job.splits.scenario == "class" else ())
+    return {k: finite(figures.get(k)) for k in keep}
+
+
+def output_fields(job: Job, **extra: Any) -> dict[str, Any]:
+    """The provenance every written model carries (`unlearn.*` metadata), plus what the caller adds."""
+    req = job.request
+    fields = {
+        "format": "unlearn/v1",
+        "tool_version": __version__,
+        "model_arch": req.model.arch,
+        "model_kwargs": req.model.kwargs,
+        "task": job.task.name,
+        "request_id": req.id,
+        "request_sha256": req.sha256,
+        **extra,
+        "seed": job.seed,
+        "device": str(job.device),
+        "torch_version": torch.__version__,
+        "python_version": platform.python_version(),
+        "created_utc": created_utc(),
+    }
+    return file_fields(fields)
 
 
 # ---------------------------------------------------------------- apply
@@ -156,6 +72,68 @@ def utility(model: nn.Module, splits: Splits, device: torch.device, batch_size: 
 def default_output_path(checkpoint: Path, adapter: bool) -> Path:
     stem = checkpoint.name[: -len(".safetensors")] if checkpoint.name.endswith(".safetensors") else checkpoint.stem
     return checkpoint.with_name(f"{stem}.unlearned" + ("" if adapter else ".safetensors"))
+
+
+UNLABELLED_NOTE = ("the train split has no labels: the method read none, and the forget/retain figures here are agreement with the "
+                   "original model's predictions, not accuracy")
+
+ADAPTER_WARNING = (
+    "adapter-only output: the forgotten data is still in the base weights; the deletion holds only while the "
+    "adapter is applied. Merge it (unlearn merge ADAPTER --base CHECKPOINT -o OUT) before deleting the original checkpoint."
+)
+
+
+@dataclass
+class ApplyPlan:
+    """Everything `apply` will do, checked before any data is loaded or any model trained."""
+
+    method: str
+    params: MethodParams
+    adapter: bool
+    output: Path
+    force: bool = False
+    audit: bool = False
+    gates: list[str] = field(default_factory=list)  # audited right after (apply --audit)
+    reference: Optional[Path] = None
+
+
+def plan_apply(
+    req: Request,
+    checkpoint: str | Path,
+    method: Optional[str] = None,
+    params: Optional[dict[str, Any]] = None,
+    output: Optional[str | Path] = None,
+    adapter_only: Optional[bool] = None,
+    force: bool = False,
+    audit: bool = False,
+    gates: Optional[list[str]] = None,
+    reference: Optional[str | Path] = None,
+) -> ApplyPlan:
+    """Check method, parameters, output and audit settings: every input error fails here, before any work.
+
+    params: --param overrides, on top of the request's method.params when the request names this method.
+    adapter_only: True/False from --adapter-only/--merged; None keeps the request's output.mode.
+    """
+    name = method or req.method.name
+    entry = get_method(name)
+    method_params = parse_params(name, method_params_for(req, name, params))
+    check_applicable(name, "classification", req.forget.scenario)
+    adapter = adapter_only if adapter_only is not None else req.output.mode == "adapter"
+    if adapter and not entry.supports_adapter:
+        raise MethodError(f"method {name} changes weights directly, so it has no adapter output; drop --adapter-only (or output.mode: adapter)")
+    ckpt = Path(checkpoint)
+    out_path = Path(output) if output else (req.resolve(req.output.path) if req.output.path else default_output_path(ckpt, adapter))
+    check_output(out_path, "dir" if adapter else "file", force, protect={"input checkpoint": ckpt, "request": req.path})
+    plan = ApplyPlan(method=name, params=method_params, adapter=adapter, output=out_path, force=force, audit=audit)
+    if audit:
+        from .audit.gates import parse_gates
+
+        plan.gates = list(gates) if gates is not None else list(req.audit.gates)
+        plan.reference = Path(reference) if reference is not None else req.audit_reference()
+        parse_gates(plan.gates, req.forget.scenario, plan.reference is not None)
+        if plan.reference is not None and not plan.reference.is_file():
+            raise AuditError(f"audit reference {plan.reference} not found; give a retrained checkpoint (unlearn train --exclude-forget) or drop audit.reference")
+    return plan
 
 
 @dataclass
@@ -166,13 +144,13 @@ class ApplyResult:
     params: dict[str, Any]
     wall_time_s: float
     total_time_s: float
-    before: dict[str, float]
-    after: dict[str, float]
+    before: dict[str, Optional[float]]
+    after: dict[str, Optional[float]]
     output_sha256: str
     info: dict[str, Any]
     warnings: list[str]
     metadata: dict[str, Any] = field(default_factory=dict)  # the provenance fields written with the output
-    model: Any = None  # the unlearned nn.Module (for an audit right after)
+    model: Optional[nn.Module] = None  # the unlearned model (for an audit right after)
 
     def as_dict(self, job: Job) -> dict[str, Any]:
         return {
@@ -186,6 +164,7 @@ class ApplyResult:
             "output_sha256": self.output_sha256,
             "method": self.method,
             "params": self.params,
+            "task": job.task.name,
             "scenario": job.splits.scenario,
             "forget_size": len(job.splits.forget_idx),
             "retain_size": len(job.splits.retain_idx),
@@ -200,114 +179,341 @@ class ApplyResult:
         }
 
 
-ADAPTER_WARNING = (
-    "adapter-only output: the forgotten data is still in the base weights; the deletion holds only while the "
-    "adapter is applied. Merge it (output.mode: merged) before deleting the original checkpoint."
-)
+@dataclass
+class StepResult:
+    """One request's unlearning, in memory (nothing written yet)."""
+
+    model: nn.Module
+    adapter_model: Any
+    state: dict[str, torch.Tensor]
+    before: dict[str, Optional[float]]
+    after: dict[str, Optional[float]]
+    wall_time_s: float
+    info: dict[str, Any]
+    log: list[str]
+    summary_s: float = 0.0  # the before/after summary's time
+
+
+def unlearn_step(job: Job, plan: ApplyPlan, progress: Optional[Progress] = None) -> StepResult:
+    """Run the plan's method on the job's original; refuse a non-finite result; summarise before and after."""
+    if job.original is None:
+        raise UnlearnError("apply needs a checkpoint; give the trained model's .safetensors file")
+    t = time.perf_counter()
+    before = utility(job.original, job)
+    summary_s = time.perf_counter() - t
+    ctx = job.context(progress=progress)
+    job.seed_everything()
+    result, wall = run_method(plan.method, ctx, plan.params)
+    model = result.model.to(job.device).eval()
+    state = merged_state(model, job)
+    bad = non_finite(state)
+    if bad:
+        raise DivergedError(f"unlearning diverged: {len(bad)} tensor(s) of the result hold NaN/Inf (first: {bad[0][0]}); "
+                            f"nothing was written; lower the learning rate or check the method's parameters")
+    t = time.perf_counter()
+    after = utility(model, job)
+    summary_s += time.perf_counter() - t
+    return StepResult(model, result.adapter_model, state, before, after, wall, result.info, list(ctx.log), summary_s)
 
 
 def apply(
     job: Job,
-    method: Optional[str] = None,
+    method: Optional[str] | ApplyPlan = None,
     params: Optional[dict[str, Any]] = None,
     output: Optional[str | Path] = None,
     adapter_only: Optional[bool] = None,
     force: bool = False,
     progress: Optional[Progress] = None,
+    lineage: Optional[Any] = None,
+    record_ids: bool = False,
 ) -> ApplyResult:
-    """Run the request's method on the job's checkpoint and write the result atomically."""
-    if job.original is None or job.checkpoint_path is None:
+    """Run the method on the job's checkpoint and publish the result atomically.
+
+    Give an ApplyPlan (from plan_apply) or the same arguments plan_apply takes. `lineage` (ledger.Lineage): the
+    steps before this one; the output's metadata gets it extended by this request (a fresh lineage when None).
+    """
+    if job.original is None or job.artifact is None:
         raise UnlearnError("apply needs a checkpoint; give the trained model's .safetensors file")
-    req = job.request
-    name = method or req.method.name
-    entry = get_method(name)
-    method_params = parse_params(name, params if params is not None else (req.method.params if name == req.method.name else {}))
-    adapter = adapter_only if adapter_only is not None else req.output.mode == "adapter"
-    if adapter and not entry.supports_adapter:
-        raise MethodError(f"method {name} changes weights directly, so it has no adapter output; drop --adapter-only (or output.mode: adapter)")
-    out_path = Path(output) if output else (req.resolve(req.output.path) if req.output.path else default_output_path(job.checkpoint_path, adapter))
-    if out_path.resolve() == job.checkpoint_path:
-        raise UnlearnError(f"output {out_path} is the input checkpoint; inputs are never overwritten, choose another --output")
-    check_writable(out_path, force)
-
+    plan = method if isinstance(method, ApplyPlan) else plan_apply(job.request, job.artifact.path, method, params, output, adapter_only, force)
+    if plan.output.resolve() == job.checkpoint_path:
+        raise UnlearnError(f"output {plan.output} is the input checkpoint; inputs are never overwritten, choose another --output")
     t0 = time.perf_counter()
-    before = utility(job.original, job.splits, job.device, req.data.batch_size)
-    ctx = job.context(progress=progress)
-    seed_everything(job.seed)
-    result, wall = run_method(name, ctx, method_params)
-    model = result.model.to(job.device).eval()
-    after = utility(model, job.splits, job.device, req.data.batch_size)
+    step = unlearn_step(job, plan, progress)
+    return write_step(job, plan, step, job.checkpoint_sha256, lineage, record_ids, t0)
 
-    fields = {
-        "format": "unlearn/v1",
-        "tool_version": __version__,
-        "model_arch": req.model.arch,
-        "model_kwargs": req.model.kwargs,
-        "request_id": req.id,
-        "request_sha256": req.sha256,
-        "parent_sha256": job.checkpoint_sha256,
-        "method": name,
-        "params": method_params.model_dump(mode="json"),
-        "scenario": job.splits.scenario,
-        "forget_size": len(job.splits.forget_idx),
-        "seed": job.seed,
-        "wall_time_s": round(wall, 4),
-        "device": str(job.device),
-        "torch_version": torch.__version__,
-        "python_version": platform.python_version(),
-        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    warnings: list[str] = list(ctx.log)
-    if adapter:
-        write_directory(out_path, lambda d: _save_adapter(result.adapter_model, d, metadata_for(fields)), force=force)
-        digest = sha256_file(out_path / "adapter_model.safetensors")
+
+def write_step(job: Job, plan: ApplyPlan, step: StepResult, parent_sha256: str, lineage: Optional[Any], record_ids: bool,
+               t0: float, extra_steps: Optional[list[dict[str, Any]]] = None) -> ApplyResult:
+    """Publish a step's result with its provenance and lineage (`extra_steps`: earlier in-run steps, multi-request apply)."""
+    from .ledger import Lineage, forget_digest, new_step
+
+    lineage = lineage or Lineage(original_sha256=parent_sha256, data_sha256=job.data_sha256)
+    steps = list(lineage.steps) + list(extra_steps or [])
+    this = new_step(Lineage(lineage.original_sha256, lineage.data_sha256, steps), job.request, plan.method, job.splits,
+                    parent_sha256, created_utc(), step.after.get("forget_acc"), record_ids)
+    chain = Lineage(lineage.original_sha256, lineage.data_sha256, steps + [this])
+    fields = output_fields(job, parent_sha256=parent_sha256, method=plan.method, params=plan.params.model_dump(mode="json"),
+                           scenario=job.splits.scenario, forget_size=len(job.splits.forget_idx),
+                           forget_digest=forget_digest(job.splits, lineage.data_sha256), wall_time_s=round(step.wall_time_s, 4),
+                           lineage=chain.to_json(), **({"forget_ids": list(job.splits.forget_ids)} if record_ids and job.splits.forget_ids else {}))
+    warnings = list(step.log)
+    protect = {"input checkpoint": job.checkpoint_path, "request": job.request.path}
+    if plan.adapter:
+        digest = write_adapter(plan.output, step.adapter_model, fields, force=plan.force, protect=protect)
         warnings.insert(0, ADAPTER_WARNING)
     else:
-        state = _merged_state(model, job.original)
-        write_safetensors(out_path, state, metadata_for(fields), force=force)
-        digest = sha256_file(out_path)
-    return ApplyResult(
-        output=out_path,
-        mode="adapter" if adapter else "merged",
-        method=name,
-        params=method_params.model_dump(mode="json"),
-        wall_time_s=wall,
+        digest = write_merged(plan.output, step.state, fields, force=plan.force, protect=protect)
+    result = ApplyResult(
+        output=plan.output,
+        mode="adapter" if plan.adapter else "merged",
+        method=plan.method,
+        params=plan.params.model_dump(mode="json"),
+        wall_time_s=step.wall_time_s,
         total_time_s=time.perf_counter() - t0,
-        before=before,
-        after=after,
+        before=step.before,
+        after=step.after,
         output_sha256=digest,
-        info=result.info,
+        info=step.info,
         warnings=warnings,
         metadata=fields,
-        model=model,
+        model=step.model,
     )
+    result.lineage = chain  # type: ignore[attr-defined]
+    return result
 
 
-def _merged_state(model: nn.Module, original: nn.Module) -> dict[str, torch.Tensor]:
-    """The unlearned weights under the original's keys, shapes and dtypes (a drop-in replacement)."""
-    ref = original.state_dict()
+def merged_state(model: nn.Module, job: Job) -> dict[str, torch.Tensor]:
+    """The unlearned weights under the original's keys, shapes and dtypes (a drop-in replacement).
+
+    Computation runs in the model's dtype (fp32); each tensor goes back to the checkpoint's own dtype.
+    """
+    assert job.original is not None
+    ref = job.original.state_dict()
     state = model.state_dict()
     diffs = sorted(set(ref) ^ set(state))
     if diffs:
         raise UnlearnError(f"internal: the method returned a model with different keys ({', '.join(diffs[:3])}); please report this")
-    return {k: state[k].detach().to(ref[k].dtype).cpu().contiguous() for k in ref}
+    dtypes = job.checkpoint_dtypes or dtypes_of(ref)
+    return {k: state[k].detach().to(dtypes.get(k, ref[k].dtype)).cpu().contiguous() for k in ref}
 
 
-def _save_adapter(peft_model: Any, folder: Path, metadata: dict[str, str]) -> None:
-    """PEFT layout (adapter_config.json, adapter_model.safetensors) plus our provenance metadata."""
-    import json
+@dataclass
+class ApplyOutcome:
+    """What `unlearn apply` produced: the job, the result, and the audit when one was asked for."""
 
-    from safetensors.torch import load_file, save_file
+    job: Job
+    result: ApplyResult
+    report: Optional[dict[str, Any]] = None
+    report_dir: Optional[Path] = None
+    removed: bool = False  # the output was removed again because the audit failed (keep_on_fail=False)
+    timings: dict[str, float] = field(default_factory=dict)  # where the run's time went (seconds)
 
-    if peft_model is None:
-        raise UnlearnError("internal: the method produced no adapter; please report this")
-    peft_model.save_pretrained(str(folder))
-    weights = folder / "adapter_model.safetensors"
-    save_file(load_file(str(weights)), str(weights), metadata=metadata)
-    (folder / "unlearn_metadata.json").write_text(json.dumps({k: v for k, v in metadata.items()}, indent=2, sort_keys=True))
+    def summary(self) -> dict[str, Any]:
+        out = self.result.as_dict(self.job)
+        out["output_removed"] = self.removed
+        chain = getattr(self.result, "lineage", None)
+        if chain is not None:
+            out["lineage_steps"] = len(chain.steps)
+            out["forget_digest"] = chain.steps[-1]["forget_digest"]
+            out["ledger"] = str(getattr(self.result, "ledger", ""))
+        out["timings"] = {k: round(v, 4) for k, v in self.timings.items()}
+        splits = self.job.splits
+        out["missing_ids"] = list(splits.missing_ids)
+        out["excluded_earlier"] = splits.excluded
+        out["already_forgotten"] = splits.already_forgotten
+        if self.report is not None:
+            out["audit"] = {"report_dir": str(self.report_dir), "verdict": self.report["verdict"],
+                            "gates": self.report["gates"], "warnings": self.report["warnings"]}
+        return out
+
+
+def apply_request(
+    request: "str | Path | Request | Sequence[str | Path | Request]",
+    checkpoint: str | Path,
+    method: Optional[str] = None,
+    params: Optional[dict[str, Any]] = None,
+    output: Optional[str | Path] = None,
+    adapter_only: Optional[bool] = None,
+    force: bool = False,
+    device: str = "auto",
+    seed: Optional[int] = None,
+    code: CodePolicy = CodePolicy(),
+    audit: bool = False,
+    report_dir: Optional[str | Path] = None,
+    keep_on_fail: bool = True,
+    ledger: Optional[str | Path] = None,
+    ignore_lineage: bool = False,
+    record_ids: bool = False,
+    allow_missing: bool = False,
+    progress: Optional[Progress] = None,
+) -> ApplyOutcome:
+    """`unlearn apply`: every check first (requests, seed, plan, reference, lineage), then data and models, then the run.
+
+    Several requests (same model and data) are applied one after another in one run, each a step of the lineage.
+    A checkpoint that carries a lineage has every earlier forgotten sample excluded from the data (resolved from the
+    ledger: `ledger`, else `<checkpoint stem>.ledger.jsonl`); `ignore_lineage` skips that (said in the warnings).
+    keep_on_fail=False: when the audit's verdict is fail, the output this run wrote is removed again (the reports stay).
+    """
+    from . import ledger as L
+
+    requests = [load_request(r) for r in (request if isinstance(request, (list, tuple)) else [request])]
+    first = requests[0]
+    for other in requests[1:]:
+        if other.model.model_dump() != first.model.model_dump() or other.data.train.model_dump() != first.data.train.model_dump():
+            raise UnlearnError(f"request {other.id!r} names another model or train data than {first.id!r}; "
+                               "requests applied in one run must share both (run apply once per model)")
+    if seed is not None:
+        check_seed(seed)
+    plans = [plan_apply(first, checkpoint, method=method, params=params, output=output, adapter_only=adapter_only, force=force, audit=audit)]
+    plans += [plan_apply(r, checkpoint, method=method, params=params, output=plans[0].output, adapter_only=False, force=True)
+              for r in requests[1:]]  # later requests share the run's output; their plans only fix method and parameters
+    if len(requests) > 1 and plans[0].adapter:
+        raise UnlearnError("several requests in one run give a merged output; drop --adapter-only (or output.mode: adapter)")
+
+    parent = CheckpointArtifact(checkpoint)
+    lineage = L.Lineage.from_metadata(parent.fields)
+    ledger_in = Path(ledger) if ledger is not None else L.default_ledger(Path(checkpoint))
+    entries: list[dict[str, Any]] = []
+    notes: list[str] = []
+    resolve = None
+    if lineage is not None and lineage.steps:
+        if ignore_lineage:
+            notes.append(f"--ignore-lineage: the {len(lineage.steps)} earlier deletion(s) of this checkpoint were not excluded from the data")
+        else:
+            if not ledger_in.is_file():
+                raise L.LedgerError(f"the checkpoint has {len(lineage.steps)} earlier deletion(s) but its ledger {ledger_in} is missing; "
+                                    "give it with --ledger FILE, or pass --ignore-lineage")
+            entries = L.read_ledger(ledger_in)
+            resolve = lambda train, sha: L.resolve_excluded(lineage, entries, ledger_in, train.ids, sha)  # noqa: E731
+
+    label_free = get_method(plans[0].method).label_free
+    t_prepare = time.perf_counter()
+    job = prepare(first, checkpoint, device=device, seed=seed, code=code, excluded_for=resolve, allow_missing=allow_missing,
+                  needs_labels=not label_free)
+    if not job.splits.train.labelled:
+        notes.append(UNLABELLED_NOTE)
+    reference = None
+    if plans[0].audit and plans[0].reference is not None:
+        reference = CheckpointArtifact(plans[0].reference)
+        reference_model = reference.load(job.load_context())  # a reference that does not fit fails before unlearning
+    if plans[0].output.resolve() == job.checkpoint_path:
+        raise UnlearnError(f"output {plans[0].output} is the input checkpoint; inputs are never overwritten, choose another --output")
+
+    t0 = time.perf_counter()
+    timings = {"prepare_s": t0 - t_prepare, "summary_s": 0.0, "method_s": 0.0}
+    lineage = lineage or L.Lineage(original_sha256=parent.sha256, data_sha256=job.data_sha256)
+    parent_sha, in_run_steps, step_jobs, gone = parent.sha256, [], [], torch.zeros(0, dtype=torch.long)
+    step = None  # the previous request's result, once there is one
+    for k, (req, plan) in enumerate(zip(requests, plans)):
+        if k > 0:  # the next request runs on the previous result, with everything forgotten so far left out of its data
+            gone = torch.cat([gone, job.splits.forget_positions])
+            previous = job
+            job = prepare(req, None, device=device, seed=seed, code=code, allow_missing=allow_missing, needs_labels=not label_free,
+                          excluded_for=lambda train, sha, g=gone: torch.cat([resolve(train, sha), g]) if resolve else g)
+            job.original, job.artifact = step.model, previous.artifact  # type: ignore[union-attr]  # the input's dtypes and file stay the reference
+        step = unlearn_step(job, plan, progress)
+        timings["summary_s"] += step.summary_s
+        timings["method_s"] += step.wall_time_s
+        step_jobs.append(job)
+        if k < len(requests) - 1:
+            in_run_steps.append(L.new_step(L.Lineage(lineage.original_sha256, lineage.data_sha256, lineage.steps + in_run_steps), req,
+                                           plan.method, job.splits, parent_sha, created_utc(), step.after.get("forget_acc"), record_ids))
+            parent_sha = L.state_sha256(step.state)  # an in-run result is never a file: its digest is its tensors'
+    final_plan = dataclasses.replace(plans[-1], output=plans[0].output, force=plans[0].force, adapter=plans[0].adapter)
+    from .distributed import is_writer
+
+    if not is_writer():  # under torchrun, rank 0 writes the output, the ledger and the audit; the others are done
+        return ApplyOutcome(job, None, timings=timings)  # type: ignore[arg-type]
+    t_write = time.perf_counter()
+    result = write_step(job, final_plan, step, parent_sha, lineage, record_ids, t0, in_run_steps)
+    result.warnings[:0] = notes
+
+    # the ledger: the earlier entries, then one hash-chained entry per step of this run, each with its forgotten set
+    ledger_out = Path(ledger) if ledger is not None else L.default_ledger(result.output)
+    if ledger_out != ledger_in and entries:
+        L.copy_forget_files(entries, ledger_in, ledger_out)
+    new_steps = result.lineage.steps[len(lineage.steps):]
+    outputs = [s["parent_sha256"] for s in new_steps[1:]] + [result.output_sha256]
+    for s_job, s_step, out_sha in zip(step_jobs, new_steps, outputs):
+        where = result.output if out_sha == result.output_sha256 else Path(f"in-run step {s_step['step']}")
+        entries = entries + [L.append(ledger_out, entries, s_step, where, out_sha, L.store_forget_set(ledger_out, s_step, s_job.splits))]
+    result.ledger = ledger_out  # type: ignore[attr-defined]
+    timings["write_s"] = time.perf_counter() - t_write
+    outcome = ApplyOutcome(job, result, timings=timings)
+    if plans[0].audit:
+        from .audit import audit_fresh_model
+
+        ref = (reference_model, reference.info()) if reference is not None else None
+        info = {"path": str(result.output.resolve()), "kind": result.mode, "sha256": result.output_sha256, "metadata": result.metadata}
+        t_audit = time.perf_counter()
+        outcome.report, outcome.report_dir = audit_fresh_model(job, result.model, info, report_dir, plans[0].gates, ref)
+        timings["audit_s"] = time.perf_counter() - t_audit
+        if outcome.report["verdict"] == "fail" and not keep_on_fail:
+            remove_output(result.output)
+            outcome.removed = True
+    return outcome
+
+
+def remove_output(path: Path) -> None:
+    """Remove an output this run published (a checkpoint, or an adapter folder of our files only)."""
+    import shutil
+
+    from .checkpoint import is_our_adapter_folder
+
+    if path.is_dir():
+        if is_our_adapter_folder(path):
+            shutil.rmtree(path)
+    elif path.is_file():
+        path.unlink()
+
+
+# ---------------------------------------------------------------- validate
+
+def validate_request(request: "str | Path | Request", checkpoint: Optional[str | Path] = None, code: CodePolicy = CodePolicy()) -> dict[str, Any]:
+    """`unlearn validate`: schema, method and parameters, data, classes/indices, checkpoint; no training."""
+    req = load_request(request)  # schema first: no torch needed to reject a malformed request
+    parse_params(req.method.name, req.method.params)
+    check_applicable(req.method.name, "classification", req.forget.scenario)
+    job = prepare(req, checkpoint, device="cpu", code=code, needs_labels=not get_method(req.method.name).label_free)
+    info = {"ok": True, **describe_job(job), "checkpoint_matches": req.model.arch if checkpoint else None,
+            "train_labelled": job.splits.train.labelled}
+    if not job.splits.train.labelled:
+        info["note"] = ("the train split has no labels: only label-free methods can run on it ("
+                        + ", ".join(n for n in method_names() if get_method(n).label_free) + "); the audit measures accuracy on the labelled test split")
+    return info
 
 
 # ---------------------------------------------------------------- train
+
+def train_request(
+    request: "str | Path | Request",
+    output: str | Path,
+    options: Optional[dict[str, Any]] = None,
+    exclude_forget: bool = False,
+    force: bool = False,
+    device: str = "auto",
+    seed: Optional[int] = None,
+    code: CodePolicy = CodePolicy(),
+    progress: Optional[Progress] = None,
+    init: Optional[str | Path] = None,
+) -> dict[str, Any]:
+    """`unlearn train`: options, request, seed, output and --init checked first; then data, model and training.
+
+    init: start from this checkpoint's weights (a pre-trained backbone) instead of a random initialisation.
+    """
+    from .training import train_config
+
+    config = train_config(**(options or {}))
+    req = load_request(request)
+    if seed is not None:
+        check_seed(seed)
+    check_output(Path(output), "file", force, protect={"request": req.path, "init checkpoint": Path(init) if init else None})
+    start = CheckpointArtifact(init) if init is not None else None
+    if start is not None:
+        start.tensors  # noqa: B018 - a missing or unreadable --init fails before any work
+    job = prepare(req, None, device=device, seed=seed, code=code)
+    return train_checkpoint(job, output, config, exclude_forget=exclude_forget, force=force, progress=progress, init=start)
+
 
 def train_checkpoint(
     job: Job,
@@ -316,34 +522,69 @@ def train_checkpoint(
     exclude_forget: bool = False,
     force: bool = False,
     progress: Optional[Progress] = None,
+    init: Optional[CheckpointArtifact] = None,
 ) -> dict[str, Any]:
-    """Train the request's architecture from scratch (optionally without the forget set) and write it atomically."""
+    """Train the request's architecture from scratch, or from `init`'s weights (optionally without the forget set), and write it atomically."""
     from .training import fit
 
     output = Path(output)
-    check_writable(output, force)
+    protect = {"request": job.request.path, "init checkpoint": init.path if init is not None else None}
+    check_output(output, "file", force, protect=protect)
     data = job.splits.retain if exclude_forget else job.splits.train
-    seed_everything(job.seed)
+    job.seed_everything()
     model = job.make_model()
+    if init is not None:
+        model = load_into(model, init.tensors, job.request.model.arch, init.path)
     start = time.perf_counter()
-    fit(model, data, config, job.device, torch.Generator().manual_seed(job.seed), progress, task="train")
+    from .distributed import data_parallel, is_writer
+
+    with data_parallel():  # under torchrun: batches split over the ranks, gradients averaged (one process: no-op)
+        fit(model, data, config, job.device, torch.Generator().manual_seed(job.seed), progress, task="train")
     wall = time.perf_counter() - start
-    figures = utility(model, job.splits, job.device, job.request.data.batch_size)
-    fields = {
-        "format": "unlearn/v1",
-        "tool_version": __version__,
-        "model_arch": job.request.model.arch,
-        "model_kwargs": job.request.model.kwargs,
-        "request_id": job.request.id,
-        "request_sha256": job.request.sha256,
-        "trained_on": "retain" if exclude_forget else "train",
-        "train_config": config.model_dump(),
-        "seed": job.seed,
-        "wall_time_s": round(wall, 4),
-        "device": str(job.device),
-        "torch_version": torch.__version__,
-        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    write_safetensors(output, model.state_dict(), metadata_for(fields), force=force)
-    return {"output": str(output), "sha256": sha256_file(output), "train_size": len(data), "wall_time_s": wall,
+    bad = non_finite(model.state_dict())
+    if bad:
+        raise DivergedError(f"training diverged: {len(bad)} tensor(s) hold NaN/Inf (first: {bad[0][0]}); nothing was written; lower --lr")
+    figures = utility(model, job)
+    fields = output_fields(job, trained_on="retain" if exclude_forget else "train", train_config=config.model_dump(),
+                           wall_time_s=round(wall, 4), **({"init_sha256": init.sha256} if init is not None else {}))
+    if not is_writer():  # rank 0 writes; the other ranks' weights are the same
+        return {"output": None, "sha256": None, "train_size": len(data), "wall_time_s": wall, "exclude_forget": exclude_forget, **figures}
+    digest = write_merged(output, model.state_dict(), fields, force=force, protect=protect)
+    return {"output": str(output), "sha256": digest, "train_size": len(data), "wall_time_s": wall,
             "exclude_forget": exclude_forget, **figures}
+
+
+# ---------------------------------------------------------------- merge
+
+def merge_adapter(adapter: str | Path, base: str | Path, output: str | Path, force: bool = False,
+                  code: CodePolicy = CodePolicy()) -> dict[str, Any]:
+    """`unlearn merge`: fold an adapter folder into its base checkpoint, giving a drop-in merged checkpoint.
+
+    The adapter's metadata names the architecture and its base's sha256; a different base is refused.
+    The output keeps the base's keys, shapes and dtypes and carries the adapter's provenance.
+    """
+    from .artifacts import AdapterArtifact, LoadContext
+    from .models import build_model
+    from .request import ModelSpec
+
+    adapter_art, base_art = AdapterArtifact(adapter), CheckpointArtifact(base)
+    fields = adapter_art.fields
+    if not isinstance(fields.get("model_arch"), str):
+        raise UnlearnError(f"adapter {adapter} records no model architecture (unlearn_metadata.json); merge an adapter written by `unlearn apply --adapter-only`")
+    output = Path(output)
+    check_output(output, "file", force, protect={"base checkpoint": Path(base), "adapter": Path(adapter)})
+    spec = ModelSpec(arch=fields["model_arch"], kwargs=fields.get("model_kwargs") or {})
+    policy = CodePolicy(code_paths=tuple(code.code_paths) + (Path(base).resolve().parent,), trust_code=code.trust_code)
+    make = lambda: build_model(spec, Path(base).resolve().parent, policy)  # noqa: E731
+    device = torch.device("cpu")
+    base_model = base_art.load(LoadContext(make_model=make, arch=spec.arch, device=device))
+    merged = adapter_art.load(LoadContext(make_model=make, arch=spec.arch, device=device, base=base_model, base_sha256=base_art.sha256))
+    state = {k: v.detach().to(base_art.dtypes[k]).cpu().contiguous() for k, v in merged.state_dict().items()}
+    bad = non_finite(state)
+    if bad:
+        raise DivergedError(f"the merged weights hold NaN/Inf (first: {bad[0][0]}); nothing was written")
+    out_fields = {**{k: v for k, v in fields.items() if k not in ("created_utc",)}, "merged_from_adapter_sha256": adapter_art.sha256,
+                  "created_utc": created_utc()}
+    digest = write_merged(output, state, file_fields(out_fields), force=force)
+    return {"output": str(output), "sha256": digest, "base_sha256": base_art.sha256, "adapter_sha256": adapter_art.sha256,
+            "method": fields.get("method"), "request_id": fields.get("request_id")}

@@ -8,22 +8,94 @@ request is rejected instantly.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import stat
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError, field_validator, model_validator
 
 from .errors import RequestError
 
 SCHEMA_VERSION = 1
+MAX_REQUEST_BYTES = 1 << 20  # a deletion request is a short YAML file; anything larger is a mistake or an attack
+MAX_SEED = 2**32 - 1  # numpy's seed range; torch takes it too
+MAX_RESIZE = 4096
+
+
+# ---------------------------------------------------------------- YAML: safe, unambiguous
+
+
+class _RequestLoader(yaml.SafeLoader):
+    """yaml.SafeLoader, stricter: a deletion request must mean one thing.
+
+    - duplicate keys are errors (PyYAML silently keeps the last one);
+    - anchors and aliases are refused (they add nothing to a request, and alias bombs expand exponentially);
+    - `1e-3` is a float, as in YAML 1.2 (YAML 1.1 reads it as a string).
+    """
+
+    def compose_node(self, parent, index):  # type: ignore[override]
+        if self.check_event(yaml.events.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, "anchors and aliases (*name) are not allowed in a deletion request; write the values out", event.start_mark)
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):  # type: ignore[override]
+        if isinstance(node, yaml.MappingNode):
+            seen: set = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    duplicate = key in seen
+                    seen.add(key)
+                except TypeError:  # an unhashable key: the base constructor reports it
+                    continue
+                if duplicate:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key '{key}' (a request must mean one thing); keep one", key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+_RequestLoader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_RequestLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def safe_yaml(text: str) -> Any:
+    """Parse YAML with the strict safe loader (never constructs Python objects)."""
+    return yaml.load(text, Loader=_RequestLoader)  # noqa: S506 - _RequestLoader is a SafeLoader
+
+
+def read_regular_file(path: Path, what: str, fix: str, max_bytes: Optional[int] = None) -> bytes:
+    """The bytes of a regular file; FIFOs, devices and folders are refused before anything is opened (no hang)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise RequestError(f"{what} {path} not found; {fix}") from None
+    except OSError as e:
+        raise RequestError(f"{what} {path} cannot be read ({e.strerror}); {fix}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise RequestError(f"{what} {path} is not a regular file; {fix}")
+    if max_bytes is not None and st.st_size > max_bytes:
+        raise RequestError(f"{what} {path} is {st.st_size:,} bytes, more than the {max_bytes:,} allowed; {fix}")
+    try:
+        with open(path, "rb") as f:
+            return f.read() if max_bytes is None else f.read(max_bytes + 1)
+    except OSError as e:
+        raise RequestError(f"{what} {path} cannot be read ({e.strerror}); {fix}") from None
 DATA_SOURCES = ("tensors", "imagefolder", "sklearn:digits", "torchvision:<Dataset>")
 TORCHVISION_DATASETS = ("CIFAR10", "CIFAR100", "MNIST", "FashionMNIST", "KMNIST", "SVHN")
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: `true` is not 1 and "3" is not 3; a deletion request must not be coerced into meaning something else
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class ModelSpec(_Strict):
@@ -57,7 +129,7 @@ class Normalize(_Strict):
 
 
 class Preprocess(_Strict):
-    resize: Optional[int] = Field(None, gt=0, description="Resize images to this square size (torchvision, imagefolder).")
+    resize: Optional[int] = Field(None, gt=0, le=MAX_RESIZE, description="Resize images to this square size (torchvision, imagefolder).")
     grayscale: bool = Field(False, description="Convert images to one channel (imagefolder).")
     normalize: Optional[Normalize] = Field(None, description="Channel normalisation applied last.")
 
@@ -72,6 +144,9 @@ class DataSpec(_Strict):
     download: bool = Field(False, description="Let torchvision download the data set into root (needs network).")
     split: Optional[str] = Field(
         None, description="Which split to read: train/test (default: the role, train or test); SVHN also 'extra'."
+    )
+    ids_path: Optional[str] = Field(
+        None, description="tensors: a text file with one record ID per line, in the samples' order (instead of an `ids` key)."
     )
     preprocess: Preprocess = Field(default_factory=Preprocess, description="Resize and normalisation.")
 
@@ -97,19 +172,24 @@ class DataSpec(_Strict):
 class DataSection(_Strict):
     train: DataSpec = Field(description="The training data the model saw; forget indices address this split.")
     test: DataSpec = Field(description="Held-out data, for test accuracy and as the never-seen reference.")
-    batch_size: int = Field(128, gt=0, description="Batch size for evaluation and the methods' default loaders.")
+    batch_size: int = Field(128, gt=0, le=65536, description="Batch size for evaluation and the methods' default loaders.")
 
 
 class ForgetSpec(_Strict):
     classes: Optional[list[int]] = Field(None, description="Class unlearning: every train sample of these classes.")
     indices: Optional[list[int]] = Field(None, description="Sample unlearning: positions in the train split.")
     indices_file: Optional[str] = Field(None, description="Sample unlearning: a text file, one index per line.")
+    ids: Optional[list[Union[StrictStr, StrictInt]]] = Field(None, description="Sample unlearning by record ID (the data's ids).")
+    ids_file: Optional[str] = Field(None, description="Sample unlearning: record IDs in a text file (one per line) or a CSV (see ids_column).")
+    ids_column: Optional[str] = Field(None, description="With ids_file: the CSV column holding the IDs (the file is then read as CSV).")
 
     @model_validator(mode="after")
     def _exactly_one(self) -> "ForgetSpec":
-        given = [k for k in ("classes", "indices", "indices_file") if getattr(self, k) is not None]
+        given = [k for k in ("classes", "indices", "indices_file", "ids", "ids_file") if getattr(self, k) is not None]
         if len(given) != 1:
-            raise ValueError(f"give exactly one of classes, indices, indices_file (got {', '.join(given) or 'none'})")
+            raise ValueError(f"give exactly one of classes, indices, indices_file, ids, ids_file (got {', '.join(given) or 'none'})")
+        if self.ids_column is not None and self.ids_file is None:
+            raise ValueError("ids_column goes with ids_file (a CSV of record IDs)")
         for key in ("classes", "indices"):
             values = getattr(self, key)
             if values is not None:
@@ -120,11 +200,21 @@ class ForgetSpec(_Strict):
                 if len(set(values)) != len(values):
                     dup = sorted({v for v in values if values.count(v) > 1})[:5]
                     raise ValueError(f"'{key}' repeats {dup}; list each once")
+        if self.ids is not None:
+            if not self.ids:
+                raise ValueError("'ids' is empty; name at least one record ID")
+            text = [str(i) for i in self.ids]
+            if len(set(text)) != len(text):
+                raise ValueError(f"'ids' repeats {len(text) - len(set(text))} record ID(s); list each once")
         return self
 
     @property
     def scenario(self) -> Literal["class", "sample"]:
         return "class" if self.classes is not None else "sample"
+
+    @property
+    def by_ids(self) -> bool:
+        return self.ids is not None or self.ids_file is not None
 
 
 class MethodSpec(_Strict):
@@ -153,7 +243,7 @@ class Request(_Strict):
     method: MethodSpec = Field(default_factory=MethodSpec)
     output: OutputSpec = Field(default_factory=OutputSpec)
     audit: AuditSpec = Field(default_factory=AuditSpec)
-    seed: int = Field(0, ge=0, description="Seed for every random choice; same seed, same CPU output.")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed for every random choice (0..2**32-1); same seed, same CPU output.")
 
     # Set by load_request, not by the YAML.
     _base_dir: Path = Path(".")
@@ -177,6 +267,39 @@ class Request(_Strict):
     def sha256(self) -> str:
         return self._sha256
 
+    def audit_reference(self) -> Optional[Path]:
+        """The retrained reference the request's audit section names, resolved against the request's folder."""
+        return self.resolve(self.audit.reference) if self.audit.reference else None
+
+    def forget_ids_list(self) -> Optional[list[str]]:
+        """The record IDs to forget (reading ids_file, as lines or as a CSV column), or None when not by ID."""
+        if self.forget.ids is not None:
+            return [str(i) for i in self.forget.ids]
+        if self.forget.ids_file is None:
+            return None
+        path = self.resolve(self.forget.ids_file)
+        raw = read_regular_file(path, "forget.ids_file:", "give a text file with one record ID per line, or a CSV with ids_column")
+        try:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            raise RequestError(f"forget.ids_file: {path} is not UTF-8 text; give one record ID per line") from None
+        if self.forget.ids_column is not None:
+            import csv
+            import io
+
+            reader = csv.DictReader(io.StringIO(text))
+            if reader.fieldnames is None or self.forget.ids_column not in reader.fieldnames:
+                raise RequestError(f"forget.ids_column: {path} has no column '{self.forget.ids_column}'; its columns: {', '.join(reader.fieldnames or [])}")
+            ids = [(row.get(self.forget.ids_column) or "").strip() for row in reader]
+            ids = [i for i in ids if i]
+        else:
+            ids = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+        if not ids:
+            raise RequestError(f"forget.ids_file: {path} names no record ID; write one per line")
+        if len(set(ids)) != len(ids):
+            raise RequestError(f"forget.ids_file: {path} repeats {len(ids) - len(set(ids))} record ID(s); list each once")
+        return ids
+
     def forget_indices_list(self) -> Optional[list[int]]:
         """The sample indices to forget (reading indices_file), or None for class unlearning."""
         if self.forget.indices is not None:
@@ -184,19 +307,20 @@ class Request(_Strict):
         if self.forget.indices_file is None:
             return None
         path = self.resolve(self.forget.indices_file)
+        raw = read_regular_file(path, "forget.indices_file:", "give a text file with one index per line")
         try:
-            lines = path.read_text().splitlines()
-        except OSError as e:
-            raise RequestError(f"forget.indices_file: cannot read {path} ({e.strerror}); give an existing text file") from None
+            lines = raw.decode("utf-8").splitlines()
+        except UnicodeDecodeError:
+            raise RequestError(f"forget.indices_file: {path} is not UTF-8 text; give a text file with one index per line") from None
         out: list[int] = []
         for n, line in enumerate(lines, 1):
             s = line.split("#", 1)[0].strip()
             if not s:
                 continue
-            try:
-                out.append(int(s))
-            except ValueError:
-                raise RequestError(f"forget.indices_file: line {n} of {path} is '{s}', not an integer index; one index per line") from None
+            # the file's contents are never echoed: an error names the line, not what it holds
+            if not re.fullmatch(r"\+?[0-9]{1,18}", s):
+                raise RequestError(f"forget.indices_file: line {n} of {path} is not a non-negative integer index; one index per line")
+            out.append(int(s))
         if not out:
             raise RequestError(f"forget.indices_file: {path} has no indices; write one index per line")
         if min(out) < 0:
@@ -206,6 +330,13 @@ class Request(_Strict):
         return out
 
 
+def method_params_for(request: "Request", name: str, overrides: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """The parameters a run of method `name` gets: the request's method.params when the request names that
+    method (else none), then `overrides` (--param) on top. The one place this policy lives."""
+    base = dict(request.method.params) if request.method.name == name else {}
+    return {**base, **(overrides or {})}
+
+
 def parse_key_values(pairs: list[str]) -> dict[str, Any]:
     """--param k=v pairs; values are parsed as YAML scalars/lists (safe_load), so 'lr=0.01' gives a float."""
     out: dict[str, Any] = {}
@@ -213,8 +344,21 @@ def parse_key_values(pairs: list[str]) -> dict[str, Any]:
         if "=" not in pair:
             raise RequestError(f"--param {pair!r}: expected key=value, e.g. --param lr=0.01")
         key, value = pair.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value) if value.strip() else ""
+        key = key.strip()
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.+-]*", key):
+            raise RequestError(f"--param {key!r}: not a parameter name; expected key=value, e.g. --param lr=0.01")
+        try:
+            out[key] = safe_yaml(value) if value.strip() else ""
+        except (yaml.YAMLError, RecursionError) as e:
+            problem = getattr(e, "problem", None) or "not a YAML scalar or list"
+            raise RequestError(f"--param {key}: cannot read the value ({problem}); give a number, a word or a [list]") from None
     return out
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    """A value from the user's file, shortened for a one-line message."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _format_validation_error(err: ValidationError, source: str) -> str:
@@ -253,34 +397,41 @@ def _allowed_keys(loc: tuple) -> list[str]:
 def parse_request(text: str, source: str = "request", base_dir: Path | None = None) -> Request:
     """Parse and validate request YAML text (yaml.safe_load only)."""
     try:
-        raw = yaml.safe_load(text)
+        raw = safe_yaml(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(e, "problem", None) or "invalid YAML"
-        raise RequestError(f"{source}: malformed YAML{where}: {problem}; fix the syntax") from None
+        if "constructor for the tag" in problem:
+            problem = "tags such as !!python/... are not allowed"
+        raise RequestError(f"{source}: malformed YAML{where}: {problem}; fix the request") from None
+    except RecursionError:
+        raise RequestError(f"{source}: the YAML is nested too deeply; a request is a few levels of keys") from None
     if not isinstance(raw, dict):
         raise RequestError(f"{source}: expected a mapping of keys (version, id, model, data, forget, ...), got {type(raw).__name__}")
-    if "version" in raw and raw["version"] != SCHEMA_VERSION:
-        raise RequestError(f"{source}: version: {raw['version']!r} is not supported; this tool reads version {SCHEMA_VERSION}")
+    if "version" in raw and (type(raw["version"]) is not int or raw["version"] != SCHEMA_VERSION):
+        raise RequestError(f"{source}: version: {_short(raw['version'])} is not supported; this tool reads version {SCHEMA_VERSION}")
     try:
         req = Request.model_validate(raw)
     except ValidationError as e:
         raise RequestError(_format_validation_error(e, source)) from None
+    except RecursionError:
+        raise RequestError(f"{source}: a value is nested too deeply; a request is a few levels of keys") from None
     req._base_dir = (base_dir or Path(".")).resolve()
     req._sha256 = hashlib.sha256(text.encode()).hexdigest()
     return req
 
 
-def load_request(path: str | Path) -> Request:
-    """Read and validate a request file; relative paths in it resolve against its folder."""
+def load_request(path: "str | Path | Request") -> Request:
+    """Read and validate a request file; relative paths in it resolve against its folder. A Request passes through."""
+    if isinstance(path, Request):
+        return path
     path = Path(path)
+    raw = read_regular_file(path, "request file", "give the path of a deletion-request YAML", MAX_REQUEST_BYTES)
     try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise RequestError(f"request file {path} not found; give the path of a deletion-request YAML") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise RequestError(f"request file {path} cannot be read ({e}); give a readable UTF-8 YAML file") from None
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise RequestError(f"request file {path} is not UTF-8 text; give a UTF-8 YAML file") from None
     req = parse_request(text, source=str(path), base_dir=path.parent)
     req._path = path.resolve()
     return req

@@ -5,21 +5,56 @@ from __future__ import annotations
 from typing import Callable, Literal, Optional
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field, model_validator
 from torch import nn
 
 from .data import LabelledData
+from .params import SaneParams
+from .regularizers import REGULARIZERS, regularized_loss, regularizer_fields
 
 
-class TrainConfig(BaseModel):
+class TrainConfig(SaneParams):
     """How `unlearn train` (and the `retrain` method) train a model from scratch."""
-
-    model_config = ConfigDict(extra="forbid")
     epochs: int = Field(40, ge=1, description="Passes over the training data.")
     lr: float = Field(1e-3, gt=0, description="Learning rate.")
     optimizer: Literal["adam", "sgd"] = Field("adam", description="adam (small nets) or sgd with momentum 0.9 and cosine decay (ResNets).")
     weight_decay: float = Field(0.0, ge=0, description="L2 weight decay.")
     batch_size: int = Field(64, ge=1, description="Training batch size.")
+    regularizer: Optional[Literal["gradient-restriction"]] = Field(
+        None, description="Optional training regularizer (default none). gradient-restriction: loss + alpha * "
+        "sum_tensors ||grad loss||_2 by double backprop, what the `iau` method assumes (IAU, Lolo1222/IAU train_model.py).",
+    )
+    regularizer_alpha: Optional[float] = Field(
+        None, gt=0, description="The regularizer's weight; default 0.005 for gradient-restriction (IAU's train_model.py).",
+    )
+
+    @model_validator(mode="after")
+    def _regularizer_alpha(self) -> "TrainConfig":
+        if self.regularizer is None and self.regularizer_alpha is not None:
+            raise ValueError("regularizer_alpha needs a regularizer (e.g. gradient-restriction)")
+        if self.regularizer is not None and self.regularizer_alpha is None:
+            self.regularizer_alpha = REGULARIZERS[self.regularizer]["alpha"]
+        return self
+
+
+def train_config(**options: object) -> TrainConfig:
+    """A TrainConfig from command-line options (None = default); an invalid value is one line naming it."""
+    from pydantic import ValidationError
+
+    from .errors import UnlearnError
+    from .params import field_and_message
+
+    options = dict(options)
+    regularizer, params = options.pop("regularizer", None), options.pop("regularizer_params", None) or {}
+    try:
+        options.update(regularizer_fields(regularizer, params))  # type: ignore[arg-type]
+    except ValueError as e:
+        raise UnlearnError(str(e)) from None
+    try:
+        return TrainConfig(**{k: v for k, v in options.items() if v is not None})
+    except ValidationError as e:
+        name, msg = field_and_message(e.errors()[0])
+        raise UnlearnError(f"--{name.replace('_', '-')}: {msg}; see unlearn train --help") from None
 
 
 def make_optimizer(params, name: str, lr: float, weight_decay: float = 0.0, momentum: float = 0.9) -> torch.optim.Optimizer:
@@ -37,13 +72,15 @@ def fit(
     progress: Optional[Callable[[str, int, int], None]] = None,
     task: str = "train",
 ) -> nn.Module:
-    """Cross-entropy training on `data` (in place); returns the model in eval mode."""
+    """Cross-entropy training on `data` (in place), plus the config's regularizer if any; returns the model in eval mode."""
     model.to(device).train()
     opt = make_optimizer(model.parameters(), config.optimizer, config.lr, config.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, config.epochs) if config.optimizer == "sgd" else None
     for epoch in range(config.epochs):
         for x, y in data.batches(config.batch_size, shuffle=True, generator=generator):
             loss = nn.functional.cross_entropy(model(x.to(device)), y.to(device))
+            if config.regularizer is not None:
+                loss = regularized_loss(config.regularizer, config.regularizer_alpha, loss, model.parameters())
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -2,25 +2,24 @@
 
 from __future__ import annotations
 
-import copy
-import json
-import platform
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
-import torch
 from torch import nn
 
-from .. import __version__
-from ..checkpoint import read_checkpoint, read_metadata_fields, sha256_file
-from ..data import LabelledData
-from ..errors import AuditError, CheckpointError, GateFailure
+from ..artifacts import CheckpointArtifact
+from ..errors import CheckpointError, GateFailure
+from ..evaluate import stream
+from ..job import Job
+from ..provenance import created_utc, versions
+from ..tasks import SetOutputs
 from . import attacks
 from . import metrics as M
-from .gates import evaluate_gates, parse_gates
+from .gates import Gate, evaluate_gates, parse_gates
+from .registry import finite
+from .verdict import decide, distinguishability
 
 SCHEMA = "unlearn.audit/v1"
 SETS = ("retain", "forget", "test")
@@ -40,107 +39,55 @@ ADAPTER_AUDIT_WARNING = (
 
 # ---------------------------------------------------------------- model outputs
 
-@dataclass
-class SetOutputs:
-    """Per-sample figures of one model on one data set (all samples) plus softmax rows for a fixed subset."""
-
-    y: np.ndarray
-    pred: np.ndarray
-    conf: np.ndarray  # p_y
-    ent: np.ndarray  # H(p)
-    loss: np.ndarray  # CE
-    probs: np.ndarray  # softmax rows of the kept subset (same positions for every model)
-
-
-@dataclass
-class ModelOutputs:
-    sets: dict[str, SetOutputs] = field(default_factory=dict)
+ModelOutputs = dict[str, SetOutputs]  # per set: retain, forget, test
 
 
 def kept_positions(n: int, seed: int, offset: int, k: int = MAX_DISTANCE_SAMPLES) -> np.ndarray:
-    """The seeded subset of positions whose softmax rows are kept (all when n <= k): the same for every model."""
+    """The seeded subset of positions whose output rows are kept (all when n <= k): the same for every model."""
     if n <= k:
         return np.arange(n)
     return np.sort(np.random.default_rng(seed * 7919 + offset).choice(n, size=k, replace=False))
 
 
-@torch.no_grad()
-def stream_outputs(model: nn.Module, data: LabelledData, device: torch.device, batch_size: int, keep: np.ndarray) -> SetOutputs:
-    """One pass over `data` in batches: per-sample statistics for all samples, softmax rows only for `keep`."""
-    was_training = model.training
-    model.eval()
-    keep_mask = np.zeros(len(data), dtype=bool)
-    keep_mask[keep] = True
-    ys, preds, confs, ents, losses, kept = [], [], [], [], [], []
-    start = 0
-    for x, y in data.batches(batch_size):
-        logits = model(x.to(device)).float().cpu().numpy().astype(np.float64)
-        yy = y.numpy()
-        p = M.softmax(logits)
-        ys.append(yy)
-        preds.append(logits.argmax(1))
-        confs.append(M.true_class_confidence(p, yy))
-        ents.append(M.entropy(p))
-        losses.append(M.cross_entropy(logits, yy))
-        kept.append(p[keep_mask[start:start + len(yy)]])
-        start += len(yy)
-    model.train(was_training)
-    cat = (lambda parts: np.concatenate(parts) if parts else np.zeros(0))
-    return SetOutputs(y=cat(ys).astype(np.int64), pred=cat(preds).astype(np.int64), conf=cat(confs), ent=cat(ents),
-                      loss=cat(losses), probs=np.concatenate(kept) if kept else np.zeros((0, 0)))
-
-
-def model_outputs(model: nn.Module, job: Any, seed: int) -> ModelOutputs:
-    """Outputs of a model on retain, forget and test data of the job."""
-    out = ModelOutputs()
+def model_outputs(model: nn.Module, job: Job, seed: int) -> ModelOutputs:
+    """A model's per-sample figures on retain, forget and test data (one streamed pass over each)."""
     bs = job.request.data.batch_size
     model = model.to(job.device)
-    for i, name in enumerate(SETS):
-        data = getattr(job.splits, name)
-        out.sets[name] = stream_outputs(model, data, job.device, bs, kept_positions(len(data), seed, i))
-    return out
+    return {name: stream(model, getattr(job.splits, name), job.device, bs, job.task, kept_positions(len(getattr(job.splits, name)), seed, i))
+            for i, name in enumerate(SETS)}
 
 
-def random_forget_probs(job: Any, seed: int) -> np.ndarray:
-    """Softmax of a randomly initialised model of the same architecture (the ZRF 'incompetent teacher') on the kept forget rows."""
-    torch.manual_seed(seed)
-    rand = job.make_model().to(job.device)
+def random_forget_rows(job: Job, seed: int) -> np.ndarray:
+    """Outputs of a randomly initialised model of the same architecture (ZRF's 'incompetent teacher') on the kept forget rows."""
+    rand = job.for_seed(seed).make_model().to(job.device)
     forget = job.splits.forget
-    return stream_outputs(rand, forget, job.device, job.request.data.batch_size, kept_positions(len(forget), seed, 1)).probs
+    return stream(rand, forget, job.device, job.request.data.batch_size, job.task, kept_positions(len(forget), seed, 1)).rows
 
 
 # ---------------------------------------------------------------- per-model metrics
 
-def metrics_from_outputs(out: ModelOutputs, job: Any, seed: int, random_probs: Optional[np.ndarray] = None) -> dict[str, Any]:
+def metrics_from_outputs(out: ModelOutputs, job: Job, seed: int, random_rows: Optional[np.ndarray] = None) -> dict[str, Any]:
     """The per-model metric dict of report.json's models.* entries."""
-    s = out.sets
-    r, f, t = s["retain"], s["forget"], s["test"]
-    res: dict[str, Any] = {
-        "retain_acc": M.accuracy(r.pred, r.y),
-        "forget_acc": M.accuracy(f.pred, f.y),
-        "test_acc": M.accuracy(t.pred, t.y),
-    }
-    res["ua"] = 1.0 - res["forget_acc"]
-    res["test_remaining_acc"] = None
-    res["test_forgotten_acc"] = None
-    if job.splits.scenario == "class":
-        forgotten = np.isin(t.y, np.asarray(job.splits.forget_classes))
-        res["test_remaining_acc"] = M.accuracy(t.pred[~forgotten], t.y[~forgotten]) if (~forgotten).any() else None
-        res["test_forgotten_acc"] = M.accuracy(t.pred[forgotten], t.y[forgotten]) if forgotten.any() else None
-    res["per_class_acc"] = M.per_class_accuracy(t.pred, t.y, job.num_classes)
-    res["mia_efficacy"] = attacks.mia_efficacy(r.conf, t.conf, f.conf, seed)
-    res["mia_entropy"] = attacks.mia_entropy(r.ent, t.ent, f.ent, seed)
-    res["mia_loss_acc"], res["mia_loss_auc"] = attacks.mia_loss(f.loss, t.loss, seed)
-    if random_probs is None:
-        random_probs = random_forget_probs(job, seed)
-    res["zrf"] = M.zrf(f.probs, random_probs)
-    res["mean_loss"] = {k: float(v.loss.mean()) for k, v in s.items()}
-    res["mean_confidence"] = {k: float(v.conf.mean()) for k, v in s.items()}
-    res["loss_hist"] = {"edges": [float(e) for e in M.LOSS_EDGES], **{k: M.loss_histogram(v.loss, M.LOSS_EDGES) for k, v in s.items()}}
+    r, f, t = out["retain"], out["forget"], out["test"]
+    res: dict[str, Any] = job.task.utility(out, job.forget_info)
+    feature = job.task.attack_features
+    if "mia_efficacy" in feature:
+        res["mia_efficacy"] = attacks.mia_efficacy(r.stats[feature["mia_efficacy"]], t.stats[feature["mia_efficacy"]], f.stats[feature["mia_efficacy"]], seed)
+    if "mia_entropy" in feature:
+        res["mia_entropy"] = attacks.mia_entropy(r.stats[feature["mia_entropy"]], t.stats[feature["mia_entropy"]], f.stats[feature["mia_entropy"]], seed)
+    if "mia_loss" in feature:
+        res["mia_loss_acc"], res["mia_loss_auc"] = attacks.mia_loss(f.stats[feature["mia_loss"]], t.stats[feature["mia_loss"]], seed)
+    if random_rows is None:
+        random_rows = random_forget_rows(job, seed)
+    res["zrf"] = M.zrf(f.rows, random_rows)
+    res["mean_loss"] = {k: float(v.loss.mean()) for k, v in out.items()}
+    if "conf" in r.stats:
+        res["mean_confidence"] = {k: float(v.conf.mean()) for k, v in out.items()}
+    res["loss_hist"] = {"edges": [float(e) for e in M.LOSS_EDGES], **{k: M.loss_histogram(v.loss, M.LOSS_EDGES) for k, v in out.items()}}
     return _clean(res)
 
 
-def model_metrics(model: nn.Module, job: Any, seed: Optional[int] = None) -> dict[str, Any]:
+def model_metrics(model: nn.Module, job: Job, seed: Optional[int] = None) -> dict[str, Any]:
     """Every per-model metric of the audit for one model (the dict under report.json's models.*), for reuse by bench."""
     seed = job.seed if seed is None else seed
     return metrics_from_outputs(model_outputs(model, job, seed), job, seed)
@@ -152,10 +99,10 @@ def gaps(unlearned_metrics: dict[str, Any], reference_metrics: dict[str, Any]) -
 
 
 def distances(a: ModelOutputs, b: ModelOutputs) -> dict[str, dict[str, Optional[float]]]:
-    """Activation distance and JS divergence between two models' softmax outputs, per set."""
+    """Activation distance and JS divergence between two models' output rows, per set."""
     return _clean({
-        "activation_distance": {k: M.activation_distance(a.sets[k].probs, b.sets[k].probs) for k in SETS},
-        "js_divergence": {k: M.js_divergence(a.sets[k].probs, b.sets[k].probs) for k in SETS},
+        "activation_distance": {k: M.activation_distance(a[k].rows, b[k].rows) for k in SETS},
+        "js_divergence": {k: M.js_divergence(a[k].rows, b[k].rows) for k in SETS},
     })
 
 
@@ -180,10 +127,11 @@ def audit_warnings(unl: dict[str, Any], orig: dict[str, Any], ref: Optional[dict
             w.append(f"under-unlearning: MIA-Efficacy {unl['mia_efficacy']:.3f} is {pts(-d)} below the reference's {ref['mia_efficacy']:.3f}; the attack still calls the forget set members")
         elif d > MIA_TOLERANCE:
             w.append(f"over-unlearning: MIA-Efficacy {unl['mia_efficacy']:.3f} is {pts(d)} above the reference's {ref['mia_efficacy']:.3f}; the forget set looks less like training data than a retrained model's (Streisand effect)")
-        if unl.get("mia_loss_auc") is not None and ref.get("mia_loss_auc") is not None:
+        losses = (unl.get("mean_loss") or {}).get("forget"), (ref.get("mean_loss") or {}).get("forget")
+        if unl.get("mia_loss_auc") is not None and ref.get("mia_loss_auc") is not None and None not in losses:
             d = unl["mia_loss_auc"] - ref["mia_loss_auc"]
             if d > LOSS_AUC_TOLERANCE:
-                side = "under" if unl["mean_loss"]["forget"] < ref["mean_loss"]["forget"] else "over"
+                side = "under" if losses[0] < losses[1] else "over"
                 w.append(f"{side}-unlearning: the loss attack separates forget from test data better than on the reference (AUC {unl['mia_loss_auc']:.3f} vs {ref['mia_loss_auc']:.3f})")
     elif scenario == "sample":
         d = fa - ta
@@ -191,8 +139,9 @@ def audit_warnings(unl: dict[str, Any], orig: dict[str, Any], ref: Optional[dict
             w.append(f"under-unlearning: forget accuracy {fa:.3f} is {pts(d)} above test accuracy {ta:.3f}; forgotten samples are still fitted better than unseen data (no reference given)")
         elif d < -ACC_TOLERANCE:
             w.append(f"over-unlearning: forget accuracy {fa:.3f} is {pts(-d)} below test accuracy {ta:.3f}; forgotten samples look worse than unseen data, a detectable deletion (Streisand effect; no reference given)")
-        if unl.get("mia_loss_auc") is not None and unl["mia_loss_auc"] > 0.5 + LOSS_AUC_TOLERANCE:
-            side = "under" if unl["mean_loss"]["forget"] < unl["mean_loss"]["test"] else "over"
+        ml = unl.get("mean_loss") or {}
+        if unl.get("mia_loss_auc") is not None and unl["mia_loss_auc"] > 0.5 + LOSS_AUC_TOLERANCE and "forget" in ml and "test" in ml:
+            side = "under" if ml["forget"] < ml["test"] else "over"
             w.append(f"{side}-unlearning: the loss attack tells forget from test data apart (AUC {unl['mia_loss_auc']:.3f}; 0.5 is indistinguishable)")
     else:
         if fa > ACC_TOLERANCE:
@@ -205,79 +154,51 @@ def audit_warnings(unl: dict[str, Any], orig: dict[str, Any], ref: Optional[dict
 
 # ---------------------------------------------------------------- loading
 
-def load_unlearned(path: str | Path, job: Any) -> tuple[nn.Module, dict[str, Any]]:
-    """The unlearned model (merged checkpoint, or original + PEFT adapter merged) and what we know of it."""
+def load_unlearned(path: str | Path, job: Job) -> tuple[nn.Module, dict[str, Any]]:
+    """The unlearned model (a merged checkpoint, or the original + a PEFT adapter) and its provenance."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"unlearned model {path} not found; give the output of `unlearn apply` (a .safetensors file or adapter folder)")
-    if path.is_dir():
-        return _load_adapter(path, job)
-    model, info = load_checkpoint(path, job)
-    return model, {**info, "kind": "merged"}
+    return job.load_artifact(path)
 
 
-def _load_adapter(path: Path, job: Any) -> tuple[nn.Module, dict[str, Any]]:
-    weights, config = path / "adapter_model.safetensors", path / "adapter_config.json"
-    missing = [p.name for p in (weights, config) if not p.exists()]
-    if missing:
-        raise CheckpointError(f"adapter folder {path} lacks {', '.join(missing)}; give a folder written by `unlearn apply --adapter-only`")
-    if job.original is None:
-        raise AuditError("an adapter is audited as base + adapter; give the base checkpoint with --original")
-    tensors, metadata = read_checkpoint(weights)
-    b_keys = [k for k in tensors if "lora_B" in k]
-    if not b_keys:
-        raise AuditError(f"adapter {path} has no LoRA B matrices (no key contains 'lora_B'); give a LoRA adapter written by `unlearn apply --adapter-only`")
-    if all(float(tensors[k].abs().max()) == 0.0 for k in b_keys):
-        raise AuditError(f"adapter {path}: every LoRA B matrix is zero, so the adapter trained nothing; rerun `unlearn apply` (more epochs or a higher lr)")
-    fields = read_metadata_fields(metadata)
-    side = path / "unlearn_metadata.json"
-    if not fields and side.exists():
-        fields = read_metadata_fields(json.loads(side.read_text()))
-    parent = fields.get("parent_sha256")
-    if parent and job.checkpoint_sha256 and parent != job.checkpoint_sha256:
-        raise AuditError(f"adapter {path} was made from a base with sha256 {str(parent)[:12]}..., not {job.checkpoint_sha256[:12]}...; give that base as --original")
-    from peft import PeftModel
-
-    try:
-        peft_model = PeftModel.from_pretrained(copy.deepcopy(job.original).cpu(), str(path))
-    except Exception as e:  # noqa: BLE001 - peft raises many types for a foreign adapter
-        raise CheckpointError(f"adapter {path} does not fit the original model ({type(e).__name__}: {str(e).splitlines()[0][:120]}); give the base it was trained on") from None
-    model = peft_model.merge_and_unload().to(job.device).eval()
-    info = {"path": str(path.resolve()), "kind": "adapter", "sha256": sha256_file(weights), "metadata": fields}
-    return model, info
-
-
-def load_checkpoint(path: str | Path, job: Any) -> tuple[nn.Module, dict[str, Any]]:
+def load_checkpoint(path: str | Path, job: Job) -> tuple[nn.Module, dict[str, Any]]:
     """A checkpoint of the job's architecture (a retrained reference, or a merged unlearned model) and its provenance."""
-    path = Path(path)
-    model, metadata = job.load(path)
-    return model, {"path": str(path.resolve()), "sha256": sha256_file(path), "metadata": read_metadata_fields(metadata)}
+    artifact = CheckpointArtifact(path)
+    model = artifact.load(job.load_context())
+    info = artifact.info()
+    info.pop("kind", None)
+    return model, info
 
 
 # ---------------------------------------------------------------- the audit
 
 def run_audit(
-    job: Any,
+    job: Job,
     original_model: nn.Module,
     unlearned_model: nn.Module,
     reference_model: Optional[nn.Module] = None,
-    gates: Sequence[str] = (),
+    gates: Sequence[str | Gate] = (),
     unlearned_info: Optional[dict[str, Any]] = None,
     reference_info: Optional[dict[str, Any]] = None,
     seed: Optional[int] = None,
+    tier: str = "standard",
+    shadows: int = 16,
+    progress: Optional[Any] = None,
+    ledger: Optional[Path] = None,
 ) -> dict[str, Any]:
     """Audit an unlearned model against the original (and a retrained reference): the report.json dict.
 
     Gates are parsed first, so a bad gate fails before any computation. The verdict is in
     the report; call `check_verdict` (after writing reports) to turn a failure into exit 3.
     """
-    started, t0 = _utc(), time.perf_counter()
+    started, t0 = created_utc(), time.perf_counter()
     seed = job.seed if seed is None else seed
     scenario = job.splits.scenario
-    parsed = parse_gates(list(gates), scenario, reference_model is not None)
+    parsed = [g for g in gates if isinstance(g, Gate)] + parse_gates([g for g in gates if not isinstance(g, Gate)], scenario, reference_model is not None)
     unlearned_info = unlearned_info or {"path": None, "kind": "merged", "sha256": None, "metadata": {}}
 
-    rand = random_forget_probs(job, seed)
+    rand = random_forget_rows(job, seed)
     outs = {"original": model_outputs(original_model, job, seed), "unlearned": model_outputs(unlearned_model, job, seed)}
     if reference_model is not None:
         outs["reference"] = model_outputs(reference_model, job, seed)
@@ -288,12 +209,37 @@ def run_audit(
                          {"activation_distance": None, "js_divergence": None})
     models.setdefault("reference", None)
 
+    from .relapse import relapse_check
+
+    lineage = relapse_check(job, unlearned_model, (unlearned_info or {}).get("metadata") or {}, ledger, seed)
+    if lineage is not None:
+        models["unlearned"]["relapse_max"] = lineage["relapse_max"]
     gap = {"baseline": baseline, **gaps(models["unlearned"], models[baseline])}
-    gate_rows, verdict = evaluate_gates(parsed, models["unlearned"], models["original"], gap)
+    gate_rows, _ = evaluate_gates(parsed, models["unlearned"], models["original"], gap)
+    stats = {k: distinguishability(v["forget"], v["test"], seed) for k, v in outs.items()}
+    avg_gaps = {"unlearned": gap.get("avg_gap"),
+                "original": gaps(models["original"], models["reference"]).get("avg_gap") if models["reference"] is not None else None}
+    strong = None
+    if tier == "strong":
+        from .strong import strong_tier
+
+        strong = strong_tier(job, unlearned_model, reference_model, unlearned_info.get("metadata") or {}, shadows, progress)
+    detail = decide(scenario, models, gate_rows, stats["unlearned"], avg_gaps, stats["original"], strong)
+    detail["statistics"] = stats
     warnings = []
     if unlearned_info.get("kind") == "adapter":
         warnings.append(ADAPTER_AUDIT_WARNING)
+    warnings += [str(n) for n in unlearned_info.get("notes") or []]  # what the artifact states of itself (an exact guarantee)
     warnings += audit_warnings(models["unlearned"], models["original"], models["reference"], scenario)
+    if not job.splits.train.labelled:
+        warnings.append("the train split has no labels: retain/forget figures and the attacks use the original model's "
+                        "predictions as labels (agreement, not accuracy); test figures use the test split's own labels")
+    if lineage is not None:
+        if lineage["problem"]:
+            warnings.append(f"lineage: {lineage['problem']}")
+        for k in lineage["relapsed"]:
+            warnings.append(f"relapse: the deletion of lineage step {k} became visible again (its forget accuracy rose more than "
+                            f"{lineage['tolerance']:.2f} since it was made)")
     meta = unlearned_info.get("metadata") or {}
     parent = meta.get("parent_sha256")
     if parent and job.checkpoint_sha256 and parent != job.checkpoint_sha256:
@@ -301,11 +247,15 @@ def run_audit(
     req = job.request
     report = {
         "schema": SCHEMA,
-        "verdict": verdict,
+        "tier": tier,
+        "strong": strong,
+        "lineage": lineage,
+        "verdict": detail["verdict"],
+        "verdict_detail": detail,
         "gates": gate_rows,
         "warnings": warnings,
         "request": {
-            "id": req.id, "path": str(req.path) if req.path else None, "scenario": scenario,
+            "id": req.id, "path": str(req.path) if req.path else None, "task": job.task.name, "scenario": scenario,
             "forget_classes": list(job.splits.forget_classes), "num_classes": job.num_classes,
             "forget_size": len(job.splits.forget_idx), "retain_size": len(job.splits.retain_idx), "test_size": len(job.splits.test),
         },
@@ -332,11 +282,11 @@ def run_audit(
                 "unlearned": unlearned_info.get("sha256"),
                 "reference": (reference_info or {}).get("sha256"),
             },
-            "versions": _versions(),
+            "versions": versions(),
             "device": str(job.device),
             "seed": seed,
             "started_utc": started,
-            "finished_utc": _utc(),
+            "finished_utc": created_utc(),
             "audit_time_s": round(time.perf_counter() - t0, 4),
         },
         "protocol": {
@@ -351,13 +301,18 @@ def run_audit(
 
 
 def check_verdict(report: dict[str, Any], where: str = "") -> None:
-    """Raise GateFailure (exit 3) when a gate failed; call after the reports are written."""
+    """Raise GateFailure (exit 3) when the verdict is fail (gates, or the default policy); call after writing the reports."""
     if report.get("verdict") != "fail":
         return
-    failed = [g for g in report["gates"] if not g["passed"]]
-    shown = "; ".join(f"{g['expr']} (value {_fmt(g['value'])})" for g in failed[:3])
-    more = f"; +{len(failed) - 3} more" if len(failed) > 3 else ""
-    raise GateFailure(f"audit gate failed: {shown}{more}; see {where or 'the report'} for the figures")
+    detail = report.get("verdict_detail") or {}
+    if report["gates"]:
+        failed = [g for g in report["gates"] if not g["passed"]]
+        shown = "; ".join(f"{g['expr']} (value {_fmt(g['value'])})" for g in failed[:3])
+        more = f"; +{len(failed) - 3} more" if len(failed) > 3 else ""
+        raise GateFailure(f"audit gate failed: {shown}{more}; see {where or 'the report'} for the figures")
+    failed_checks = [c for c in detail.get("checks", []) if not c["passed"]]
+    shown = "; ".join(f"{c['name']}: {c['value']}" for c in failed_checks[:2])
+    raise GateFailure(f"audit verdict fail (default policy): {shown}; see {where or 'the report'}, or give --gate to set your own criteria")
 
 
 def _fmt(v: Any) -> str:
@@ -365,27 +320,7 @@ def _fmt(v: Any) -> str:
 
 
 def _maybe_float(v: Any) -> Optional[float]:
-    try:
-        return float(v) if v is not None else None
-    except (TypeError, ValueError):
-        return None
-
-
-def _utc() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
-def _versions() -> dict[str, Optional[str]]:
-    from importlib import metadata as im
-
-    def ver(name: str) -> Optional[str]:
-        try:
-            return im.version(name)
-        except im.PackageNotFoundError:
-            return None
-
-    return {"tool": __version__, "torch": torch.__version__, "torchvision": ver("torchvision"), "peft": ver("peft"),
-            "scikit-learn": ver("scikit-learn"), "numpy": np.__version__, "python": platform.python_version()}
+    return finite(v)
 
 
 def _clean(obj: Any) -> Any:

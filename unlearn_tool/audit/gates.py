@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence
 
 from ..errors import AuditError
-from .metrics import GAP_METRICS
+from .registry import METRICS, finite, gate_metric, gate_names
 
 OPS = ("<=", ">=", "==", "<", ">")
 _GATE = re.compile(
@@ -16,19 +16,9 @@ _GATE = re.compile(
     r"(?P<num>[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?)\s*$"
 )
 
-# Metrics of the unlearned model (fractions in [0, 1]).
-MODEL_METRICS = (
-    "retain_acc", "forget_acc", "ua", "test_acc", "test_remaining_acc", "test_forgotten_acc",
-    "mia_efficacy", "mia_entropy", "mia_loss_acc", "mia_loss_auc", "zrf",
-)
-CLASS_ONLY = ("test_remaining_acc", "test_forgotten_acc")
-DISTANCES = tuple(f"{kind}_{part}" for kind in ("activation_distance", "js_divergence") for part in ("forget", "retain", "test"))
-DROPS = ("test_acc_drop", "retain_acc_drop", "test_remaining_acc_drop")
-GAPS = tuple(f"{m}_gap" for m in GAP_METRICS) + ("avg_gap",)
-
-
-def known_names() -> tuple[str, ...]:
-    return MODEL_METRICS + DISTANCES + DROPS + GAPS
+def known_names(task: str = "classification") -> tuple[str, ...]:
+    """Every metric name a gate may use (from the metric registry)."""
+    return gate_names(task)
 
 
 @dataclass(frozen=True)
@@ -61,16 +51,20 @@ def parse_gate(expr: str) -> Gate:
     name = m.group("name")
     if name not in known_names():
         raise AuditError(f"gate {expr!r}: unknown metric '{name}'; known metrics: {', '.join(known_names())}")
-    return Gate(expr=expr.strip(), metric=name, op=m.group("op"), threshold=float(m.group("num")))
+    threshold = float(m.group("num"))
+    if not math.isfinite(threshold):
+        raise AuditError(f"gate {expr!r}: the threshold is not a finite number; give e.g. 'forget_acc <= 0.02'")
+    return Gate(expr=expr.strip(), metric=name, op=m.group("op"), threshold=threshold)
 
 
 def parse_gates(exprs: Sequence[str], scenario: str, has_reference: bool) -> list[Gate]:
     """Parse every gate before any work, and reject gates this audit cannot measure."""
     gates = [parse_gate(e) for e in exprs]
     for g in gates:
-        base = g.metric.removesuffix("_gap").removesuffix("_drop")
-        if scenario != "class" and base in CLASS_ONLY:
-            raise AuditError(f"gate {g.expr!r}: {base} is defined for class unlearning only; use test_acc for sample unlearning")
+        metric = gate_metric(g.metric)
+        if metric is not None and scenario not in metric.scenarios:
+            base = g.metric.removesuffix("_gap").removesuffix("_drop")
+            raise AuditError(f"gate {g.expr!r}: {base} is defined for {' and '.join(metric.scenarios)} unlearning only; use test_acc for sample unlearning")
         if g.metric.endswith("_gap") and not has_reference:
             raise AuditError(f"gate {g.expr!r}: gaps are measured against a retrained reference; give --reference (or audit.reference in the request)")
     return gates
@@ -85,9 +79,10 @@ def gate_value(metric: str, unlearned: Mapping[str, Any], original: Mapping[str,
         key = metric[: -len("_drop")]
         a, b = _float(original.get(key)), _float(unlearned.get(key))
         return None if a is None or b is None else a - b
-    for kind in ("activation_distance", "js_divergence"):
-        if metric.startswith(kind + "_"):
-            return _float((unlearned.get(kind) or {}).get(metric[len(kind) + 1:]))
+    entry = METRICS.get(metric)
+    if entry is not None and entry.kind == "distance":
+        kind, part = metric.rsplit("_", 1)
+        return _float((unlearned.get(kind) or {}).get(part))
     return _float(unlearned.get(metric))
 
 
@@ -104,10 +99,4 @@ def evaluate_gates(gates: Sequence[Gate], unlearned: Mapping[str, Any], original
 
 
 def _float(v: Any) -> Optional[float]:
-    if v is None:
-        return None
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(f) else f
+    return finite(v)

@@ -10,16 +10,15 @@ from typing import Mapping, Optional
 
 import numpy as np
 
+from .registry import avg_gap_names, finite, model_metric_names
+
 EPS = 1e-12
 
-# The four figures SalUn averages into Avg Gap: UA, MIA-Efficacy, RA, TA.
-AVG_GAP_METRICS = ("ua", "mia_efficacy", "retain_acc", "test_acc")
+# The four figures SalUn averages into Avg Gap: UA, MIA-Efficacy, RA, TA (registry: in_avg_gap).
+AVG_GAP_METRICS = avg_gap_names()
 
-# Metrics whose absolute gap to the baseline is reported (fractions).
-GAP_METRICS = (
-    "retain_acc", "forget_acc", "ua", "test_acc", "test_remaining_acc", "test_forgotten_acc",
-    "mia_efficacy", "mia_entropy", "mia_loss_acc", "mia_loss_auc", "zrf",
-)
+# Metrics whose absolute gap to the baseline is reported (fractions): every per-model metric.
+GAP_METRICS = model_metric_names()
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -49,21 +48,6 @@ def entropy(probs: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         terms = np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0)
     return -terms.sum(axis=1)
-
-
-def modified_entropy(probs: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Song & Mittal's Mentr = -(1-p_y) log p_y - sum_{j != y} p_j log(1-p_j), per row.
-
-    Published unlearning code indexes columns (probs[:, labels]) and uses log p for
-    log(1-p); this is the paper's formula, row by row. Not used in the report.
-    """
-    p = np.clip(np.asarray(probs, dtype=np.float64), EPS, 1 - EPS)
-    rows = np.arange(len(y))
-    y = np.asarray(y, dtype=np.int64)
-    py = p[rows, y]
-    others = -p * np.log(1 - p)
-    others[rows, y] = 0.0
-    return -(1 - py) * np.log(py) + others.sum(axis=1)
 
 
 def accuracy(pred: np.ndarray, y: np.ndarray) -> float:
@@ -120,26 +104,15 @@ def zrf(p_unlearned: np.ndarray, p_random: np.ndarray) -> float:
     return 1.0 - js_divergence(p_unlearned, p_random)
 
 
-def _num(v: object) -> Optional[float]:
-    """A finite float, or None for missing/NaN values."""
-    if v is None:
-        return None
-    try:
-        f = float(v)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return None
-    return f if np.isfinite(f) else None
-
-
 def abs_gap(a: object, b: object) -> Optional[float]:
     """|a - b| for two fractions; None when either is undefined."""
-    x, y = _num(a), _num(b)
+    x, y = finite(a), finite(b)
     return None if x is None or y is None else abs(x - y)
 
 
-def avg_gap(unlearned: Mapping[str, object], reference: Mapping[str, object]) -> Optional[float]:
+def avg_gap(unlearned: Mapping[str, object], reference: Mapping[str, object], names: tuple[str, ...] = AVG_GAP_METRICS) -> Optional[float]:
     """SalUn's Avg Gap in points: mean |gap| over UA, MIA-Efficacy, RA and TA, times 100."""
-    gaps = [abs_gap(unlearned.get(k), reference.get(k)) for k in AVG_GAP_METRICS]
+    gaps = [abs_gap(unlearned.get(k), reference.get(k)) for k in names]
     if any(g is None for g in gaps):
         return None
     return 100.0 * float(np.mean(gaps))

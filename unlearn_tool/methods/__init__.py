@@ -1,28 +1,28 @@
-"""Registered unlearning methods: one file each, imported here so the list is greppable."""
+"""Registered unlearning methods: one file each, found by name, so adding a method touches one file.
+
+Every module of this package except the shared ones (`base`, `common`) is a method file that ends in a
+`register_method(...)` call; they are imported in alphabetical order below. `unlearn methods` lists them.
+"""
+
+import importlib as _importlib
+import pkgutil as _pkgutil
 
 from .base import (  # noqa: F401
     MethodOutput,
     MethodParams,
     UnlearnContext,
+    check_applicable,
+    describe_method,
     get_method,
+    list_methods,
     method_names,
     parse_params,
     register_method,
     run_method,
+    unregister_method,
 )
-from . import rfa  # noqa: F401,E402
-from . import retrain  # noqa: F401,E402
 
-# --- baselines, group A (finetune, neggrad, neggrad+, random-label, salun, l1-sparse): one import per file ---
-from . import finetune  # noqa: F401,E402
-from . import neggrad  # noqa: F401,E402
-from . import random_label  # noqa: F401,E402
-from . import salun  # noqa: F401,E402
-from . import l1_sparse  # noqa: F401,E402
-
-# --- baselines, group B (scrub, bad-teacher, boundary-shrink, ssd, blindspot): one import per file ---
-from . import scrub  # noqa: F401,E402
-from . import bad_teacher  # noqa: F401,E402
-from . import boundary_shrink  # noqa: F401,E402
-from . import ssd  # noqa: F401,E402
-from . import blindspot  # noqa: F401,E402
+SHARED_MODULES = frozenset({"base", "common"})  # helpers, not methods
+METHOD_MODULES = tuple(sorted(m.name for m in _pkgutil.iter_modules(__path__) if m.name not in SHARED_MODULES and not m.name.startswith("_")))
+for _name in METHOD_MODULES:
+    _importlib.import_module(f"{__name__}.{_name}")

@@ -5,7 +5,7 @@ from an *incompetent* teacher, a randomly initialised model of the same
 architecture, and on a random 30% of Dr (u = 0) from the competent original:
 loss = KL(u * p_bad + (1 - u) * p_orig || p_student) at temperature T, i.e.
 `F.kl_div(log p_student, target, reduction='batchmean')` as in the official
-code. Labels are not used. Algorithm, defaults and measured figures: docs/methods.md (reference notes §8).
+code. Labels are not used. Algorithm, defaults and measured figures: docs/methods.md; Chundawat et al. AAAI 2023 (vikram2000b/bad-teaching-unlearning).
 """
 
 from __future__ import annotations

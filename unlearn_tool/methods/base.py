@@ -7,62 +7,27 @@ function, end it with `register_method(...)`, import it in `methods/__init__.py`
 
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ValidationError
 from torch import nn
 
-from ..data import LabelledData, Splits
 from ..errors import MethodError, UnknownMethodError
+from ..job import UnlearnContext
+from ..params import SaneParams, format_error
+
+if TYPE_CHECKING:
+    from peft import PeftModel
+
+__all__ = ["MethodOutput", "MethodParams", "MethodSpecEntry", "UnlearnContext", "check_applicable", "describe_method",
+           "get_method", "list_methods", "method_names", "parse_params", "register_method", "run_method", "unregister_method"]
 
 
-class MethodParams(BaseModel):
-    """Base for method parameter models: unknown keys are errors, every field has a description."""
-
-    model_config = ConfigDict(extra="forbid")
-
-
-@dataclass
-class UnlearnContext:
-    """Everything a method may use. The original model is never modified: methods work on copies."""
-
-    original: nn.Module  # trained weights, eval mode, on `device`; treat as read-only (the teacher)
-    make_model: Callable[[], nn.Module]  # a fresh, randomly initialised model of the same architecture (on CPU)
-    splits: Splits
-    num_classes: int
-    device: torch.device
-    seed: int
-    batch_size: int = 128
-    progress: Optional[Callable[[str, int, int], None]] = None  # (task, done, total)
-    log: list[str] = field(default_factory=list)  # notes a method wants in the summary
-
-    @property
-    def forget(self) -> LabelledData:
-        return self.splits.forget
-
-    @property
-    def retain(self) -> LabelledData:
-        return self.splits.retain
-
-    @property
-    def scenario(self) -> str:
-        return self.splits.scenario
-
-    def generator(self, offset: int = 0) -> torch.Generator:
-        """A CPU generator seeded from the run's seed (offset separates independent streams)."""
-        return torch.Generator().manual_seed(self.seed * 1000003 + offset)
-
-    def student(self) -> nn.Module:
-        """A trainable copy of the original model."""
-        return copy.deepcopy(self.original).to(self.device)
-
-    def report(self, task: str, done: int, total: int) -> None:
-        if self.progress is not None:
-            self.progress(task, done, total)
+class MethodParams(SaneParams):
+    """Base for method parameter models: unknown keys are errors, numbers finite and sane, a description per field."""
 
 
 @dataclass
@@ -70,7 +35,7 @@ class MethodOutput:
     """What a method returns: the unlearned model (plain architecture, weights merged)."""
 
     model: nn.Module
-    adapter_model: Any = None  # a peft.PeftModel before merging, for adapter-only output (LoRA methods)
+    adapter_model: Optional["PeftModel"] = None  # the PeftModel before merging, for adapter-only output (LoRA methods)
     info: dict[str, Any] = field(default_factory=dict)  # figures worth recording (steps, stop reason...)
 
 
@@ -80,8 +45,12 @@ class MethodSpecEntry:
     summary: str
     params_cls: type[MethodParams]
     run: Callable[[UnlearnContext, MethodParams], MethodOutput]
-    supports_adapter: bool = False
-    reference: str = ""
+    supports_adapter: bool = False  # a LoRA method: can write an adapter-only output
+    reference: str = ""  # the paper or repository the method and its defaults come from
+    tasks: tuple[str, ...] = ("classification",)  # the tasks it can unlearn
+    scenarios: tuple[str, ...] = ("class", "sample")  # the forget scenarios it accepts
+    label_free: bool = False  # never reads the labels of the training data
+    data_parallel: bool = False  # under torchrun its shuffled batches are split over the ranks (verified); else every rank repeats it
 
 
 _REGISTRY: dict[str, MethodSpecEntry] = {}
@@ -94,6 +63,10 @@ def register_method(
     summary: str,
     supports_adapter: bool = False,
     reference: str = "",
+    tasks: tuple[str, ...] = ("classification",),
+    scenarios: tuple[str, ...] = ("class", "sample"),
+    label_free: bool = False,
+    data_parallel: bool = False,
 ) -> None:
     """Register a method by name; bad or duplicate names are errors (not asserts)."""
     if not name or name != name.strip().lower() or " " in name:
@@ -102,7 +75,15 @@ def register_method(
         raise ValueError(f"method {name!r} is already registered")
     if not (isinstance(params_cls, type) and issubclass(params_cls, MethodParams)):
         raise TypeError(f"params_cls of {name!r} must subclass MethodParams")
-    _REGISTRY[name] = MethodSpecEntry(name, summary, params_cls, run, supports_adapter, reference)
+    _REGISTRY[name] = MethodSpecEntry(name, summary, params_cls, run, supports_adapter, reference, tuple(tasks),
+                                      tuple(scenarios), label_free, data_parallel)
+
+
+def unregister_method(name: str) -> None:
+    """Remove a registered method (tests register fakes and remove them afterwards)."""
+    if name not in _REGISTRY:
+        raise UnknownMethodError(f"unknown method '{name}'; known methods: {', '.join(sorted(_REGISTRY))}")
+    del _REGISTRY[name]
 
 
 def get_method(name: str) -> MethodSpecEntry:
@@ -122,19 +103,54 @@ def parse_params(name: str, params: dict[str, Any]) -> MethodParams:
         return entry.params_cls.model_validate(params)
     except ValidationError as e:
         first = e.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"])
-        msg = first["msg"].removeprefix("Value error, ")
         if first["type"] == "extra_forbidden":
-            msg = f"unknown parameter; {name} takes: {', '.join(entry.params_cls.model_fields)}"
-        raise MethodError(f"method.params.{loc}: {msg}") from None
+            loc = ".".join(str(p) for p in first["loc"])
+            raise MethodError(f"method.params.{loc}: unknown parameter; {name} takes: {', '.join(entry.params_cls.model_fields)}") from None
+        raise MethodError(format_error(first, "method.params")) from None
+
+
+def describe_method(name: str) -> dict[str, Any]:
+    """Everything `unlearn methods NAME` shows, JSON-ready: summary, reference, tasks, parameters with defaults."""
+    from ..params import describe_params
+
+    e = get_method(name)
+    return {"name": e.name, "summary": e.summary, "reference": e.reference, "adapter": e.supports_adapter,
+            "tasks": list(e.tasks), "scenarios": list(e.scenarios), "label_free": e.label_free,
+            "data_parallel": e.data_parallel, "params": describe_params(e.params_cls)}
+
+
+def list_methods() -> list[dict[str, Any]]:
+    """One line per registered method: name, summary, and what it can do."""
+    return [{"name": e.name, "summary": e.summary, "adapter": e.supports_adapter, "tasks": list(e.tasks),
+             "label_free": e.label_free} for e in (_REGISTRY[n] for n in method_names())]
+
+
+def check_applicable(name: str, task: str, scenario: str) -> None:
+    """A method that cannot handle the request's task or scenario is an input error naming those that can."""
+    entry = get_method(name)
+    if task not in entry.tasks:
+        able = [n for n in method_names() if task in _REGISTRY[n].tasks]
+        raise MethodError(f"method {name} cannot unlearn a {task} model; methods for {task}: {', '.join(able)}")
+    if scenario not in entry.scenarios:
+        raise MethodError(f"method {name} handles {' and '.join(entry.scenarios)} unlearning only, not {scenario} unlearning; choose another method")
 
 
 def run_method(name: str, ctx: UnlearnContext, params: MethodParams) -> tuple[MethodOutput, float]:
     """Run a registered method; returns its output and wall time in seconds."""
+    from ..job import seed_everything
+
     entry = get_method(name)
-    torch.manual_seed(ctx.seed)
+    if entry.supports_adapter:
+        import peft  # noqa: F401  (a LoRA method's first call would otherwise time the import of peft and transformers)
+    from ..distributed import data_parallel
+
+    seed_everything(ctx.seed)
     start = time.perf_counter()
-    out = entry.run(ctx, params)
+    if entry.data_parallel:
+        with data_parallel():
+            out = entry.run(ctx, params)
+    else:
+        out = entry.run(ctx, params)
     if ctx.device.type == "cuda":
         torch.cuda.synchronize(ctx.device)
     return out, time.perf_counter() - start

@@ -13,7 +13,7 @@ a layer output: conv (N, C, H, W) -> mean over channels of a^2, flattened and
 L2-normalised; linear (N, F) -> a^2, L2-normalised. Activations are recorded
 with forward hooks on the Linear/Conv2d layers (no model changes needed).
 Note: in the SSD repository the name "blindspot" denotes Bad Teacher; this is DRU.
-Algorithm, defaults and measured figures: docs/methods.md (reference notes §3).
+Algorithm, defaults and measured figures: docs/methods.md; Tarun et al., "Deep Regression Unlearning" (ayushkumartarun/deep-regression-unlearning).
 """
 
 from __future__ import annotations

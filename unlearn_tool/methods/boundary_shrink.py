@@ -3,7 +3,7 @@
 A frozen copy of the original finds, for each forget sample, the class just
 across the decision boundary: one FGSM step x_adv = x + eps * sign(grad_x CE)
 and y_nb = argmax f_frozen(x_adv). The model is then fine-tuned on (x, y_nb)
-over Df only. Algorithm, defaults and measured figures: docs/methods.md (reference notes §8).
+over Df only. Algorithm, defaults and measured figures: docs/methods.md; Chen et al. CVPR 2023, "Boundary Unlearning" (TY-LEE-KR/Boundary-Unlearning-Code).
 """
 
 from __future__ import annotations

@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Iterable, Iterator, Literal, Optional
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
 from ..data import LabelledData
+from ..training import make_optimizer
+from .base import MethodParams
+
+
+class SGDParams(MethodParams):
+    """The optimizer fields the fine-tuning baselines share: SGD with momentum 0.9 and weight decay 5e-4
+    (Unlearn-Sparse `unlearn/FT.py`, SalUn `unlearn/RL.py`); a method with other defaults overrides a field."""
+
+    optimizer: Literal["sgd", "adam"] = Field("sgd", description="sgd (with the momentum below, as in Unlearn-Sparse and SalUn) or adam.")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (Unlearn-Sparse, SalUn and SCRUB: 0.9); ignored by adam.")
+    weight_decay: float = Field(5e-4, ge=0, description="L2 weight decay (Unlearn-Sparse and SalUn: 5e-4; SCRUB's code: 0).")
+
+    def optimizer_for(self, params: Iterable[torch.nn.Parameter], lr: float, weight_decay: Optional[float] = None) -> torch.optim.Optimizer:
+        return make_optimizer(params, self.optimizer, lr, self.weight_decay if weight_decay is None else weight_decay, self.momentum)
 
 
 def endless_batches(data: LabelledData, batch_size: int, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

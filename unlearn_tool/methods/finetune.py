@@ -7,27 +7,24 @@ with an extra penalty.
 
 from __future__ import annotations
 
-from typing import Callable, Literal, Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from ..training import make_optimizer
-from .base import MethodOutput, MethodParams, UnlearnContext, register_method
+from .base import MethodOutput, UnlearnContext, register_method
+from .common import SGDParams
 
 
-class FinetuneParams(MethodParams):
+class FinetuneParams(SGDParams):
     epochs: int = Field(10, ge=1, description="Passes over the retain set (Unlearn-Sparse README: 10).")
     lr: float = Field(
         0.05, gt=0,
         description="Constant learning rate. Unlearn-Sparse uses 0.01 on ResNet-18; the field searches 1e-4..1e-1. "
                     "0.05 is what moves the forget metrics of the small digits models in 10 epochs.",
     )
-    optimizer: Literal["sgd", "adam"] = Field("sgd", description="sgd (momentum below, as in Unlearn-Sparse) or adam.")
-    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (Unlearn-Sparse: 0.9); ignored by adam.")
-    weight_decay: float = Field(5e-4, ge=0, description="L2 weight decay (Unlearn-Sparse: 5e-4; SCRUB's code: 0).")
     batch_size: int = Field(64, ge=1, description="Retain batch size (Unlearn-Sparse issue #4: 64 reproduced FT best).")
 
 
@@ -37,7 +34,7 @@ Penalty = Callable[[nn.Module, int], Optional[torch.Tensor]]  # (model, epoch) -
 def train_on_retain(ctx: UnlearnContext, p: FinetuneParams, task: str, penalty: Optional[Penalty] = None) -> tuple[nn.Module, dict]:
     """CE on Dr (plus an optional per-epoch penalty) from a copy of the original; returns (model in eval mode, info)."""
     model = ctx.student().train()
-    opt = make_optimizer(model.parameters(), p.optimizer, p.lr, p.weight_decay, p.momentum)
+    opt = p.optimizer_for(model.parameters(), p.lr)
     gen = ctx.generator(11)
     steps, loss = 0, torch.tensor(float("nan"))
     for epoch in range(p.epochs):
@@ -63,4 +60,5 @@ register_method(
     "finetune", FinetuneParams, run,
     summary="FT: fine-tune on the retain set only (forgetting by catastrophic interference).",
     reference="Jia et al. 2023 (Unlearn-Sparse, FT baseline); Warnecke et al. 2023",
+    data_parallel=True,
 )

@@ -17,14 +17,11 @@ from pydantic import Field
 from torch import nn
 
 from ..evaluate import accuracy
-from ..training import make_optimizer
-from .base import MethodOutput, MethodParams, UnlearnContext, register_method
-from .common import endless_batches
+from .base import MethodOutput, UnlearnContext, register_method
+from .common import SGDParams, endless_batches
 
 
-class _AscentParams(MethodParams):
-    optimizer: Literal["sgd", "adam"] = Field("sgd", description="sgd (with the momentum below) or adam.")
-    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (Unlearn-Sparse and SCRUB: 0.9); ignored by adam.")
+class _AscentParams(SGDParams):
     weight_decay: float = Field(0.0, ge=0, description="L2 weight decay (SCRUB's code: 0; its paper says 5e-4, issue #4).")
     stop: Literal["criterion", "epochs"] = Field(
         "criterion", description="criterion: stop after the first epoch that meets the forget target (see stop_forget_acc); "
@@ -102,7 +99,7 @@ def _train(ctx: UnlearnContext, p, task: str, model: nn.Module, opt, epoch_losse
 
 def run_neggrad(ctx: UnlearnContext, p: NegGradParams) -> MethodOutput:
     model = ctx.student().train()
-    opt = make_optimizer(model.parameters(), p.optimizer, p.lr, p.weight_decay, p.momentum)
+    opt = p.optimizer_for(model.parameters(), p.lr)
     gen, target = ctx.generator(21), _target(ctx, p.stop_forget_acc)
 
     def losses() -> Iterator[torch.Tensor]:
@@ -114,7 +111,7 @@ def run_neggrad(ctx: UnlearnContext, p: NegGradParams) -> MethodOutput:
 
 def run_neggrad_plus(ctx: UnlearnContext, p: NegGradPlusParams) -> MethodOutput:
     model = ctx.student().train()
-    opt = make_optimizer(model.parameters(), p.optimizer, p.lr, p.weight_decay, p.momentum)
+    opt = p.optimizer_for(model.parameters(), p.lr)
     gen, target = ctx.generator(22), _target(ctx, p.stop_forget_acc)
     forget_batches = endless_batches(ctx.forget, p.forget_batch_size, ctx.generator(23))
 
@@ -134,9 +131,11 @@ register_method(
     "neggrad", NegGradParams, run_neggrad,
     summary="GA / NegGrad: gradient ascent on the forget set only (unstable; stops once Df is forgotten).",
     reference="Thudi et al. 2022; Jia et al. 2023 (Unlearn-Sparse GA baseline)",
+    data_parallel=True,
 )
 register_method(
     "neggrad+", NegGradPlusParams, run_neggrad_plus,
     summary="NegGrad+: alpha * CE(retain) - (1 - alpha) * CE(forget), iterating Dr and cycling Df.",
     reference="Kurmanji et al. 2023 (SCRUB repository, NegGrad+ baseline)",
+    data_parallel=True,
 )

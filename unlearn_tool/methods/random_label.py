@@ -16,20 +16,16 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from ..training import make_optimizer
-from .base import MethodOutput, MethodParams, UnlearnContext, register_method
-from .common import mixed_batches, other_labels
+from .base import MethodOutput, UnlearnContext, register_method
+from .common import SGDParams, mixed_batches, other_labels
 
 
-class RandomLabelParams(MethodParams):
+class RandomLabelParams(SGDParams):
     epochs: int = Field(5, ge=1, description="Passes over Df and Dr (SalUn RL: 10 on CIFAR; Amnesiac: 3). 5 suffices on digits.")
     lr: float = Field(
         0.01, gt=0,
         description="Learning rate (SalUn searches it; its CIFAR-10 example uses 0.013 with SGD). 0.01 with SGD suits the digits models.",
     )
-    optimizer: Literal["sgd", "adam"] = Field("sgd", description="sgd (with the momentum below, as in SalUn) or adam (Amnesiac: Adam 1e-4).")
-    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (SalUn: 0.9); ignored by adam.")
-    weight_decay: float = Field(5e-4, ge=0, description="L2 weight decay (SalUn: 5e-4).")
     batch_size: int = Field(64, ge=1, description="Batch size.")
     order: Literal["mixed", "forget-first"] = Field(
         "mixed", description="mixed: shuffled union of relabelled Df and Dr; forget-first: one pass over Df, then one over Dr per epoch.",
@@ -65,8 +61,7 @@ def train_relabelled(
 ) -> dict:
     """The RL loop (in place). SalUn passes hooks to mask gradients and restore masked-out weights."""
     model.train()
-    opt = make_optimizer(params if params is not None else model.parameters(), p.optimizer, p.lr,
-                         p.weight_decay if weight_decay is None else weight_decay, p.momentum)
+    opt = p.optimizer_for(params if params is not None else model.parameters(), p.lr, weight_decay)
     gen, label_gen = ctx.generator(31), ctx.generator(32)
     steps, loss = 0, torch.tensor(float("nan"))
     for epoch in range(p.epochs):

@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections import deque
-from typing import Literal, Optional, Union
+from typing import Literal, Optional
 
 import peft  # noqa: F401  (imported with the registry, so the method's wall time is compute, not import)
 import torch
@@ -37,7 +37,7 @@ from .common import kl_to_teacher
 class RFAParams(MethodParams):
     rank: int = Field(8, ge=1, description="LoRA rank r (capped at each layer's smallest dimension by peft's shapes).")
     alpha: float = Field(16.0, gt=0, description="LoRA alpha; the residual is scaled by alpha / rank.")
-    target_layers: Union[str, list[str]] = Field(
+    target_layers: lora.TargetLayers = Field(
         "auto", description="'auto': the Linear/Conv2d layers after the earliest point where the network can be cut at one "
         "tensor with at least half of its multiply-accumulates before it (all layers if no such cut leaves two); "
         "'all', 'head', 'last:N', or a list of layer names/regexes."

@@ -4,8 +4,8 @@ The student starts as a copy of the original (the teacher). For the first
 `max_steps` epochs a max-step pass over the forget set pushes the student's
 predictions away from the teacher's (gradient ascent on KL(teacher || student));
 every epoch a min-step pass over the retain set keeps it close to the teacher
-and to the labels (gamma * CE + alpha * KL). Algorithm and defaults:
-the baselines reference notes (§8); docs/methods.md ("small-scale" setting).
+and to the labels (gamma * CE + alpha * KL). Algorithm and defaults: the SCRUB repository's
+small-scale notebook setting (meghdadk/SCRUB); docs/methods.md.
 """
 
 from __future__ import annotations

@@ -10,15 +10,13 @@ on Df and I_D on the full training set D:
 
 I_D depends only on (weights, D, batch size), so it is cached on disk per
 checkpoint and data set (safetensors, atomic write, verified on read; never
-unpickled). Algorithm, defaults and measured figures: docs/methods.md (reference notes §1).
+unpickled). Algorithm, defaults and measured figures: docs/methods.md; Foster et al. AAAI 2024 (if-loops/selective-synaptic-dampening).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Optional
 
@@ -27,7 +25,8 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from ..data import LabelledData
+from ..data import LabelledData, fingerprint
+from ..errors import OutputError
 from .base import MethodOutput, MethodParams, UnlearnContext, register_method
 
 CACHE_FORMAT = "unlearn-ssd-importance/v1"
@@ -111,22 +110,8 @@ def weights_fingerprint(model: nn.Module) -> str:
 
 
 def data_fingerprint(data: LabelledData) -> str:
-    """sha256 over the inputs and labels when in memory; else labels, length and a strided sample of inputs (+ file list)."""
-    h = hashlib.sha256()
-    h.update(f"n={len(data)}\n".encode())
-    h.update(_bytes_of(data.targets))
-    if data.x is not None:
-        h.update(f"{data.x.dtype}|{tuple(data.x.shape)}\n".encode())
-        h.update(_bytes_of(data.x))
-    else:
-        samples = getattr(data.dataset, "samples", None)  # ImageFolder: (path, class) pairs
-        if samples is not None:
-            h.update(json.dumps([[str(a), int(b)] for a, b in samples]).encode())
-        n = len(data)
-        idx = torch.unique(torch.linspace(0, n - 1, min(n, 64)).long())
-        x, _ = data.take(idx)
-        h.update(_bytes_of(x.float()))
-    return h.hexdigest()
+    """The data's fingerprint (data.fingerprint): part of the cache key."""
+    return fingerprint(data)
 
 
 def default_cache_dir() -> Path:
@@ -175,20 +160,13 @@ def load_cached(path: Path, key: str, model: nn.Module) -> tuple[Optional[dict[s
 
 
 def store_cached(path: Path, key: str, tensors: dict[str, torch.Tensor]) -> None:
-    """Write atomically: a temporary file in the same folder, then rename."""
-    from safetensors.torch import save_file
+    """Write atomically (the tool's one atomic writer: temporary file in the same folder, then rename)."""
+    from ..checkpoint import replace_atomically, save_canonical
 
     path.parent.mkdir(parents=True, exist_ok=True)
     cpu = {k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}
     meta = {"format": CACHE_FORMAT, "key": key, "content_sha256": _content_sha(cpu)}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(cpu, tmp, metadata=meta)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    replace_atomically(path, lambda tmp: save_canonical(cpu, tmp, meta), fix=f"set cache_dir or {CACHE_ENV}")
 
 
 # ---------------------------------------------------------------- method
@@ -219,9 +197,10 @@ def run(ctx: UnlearnContext, p: SSDParams) -> MethodOutput:
             try:
                 store_cached(path, key, imp_full)
                 info["cache_written"] = True
-            except OSError as e:
+            except (OSError, OutputError) as e:
                 info["cache_written"] = False
-                ctx.log.append(f"ssd: could not write the importance cache {path} ({e.strerror}); set cache_dir or {CACHE_ENV}")
+                why = e.strerror if isinstance(e, OSError) else str(e)
+                ctx.log.append(f"ssd: could not write the importance cache {path} ({why}); set cache_dir or {CACHE_ENV}")
     imp_forget = importances(model, ctx.forget, bs, device, ctx.generator(41))
     ctx.report("ssd: importance on Df", 2, 2)
     changed, total = dampen(model, imp_forget, imp_full, alpha, p.dampening)

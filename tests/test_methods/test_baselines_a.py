@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from conftest import invoke
 from unlearn_tool.errors import MethodError
 from unlearn_tool.evaluate import predict_logits
-from unlearn_tool.methods import UnlearnContext, get_method, parse_params, run_method
+from unlearn_tool.methods import UnlearnContext, parse_params, run_method
 from unlearn_tool.methods.salun import saliency_mask
 from unlearn_tool.pipeline import utility
 
@@ -23,7 +23,7 @@ GROUP_A = ["finetune", "neggrad", "neggrad+", "random-label", "salun", "l1-spars
 
 
 def make_ctx(job, seed=None) -> UnlearnContext:
-    return job.context(seed=seed)
+    return (job if seed is None else job.for_seed(seed)).context()
 
 
 def forget_confidence(model, job) -> float:
@@ -31,9 +31,14 @@ def forget_confidence(model, job) -> float:
     return float(logits.softmax(1).gather(1, y[:, None]).mean())
 
 
+def forget_ce(model, job) -> float:
+    logits, y = predict_logits(model, job.splits.forget, job.device)
+    return float(torch.nn.functional.cross_entropy(logits, y))
+
+
 def run(name, job, seed=None, **params):
     out, wall = run_method(name, make_ctx(job, seed), parse_params(name, params))
-    return out, utility(out.model, job.splits, job.device), wall
+    return out, utility(out.model, job), wall
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +47,8 @@ def references(digits_dir, digits_job, digits_sample_job):
     refs = {}
     for scenario, job in (("class", digits_job), ("sample", digits_sample_job)):
         retrained, _ = job.load(digits_dir / f"mlp.retrain_{scenario}.safetensors")
-        refs[scenario] = {"original": utility(job.original, job.splits, job.device), "retrain": utility(retrained, job.splits, job.device),
-                          "original_conf": forget_confidence(job.original, job)}
+        refs[scenario] = {"original": utility(job.original, job), "retrain": utility(retrained, job),
+                          "original_conf": forget_confidence(job.original, job), "original_ce": forget_ce(job.original, job)}
     return refs
 
 
@@ -69,8 +74,9 @@ def test_class_unlearning_defaults(name, max_forget, min_retain, min_test_rest, 
     assert not out.model.training
 
 
-# Sample unlearning (10% random): forget accuracy never above the original's and never far below retrain level;
-# the relabelling methods must also cut forget confidence clearly.
+# Sample unlearning (10% random): forget accuracy never above the original's and never far below retrain level; the
+# forget loss must rise by half at least (an unchanged model fails this; measured: 1.9x..2.4x for the fine-tuning
+# methods, 5.6x..5.9x for the relabelling ones); the relabelling methods must also cut forget confidence clearly.
 SAMPLE_CASES = [
     ("finetune", None),      # observed forget 0.972..0.986, conf 0.964..0.970, retain 0.999..1.0
     ("l1-sparse", None),     # observed 0.965..0.979, conf 0.952..0.956
@@ -91,6 +97,7 @@ def test_sample_unlearning_defaults(name, min_conf_drop, digits_sample_job, refe
     assert after["test_acc"] >= 0.94, after
     conf = forget_confidence(out.model, digits_sample_job)
     assert conf <= ref["original_conf"] + 0.005, conf
+    assert forget_ce(out.model, digits_sample_job) >= 1.5 * ref["original_ce"], "the forget loss barely moved: nothing was forgotten"
     if min_conf_drop is not None:
         assert conf <= ref["original_conf"] - min_conf_drop, conf
     if name == "neggrad":
@@ -112,7 +119,7 @@ def test_salun_changes_only_salient_weights(optimizer, digits_job):
         assert torch.equal(after[name].detach()[~m], before[name].detach()[~m]), f"{name}: a masked-out weight moved"
         changed_inside += int((after[name].detach()[m] != before[name].detach()[m]).sum())
     assert changed_inside > 0.5 * sum(int(m.sum()) for m in mask.values())
-    assert utility(out.model, digits_job.splits, digits_job.device)["forget_acc"] < 0.5
+    assert utility(out.model, digits_job)["forget_acc"] < 0.5
 
 
 def test_same_seed_same_weights_on_cpu(digits_sample_job):
@@ -137,12 +144,6 @@ def test_l1_sparse_shrinks_weights_and_rejects_the_02_pitfall(digits_job):
 def test_neggrad_without_stop_runs_every_epoch(digits_job):
     out, _, _ = run("neggrad", digits_job, epochs=2, lr=1e-4, stop="epochs")
     assert out.info["epochs_run"] == 2 and out.info["stop_reason"] == "epochs"
-
-
-def test_every_parameter_is_described():
-    for name in GROUP_A:
-        for field, info in get_method(name).params_cls.model_fields.items():
-            assert info.description, f"{name}.{field} has no description"
 
 
 def test_cli_apply_finetune(digits_dir, tmp_path):

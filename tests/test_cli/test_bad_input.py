@@ -98,7 +98,9 @@ def test_class_absent_from_data(digits_dir, tmp_path):
 def test_non_integer_line_in_indices_file(digits_dir, tmp_path):
     (tmp_path / "idx.txt").write_text("1\n2\nthree\n")
     req = write_request(tmp_path, {"indices_file": "idx.txt"})
-    _assert_rejected(_apply(digits_dir, req, tmp_path / "o.safetensors"), "line 3", "three")
+    r = _apply(digits_dir, req, tmp_path / "o.safetensors")
+    _assert_rejected(r, "line 3", "not a non-negative integer")
+    assert "three" not in r.stderr  # the contents of a file are never echoed
 
 
 def test_checkpoint_that_does_not_match_the_architecture(digits_dir, tmp_path):
@@ -170,5 +172,5 @@ def test_help_and_schema_errors_do_not_import_torch(tmp_path):
         "assert r.exit_code == 0\n"
         "print('torch' in sys.modules)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
     assert out.stdout.strip() == "False", out.stderr

@@ -1,0 +1,416 @@
+"""Issue 7's attack report, one test per finding: exit 2 (or the stated code) with one line, nothing written, inputs untouched.
+
+Every test here failed on the commit before the hardening (a05647b) and passes after it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+
+from conftest import invoke, write_request
+from helpers import rejected, tree
+from unlearn_tool.checkpoint import sha256_file
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def edit_request(path: Path, **changes) -> Path:
+    req = yaml.safe_load(path.read_text())
+    for dotted, value in changes.items():
+        node = req
+        keys = dotted.split("__")
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+        node[keys[-1]] = value
+    path.write_text(yaml.safe_dump(req, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def work(digits_dir, tmp_path):
+    """A folder holding a copy of the trained checkpoint and a class request: the user's working folder."""
+    shutil.copy(digits_dir / "mlp.safetensors", tmp_path / "model.safetensors")
+    write_request(tmp_path, {"classes": [3]}, name="req.yaml", method={"name": "rfa", "params": {"epochs": 2, "stop": "epochs"}})
+    (tmp_path / "notes.txt").write_text("the user's other files")
+    return tmp_path
+
+
+# ---------------------------------------------------------------- 1. --force never deletes a folder we did not write
+
+def test_force_adapter_output_into_the_inputs_folder_deletes_nothing(work):
+    before = tree(work)
+    r = invoke("apply", work / "model.safetensors", "-r", work / "req.yaml", "--adapter-only", "-o", work, "--force", "--quiet")
+    rejected(r, "holds the input checkpoint")
+    assert tree(work) == before
+
+
+def test_force_adapter_output_from_the_request_alone_deletes_nothing(work):
+    edit_request(work / "req.yaml", output={"mode": "adapter", "path": "."})
+    before = tree(work)
+    rejected(invoke("apply", work / "model.safetensors", "-r", work / "req.yaml", "--force", "--quiet"), "holds the")
+    assert tree(work) == before
+
+
+def test_force_never_replaces_a_folder_of_foreign_files(work, tmp_path_factory):
+    other = tmp_path_factory.mktemp("other")
+    (other / "thesis.tex").write_text("years of work")
+    r = invoke("apply", work / "model.safetensors", "-r", work / "req.yaml", "--adapter-only", "-o", other, "--force", "--quiet")
+    rejected(r, "did not write")
+    assert (other / "thesis.tex").read_text() == "years of work"
+
+
+def test_force_replaces_an_adapter_folder_this_tool_wrote(work):
+    out = work / "adapter"
+    assert invoke("apply", work / "model.safetensors", "-r", work / "req.yaml", "--adapter-only", "-o", out, "--quiet").exit_code == 0
+    first = sha256_file(out / "adapter_model.safetensors")
+    r = invoke("apply", work / "model.safetensors", "-r", work / "req.yaml", "--adapter-only", "-o", out, "--force", "--seed", "3", "--quiet")
+    assert r.exit_code == 0, r.stderr
+    assert sha256_file(out / "adapter_model.safetensors") != first
+    assert not [p for p in work.iterdir() if p.name.startswith(".unlearn-")]
+
+
+def test_force_never_replaces_a_file_that_is_not_a_checkpoint(work):
+    before = tree(work)
+    rejected(invoke("apply", work / "model.safetensors", "-r", work / "req.yaml", "-o", work / "notes.txt", "--force", "--quiet"),
+             "not a safetensors checkpoint")
+    rejected(invoke("apply", work / "model.safetensors", "-r", work / "req.yaml", "-o", work / "req.yaml", "--force", "--quiet"), "is the request")
+    assert tree(work) == before
+
+
+# ---------------------------------------------------------------- 2. a request cannot run a stranger's code
+
+@pytest.mark.parametrize("arch, kwargs", [
+    ("python:os:system", {"command": "touch {marker}"}),
+    ("python:subprocess:call", {"args": ["touch", "{marker}"]}),
+    ("python:builtins:exec", {"source": "open('{marker}', 'w')"}),
+    ("python:shutil:rmtree", {"path": "{marker}"}),
+])
+@pytest.mark.parametrize("command", ["apply", "validate"])
+def test_a_request_cannot_run_standard_library_callables(work, arch, kwargs, command):
+    marker = work / "pwned"
+    kwargs = json.loads(json.dumps(kwargs).replace("{marker}", str(marker)))
+    req = write_request(work, {"classes": [3]}, arch=arch, kwargs=kwargs, name="evil.yaml")
+    args = ["apply", work / "model.safetensors", "-r", req, "--quiet"] if command == "apply" else ["validate", "-r", req]
+    rejected(invoke(*args), "a request may only load your own model code", "--trust-code")
+    assert not marker.exists()
+
+
+def test_own_module_beside_the_request_and_code_path_work_without_flags(digits_dir, tmp_path):
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "nets_elsewhere.py").write_text(
+        "from unlearn_tool.models import MLP\n"
+        "def build(num_classes=10):\n    return MLP(num_classes=num_classes)\n")
+    req = write_request(tmp_path, {"classes": [3]}, arch="python:nets_elsewhere:build")
+    rejected(invoke("validate", "-r", req, digits_dir / "mlp.safetensors"), "--code-path")
+    r = invoke("validate", "-r", req, digits_dir / "mlp.safetensors", "--code-path", code)
+    assert r.exit_code == 0, r.stderr
+
+
+def test_trusted_callable_must_still_return_a_module(digits_dir, tmp_path):
+    req = write_request(tmp_path, {"classes": [3]}, arch="python:collections:OrderedDict", kwargs={})
+    rejected(invoke("validate", "-r", req), "--trust-code")
+    rejected(invoke("validate", "-r", req, "--trust-code"), "not a torch nn.Module")
+
+
+# ---------------------------------------------------------------- 3. non-finite weights and parameters
+
+def test_checkpoint_with_a_nan_is_refused_naming_the_tensor(work):
+    state = load_file(str(work / "model.safetensors"))
+    state["head.weight"][0, 0] = float("nan")
+    save_file(state, str(work / "nan.safetensors"))
+    rejected(invoke("apply", work / "nan.safetensors", "-r", work / "req.yaml", "-o", work / "o.safetensors", "--quiet"), "head.weight", "NaN")
+    rejected(invoke("validate", "-r", work / "req.yaml", work / "nan.safetensors"), "head.weight")
+    rejected(invoke("audit", "-r", work / "req.yaml", "--original", work / "model.safetensors", "--unlearned", work / "nan.safetensors",
+                    "--report-dir", work / "rep", "--quiet"), "head.weight")
+    assert not (work / "o.safetensors").exists() and not (work / "rep").exists()
+
+
+@pytest.mark.parametrize("param", ["lr=.inf", "lr=.nan", "lr=1e30", "w_forget=1e300", "temperature=-.inf", "epochs=true"])
+def test_non_finite_or_absurd_parameters_are_input_errors(work, param):
+    rejected(invoke("apply", work / "model.safetensors", "-r", work / "req.yaml", "-o", work / "o.safetensors", "--param", param, "--quiet"),
+             "method.params." + param.split("=")[0])
+    assert not (work / "o.safetensors").exists()
+
+
+def test_diverged_output_is_never_written(work):
+    from unlearn_tool.methods import MethodOutput, MethodParams, register_method, unregister_method
+
+    def run(ctx, p):
+        model = ctx.student()
+        with torch.no_grad():
+            next(model.parameters()).fill_(float("inf"))
+        return MethodOutput(model=model)
+
+    register_method("test-diverges", MethodParams, run, summary="test only")
+    try:
+        r = invoke("apply", work / "model.safetensors", "-r", work / "req.yaml", "-o", work / "o.safetensors", "--method", "test-diverges", "--quiet")
+        rejected(r, "unlearning diverged", "nothing was written", code=1)
+    finally:
+        unregister_method("test-diverges")
+    assert not (work / "o.safetensors").exists()
+
+
+# ---------------------------------------------------------------- 4. apply --audit checks everything first
+
+@pytest.mark.parametrize("audit, fragment", [
+    ({"gates": ["forget_acc <=="]}, "expected '<metric> <op> <number>'"),
+    ({"gates": ["avg_gap <= 1"]}, "give --reference"),
+    ({"gates": [], "reference": "missing.safetensors"}, "not found"),
+    ({"gates": ["colour <= 1"]}, "unknown metric"),
+])
+def test_apply_audit_validates_gates_and_reference_before_writing(work, audit, fragment):
+    edit_request(work / "req.yaml", audit=audit)
+    rejected(invoke("apply", work / "model.safetensors", "-r", work / "req.yaml", "-o", work / "o.safetensors", "--audit", "--quiet"), fragment)
+    assert not (work / "o.safetensors").exists()
+
+
+# ---------------------------------------------------------------- 5. no check-then-rename race
+
+def test_publishing_never_clobbers_a_file_that_appeared_meanwhile(tmp_path, monkeypatch):
+    from unlearn_tool import checkpoint
+    from unlearn_tool.errors import OutputError
+
+    out = tmp_path / "o.safetensors"
+    monkeypatch.setattr(checkpoint, "check_output", lambda *a, **k: None)  # the other run passed its check too
+
+    def write_then_race(tmp: Path) -> None:
+        save_file({"w": torch.ones(2)}, str(tmp))
+        save_file({"w": torch.zeros(2)}, str(out))  # the concurrent run publishes first
+
+    with pytest.raises(OutputError, match="appeared while this run was writing"):
+        checkpoint._write_atomically(out, write_then_race, force=False, fix="x", flag="--output")
+    assert torch.equal(load_file(str(out))["w"], torch.zeros(2))
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".unlearn-")]
+
+
+def test_two_concurrent_applies_one_wins_and_reports_the_published_sha(work):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "cli", "apply", str(work / "model.safetensors"), "-r", str(work / "req.yaml"),
+           "-o", str(work / "o.safetensors"), "--json", "--quiet"]
+    procs = [subprocess.Popen(cmd + ["--seed", str(s)], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for s in (1, 2)]
+    results = [(p.wait(timeout=240), p.stdout.read(), p.stderr.read()) for p in procs]
+    codes = sorted(code for code, _, _ in results)
+    assert codes == [0, 2], results
+    winner = next(out for code, out, _ in results if code == 0)
+    assert json.loads(winner)["output_sha256"] == sha256_file(work / "o.safetensors")
+    loser = next(e for code, _, e in results if code == 2)
+    assert "exists" in loser or "appeared" in loser
+
+
+# ---------------------------------------------------------------- 6. SIGTERM cleans up
+
+def test_sigterm_during_the_write_leaves_no_temporary_file(work, monkeypatch):
+    import safetensors.torch as st
+
+    real = st.save_file
+
+    def save_then_sigterm(*args, **kwargs):
+        real(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)  # arrives while the output is still a temporary file
+        time.sleep(0.5)
+
+    monkeypatch.setattr(st, "save_file", save_then_sigterm)
+    r = invoke("apply", work / "model.safetensors", "-r", work / "req.yaml", "-o", work / "o.safetensors", "--quiet")
+    rejected(r, "terminated by signal 15", "no output was written", code=143)
+    assert not (work / "o.safetensors").exists()
+    assert not [p.name for p in work.iterdir() if p.name.startswith(".")]
+
+
+def test_sigterm_to_a_real_process_exits_143_and_cleans_up(work):
+    edit_request(work / "req.yaml", method={"name": "rfa", "params": {"epochs": 100000, "stop": "epochs"}})
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    p = subprocess.Popen([sys.executable, "-m", "cli", "apply", str(work / "model.safetensors"), "-r", str(work / "req.yaml"),
+                          "-o", str(work / "o.safetensors"), "--quiet"], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    time.sleep(12)  # start-up, data, model: it is unlearning by now
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(timeout=60) == 143
+    assert "terminated" in p.stderr.read()
+    assert not (work / "o.safetensors").exists()
+    assert not [q.name for q in work.iterdir() if q.name.startswith(".")]
+
+
+# ---------------------------------------------------------------- 7. foreign text is never markup or terminal control
+
+def test_markup_in_a_request_id_is_printed_not_parsed(work):
+    edit_request(work / "req.yaml", id="[/oops] [bold]x")
+    r = invoke("apply", work / "model.safetensors", "-r", work / "req.yaml", "-o", work / "o.safetensors")
+    assert r.exit_code == 0, r.stderr
+    assert "[/oops]" in r.stderr
+    r = invoke("audit", "-r", work / "req.yaml", "--original", work / "model.safetensors", "--unlearned", work / "o.safetensors")
+    assert r.exit_code == 0, r.stderr
+    assert "[/oops]" in r.stderr
+
+
+def test_inspect_escapes_markup_and_terminal_escapes(tmp_path):
+    path = tmp_path / "m.safetensors"
+    save_file({"[/x]": torch.ones(2)}, str(path), metadata={"note": "[/y] \x1b[31mred\x1b[0m \x1b]0;title\x07"})
+    r = invoke("inspect", path)
+    assert r.exit_code == 0, r.stderr
+    assert "[/x]" in r.stdout and "[/y]" in r.stdout
+    assert "\x1b" not in r.stdout and "\x07" not in r.stdout
+    assert "\\x1b" in r.stdout
+
+
+# ---------------------------------------------------------------- 8 and 9. invalid input is never "unexpected"
+
+def _module_request(folder: Path, source: str) -> Path:
+    (folder / "badnet.py").write_text(source)
+    return write_request(folder, {"classes": [3]}, arch="python:badnet:build", kwargs={}, name="badnet.yaml")
+
+
+@pytest.mark.parametrize("source, fragment", [
+    ("raise RuntimeError('boom')\n", "RuntimeError: boom"),
+    ("def build(:\n", "SyntaxError"),
+    ("def build():\n    raise ValueError('no weights')\n", "ValueError: no weights"),
+    ("import sys\nsys.exit(0)\n", "SystemExit"),
+    ("import sys\ndef build():\n    sys.exit(3)\n", "SystemExit"),
+    ("def build():\n    return 42\n", "not a torch nn.Module"),
+])
+def test_broken_user_module_is_an_input_error(work, source, fragment):
+    req = _module_request(work, source)
+    rejected(invoke("apply", work / "model.safetensors", "-r", req, "-o", work / "o.safetensors", "--quiet"), "model.arch", fragment)
+    rejected(invoke("validate", "-r", req), fragment)
+    assert not (work / "o.safetensors").exists()
+
+
+def test_indices_file_that_is_not_utf8(work):
+    (work / "idx.txt").write_bytes(b"\xff\xfe1\x002\x00")
+    req = write_request(work, {"indices_file": "idx.txt"}, name="idx.yaml")
+    rejected(invoke("apply", work / "model.safetensors", "-r", req, "-o", work / "o.safetensors", "--quiet"), "not UTF-8")
+
+
+@pytest.mark.parametrize("param, fragment", [
+    ('lr=!!python/object/apply:os.system ["touch pwned"]', "--param lr"),
+    ("target_layers=[unclosed", "--param target_layers"),
+    ("target_layers=fc(", "not a valid regular expression"),
+    ("target_layers=last:0", "at least 1"),
+])
+def test_bad_param_values(work, param, fragment):
+    rejected(invoke("apply", work / "model.safetensors", "-r", work / "req.yaml", "-o", work / "o.safetensors", "--param", param, "--quiet"), fragment)
+    assert not (work / "pwned").exists()
+
+
+def test_deeply_nested_yaml(work):
+    (work / "deep.yaml").write_text("version: 1\nid: x\nmodel: " + "[" * 5000 + "]" * 5000 + "\n")
+    rejected(invoke("validate", "-r", work / "deep.yaml"), "nested too deeply")
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--seed", "18446744073709551616"], "--seed"),
+    (["--seed", "-1"], "--seed"),
+])
+def test_seed_out_of_range_on_the_command_line(work, args, fragment):
+    rejected(invoke("apply", work / "model.safetensors", "-r", work / "req.yaml", "-o", work / "o.safetensors", *args, "--quiet"), fragment)
+
+
+def test_seed_out_of_range_in_the_request(work):
+    edit_request(work / "req.yaml", seed=2**70)
+    rejected(invoke("validate", "-r", work / "req.yaml"), "seed")
+
+
+def test_output_name_too_long_fails_before_unlearning(work):
+    start = time.perf_counter()
+    rejected(invoke("apply", work / "model.safetensors", "-r", work / "req.yaml", "-o", work / ("x" * 300 + ".safetensors"), "--quiet"),
+             "longer than the file system allows")
+    assert time.perf_counter() - start < 5  # rejected up front, not after the method ran
+
+
+@pytest.mark.parametrize("resize, fragment", [(100000, "preprocess.resize"), (4000, "GiB")])
+def test_absurd_resize(work, resize, fragment):
+    edit_request(work / "req.yaml", data__train__preprocess={"resize": resize})
+    rejected(invoke("validate", "-r", work / "req.yaml"), fragment)
+
+
+# ---------------------------------------------------------------- 10 and 11. smaller cases
+
+def test_duplicate_keys_are_an_error(work):
+    text = (work / "req.yaml").read_text() + "forget:\n  classes: [5]\n"
+    (work / "dup.yaml").write_text(text)
+    rejected(invoke("validate", "-r", work / "dup.yaml"), "duplicate key 'forget'")
+
+
+@pytest.mark.parametrize("change, fragment", [
+    ({"version": True}, "version"),
+    ({"forget": {"classes": [True]}}, "forget.classes.0"),
+    ({"forget": {"indices": [1, True]}}, "forget.indices.1"),
+])
+def test_booleans_are_not_numbers(work, change, fragment):
+    edit_request(work / "req.yaml", **change)
+    rejected(invoke("validate", "-r", work / "req.yaml"), fragment)
+
+
+def test_output_must_be_a_regular_file(work):
+    os.mkfifo(work / "fifo")
+    (work / "to-null").symlink_to("/dev/null")
+    for target in ("fifo", "to-null"):
+        rejected(invoke("apply", work / "model.safetensors", "-r", work / "req.yaml", "-o", work / target, "--force", "--quiet"),
+                 "not a safetensors checkpoint")
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
+
+
+def test_inputs_that_are_fifos_do_not_hang(work):
+    os.mkfifo(work / "fifo.safetensors")
+    os.mkfifo(work / "fifo.yaml")
+    code = ("from typer.testing import CliRunner\nfrom cli.main import app\nimport sys\n"
+            f"r = CliRunner().invoke(app, ['inspect', {str(work / 'fifo.safetensors')!r}])\n"
+            f"s = CliRunner().invoke(app, ['validate', '-r', {str(work / 'fifo.yaml')!r}])\n"
+            "print(r.exit_code, s.exit_code, r.stderr.strip(), s.stderr.strip())\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.stdout.startswith("2 2 "), out
+    assert "not a regular file" in out.stdout
+
+
+# ---------------------------------------------------------------- a drop-in replacement: dtype, mode, bytes
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_checkpoints_keep_their_dtype(work, dtype):
+    state = {k: v.to(dtype) for k, v in load_file(str(work / "model.safetensors")).items()}
+    save_file(state, str(work / "half.safetensors"))
+    r = invoke("apply", work / "half.safetensors", "-r", work / "req.yaml", "-o", work / "o.safetensors", "--json", "--quiet")
+    assert r.exit_code == 0, r.stderr
+    out = load_file(str(work / "o.safetensors"))
+    assert {k: v.dtype for k, v in out.items()} == {k: dtype for k in state}
+    summary = json.loads(r.stdout)
+    assert summary["after"]["forget_acc"] < summary["before"]["forget_acc"] - 0.5
+
+
+def test_output_mode_follows_the_umask_and_force_keeps_the_mode(work):
+    old = os.umask(0o022)
+    try:
+        assert invoke("apply", work / "model.safetensors", "-r", work / "req.yaml", "-o", work / "o.safetensors", "--quiet").exit_code == 0
+        assert stat.S_IMODE(os.stat(work / "o.safetensors").st_mode) == 0o644
+        os.chmod(work / "o.safetensors", 0o640)
+        assert invoke("apply", work / "model.safetensors", "-r", work / "req.yaml", "-o", work / "o.safetensors", "--force", "--quiet").exit_code == 0
+        assert stat.S_IMODE(os.stat(work / "o.safetensors").st_mode) == 0o640
+        assert invoke("apply", work / "model.safetensors", "-r", work / "req.yaml", "--adapter-only", "-o", work / "ad", "--quiet").exit_code == 0
+        assert stat.S_IMODE(os.stat(work / "ad").st_mode) == 0o755
+    finally:
+        os.umask(old)
+
+
+def test_source_date_epoch_gives_byte_identical_outputs(work, monkeypatch):
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    for name in ("a", "b"):
+        assert invoke("apply", work / "model.safetensors", "-r", work / "req.yaml", "-o", work / f"{name}.safetensors", "--quiet").exit_code == 0
+    assert sha256_file(work / "a.safetensors") == sha256_file(work / "b.safetensors")
+    from unlearn_tool.checkpoint import read_checkpoint
+
+    assert read_checkpoint(work / "a.safetensors")[1]["unlearn.created_utc"] == "2023-11-14T22:13:20Z"
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "yesterday")
+    rejected(invoke("apply", work / "model.safetensors", "-r", work / "req.yaml", "-o", work / "c.safetensors", "--quiet"), "SOURCE_DATE_EPOCH")
+    assert not (work / "c.safetensors").exists()

@@ -1,0 +1,287 @@
+"""Model artifacts: what a model is on disk, behind one interface for loading, evaluating, writing and inspecting.
+
+- `CheckpointArtifact`: one safetensors file holding the whole state dict (inputs, merged outputs,
+  retrained references).
+- `AdapterArtifact`: a PEFT adapter folder (`apply --adapter-only`), evaluated as base + adapter.
+- `EnsembleArtifact`: an exact-unlearning folder (`train --exact s3t|sisa`), evaluated as its shards' ensemble.
+
+`open_artifact(path)` picks the kind from what is on disk. New kinds (an exact-unlearning ensemble
+folder, `EnsembleArtifact`) implement the same methods: `sha256`, `fields`, `load(job)`, `describe()`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
+
+from .checkpoint import (
+    ADAPTER_MARKER,
+    check_finite,
+    dtypes_of,
+    load_into,
+    metadata_for,
+    read_checkpoint,
+    read_metadata_fields,
+    save_canonical,
+    sha256_file,
+    write_directory,
+    write_safetensors,
+)
+from .errors import AuditError, CheckpointError
+
+if TYPE_CHECKING:
+    import torch
+    from peft import PeftModel
+    from torch import nn
+
+
+@dataclass(frozen=True)
+class LoadContext:
+    """What loading a model needs (a Job provides it: `job.load_context()`)."""
+
+    make_model: Callable[[], "nn.Module"]  # a fresh model of the architecture
+    arch: str  # its name, for error messages
+    device: "torch.device"
+    base: Optional["nn.Module"] = None  # the original model, which an adapter is applied to
+    base_sha256: str = ""
+
+
+class Artifact(ABC):
+    kind: str
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    @property
+    @abstractmethod
+    def sha256(self) -> str:
+        """The digest a lineage, a report or a ledger records for this artifact."""
+
+    @property
+    @abstractmethod
+    def fields(self) -> dict[str, Any]:
+        """Our provenance fields (the `unlearn.*` metadata), parsed."""
+
+    @abstractmethod
+    def load(self, ctx: LoadContext) -> "nn.Module":
+        """The model to evaluate, of the context's architecture, on its device, in eval mode."""
+
+    @abstractmethod
+    def describe(self) -> dict[str, Any]:
+        """What `unlearn inspect` shows: tensors, sizes, metadata."""
+
+    def info(self) -> dict[str, Any]:
+        """The provenance a report records for this artifact."""
+        return {"path": str(self.path.resolve()), "kind": self.kind, "sha256": self.sha256, "metadata": self.fields}
+
+
+class CheckpointArtifact(Artifact):
+    """One safetensors file with the model's full state dict."""
+
+    kind = "merged"
+
+    @cached_property
+    def _contents(self) -> tuple[dict[str, "torch.Tensor"], dict[str, str]]:
+        return read_checkpoint(self.path)
+
+    @property
+    def tensors(self) -> dict[str, "torch.Tensor"]:
+        return self._contents[0]
+
+    @property
+    def raw_metadata(self) -> dict[str, str]:
+        return self._contents[1]
+
+    @cached_property
+    def sha256(self) -> str:  # type: ignore[override]
+        return sha256_file(self.path)
+
+    @property
+    def fields(self) -> dict[str, Any]:
+        return read_metadata_fields(self.raw_metadata)
+
+    @property
+    def dtypes(self) -> dict[str, "torch.dtype"]:
+        return dtypes_of(self.tensors)
+
+    def load(self, ctx: LoadContext) -> "nn.Module":
+        model = load_into(ctx.make_model(), self.tensors, ctx.arch, self.path)
+        return model.to(ctx.device).eval()
+
+    def describe(self) -> dict[str, Any]:
+        rows = [{"name": k, "shape": list(v.shape), "dtype": str(v.dtype).removeprefix("torch."), "numel": v.numel()}
+                for k, v in self.tensors.items()]
+        return {"path": str(self.path), "kind": self.kind, "tensors": rows, "parameters": sum(r["numel"] for r in rows),
+                "metadata": self.fields, "raw_metadata": self.raw_metadata}
+
+
+class AdapterArtifact(Artifact):
+    """A PEFT adapter folder written by `apply --adapter-only`: evaluated as the original base + this adapter."""
+
+    kind = "adapter"
+    WEIGHTS, CONFIG = "adapter_model.safetensors", "adapter_config.json"
+
+    def __init__(self, path: str | Path):
+        super().__init__(path)
+        missing = [n for n in (self.WEIGHTS, self.CONFIG) if not (self.path / n).is_file()]
+        if missing:
+            raise CheckpointError(f"adapter folder {self.path} lacks {', '.join(missing)}; give a folder written by `unlearn apply --adapter-only`")
+
+    @cached_property
+    def _contents(self) -> tuple[dict[str, "torch.Tensor"], dict[str, str]]:
+        return read_checkpoint(self.path / self.WEIGHTS)
+
+    @cached_property
+    def sha256(self) -> str:  # type: ignore[override]
+        return sha256_file(self.path / self.WEIGHTS)
+
+    @property
+    def fields(self) -> dict[str, Any]:
+        fields = read_metadata_fields(self._contents[1])
+        side = self.path / ADAPTER_MARKER
+        if not fields and side.is_file():
+            try:
+                fields = read_metadata_fields(json.loads(side.read_text()))
+            except ValueError:
+                fields = {}
+        return fields
+
+    def check_trained(self) -> None:
+        """An adapter whose LoRA B matrices are all zero changes nothing: refuse to audit it as a deletion."""
+        tensors = self._contents[0]
+        b_keys = [k for k in tensors if "lora_B" in k]
+        if not b_keys:
+            raise AuditError(f"adapter {self.path} has no LoRA B matrices (no key contains 'lora_B'); give a LoRA adapter written by `unlearn apply --adapter-only`")
+        if all(float(tensors[k].abs().max()) == 0.0 for k in b_keys):
+            raise AuditError(f"adapter {self.path}: every LoRA B matrix is zero, so the adapter trained nothing; rerun `unlearn apply` (more epochs or a higher lr)")
+        check_finite(tensors, self.path / self.WEIGHTS)
+
+    def load(self, ctx: LoadContext) -> "nn.Module":
+        if ctx.base is None:
+            raise AuditError("an adapter is evaluated as base + adapter; give the base checkpoint with --original")
+        self.check_trained()
+        parent = self.fields.get("parent_sha256")
+        if parent and ctx.base_sha256 and parent != ctx.base_sha256:
+            raise AuditError(f"adapter {self.path} was made from a base with sha256 {str(parent)[:12]}..., not {ctx.base_sha256[:12]}...; give that base checkpoint (--original for audit, --base for merge)")
+        from peft import PeftModel
+
+        try:
+            peft_model = PeftModel.from_pretrained(copy.deepcopy(ctx.base).cpu(), str(self.path))
+        except Exception as e:  # noqa: BLE001 - peft raises many types for a foreign adapter
+            raise CheckpointError(f"adapter {self.path} does not fit the original model ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}); give the base it was trained on") from None
+        return peft_model.merge_and_unload().to(ctx.device).eval()
+
+    def describe(self) -> dict[str, Any]:
+        tensors, raw = self._contents
+        rows = [{"name": k, "shape": list(v.shape), "dtype": str(v.dtype).removeprefix("torch."), "numel": v.numel()} for k, v in tensors.items()]
+        try:
+            config = json.loads((self.path / self.CONFIG).read_text())
+        except ValueError:
+            config = None
+        return {"path": str(self.path), "kind": self.kind, "tensors": rows, "parameters": sum(r["numel"] for r in rows),
+                "metadata": self.fields, "raw_metadata": raw, "adapter_config": config}
+
+
+class EnsembleArtifact(Artifact):
+    """An exact-unlearning folder (`unlearn train --exact s3t|sisa`): manifest.json, base, assignment, one safetensors
+    file per active component. Opening it checks the manifest's schema and every file's sha256 (docs/exact.md)."""
+
+    kind = "exact"
+
+    def __init__(self, path: str | Path):
+        super().__init__(path)
+        from .exact.manifest import FIX, lineage_violations, read_assignment, read_manifest
+
+        self.manifest, self._sha256 = read_manifest(self.path)
+        self.assignment = read_assignment(self.path, self.manifest)
+        bad = lineage_violations(self.manifest, *self.assignment)
+        if bad:
+            raise CheckpointError(f"exact artifact {self.path}: {bad[0]}, which its own deletion log forbids; {FIX}")
+
+    @property
+    def sha256(self) -> str:  # type: ignore[override]
+        """The manifest's sha256: it records every component's sha256, so it pins the whole artifact."""
+        return self._sha256
+
+    @property
+    def fields(self) -> dict[str, Any]:
+        m = self.manifest
+        return {"format": m.format, "method": m.method, "params": m.params, "seed": m.seed, "request_id": m.request_id,
+                "model_arch": m.model.arch, "base_sha256": m.base.sha256, "assignment_digest": m.assignment.digest,
+                "deletions": len(m.deletions), "deleted_samples": len(m.deleted()), "budget": m.budget(),
+                "parent_sha256": m.deletions[-1].parent_manifest_sha256 if m.deletions else None,
+                "guarantee": self.guarantee()}
+
+    @property
+    def raw_metadata(self) -> dict[str, str]:
+        return metadata_for(self.fields)
+
+    @property
+    def dtypes(self) -> dict[str, "torch.dtype"]:
+        return {}
+
+    def guarantee(self) -> str:
+        from .exact.run import guarantee_text
+
+        return guarantee_text(self.manifest)
+
+    def load(self, ctx: LoadContext) -> "nn.Module":
+        from .exact.ensemble import load_ensemble
+
+        return load_ensemble(self, ctx)
+
+    def describe(self) -> dict[str, Any]:
+        from .exact.run import describe_exact
+
+        return describe_exact(self)
+
+    def info(self) -> dict[str, Any]:
+        return {**super().info(), "notes": [self.guarantee()]}
+
+
+def open_artifact(path: str | Path) -> Artifact:
+    """The artifact at `path`, by what is there: a folder with an exact manifest is an ensemble, another folder an
+    adapter, a file a checkpoint."""
+    from .exact import is_exact_folder
+
+    path = Path(path)
+    if is_exact_folder(path):
+        return EnsembleArtifact(path)
+    if path.is_dir():
+        return AdapterArtifact(path)
+    return CheckpointArtifact(path)
+
+
+# ---------------------------------------------------------------- writers
+
+def write_merged(path: Path, state: Mapping[str, "torch.Tensor"], fields: dict[str, Any], force: bool = False,
+                 protect: Mapping[str, Optional[Path]] = {}) -> str:
+    """A drop-in checkpoint (same keys, shapes, dtypes as the caller's state) with our provenance; returns its sha256."""
+    return write_safetensors(path, dict(state), metadata_for(fields), force=force, protect=protect)
+
+
+def write_adapter(path: Path, peft_model: Optional["PeftModel"], fields: dict[str, Any], force: bool = False,
+                  protect: Mapping[str, Optional[Path]] = {}) -> str:
+    """PEFT's layout (adapter_config.json, adapter_model.safetensors) plus our provenance; returns the weights' sha256."""
+    if peft_model is None:
+        from .errors import UnlearnError
+
+        raise UnlearnError("internal: the method produced no adapter; please report this")
+    metadata = metadata_for(fields)
+
+    def fill(folder: Path) -> None:
+        from safetensors.torch import load_file
+
+        peft_model.save_pretrained(str(folder))
+        weights = folder / AdapterArtifact.WEIGHTS
+        save_canonical(load_file(str(weights)), weights, metadata)
+        (folder / ADAPTER_MARKER).write_text(json.dumps(metadata, indent=2, sort_keys=True))
+
+    write_directory(path, fill, force=force, protect=protect)
+    return sha256_file(path / AdapterArtifact.WEIGHTS)
+

@@ -1,0 +1,67 @@
+"""The method catalog without torch: `unlearn methods` answers from a cache of the registry's descriptions.
+
+The cache key is the tool version plus the contents of every file in unlearn_tool/methods/, so adding or editing
+a method file refreshes it by itself; a miss imports the registry once (torch, peft) and rewrites the
+cache. Folder: $UNLEARN_CACHE_DIR/methods, else ~/.cache/unlearn/methods. Importing this module imports
+no torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+from . import __version__
+from .errors import UnknownMethodError
+
+PACKAGE = Path(__file__).resolve().parent / "methods"
+
+
+def _key() -> str:
+    h = hashlib.sha256(f"unlearn {__version__}\n".encode())
+    for path in sorted(PACKAGE.glob("*.py")):
+        h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()[:32]
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("UNLEARN_CACHE_DIR")
+    return (Path(root).expanduser() if root else Path.home() / ".cache" / "unlearn") / "methods"
+
+
+def _build() -> list[dict[str, Any]]:
+    from .methods import describe_method, method_names  # imports torch and every method
+
+    return [describe_method(n) for n in method_names()]
+
+
+def catalog() -> list[dict[str, Any]]:
+    """Every registered method's description (name, summary, reference, tasks, scenarios, parameters)."""
+    path = cache_dir() / f"catalog-{_key()}.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        pass
+    entries = json.loads(json.dumps(_build(), default=str))
+    try:
+        from .checkpoint import replace_atomically
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        replace_atomically(path, lambda tmp: tmp.write_text(json.dumps(entries)))
+    except Exception:  # noqa: BLE001 - a cache that cannot be written only costs speed
+        pass
+    return entries
+
+
+def describe(name: Optional[str] = None) -> Any:
+    """The list of methods (name=None) or one method's description; an unknown name lists the known ones."""
+    entries = catalog()
+    if name is None:
+        return [{k: e[k] for k in ("name", "summary", "adapter", "tasks", "label_free")} for e in entries]
+    for e in entries:
+        if e["name"] == name:
+            return e
+    raise UnknownMethodError(f"unknown method '{name}'; known methods: {', '.join(e['name'] for e in entries)}")

@@ -1,0 +1,80 @@
+"""What the audit and bench reports share: the report folder, atomic report files, markdown tables, plots.
+
+A report folder is new, empty, or one this tool wrote before (it holds only our report files): a
+report never lands among, or replaces, files of the user's.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+from typing import Any, Iterable
+
+from .checkpoint import TMP_PREFIX, write_bytes
+from .errors import OutputError
+from .provenance import created_utc, versions  # noqa: F401 (re-exported: reports stamp both)
+
+FIX = "choose another --report-dir"
+
+
+def check_report_dir(folder: Path, our_files: Iterable[str]) -> Path:
+    """Fail before any work if `folder` cannot hold our reports; creates nothing."""
+    folder = Path(folder)
+    ours = set(our_files)
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"report dir {folder} is a file; {FIX}")
+    if not folder.exists():
+        if not folder.parent.is_dir():
+            raise OutputError(f"report dir parent {folder.parent} does not exist; create it or {FIX}")
+        return folder
+    foreign = sorted(p.name for p in folder.iterdir() if p.name not in ours and not p.name.startswith(TMP_PREFIX))
+    if foreign:
+        raise OutputError(f"report dir {folder} holds files this tool did not write ({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}); "
+                          f"give a new or empty folder, or one a previous report wrote")
+    return folder
+
+
+def prepare_report_dir(folder: Path, our_files: Iterable[str]) -> Path:
+    """Check, then create the report folder."""
+    folder = check_report_dir(folder, our_files)
+    try:
+        folder.mkdir(exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"cannot create report dir {folder} ({e.strerror}); {FIX}") from None
+    return folder
+
+
+def write_report_file(path: Path, data: bytes) -> Path:
+    """One report file, written atomically (readers never see half a report)."""
+    return write_bytes(path, data, fix=FIX)
+
+
+def md_table(header: list[str], rows: list[list[str]], align_right: bool = False) -> str:
+    """A markdown table; cells are escaped so a `|` in a value does not break the row."""
+    sep = ["---"] + (["---:"] if align_right else ["---"]) * (len(header) - 1)
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(sep) + "|"]
+    lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def pyplot() -> Any:
+    """matplotlib.pyplot on the headless Agg backend (no display is ever needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def png_bytes(fig: Any, dpi: int = 100) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    pyplot().close(fig)
+    return buf.getvalue()
+
+
+def png_data_uri(fig: Any, dpi: int = 90) -> str:
+    """A figure as a data URI, so an HTML report is one self-contained file."""
+    return "data:image/png;base64," + base64.b64encode(png_bytes(fig, dpi)).decode("ascii")
