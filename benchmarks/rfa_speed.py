@@ -112,7 +112,7 @@ def write_request(folder: Path, name: str, case: dict, train_spec: dict, test_sp
            "data": {"train": train_spec, "test": test_spec}, "forget": forget,
            "method": {"name": "rfa", "params": params}, "seed": seed}
     path = folder / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(req, sort_keys=False))
+    path.write_text(yaml.safe_dump(json.loads(json.dumps(req)), sort_keys=False))  # no shared objects: requests refuse YAML aliases
     return path
 
 
@@ -155,6 +155,52 @@ def run_case(case_name: str, seeds: list[int], scenarios: list[str], variants: d
                     f"{100 * row['t_rfa'] / ref['wall_time_s']:5.1f}%  steps {row['info'].get('steps')}  "
                     f"{quality_str(row)}  {'OK' if all(checks(row).values()) else 'MISS ' + ','.join(k for k, v in checks(row).items() if not v)}")
     return rows
+
+
+def process_ratio(case_name: str, work: Path, repeats: int) -> list[dict]:
+    """Whole processes, as a user runs them: `python -m cli train --exclude-forget` (the recipe's flags) against
+    `python -m cli apply --json` on the same request, alternating, `repeats` times each; wall times measured
+    from outside, start-up included. Uses the seed-0 sample and class requests written by run_case."""
+    case, folder = CASES[case_name], work / case_name
+    cfg = case["train"]
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), "MKL_NUM_THREADS": str(torch.get_num_threads())}
+    out = []
+    for scenario in ("class", "sample"):
+        req = folder / f"{scenario}0.yaml"
+        train = [sys.executable, "-m", "cli", "train", "-r", str(req), "-o", str(folder / "proc_ret.safetensors"), "--exclude-forget",
+                 "--epochs", str(cfg.epochs), "--lr", str(cfg.lr), "--optimizer", cfg.optimizer, "--batch-size", str(cfg.batch_size),
+                 "--json", "--quiet", "--force", "--device", "cpu"]
+        apply = [sys.executable, "-m", "cli", "apply", str(folder / "orig0.safetensors"), "-r", str(req), "-o",
+                 str(folder / "proc_u.safetensors"), "--json", "--force", "--quiet", "--device", "cpu"]
+        for rep in range(repeats):
+            row = {"case": case_name, "scenario": scenario, "repeat": rep}
+            for what, cmd in (("train", train), ("apply", apply)):
+                t = time.perf_counter()
+                r = subprocess.run(cmd, cwd=HERE.parent, env=env, capture_output=True, text=True)
+                row[what + "_s"] = time.perf_counter() - t
+                if r.returncode != 0:
+                    raise RuntimeError(f"{what} failed ({r.returncode}): {r.stderr[-2000:]}")
+                if what == "apply":
+                    row["apply_timings"] = json.loads(r.stdout).get("timings", {})
+            log(f"  process {scenario:6s} train --exclude-forget {row['train_s']:.2f}s, apply {row['apply_s']:.2f}s = "
+                f"{100 * row['apply_s'] / row['train_s']:.1f}%  apply's timings {row['apply_timings']}")
+            out.append(row)
+    return out
+
+
+def print_process(rows: list[dict]) -> None:
+    print("\n| case | scenario | `train --exclude-forget` process s | `apply` process s | apply / train, mean (max) | "
+          "apply's own timings (mean s) | target <= 25% |")
+    print("|---|---|---:|---:|---:|---|---|")
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["case"], r["scenario"]), []).append(r)
+    for (case, scen), rs in groups.items():
+        ratios = [100 * r["apply_s"] / r["train_s"] for r in rs]
+        keys = list(rs[0]["apply_timings"])
+        parts = ", ".join(f"{k.removesuffix('_s')} {statistics.mean(r['apply_timings'].get(k, 0.0) for r in rs):.2f}" for k in keys)
+        print(f"| {case} | {scen} | {statistics.mean(r['train_s'] for r in rs):.2f} | {statistics.mean(r['apply_s'] for r in rs):.2f} | "
+              f"{statistics.mean(ratios):.1f}% ({max(ratios):.1f}%) | {parts} | {'met' if max(ratios) <= 25 else 'NOT met'} |")
 
 
 def quality(r: dict) -> tuple[str, float, float]:
@@ -230,6 +276,11 @@ def main() -> None:
                     help="also run apply with its defaults from another checkout of the tool (e.g. main=/tmp/main), same originals")
     ap.add_argument("--no-floor", action="store_true", help="sample unlearning: skip the second retrained reference "
                     "(another initialisation) that shows how far two retrainings differ on the forget set")
+    ap.add_argument("--process", default="user_cnn15", help="case (among --cases) whose whole `apply` process is also timed "
+                    "against the whole `train --exclude-forget` process ('' to skip)")
+    ap.add_argument("--process-repeats", type=int, default=3)
+    ap.add_argument("--process-only", action="store_true", help="only the process timing, on requests and originals an earlier "
+                    "run left in --work")
     ap.add_argument("--work", type=Path, default=None, help="keep requests, data and checkpoints in this folder (default: a temporary one)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -240,17 +291,24 @@ def main() -> None:
         variants = {"params " + " ".join(args.param): overrides}
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     started = time.perf_counter()
-    rows = []
+    rows, process_rows = [], []
+    if args.process_only:
+        print_process(process_ratio(args.process, args.work, args.process_repeats))
+        return
     with tempfile.TemporaryDirectory() as tmp:
         for case in args.cases.split(","):
             compare = {k: Path(v).resolve() for k, v in (c.split("=", 1) for c in args.compare)}
             rows += run_case(case.strip(), seeds, args.scenarios.split(","), variants, args.work or Path(tmp), compare, not args.no_floor)
+            if case.strip() == args.process and args.first_seed == 0:
+                process_rows = process_ratio(case.strip(), args.work or Path(tmp), args.process_repeats)
     print(f"RFA-LoRA time and quality against retraining; torch {torch.__version__}, {torch.get_num_threads()} thread(s), "
           f"{platform.machine()} CPU ({platform.processor() or 'unknown'}), seeds {seeds}; total {time.perf_counter() - started:.0f}s\n")
     print_table(rows)
     print_summary(rows)
+    if process_rows:
+        print_process(process_rows)
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=1, default=str))
+        args.json.write_text(json.dumps({"rows": rows, "process": process_rows}, indent=1, default=str))
 
 
 if __name__ == "__main__":

@@ -100,14 +100,14 @@ def main() -> None:
             for seed in map(int, args.seeds.split(",")):
                 folder = args.work / case
                 job = prepare(folder / f"{scenario}{seed}.yaml", folder / f"orig{seed}.safetensors", device="cpu")
-                before = utility(job.original, job.splits, job.device)
-                ref = utility(job.load(folder / f"ret_{scenario}{seed}.safetensors")[0], job.splits, job.device)
+                before = utility(job.original, job)
+                ref = utility(job.load(folder / f"ret_{scenario}{seed}.safetensors")[0], job)
                 for name, params in variants:
                     est = calibrate(case, job, models)
                     seed_everything(job.seed)
                     out, wall = run_method("rfa", job.context(), parse_params("rfa", params))
                     est = (est + calibrate(case, job, models)) / 2
-                    u = utility(out.model.eval(), job.splits, job.device)
+                    u = utility(out.model.eval(), job)
                     if scenario == "class":
                         q = 100 * (u["test_remaining_acc"] - before["test_remaining_acc"])
                         ok = q >= -1 and u["forget_acc"] <= 0.05 and u["test_forgotten_acc"] <= 0.02
