@@ -281,6 +281,8 @@ def main() -> None:
     ap.add_argument("--process-repeats", type=int, default=3)
     ap.add_argument("--process-only", action="store_true", help="only the process timing, on requests and originals an earlier "
                     "run left in --work")
+    ap.add_argument("--from-json", action="append", type=Path, default=[], help="print the tables from rows saved by earlier "
+                    "runs' --json (repeatable: runs of different cases combine) instead of running")
     ap.add_argument("--work", type=Path, default=None, help="keep requests, data and checkpoints in this folder (default: a temporary one)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -292,6 +294,17 @@ def main() -> None:
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     started = time.perf_counter()
     rows, process_rows = [], []
+    if args.from_json:
+        for path in args.from_json:
+            saved = json.loads(path.read_text())
+            rows += saved["rows"] if isinstance(saved, dict) else saved
+            process_rows += saved.get("process", []) if isinstance(saved, dict) else []
+        print(f"RFA-LoRA time and quality against retraining, from {', '.join(p.name for p in args.from_json)}\n")
+        print_table(rows)
+        print_summary(rows)
+        if process_rows:
+            print_process(process_rows)
+        return
     if args.process_only:
         print_process(process_ratio(args.process, args.work, args.process_repeats))
         return

@@ -23,8 +23,9 @@ ADAPTER_NAME = "default"
 def lora_capable_layers(model: nn.Module) -> list[str]:
     """Linear and (non-grouped) Conv2d layers whose weight the forward pass really uses.
 
-    Excluded: grouped/depthwise convolutions, and projections owned by nn.MultiheadAttention
-    (it reads their weights directly, so an adapter there would be silently ignored).
+    Excluded: grouped/depthwise and dilated convolutions (peft cannot adapt the former; its LoRA branch of the
+    latter drops the dilation, so its output no longer matches the layer's), and projections owned by
+    nn.MultiheadAttention (it reads their weights directly, so an adapter there would be silently ignored).
     """
     owned_by_mha = set()
     for name, m in model.named_modules():
@@ -34,7 +35,7 @@ def lora_capable_layers(model: nn.Module) -> list[str]:
     for name, m in model.named_modules():
         if not name or name in owned_by_mha:
             continue
-        if isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d) and m.groups == 1):
+        if isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d) and m.groups == 1 and m.dilation == (1, 1)):
             names.append(name)
     return names
 
@@ -139,12 +140,14 @@ def capture_outputs(model: nn.Module, layers: list[str]) -> Iterator[dict[str, t
 class FusedAdapters:
     """What `fused_adapters` yields: set `rows` (a slice of the batch) to have those rows' residual features
     s * B(A x) recorded in `residuals` (layer name -> tensor) on the next forward pass; set `disabled` to run
-    the frozen layers alone (the original model's function)."""
+    the frozen layers alone (the original model's function). `unfused` lists the adapted layers left to peft's
+    own forward (neither `rows` nor `disabled` reaches them)."""
 
     def __init__(self) -> None:
         self.rows: Optional[slice] = None
         self.residuals: dict[str, torch.Tensor] = {}
         self.disabled = False
+        self.unfused: list[str] = []
 
 
 def _fused_forward(layer: nn.Module, name: str, state: FusedAdapters):
@@ -188,6 +191,8 @@ def fused_adapters(peft_model: nn.Module, layers: Optional[list[tuple[str, nn.Mo
         if forward is not None:
             layer.forward = forward  # an instance attribute shadows the class's forward
             patched.append(layer)
+        else:
+            state.unfused.append(name)
     try:
         yield state
     finally:

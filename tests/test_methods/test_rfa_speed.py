@@ -124,9 +124,16 @@ def test_auto_layers_adapt_after_the_expensive_part_or_everything():
 def test_fast_merge_equals_peft_merge():
     torch.manual_seed(0)
     base = TinyResNet().eval()
-    pm = _randomise(lora.inject(base, lora.select_layers(base, "all"), 2, 4).eval())
+    for m in base.modules():  # non-trivial BatchNorm statistics in the model the adapters are injected into
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.normal_(0, 0.1)
+            m.running_var.uniform_(0.5, 2.0)
+    pm = lora.inject(base, lora.select_layers(base, "all"), 2, 4).eval()
+    for p in lora.adapter_parameters(pm):
+        p.data.normal_(0, 0.1)
     a, b = lora.merged_copy(pm).state_dict(), lora.merged_copy(pm, base).state_dict()
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], v) for k, v in base.state_dict().items())  # the adapters did change the weights
 
 
 def test_rfa_is_repeatable_keeps_batchnorm_statistics_and_stops_on_its_promise(digits_job):
