@@ -125,7 +125,7 @@ def main() -> None:
         kept_key = "test_remaining_acc" if after is not None and "class" in name else "test_acc"
         kept = f"{pct(js.get('test_acc'))}" if after is None else f"{pct(before[kept_key])} -> {pct(after[kept_key])}"
         print(f"| {name} | {size} | {method_s:.2f} | {wall:.1f} | {share} | {forget} | {kept} | {js.get('peak_gpu_memory_mb', '-')} |")
-    print(f"\nstop reasons: " + "; ".join(f"{n}: {js['info'].get('stop_reason', '-')}, {js['info'].get('steps', '-')} steps"
+    print("\nstop reasons: " + "; ".join(f"{n}: {js['info'].get('stop_reason', '-')}, {js['info'].get('steps', '-')} steps"
                                          for n, *_, js in rows[1:] if "info" in js))
     if os.environ.get("OUT"):  # on the device machine, keep the raw JSON too
         Path(os.environ["OUT"], "gpu_resnet18.json").write_text(json.dumps([r[-1] for r in rows], indent=1))
