@@ -312,8 +312,12 @@ def main() -> None:
         for case in args.cases.split(","):
             compare = {k: Path(v).resolve() for k, v in (c.split("=", 1) for c in args.compare)}
             rows += run_case(case.strip(), seeds, args.scenarios.split(","), variants, args.work or Path(tmp), compare, not args.no_floor)
+            if args.json:  # after each case, so a long run's finished cases are kept
+                args.json.write_text(json.dumps({"rows": rows, "process": process_rows}, indent=1, default=str))
             if case.strip() == args.process and args.first_seed == 0:
                 process_rows = process_ratio(case.strip(), args.work or Path(tmp), args.process_repeats)
+                if args.json:
+                    args.json.write_text(json.dumps({"rows": rows, "process": process_rows}, indent=1, default=str))
     print(f"RFA-LoRA time and quality against retraining; torch {torch.__version__}, {torch.get_num_threads()} thread(s), "
           f"{platform.machine()} CPU ({platform.processor() or 'unknown'}), seeds {seeds}; total {time.perf_counter() - started:.0f}s\n")
     print_table(rows)
