@@ -27,7 +27,7 @@ def configure(choice: str = "auto", device: Any = None) -> None:
     """Set this process's precision choice (checked) and whether batches go through pinned memory."""
     from .errors import UnlearnError
 
-    choice = (choice or "auto").lower()
+    choice = "auto" if choice is None else str(choice).strip().lower()
     if choice not in CHOICES:
         raise UnlearnError(f"--precision {choice}: unknown; use one of {', '.join(CHOICES)}")
     _STATE["choice"] = choice
