@@ -11,7 +11,7 @@ from typing import Any, Optional
 import typer
 
 from .common import handle_errors, markup_safe, print_json
-from .app import CodePathOpt, DeviceOpt, RequestOpt, TrustCodeOpt, app, code_policy
+from .app import CodePathOpt, DeviceOpt, NumWorkersOpt, RequestOpt, TrustCodeOpt, app, code_policy
 
 
 def print_summary(report: dict[str, Any], folder: Path) -> None:
@@ -66,6 +66,7 @@ def audit(
     seed: Optional[int] = typer.Option(None, "--seed", help="Override the request's seed (attack sampling, random model for ZRF)."),
     as_json: bool = typer.Option(False, "--json", help="Print report.json on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No summary table."),
+    num_workers: int = NumWorkersOpt,
     code_path: list[Path] = CodePathOpt,
     trust_code: bool = TrustCodeOpt,
 ) -> None:
@@ -73,5 +74,5 @@ def audit(
     from unlearn_tool import commands
 
     report, folder = commands.audit(request, original, unlearned, reference=reference, gates=gate or None, report_dir=report_dir,
-                                   device=device, seed=seed, code=code_policy(code_path, trust_code))
+                                   device=device, seed=seed, code=code_policy(code_path, trust_code), num_workers=num_workers)
     finish(report, folder, as_json, quiet)

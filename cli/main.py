@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 import typer
 
-from .app import CodePathOpt, DeviceOpt, RequestOpt, TrustCodeOpt, app, code_policy
+from .app import CodePathOpt, DeviceOpt, NumWorkersOpt, RequestOpt, TrustCodeOpt, app, code_policy
 from .common import err, handle_errors, markup_safe, plain, print_json, progress_bars
 
 
@@ -35,9 +35,9 @@ def _print_before_after(before: dict, after: dict, title: str) -> None:
 @app.command()
 @handle_errors
 def apply(
-    checkpoint: Path = typer.Argument(..., help="Trained model (.safetensors)."),
+    checkpoint: Path = typer.Argument(..., help="Trained model (.safetensors, or a save_pretrained folder for hf:<folder> models)."),
     request: Path = RequestOpt,
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output path (default <stem>.unlearned.safetensors beside the input)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output path (default <stem>.unlearned.safetensors beside the input; <folder>.unlearned/ for a save_pretrained folder)."),
     adapter_only: Optional[bool] = typer.Option(None, "--adapter-only/--merged", help="Write a PEFT adapter folder (LoRA methods) or merged weights; default: the request's output.mode.", show_default=False),
     method: Optional[str] = typer.Option(None, "--method", help="Override the request's method.name."),
     param: list[str] = typer.Option([], "--param", help="Method parameter k=v (repeatable); overrides the request's."),
@@ -48,6 +48,8 @@ def apply(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or tables."),
     audit: bool = typer.Option(False, "--audit", help="Audit the result right away (request's audit.gates and audit.reference); exit 3 if a gate fails."),
     report_dir: Optional[Path] = typer.Option(None, "--report-dir", help="With --audit: where to write the reports (default <output stem>.audit/)."),
+    summary_samples: int = typer.Option(1000, "--summary-samples", min=0, help="Retain and test samples the before/after summary evaluates (seeded; the forget set is always whole; 0: every sample). The audit evaluates everything."),
+    num_workers: int = NumWorkersOpt,
     code_path: list[Path] = CodePathOpt,
     trust_code: bool = TrustCodeOpt,
 ) -> None:
@@ -59,7 +61,8 @@ def apply(
     with progress_bars(not quiet and not as_json) as progress:
         outcome = commands.apply(request, checkpoint, method=method, params=params, output=output, adapter_only=adapter_only,
                                 force=force, device=device, seed=seed, code=code_policy(code_path, trust_code),
-                                audit=audit, report_dir=report_dir, progress=progress)
+                                audit=audit, report_dir=report_dir, progress=progress, summary_samples=summary_samples or None,
+                                num_workers=num_workers)
     result = outcome.result
     for w in result.warnings:
         err(f"warning: {w}")
@@ -143,8 +146,9 @@ def inspect(
 @handle_errors
 def train(
     request: Path = RequestOpt,
-    output: Path = typer.Option(..., "--output", "-o", help="Where to write the trained checkpoint (.safetensors)."),
-    exclude_forget: bool = typer.Option(False, "--exclude-forget", help="Train without the forget set: the retrain-from-scratch reference."),
+    output: Path = typer.Option(..., "--output", "-o", help="Where to write the trained checkpoint (.safetensors; for hf:<folder> models any other name is a save_pretrained folder)."),
+    exclude_forget: bool = typer.Option(False, "--exclude-forget", help="Train without the forget set: the retrain reference (from scratch, or from --init)."),
+    init: Optional[Path] = typer.Option(None, "--init", help="Start from this pre-trained checkpoint of the same architecture (tensors whose shape differs, e.g. a new head, start fresh): fine-tuning."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Passes over the data (default 40)."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate (default 1e-3)."),
     optimizer: Optional[str] = typer.Option(None, "--optimizer", help="adam (default) or sgd."),
@@ -156,10 +160,11 @@ def train(
     force: bool = typer.Option(False, "--force", help="Overwrite an existing output (only a checkpoint)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    num_workers: int = NumWorkersOpt,
     code_path: list[Path] = CodePathOpt,
     trust_code: bool = TrustCodeOpt,
 ) -> None:
-    """Train the request's architecture on its train split (optionally without the forget set)."""
+    """Train the request's architecture on its train split (optionally without the forget set, optionally from --init)."""
     from unlearn_tool import commands
     from unlearn_tool.request import parse_key_values
 
@@ -168,7 +173,7 @@ def train(
     with progress_bars(not quiet and not as_json) as progress:
         summary = commands.train(request, output, options=options,
                                 exclude_forget=exclude_forget, force=force, device=device, seed=seed,
-                                code=code_policy(code_path, trust_code), progress=progress)
+                                code=code_policy(code_path, trust_code), progress=progress, init=init, num_workers=num_workers)
     if as_json:
         print_json(summary)
     elif not quiet:

@@ -5,6 +5,9 @@ address the train split in exactly that order. Nothing here unpickles: CIFAR is
 read from its official *binary* distribution, SVHN from its .mat files, the
 MNIST family from its idx files (through torchvision), tensors from
 safetensors or npz (allow_pickle=False).
+
+Image files (`imagefolder`, a `csv` manifest) are never all in memory: each image is read
+when a batch needs it, by DataLoader workers when `num_workers` > 0 (`--num-workers`).
 """
 
 from __future__ import annotations
@@ -35,13 +38,14 @@ class LabelledData:
     """A labelled data set: `len`, `targets`, `subset(indices)`, `batches(...)`.
 
     In-memory tensors are sliced directly (fast path for small data); other
-    sources go through a single-process DataLoader.
+    sources (image files, read lazily) go through a DataLoader with `num_workers` worker processes.
     """
 
-    def __init__(self, dataset: Dataset, targets: torch.Tensor, x: Optional[torch.Tensor] = None):
+    def __init__(self, dataset: Dataset, targets: torch.Tensor, x: Optional[torch.Tensor] = None, num_workers: int = 0):
         self.dataset = dataset
         self.targets = targets.long()
         self.x = x  # set when all inputs are in memory
+        self.num_workers = num_workers  # DataLoader workers for lazily read data (ignored in memory)
 
     @classmethod
     def from_tensors(cls, x: torch.Tensor, y: torch.Tensor) -> "LabelledData":
@@ -54,7 +58,7 @@ class LabelledData:
         idx = torch.as_tensor(indices, dtype=torch.long)
         if self.x is not None:
             return LabelledData.from_tensors(self.x[idx], self.targets[idx])
-        return LabelledData(torch.utils.data.Subset(self.dataset, idx.tolist()), self.targets[idx])
+        return LabelledData(torch.utils.data.Subset(self.dataset, idx.tolist()), self.targets[idx], num_workers=self.num_workers)
 
     def batches(
         self, batch_size: int, shuffle: bool = False, generator: Optional[torch.Generator] = None
@@ -67,7 +71,7 @@ class LabelledData:
                 idx = order[start:start + batch_size]
                 yield self.x[idx], self.targets[idx]
             return
-        loader = DataLoader(self.dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, num_workers=0)
+        loader = DataLoader(self.dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, num_workers=self.num_workers)
         for x, y in loader:
             yield x.float(), torch.as_tensor(y).long()
 
@@ -284,12 +288,10 @@ def _load_mnist_family(name: str, spec: DataSpec, root: Path, role: str, where: 
     return LabelledData.from_tensors(_uint8_images_to_tensor(ds.data.numpy(), spec, where), ds.targets.clone())
 
 
-def _load_imagefolder(spec: DataSpec, path: Path, where: str) -> LabelledData:
-    import torchvision
+def _image_transform(spec: DataSpec):
+    """PIL image -> float tensor (C, H, W): grayscale, resize, to [0, 1], normalise, as the request's preprocess says."""
     from torchvision import transforms as T
 
-    if not path.is_dir():
-        raise DataError(f"{where}.path: {path} is not a folder; give a folder with one sub-folder of images per class")
     steps = []
     if spec.preprocess.grayscale:
         steps.append(T.Grayscale(1))
@@ -298,11 +300,79 @@ def _load_imagefolder(spec: DataSpec, path: Path, where: str) -> LabelledData:
     steps.append(T.ToTensor())
     if spec.preprocess.normalize:
         steps.append(T.Normalize(spec.preprocess.normalize.mean, spec.preprocess.normalize.std))
+    return T.Compose(steps)
+
+
+def _load_imagefolder(spec: DataSpec, path: Path, where: str) -> LabelledData:
+    import torchvision
+
+    if not path.is_dir():
+        raise DataError(f"{where}.path: {path} is not a folder; give a folder with one sub-folder of images per class")
     try:
-        ds = torchvision.datasets.ImageFolder(str(path), transform=T.Compose(steps))
+        ds = torchvision.datasets.ImageFolder(str(path), transform=_image_transform(spec))
     except (FileNotFoundError, RuntimeError) as e:
         raise DataError(f"{where}.path: {path}: {e}; give a folder with one sub-folder of images per class") from None
     return LabelledData(ds, torch.tensor(ds.targets, dtype=torch.long))
+
+
+class ImageFiles(Dataset):
+    """Images named by path, each read (and transformed) only when a batch asks for it; picklable for DataLoader workers."""
+
+    def __init__(self, paths: list[str], labels: list[int], transform, ids: Optional[list[str]] = None):
+        self.paths, self.labels, self.transform = paths, labels, transform
+        self.ids = ids  # the manifest's optional id column, as text
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+
+        with Image.open(self.paths[i]) as im:
+            return self.transform(im.convert("RGB")), self.labels[i]
+
+
+CSV_FIX = "give a CSV with a header row path,label (and optionally id): one image per row, paths relative to the CSV"
+
+
+def _load_csv(spec: DataSpec, path: Path, where: str) -> LabelledData:
+    """A manifest: a CSV with columns path,label (optional id); paths relative to the CSV's folder. Nothing of the file's
+    contents is echoed in an error: rows are named by line number."""
+    import csv
+
+    if not path.is_file():
+        raise DataError(f"{where}.path: {path} is not a file; {CSV_FIX}")
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            missing = [c for c in ("path", "label") if c not in (reader.fieldnames or [])]
+            if missing:
+                raise DataError(f"{where}.path: {path} has no {' or '.join(missing)} column in its header; {CSV_FIX}")
+            rows = [(reader.line_num, r) for r in reader]
+    except UnicodeDecodeError:
+        raise DataError(f"{where}.path: {path} is not UTF-8 text; {CSV_FIX}") from None
+    except csv.Error as e:
+        raise DataError(f"{where}.path: {path} is not a readable CSV ({e}); {CSV_FIX}") from None
+    if not rows:
+        raise DataError(f"{where}.path: {path} lists no images; {CSV_FIX}")
+    folder = path.parent
+    paths, labels, ids = [], [], []
+    for line, r in rows:
+        label = (r.get("label") or "").strip()
+        if not label.isdigit():
+            raise DataError(f"{where}.path: {path} line {line}: the label is not a non-negative whole number; labels are class indices 0..C-1")
+        image = folder / (r.get("path") or "").strip()
+        if not (r.get("path") or "").strip() or not image.is_file():
+            raise DataError(f"{where}.path: {path} line {line}: the image file does not exist; paths are relative to the CSV's folder")
+        paths.append(str(image))
+        labels.append(int(label))
+        ids.append((r.get("id") or "").strip())
+    ds = ImageFiles(paths, labels, _image_transform(spec), ids if "id" in rows[0][1] else None)
+    try:
+        ds[0]
+    except Exception as e:  # noqa: BLE001 - PIL raises several types for a file that is not an image
+        raise DataError(f"{where}.path: {path} line {rows[0][0]}: the image cannot be read ({type(e).__name__}); list image files (PNG, JPEG, ...)") from None
+    return LabelledData(ds, torch.tensor(labels, dtype=torch.long))
 
 
 def load_split(spec: DataSpec, role: str, base_dir: Path) -> LabelledData:
@@ -315,6 +385,8 @@ def load_split(spec: DataSpec, role: str, base_dir: Path) -> LabelledData:
         return _load_digits(spec, role, where)
     if src == "imagefolder":
         return _load_imagefolder(spec, _resolve(base_dir, spec.path), where)
+    if src == "csv":
+        return _load_csv(spec, _resolve(base_dir, spec.path), where)
     name = src.split(":", 1)[1]
     root = _resolve(base_dir, spec.root)
     if name in CIFAR_LAYOUT:

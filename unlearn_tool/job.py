@@ -205,9 +205,15 @@ def prepare(
     device: str = "auto",
     seed: Optional[int] = None,
     code: CodePolicy = CodePolicy(),
+    num_workers: int = 0,
 ) -> Job:
-    """Validate everything a run needs, in the order that fails fastest, without training."""
+    """Validate everything a run needs, in the order that fails fastest, without training.
+
+    num_workers: DataLoader worker processes that read image files (imagefolder, csv) while batches are computed.
+    """
     req = request if isinstance(request, Request) else load_request(request)
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or not 0 <= num_workers <= 256:
+        raise UnlearnError(f"--num-workers {num_workers}: give a whole number from 0 to 256")
     task = get_task("classification")
     dev = resolve_device(device)
     run_seed = req.seed if seed is None else check_seed(seed)
@@ -218,6 +224,7 @@ def prepare(
     torch.manual_seed(run_seed)
     num_outputs = num_outputs_of(build_model(req.model, req.base_dir, code), probe_train.input_shape())
     splits = load_splits(req, num_outputs, task, train=probe_train)
+    splits.train.num_workers = splits.test.num_workers = num_workers
     job = Job(request=req, task=task, splits=splits, num_classes=num_outputs, device=dev, seed=run_seed, code=code)
     if checkpoint is not None:
         artifact = CheckpointArtifact(checkpoint)

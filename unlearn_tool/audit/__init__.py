@@ -69,6 +69,7 @@ def audit_request(
     device: str = "auto",
     seed: Optional[int] = None,
     code: Optional["CodePolicy"] = None,
+    num_workers: int = 0,
 ) -> tuple[dict[str, Any], Path]:
     """`unlearn audit`: gates (parsed once), reference and report folder are checked before any model is loaded.
 
@@ -86,7 +87,7 @@ def audit_request(
     check_report_dir(report_dir_for(unlearned, report_dir), AUDIT_FILES)
     if seed is not None:
         check_seed(seed)
-    job = prepare(req, original, device=device, seed=seed, code=code or CodePolicy())
+    job = prepare(req, original, device=device, seed=seed, code=code or CodePolicy(), num_workers=num_workers)
     return audit_files(job, unlearned, ref, parsed, report_dir)
 
 

@@ -36,7 +36,8 @@ class RFAParams(MethodParams):
     rank: int = Field(8, ge=1, description="LoRA rank r (capped at each layer's smallest dimension by peft's shapes).")
     alpha: float = Field(16.0, gt=0, description="LoRA alpha; the residual is scaled by alpha / rank.")
     target_layers: lora.TargetLayers = Field(
-        "all", description="'all' Linear/Conv2d layers, 'head', 'last:N', or a list of layer names/regexes."
+        "auto", description="auto (the measured default of the model's family: lora.DEFAULT_TARGETS), 'all' Linear/Conv2d "
+        "layers, 'head', 'last:N', 'attention', 'mlp', 'blocks:N' (last N transformer blocks), or a list of these and layer names/regexes."
     )
     epochs: int = Field(30, ge=1, description="Maximum passes over the forget set (each forget batch is paired with a retain batch).")
     lr: float = Field(5e-3, gt=0, description="Adam learning rate of the adapters.")
