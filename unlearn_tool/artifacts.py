@@ -22,6 +22,9 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
 
 from .checkpoint import (
     ADAPTER_MARKER,
+    HF_CONFIG,
+    HF_EXTRA,
+    HF_WEIGHTS,
     check_finite,
     dtypes_of,
     load_into,
@@ -79,10 +82,6 @@ class Artifact(ABC):
     def info(self) -> dict[str, Any]:
         """The provenance a report records for this artifact."""
         return {"path": str(self.path.resolve()), "kind": self.kind, "sha256": self.sha256, "metadata": self.fields}
-
-
-HF_CONFIG, HF_WEIGHTS = "config.json", "model.safetensors"  # a save_pretrained folder (transformers)
-HF_EXTRA = ("preprocessor_config.json",)  # copied into a merged folder output when the input folder has it
 
 
 def is_hf_folder(path: Path) -> bool:

@@ -13,6 +13,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
+from .checkpoint import HF_CONFIG
 from .errors import ModelError
 from .request import ModelSpec
 from .usercode import CodePolicy, import_model_module, one_line as _one_line  # noqa: F401 (CodePolicy re-exported)
@@ -76,8 +77,6 @@ def _torchvision_model(name: str, kwargs: dict) -> nn.Module:
 
 # ---------------------------------------------------------------- Hugging Face transformers (hf:<folder>)
 
-HF_CONFIG = "config.json"
-HF_WEIGHTS = "model.safetensors"
 HF_OFFLINE = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 
 

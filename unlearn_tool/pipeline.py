@@ -22,7 +22,7 @@ from torch import nn
 from . import __version__
 from .artifacts import CheckpointArtifact, is_checkpoint, write_adapter, write_hf_folder, write_merged
 from .audit.registry import finite
-from .checkpoint import check_output, dtypes_of, non_finite
+from .checkpoint import check_output, dtypes_of, load_into, non_finite
 from .data import LabelledData
 from .errors import AuditError, CheckpointError, DivergedError, MethodError, UnlearnError
 from .evaluate import predict_logits, remember_predictions
@@ -147,6 +147,7 @@ def plan_apply(
     audit: bool = False,
     gates: Optional[list[str]] = None,
     reference: Optional[str | Path] = None,
+    summary_samples: Optional[int] = SUMMARY_SAMPLES,
 ) -> ApplyPlan:
     """Check method, parameters, output and audit settings: every input error fails here, before any work.
 
@@ -165,7 +166,7 @@ def plan_apply(
     hf_source = None if adapter else hf_output_folder(req, out_path)
     check_output(out_path, "dir" if adapter or hf_source else "file", force, protect={"input checkpoint": ckpt, "request": req.path})
     plan = ApplyPlan(method=name, params=method_params, adapter=adapter, output=out_path, force=force, audit=audit,
-                     hf_source=hf_source)
+                     hf_source=hf_source, summary_samples=summary_samples)
     if audit:
         from .audit.gates import parse_gates
 
@@ -341,8 +342,7 @@ def apply_request(
     if seed is not None:
         check_seed(seed)
     plan = plan_apply(req, checkpoint, method=method, params=params, output=output, adapter_only=adapter_only,
-                      force=force, audit=audit)
-    plan.summary_samples = summary_samples
+                      force=force, audit=audit, summary_samples=summary_samples)
     job = prepare(req, checkpoint, device=device, seed=seed, code=code, num_workers=num_workers)
     reference = None
     if plan.audit and plan.reference is not None:
@@ -399,19 +399,16 @@ def train_request(
     return train_checkpoint(job, output, config, exclude_forget=exclude_forget, force=force, progress=progress, init=init)
 
 
-def init_from(model: nn.Module, path: str | Path, arch: str) -> list[str]:
+def init_from(model: nn.Module, init: CheckpointArtifact, arch: str) -> list[str]:
     """Start from a pre-trained checkpoint of the same architecture: every tensor is loaded, except those whose shape
     differs (a new head for another number of classes), which keep their fresh initialisation; returns their names."""
-    tensors = CheckpointArtifact(path).tensors
-    own = model.state_dict()
+    tensors, own = init.tensors, model.state_dict()
     foreign = sorted(set(tensors) ^ set(own))
     if foreign:
-        raise CheckpointError(f"--init {path} does not match {arch}: {'missing' if foreign[0] in own else 'unexpected'} {foreign[0]}"
+        raise CheckpointError(f"--init {init.path} does not match {arch}: {'missing' if foreign[0] in own else 'unexpected'} {foreign[0]}"
                               f"{f' (+{len(foreign) - 1} more)' if len(foreign) > 1 else ''}; give a checkpoint of the request's architecture")
     fresh = sorted(k for k in own if tuple(tensors[k].shape) != tuple(own[k].shape))
-    from .checkpoint import load_into
-
-    load_into(model, {k: (own[k] if k in fresh else tensors[k]) for k in own}, arch, path)
+    load_into(model, {k: (own[k] if k in fresh else tensors[k]) for k in own}, arch, init.path)
     return fresh
 
 
@@ -435,7 +432,8 @@ def train_checkpoint(
     data = job.splits.retain if exclude_forget else job.splits.train
     job.seed_everything()
     model = job.make_model()
-    fresh = init_from(model, init, job.request.model.arch) if init is not None else []
+    init_artifact = CheckpointArtifact(init) if init is not None else None
+    fresh = init_from(model, init_artifact, job.request.model.arch) if init_artifact is not None else []
     start = time.perf_counter()
     fit(model, data, config, job.device, torch.Generator().manual_seed(job.seed), progress, task="train")
     wall = time.perf_counter() - start
@@ -444,7 +442,7 @@ def train_checkpoint(
         raise DivergedError(f"training diverged: {len(bad)} tensor(s) hold NaN/Inf (first: {bad[0][0]}); nothing was written; lower --lr")
     sets = summary_sets(job)
     figures = utility(model, job, sets=sets)
-    extra = {"init_sha256": CheckpointArtifact(init).sha256} if init is not None else {}
+    extra = {"init_sha256": init_artifact.sha256} if init_artifact is not None else {}
     fields = output_fields(job, trained_on="retain" if exclude_forget else "train", train_config=config.model_dump(),
                            wall_time_s=round(wall, 4), **extra)
     if hf_source is not None:

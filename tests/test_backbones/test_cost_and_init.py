@@ -81,3 +81,27 @@ def test_train_init_fine_tunes_from_a_pretrained_checkpoint(digits_dir, tmp_path
     assert fields["init_sha256"] and fields["trained_on"] == "train"
     r = invoke("train", "-r", req, "-o", tmp_path / "ft.retrain.safetensors", "--init", init, "--exclude-forget", "--epochs", "1", "--json", "--quiet")
     assert r.exit_code == 0 and json.loads(r.stdout)["train_size"] == 1291
+
+
+def test_in_memory_subsets_are_views_not_copies():
+    x, y = torch.randn(50, 3, 4, 4), torch.arange(50) % 5
+    data = LabelledData.from_tensors(x, y)
+    sub = data.subset(torch.arange(10, 40))
+    subsub = sub.subset([0, 5, 29])
+    assert sub._x.data_ptr() == subsub._x.data_ptr() == x.data_ptr()  # one tensor, however deep the subsets
+    assert torch.equal(subsub.x, x[[10, 15, 39]]) and subsub.targets.tolist() == y[[10, 15, 39]].tolist()
+    gen = torch.Generator().manual_seed(0)
+    xb, yb = next(sub.batches(8, shuffle=True, generator=gen))
+    order = torch.randperm(30, generator=torch.Generator().manual_seed(0))[:8]
+    assert torch.equal(xb, x[10 + order]) and torch.equal(yb, y[10 + order])
+    assert torch.equal(sub.take(torch.tensor([1, 2]))[0], x[[11, 12]])
+    assert sub.input_shape() == (3, 4, 4)
+
+
+def test_training_skips_a_last_batch_of_one_sample():
+    """N % batch_size == 1 used to crash `unlearn train` on BatchNorm models (a ResNet at 1x1 spatial size)."""
+    from unlearn_tool.training import TrainConfig, fit
+
+    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 3))
+    data = LabelledData.from_tensors(torch.randn(65, 4), torch.arange(65) % 3)
+    fit(model, data, TrainConfig(epochs=2, batch_size=64), torch.device("cpu"), torch.Generator().manual_seed(0))

@@ -9,7 +9,6 @@ import json
 import os
 import stat
 
-import pytest
 import torch
 from safetensors import safe_open
 
