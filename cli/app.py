@@ -64,13 +64,27 @@ app = typer.Typer(
     cls=OneLineErrors,
     help="Make a trained PyTorch classifier forget part of its training data, and show that it did.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion for bash, zsh, fish, PowerShell
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help: flags read as flags (no "<bool>"), and it renders the same in any terminal or pipe
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from unlearn_tool import __version__
+
+        typer.echo(f"unlearn {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version and exit.")) -> None:
+    """Make a trained PyTorch classifier forget part of its training data, and show that it did."""
 
 DeviceOpt = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps.")
 RequestOpt = typer.Option(..., "--request", "-r", help="Deletion-request YAML.", show_default=False)
-CodePathOpt = typer.Option([], "--code-path", help="A folder of your own model code that python:<module>:<callable> may load from (repeatable; the request's folder always counts).", show_default=False)
+CodePathOpt = typer.Option([], "--code-path", metavar="DIR", help="A folder of your own model code that python:<module>:<callable> may load from (repeatable; the request's folder always counts).", show_default=False)
 NumWorkersOpt = typer.Option(0, "--num-workers", min=0, max=256, help="Worker processes that read image files (imagefolder, csv sources) while batches are computed (0: in the main process).")
 TrustCodeOpt = typer.Option(False, "--trust-code", help="Let python:<module>:<callable> load installed and standard-library modules too (runs whatever the request names: only for requests you trust).")
 

@@ -14,29 +14,42 @@ from .common import err, handle_errors, markup_safe, print_json, progress_bars
 from .app import CodePathOpt, DeviceOpt, NumWorkersOpt, RequestOpt, TrustCodeOpt, app, code_policy
 
 
+SHORT = {"RA %": "RA%", "UA %": "UA%", "TA %": "TA%", "TA remaining %": "TA kept%", "TA forgotten %": "TA fgt%",
+         "MIA-Efficacy %": "MIA-E%", "loss AUC": "AUC", "wall s": "s", "time / retrain %": "t/rt%"}
+
+
 def print_table(bench: dict[str, Any], folder: Path) -> None:
-    """The comparison as a rich table on stderr, then failures and where the files are."""
+    """The comparison as a rich table on stderr that fits the terminal (or $COLUMNS), then failures and the files."""
+    import os
+
     from rich.console import Console
     from rich.table import Table
 
-    from unlearn_tool.bench import best_method, gap_label, table
+    from unlearn_tool.bench import best_method, gap_label, pareto_front, table
 
-    console = Console(stderr=True)
-    if not console.is_terminal:  # a log file or pipe: do not fold the table into 80 columns
-        console = Console(stderr=True, width=200)
+    width = int(os.environ["COLUMNS"]) if os.environ.get("COLUMNS", "").isdigit() else None
+    console = Console(stderr=True, width=width) if width or Console(stderr=True).is_terminal else Console(stderr=True, width=200)
     header, rows = table(bench)
     req = bench["request"]
-    t = Table(title=markup_safe(f"bench of request {req['id']} ({req['scenario']} unlearning), mean ± std over seeds {', '.join(map(str, bench['seeds']))}"))
+    compact = console.width < 180
+    t = Table(title=markup_safe(f"bench of request {req['id']} ({req['scenario']} unlearning), mean ± std over seeds {', '.join(map(str, bench['seeds']))}"),
+              padding=(0, 1) if not compact else (0, 0), collapse_padding=True)
     for i, h in enumerate(header):
-        t.add_column(h, justify="left" if i == 0 or h == "error" else "right", no_wrap=h != "error", overflow="fold")
+        label = ("Gap" if h == gap_label(bench) else SHORT.get(h, h)) if compact else h
+        wraps = h in ("error", "status") or compact
+        t.add_column(label, justify="left" if i == 0 or h in ("error", "status") else "right", no_wrap=not wraps, overflow="fold")
     has_errors = header[-1] == "error"
     for r in rows:
         t.add_row(*(markup_safe(c) for c in r), style=("red" if r[-1].startswith("FAILED") else "yellow" if r[-1] else None) if has_errors else None)
     console.print(t)
+    if compact:
+        console.print(f"Gap = {gap_label(bench)} (points); kept/fgt = remaining/forgotten classes; MIA-E = MIA-Efficacy; "
+                      "s = method wall time; t/rt = time over retraining", highlight=False)
     if bench["baseline"] == "original":
         console.print("[yellow]no --reference or --retrain: Avg Gap is the distance from the original, not to a retrained model[/yellow]", highlight=False)
     elif (best := best_method(bench)) is not None:
-        console.print(f"lowest {gap_label(bench)}: [bold]{markup_safe(best)}[/bold]", highlight=False)
+        console.print(f"lowest {gap_label(bench)}: [bold]{markup_safe(best)}[/bold]; Pareto front (time vs gap): "
+                      f"{markup_safe(', '.join(pareto_front(bench)))}", highlight=False)
     console.print(f"reports in {markup_safe(folder)} (bench.json, bench.csv, bench.md, bench.png)", highlight=False)
 
 
@@ -50,7 +63,7 @@ def bench(
     reference: Optional[Path] = typer.Option(None, "--reference", help="Retrained-without-the-forget-set checkpoint: Avg Gap baseline (audited once); its wall_time_s metadata gives the retraining time."),
     retrain: bool = typer.Option(False, "--retrain", help="Run the retrain method once per seed as the baseline (and the retraining time)."),
     report_dir: Optional[Path] = typer.Option(None, "--report-dir", help="Where to write bench.json/.csv/.md/.png (default <checkpoint stem>.bench/ beside it)."),
-    param: list[str] = typer.Option([], "--param", help="METHOD.key=value for one method (repeatable), e.g. finetune.epochs=2; retrain.* also sets the --retrain baseline's."),
+    param: list[str] = typer.Option([], "--param", metavar="K=V", help="METHOD.key=value for one method (repeatable), e.g. finetune.epochs=2; retrain.* also sets the --retrain baseline's."),
     device: str = DeviceOpt,
     as_json: bool = typer.Option(False, "--json", help="Print bench.json on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or table."),

@@ -36,20 +36,26 @@ def _print_before_after(before: dict, after: dict, title: str) -> None:
 @handle_errors
 def apply(
     checkpoint: Path = typer.Argument(..., help="Trained model (.safetensors, or a save_pretrained folder for hf:<folder> models)."),
-    request: Path = RequestOpt,
+    request: list[Path] = typer.Option(..., "--request", "-r", help="Deletion-request YAML (repeatable: several requests on the same model and data, applied in order, each a step of the lineage).", show_default=False),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output path (default <stem>.unlearned.safetensors beside the input; <folder>.unlearned/ for a save_pretrained folder)."),
     adapter_only: Optional[bool] = typer.Option(None, "--adapter-only/--merged", help="Write a PEFT adapter folder (LoRA methods) or merged weights; default: the request's output.mode.", show_default=False),
     method: Optional[str] = typer.Option(None, "--method", help="Override the request's method.name."),
-    param: list[str] = typer.Option([], "--param", help="Method parameter k=v (repeatable); overrides the request's."),
+    param: list[str] = typer.Option([], "--param", metavar="K=V", help="Method parameter k=v (repeatable); overrides the request's."),
     device: str = DeviceOpt,
     seed: Optional[int] = typer.Option(None, "--seed", help="Override the request's seed."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing output (only a checkpoint, or an adapter folder this tool wrote)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or tables."),
     audit: bool = typer.Option(False, "--audit", help="Audit the result right away (request's audit.gates and audit.reference); exit 3 if a gate fails."),
+    retrain_affected: bool = typer.Option(False, "--retrain-affected", help="Exact artifacts (train --exact): retrain the truncated stages on the remaining data (SISA's deletion) instead of only deactivating them."),
     report_dir: Optional[Path] = typer.Option(None, "--report-dir", help="With --audit: where to write the reports (default <output stem>.audit/)."),
     summary_samples: int = typer.Option(1000, "--summary-samples", min=0, help="Retain and test samples the before/after summary evaluates (seeded; the forget set is always whole; 0: every sample). The audit evaluates everything."),
     num_workers: int = NumWorkersOpt,
+    keep_on_fail: bool = typer.Option(True, "--keep-on-fail/--no-keep-on-fail", help="With --audit: keep the output when the verdict is fail (default; exit 3 either way), or remove it again."),
+    ledger: Optional[Path] = typer.Option(None, "--ledger", metavar="FILE", help="The JSON-lines ledger to read the checkpoint's lineage from and to extend (default <stem>.ledger.jsonl beside the checkpoint / the output)."),
+    ignore_lineage: bool = typer.Option(False, "--ignore-lineage", help="Do not exclude the checkpoint's earlier deletions from the data (when their ledger is lost)."),
+    record_ids: bool = typer.Option(False, "--record-ids", help="Also record the forgotten record IDs themselves in the output and the ledger (default: count and digest only)."),
+    allow_missing: bool = typer.Option(False, "--allow-missing", help="Forget the IDs that are in the data and report the others (default: unknown IDs are an error)."),
     code_path: list[Path] = CodePathOpt,
     trust_code: bool = TrustCodeOpt,
 ) -> None:
@@ -61,20 +67,67 @@ def apply(
     with progress_bars(not quiet and not as_json) as progress:
         outcome = commands.apply(request, checkpoint, method=method, params=params, output=output, adapter_only=adapter_only,
                                 force=force, device=device, seed=seed, code=code_policy(code_path, trust_code),
-                                audit=audit, report_dir=report_dir, progress=progress, summary_samples=summary_samples or None,
-                                num_workers=num_workers)
+                                audit=audit, report_dir=report_dir, keep_on_fail=keep_on_fail, ledger=ledger,
+                                ignore_lineage=ignore_lineage, record_ids=record_ids, allow_missing=allow_missing, progress=progress,
+                                summary_samples=summary_samples or None, num_workers=num_workers,
+                                **({"retrain_affected": True} if retrain_affected else {}))
     result = outcome.result
+    if result is None:  # another rank than 0 under torchrun: rank 0 reports
+        return
     for w in result.warnings:
         err(f"warning: {w}")
+    outcome.timings = {"startup_s": _since_process_start() - sum(outcome.timings.values()), **outcome.timings,
+                       "process_s": _since_process_start()}
     if as_json:
         print_json(outcome.summary())
     elif not quiet:
         _print_before_after(result.before, result.after, f"{result.method} on request {outcome.job.request.id}")
-        err(f"wrote {result.output} ({result.mode}) in {result.wall_time_s:.2f}s of unlearning")
+        stop = _stop_line(result.info, result.params)
+        if stop:
+            err(stop)
+        if result.before.get("test_remaining_acc") is not None:
+            err("test_acc counts every test sample, the forgotten classes included; test_remaining_acc is the utility on the classes kept")
+        err(f"wrote {result.output} ({result.mode}) in {result.wall_time_s:.2f}s of unlearning"
+            + (" — then removed it: the audit failed (--no-keep-on-fail)" if outcome.removed else ""))
+        for note in getattr(result, "notes", []):  # an exact deletion's figures and guarantee
+            err(note)
+        summary = outcome.summary()
+        if summary.get("ledger"):
+            err(f"lineage: {summary['lineage_steps']} deletion(s) since the original; ledger {summary['ledger']}"
+                + (f"; {summary['excluded_earlier']} samples of earlier deletions left out of the data" if summary["excluded_earlier"] else ""))
+        if summary["missing_ids"]:
+            err(f"{len(summary['missing_ids'])} requested ID(s) are not in the data and were skipped (--allow-missing)")
     if outcome.report is not None:
         from .audit import finish
 
         finish(outcome.report, outcome.report_dir, as_json=False, quiet=as_json or quiet)  # stdout already holds the apply summary
+
+
+def _since_process_start() -> float:
+    """Seconds since this process started (start-up included), for the timing breakdown."""
+    import time
+
+    try:
+        import psutil
+
+        return time.time() - psutil.Process().create_time()
+    except Exception:  # noqa: BLE001 - psutil missing: from the first import of this module
+        return time.perf_counter() - _IMPORTED_AT
+
+
+_IMPORTED_AT = __import__("time").perf_counter()
+
+
+def _stop_line(info: dict, params: dict) -> Optional[str]:
+    """Why an iterative method stopped, in one line ("target reached after 7 of 30 passes")."""
+    reason, done, total = info.get("stop_reason"), info.get("epochs_run"), params.get("epochs")
+    if reason is None or done is None:
+        return None
+    if reason == "criterion":
+        return f"stopped early: target reached after {done} of {total} passes"
+    if reason == "diverged":
+        return f"stopped after {done} of {total} passes: the loss diverged; the last finite weights were kept"
+    return f"ran all {done} passes" + (" (the stopping target was not reached)" if params.get("stop") == "criterion" else "")
 
 
 @app.command()
@@ -105,6 +158,8 @@ def validate(
         f"ok: request {info['request_id']}: {info['scenario']} unlearning of {info['forget_size']} of {info['train_size']} train samples "
         f"({info['num_classes']} classes), method {info['method']}" + (f", checkpoint matches {info['checkpoint_matches']}" if checkpoint else "")
     ))
+    if info.get("exact_note"):
+        typer.echo(plain(info["exact_note"]))
 
 
 def _last_error() -> Optional[str]:
@@ -129,6 +184,10 @@ def inspect(
     from rich.console import Console
     from rich.table import Table
 
+    if info["kind"] == "exact":
+        _print_exact(checkpoint, info)
+        return
+
     rows = info["tensors"]
     table = Table(title=markup_safe(f"{checkpoint} ({info['kind']}) — {len(rows)} tensors, {info['parameters']:,} values"))
     for col in ("name", "shape", "dtype"):
@@ -140,6 +199,31 @@ def inspect(
     console.print(table)
     for k, v in sorted(info["raw_metadata"].items()):
         console.print(f"[bold]{markup_safe(k)}[/bold]: {markup_safe(v)}", highlight=False)
+
+
+def _print_exact(path: Path, info: dict) -> None:
+    """`unlearn inspect` of an exact artifact: one row per shard and sequence, its stages, and the budget."""
+    from rich.console import Console
+    from rich.table import Table
+
+    b = info["budget"]
+    table = Table(title=markup_safe(f"{path} (exact {info['method']}) — {b['active_components']} of {b['components']} components active, "
+                                    f"{b['active_shards']} of {len(info['shards'])} shards serving, {len(info['deletions'])} deletion(s)"))
+    for col in ("shard", "size", "sequence", "slice order", "active prefix", "stages (slices seen: status)", "serves"):
+        table.add_column(col)
+    for sh in info["shards"]:
+        for seq in sh["sequences"]:
+            stages = " ".join(f"{''.join(map(str, st['slices']))}:{'A' if st['status'] == 'active' else 'x'}" + (f"g{st['generation']}" if st["generation"] else "")
+                              for st in seq["stages"])
+            serving = sh["serving"] is not None and sh["serving"]["sequence"] == seq["sequence"]
+            table.add_row(str(sh["shard"]), str(sh["size"]), str(seq["sequence"]), ",".join(map(str, seq["order"])),
+                          f"{seq['prefix']}/{len(seq['stages'])}", stages, "yes" if serving else "")
+    console = Console()
+    console.print(table)
+    console.print(f"deletion budget: {b['deletions_left']} more worst-case single-sample deletions (per shard {b['per_shard']})", highlight=False)
+    console.print(markup_safe(f"guarantee: {info['guarantee']}"), highlight=False)
+    console.print(markup_safe(f"params: {info['params']}; aggregation {info['aggregation']}; seed {info['seed']}; "
+                              f"base {info['base']['source']} {info['base']['sha256'][:12]}...; manifest sha256 {info['sha256']}"), highlight=False)
 
 
 @app.command()
@@ -154,7 +238,8 @@ def train(
     optimizer: Optional[str] = typer.Option(None, "--optimizer", help="adam (default) or sgd."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Batch size (default 64)."),
     regularizer: Optional[str] = typer.Option(None, "--regularizer", help="A training regularizer: gradient-restriction (what the iau method assumes; double backprop, about 2x the training cost)."),
-    param: list[str] = typer.Option([], "--param", help="Regularizer parameter k=v, e.g. alpha=0.005 (with --regularizer)."),
+    param: list[str] = typer.Option([], "--param", metavar="K=V", help="Regularizer parameter k=v, e.g. alpha=0.005 (with --regularizer); with --exact, that method's parameter (shards=5, slices=4, ...)."),
+    exact: Optional[str] = typer.Option(None, "--exact", help="Train an exact-unlearning artifact folder: s3t or sisa (docs/exact.md); see --param."),
     device: str = DeviceOpt,
     seed: Optional[int] = typer.Option(None, "--seed", help="Override the request's seed."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing output (only a checkpoint)."),
@@ -173,9 +258,19 @@ def train(
     with progress_bars(not quiet and not as_json) as progress:
         summary = commands.train(request, output, options=options,
                                 exclude_forget=exclude_forget, force=force, device=device, seed=seed,
-                                code=code_policy(code_path, trust_code), progress=progress, init=init, num_workers=num_workers)
+                                code=code_policy(code_path, trust_code), progress=progress, init=init, num_workers=num_workers,
+                                **({"exact": exact} if exact is not None else {}))
+    if summary.get("output") is None:  # another rank than 0 under torchrun: rank 0 reports
+        return
+    for w in summary.get("warnings", []):
+        err(f"warning: {w}")
     if as_json:
         print_json(summary)
+    elif not quiet and exact is not None:
+        err(f"wrote {output} (exact {summary['method']}: {summary['shards']} shards x {summary['sequences']} sequence(s) x {summary['slices']} slices = "
+            f"{summary['components']} components): test accuracy {_fmt(summary['test_acc'])}, {summary['train_size']} training samples, "
+            f"{summary['sample_epochs']:,} sample-epochs ({summary['sample_epochs'] / summary['normal_run_sample_epochs']:.2f}x a 40-epoch run), "
+            f"{summary['wall_time_s']:.1f}s; deletion budget {summary['budget']['deletions_left']}")
     elif not quiet:
         err(f"wrote {output}: test accuracy {_fmt(summary['test_acc'])}, {summary['train_size']} training samples, {summary['wall_time_s']:.1f}s")
 
@@ -227,6 +322,75 @@ def quickstart(
     _print_before_after(summary["before"], summary["after"], "RFA-LoRA: forget digit 3 (scikit-learn digits, MLP)")
     err(f"original: {folder / 'digits_mlp.safetensors'}{' (trained now)' if summary['trained_original'] else ''}")
     err(f"unlearned: {summary['output']} in {summary['wall_time_s']:.2f}s; next: unlearn audit --help")
+
+
+@app.command()
+@handle_errors
+def merge(
+    adapter: Path = typer.Argument(..., help="An adapter folder written by `unlearn apply --adapter-only`."),
+    base: Path = typer.Option(..., "--base", help="The checkpoint the adapter was trained on (its sha256 is checked).", show_default=False),
+    output: Path = typer.Option(..., "--output", "-o", help="Where to write the merged checkpoint (.safetensors).", show_default=False),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing output (only a checkpoint)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+    code_path: list[Path] = CodePathOpt,
+    trust_code: bool = TrustCodeOpt,
+) -> None:
+    """Fold an adapter into its base checkpoint: a drop-in merged checkpoint, after which the base can be deleted."""
+    from unlearn_tool import commands
+
+    summary = commands.merge(adapter, base, output, force=force, code=code_policy(code_path, trust_code))
+    if as_json:
+        print_json(summary)
+    else:
+        err(f"wrote {output}: {base} + adapter {adapter} merged (sha256 {summary['sha256'][:12]}...); the forgotten data is now out of the weights")
+
+
+@app.command()
+@handle_errors
+def ledger(
+    args: list[str] = typer.Argument(..., help="CKPT to print its lineage, or `verify CKPT` to check every hash link.", metavar="[verify] CKPT"),
+    original: Optional[Path] = typer.Option(None, "--original", help="With verify: the checkpoint the chain starts from."),
+    ledger_file: Optional[Path] = typer.Option(None, "--ledger", metavar="FILE", help="The ledger (default <stem>.ledger.jsonl beside CKPT)."),
+    as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
+) -> None:
+    """Print a checkpoint's chain of deletions, or verify it (`verify CKPT --original O`; exit 3 when it does not verify)."""
+    from unlearn_tool import commands
+    from unlearn_tool.errors import GateFailure, UnlearnError
+
+    if args[0] == "verify":
+        if len(args) != 2 or original is None:
+            raise UnlearnError("usage: unlearn ledger verify CKPT --original ORIGINAL [--ledger FILE]")
+        info = commands.ledger_verify(Path(args[1]), original, ledger_file)
+        if as_json:
+            print_json(info)
+        else:
+            for p in info["problems"]:
+                err(f"problem: {p}")
+            typer.echo(plain(f"{'verified' if info['ok'] else 'NOT VERIFIED'}: {len(info['steps'])} step(s) from {info['original_sha256'][:12]}... "
+                             f"to {info['checkpoint_sha256'][:12]}... ({info['ledger']})"))
+        if not info["ok"]:
+            raise GateFailure(f"the lineage of {args[1]} does not verify: {info['problems'][0]}")
+        return
+    if len(args) != 1:
+        raise UnlearnError("usage: unlearn ledger CKPT, or unlearn ledger verify CKPT --original ORIGINAL")
+    info = commands.ledger_show(Path(args[0]), ledger_file)
+    if as_json:
+        print_json(info)
+        return
+    typer.echo(plain(f"{args[0]}: {len(info['steps'])} deletion(s) since original {info['original_sha256'][:12]}..."))
+    for step in info["steps"]:
+        typer.echo(plain(f"  step {step['step']}: request {step['request_id']} ({step['scenario']}, {step['forget_count']} samples, "
+                         f"digest {step['forget_digest'][:12]}...) by {step['method']} on {step['parent_sha256'][:12]}... at {step['created_utc']}"))
+
+
+@app.command()
+@handle_errors
+def examples(folder: Path = typer.Argument(..., help="A new folder to copy the example requests into.")) -> None:
+    """Copy the example deletion requests (digits, CIFAR-10, Fashion-MNIST) into FOLDER, to run the README's examples from there."""
+    from unlearn_tool.quickstart import copy_examples
+
+    for path in copy_examples(folder):
+        typer.echo(plain(path))
 
 
 from . import audit as _audit  # noqa: E402,F401  (registers the command)

@@ -10,7 +10,7 @@ from conftest import invoke
 from unlearn_tool.methods import parse_params
 from unlearn_tool.request import load_request
 
-SAMPLES = Path(__file__).resolve().parents[1] / "sample_requests"
+SAMPLES = Path(__file__).resolve().parents[1] / "unlearn_tool" / "examples"
 
 
 @pytest.mark.parametrize("path", sorted(SAMPLES.glob("*.yaml")), ids=lambda p: p.name)
@@ -26,3 +26,14 @@ def test_builtin_samples_validate_against_their_data(name):
     r = invoke("validate", "-r", SAMPLES / name)
     assert r.exit_code == 0, r.stderr
     assert r.stdout.startswith("ok: ")
+
+
+def test_examples_command_copies_the_requests_where_they_work(tmp_path):
+    r = invoke("examples", tmp_path / "ex")
+    assert r.exit_code == 0, r.stderr
+    names = sorted(p.name for p in (tmp_path / "ex").iterdir())
+    assert names == sorted(p.name for p in SAMPLES.iterdir() if p.suffix in (".yaml", ".txt"))
+    r = invoke("validate", "-r", tmp_path / "ex" / "digits_samples.yaml")  # its indices file resolves beside it
+    assert r.exit_code == 0, r.stderr
+    r = invoke("examples", tmp_path / "ex")
+    assert r.exit_code == 2 and "exists" in r.stderr  # never overwrites the user's edited copies

@@ -5,9 +5,10 @@
 - `CheckpointArtifact` on a folder: a Hugging Face `save_pretrained` folder (config.json + model.safetensors);
   its weights are the folder's model.safetensors, so it reads, loads and writes like a file.
 - `AdapterArtifact`: a PEFT adapter folder (`apply --adapter-only`), evaluated as base + adapter.
+- `EnsembleArtifact`: an exact-unlearning folder (`train --exact s3t|sisa`), evaluated as its shards' ensemble.
 
 `open_artifact(path)` picks the kind from what is on disk. New kinds (an exact-unlearning ensemble
-folder) implement the same methods: `sha256`, `fields`, `load(job)`, `describe()`.
+folder, `EnsembleArtifact`) implement the same methods: `sha256`, `fields`, `load(job)`, `describe()`.
 """
 
 from __future__ import annotations
@@ -188,7 +189,7 @@ class AdapterArtifact(Artifact):
         self.check_trained()
         parent = self.fields.get("parent_sha256")
         if parent and ctx.base_sha256 and parent != ctx.base_sha256:
-            raise AuditError(f"adapter {self.path} was made from a base with sha256 {str(parent)[:12]}..., not {ctx.base_sha256[:12]}...; give that base as --original")
+            raise AuditError(f"adapter {self.path} was made from a base with sha256 {str(parent)[:12]}..., not {ctx.base_sha256[:12]}...; give that base checkpoint (--original for audit, --base for merge)")
         from peft import PeftModel
 
         from .lora import quiet_peft
@@ -211,9 +212,71 @@ class AdapterArtifact(Artifact):
                 "metadata": self.fields, "raw_metadata": raw, "adapter_config": config}
 
 
+class EnsembleArtifact(Artifact):
+    """An exact-unlearning folder (`unlearn train --exact s3t|sisa`): manifest.json, base, assignment, one safetensors
+    file per active component. Opening it checks the manifest's schema and every file's sha256 (docs/exact.md)."""
+
+    kind = "exact"
+
+    def __init__(self, path: str | Path):
+        super().__init__(path)
+        from .exact.manifest import FIX, lineage_violations, read_assignment, read_manifest
+
+        self.manifest, self._sha256 = read_manifest(self.path)
+        self.assignment = read_assignment(self.path, self.manifest)
+        bad = lineage_violations(self.manifest, *self.assignment)
+        if bad:
+            raise CheckpointError(f"exact artifact {self.path}: {bad[0]}, which its own deletion log forbids; {FIX}")
+
+    @property
+    def sha256(self) -> str:  # type: ignore[override]
+        """The manifest's sha256: it records every component's sha256, so it pins the whole artifact."""
+        return self._sha256
+
+    @property
+    def fields(self) -> dict[str, Any]:
+        m = self.manifest
+        return {"format": m.format, "method": m.method, "params": m.params, "seed": m.seed, "request_id": m.request_id,
+                "model_arch": m.model.arch, "base_sha256": m.base.sha256, "assignment_digest": m.assignment.digest,
+                "deletions": len(m.deletions), "deleted_samples": len(m.deleted()), "budget": m.budget(),
+                "parent_sha256": m.deletions[-1].parent_manifest_sha256 if m.deletions else None,
+                "guarantee": self.guarantee()}
+
+    @property
+    def raw_metadata(self) -> dict[str, str]:
+        return metadata_for(self.fields)
+
+    @property
+    def dtypes(self) -> dict[str, "torch.dtype"]:
+        return {}
+
+    def guarantee(self) -> str:
+        from .exact.run import guarantee_text
+
+        return guarantee_text(self.manifest)
+
+    def load(self, ctx: LoadContext) -> "nn.Module":
+        from .exact.ensemble import load_ensemble
+
+        return load_ensemble(self, ctx)
+
+    def describe(self) -> dict[str, Any]:
+        from .exact.run import describe_exact
+
+        return describe_exact(self)
+
+    def info(self) -> dict[str, Any]:
+        return {**super().info(), "notes": [self.guarantee()]}
+
+
 def open_artifact(path: str | Path) -> Artifact:
-    """The artifact at `path`, by what is there: a save_pretrained folder or a file is a checkpoint, another folder an adapter."""
+    """The artifact at `path`, by what is there: a folder with an exact manifest is an ensemble, a save_pretrained
+    folder or a file a checkpoint, another folder an adapter."""
+    from .exact import is_exact_folder
+
     path = Path(path)
+    if is_exact_folder(path):
+        return EnsembleArtifact(path)
     if path.is_dir() and not is_hf_folder(path):
         return AdapterArtifact(path)
     return CheckpointArtifact(path)

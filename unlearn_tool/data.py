@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import stat
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Optional, Sequence
@@ -42,17 +42,19 @@ class LabelledData:
     Other sources (image files, read lazily) go through a DataLoader with `num_workers` worker processes.
     """
 
-    def __init__(self, dataset: Dataset, targets: torch.Tensor, x: Optional[torch.Tensor] = None, num_workers: int = 0,
-                 rows: Optional[torch.Tensor] = None):
+    def __init__(self, dataset: Dataset, targets: torch.Tensor, x: Optional[torch.Tensor] = None, ids: Optional[list[str]] = None,
+                 num_workers: int = 0, rows: Optional[torch.Tensor] = None):
         self.dataset = dataset
         self.targets = targets.long()
         self._x = x  # set when all inputs are in memory (for a subset: the whole tensor it is a view of)
         self._rows = rows  # a subset's positions in _x (None: all of _x, in order)
+        self.ids = ids  # record IDs, one per sample, when the source has them (strings)
+        self.labelled = True  # False: a train split without labels (targets are -1, or the original's predictions)
         self.num_workers = num_workers  # DataLoader workers for lazily read data (ignored in memory)
 
     @classmethod
-    def from_tensors(cls, x: torch.Tensor, y: torch.Tensor) -> "LabelledData":
-        return cls(torch.utils.data.TensorDataset(x, y), y, x=x)
+    def from_tensors(cls, x: torch.Tensor, y: torch.Tensor, ids: Optional[list[str]] = None) -> "LabelledData":
+        return cls(torch.utils.data.TensorDataset(x, y), y, x=x, ids=ids)
 
     @property
     def x(self) -> Optional[torch.Tensor]:
@@ -70,25 +72,37 @@ class LabelledData:
 
     def subset(self, indices: Sequence[int] | torch.Tensor) -> "LabelledData":
         idx = torch.as_tensor(indices, dtype=torch.long)
+        ids = [self.ids[i] for i in idx.tolist()] if self.ids is not None else None
         if self._x is not None:
             rows = idx if self._rows is None else self._rows[idx]
-            return LabelledData(torch.utils.data.Subset(self.dataset, idx.tolist()), self.targets[idx], x=self._x, rows=rows)
-        return LabelledData(torch.utils.data.Subset(self.dataset, idx.tolist()), self.targets[idx], num_workers=self.num_workers)
+            out = LabelledData(torch.utils.data.Subset(self.dataset, idx.tolist()), self.targets[idx], x=self._x, ids=ids, rows=rows)
+        else:
+            out = LabelledData(torch.utils.data.Subset(self.dataset, idx.tolist()), self.targets[idx], ids=ids,
+                               num_workers=self.num_workers)
+        out.labelled = self.labelled
+        return out
 
     def batches(
         self, batch_size: int, shuffle: bool = False, generator: Optional[torch.Generator] = None
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Yield (x, y) CPU batches; shuffled with `generator` when asked."""
+        """Yield (x, y) CPU batches; shuffled with `generator` when asked.
+
+        Under `distributed.data_parallel()` a shuffled (training) pass yields this rank's part of each global batch.
+        """
+        from .distributed import shard
+
         n = len(self)
         if self._x is not None:
             order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
             for start in range(0, n, batch_size):
                 idx = order[start:start + batch_size]
-                yield self._inputs(idx), self.targets[idx]
+                x, y = self._inputs(idx), self.targets[idx]
+                yield shard(x, y) if shuffle else (x, y)
             return
         loader = DataLoader(self.dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, num_workers=self.num_workers)
         for x, y in loader:
-            yield x.float(), torch.as_tensor(y).long()
+            x, y = x.float(), torch.as_tensor(y).long()
+            yield shard(x, y) if shuffle else (x, y)
 
     def take(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The batch (x, y) at positions `idx`."""
@@ -108,6 +122,34 @@ class LabelledData:
         return tuple(torch.as_tensor(x).shape)
 
 
+def _bytes_of(t: torch.Tensor) -> bytes:
+    return t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+
+
+def fingerprint(data: LabelledData) -> str:
+    """sha256 over the inputs and labels when in memory; else labels, length, the file list and a strided sample of inputs."""
+    import hashlib
+    import json
+
+    h = hashlib.sha256()
+    h.update(f"n={len(data)}\n".encode())
+    h.update(_bytes_of(data.targets))
+    if data.x is not None:
+        h.update(f"{data.x.dtype}|{tuple(data.x.shape)}\n".encode())
+        h.update(_bytes_of(data.x))
+    else:
+        samples = getattr(data.dataset, "samples", None)  # ImageFolder: (path, class) pairs
+        if samples is not None:
+            h.update(json.dumps([[str(a), int(b)] for a, b in samples]).encode())
+        n = len(data)
+        idx = torch.unique(torch.linspace(0, n - 1, min(n, 64)).long())
+        x, _ = data.take(idx)
+        h.update(_bytes_of(x.float()))
+    if data.ids is not None:
+        h.update(json.dumps(data.ids).encode())
+    return h.hexdigest()
+
+
 @dataclass
 class Splits:
     """What a request's data resolves to: train split, test split, and the forget/retain partition."""
@@ -118,6 +160,11 @@ class Splits:
     retain_idx: torch.Tensor
     scenario: str  # "class" or "sample"
     forget_classes: list[int]
+    missing_ids: list[str] = field(default_factory=list)  # requested IDs not in the data (--allow-missing)
+    excluded: int = 0  # train samples removed because earlier requests in the lineage forgot them
+    already_forgotten: int = 0  # of this request's samples, how many earlier requests had forgotten already
+    forget_positions: Optional[torch.Tensor] = None  # the forget set as positions in the full train split (for the ledger)
+    forget_ids: Optional[list[str]] = None  # and as record IDs, when the data has them
 
     @cached_property
     def forget(self) -> LabelledData:
@@ -213,10 +260,12 @@ def _load_tensors(spec: DataSpec, path: Path, where: str) -> LabelledData:
             tensors = load_file(str(path))
     except Exception as e:  # noqa: BLE001 - any parse failure is the user's file
         raise DataError(f"{where}.path: {path} is not a readable .safetensors/.npz file ({type(e).__name__}); save x and y with safetensors.torch.save_file") from None
-    missing = [k for k in ("x", "y") if k not in tensors]
+    missing = [k for k in ("x", "y") if k not in tensors and not (k == "y" and where == "data.train")]
     if missing:
         raise DataError(f"{where}.path: {path} lacks key(s) {', '.join(missing)}; it must hold x (N, ...) float and y (N,) int64")
-    x, y = tensors["x"], tensors["y"]
+    x = tensors["x"]
+    labelled = "y" in tensors  # a train split may come without labels, for label-free methods (checked in Job.prepare)
+    y = tensors["y"] if labelled else torch.full((x.shape[0],), -1, dtype=torch.long)
     if y.dim() != 1 or x.shape[0] != y.shape[0]:
         raise DataError(f"{where}.path: {path}: x has {tuple(x.shape)} and y {tuple(y.shape)}; y must be (N,) with N = len(x)")
     if y.dtype.is_floating_point or y.dtype == torch.bool:
@@ -226,9 +275,46 @@ def _load_tensors(spec: DataSpec, path: Path, where: str) -> LabelledData:
     x = x.float()
     if not bool(torch.isfinite(x).all()):
         raise DataError(f"{where}.path: {path}: x holds NaN or Inf values; clean the data (every input must be finite)")
+    ids = None
+    if "ids" in tensors:
+        raw = tensors["ids"]
+        if raw.dim() != 1 or raw.shape[0] != x.shape[0] or raw.dtype.is_floating_point or raw.dtype == torch.bool:
+            raise DataError(f"{where}.path: {path}: ids has dtype {raw.dtype} and shape {tuple(raw.shape)}; record IDs must be (N,) integers (or use ids_path)")
+        ids = [str(int(v)) for v in raw.tolist()]
+    if spec.ids_path:
+        ids = read_id_lines(_resolve(path.parent, spec.ids_path) if not Path(spec.ids_path).is_absolute() else Path(spec.ids_path),
+                            f"{where}.ids_path")
+        if len(ids) != x.shape[0]:
+            raise DataError(f"{where}.ids_path: {len(ids)} IDs for {x.shape[0]} samples; give one ID per line, in the samples' order")
     x = _resize(x, spec.preprocess.resize, where)
     x = _normalize(x, spec.preprocess.normalize, where)
-    return LabelledData.from_tensors(x.contiguous(), y.long())
+    data = LabelledData.from_tensors(x.contiguous(), y.long(), check_unique_ids(ids, where))
+    data.labelled = labelled
+    return data
+
+
+def read_id_lines(path: Path, where: str) -> list[str]:
+    """One record ID per line (UTF-8; surrounding blanks stripped; blank lines and # comments skipped)."""
+    from .request import read_regular_file
+
+    raw = read_regular_file(path, f"{where}:", "give a text file with one record ID per line")
+    try:
+        lines = raw.decode("utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise DataError(f"{where}: {path} is not UTF-8 text; give one record ID per line") from None
+    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+
+
+def check_unique_ids(ids: Optional[list[str]], where: str) -> Optional[list[str]]:
+    """Record IDs must name one sample each: a duplicate would make a deletion ambiguous."""
+    if ids is None:
+        return None
+    seen: set[str] = set()
+    dups = [i for i in ids if i in seen or seen.add(i)]  # type: ignore[func-returns-value]
+    if dups:
+        raise DataError(f"{where}: {len(dups)} duplicate record ID(s) in the data (e.g. line/sample of ID #{ids.index(dups[0])}); "
+                        "each sample needs its own ID")
+    return ids
 
 
 def _load_digits(spec: DataSpec, role: str, where: str) -> LabelledData:
@@ -343,7 +429,8 @@ def _load_imagefolder(spec: DataSpec, path: Path, where: str) -> LabelledData:
         ds = torchvision.datasets.ImageFolder(str(path), transform=_image_transform(spec))
     except (FileNotFoundError, RuntimeError) as e:
         raise DataError(f"{where}.path: {path}: {e}; give a folder with one sub-folder of images per class") from None
-    return LabelledData(ds, torch.tensor(ds.targets, dtype=torch.long))
+    ids = [Path(p).relative_to(path).as_posix() for p, _ in ds.samples]  # the record ID of an image is its path in the folder
+    return LabelledData(ds, torch.tensor(ds.targets, dtype=torch.long), ids=check_unique_ids(ids, where))
 
 
 class ImageFiles(Dataset):
@@ -367,8 +454,8 @@ CSV_FIX = "give a CSV with a header row path,label (and optionally id): one imag
 
 
 def _load_csv(spec: DataSpec, path: Path, where: str) -> LabelledData:
-    """A manifest: a CSV with columns path,label (optional id); paths relative to the CSV's folder. Nothing of the file's
-    contents is echoed in an error: rows are named by line number."""
+    """A manifest: a CSV with columns path,label (optional id: the record IDs, else the paths); paths relative to the
+    CSV's folder. Nothing of the file's contents is echoed in an error: rows are named by line number."""
     import csv
 
     if not path.is_file():
@@ -387,7 +474,7 @@ def _load_csv(spec: DataSpec, path: Path, where: str) -> LabelledData:
     if not rows:
         raise DataError(f"{where}.path: {path} lists no images; {CSV_FIX}")
     folder = path.parent
-    paths, labels, ids = [], [], []
+    paths, labels, ids, names = [], [], [], []
     for line, r in rows:
         label = (r.get("label") or "").strip()
         if not label.isdigit():
@@ -398,12 +485,17 @@ def _load_csv(spec: DataSpec, path: Path, where: str) -> LabelledData:
         paths.append(str(image))
         labels.append(int(label))
         ids.append((r.get("id") or "").strip())
-    ds = ImageFiles(paths, labels, _image_transform(spec), ids if "id" in rows[0][1] else None)
+        names.append((r.get("path") or "").strip())
+    if "id" in rows[0][1]:
+        ids = check_unique_ids(ids, where)
+    else:  # the record ID of an image is its path as the manifest writes it, when each path is listed once
+        ids = names if len(set(names)) == len(names) else None
+    ds = ImageFiles(paths, labels, _image_transform(spec), ids)
     try:
         ds[0]
     except Exception as e:  # noqa: BLE001 - PIL raises several types for a file that is not an image
         raise DataError(f"{where}.path: {path} line {rows[0][0]}: the image cannot be read ({type(e).__name__}); list image files (PNG, JPEG, ...)") from None
-    return LabelledData(ds, torch.tensor(labels, dtype=torch.long))
+    return LabelledData(ds, torch.tensor(labels, dtype=torch.long), ids=ids)
 
 
 def load_split(spec: DataSpec, role: str, base_dir: Path) -> LabelledData:
@@ -432,11 +524,28 @@ def _resolve(base_dir: Path, p: Optional[str]) -> Path:
     return path if path.is_absolute() else base_dir / path
 
 
-def resolve_forget(request: Request, train: LabelledData, num_outputs: int, task: "Task") -> tuple[torch.Tensor, torch.Tensor]:
-    """Forget and retain index tensors for the request, checked against the data and model."""
+def resolve_forget(request: Request, train: LabelledData, num_outputs: int, task: "Task",
+                   allow_missing: bool = False) -> tuple[torch.Tensor, list[str]]:
+    """The train positions the request forgets (checked against the data and model), and the IDs not found (allow_missing)."""
     n = len(train)
+    missing: list[str] = []
     if request.forget.classes is not None:
         mask = task.forget_mask(request.forget.classes, train.targets, num_outputs)
+    elif request.forget.by_ids:
+        ids = request.forget_ids_list() or []
+        if train.ids is None:
+            raise DataError("forget.ids: the train split has no record IDs; give tensors an `ids` key or `ids_path`, "
+                            "use imagefolder or csv (IDs are file paths or an id column), or forget by indices")
+        position = {rid: i for i, rid in enumerate(train.ids)}
+        missing = [i for i in ids if i not in position]
+        if missing and not allow_missing:
+            shown = ", ".join(repr(m)[:40] for m in missing[:3])
+            raise DataError(f"forget.ids: {len(missing)} of {len(ids)} record ID(s) are not in the train split (e.g. {shown}); "
+                            "check the IDs, or pass --allow-missing to forget the others")
+        mask = torch.zeros(n, dtype=torch.bool)
+        found = [position[i] for i in ids if i in position]
+        if found:
+            mask[torch.tensor(found, dtype=torch.long)] = True
     else:
         indices = request.forget_indices_list() or []
         bad = [i for i in indices if i >= n]
@@ -444,24 +553,50 @@ def resolve_forget(request: Request, train: LabelledData, num_outputs: int, task
             raise DataError(f"forget.indices: index {bad[0]} is out of range for a train split of {n} samples (valid 0..{n - 1}); fix the index list")
         mask = torch.zeros(n, dtype=torch.bool)
         mask[torch.tensor(indices, dtype=torch.long)] = True
-    forget_idx = torch.nonzero(mask).flatten()
-    retain_idx = torch.nonzero(~mask).flatten()
-    if len(forget_idx) == 0:
-        raise DataError("forget: the forget set is empty; name classes or indices that exist in the train split")
-    if len(retain_idx) == 0:
-        raise DataError("forget: the request forgets the whole train split, so nothing is retained; forget a subset")
-    return forget_idx, retain_idx
+    return torch.nonzero(mask).flatten(), missing
 
 
-def load_splits(request: Request, num_outputs: int, task: "Task", train: Optional[LabelledData] = None) -> Splits:
-    """Train and test splits plus the forget/retain partition, checked against the model's outputs."""
+def load_splits(request: Request, num_outputs: int, task: "Task", train: Optional[LabelledData] = None,
+                excluded: Optional[torch.Tensor] = None, allow_missing: bool = False) -> Splits:
+    """Train and test splits plus the forget/retain partition, checked against the model's outputs.
+
+    excluded: train positions forgotten by earlier requests (a lineage): they leave the train split before
+    anything else, so no method, retain set or audit ever sees them again.
+    """
     train = train if train is not None else load_split(request.data.train, "train", request.base_dir)
     test = load_split(request.data.test, "test", request.base_dir)
-    task.check_targets(train.targets, num_outputs, "data.train")
+    if train.labelled:
+        task.check_targets(train.targets, num_outputs, "data.train")
+    elif request.forget.classes is not None:
+        raise DataError("forget.classes: the train split has no labels (no y), so its classes are unknown; forget by indices or ids")
     task.check_targets(test.targets, num_outputs, "data.test")
     if train.input_shape() != test.input_shape():
         raise DataError(f"data: train inputs have shape {train.input_shape()} but test inputs {test.input_shape()}; preprocess both splits the same way")
-    forget_idx, retain_idx = resolve_forget(request, train, num_outputs, task)
+    forget_full, missing = resolve_forget(request, train, num_outputs, task, allow_missing)
+    full_ids = train.ids
+    already = 0
+    if excluded is not None and len(excluded):
+        gone = torch.zeros(len(train), dtype=torch.bool)
+        gone[excluded] = True
+        already = int(gone[forget_full].sum())
+        forget_full = forget_full[~gone[forget_full]]
+        original_positions = forget_full.clone()
+        keep = torch.nonzero(~gone).flatten()
+        new_position = torch.full((len(train),), -1, dtype=torch.long)
+        new_position[keep] = torch.arange(len(keep))
+        forget_full = new_position[forget_full]
+        train = train.subset(keep)
+    else:
+        original_positions = forget_full.clone()
+    n = len(train)
+    mask = torch.zeros(n, dtype=torch.bool)
+    mask[forget_full] = True
+    forget_idx, retain_idx = torch.nonzero(mask).flatten(), torch.nonzero(~mask).flatten()
+    if len(forget_idx) == 0:
+        why = f" (all {already} were forgotten by earlier requests in the lineage)" if already else ""
+        raise DataError(f"forget: the forget set is empty{why}; name classes, indices or IDs that exist in the train split")
+    if len(retain_idx) == 0:
+        raise DataError("forget: the request forgets the whole train split, so nothing is retained; forget a subset")
     return Splits(
         train=train,
         test=test,
@@ -469,6 +604,11 @@ def load_splits(request: Request, num_outputs: int, task: "Task", train: Optiona
         retain_idx=retain_idx,
         scenario=request.forget.scenario,
         forget_classes=list(request.forget.classes or []),
+        missing_ids=missing,
+        excluded=0 if excluded is None else int(len(excluded)),
+        already_forgotten=already,
+        forget_positions=original_positions,
+        forget_ids=[full_ids[i] for i in original_positions.tolist()] if full_ids is not None else None,
     )
 
 

@@ -130,8 +130,10 @@ class Job:
     seed: int
     code: CodePolicy = CodePolicy()
     original: Optional[nn.Module] = None
-    artifact: Optional[CheckpointArtifact] = None  # the original checkpoint
+    artifact: Optional[CheckpointArtifact] = None  # the original checkpoint (or an EnsembleArtifact: same interface)
     original_metadata: dict[str, str] = field(default_factory=dict)  # for an in-memory original: what its file would hold
+    data_sha256: str = ""  # fingerprint of the full train split (before earlier deletions were excluded)
+    full_train: Optional[LabelledData] = None  # that split, whose positions the ledger records
 
     # ---- the original checkpoint
     @property
@@ -205,10 +207,18 @@ def prepare(
     device: str = "auto",
     seed: Optional[int] = None,
     code: CodePolicy = CodePolicy(),
+    excluded_for: Optional[Callable[[LabelledData, str], Optional[torch.Tensor]]] = None,
+    allow_missing: bool = False,
+    needs_labels: bool = True,
     num_workers: int = 0,
 ) -> Job:
     """Validate everything a run needs, in the order that fails fastest, without training.
 
+    excluded_for(train, data_sha256): train positions earlier requests forgot (a lineage), removed before anything else.
+    allow_missing: forget.ids not found in the data are reported instead of refused.
+    needs_labels: False for a label-free method: the train split may then have no labels (y). With a checkpoint, an
+    unlabelled train split is given the original model's predictions as labels for the summary and the audit only
+    (the method never reads them; the summary and the report say so).
     num_workers: DataLoader worker processes that read image files (imagefolder, csv) while batches are computed.
     """
     req = request if isinstance(request, Request) else load_request(request)
@@ -221,16 +231,45 @@ def prepare(
 
     # Data first: its shape tells us how to probe the architecture.
     probe_train = load_split(req.data.train, "train", req.base_dir)
+    if not probe_train.labelled and needs_labels:
+        from .errors import DataError
+
+        raise DataError(f"data.train: {req.data.train.path} has no labels (no y), and method {req.method.name} needs them; "
+                        "add y, or use a label-free method (unlearn methods lists them, e.g. laf)")
     torch.manual_seed(run_seed)
     num_outputs = num_outputs_of(build_model(req.model, req.base_dir, code), probe_train.input_shape())
-    splits = load_splits(req, num_outputs, task, train=probe_train)
+    from .data import fingerprint
+
+    data_sha = fingerprint(probe_train)
+    excluded = excluded_for(probe_train, data_sha) if excluded_for is not None else None
+    splits = load_splits(req, num_outputs, task, train=probe_train, excluded=excluded, allow_missing=allow_missing)
     splits.train.num_workers = splits.test.num_workers = num_workers
-    job = Job(request=req, task=task, splits=splits, num_classes=num_outputs, device=dev, seed=run_seed, code=code)
+    job = Job(request=req, task=task, splits=splits, num_classes=num_outputs, device=dev, seed=run_seed, code=code,
+              data_sha256=data_sha, full_train=probe_train)
     if checkpoint is not None:
-        artifact = CheckpointArtifact(checkpoint)
+        from .exact import is_exact_folder
+
+        # an exact-unlearning folder (train --exact) loads as its ensemble; anything else as one checkpoint
+        artifact = open_artifact(checkpoint) if is_exact_folder(checkpoint) else CheckpointArtifact(checkpoint)
         job.original = artifact.load(job.load_context())
         job.artifact = artifact
+        if not probe_train.labelled:
+            _pseudo_labels(job)
     return job
+
+
+def _pseudo_labels(job: Job) -> None:
+    """An unlabelled train split gets the original model's predictions as labels, for measuring only (label-free methods
+    never read them): forget/retain "accuracy" is then agreement with the original."""
+    from .evaluate import predict_logits
+
+    for data in {id(d): d for d in (job.splits.train, job.full_train) if d is not None}.values():
+        logits, _ = predict_logits(job.original, data, job.device, job.request.data.batch_size)
+        data.targets = logits.argmax(1)
+        if data.x is not None:
+            data.dataset = torch.utils.data.TensorDataset(data.x, data.targets)
+    job.splits.__dict__.pop("forget", None)  # rebuilt from the labelled train split
+    job.splits.__dict__.pop("retain", None)
 
 
 def describe_job(job: Job) -> dict[str, Any]:

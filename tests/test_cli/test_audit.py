@@ -79,7 +79,8 @@ def test_default_report_dir_and_baseline_original(digits_dir, outputs):
     report = json.loads((outputs["dir"] / "out.audit" / "report.json").read_text())
     _validate(report)
     assert report["baseline"] == "original" and report["models"]["reference"] is None
-    assert report["verdict"] == "no gates" and report["gaps"]["baseline"] == "original"
+    assert report["verdict"] == "pass" and report["verdict_detail"]["decided_by"] == "default policy"
+    assert report["gaps"]["baseline"] == "original"
 
 
 def test_failing_gate_exits_3_after_writing_reports(digits_dir, outputs, tmp_path):
@@ -154,4 +155,4 @@ def test_schema_ships_with_the_package():
     assert SCHEMA_PATH.exists() and SCHEMA_PATH.parent.name == "audit"
     assert json.loads(SCHEMA_PATH.read_text())["properties"]["schema"]["const"] == "unlearn.audit/v1"
     text = Path(__file__).resolve().parents[2].joinpath("pyproject.toml").read_text()
-    assert 'unlearn_tool = ["audit/*.json"]' in text
+    assert '"audit/*.json"' in text and '"examples/*.yaml"' in text

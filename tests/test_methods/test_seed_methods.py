@@ -21,9 +21,8 @@ from conftest import invoke, random_indices, write_request
 from unlearn_tool.data import LabelledData, Splits
 from unlearn_tool.errors import MethodError
 from unlearn_tool.evaluate import predict_logits
-from unlearn_tool.methods import UnlearnContext, get_method, method_names, parse_params, run_method
+from unlearn_tool.methods import get_method, method_names, parse_params, run_method
 from unlearn_tool.methods import concept_poison as cp
-from unlearn_tool.methods import iau as iau_mod
 from unlearn_tool.methods import laf as laf_mod
 from unlearn_tool.pipeline import utility
 from unlearn_tool.regularizers import (
@@ -413,7 +412,8 @@ def test_bench_and_audit_through_the_cli(digits_dir, tmp_path):
     assert summary["warnings"] and summary["warnings"][0].startswith("iau:")
     r = invoke("audit", "-r", digits_dir / "class.yaml", "--original", digits_dir / "mlp.safetensors", "--unlearned", out,
                "--reference", digits_dir / "mlp.retrain_class.safetensors", "--device", "cpu", "--report-dir", tmp_path / "audit", "--json")
-    assert r.exit_code == 0, r.stderr
+    # IAU forgets the class but its one step costs utility: the default policy's verdict says so (exit 3), reports are written
+    assert r.exit_code == 3 and "utility" in r.stderr, r.stderr
     report = json.loads((tmp_path / "audit" / "report.json").read_text())
     assert report["models"]["unlearned"]["forget_acc"] <= 0.05 and report["baseline"] == "reference"
 

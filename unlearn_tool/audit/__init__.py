@@ -49,12 +49,21 @@ def audit_files(
     reference: Optional[str | Path] = None,
     gates: Sequence[str | Gate] = (),
     report_dir: Optional[str | Path] = None,
+    tier: str = "standard",
+    shadows: int = 16,
+    progress: Optional[Any] = None,
+    ledger: Optional[Path] = None,
 ) -> tuple[dict[str, Any], Path]:
     """Load the unlearned output (and reference), audit, write the reports; the verdict is not yet enforced."""
     parsed = [g if isinstance(g, Gate) else parse_gate(g) for g in gates]
     model, info = load_unlearned(unlearned, job)
     ref_model, ref_info = load_checkpoint(reference, job) if reference is not None else (None, None)
-    report = run_audit(job, job.original, model, ref_model, parsed, unlearned_info=info, reference_info=ref_info)
+    if ledger is None and Path(unlearned).is_file():
+        from ..ledger import default_ledger
+
+        ledger = default_ledger(Path(unlearned))
+    report = run_audit(job, job.original, model, ref_model, parsed, unlearned_info=info, reference_info=ref_info,
+                       tier=tier, shadows=shadows, progress=progress, ledger=ledger)
     folder = write_reports(report, report_dir_for(unlearned, report_dir))
     return report, folder
 
@@ -69,9 +78,16 @@ def audit_request(
     device: str = "auto",
     seed: Optional[int] = None,
     code: Optional["CodePolicy"] = None,
+    tier: str = "standard",
+    shadows: int = 16,
+    progress: Optional[Any] = None,
+    ledger: Optional[str | Path] = None,
     num_workers: int = 0,
 ) -> tuple[dict[str, Any], Path]:
     """`unlearn audit`: gates (parsed once), reference and report folder are checked before any model is loaded.
+
+    An unlearned checkpoint with a lineage has its earlier deletions left out of the data (from its ledger:
+    `ledger`, else `<unlearned stem>.ledger.jsonl`) and each of them re-checked for a relapse.
 
     gates: replaces the request's audit.gates when given; reference: default the request's audit.reference.
     """
@@ -87,8 +103,39 @@ def audit_request(
     check_report_dir(report_dir_for(unlearned, report_dir), AUDIT_FILES)
     if seed is not None:
         check_seed(seed)
-    job = prepare(req, original, device=device, seed=seed, code=code or CodePolicy(), num_workers=num_workers)
-    return audit_files(job, unlearned, ref, parsed, report_dir)
+    if tier not in ("standard", "strong"):
+        from ..errors import AuditError
+
+        raise AuditError(f"--tier {tier}: give standard or strong")
+    if not 2 <= shadows <= 1024:
+        from ..errors import AuditError
+
+        raise AuditError(f"--shadows {shadows}: give 2..1024 (each shadow is a full training run; 16 is the default)")
+    ledger_path = Path(ledger) if ledger is not None else None
+    resolve = _earlier_deletions(unlearned, ledger_path, req.sha256)
+    job = prepare(req, original, device=device, seed=seed, code=code or CodePolicy(), excluded_for=resolve, needs_labels=False,
+                  num_workers=num_workers)
+    return audit_files(job, unlearned, ref, parsed, report_dir, tier=tier, shadows=shadows, progress=progress, ledger=ledger_path)
+
+
+def _earlier_deletions(unlearned: str | Path, ledger: Optional[Path], request_sha256: str) -> Any:
+    """For a checkpoint with a lineage audited with its last request: a function giving the train positions its earlier steps
+    forgot (None: nothing to leave out; another request, e.g. all deletions combined, is audited on the full data)."""
+    from ..artifacts import open_artifact
+    from ..ledger import Lineage, default_ledger, read_ledger, resolve_excluded
+
+    path = Path(unlearned)
+    if not path.exists():
+        return None
+    lineage = Lineage.from_metadata(open_artifact(path).fields)
+    if lineage is None or len(lineage.steps) < 2 or lineage.steps[-1].get("request_sha256") != request_sha256:
+        return None
+    ledger = ledger or default_ledger(path)
+    if not ledger.is_file():
+        return None  # the audit says so (relapse check) and audits on the full data
+    earlier = Lineage(lineage.original_sha256, lineage.data_sha256, lineage.steps[:-1])
+    entries = read_ledger(ledger)
+    return lambda train, sha: resolve_excluded(earlier, entries, ledger, train.ids, sha)
 
 
 def audit_fresh_model(job: "Job", model: "nn.Module", info: dict[str, Any], report_dir: Optional[str | Path] = None,

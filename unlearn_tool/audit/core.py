@@ -19,6 +19,7 @@ from . import attacks
 from . import metrics as M
 from .gates import Gate, evaluate_gates, parse_gates
 from .registry import finite
+from .verdict import decide, distinguishability
 
 SCHEMA = "unlearn.audit/v1"
 SETS = ("retain", "forget", "test")
@@ -126,10 +127,11 @@ def audit_warnings(unl: dict[str, Any], orig: dict[str, Any], ref: Optional[dict
             w.append(f"under-unlearning: MIA-Efficacy {unl['mia_efficacy']:.3f} is {pts(-d)} below the reference's {ref['mia_efficacy']:.3f}; the attack still calls the forget set members")
         elif d > MIA_TOLERANCE:
             w.append(f"over-unlearning: MIA-Efficacy {unl['mia_efficacy']:.3f} is {pts(d)} above the reference's {ref['mia_efficacy']:.3f}; the forget set looks less like training data than a retrained model's (Streisand effect)")
-        if unl.get("mia_loss_auc") is not None and ref.get("mia_loss_auc") is not None:
+        losses = (unl.get("mean_loss") or {}).get("forget"), (ref.get("mean_loss") or {}).get("forget")
+        if unl.get("mia_loss_auc") is not None and ref.get("mia_loss_auc") is not None and None not in losses:
             d = unl["mia_loss_auc"] - ref["mia_loss_auc"]
             if d > LOSS_AUC_TOLERANCE:
-                side = "under" if unl["mean_loss"]["forget"] < ref["mean_loss"]["forget"] else "over"
+                side = "under" if losses[0] < losses[1] else "over"
                 w.append(f"{side}-unlearning: the loss attack separates forget from test data better than on the reference (AUC {unl['mia_loss_auc']:.3f} vs {ref['mia_loss_auc']:.3f})")
     elif scenario == "sample":
         d = fa - ta
@@ -137,8 +139,9 @@ def audit_warnings(unl: dict[str, Any], orig: dict[str, Any], ref: Optional[dict
             w.append(f"under-unlearning: forget accuracy {fa:.3f} is {pts(d)} above test accuracy {ta:.3f}; forgotten samples are still fitted better than unseen data (no reference given)")
         elif d < -ACC_TOLERANCE:
             w.append(f"over-unlearning: forget accuracy {fa:.3f} is {pts(-d)} below test accuracy {ta:.3f}; forgotten samples look worse than unseen data, a detectable deletion (Streisand effect; no reference given)")
-        if unl.get("mia_loss_auc") is not None and unl["mia_loss_auc"] > 0.5 + LOSS_AUC_TOLERANCE:
-            side = "under" if unl["mean_loss"]["forget"] < unl["mean_loss"]["test"] else "over"
+        ml = unl.get("mean_loss") or {}
+        if unl.get("mia_loss_auc") is not None and unl["mia_loss_auc"] > 0.5 + LOSS_AUC_TOLERANCE and "forget" in ml and "test" in ml:
+            side = "under" if ml["forget"] < ml["test"] else "over"
             w.append(f"{side}-unlearning: the loss attack tells forget from test data apart (AUC {unl['mia_loss_auc']:.3f}; 0.5 is indistinguishable)")
     else:
         if fa > ACC_TOLERANCE:
@@ -179,6 +182,10 @@ def run_audit(
     unlearned_info: Optional[dict[str, Any]] = None,
     reference_info: Optional[dict[str, Any]] = None,
     seed: Optional[int] = None,
+    tier: str = "standard",
+    shadows: int = 16,
+    progress: Optional[Any] = None,
+    ledger: Optional[Path] = None,
 ) -> dict[str, Any]:
     """Audit an unlearned model against the original (and a retrained reference): the report.json dict.
 
@@ -202,12 +209,37 @@ def run_audit(
                          {"activation_distance": None, "js_divergence": None})
     models.setdefault("reference", None)
 
+    from .relapse import relapse_check
+
+    lineage = relapse_check(job, unlearned_model, (unlearned_info or {}).get("metadata") or {}, ledger, seed)
+    if lineage is not None:
+        models["unlearned"]["relapse_max"] = lineage["relapse_max"]
     gap = {"baseline": baseline, **gaps(models["unlearned"], models[baseline])}
-    gate_rows, verdict = evaluate_gates(parsed, models["unlearned"], models["original"], gap)
+    gate_rows, _ = evaluate_gates(parsed, models["unlearned"], models["original"], gap)
+    stats = {k: distinguishability(v["forget"], v["test"], seed) for k, v in outs.items()}
+    avg_gaps = {"unlearned": gap.get("avg_gap"),
+                "original": gaps(models["original"], models["reference"]).get("avg_gap") if models["reference"] is not None else None}
+    strong = None
+    if tier == "strong":
+        from .strong import strong_tier
+
+        strong = strong_tier(job, unlearned_model, reference_model, unlearned_info.get("metadata") or {}, shadows, progress)
+    detail = decide(scenario, models, gate_rows, stats["unlearned"], avg_gaps, stats["original"], strong)
+    detail["statistics"] = stats
     warnings = []
     if unlearned_info.get("kind") == "adapter":
         warnings.append(ADAPTER_AUDIT_WARNING)
+    warnings += [str(n) for n in unlearned_info.get("notes") or []]  # what the artifact states of itself (an exact guarantee)
     warnings += audit_warnings(models["unlearned"], models["original"], models["reference"], scenario)
+    if not job.splits.train.labelled:
+        warnings.append("the train split has no labels: retain/forget figures and the attacks use the original model's "
+                        "predictions as labels (agreement, not accuracy); test figures use the test split's own labels")
+    if lineage is not None:
+        if lineage["problem"]:
+            warnings.append(f"lineage: {lineage['problem']}")
+        for k in lineage["relapsed"]:
+            warnings.append(f"relapse: the deletion of lineage step {k} became visible again (its forget accuracy rose more than "
+                            f"{lineage['tolerance']:.2f} since it was made)")
     meta = unlearned_info.get("metadata") or {}
     parent = meta.get("parent_sha256")
     if parent and job.checkpoint_sha256 and parent != job.checkpoint_sha256:
@@ -215,7 +247,11 @@ def run_audit(
     req = job.request
     report = {
         "schema": SCHEMA,
-        "verdict": verdict,
+        "tier": tier,
+        "strong": strong,
+        "lineage": lineage,
+        "verdict": detail["verdict"],
+        "verdict_detail": detail,
         "gates": gate_rows,
         "warnings": warnings,
         "request": {
@@ -265,13 +301,18 @@ def run_audit(
 
 
 def check_verdict(report: dict[str, Any], where: str = "") -> None:
-    """Raise GateFailure (exit 3) when a gate failed; call after the reports are written."""
+    """Raise GateFailure (exit 3) when the verdict is fail (gates, or the default policy); call after writing the reports."""
     if report.get("verdict") != "fail":
         return
-    failed = [g for g in report["gates"] if not g["passed"]]
-    shown = "; ".join(f"{g['expr']} (value {_fmt(g['value'])})" for g in failed[:3])
-    more = f"; +{len(failed) - 3} more" if len(failed) > 3 else ""
-    raise GateFailure(f"audit gate failed: {shown}{more}; see {where or 'the report'} for the figures")
+    detail = report.get("verdict_detail") or {}
+    if report["gates"]:
+        failed = [g for g in report["gates"] if not g["passed"]]
+        shown = "; ".join(f"{g['expr']} (value {_fmt(g['value'])})" for g in failed[:3])
+        more = f"; +{len(failed) - 3} more" if len(failed) > 3 else ""
+        raise GateFailure(f"audit gate failed: {shown}{more}; see {where or 'the report'} for the figures")
+    failed_checks = [c for c in detail.get("checks", []) if not c["passed"]]
+    shown = "; ".join(f"{c['name']}: {c['value']}" for c in failed_checks[:2])
+    raise GateFailure(f"audit verdict fail (default policy): {shown}; see {where or 'the report'}, or give --gate to set your own criteria")
 
 
 def _fmt(v: Any) -> str:

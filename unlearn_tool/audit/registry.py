@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Literal, Optional
 
 Unit = Literal["fraction", "points", "seconds", "ratio", "distance"]
-Kind = Literal["model", "distance", "drop", "gap", "run"]
+Kind = Literal["model", "distance", "drop", "gap", "run", "lineage"]
 SETS = ("forget", "retain", "test")
 
 
@@ -82,7 +82,12 @@ _RUN = [
            kind="run", bench_column="time / retrain %", digits=1),
 ]
 
-METRICS: dict[str, Metric] = {m.name: m for m in _MODEL + _DISTANCES + _DROPS + _RUN}
+_LINEAGE = [
+    Metric("relapse_max", "relapse", "largest rise of an earlier deletion's forget accuracy since it was made (lineage; "
+           "above 0.05 it relapsed)", "fraction", "lower", kind="lineage"),
+]
+
+METRICS: dict[str, Metric] = {m.name: m for m in _MODEL + _DISTANCES + _DROPS + _RUN + _LINEAGE}
 
 
 # ---------------------------------------------------------------- derived lists
@@ -106,7 +111,7 @@ def gap_name(metric: str) -> str:
 
 def gate_names(task: str = "classification") -> tuple[str, ...]:
     """Every name a gate may compare: model metrics, distances, drops from the original, gaps and avg_gap."""
-    names = [m.name for m in METRICS.values() if m.kind in ("model", "distance", "drop") and m.applies(task)]
+    names = [m.name for m in METRICS.values() if m.kind in ("model", "distance", "drop", "lineage") and m.applies(task)]
     names += [gap_name(m.name) for m in model_metrics(task)]
     return tuple(names) + ("avg_gap",)
 

@@ -99,31 +99,167 @@ def _title(report: dict[str, Any]) -> str:
     return f"Unlearning audit: request {r['id']} ({r['scenario']} unlearning of {what})"
 
 
+# ---------------------------------------------------------------- the opening: verdict, evidence, utility
+
+def verdict_block(report: dict[str, Any]) -> tuple[str, list[str], str]:
+    """The verdict in one sentence, its evidence in (at most) three lines, and the utility cost."""
+    d = report.get("verdict_detail") or {}
+    return d.get("sentence", f"Verdict: {report['verdict']}."), list(d.get("evidence", [])), d.get("utility", "")
+
+
+def check_rows(report: dict[str, Any]) -> list[list[str]]:
+    d = report.get("verdict_detail") or {}
+    return [[c["name"], c["value"], c["expectation"], "pass" if c["passed"] else ("FAIL" if c["passed"] is False else "not measured"),
+             c["meaning"]] for c in d.get("checks", [])]
+
+
+def closer_rows(report: dict[str, Any]) -> list[list[str]]:
+    rows = []
+    for r in (report.get("verdict_detail") or {}).get("closer_to_reference") or []:
+        name = r["metric"]
+        f = (lambda v: format_metric(name, v)) if not name.startswith(("activation_distance", "js_divergence")) else (lambda v: f"{v:.4f}")
+        rows.append([name, f(r["reference"]), f(r["original"]), f(r["unlearned"]), "yes" if r["closer"] else "NO"])
+    return rows
+
+
+def avg_gap_sentence(report: dict[str, Any]) -> str:
+    gap = fmt(report["gaps"].get("avg_gap"), points=True)
+    if report["baseline"] == "original":
+        return (f"Avg Gap to the original: {gap} points. With no retrained reference this is how far unlearning moved the model "
+                "from the original on UA, MIA-Efficacy, RA and TA (mean absolute difference, in points), not a quality score; "
+                "give --reference (a model retrained without the forget set) for the distance that matters.")
+    return (f"Avg Gap to the retrained reference: {gap} points (SalUn's mean absolute difference over UA, MIA-Efficacy, RA "
+            "and TA; 0 is indistinguishable from retraining on these four figures).")
+
+
+def distance_note(report: dict[str, Any]) -> Optional[str]:
+    """A comment when the unlearned model's outputs are farther from the reference than the original's were."""
+    if report["baseline"] != "reference":
+        return None
+    unl = (report["models"]["unlearned"].get("activation_distance") or {}).get("forget")
+    orig = (report["models"]["original"].get("activation_distance") or {}).get("forget")
+    if unl is None or orig is None:
+        return None
+    if unl > orig:
+        return (f"Note: on the forget set the unlearned model's outputs are farther from the retrained model's than the original's "
+                f"were (activation distance {unl:.4f} vs {orig:.4f}): unlearning moved them, but not towards retraining.")
+    return f"On the forget set the unlearned model's outputs are closer to the retrained model's than the original's were ({unl:.4f} vs {orig:.4f})."
+
+
+def explained_metric_rows(report: dict[str, Any]) -> list[list[str]]:
+    """Metric rows with their meaning (the registry's description) as the last column."""
+    task = report["request"].get("task", "classification")
+    meaning = {m.label: m.description for m in model_metrics(task)}
+    return [row + [meaning.get(row[0], "")] for row in metric_rows(report)]
+
+
+def params_rows(report: dict[str, Any]) -> list[list[str]]:
+    u = report["unlearning"]
+    rows = [["method", str(u.get("method") or "-")], ["wall time (s)", str(u.get("wall_time_s") or "-")]]
+    params = u.get("params")
+    if isinstance(params, dict):
+        rows += [[f"param {k}", json.dumps(v) if not isinstance(v, str) else v] for k, v in params.items()]
+    return rows
+
+
+def statistics_rows(report: dict[str, Any]) -> list[list[str]]:
+    stats = (report.get("verdict_detail") or {}).get("statistics") or {}
+    rows = []
+    for model in present_models(report):
+        st = stats.get(model) or {}
+        ks = lambda k: "-" if k not in st else f"p = {st[k]['pvalue']:.3f} (D = {st[k]['statistic']:.3f})"  # noqa: E731
+        auc = st.get("loss_auc") or {}
+        rows.append([model, ks("ks_loss"), ks("ks_ent"),
+                     "-" if auc.get("auc") is None else f"{auc['auc']:.3f} [{auc['low']:.3f}, {auc['high']:.3f}]"])
+    return rows
+
+
+def lineage_rows(report: dict[str, Any]) -> list[list[str]]:
+    """Earlier deletions of the lineage: then and now."""
+    rows = []
+    for r in ((report.get("lineage") or {}).get("steps") or []):
+        pct = lambda v: "-" if v is None else f"{100 * v:.1f}%"  # noqa: E731
+        rows.append([str(r["step"]), str(r.get("request_id")), str(r.get("forget_count")), pct(r.get("forget_acc_then")),
+                     pct(r.get("forget_acc_now")), pct(r.get("mia_efficacy_now")),
+                     "RELAPSED" if r.get("relapsed") else ("no" if r.get("relapsed") is False else r.get("problem", "-"))])
+    return rows
+
+
+LINEAGE_TEXT = ("Every earlier deletion of this checkpoint's lineage, re-checked: its forget accuracy right after it was made and now "
+                "(a rise above 5 points is a relapse: the deletion became visible again), and MIA-Efficacy on it now. Gate: relapse_max.")
+
+
+def strong_rows(report: dict[str, Any]) -> list[list[str]]:
+    """The strong tier per model: U-LiRA AUC, TPR at 1% and 0.1% FPR, relearn steps."""
+    strong = report.get("strong") or {}
+    rows = []
+    tpr = lambda e, k: "-" if e.get(k) is None else f"{100 * e[k]:.1f}%" + ("" if e.get(k + "_resolved", True) else " (too few negatives)")  # noqa: E731
+    for name, e in (strong.get("models") or {}).items():
+        rows.append([name, "-" if e.get("auc") is None else f"{e['auc']:.3f}", tpr(e, "tpr_at_1pct_fpr"), tpr(e, "tpr_at_0.1pct_fpr"),
+                     "-" if e.get("relearn_steps") is None else str(e["relearn_steps"])])
+    if strong.get("shadow_attack"):
+        e = strong["shadow_attack"]
+        rows.append(["(shadows: unlearned vs never seen)", "-" if e.get("auc") is None else f"{e['auc']:.3f}",
+                     tpr(e, "tpr_at_1pct_fpr"), tpr(e, "tpr_at_0.1pct_fpr"), "-"])
+    return rows
+
+
+def strong_text(report: dict[str, Any]) -> str:
+    strong = report.get("strong") or {}
+    p = strong.get("protocol", {})
+    ain = strong.get("ain")
+    return (f"{p.get('attack', 'U-LiRA')} with {p.get('shadows')} shadow models (trained on random halves with the request's recipe"
+            + (f", then unlearned with {p.get('shadow_method')}" if p.get("shadow_method") else "") + "): per forget example, the likelihood "
+            "ratio of the model's logit-scaled confidence under 'unlearned' and 'never seen' shadows. Positives: the model's scores on the "
+            "forget set; negatives: the never-seen shadows' scores. The reference never saw the forget set, so its row is the attack's "
+            "chance level here (not exactly 0.5: shadows train on half the data). Relearn steps: fine-tuning steps on the forget set until "
+            f"{p.get('relearn', {}).get('target', 'the original behaviour returns')}; AIN = unlearned / reference "
+            + ("-" if ain is None else f"= {ain:.2f}") + f" (below 1: it comes back faster than it can be learned from scratch). "
+            f"Took {strong.get('time_s', '-')} s ({strong.get('cache_hits', 0)} shadow models from the cache).")
+
+
 # ---------------------------------------------------------------- markdown
 
 def render_markdown(report: dict[str, Any]) -> str:
     models = present_models(report)
-    u = report["unlearning"]
     p = report["provenance"]
-    parts = [f"# {_title(report)}\n",
-             f"**Verdict: {report['verdict']}**. Baseline for gaps and distances: **{report['baseline']}**"
-             + (" (no retrained reference given: gaps are to the original model, not a retrained one)" if report["baseline"] == "original" else "") + ".\n"]
+    sentence, evidence, utility = verdict_block(report)
+    d = report.get("verdict_detail") or {}
+    parts = [f"# {_title(report)}\n", f"**{sentence}**\n", "\n".join(f"- {line}" for line in evidence) + "\n", f"{utility}.\n"]
+    parts += ["## How the verdict was decided\n", f"By the {d.get('decided_by', 'gates')}"
+              + (" (the default policy's checks below are for information)" if report["gates"] else " (docs/audit.md; give --gate to set your own criteria)") + ".\n\n",
+              _md_table(["check", "value", "expected", "result", "what it means"], check_rows(report))]
     if report["gates"]:
-        parts += ["## Gates\n", _md_table(["gate", "value", "result"], gate_rows(report))]
-    parts += ["## Warnings\n", ("\n".join(f"- {w}" for w in report["warnings"]) + "\n") if report["warnings"] else "None.\n"]
-    parts += ["## Metrics\n", "Fractions shown as percentages; gap = |unlearned - baseline|.\n\n",
-              _md_table(["metric"] + models + [f"gap to {report['baseline']}"], metric_rows(report))]
-    gap = report["gaps"].get("avg_gap")
-    parts.append(f"\n**Avg Gap** (SalUn; mean |gap| over UA, MIA-Efficacy, RA, TA): {fmt(gap, points=True)} points\n")
+        parts += ["\n## Gates\n", _md_table(["gate", "value", "result"], gate_rows(report))]
+    parts += ["\n## Warnings\n", ("\n".join(f"- {w}" for w in report["warnings"]) + "\n") if report["warnings"] else "None.\n"]
+    if closer_rows(report):
+        parts += ["\n## Closer to the retrained model than the original was?\n",
+                  _md_table(["metric", "reference", "original", "unlearned", "closer"], closer_rows(report))]
+    parts += ["\n## Metrics\n", f"Fractions shown as percentages; gap = |unlearned - {report['baseline']}|.\n\n",
+              _md_table(["metric"] + models + [f"gap to {report['baseline']}", "what it means"], explained_metric_rows(report)),
+              "\n" + avg_gap_sentence(report) + "\n"]
     if distance_rows(report):
         parts += [f"\n## Output distances to the {report['baseline']}\n",
+                  "Mean L2 distance between softmax outputs (activation distance) and mean Jensen-Shannon divergence, per set; 0 is identical.\n\n",
                   _md_table(["model", "act. dist. forget", "act. dist. retain", "act. dist. test", "JS forget", "JS retain", "JS test"], distance_rows(report))]
+        note = distance_note(report)
+        if note:
+            parts.append("\n" + note + "\n")
+    if statistics_rows(report):
+        parts += ["\n## Forget set against held-out data\n",
+                  "Two-sample Kolmogorov-Smirnov tests (forget vs test) of per-sample loss and prediction entropy, and the loss attack's AUC with its 95% bootstrap interval (0.5 = indistinguishable).\n\n",
+                  _md_table(["model", "KS loss", "KS entropy", "loss AUC [95% CI]"], statistics_rows(report))]
+    if lineage_rows(report):
+        parts += ["\n## Earlier deletions (lineage)\n", LINEAGE_TEXT + "\n\n",
+                  _md_table(["step", "request", "samples", "forget acc then", "now", "MIA-Efficacy now", "relapse"], lineage_rows(report))]
+    if report.get("strong"):
+        parts += ["\n## Per-example attack (U-LiRA) and relearn time\n", strong_text(report) + "\n\n",
+                  _md_table(["model", "AUC", "TPR at 1% FPR", "TPR at 0.1% FPR", "relearn steps"], strong_rows(report))]
     n = report["request"]["num_classes"]
     parts += ["\n## Per-class test accuracy\n",
-              _md_table(["class"] + models, [[str(c)] + [fmt(report["models"][m]["per_class_acc"][c]) for m in models] for c in range(n)])]
-    parts += ["\n## Unlearning run\n",
-              _md_table(["field", "value"], [["method", str(u.get("method") or "-")], ["wall time (s)", str(u.get("wall_time_s") or "-")],
-                                             ["params", json.dumps(u.get("params")) if u.get("params") is not None else "-"]])]
+              _md_table(["class"] + models, [[str(c) + (" (forgotten)" if c in report["request"]["forget_classes"] else "")]
+                                             + [fmt(report["models"][m]["per_class_acc"][c]) for m in models] for c in range(n)])]
+    parts += ["\n## Unlearning run\n", _md_table(["field", "value"], params_rows(report))]
     parts += ["\n## Provenance\n", _md_table(["input", "path", "sha256"], provenance_rows(report)),
               "\n" + _md_table(["field", "value"], [[k, str(v)] for k, v in p["versions"].items()]
                                + [["device", p["device"]], ["seed", str(p["seed"])], ["started", p["started_utc"]],
@@ -131,36 +267,38 @@ def render_markdown(report: dict[str, Any]) -> str:
     return "\n".join(part.strip("\n") + "\n" for part in parts)
 
 
-# ---------------------------------------------------------------- html
+# ---------------------------------------------------------------- plots
 
 def _png(fig: Any) -> str:
     return png_data_uri(fig)
 
 
 def plot_per_class(report: dict[str, Any]) -> str:
-    """Grouped bars: per-class test accuracy of each model."""
+    """Grouped bars: per-class test accuracy of each model; forgotten classes on a grey band, legend outside the bars."""
     import numpy as np
 
     plt = pyplot()
-
     models = present_models(report)
     n = report["request"]["num_classes"]
     shown = min(n, 100)
-    fig, ax = plt.subplots(figsize=(max(6, 0.5 * shown + 2), 3.5))
+    forgotten = [c for c in report["request"]["forget_classes"] if c < shown]
+    fig, ax = plt.subplots(figsize=(max(6.5, 0.55 * shown + 2.5), 3.6))
     width = 0.8 / len(models)
     x = np.arange(shown)
+    colors = {"original": "tab:gray", "unlearned": "tab:blue", "reference": "tab:orange"}
     for i, m in enumerate(models):
         vals = [v if v is not None else 0.0 for v in report["models"][m]["per_class_acc"][:shown]]
-        ax.bar(x + (i - (len(models) - 1) / 2) * width, vals, width, label=m)
-    for c in report["request"]["forget_classes"]:
-        if c < shown:
-            ax.axvspan(c - 0.45, c + 0.45, color="red", alpha=0.08)
+        ax.bar(x + (i - (len(models) - 1) / 2) * width, vals, width, label=m, color=colors.get(m))
+    for c in forgotten:
+        ax.axvspan(c - 0.5, c + 0.5, color="0.85", zorder=0)
+        ax.annotate("forgotten", (c, 1.07), ha="center", fontsize=8, color="0.3", annotation_clip=False)
     ax.set_xticks(x)
+    ax.set_xlim(-0.6, shown - 0.4)
     ax.set_xlabel("class" + (f" (first {shown} of {n})" if shown < n else ""))
     ax.set_ylabel("test accuracy")
     ax.set_ylim(0, 1.05)
-    ax.legend(loc="lower right", fontsize=8)
-    ax.set_title("Per-class test accuracy (forgotten classes shaded)")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    ax.set_title("Per-class test accuracy" + (" (forgotten classes on grey)" if forgotten else ""), pad=14)
     return _png(fig)
 
 
@@ -169,7 +307,6 @@ def plot_losses(report: dict[str, Any]) -> str:
     import numpy as np
 
     plt = pyplot()
-
     models = present_models(report)
     fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 3.2), sharey=True, squeeze=False)
     for ax, m in zip(axes[0], models):
@@ -184,21 +321,33 @@ def plot_losses(report: dict[str, Any]) -> str:
         ax.set_xlabel("per-sample cross-entropy loss")
     axes[0][0].set_ylabel("share of samples")
     axes[0][-1].legend(fontsize=8)
-    fig.suptitle("Loss distributions: forget should look like test (never seen), not like retain", y=1.04)
+    if report["request"]["scenario"] == "class":
+        caption = "Loss distributions: a model that never saw the forgotten classes gets their samples wrong (high forget loss)"
+    else:
+        caption = "Loss distributions: forget should look like test (never seen), not like retain"
+    fig.suptitle(caption, y=1.04)
     return _png(fig)
 
 
-def _html_table(header: list[str], rows: list[list[str]]) -> str:
+PLOTTERS = {"per_class": ("Per-class test accuracy", plot_per_class), "loss": ("Loss distributions", plot_losses)}
+
+
+# ---------------------------------------------------------------- html
+
+def _html_table(header: list[str], rows: list[list[str]], cls: str = "") -> str:
     e = html.escape
     head = "".join(f"<th>{e(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return f"<table class='{cls}'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}
-table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}
-td:first-child,th:first-child{text-align:left}.pass{color:#176317}.fail{color:#b00020}.warn{background:#fff4e0;padding:.4em}
-img{max-width:100%}code{background:#f3f3f3}"""
+CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222;line-height:1.4}
+table{border-collapse:collapse;margin:.5em 0 1.5em;max-width:100%}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right;vertical-align:top}
+td:first-child,th:first-child{text-align:left}table.text td,table.text th{text-align:left}
+table.wrap{table-layout:fixed;width:100%}table.wrap td,table.wrap th{overflow-wrap:anywhere;word-break:break-all;text-align:left}
+td.meaning,th.meaning{text-align:left;color:#555;font-size:.9em}
+.verdict{font-size:1.25em;padding:.6em .8em;border-radius:6px}.pass{background:#e7f5e7;color:#14521a}.fail{background:#fbe9eb;color:#8c0018}
+.warn{background:#fff4e0;padding:.4em}img{max-width:100%}code{background:#f3f3f3}.small{color:#555;font-size:.9em}"""
 
 
 def render_html(report: dict[str, Any]) -> str:
@@ -206,30 +355,62 @@ def render_html(report: dict[str, Any]) -> str:
     e = html.escape
     models = present_models(report)
     verdict = report["verdict"]
-    cls = "pass" if verdict == "pass" else ("fail" if verdict == "fail" else "")
     p = report["provenance"]
-    u = report["unlearning"]
+    d = report.get("verdict_detail") or {}
+    sentence, evidence, utility = verdict_block(report)
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{e(_title(report))}</title><style>{CSS}</style></head><body>",
              f"<h1>{e(_title(report))}</h1>",
-             f"<p>Verdict: <strong class='{cls}'>{e(verdict)}</strong>. Baseline for gaps and distances: <strong>{e(report['baseline'])}</strong>.</p>"]
+             f"<p class='verdict {'pass' if verdict == 'pass' else 'fail'}'><strong>{e(sentence)}</strong></p>",
+             "<ul>" + "".join(f"<li>{e(line)}</li>" for line in evidence) + "</ul>",
+             f"<p>{e(utility)}.</p>",
+             f"<h2>How the verdict was decided</h2><p>By the {e(d.get('decided_by', 'gates'))}"
+             + (" (the default policy's checks below are for information)." if report["gates"] else " (docs/audit.md; give <code>--gate</code> to set your own criteria).") + "</p>"]
+    rows = check_rows(report)
+    parts.append("<table class='text'><thead><tr><th>check</th><th>value</th><th>expected</th><th>result</th><th class='meaning'>what it means</th></tr></thead><tbody>"
+                 + "".join(f"<tr><td>{e(r[0])}</td><td>{e(r[1])}</td><td>{e(r[2])}</td><td class='{'pass' if r[3] == 'pass' else 'fail'}'>{e(r[3])}</td>"
+                           f"<td class='meaning'>{e(r[4])}</td></tr>" for r in rows) + "</tbody></table>")
     if report["gates"]:
         parts += ["<h2>Gates</h2>", _html_table(["gate", "value", "result"], gate_rows(report))]
     parts.append("<h2>Warnings</h2>")
     parts.append("".join(f"<p class='warn'>{e(w)}</p>" for w in report["warnings"]) or "<p>None.</p>")
-    parts += ["<h2>Metrics</h2>", _html_table(["metric"] + models + [f"gap to {report['baseline']}"], metric_rows(report)),
-              f"<p><strong>Avg Gap</strong> (mean |gap| over UA, MIA-Efficacy, RA, TA): {e(fmt(report['gaps'].get('avg_gap'), points=True))} points</p>"]
+    if closer_rows(report):
+        parts += ["<h2>Closer to the retrained model than the original was?</h2>",
+                  _html_table(["metric", "reference", "original", "unlearned", "closer"], closer_rows(report))]
+    mrows = explained_metric_rows(report)
+    parts += ["<h2>Metrics</h2>", f"<p class='small'>Fractions as percentages; gap = |unlearned - {e(report['baseline'])}|.</p>",
+              "<table><thead><tr>" + "".join(f"<th>{e(h)}</th>" for h in ["metric"] + models + [f"gap to {report['baseline']}"])
+              + "<th class='meaning'>what it means</th></tr></thead><tbody>"
+              + "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r[:-1]) + f"<td class='meaning'>{e(r[-1])}</td></tr>" for r in mrows)
+              + "</tbody></table>", f"<p>{e(avg_gap_sentence(report))}</p>"]
     if distance_rows(report):
         parts += [f"<h2>Output distances to the {e(report['baseline'])}</h2>",
+                  "<p class='small'>Mean L2 distance between softmax outputs (activation distance) and mean Jensen-Shannon divergence, per set; 0 is identical.</p>",
                   _html_table(["model", "act. dist. forget", "act. dist. retain", "act. dist. test", "JS forget", "JS retain", "JS test"], distance_rows(report))]
-    parts += ["<h2>Per-class test accuracy</h2>", f"<img alt='per-class accuracy' src='{plot_per_class(report)}'>",
-              "<h2>Loss distributions</h2>", f"<img alt='loss distributions' src='{plot_losses(report)}'>"]
-    parts += ["<h2>Unlearning run</h2>",
-              _html_table(["field", "value"], [["method", str(u.get("method") or "-")], ["wall time (s)", str(u.get("wall_time_s") or "-")],
-                                               ["params", json.dumps(u.get("params")) if u.get("params") is not None else "-"]])]
-    parts += ["<h2>Provenance</h2>", _html_table(["input", "path", "sha256"], provenance_rows(report)),
+        note = distance_note(report)
+        if note:
+            parts.append(f"<p>{e(note)}</p>")
+    if statistics_rows(report):
+        parts += ["<h2>Forget set against held-out data</h2>",
+                  "<p class='small'>Two-sample Kolmogorov-Smirnov tests (forget vs test) of per-sample loss and prediction entropy, and the loss attack's AUC with its 95% bootstrap interval (0.5 = indistinguishable).</p>",
+                  _html_table(["model", "KS loss", "KS entropy", "loss AUC [95% CI]"], statistics_rows(report))]
+    if lineage_rows(report):
+        parts += ["<h2>Earlier deletions (lineage)</h2>", f"<p class='small'>{e(LINEAGE_TEXT)}</p>",
+                  _html_table(["step", "request", "samples", "forget acc then", "now", "MIA-Efficacy now", "relapse"], lineage_rows(report))]
+    if report.get("strong"):
+        parts += ["<h2>Per-example attack (U-LiRA) and relearn time</h2>", f"<p class='small'>{e(strong_text(report))}</p>",
+                  _html_table(["model", "AUC", "TPR at 1% FPR", "TPR at 0.1% FPR", "relearn steps"], strong_rows(report))]
+    from ..tasks import get_task
+
+    for name in get_task(report["request"].get("task", "classification")).report_plots:
+        title, plot = PLOTTERS[name]
+        parts += [f"<h2>{e(title)}</h2>", f"<img alt='{e(title)}' src='{plot(report)}'>"]
+    parts += ["<h2>Unlearning run</h2>", _html_table(["field", "value"], params_rows(report), cls="text")]
+    parts += ["<h2>Provenance</h2>", "<table class='wrap'><colgroup><col style='width:14%'><col style='width:46%'><col style='width:40%'></colgroup>"
+              + "<thead><tr><th>input</th><th>path</th><th>sha256</th></tr></thead><tbody>"
+              + "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in provenance_rows(report)) + "</tbody></table>",
               _html_table(["field", "value"], [[k, str(v)] for k, v in p["versions"].items()]
                           + [["device", p["device"]], ["seed", str(p["seed"])], ["started", p["started_utc"]],
-                             ["finished", p["finished_utc"]], ["audit time (s)", str(p["audit_time_s"])]]),
+                             ["finished", p["finished_utc"]], ["audit time (s)", str(p["audit_time_s"])]], cls="text"),
               "</body></html>\n"]
     return "".join(parts)
 

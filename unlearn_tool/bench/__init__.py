@@ -10,6 +10,7 @@ from .render import (  # noqa: F401
     default_report_dir,
     gap_label,
     markdown_table,
+    pareto_front,
     plot_png,
     render_csv,
     render_markdown,

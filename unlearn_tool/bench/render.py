@@ -54,16 +54,41 @@ def table(bench: dict[str, Any], include_baselines: bool = True) -> tuple[list[s
     if include_baselines:
         entries = [e for e in (bench.get("original"), bench.get("reference")) if e] + entries
     failed = any(e.get("error") for e in entries)
-    header = ["method"] + [c[0] for c in cols] + (["error"] if failed else [])
+    header = ["method"] + [c[0] for c in cols] + ["status"] + (["error"] if failed else [])
     rows = []
     for e in entries:
         label = e["method"] if e["kind"] == "method" else f"({e['method']})"
-        row = [label] + [_pm(e["metrics"].get(key), scale, digits) for _, key, scale, digits in cols]
+        row = [label] + [_pm(e["metrics"].get(key), scale, digits) for _, key, scale, digits in cols] + [status_text(e)]
         if failed:
             err = e.get("error") or ""
             row.append(("FAILED: " if e["status"] == "failed" else f"{len([r for r in e['runs'] if r['error']])}/{len(e['runs'])} seeds failed: " if err else "") + err)
         rows.append(row)
     return header, rows
+
+
+def status_text(entry: dict[str, Any]) -> str:
+    """Per-seed statuses in a few words: 'ok', or e.g. 'under-forgot 2/3, ok 1/3' (baselines: '-')."""
+    seeds = entry.get("seed_status") or []
+    if entry.get("kind") != "method" or not seeds:
+        return "-"
+    if all(s == "ok" for s in seeds):
+        return "ok"
+    counts = {s: seeds.count(s) for s in dict.fromkeys(seeds)}
+    return ", ".join(f"{s} {n}/{len(seeds)}" for s, n in sorted(counts.items(), key=lambda kv: kv[0] == "ok"))
+
+
+def pareto_front(bench: dict[str, Any], exclude: Sequence[str] = ("retrain",)) -> list[str]:
+    """Methods no other method beats on both wall time and Avg Gap (lower is better on both).
+
+    `retrain` is left out: it is the baseline's own procedure (with --retrain its gap to the same seed's run is 0).
+    """
+    pts = {n: (e["metrics"]["wall_time_s"]["mean"], e["metrics"]["avg_gap"]["mean"]) for n, e in bench["methods"].items()
+           if n not in exclude and e["metrics"]["wall_time_s"]["mean"] is not None and e["metrics"]["avg_gap"]["mean"] is not None}
+    front = []
+    for n, (t, g) in pts.items():
+        if not any((t2 <= t and g2 <= g) and (t2 < t or g2 < g) for m, (t2, g2) in pts.items() if m != n):
+            front.append(n)
+    return sorted(front, key=lambda n: pts[n][0])
 
 
 def best_method(bench: dict[str, Any], exclude: Sequence[str] = ("retrain",)) -> Optional[str]:
@@ -124,29 +149,98 @@ def render_csv(bench: dict[str, Any]) -> str:
     return buf.getvalue()
 
 
+def _place_labels(ax: Any, points: list[tuple[float, float, str]], fontsize: int = 8) -> None:
+    """Label points without overlaps: points at the same place share one label; each label takes the first of a few
+    offsets whose box does not overlap a label placed before it."""
+    fig = ax.figure
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    merged: dict[tuple[float, float], list[str]] = {}
+    for x, y, name in points:
+        merged.setdefault((round(x, 6), round(y, 6)), []).append(name)
+    placed: list[Any] = []
+    offsets = [(6, 4, "left"), (6, -11, "left"), (-6, 4, "right"), (-6, -11, "right"), (6, 14, "left"), (-6, 14, "right"),
+               (6, -21, "left"), (-6, -21, "right")]
+    for (x, y), names in sorted(merged.items(), key=lambda kv: (-kv[0][1], kv[0][0])):
+        for dx, dy, ha in offsets:
+            t = ax.annotate(", ".join(names), (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=fontsize, ha=ha)
+            box = t.get_window_extent(renderer).expanded(1.05, 1.15)
+            if not any(box.overlaps(b) for b in placed):
+                placed.append(box)
+                break
+            t.remove()
+        else:
+            t = ax.annotate(", ".join(names), (x, y), textcoords="offset points", xytext=offsets[0][:2], fontsize=fontsize, ha="left")
+            placed.append(t.get_window_extent(renderer))
+
+
+def _clipped(mean: float, std: Optional[float], lo: float = 0.0, hi: float = 100.0) -> list[list[float]]:
+    """Asymmetric error bar of mean ± std kept inside [lo, hi] (a percentage never goes below 0 or above 100)."""
+    sd = std or 0.0
+    return [[min(sd, mean - lo)], [min(sd, hi - mean)]]
+
+
 def plot_png(bench: dict[str, Any]) -> bytes:
-    """Forgetting (UA) against utility (TA; remaining-class TA for class unlearning): one point per method, std bars."""
+    """Left: forgetting (UA) against utility (TA; remaining-class TA for class unlearning). Right: wall time against Avg Gap,
+    with the Pareto front (no method both faster and closer to the baseline) marked. Mean ± std over seeds."""
+    from matplotlib.lines import Line2D
+
     plt = pyplot()
     ykey = "test_remaining_acc" if bench["request"]["scenario"] == "class" else "test_acc"
-    fig, ax = plt.subplots(figsize=(7, 5))
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(13, 5.2))
+    points = []
 
     def point(e: dict[str, Any], **style: Any) -> None:
         x, y = e["metrics"]["ua"], e["metrics"][ykey]
         if x["mean"] is None or y["mean"] is None:
             return
-        ax.errorbar(100 * x["mean"], 100 * y["mean"], xerr=100 * (x["std"] or 0), yerr=100 * (y["std"] or 0), capsize=3, **style)
-        ax.annotate(e["method"], (100 * x["mean"], 100 * y["mean"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        mx, my = 100 * x["mean"], 100 * y["mean"]
+        ax.errorbar(mx, my, xerr=_clipped(mx, 100 * (x["std"] or 0)), yerr=_clipped(my, 100 * (y["std"] or 0)), capsize=3, alpha=0.85, **style)
+        points.append((mx, my, e["method"] if e["kind"] == "method" else f"({e['method']})"))
 
     for e in bench["methods"].values():
-        point(e, fmt="o")
+        point(e, fmt="o", color="tab:blue")
     if bench.get("original"):
-        point(bench["original"], fmt="x", color="gray")
+        point(bench["original"], fmt="X", color="gray", markersize=9)
     if bench.get("reference"):
-        point(bench["reference"], fmt="*", color="black", markersize=12)
+        point(bench["reference"], fmt="*", color="black", markersize=13)
     ax.set_xlabel("UA = 1 - forget accuracy (%)  [forgetting]")
     ax.set_ylabel(("test accuracy, remaining classes" if ykey == "test_remaining_acc" else "test accuracy") + " (%)  [utility]")
-    ax.set_title(f"unlearn bench: {bench['request']['id']} ({bench['request']['scenario']}), mean ± std over {len(bench['seeds'])} seed(s)", fontsize=9)
+    ax.set_title("Forgetting against utility", fontsize=10)
     ax.grid(alpha=0.3)
+    ax.legend(handles=[Line2D([], [], marker="o", color="tab:blue", ls="", label="method (mean ± std over seeds)"),
+                       Line2D([], [], marker="X", color="gray", ls="", markersize=9, label="original (before unlearning)"),
+                       Line2D([], [], marker="*", color="black", ls="", markersize=13, label=f"{bench['baseline']} (the target)")],
+              fontsize=8, loc="best")
+    _place_labels(ax, points)
+
+    front = pareto_front(bench)
+    pts2 = []
+    for n, e in bench["methods"].items():
+        t, g = e["metrics"]["wall_time_s"], e["metrics"]["avg_gap"]
+        if t["mean"] is None or g["mean"] is None:
+            continue
+        on = n in front
+        ax2.errorbar(t["mean"], g["mean"], yerr=_clipped(g["mean"], g["std"], 0.0, float("inf")), fmt="o",
+                     color="tab:red" if on else ("0.6" if n == "retrain" else "tab:blue"), capsize=3, alpha=0.85)
+        pts2.append((t["mean"], g["mean"], n))
+    if front:
+        xy = sorted((bench["methods"][n]["metrics"]["wall_time_s"]["mean"], bench["methods"][n]["metrics"]["avg_gap"]["mean"]) for n in front)
+        ax2.step([p[0] for p in xy], [p[1] for p in xy], where="post", color="tab:red", alpha=0.6)
+    if pts2:
+        ax2.set_xscale("log")
+        ax2.set_yscale("symlog", linthresh=1.0)  # gaps below 1 point stay readable next to a method that failed (tens)
+        ax2.set_ylim(bottom=0)
+    ax2.set_xlabel("method wall time (s, log scale)  [cost]")
+    ax2.set_ylabel(f"{gap_label(bench)} (points, linear below 1)  [lower is closer]")
+    ax2.set_title("Cost against closeness to the baseline (red: Pareto front)", fontsize=10)
+    ax2.grid(alpha=0.3, which="both")
+    ax2.legend(handles=[Line2D([], [], marker="o", color="tab:red", ls="-", label="Pareto front: nothing both faster and closer"),
+                        Line2D([], [], marker="o", color="tab:blue", ls="", label="dominated"),
+                        Line2D([], [], marker="o", color="0.6", ls="", label="retrain (the baseline's procedure)")], fontsize=8, loc="upper right")
+    _place_labels(ax2, pts2)
+    fig.suptitle(f"unlearn bench: {bench['request']['id']} ({bench['request']['scenario']} unlearning), {len(bench['seeds'])} seed(s)", fontsize=11)
+    fig.tight_layout()
     return png_bytes(fig)
 
 

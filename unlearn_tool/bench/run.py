@@ -117,6 +117,25 @@ def with_gap(record: dict[str, Any], baseline: Optional[dict[str, Any]]) -> dict
     return record
 
 
+STATUSES = ("ok", "under-forgot", "over-forgot", "failed")
+
+
+def run_status(record: dict[str, Any], setup: SeedSetup, scenario: str) -> tuple[str, list[str]]:
+    """ok / under-forgot / over-forgot / failed for one run, from the audit's two-sided checks against the baseline."""
+    if record.get("error"):
+        return "failed", [record["error"]]
+    from ..audit.core import audit_warnings
+
+    ref = setup.baseline["metrics"] if setup.baseline is not None and setup.baseline is not setup.original else None
+    findings = audit_warnings(record["metrics"], setup.original["metrics"], ref, scenario)
+    findings = [f for f in findings if f.startswith(("under-unlearning", "over-unlearning"))]
+    if any(f.startswith("under") for f in findings):
+        return "under-forgot", findings
+    if findings:
+        return "over-forgot", findings
+    return "ok", []
+
+
 def run_one(setup: SeedSetup, name: str, params: MethodParams, progress: Optional[Progress] = None) -> dict[str, Any]:
     """Run one method at the setup's seed and audit the result; never raises for a method's failure."""
     job = setup.job
@@ -140,6 +159,7 @@ def run_one(setup: SeedSetup, name: str, params: MethodParams, progress: Optiona
         return record
     finally:
         record["warnings"] = list(ctx.log)
+        record["status"], record["findings"] = run_status(record, setup, job.splits.scenario)
     return with_gap(record, setup.baseline)
 
 
@@ -182,6 +202,7 @@ def summarize(name: str, runs: list[dict[str, Any]], params: Optional[dict[str, 
         "kind": kind,
         "params": params,
         "status": status,
+        "seed_status": [r.get("status", "ok") for r in runs],
         "error": errors[0] if errors else None,
         "seeds": [r["seed"] for r in runs],
         "metrics": {k: _stats([r["metrics"].get(k) for r in runs]) for k in summary_keys(task)},
@@ -210,9 +231,16 @@ def assemble(job: Job, seeds: Sequence[int], baseline: str, methods: dict[str, d
         "original": original,
         "reference": None if reference is None else {**reference, "info": reference_info},
         "methods": methods,
+        "pareto_front": _front(methods),
         "versions": versions(),
         "created_utc": created_utc(),
     }
+
+
+def _front(methods: dict[str, dict[str, Any]]) -> list[str]:
+    from .render import pareto_front
+
+    return pareto_front({"methods": methods})
 
 
 # ---------------------------------------------------------------- the whole bench

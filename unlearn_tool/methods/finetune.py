@@ -60,4 +60,5 @@ register_method(
     "finetune", FinetuneParams, run,
     summary="FT: fine-tune on the retain set only (forgetting by catastrophic interference).",
     reference="Jia et al. 2023 (Unlearn-Sparse, FT baseline); Warnecke et al. 2023",
+    data_parallel=True,
 )

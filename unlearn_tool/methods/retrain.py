@@ -18,4 +18,4 @@ def run(ctx: UnlearnContext, p: RetrainParams) -> MethodOutput:
 
 
 register_method("retrain", RetrainParams, run, summary="Retrain from scratch on the retain set (gold standard; slow).",
-                reference="exact unlearning baseline")
+                reference="exact unlearning baseline", data_parallel=True)

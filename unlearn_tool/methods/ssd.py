@@ -16,7 +16,6 @@ unpickled). Algorithm, defaults and measured figures: docs/methods.md; Foster et
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Optional
@@ -26,7 +25,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from ..data import LabelledData
+from ..data import LabelledData, fingerprint
 from ..errors import OutputError
 from .base import MethodOutput, MethodParams, UnlearnContext, register_method
 
@@ -111,22 +110,8 @@ def weights_fingerprint(model: nn.Module) -> str:
 
 
 def data_fingerprint(data: LabelledData) -> str:
-    """sha256 over the inputs and labels when in memory; else labels, length and a strided sample of inputs (+ file list)."""
-    h = hashlib.sha256()
-    h.update(f"n={len(data)}\n".encode())
-    h.update(_bytes_of(data.targets))
-    if data.x is not None:
-        h.update(f"{data.x.dtype}|{tuple(data.x.shape)}\n".encode())
-        h.update(_bytes_of(data.x))
-    else:
-        samples = getattr(data.dataset, "samples", None)  # ImageFolder: (path, class) pairs
-        if samples is not None:
-            h.update(json.dumps([[str(a), int(b)] for a, b in samples]).encode())
-        n = len(data)
-        idx = torch.unique(torch.linspace(0, n - 1, min(n, 64)).long())
-        x, _ = data.take(idx)
-        h.update(_bytes_of(x.float()))
-    return h.hexdigest()
+    """The data's fingerprint (data.fingerprint): part of the cache key."""
+    return fingerprint(data)
 
 
 def default_cache_dir() -> Path:

@@ -1,0 +1,54 @@
+"""The strong tier: per-example U-LiRA and relearn time, on a model built to leak and on one that does not."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from conftest import invoke
+from unlearn_tool.audit.strong import roc_summary, ulira_scores
+
+
+def test_ulira_scores_separate_in_from_out_on_synthetic_statistics():
+    rng = np.random.default_rng(0)
+    n, m = 16, 200
+    members = np.zeros((n, m), bool)
+    members[::2] = True  # complementary halves: every example IN for half of the shadows
+    members[1::2] = False
+    stats = rng.normal(0, 1, (n, m)) + 3.0 * members  # members are much more confident
+    leaky, negatives = ulira_scores(stats, members, rng.normal(3.0, 1, m))
+    private, _ = ulira_scores(stats, members, rng.normal(0.0, 1, m))
+    assert roc_summary(leaky, negatives)["auc"] > 0.9
+    assert abs(roc_summary(private, negatives)["auc"] - 0.5) < 0.08
+    summary = roc_summary(leaky, negatives)
+    assert summary["negatives"] == n // 2 * m and summary["tpr_at_0.1pct_fpr_resolved"]
+
+
+def _strong(req, original, unlearned, reference, folder, name):
+    r = invoke("audit", "-r", req, "--original", original, "--unlearned", unlearned, "--reference", reference,
+               "--tier", "strong", "--shadows", "8", "--report-dir", folder / name, "--json", "--quiet")
+    return r, json.loads(r.stdout)
+
+
+def test_strong_tier_finds_a_leak_and_passes_a_retrained_model(leaky, tmp_path):
+    folder, req = leaky
+    r, report = _strong(req, folder / "m.safetensors", folder / "m.safetensors", folder / "ref.safetensors", tmp_path, "leak")
+    assert r.exit_code == 3, r.stderr  # the original, never unlearned: its forget set leaks
+    strong = report["strong"]
+    unl, ref = strong["models"]["unlearned"], strong["models"]["reference"]
+    assert strong["protocol"]["attack"].startswith("LiRA") and strong["protocol"]["shadows"] == 8
+    assert unl["auc"] > ref["auc"] + 0.15 and unl["tpr_at_1pct_fpr"] > ref["tpr_at_1pct_fpr"], (unl, ref)
+    assert len(unl["per_example"]) == report["request"]["forget_size"]
+    assert unl["relearn_steps"] == 0 and strong["ain"] is not None  # the original needs no relearning
+    check = next(c for c in report["verdict_detail"]["checks"] if c["name"].startswith("per-example"))
+    assert check["passed"] is False
+    md = (tmp_path / "leak" / "report.md").read_text()
+    assert "## Per-example attack (U-LiRA) and relearn time" in md and "TPR at 0.1% FPR" in md
+
+    r, report = _strong(req, folder / "m.safetensors", folder / "ref.safetensors", folder / "ref.safetensors", tmp_path, "clean")
+    assert r.exit_code == 0, r.stderr
+    assert report["strong"]["cache_hits"] == 8  # the shadows were cached by the first audit
+    u, rr = report["strong"]["models"]["unlearned"], report["strong"]["models"]["reference"]
+    assert u["auc"] == rr["auc"]
+    assert "per example, it is as private as on the retrained model" in report["verdict_detail"]["sentence"]

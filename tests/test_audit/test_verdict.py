@@ -1,0 +1,57 @@
+"""Every audit ends in a verdict with reasons that match the figures: a pass and a fail for each scenario."""
+
+from __future__ import annotations
+
+import json
+
+from conftest import invoke
+
+
+def _audit(req, original, unlearned, tmp_path, *extra):
+    r = invoke("audit", "-r", req, "--original", original, "--unlearned", unlearned, "--report-dir", tmp_path / "rep",
+               "--json", "--quiet", *extra)
+    return r, json.loads(r.stdout) if r.stdout.strip() else None
+
+
+def test_class_audit_pass_and_fail(digits_dir, tmp_path):
+    req, orig = digits_dir / "class.yaml", digits_dir / "mlp.safetensors"
+    r, report = _audit(req, orig, digits_dir / "mlp.retrain_class.safetensors", tmp_path)  # the retrained model: forgot by construction
+    assert r.exit_code == 0, r.stderr
+    d = report["verdict_detail"]
+    assert report["verdict"] == "pass" and d["decided_by"] == "default policy"
+    assert d["sentence"].startswith("PASS: the forgotten classes are no longer recognised")
+    assert len(d["evidence"]) <= 3 and d["utility"].startswith("utility cost:")
+    md = (tmp_path / "rep" / "report.md").read_text().splitlines()
+    assert md[0].startswith("# Unlearning audit") and md[2].startswith("**PASS:")  # the report opens with the verdict
+
+    r, report = _audit(req, orig, orig, tmp_path)  # nothing was forgotten
+    assert r.exit_code == 3 and "default policy" in r.stderr and "forgotten classes unpredictable" in r.stderr
+    d = report["verdict_detail"]
+    assert report["verdict"] == "fail" and d["sentence"].startswith("FAIL: the forgotten classes are still recognised")
+    assert [c["passed"] for c in d["checks"]][:2] == [False, False]
+
+
+def test_gates_override_the_policy(digits_dir, tmp_path):
+    req, orig = digits_dir / "class.yaml", digits_dir / "mlp.safetensors"
+    r, report = _audit(req, orig, orig, tmp_path, "--gate", "retain_acc >= 0.9")
+    assert r.exit_code == 0 and report["verdict"] == "pass" and report["verdict_detail"]["decided_by"] == "gates"
+    assert report["verdict_detail"]["policy_verdict"] == "fail"  # shown, not deciding
+    assert "by the default policy, the forgotten classes are still recognised" in report["verdict_detail"]["sentence"]
+
+
+def test_sample_audit_fail_on_a_leaky_model_and_pass_on_its_retrained_reference(leaky, tmp_path):
+    folder, req = leaky
+    r, report = _audit(req, folder / "m.safetensors", folder / "m.safetensors", tmp_path)
+    assert r.exit_code == 3, r.stderr
+    d = report["verdict_detail"]
+    assert d["sentence"].startswith("FAIL: the forget set is still distinguishable from held-out data")
+    stats = d["statistics"]["unlearned"]
+    assert stats["ks_loss"]["pvalue"] < 0.05 and stats["loss_auc"]["low"] > 0.5  # the figures behind the verdict
+    assert d["original_passes_policy"] is False
+
+    r, report = _audit(req, folder / "m.safetensors", folder / "ref.safetensors", tmp_path)
+    assert r.exit_code == 0, r.stderr
+    d = report["verdict_detail"]
+    assert d["sentence"].startswith("PASS: the forget set is indistinguishable from held-out data")
+    assert "so was the original" not in d["sentence"]  # here the tests can see the training data, so the pass means something
+    assert d["statistics"]["unlearned"]["ks_loss"]["pvalue"] >= 0.05

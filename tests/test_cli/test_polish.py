@@ -1,0 +1,54 @@
+"""CLI polish a new user expects: --version, plain help, merge, keep-on-fail, the stop line, examples (issue 11)."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from safetensors.torch import load_file
+
+from conftest import invoke
+from helpers import rejected
+
+
+def test_version_and_help_read_cleanly():
+    from unlearn_tool import __version__
+
+    r = invoke("--version")
+    assert r.exit_code == 0 and r.stdout.strip() == f"unlearn {__version__}"
+    r = invoke("apply", "--help")
+    assert r.exit_code == 0 and "<bool>" not in r.stdout and "--force" in r.stdout and "K=V" in r.stdout
+    r = invoke("--help")
+    assert "--install-completion" in r.stdout and "merge" in r.stdout and "examples" in r.stdout
+
+
+def test_merge_folds_an_adapter_into_its_base(digits_dir, tmp_path):
+    args = ["apply", digits_dir / "mlp.safetensors", "-r", digits_dir / "class.yaml", "--quiet"]
+    assert invoke(*args, "--adapter-only", "-o", tmp_path / "ad").exit_code == 0
+    assert invoke(*args, "-o", tmp_path / "direct.safetensors").exit_code == 0
+    r = invoke("merge", tmp_path / "ad", "--base", digits_dir / "mlp.safetensors", "-o", tmp_path / "merged.safetensors", "--json")
+    assert r.exit_code == 0, r.stderr
+    merged, direct = load_file(str(tmp_path / "merged.safetensors")), load_file(str(tmp_path / "direct.safetensors"))
+    assert set(merged) == set(direct) and all(torch.allclose(merged[k], direct[k], atol=1e-6) for k in merged)
+    info = json.loads(invoke("inspect", tmp_path / "merged.safetensors", "--json").stdout)["metadata"]
+    assert info["method"] == "rfa" and info["merged_from_adapter_sha256"] == json.loads(r.stdout)["adapter_sha256"]
+    rejected(invoke("merge", tmp_path / "ad", "--base", digits_dir / "mlp.retrain_class.safetensors", "-o", tmp_path / "x.safetensors"),
+             "was made from a base")
+    assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_apply_audit_fail_keeps_the_output_unless_asked(digits_dir, tmp_path):
+    args = ["apply", digits_dir / "mlp.safetensors", "-r", digits_dir / "class.yaml", "--param", "epochs=1", "--param", "stop=epochs",
+            "--audit", "--json", "--quiet"]
+    r = invoke(*args, "-o", tmp_path / "keep.safetensors", "--report-dir", tmp_path / "r1")  # one pass does not forget the class
+    assert r.exit_code == 3 and (tmp_path / "keep.safetensors").is_file()
+    r = invoke(*args, "-o", tmp_path / "drop.safetensors", "--report-dir", tmp_path / "r2", "--no-keep-on-fail")
+    assert r.exit_code == 3 and not (tmp_path / "drop.safetensors").exists()
+    assert json.loads(r.stdout)["output_removed"] is True
+    assert (tmp_path / "r2" / "report.json").is_file()  # the evidence stays
+
+
+def test_apply_says_why_rfa_stopped(digits_dir, tmp_path):
+    r = invoke("apply", digits_dir / "mlp.safetensors", "-r", digits_dir / "class.yaml", "-o", tmp_path / "u.safetensors")
+    assert r.exit_code == 0, r.stderr
+    assert "stopped early: target reached after" in r.stderr and "test_remaining_acc is the utility on the classes kept" in r.stderr

@@ -1,0 +1,210 @@
+"""Deletion requests as they really arrive (issue 12): record IDs, repeated requests with a lineage and a ledger, relapse."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+
+from conftest import invoke, write_request
+from helpers import rejected
+
+
+def _req(folder: Path, name: str, forget: dict, data: dict | None = None, params: dict | None = None) -> Path:
+    path = write_request(folder, forget, name=f"{name}.yaml", method={"name": "rfa", "params": params or {}})
+    if data is not None:
+        req = yaml.safe_load(path.read_text())
+        req["data"] = data
+        path.write_text(yaml.safe_dump(req, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="module")
+def id_data(tmp_path_factory):
+    """Digits as a tensors file with an `ids` key (user numbers), the same with an ids_path sidecar of strings, and a model."""
+    from sklearn.datasets import load_digits
+
+    folder = tmp_path_factory.mktemp("ids")
+    d = load_digits()
+    order = np.random.default_rng(1).permutation(len(d.target))
+    x = torch.from_numpy((d.images[order] / 16.0).astype(np.float32)).unsqueeze(1)
+    y = torch.from_numpy(d.target[order].astype(np.int64))
+    ids = torch.arange(100000, 100000 + 1200, dtype=torch.int64)
+    save_file({"x": x[:1200].contiguous(), "y": y[:1200].contiguous(), "ids": ids}, str(folder / "train.safetensors"))
+    save_file({"x": x[:1200].contiguous(), "y": y[:1200].contiguous()}, str(folder / "train_noids.safetensors"))
+    (folder / "train_ids.txt").write_text("".join(f"user-{i:05d}\n" for i in range(1200)))
+    save_file({"x": x[1200:].contiguous(), "y": y[1200:].contiguous()}, str(folder / "test.safetensors"))
+    data = {"train": {"source": "tensors", "path": "train.safetensors"}, "test": {"source": "tensors", "path": "test.safetensors"}}
+    req = _req(folder, "base", {"classes": [3]}, data)
+    assert invoke("train", "-r", req, "-o", folder / "m.safetensors", "--epochs", "20", "--quiet").exit_code == 0
+    return folder, data
+
+
+def _apply(*args):
+    r = invoke("apply", *args, "--json", "--quiet")
+    return r, (json.loads(r.stdout) if r.exit_code == 0 else None)
+
+
+def test_ids_resolve_on_tensors_sidecar_and_imagefolder(id_data, tmp_path):
+    folder, data = id_data
+    r, out = _apply(folder / "m.safetensors", "-r", _req(folder, "by-id", {"ids": [100007, 100011, 100500]}, data, {"epochs": 2, "stop": "epochs"}),
+                    "-o", tmp_path / "a.safetensors")
+    assert r.exit_code == 0, r.stderr
+    assert out["forget_size"] == 3 and out["missing_ids"] == []
+    side = {**data, "train": {"source": "tensors", "path": "train_noids.safetensors", "ids_path": "train_ids.txt"}}
+    (folder / "deletions.csv").write_text("user_id,reason\nuser-00007,gdpr\nuser-00011,gdpr\n")
+    r, out = _apply(folder / "m.safetensors", "-r", _req(folder, "csv-ids", {"ids_file": "deletions.csv", "ids_column": "user_id"}, side,
+                                                       {"epochs": 2, "stop": "epochs"}), "-o", tmp_path / "b.safetensors")
+    assert r.exit_code == 0, r.stderr
+    assert out["forget_size"] == 2
+
+    from PIL import Image
+
+    from unlearn_tool.data import load_split
+    from unlearn_tool.request import DataSpec
+
+    for c in range(2):
+        (tmp_path / "img" / f"c{c}").mkdir(parents=True)
+        for k in range(3):
+            Image.new("L", (8, 8), 40 * k + 100 * c).save(tmp_path / "img" / f"c{c}" / f"p{k}.png")
+    images = load_split(DataSpec(source="imagefolder", path=str(tmp_path / "img")), "train", tmp_path)
+    assert images.ids == [f"c{c}/p{k}.png" for c in range(2) for k in range(3)]  # an image's record ID is its path
+
+
+def test_unknown_and_duplicate_ids(id_data, tmp_path):
+    folder, data = id_data
+    req = _req(folder, "unknown", {"ids": [100001, 999999, 888888]}, data, {"epochs": 1, "stop": "epochs"})
+    rejected(invoke("apply", folder / "m.safetensors", "-r", req, "-o", tmp_path / "x.safetensors", "--quiet"),
+             "2 of 3 record ID(s) are not in the train split", "--allow-missing")
+    r, out = _apply(folder / "m.safetensors", "-r", req, "-o", tmp_path / "y.safetensors", "--allow-missing")
+    assert r.exit_code == 0 and out["forget_size"] == 1 and sorted(out["missing_ids"]) == ["888888", "999999"]
+    dup = load_file(str(folder / "train.safetensors"))
+    dup["ids"][5] = dup["ids"][6]
+    save_file(dup, str(tmp_path / "dup.safetensors"))
+    bad = _req(tmp_path, "dup", {"ids": [100001]}, {**data, "train": {"source": "tensors", "path": "dup.safetensors"},
+                                                    "test": {"source": "tensors", "path": str(folder / "test.safetensors")}})
+    rejected(invoke("validate", "-r", bad), "duplicate record ID")
+    rejected(invoke("validate", "-r", _req(folder, "noids", {"ids": ["a"]}, {**data, "train": {"source": "tensors", "path": "train_noids.safetensors"}})),
+             "has no record IDs")
+
+
+def test_outputs_never_hold_plain_ids_unless_asked(id_data, tmp_path):
+    folder, data = id_data
+    req = _req(folder, "secret", {"ids": [100123, 100456]}, data, {"epochs": 1, "stop": "epochs"})
+    r, out = _apply(folder / "m.safetensors", "-r", req, "-o", tmp_path / "p.safetensors")
+    assert r.exit_code == 0, r.stderr
+    files = [tmp_path / "p.safetensors", tmp_path / "p.ledger.jsonl", *sorted((tmp_path / "p.ledger.d").iterdir())]
+    blob = b"".join(p.read_bytes() for p in files) + r.stdout.encode()
+    assert b"100123" not in blob and b"100456" not in blob and out["forget_digest"]
+    r, _ = _apply(folder / "m.safetensors", "-r", req, "-o", tmp_path / "q.safetensors", "--record-ids")
+    assert b"100123" in (tmp_path / "q.safetensors").read_bytes() and b"100123" in (tmp_path / "q.ledger.jsonl").read_bytes()
+
+
+def test_a_second_request_leaves_out_what_the_first_forgot(digits_dir, tmp_path):
+    from unlearn_tool.pipeline import apply_request
+
+    a = _req(tmp_path, "a", {"indices": list(range(0, 300, 3))}, params={"epochs": 2, "stop": "epochs"})
+    b = _req(tmp_path, "b", {"indices": list(range(0, 600, 5))}, params={"epochs": 2, "stop": "epochs"})
+    first = apply_request(a, digits_dir / "mlp.safetensors", output=tmp_path / "s1.safetensors", device="cpu")
+    second = apply_request(b, tmp_path / "s1.safetensors", output=tmp_path / "s2.safetensors", device="cpu")
+    gone = set(first.job.splits.forget_positions.tolist())
+    splits = second.job.splits
+    full_positions = [p for p in range(1437) if p not in gone]  # the kept subset, in order
+    retain_full = {full_positions[i] for i in splits.retain_idx.tolist()}
+    forget_full = set(splits.forget_positions.tolist())
+    assert not (retain_full & gone) and not (forget_full & gone)
+    assert forget_full == set(range(0, 600, 5)) - gone and splits.already_forgotten == len(set(range(0, 600, 5)) & gone)
+    assert len(retain_full) + len(forget_full) + len(gone) == 1437
+    r = invoke("ledger", "verify", tmp_path / "s2.safetensors", "--original", digits_dir / "mlp.safetensors")
+    assert r.exit_code == 0 and r.stdout.startswith("verified: 2 step(s)"), r.output
+
+    shutil.rmtree(tmp_path / "s2.ledger.d")  # the earlier sets cannot be resolved any more
+    rejected(invoke("apply", tmp_path / "s2.safetensors", "-r", a, "-o", tmp_path / "s3.safetensors", "--quiet"),
+             "lineage step 1", "--ignore-lineage")
+    r = invoke("apply", tmp_path / "s2.safetensors", "-r", a, "-o", tmp_path / "s3.safetensors", "--quiet", "--ignore-lineage")
+    assert r.exit_code == 0 and "--ignore-lineage" in r.stderr
+
+
+def test_several_requests_in_one_run(digits_dir, tmp_path):
+    a = _req(tmp_path, "a", {"classes": [3]}, params={"epochs": 5})
+    b = _req(tmp_path, "b", {"classes": [5]}, params={"epochs": 5})
+    r, out = _apply(digits_dir / "mlp.safetensors", "-r", a, "-r", b, "-o", tmp_path / "ab.safetensors")
+    assert r.exit_code == 0, r.stderr
+    assert out["lineage_steps"] == 2 and out["request_id"] == "test-b.yaml"
+    chain = json.loads(invoke("ledger", tmp_path / "ab.safetensors", "--json").stdout)
+    assert [s["request_id"] for s in chain["steps"]] == ["test-a.yaml", "test-b.yaml"]
+    assert invoke("ledger", "verify", tmp_path / "ab.safetensors", "--original", digits_dir / "mlp.safetensors").exit_code == 0
+
+
+def test_ledger_verify_fails_on_tampering(digits_dir, tmp_path):
+    a = _req(tmp_path, "a", {"indices": list(range(0, 200, 7))}, params={"epochs": 1, "stop": "epochs"})
+    b = _req(tmp_path, "b", {"indices": list(range(1, 200, 7))}, params={"epochs": 1, "stop": "epochs"})
+    assert invoke("apply", digits_dir / "mlp.safetensors", "-r", a, "-o", tmp_path / "s1.safetensors", "--quiet").exit_code == 0
+    assert invoke("apply", tmp_path / "s1.safetensors", "-r", b, "-o", tmp_path / "s2.safetensors", "--quiet").exit_code == 0
+    verify = lambda ckpt, **kw: invoke("ledger", "verify", ckpt, "--original", digits_dir / "mlp.safetensors",  # noqa: E731
+                                       *sum((["--ledger", v] for v in kw.values()), []))
+    assert verify(tmp_path / "s2.safetensors").exit_code == 0
+
+    from unlearn_tool.checkpoint import read_checkpoint
+
+    tensors, meta = read_checkpoint(tmp_path / "s2.safetensors")  # a tampered checkpoint (same metadata, other weights)
+    tensors["head.bias"] = tensors["head.bias"] + 0.1
+    save_file(tensors, str(tmp_path / "t.safetensors"), metadata=meta)
+    shutil.copy(tmp_path / "s2.ledger.jsonl", tmp_path / "t.ledger.jsonl")
+    r = verify(tmp_path / "t.safetensors")
+    assert r.exit_code == 3 and "altered or replaced" in r.stderr
+
+    lines = (tmp_path / "s2.ledger.jsonl").read_text().splitlines()  # a tampered ledger line
+    entry = json.loads(lines[0])
+    entry["request_id"] = "someone-else"
+    (tmp_path / "edited.jsonl").write_text("\n".join([json.dumps(entry)] + lines[1:]) + "\n")
+    r = verify(tmp_path / "s2.safetensors", ledger=tmp_path / "edited.jsonl")
+    assert r.exit_code == 3 and "altered" in r.stderr
+
+    (tmp_path / "broken.jsonl").write_text(lines[1] + "\n")  # a broken link: the first step is gone
+    r = verify(tmp_path / "s2.safetensors", ledger=tmp_path / "broken.jsonl")
+    assert r.exit_code == 3 and "problem:" in r.stderr
+    r = verify(tmp_path / "s1.safetensors", ledger=tmp_path / "s2.ledger.jsonl")  # not the chain's last output
+    assert r.exit_code == 3 and "not the chain's last output" in r.stderr
+
+
+def test_audit_flags_a_relapse(digits_dir, tmp_path):
+    a = _req(tmp_path, "a", {"classes": [3]})
+    b = _req(tmp_path, "b", {"classes": [5]})
+    assert invoke("apply", digits_dir / "mlp.safetensors", "-r", a, "-o", tmp_path / "s1.safetensors", "--quiet").exit_code == 0
+    assert invoke("apply", tmp_path / "s1.safetensors", "-r", b, "-o", tmp_path / "s2.safetensors", "--quiet").exit_code == 0
+    audit = ["audit", "-r", b, "--original", tmp_path / "s1.safetensors", "--json", "--quiet", "--gate", "relapse_max <= 0.05"]
+    r = invoke(*audit, "--unlearned", tmp_path / "s2.safetensors", "--report-dir", tmp_path / "ok")
+    assert r.exit_code == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report["lineage"]["relapsed"] == [] and report["lineage"]["steps"][0]["forget_acc_now"] <= 0.05
+
+    # a model made to relearn the first deletion (class 3), keeping the lineage metadata
+    from unlearn_tool.checkpoint import read_checkpoint
+    from unlearn_tool.job import prepare
+
+    job = prepare(a, tmp_path / "s2.safetensors", device="cpu")
+    model = job.original.train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    for _ in range(5):
+        for x, y in job.splits.forget.batches(32, shuffle=True, generator=torch.Generator().manual_seed(0)):
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    _, meta = read_checkpoint(tmp_path / "s2.safetensors")
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "relapsed.safetensors"), metadata=meta)
+    shutil.copy(tmp_path / "s2.ledger.jsonl", tmp_path / "relapsed.ledger.jsonl")
+    shutil.copytree(tmp_path / "s2.ledger.d", tmp_path / "relapsed.ledger.d")
+    r = invoke(*audit, "--unlearned", tmp_path / "relapsed.safetensors", "--report-dir", tmp_path / "bad")
+    assert r.exit_code == 3 and "relapse_max" in r.stderr, r.stderr
+    report = json.loads(r.stdout)
+    assert report["lineage"]["relapsed"] == [1] and report["models"]["unlearned"]["relapse_max"] > 0.5
+    assert any(w.startswith("relapse:") for w in report["warnings"])
+    assert "## Earlier deletions (lineage)" in (tmp_path / "bad" / "report.md").read_text()

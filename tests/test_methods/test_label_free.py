@@ -1,0 +1,79 @@
+"""Label-free in the product, not only in the method: a train split without labels runs laf, and nothing else (issue 13)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+
+from conftest import invoke, write_request
+from helpers import rejected
+
+
+@pytest.fixture(scope="module")
+def unlabelled(tmp_path_factory, digits_dir):
+    """The digits train split as tensors with y and without y (same x, same order), and requests for each."""
+    from unlearn_tool.data import load_split
+    from unlearn_tool.request import DataSpec
+
+    folder = tmp_path_factory.mktemp("nolabels")
+    train = load_split(DataSpec(source="sklearn:digits"), "train", folder)
+    test = load_split(DataSpec(source="sklearn:digits"), "test", folder)
+    save_file({"x": train.x.contiguous(), "y": train.targets.contiguous()}, str(folder / "with_y.safetensors"))
+    save_file({"x": train.x.contiguous()}, str(folder / "no_y.safetensors"))
+    save_file({"x": test.x.contiguous(), "y": test.targets.contiguous()}, str(folder / "test.safetensors"))
+    forget = {"indices": sorted(int(i) for i in np.random.default_rng(0).choice(1437, 60, replace=False))}
+    reqs = {}
+    for name in ("with_y", "no_y"):
+        path = write_request(folder, forget, name=f"{name}.yaml", method={"name": "laf", "params": {"epochs": 2}})
+        req = yaml.safe_load(path.read_text())
+        req["data"] = {"train": {"source": "tensors", "path": f"{name}.safetensors"}, "test": {"source": "tensors", "path": "test.safetensors"}}
+        path.write_text(yaml.safe_dump(req, sort_keys=False))
+        reqs[name] = path
+    return folder, reqs
+
+
+def test_laf_runs_without_labels_and_gives_the_same_weights(unlabelled, digits_dir, tmp_path):
+    folder, reqs = unlabelled
+    outs = {}
+    for name, req in reqs.items():
+        r = invoke("apply", digits_dir / "mlp.safetensors", "-r", req, "-o", tmp_path / f"{name}.safetensors", "--json", "--quiet")
+        assert r.exit_code == 0, r.stderr
+        outs[name] = json.loads(r.stdout)
+        assert outs[name]["method"] == "laf"
+    a, b = load_file(str(tmp_path / "with_y.safetensors")), load_file(str(tmp_path / "no_y.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)  # absent labels change nothing: laf never reads them
+    assert any("agreement with the original model's predictions" in w for w in outs["no_y"]["warnings"])
+
+
+def test_other_methods_and_class_requests_need_labels(unlabelled, digits_dir, tmp_path):
+    folder, reqs = unlabelled
+    rejected(invoke("apply", digits_dir / "mlp.safetensors", "-r", reqs["no_y"], "--method", "rfa", "-o", tmp_path / "x.safetensors", "--quiet"),
+             "has no labels", "label-free method")
+    req = yaml.safe_load(reqs["no_y"].read_text())
+    req["forget"] = {"classes": [3]}
+    (folder / "cls.yaml").write_text(yaml.safe_dump(req))
+    rejected(invoke("validate", "-r", folder / "cls.yaml"), "forget by indices or ids")
+    r = invoke("validate", "-r", reqs["no_y"], "--json")
+    info = json.loads(r.stdout)
+    assert r.exit_code == 0 and info["train_labelled"] is False and "laf" in info["note"]
+
+
+def test_the_audit_needs_and_uses_a_labelled_test_split(unlabelled, digits_dir, tmp_path):
+    folder, reqs = unlabelled
+    assert invoke("apply", digits_dir / "mlp.safetensors", "-r", reqs["no_y"], "-o", tmp_path / "u.safetensors", "--quiet").exit_code == 0
+    r = invoke("audit", "-r", reqs["no_y"], "--original", digits_dir / "mlp.safetensors", "--unlearned", tmp_path / "u.safetensors",
+               "--report-dir", tmp_path / "rep", "--json", "--quiet")
+    assert r.exit_code in (0, 3), r.stderr
+    report = json.loads(r.stdout)
+    assert any("the train split has no labels" in w for w in report["warnings"])
+    assert report["models"]["unlearned"]["test_acc"] > 0.8  # the test split's own labels
+    req = yaml.safe_load(reqs["no_y"].read_text())
+    save_file({"x": load_file(str(folder / "test.safetensors"))["x"]}, str(folder / "test_noy.safetensors"))
+    req["data"]["test"] = {"source": "tensors", "path": "test_noy.safetensors"}
+    (folder / "notest.yaml").write_text(yaml.safe_dump(req))
+    rejected(invoke("validate", "-r", folder / "notest.yaml"), "data.test", "lacks key(s) y")

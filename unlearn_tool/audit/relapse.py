@@ -1,0 +1,80 @@
+"""Relapse: did an earlier deletion in the checkpoint's lineage become visible again?
+
+For each earlier step of the lineage (every step but the request being audited), its forgotten set is read
+back from the ledger and the audited model's forget accuracy and MIA-Efficacy on it are measured again. A
+step relapsed when its forget accuracy now exceeds the accuracy recorded right after that step by more
+than RELAPSE_TOLERANCE. `relapse_max` (the largest such rise) is a metric gates can use.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from ..evaluate import stream
+from ..job import Job
+from . import attacks
+
+RELAPSE_TOLERANCE = 0.05
+
+
+def relapse_check(job: Job, model: nn.Module, fields: dict[str, Any], ledger: Optional[Path], seed: int) -> Optional[dict[str, Any]]:
+    """The `lineage` section of a report (None when the model has no earlier deletions)."""
+    from safetensors.torch import load_file
+
+    from ..ledger import LedgerError, Lineage, forget_dir, read_ledger
+
+    lineage = Lineage.from_metadata(fields)
+    if lineage is None or len(lineage.steps) < 2:
+        return None
+    earlier = lineage.steps[:-1]
+    section: dict[str, Any] = {"steps": [], "relapse_max": None, "relapsed": [], "ledger": str(ledger) if ledger else None,
+                               "tolerance": RELAPSE_TOLERANCE, "problem": None}
+    if ledger is None or not ledger.is_file():
+        section["problem"] = f"the ledger {ledger} is missing: the {len(earlier)} earlier deletion(s) could not be re-checked"
+        return section
+    try:
+        entries = {e.get("step"): e for e in read_ledger(ledger)}
+    except LedgerError as e:
+        section["problem"] = str(e)
+        return section
+    bs = job.request.data.batch_size
+    retain = stream(model, job.splits.retain, job.device, bs, job.task)
+    test = stream(model, job.splits.test, job.device, bs, job.task)
+    rises = []
+    for step in earlier:
+        e = entries.get(step["step"])
+        row: dict[str, Any] = {"step": step["step"], "request_id": step.get("request_id"), "forget_count": step.get("forget_count"),
+                               "forget_acc_then": step.get("after_forget_acc"), "forget_acc_now": None, "mia_efficacy_now": None,
+                               "relapsed": None}
+        try:
+            positions = load_file(str(forget_dir(ledger) / str(e.get("forget_file")))) ["positions"] if e else None
+        except Exception:  # noqa: BLE001
+            positions = None
+        if positions is None or lineage.data_sha256 != job.data_sha256:
+            row["problem"] = "forgotten set not found in the ledger, or the train data changed"
+            section["steps"].append(row)
+            continue
+        full = job.full_train if job.full_train is not None else job.splits.train
+        data = full.subset(positions.to(torch.long)) if len(full) > int(positions.max()) else None
+        if data is None:
+            row["problem"] = "the stored positions do not fit this train split"
+            section["steps"].append(row)
+            continue
+        out = stream(model, data, job.device, bs, job.task)
+        acc = float((out.pred == out.targets).mean())
+        row["forget_acc_now"] = acc
+        if "conf" in out.stats:
+            row["mia_efficacy_now"] = attacks.mia_efficacy(retain.conf, test.conf, out.conf, seed)
+        then = step.get("after_forget_acc")
+        if then is not None:
+            rises.append(acc - then)
+            row["relapsed"] = acc - then > RELAPSE_TOLERANCE
+            if row["relapsed"]:
+                section["relapsed"].append(step["step"])
+        section["steps"].append(row)
+    section["relapse_max"] = max(rises) if rises else None
+    return section

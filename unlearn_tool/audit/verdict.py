@@ -1,0 +1,222 @@
+"""The verdict: did the deletion work? One documented default policy per scenario; gates override it.
+
+Default policy (docs/audit.md, "Verdict"):
+- class unlearning: the forgotten classes are unpredictable (forget accuracy and forgotten-class test
+  accuracy at most 5%), and the confidence attack finds no membership signal (MIA-Efficacy, the share of
+  the forget set it calls non-member, at least 90%);
+- sample unlearning: the forget set is indistinguishable from held-out data: two-sample Kolmogorov-Smirnov
+  tests (forget set against test set) of the per-sample loss (the true-class confidence p_y = exp(-loss)
+  gives the identical test: KS is invariant to monotone maps) and of the prediction entropy do not reject
+  at 5%, and the 95% bootstrap interval of the loss attack's AUC contains 0.5. When the original model
+  passes these checks too, the verdict says so: the population tests then cannot see this model's
+  training data at all, and only the per-example tier (`--tier strong`) can;
+- both: utility costs at most 5 points (remaining-class test accuracy for class unlearning, test accuracy
+  for sample unlearning).
+With a retrained reference the report also reads, metric by metric, whether the unlearned model is
+closer to the retrained one than the original was. Gates (`--gate`, `audit.gates`), when given, decide
+the verdict instead; the policy's checks are then shown for information.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from ..tasks import SetOutputs
+from .registry import METRICS, avg_gap_names, finite
+
+CLASS_MAX_FORGET_ACC = 0.05
+CLASS_MIN_MIA_EFFICACY = 0.90
+SAMPLE_ALPHA = 0.05
+AUC_CONFIDENCE = 0.95
+BOOTSTRAP = 1000
+MAX_UTILITY_DROP = 0.05
+STRONG_AUC_MARGIN = 0.05  # strong tier: the per-example attack may be at most this much stronger than on the reference
+POLICY = {
+    "class_max_forget_acc": CLASS_MAX_FORGET_ACC, "class_min_mia_efficacy": CLASS_MIN_MIA_EFFICACY,
+    "sample_ks_alpha": SAMPLE_ALPHA, "sample_auc_confidence": AUC_CONFIDENCE, "bootstrap_resamples": BOOTSTRAP,
+    "max_utility_drop": MAX_UTILITY_DROP, "strong_auc_margin": STRONG_AUC_MARGIN,
+}
+
+
+@dataclass
+class Check:
+    name: str
+    passed: Optional[bool]  # None: could not be measured (counts as not passed)
+    value: str
+    expectation: str
+    meaning: str
+
+
+# ---------------------------------------------------------------- statistics of one model
+
+def auc_with_interval(members: np.ndarray, nonmembers: np.ndarray, seed: int, resamples: int = BOOTSTRAP,
+                      confidence: float = AUC_CONFIDENCE) -> tuple[Optional[float], Optional[float], Optional[float]]:
+    """AUC of a score that should be higher for members (Mann-Whitney), with a percentile bootstrap interval."""
+    from sklearn.metrics import roc_auc_score
+
+    members, nonmembers = np.asarray(members, np.float64), np.asarray(nonmembers, np.float64)
+    if len(members) < 2 or len(nonmembers) < 2:
+        return None, None, None
+    y = np.r_[np.ones(len(members)), np.zeros(len(nonmembers))]
+    auc = float(roc_auc_score(y, np.r_[members, nonmembers]))
+    rng = np.random.default_rng(seed + 17)
+    boots = []
+    for _ in range(resamples):
+        m = members[rng.integers(0, len(members), len(members))]
+        n = nonmembers[rng.integers(0, len(nonmembers), len(nonmembers))]
+        boots.append(roc_auc_score(y, np.r_[m, n]))
+    tail = (1 - confidence) / 2
+    lo, hi = np.quantile(boots, [tail, 1 - tail])
+    return auc, float(lo), float(hi)
+
+
+def distinguishability(forget: SetOutputs, test: SetOutputs, seed: int) -> dict[str, Any]:
+    """Is the forget set distinguishable from held-out data? KS tests on loss and confidence; the loss attack's AUC."""
+    from scipy.stats import ks_2samp
+
+    out: dict[str, Any] = {"forget_size": len(forget), "test_size": len(test)}
+    for key in ("loss", "conf", "ent"):
+        if key in forget.stats and len(forget) and len(test):
+            r = ks_2samp(forget.stats[key], test.stats[key])
+            out[f"ks_{key}"] = {"statistic": float(r.statistic), "pvalue": float(r.pvalue)}
+    if "loss" in forget.stats:
+        auc, lo, hi = auc_with_interval(-forget.stats["loss"], -test.stats["loss"], seed)  # lower loss = more "member"
+        out["loss_auc"] = {"auc": auc, "low": lo, "high": hi, "confidence": AUC_CONFIDENCE}
+        out["mean_loss"] = {"forget": float(forget.loss.mean()), "test": float(test.loss.mean())}
+    return out
+
+
+# ---------------------------------------------------------------- the policy
+
+def _pct(v: Optional[float]) -> str:
+    return "-" if v is None else f"{100 * v:.1f}%"
+
+
+def _utility_check(scenario: str, unl: dict[str, Any], orig: dict[str, Any]) -> Check:
+    key = "test_remaining_acc" if scenario == "class" else "test_acc"
+    a, b = finite(orig.get(key)), finite(unl.get(key))
+    drop = None if a is None or b is None else a - b
+    change = "-" if drop is None else f"{-100 * drop:+.1f} points"
+    return Check("utility", None if drop is None else drop <= MAX_UTILITY_DROP, f"{METRICS[key].label} {_pct(a)} -> {_pct(b)} ({change})",
+                 f"drop at most {100 * MAX_UTILITY_DROP:.0f} points", "what the deletion cost on data the model should still serve")
+
+
+def policy_checks(scenario: str, unl: dict[str, Any], orig: dict[str, Any], stats: Optional[dict[str, Any]]) -> list[Check]:
+    """The default policy's checks for the unlearned model (see the module docstring)."""
+    checks: list[Check] = []
+    if scenario == "class":
+        fa, tfa = finite(unl.get("forget_acc")), finite(unl.get("test_forgotten_acc"))
+        worst = max(v for v in (fa, tfa) if v is not None) if (fa is not None or tfa is not None) else None
+        checks.append(Check("forgotten classes unpredictable", None if worst is None else worst <= CLASS_MAX_FORGET_ACC,
+                            f"forget {_pct(fa)}, unseen test samples of those classes {_pct(tfa)}",
+                            f"both at most {100 * CLASS_MAX_FORGET_ACC:.0f}%", "a model that never saw the classes predicts them 0% of the time"))
+        mia = finite(unl.get("mia_efficacy"))
+        checks.append(Check("no membership signal", None if mia is None else mia >= CLASS_MIN_MIA_EFFICACY,
+                            f"MIA-Efficacy {_pct(mia)}", f"at least {100 * CLASS_MIN_MIA_EFFICACY:.0f}%",
+                            "share of the forget set a confidence attack calls non-member"))
+    else:
+        stats = stats or {}
+        for key, what in (("loss", "loss and confidence"), ("ent", "prediction entropy")):
+            ks = stats.get(f"ks_{key}")
+            checks.append(Check(f"{what} like held-out data", None if ks is None else ks["pvalue"] >= SAMPLE_ALPHA,
+                                "-" if ks is None else f"KS p = {ks['pvalue']:.3f} (D = {ks['statistic']:.3f})",
+                                f"p >= {SAMPLE_ALPHA}", f"forget-set {what} against the test set's: a two-sample Kolmogorov-Smirnov test"))
+        auc = stats.get("loss_auc") or {}
+        inside = None if auc.get("low") is None else auc["low"] <= 0.5 <= auc["high"]
+        checks.append(Check("loss attack at chance", inside,
+                            "-" if auc.get("auc") is None else f"AUC {auc['auc']:.3f} [{auc['low']:.3f}, {auc['high']:.3f}]",
+                            f"{100 * AUC_CONFIDENCE:.0f}% interval contains 0.5", "a loss threshold telling forget from test samples"))
+    checks.append(_utility_check(scenario, unl, orig))
+    return checks
+
+
+def closer_to_reference(models: dict[str, Any], names: Sequence[str] = ()) -> Optional[list[dict[str, Any]]]:
+    """Metric by metric: is the unlearned model closer to the retrained reference than the original was?"""
+    ref = models.get("reference")
+    if ref is None:
+        return None
+    rows = []
+    for name in tuple(names) or avg_gap_names() + ("forget_acc", "mia_loss_auc"):
+        r, u, o = finite(ref.get(name)), finite(models["unlearned"].get(name)), finite(models["original"].get(name))
+        if r is None or u is None or o is None:
+            continue
+        rows.append({"metric": name, "reference": r, "unlearned": u, "original": o, "unlearned_gap": abs(u - r),
+                     "original_gap": abs(o - r), "closer": abs(u - r) < abs(o - r) or abs(u - r) <= 1e-9})
+    for kind in ("activation_distance", "js_divergence"):  # the original's distance to the reference vs the unlearned model's
+        du, do = (models["unlearned"].get(kind) or {}).get("forget"), (models["original"].get(kind) or {}).get("forget")
+        if du is not None and do is not None:
+            rows.append({"metric": f"{kind}_forget", "reference": 0.0, "unlearned": du, "original": do, "unlearned_gap": du,
+                         "original_gap": do, "closer": du < do})
+    return rows
+
+
+# ---------------------------------------------------------------- the verdict
+
+def strong_check(strong: Optional[dict[str, Any]]) -> Optional[Check]:
+    """Strong tier with a reference: the per-example attack is no stronger on the unlearned model than on the retrained one."""
+    models = (strong or {}).get("models") or {}
+    u, r = (models.get(k, {}).get("auc") for k in ("unlearned", "reference"))
+    if u is None or r is None:
+        return None
+    return Check("per-example attack at the retrained level", u <= r + STRONG_AUC_MARGIN, f"U-LiRA AUC {u:.3f} (retrained model: {r:.3f})",
+                 f"at most the retrained model's + {STRONG_AUC_MARGIN}", "a per-example likelihood-ratio attack with shadow models (--tier strong)")
+
+
+def decide(scenario: str, models: dict[str, Any], gate_rows: list[dict[str, Any]], stats: Optional[dict[str, Any]],
+           avg_gaps: dict[str, Optional[float]], original_stats: Optional[dict[str, Any]] = None,
+           strong: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """The verdict, who decided it, one sentence, three lines of evidence, the utility cost, and every check."""
+    unl, orig = models["unlearned"], models["original"]
+    checks = policy_checks(scenario, unl, orig, stats)
+    extra = strong_check(strong)
+    if extra is not None:
+        checks.insert(len(checks) - 1, extra)  # before the utility check, which stays last
+    original_checks = policy_checks(scenario, orig, orig, original_stats)[:-1]
+    blind = bool(original_checks) and all(c.passed for c in original_checks)  # the tests cannot see the training data at all
+    policy_pass = all(c.passed for c in checks)
+    decided_by = "gates" if gate_rows else "default policy"
+    verdict = ("pass" if all(g["passed"] for g in gate_rows) else "fail") if gate_rows else ("pass" if policy_pass else "fail")
+    closer = closer_to_reference(models)
+    utility = checks[-1]
+    forgetting = [c for c in checks if c is not utility]
+
+    population = [c for c in forgetting if c is not extra]
+    if scenario == "class":
+        what = "the forgotten classes are no longer recognised and show no membership signal" if all(c.passed for c in population) \
+            else "the forgotten classes are still " + ("recognised" if not population[0].passed else "visible to a membership attack")
+    else:
+        what = "the forget set is indistinguishable from held-out data" if all(c.passed for c in population) \
+            else "the forget set is still distinguishable from held-out data"
+    if extra is not None:
+        what += ("; per example, it is as private as on the retrained model" if extra.passed
+                 else "; but a per-example attack still tells it apart better than on the retrained model")
+    if blind and extra is None:
+        what += " (but so was the original's: these population tests cannot see this model's training data; run --tier strong for per-example evidence)"
+    if gate_rows:
+        failed = [g["expr"] for g in gate_rows if not g["passed"]]
+        sentence = (f"{verdict.upper()} by the gates ({len(gate_rows) - len(failed)} of {len(gate_rows)} met"
+                    + (f"; failed: {', '.join(failed[:3])}" if failed else "") + f"); by the default policy, {what}.")
+    else:
+        sentence = f"{verdict.upper()}: {what}" + ("." if utility.passed else f", but utility fell more than {100 * MAX_UTILITY_DROP:.0f} points.")
+    evidence = [f"{c.name}: {c.value} (expected {c.expectation})" for c in forgetting][:3]
+    if closer is not None and len(evidence) < 3:
+        n = sum(r["closer"] for r in closer)
+        evidence.append(f"closer to the retrained model than the original was on {n} of {len(closer)} metrics"
+                        + (f"; Avg Gap {avg_gaps['unlearned']:.2f} vs the original's {avg_gaps['original']:.2f} points"
+                           if avg_gaps.get("unlearned") is not None and avg_gaps.get("original") is not None else ""))
+    return {
+        "verdict": verdict,
+        "decided_by": decided_by,
+        "sentence": sentence,
+        "evidence": evidence[:3],
+        "utility": f"utility cost: {utility.value}",
+        "checks": [asdict(c) for c in checks],
+        "policy_verdict": "pass" if policy_pass else "fail",
+        "original_passes_policy": blind,
+        "closer_to_reference": closer,
+        "statistics": stats,
+        "policy": POLICY,
+    }

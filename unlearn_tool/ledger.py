@@ -1,0 +1,279 @@
+"""Lineage and ledger: deletion requests as they really arrive, one after another, each provable afterwards.
+
+- Every merged output carries a **lineage** in its metadata (`unlearn.lineage`): the original checkpoint's
+  sha256, the train data's fingerprint, and one step per applied request (request id and sha256, method,
+  the forgotten set's count and digest, the parent's sha256, the time). `apply` on an unlearned checkpoint
+  extends it.
+- The lineage also goes to a JSON-lines **ledger** beside the output (`<output stem>.ledger.jsonl`, or
+  `--ledger FILE`), each line hash-chained to the one before (`prev_entry_sha256`, `entry_sha256`), with the
+  step's output sha256. The forgotten set of each step is stored beside the ledger
+  (`<ledger stem>.d/step-N.safetensors`): train-split positions and, when the data has record IDs, the
+  sha256 of each ID. Never the IDs themselves, unless `--record-ids`: an audit trail must not re-leak what
+  it deleted.
+- A new request on a checkpoint with a lineage excludes every earlier forgotten sample from its data
+  (`Job.prepare(..., excluded=...)`); when an earlier set cannot be resolved, `apply` refuses (exit 2)
+  unless `--ignore-lineage`.
+- `verify` checks every hash link and that the checkpoint is the chain's last output.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
+
+from .errors import UnlearnError
+
+if TYPE_CHECKING:
+    import torch
+
+    from .data import Splits
+
+SCHEMA = "unlearn.lineage/v1"
+LEDGER_SUFFIX = ".ledger.jsonl"
+
+
+class LedgerError(UnlearnError):
+    """A lineage step cannot be resolved or a ledger is malformed (exit 2)."""
+
+
+def _sha(text: str | bytes) -> str:
+    return hashlib.sha256(text if isinstance(text, bytes) else text.encode()).hexdigest()
+
+
+def id_hash(record_id: str) -> str:
+    return _sha("unlearn-record-id\0" + record_id)
+
+
+def canonical(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def forget_digest(splits: "Splits", data_sha256: str) -> str:
+    """A digest of what was forgotten: of its record IDs when the data has them, else of its positions in this data."""
+    if splits.forget_ids is not None:
+        return _sha(canonical(sorted(id_hash(i) for i in splits.forget_ids)))
+    positions = sorted(int(i) for i in splits.forget_positions.tolist()) if splits.forget_positions is not None else []
+    return _sha(canonical({"data": data_sha256, "positions": positions}))
+
+
+def default_ledger(output: Path) -> Path:
+    name = output.name[: -len(".safetensors")] if output.name.endswith(".safetensors") else output.name
+    return output.with_name(name + LEDGER_SUFFIX)
+
+
+def forget_dir(ledger: Path) -> Path:
+    return ledger.with_name(ledger.name[: -len(".jsonl")] + ".d" if ledger.name.endswith(".jsonl") else ledger.name + ".d")
+
+
+# ---------------------------------------------------------------- lineage in metadata
+
+@dataclass
+class Lineage:
+    original_sha256: str
+    data_sha256: str
+    steps: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"schema": SCHEMA, "original_sha256": self.original_sha256, "data_sha256": self.data_sha256, "steps": self.steps}
+
+    @classmethod
+    def from_metadata(cls, fields: dict[str, Any]) -> Optional["Lineage"]:
+        raw = fields.get("lineage")
+        if not isinstance(raw, dict):
+            return None
+        if raw.get("schema") != SCHEMA or not isinstance(raw.get("steps"), list):
+            raise LedgerError(f"the checkpoint's lineage has schema {raw.get('schema')!r}; this tool reads {SCHEMA}")
+        return cls(str(raw.get("original_sha256", "")), str(raw.get("data_sha256", "")), list(raw["steps"]))
+
+
+def new_step(lineage: Lineage, request: Any, method: str, splits: "Splits", parent_sha256: str, created: str,
+             after_forget_acc: Optional[float], record_ids: bool) -> dict[str, Any]:
+    step = {
+        "step": len(lineage.steps) + 1,
+        "request_id": request.id,
+        "request_sha256": request.sha256,
+        "method": method,
+        "scenario": splits.scenario,
+        "forget_count": int(len(splits.forget_idx)),
+        "forget_digest": forget_digest(splits, lineage.data_sha256),
+        "forget_classes": list(splits.forget_classes),
+        "parent_sha256": parent_sha256,
+        "created_utc": created,
+        "after_forget_acc": after_forget_acc,
+    }
+    if record_ids and splits.forget_ids is not None:
+        step["forget_ids"] = list(splits.forget_ids)
+    return step
+
+
+# ---------------------------------------------------------------- the ledger file
+
+def read_ledger(path: Path) -> list[dict[str, Any]]:
+    from .request import read_regular_file
+
+    raw = read_regular_file(path, "ledger", "give the ledger the lineage was written to (--ledger FILE)")
+    entries = []
+    for n, line in enumerate(raw.decode("utf-8", errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            raise LedgerError(f"ledger {path}: line {n} is not JSON; the ledger is damaged") from None
+        if not isinstance(entry, dict):
+            raise LedgerError(f"ledger {path}: line {n} is not an entry; the ledger is damaged")
+        entries.append(entry)
+    return entries
+
+
+def entry_hash(entry: dict[str, Any]) -> str:
+    return _sha(canonical({k: v for k, v in entry.items() if k != "entry_sha256"}))
+
+
+def write_ledger(path: Path, entries: list[dict[str, Any]]) -> None:
+    """The whole ledger, rewritten atomically (never half a line)."""
+    from .checkpoint import replace_atomically
+
+    text = "".join(canonical(e) + "\n" for e in entries)
+    replace_atomically(path, lambda tmp: tmp.write_text(text), fix="choose another --ledger")
+
+
+def store_forget_set(ledger: Path, step: dict[str, Any], splits: "Splits") -> str:
+    """The step's forgotten set beside the ledger: positions, and ID hashes when the data has IDs. Returns its file name."""
+    import torch
+
+    from .checkpoint import replace_atomically, save_canonical
+
+    folder = forget_dir(ledger)
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"step-{step['step']}-{step['forget_digest'][:12]}.safetensors"
+    tensors = {"positions": splits.forget_positions.to(torch.int64).contiguous()}
+    if splits.forget_ids is not None:
+        tensors["id_sha256"] = torch.tensor([list(bytes.fromhex(id_hash(i))) for i in splits.forget_ids], dtype=torch.uint8)
+    replace_atomically(folder / name, lambda tmp: save_canonical(tensors, tmp, {"forget_digest": step["forget_digest"]}),
+                       fix="choose another --ledger")
+    return name
+
+
+def copy_forget_files(entries: list[dict[str, Any]], source: Path, target: Path) -> None:
+    """A new ledger carries the earlier steps' forgotten sets with it (self-contained, verifiable on its own)."""
+    import shutil
+
+    src, dst = forget_dir(source), forget_dir(target)
+    dst.mkdir(parents=True, exist_ok=True)
+    for e in entries:
+        name = str(e.get("forget_file", ""))
+        if name and (src / name).is_file() and not (dst / name).exists():
+            shutil.copyfile(src / name, dst / name)
+    if target != source:
+        write_ledger(target, entries)
+
+
+def state_sha256(state: dict[str, "torch.Tensor"]) -> str:
+    """The digest of a state dict as a canonical safetensors file without metadata (for results never written)."""
+    import os
+    import tempfile
+
+    from .checkpoint import save_canonical, sha256_file
+
+    fd, name = tempfile.mkstemp(prefix="unlearn-state-", suffix=".safetensors")
+    os.close(fd)
+    try:
+        save_canonical({k: v.detach().cpu().contiguous() for k, v in state.items()}, name)
+        return sha256_file(name)
+    finally:
+        os.unlink(name)
+
+
+def append(ledger: Path, base_entries: list[dict[str, Any]], step: dict[str, Any], output: Path, output_sha256: str,
+           forget_file: str) -> dict[str, Any]:
+    """Add a step to the ledger (hash-chained to the last entry) and write it."""
+    prev = base_entries[-1]["entry_sha256"] if base_entries else None
+    entry = {**step, "output": str(output), "output_sha256": output_sha256, "forget_file": forget_file, "prev_entry_sha256": prev}
+    entry["entry_sha256"] = entry_hash(entry)
+    write_ledger(ledger, base_entries + [entry])
+    return entry
+
+
+# ---------------------------------------------------------------- resolving earlier deletions
+
+def resolve_excluded(lineage: Lineage, entries: list[dict[str, Any]], ledger: Path, train_ids: Optional[list[str]],
+                     data_sha256: str) -> "torch.Tensor":
+    """Train positions every earlier step forgot, from the ledger's stored sets (checked against the lineage's digests)."""
+    import torch
+    from safetensors.torch import load_file
+
+    by_step = {e.get("step"): e for e in entries}
+    position_of = {id_hash(i): k for k, i in enumerate(train_ids)} if train_ids is not None else None
+    excluded: set[int] = set()
+    for step in lineage.steps:
+        entry = by_step.get(step["step"])
+        what = f"lineage step {step['step']} (request {step.get('request_id')!r}, digest {str(step.get('forget_digest'))[:12]})"
+        if entry is None or entry.get("forget_digest") != step.get("forget_digest"):
+            raise LedgerError(f"{what} has no matching entry in ledger {ledger}; give the ledger it was written to (--ledger FILE), "
+                              "or --ignore-lineage to proceed without excluding it")
+        path = forget_dir(ledger) / str(entry.get("forget_file", ""))
+        try:
+            stored = load_file(str(path))
+        except Exception:  # noqa: BLE001 - any unreadable file is a missing one
+            raise LedgerError(f"{what}: its forgotten set {path} is missing or unreadable; restore it, or pass --ignore-lineage") from None
+        if "id_sha256" in stored and position_of is not None:
+            hashes = [bytes(row.tolist()).hex() for row in stored["id_sha256"]]
+            if _sha(canonical(sorted(hashes))) != step["forget_digest"]:
+                raise LedgerError(f"{what}: the stored set does not match its digest; the ledger folder was altered")
+            excluded.update(position_of[h] for h in hashes if h in position_of)
+        else:
+            positions = sorted(int(i) for i in stored["positions"].tolist())
+            if lineage.data_sha256 != data_sha256:
+                raise LedgerError(f"{what}: the train data changed since that step and it records no IDs, so its samples cannot be "
+                                  "found again; use the same data, or pass --ignore-lineage")
+            if _sha(canonical({"data": data_sha256, "positions": positions})) != step["forget_digest"]:
+                raise LedgerError(f"{what}: the stored set does not match its digest; the ledger folder was altered")
+            excluded.update(positions)
+    return torch.tensor(sorted(excluded), dtype=torch.long)
+
+
+# ---------------------------------------------------------------- verify
+
+def verify(checkpoint: Path, original: Path, ledger: Optional[Path] = None) -> dict[str, Any]:
+    """Every hash link of the chain, and that the checkpoint is its last output. Returns the findings (ok: bool)."""
+    from .artifacts import CheckpointArtifact
+
+    art, orig = CheckpointArtifact(checkpoint), CheckpointArtifact(original)
+    lineage = Lineage.from_metadata(art.fields)
+    problems: list[str] = []
+    if lineage is None:
+        return {"ok": False, "problems": [f"{checkpoint} carries no lineage (it was not written by `unlearn apply`)"], "steps": []}
+    if lineage.original_sha256 != orig.sha256:
+        problems.append(f"the lineage starts from {lineage.original_sha256[:12]}..., not the given original {orig.sha256[:12]}...")
+    ledger = ledger or default_ledger(checkpoint)
+    entries = read_ledger(ledger) if ledger.exists() else []
+    if not entries:
+        problems.append(f"ledger {ledger} is missing or empty")
+    prev_entry, prev_output = None, lineage.original_sha256
+    for k, step in enumerate(lineage.steps):
+        e = entries[k] if k < len(entries) else None
+        if e is None:
+            problems.append(f"step {step['step']}: no ledger entry")
+            continue
+        if entry_hash(e) != e.get("entry_sha256"):
+            problems.append(f"step {step['step']}: the ledger entry was altered (its hash does not match)")
+        if e.get("prev_entry_sha256") != prev_entry:
+            problems.append(f"step {step['step']}: the ledger entry does not chain to the one before")
+        for key, value in step.items():
+            if e.get(key) != value:
+                problems.append(f"step {step['step']}: ledger field {key} differs from the checkpoint's lineage")
+                break
+        if step.get("parent_sha256") != prev_output:
+            problems.append(f"step {step['step']}: parent {str(step.get('parent_sha256'))[:12]}... is not the previous output {str(prev_output)[:12]}...")
+        prev_entry, prev_output = e.get("entry_sha256"), e.get("output_sha256")
+    if len(entries) > len(lineage.steps):
+        problems.append(f"the ledger has {len(entries) - len(lineage.steps)} step(s) after this checkpoint: it is not the chain's last output")
+    if lineage.steps and prev_output != art.sha256:
+        problems.append(f"the checkpoint's sha256 {art.sha256[:12]}... is not the chain's last output {str(prev_output)[:12]}...: it was altered or replaced")
+    return {"ok": not problems, "problems": problems, "checkpoint_sha256": art.sha256, "original_sha256": orig.sha256,
+            "ledger": str(ledger), "steps": [{k: s.get(k) for k in ("step", "request_id", "method", "scenario", "forget_count",
+                                                                         "forget_digest", "parent_sha256", "created_utc")} for s in lineage.steps]}
