@@ -4,14 +4,18 @@
     python benchmarks/cifar_scaling.py --models resnet18 --sizes 10000 --scenarios class
     python benchmarks/cifar_scaling.py --root ~/data                    # real CIFAR-10 (cifar-10-batches-bin under ROOT)
 
-For each model and training-set size N (the first N images; test set: the 10,000 of CIFAR-10's test split):
-1. `unlearn train --epochs 1` (subprocess): one training epoch, timed (its wall_time_s); 30 x that is the projected
-   cost of a 30-epoch retrain. The 1-epoch model is the checkpoint the runs below unlearn (timing only: RFA runs a
-   fixed number of steps, --param epochs=1 --param stop=epochs, so the model's quality does not change the cost).
-2. `unlearn apply CKPT --json --param epochs=1 --param stop=epochs` (subprocess) per scenario: forget class 3
+For each model:
+1. `unlearn train --epochs 1` (subprocess) once, at the first size of --sizes unless the work folder already holds that
+   model's checkpoint: one training epoch, timed (its wall_time_s); the per-sample epoch time x N is the epoch time at the
+   other sizes (marked "projected"), and 30 x that the cost of a 30-epoch retrain. That 1-epoch model is the checkpoint
+   every run below unlearns (timing only: RFA runs a fixed number of steps, --param epochs=1 --param stop=epochs, so
+   the model's quality does not change the cost).
+2. `unlearn apply CKPT --json --param epochs=1 --param stop=epochs` (subprocess) per size N and scenario: forget class 3
    (N/10 samples), a random 1% or 10% of the train set, and a fixed 500 samples (the same |Df| at every N: RFA's time
    should not grow with the retain set). Measured: the method's wall time (the JSON's wall_time_s), apply's time in
-   all (the process, start to exit, imports included), the overhead share (1 - method / all), peak RSS (wait4).
+   all (the process, start to exit), where the rest went (the JSON's timings: start-up and imports, data and model,
+   the before/after summary, writing), the overhead share (1 - method / all) and peak RSS (wait4).
+Runs of several invocations (e.g. --sizes 50000 --scenarios fixed later) are merged with --render A.json B.json.
 Without --root the data are synthetic CIFAR-shaped images written in CIFAR-10's binary format (uint8 noise with a
 class-dependent colour, 32x32x3, labels 0-9), read by the same loader as the real data.
 Prints one markdown table, machine and settings.
@@ -108,7 +112,11 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("bench_cifar"), help="data, requests, checkpoints (reused)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads per process (OMP_NUM_THREADS)")
     ap.add_argument("--json-out", type=Path, default=None, help="also write every measured row as JSON here")
+    ap.add_argument("--render", type=Path, nargs="+", default=None, help="print the table of earlier --json-out files, run nothing")
     args = ap.parse_args()
+    if args.render:
+        render([r for f in args.render for r in json.loads(f.read_text())])
+        return
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -142,41 +150,57 @@ def main() -> None:
                 reqs[scenario] = data / f"{model}-{scenario.rstrip('%')}.yaml"
                 reqs[scenario].write_text(REQUEST.format(name=f"{model}-{n}-{scenario}", arch=arch, kwargs=json.dumps(kwargs), root=".",
                                                          norm=json.dumps(NORMALIZE), forget=forgets[scenario]))
-            ckpt = data / f"{model}.safetensors"
-            first = next(iter(reqs.values()))
-            trained, train_wall, train_rss = run(["train", "-r", str(first), "-o", str(ckpt), "--epochs", "1", "--optimizer", "sgd",
-                                                  "--lr", "0.05", "--batch-size", "128", "--force", "--json", "--quiet"], args.threads)
-            epoch = trained["wall_time_s"]
-            log(f"{model} N={n}: one epoch {epoch:.1f}s (process {train_wall:.1f}s, peak RSS {train_rss:.2f} GiB)")
+            ckpt, trained_json = work / f"{model}.safetensors", work / f"{model}.train.json"
+            if not trained_json.exists():
+                trained, train_wall, train_rss = run(["train", "-r", str(next(iter(reqs.values()))), "-o", str(ckpt), "--epochs", "1",
+                                                      "--optimizer", "sgd", "--lr", "0.05", "--batch-size", "128", "--force", "--json",
+                                                      "--quiet"], args.threads)
+                trained_json.write_text(json.dumps({"n": n, "epoch_s": trained["wall_time_s"], "rss": train_rss}))
+                log(f"{model} N={n}: one epoch {trained['wall_time_s']:.1f}s (process {train_wall:.1f}s, peak RSS {train_rss:.2f} GiB)")
+            trained = json.loads(trained_json.read_text())
+            epoch, measured = trained["epoch_s"] * n / trained["n"], trained["n"] == n
             for scenario, req in reqs.items():
                 out = data / f"{model}-{scenario.rstrip('%')}.unlearned.safetensors"
                 summary, wall, rss = run(["apply", str(ckpt), "-r", str(req), "-o", str(out), "--force", "--json", "--quiet",
                                           "--param", "epochs=1", "--param", "stop=epochs"], args.threads)
                 method = summary["wall_time_s"]
+                t = summary["timings"]
                 row = {"model": model, "n": n, "scenario": scenario, "forget": summary["forget_size"], "retain": summary["retain_size"],
-                       "steps": summary["info"].get("steps"), "method_s": method, "apply_in_process_s": summary["total_time_s"],
-                       "apply_s": wall, "overhead_share": 1 - method / wall, "peak_rss_gib": rss, "epoch_s": epoch,
-                       "retrain30_s": 30 * epoch, "summary_samples": summary["summary_samples"], "train_peak_rss_gib": train_rss}
+                       "steps": summary["info"].get("steps"), "method_s": method, "apply_s": wall, "overhead_share": 1 - method / wall,
+                       "startup_s": wall - t["process_s"] + t["startup_s"] + t.get("imports_s", 0.0), "prepare_s": t["prepare_s"],
+                       "summary_s": t["summary_s"], "write_s": t.get("write_s", 0.0), "peak_rss_gib": rss, "epoch_s": epoch,
+                       "epoch_measured": measured, "retrain30_s": 30 * epoch, "summary_samples": summary["summary_samples"],
+                       "threads": args.threads, "load": os.getloadavg()[0], "source": source}
                 rows.append(row)
                 log(f"  {scenario}: |Df| {row['forget']}, {row['steps']} steps, method {method:.1f}s, apply {wall:.1f}s "
                     f"(overhead {100 * row['overhead_share']:.0f}%), peak RSS {rss:.2f} GiB")
     if args.json_out:
         args.json_out.write_text(json.dumps(rows, indent=2))
+    log(f"total {time.perf_counter() - started:.0f}s")
+    render(rows)
+
+
+def render(rows: list[dict]) -> None:
     import torch
 
-    print(f"`unlearn apply` at CIFAR size on CPU: {source}; test set {TEST_SIZE}; RFA with --param epochs=1 --param stop=epochs "
-          f"(one pass over the forget set, batches of 64 forget + 64 retain samples); {platform.machine()}, {os.cpu_count()} cores, "
-          f"torch {torch.__version__}, OMP_NUM_THREADS={args.threads}, load average at the end {os.getloadavg()[0]:.1f}; "
-          f"total {time.perf_counter() - started:.0f}s.\n")
-    print("| model | N train | scenario | \\|Df\\| | RFA steps | method s | apply s (in all) | of which start-up + loading s | "
-          "of which summary + writing s | overhead % | peak RSS GiB | epoch s | 30-epoch retrain s (projected) | method / retrain % |")
-    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for r in rows:
+    sources = sorted({r["source"] for r in rows})
+    print(f"`unlearn apply` at CIFAR size on CPU: {'; '.join(sources)}; test set {TEST_SIZE}; RFA with --param epochs=1 --param "
+          f"stop=epochs (one pass over the forget set, batches of 64 forget + 64 retain samples); summary on the whole forget set "
+          f"and seeded samples of 1000 retain and 1000 test samples; {platform.machine()}, {os.cpu_count()} cores (shared), "
+          f"torch {torch.__version__}, OMP_NUM_THREADS={sorted({r['threads'] for r in rows})}, load average during the runs "
+          f"{min(r['load'] for r in rows):.1f}-{max(r['load'] for r in rows):.1f}.\n")
+    print("| model | N train | scenario | \\|Df\\| | RFA steps | method s | apply s (in all) | start-up + imports s | data + model s | "
+          "summary s | write s | overhead % | peak RSS GiB | epoch s | 30-epoch retrain s | method / retrain % |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in sorted(rows, key=lambda r: (r["model"], r["n"], ["class", "10%", "1%", "fixed"].index(r["scenario"]))):
+        mark = "" if r["epoch_measured"] else " (projected)"
         print(f"| {r['model']} | {r['n']:,} | {r['scenario']} | {r['forget']:,} | {r['steps']} | {r['method_s']:.1f} | {r['apply_s']:.1f} | "
-              f"{r['apply_s'] - r['apply_in_process_s']:.1f} | {r['apply_in_process_s'] - r['method_s']:.1f} | "
-              f"{100 * r['overhead_share']:.0f} | {r['peak_rss_gib']:.2f} | {r['epoch_s']:.1f} | {r['retrain30_s']:.0f} | "
-              f"{100 * r['method_s'] / r['retrain30_s']:.1f} |")
-
+              f"{r['startup_s']:.1f} | {r['prepare_s']:.1f} | {r['summary_s']:.1f} | {r['write_s']:.1f} | {100 * r['overhead_share']:.0f} | "
+              f"{r['peak_rss_gib']:.2f} | {r['epoch_s']:.0f}{mark} | {r['retrain30_s']:.0f} | {100 * r['method_s'] / r['retrain30_s']:.1f} |")
+    fixed = [r for r in rows if r["scenario"] == "fixed"]
+    for model in sorted({r["model"] for r in fixed}):
+        curve = sorted((r["retain"], r["method_s"]) for r in fixed if r["model"] == model)
+        print(f"\nRFA time at |Df| = {FIXED_FORGET} against the retain-set size, {model}: " + ", ".join(f"{n:,}: {t:.1f}s" for n, t in curve))
 
 if __name__ == "__main__":
     main()

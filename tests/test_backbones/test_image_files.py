@@ -55,6 +55,18 @@ def test_csv_manifest_is_lazy_and_workers_give_the_same_batches(images):
     assert x.shape == (2, 1, 8, 8) and float(x.max()) <= 1.0
 
 
+def test_csv_record_ids_are_the_id_column_else_the_paths(images, tmp_path):
+    spec = DataSpec(source="csv", path="images.csv", preprocess={"grayscale": True})
+    data = load_split(spec, "train", images)
+    assert data.ids[:2] == ["sample-0", "sample-1"] and data.subset([4, 2]).ids == ["sample-4", "sample-2"]
+    lines = (images / "images.csv").read_text().splitlines()
+    (images / "no_ids.csv").write_text("\n".join(",".join(r.split(",")[:2]) for r in lines) + "\n")
+    assert load_split(DataSpec(source="csv", path="no_ids.csv"), "train", images).ids[0] == "tree/0/000.png"
+    (images / "dup_ids.csv").write_text("\n".join(lines[:3] + [lines[3].rsplit(",", 1)[0] + ",sample-0"]) + "\n")
+    with pytest.raises(DataError, match="duplicate record ID"):
+        load_split(DataSpec(source="csv", path="dup_ids.csv"), "train", images)
+
+
 def test_imagefolder_and_csv_read_the_same_images(images):
     tree = load_split(DataSpec(source="imagefolder", path="tree", preprocess={"grayscale": True}), "train", images)
     manifest = load_split(DataSpec(source="csv", path="images.csv", preprocess={"grayscale": True}), "train", images)
