@@ -386,7 +386,7 @@ def ledger(
 @app.command()
 @handle_errors
 def examples(folder: Path = typer.Argument(..., help="A new folder to copy the example requests into.")) -> None:
-    """Copy the example deletion requests (digits, CIFAR-10, Fashion-MNIST) into FOLDER, to run the README's examples from there."""
+    """Copy the example deletion requests (digits, CIFAR-10, Fashion-MNIST, a Hugging Face ViT) into FOLDER, to run the README's examples from there."""
     from unlearn_tool.quickstart import copy_examples
 
     for path in copy_examples(folder):

@@ -122,8 +122,9 @@ class LabelledData:
         return tuple(torch.as_tensor(x).shape)
 
 
-def _bytes_of(t: torch.Tensor) -> bytes:
-    return t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+def _bytes_of(t: torch.Tensor) -> np.ndarray:
+    """The tensor's bytes as a flat uint8 array sharing its memory (hashlib reads it in place: no 0.6 GB copy at 50k CIFAR images)."""
+    return t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
 
 
 def fingerprint(data: LabelledData) -> str:
