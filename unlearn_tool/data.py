@@ -90,16 +90,20 @@ class LabelledData:
         Under `distributed.data_parallel()` a shuffled (training) pass yields this rank's part of each global batch.
         """
         from .distributed import shard
+        from .precision import pin_batches
 
+        pin = pin_batches()
         n = len(self)
         if self._x is not None:
             order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
             for start in range(0, n, batch_size):
                 idx = order[start:start + batch_size]
                 x, y = self._inputs(idx), self.targets[idx]
-                yield shard(x, y) if shuffle else (x, y)
+                x, y = shard(x, y) if shuffle else (x, y)
+                yield (x.pin_memory(), y.pin_memory()) if pin else (x, y)
             return
-        loader = DataLoader(self.dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, num_workers=self.num_workers)
+        loader = DataLoader(self.dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, num_workers=self.num_workers,
+                            pin_memory=pin)
         for x, y in loader:
             x, y = x.float(), torch.as_tensor(y).long()
             yield shard(x, y) if shuffle else (x, y)

@@ -372,6 +372,9 @@ class ApplyOutcome:
             out["forget_digest"] = chain.steps[-1]["forget_digest"]
             out["ledger"] = str(getattr(self.result, "ledger", ""))
         out["timings"] = {k: round(v, 4) for k, v in self.timings.items()}
+        from .precision import accelerator_stats
+
+        out.update(accelerator_stats(self.job.device))  # the training passes' precision (evaluation is fp32); GPU peak memory
         splits = self.job.splits
         out["missing_ids"] = list(splits.missing_ids)
         out["excluded_earlier"] = splits.excluded
@@ -637,7 +640,9 @@ def train_checkpoint(
         summary["sha256"] = write_hf_folder(output, model.state_dict(), fields, hf_source, force=force, protect=protect)
     else:
         summary["sha256"] = write_merged(output, model.state_dict(), fields, force=force, protect=protect)
-    return summary
+    from .precision import accelerator_stats
+
+    return {**summary, **accelerator_stats(job.device)}
 
 
 # ---------------------------------------------------------------- merge

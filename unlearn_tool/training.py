@@ -73,6 +73,13 @@ def fit(
     task: str = "train",
 ) -> nn.Module:
     """Cross-entropy training on `data` (in place), plus the config's regularizer if any; returns the model in eval mode."""
+    from .precision import training_autocast
+
+    with training_autocast(device):
+        return _fit(model, data, config, device, generator, progress, task)
+
+
+def _fit(model, data, config, device, generator, progress, task) -> nn.Module:
     model.to(device).train()
     opt = make_optimizer(model.parameters(), config.optimizer, config.lr, config.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, config.epochs) if config.optimizer == "sgd" else None
