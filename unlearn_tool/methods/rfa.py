@@ -141,6 +141,9 @@ def _feature_scales(ctx: UnlearnContext, teacher, layers: list[str], gen: torch.
 
 
 def run(ctx: UnlearnContext, p: RFAParams) -> MethodOutput:
+    if ctx.task is not None and ctx.task.name == "regression":  # regression design: rfa_regression.py, docs/rfa.md
+        from .rfa_regression import run_regression
+        return run_regression(ctx, p)
     device, teacher = ctx.device, ctx.original.eval()
     forget, retain = ctx.forget, ctx.retain
     layers = lora.select_layers(teacher, p.target_layers)
@@ -211,4 +214,5 @@ register_method(
     summary="RFA-LoRA: LoRA residuals zero on retained data, shifted on the forget set (main method).",
     supports_adapter=True,
     reference="Qin et al. 2024, arXiv 2411.08443 (design: docs/rfa.md)",
+    tasks=("classification", "regression"), scenarios=("class", "sample", "range"),
 )

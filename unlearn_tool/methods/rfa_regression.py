@@ -1,0 +1,161 @@
+"""RFA-LoRA for regression models (our design, docs/rfa.md "Regression"); `rfa` dispatches here for a regression job.
+
+The frame is classification RFA's: only LoRA adapters train; on retained data the residual features
+are held at zero and the outputs at the frozen original's (the teacher's); on the forget set the
+outputs are moved to a fixed per-sample target. What differs is the target, since a regressor has no
+class probabilities to redistribute:
+
+* sample unlearning (forget_target auto = heldout): quantile-matched residuals. The k-th best-fitted
+  forget sample (by the teacher's absolute error) gets the k-th quantile of the teacher's absolute
+  error on held-out data, in the direction of its own residual, and never less error than it has: the
+  forget set's errors are driven to look like unseen data's, not like failures.
+* range unlearning (auto = neighbours): what the retained data say about each forgotten input. The
+  target is the mean target of its NEIGHBOURS nearest retained samples in the teacher's feature space
+  (the input of the last layer). A model retrained without the range predicts such inputs from similar
+  retained ones; held-out quantiles cannot say how much worse that is, since the teacher fits unseen
+  samples of the range well too (docs/rfa.md has the measurements).
+
+Losses are normalised by the retained targets' variance, so the weights mean the same at any target scale.
+Training stops once the epoch's forget-set MAE reaches the target's (within sample_conf_tolerance, read as a
+relative tolerance) and the student stays within AGREE_FRACTION target standard deviations of the teacher on
+at least retain_agreement of the retained samples seen. Parameters are RFAParams'; classification-only ones
+(temperature, retain_target, class_stop_acc) are not read.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import torch
+
+from .. import lora
+from ..errors import MethodError
+from ..evaluate import predict_logits
+from .base import MethodOutput, UnlearnContext
+
+if TYPE_CHECKING:
+    from .rfa import RFAParams
+
+NEIGHBOURS = 10  # retained neighbours per forgotten input (range targets); measured 5..20 in docs/rfa.md
+AGREE_FRACTION = 0.05  # a retained output "agrees" with the teacher within this many target standard deviations
+DEFAULT_W_FORGET = {"heldout": 5.0, "neighbours": 5.0}
+
+
+def _matrix(y: torch.Tensor) -> torch.Tensor:
+    return y.float().reshape(len(y), -1)
+
+
+def heldout_targets(teacher_forget: torch.Tensor, y_forget: torch.Tensor, teacher_heldout: torch.Tensor,
+                    y_heldout: torch.Tensor) -> torch.Tensor:
+    """Quantile-matched outputs: the forget sample of rank k by the teacher's absolute error gets the k-th quantile of
+    the teacher's held-out absolute error as its error (never less than its own), in the direction of its residual."""
+    yf, yh = _matrix(y_forget), _matrix(y_heldout)
+    resid = teacher_forget.reshape(yf.shape) - yf
+    size = resid.abs().mean(1)
+    held = (teacher_heldout.reshape(yh.shape) - yh).abs().mean(1).sort().values
+    ranks = size.argsort().argsort().float()
+    n_f, n_h = len(size), len(held)
+    q = ((ranks + 0.5) / n_f * n_h).long().clamp(0, n_h - 1)
+    target_size = torch.maximum(held[q], size)
+    direction = torch.where(size[:, None] > 0, resid / size.clamp_min(1e-12)[:, None], torch.ones_like(resid))
+    return yf + direction * target_size[:, None]
+
+
+def neighbour_targets(teacher, layer: str, forget, retain, device: torch.device, batch_size: int, k: int = NEIGHBOURS) -> torch.Tensor:
+    """The mean target of each forget sample's k nearest retained samples in the teacher's features at `layer`'s input."""
+    module = dict(teacher.named_modules())[layer]
+
+    def features(data) -> torch.Tensor:
+        store: list[torch.Tensor] = []
+        handle = module.register_forward_hook(lambda _m, inp, _o: store.append(inp[0].detach().flatten(1).float().cpu()))
+        try:
+            with torch.no_grad():
+                for x, _ in data.batches(batch_size):
+                    teacher(x.to(device))
+        finally:
+            handle.remove()
+        return torch.cat(store)
+
+    f_forget, f_retain = features(forget), features(retain)
+    y_retain = _matrix(retain.targets)
+    k = min(k, len(y_retain))
+    out = []
+    for start in range(0, len(f_forget), 1024):  # bounded memory: 1024 x |Dr| distances at a time
+        near = torch.cdist(f_forget[start:start + 1024], f_retain).topk(k, largest=False).indices
+        out.append(y_retain[near].mean(1))
+    return torch.cat(out)
+
+
+def run_regression(ctx: UnlearnContext, p: "RFAParams") -> MethodOutput:
+    device, teacher = ctx.device, ctx.original.eval()
+    forget, retain = ctx.forget, ctx.retain
+    if p.forget_target == "other_classes":
+        raise MethodError("rfa: forget_target other_classes is for classification; a regression model uses auto, or heldout "
+                          "(quantile-matched held-out errors)")
+    kind = "heldout" if p.forget_target == "heldout" or ctx.scenario != "range" else "neighbours"
+    layers = lora.select_layers(teacher, p.target_layers)
+
+    y_forget = _matrix(forget.targets)
+    if kind == "heldout":
+        t_forget, _ = predict_logits(teacher, forget, device, ctx.batch_size)
+        t_held, y_held = predict_logits(teacher, ctx.splits.test, device, ctx.batch_size)
+        targets = heldout_targets(t_forget, y_forget, t_held, y_held)
+    else:
+        targets = neighbour_targets(teacher, lora.lora_capable_layers(teacher)[-1], forget, retain, device, ctx.batch_size)
+    y_all = _matrix(retain.targets)
+    var = float(y_all.var()) if len(y_all) > 1 and float(y_all.var()) > 0 else 1.0
+    sd = math.sqrt(var)
+    target_mae = float((targets - y_forget).abs().mean())
+    targets, y_forget_dev = targets.to(device), y_forget.to(device)
+
+    model = lora.inject(teacher, layers, p.rank, p.alpha).to(device)
+    model.eval()  # BatchNorm statistics and dropout stay the teacher's: only adapters change
+    w_forget = p.w_forget if p.w_forget is not None else DEFAULT_W_FORGET[kind]
+    gen = ctx.generator(1)
+    from .rfa import _feature_scales  # the relative residual energy of classification RFA
+
+    scale = _feature_scales(ctx, teacher, layers, gen)
+    adapted = lora.lora_layers(model)
+    name_of = {name: name.removeprefix("base_model.model.") for name, _ in adapted}
+    params = lora.adapter_parameters(model)
+    opt = torch.optim.Adam(params, lr=p.lr)
+    n_f = len(forget)
+    steps_per_epoch = math.ceil(n_f / p.batch_size)
+    info = {"adapted_layers": len(layers), "trainable_params": sum(q.numel() for q in params), "forget_target": kind,
+            "w_forget": w_forget, "target_forget_mae": round(target_mae, 6)}
+    stop_reason, epoch = "epochs", 0
+    for epoch in range(1, p.epochs + 1):
+        forget_err = retain_agree = retain_seen = 0.0
+        order = torch.randperm(n_f, generator=gen)
+        for step in range(steps_per_epoch):
+            idx = order[step * p.batch_size:(step + 1) * p.batch_size]
+            xf = forget.take(idx)[0].to(device)
+            xr, yr = retain.sample(p.retain_batch_size, gen)
+            xr, yr = xr.to(device), _matrix(yr).to(device)
+            with torch.no_grad():
+                t_retain = teacher(xr).reshape(yr.shape)
+            with lora.capture_residuals(model, adapted) as res:
+                out = model(torch.cat([xf, xr]))
+            nf, dev_idx = len(idx), idx.to(device)
+            out_f, out_r = out[:nf].reshape(nf, -1), out[nf:].reshape(yr.shape)
+            loss_forget = (out_f - targets[dev_idx]).pow(2).mean() / var
+            loss_align = (out_r - t_retain).pow(2).mean() / var
+            loss_res = torch.stack([r[nf:].pow(2).mean() / scale[name_of[n]] for n, r in res.items()]).mean()
+            loss = w_forget * loss_forget + p.w_align * loss_align + p.w_residual * loss_res
+            if p.w_retain_ce:  # regression: the retained targets' own (normalised) squared error
+                loss = loss + p.w_retain_ce * (out_r - yr).pow(2).mean() / var
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                forget_err += float((out_f - y_forget_dev[dev_idx]).abs().mean(1).sum())
+                retain_agree += float(((out_r - t_retain).abs().mean(1) <= AGREE_FRACTION * sd).sum())
+                retain_seen += len(xr)
+        ctx.report("rfa", epoch, p.epochs)
+        if p.stop == "criterion" and retain_agree / retain_seen >= p.retain_agreement \
+                and forget_err / n_f >= target_mae * (1 - p.sample_conf_tolerance):
+            stop_reason = "criterion"
+            break
+    info.update({"epochs_run": epoch, "steps": epoch * steps_per_epoch, "stop_reason": stop_reason})
+    return MethodOutput(model=lora.merged_copy(model), adapter_model=model, info=info)
