@@ -133,6 +133,13 @@ def _json_default(o: Any) -> Any:
     return str(o)
 
 
+def rank0() -> bool:
+    """Not one of the other ranks of a torchrun launch (they stay quiet; rank 0 reports)."""
+    import os
+
+    return os.environ.get("RANK", "0") in ("", "0")
+
+
 @contextmanager
 def progress_bars(enabled: bool) -> Iterator[Optional[Callable[[str, int, int], None]]]:
     """Rich progress bars on stderr; yields a callback (task, done, total) or None when disabled.
@@ -140,7 +147,7 @@ def progress_bars(enabled: bool) -> Iterator[Optional[Callable[[str, int, int], 
     The display starts at the first update (a run that fails its input checks prints nothing but its error)
     and a bar disappears once its task is complete, so a finished run never leaves a half-full bar behind.
     """
-    if not enabled:
+    if not enabled or not rank0():
         yield None
         return
     from rich.console import Console

@@ -47,6 +47,7 @@ def apply(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or tables."),
     audit: bool = typer.Option(False, "--audit", help="Audit the result right away (request's audit.gates and audit.reference); exit 3 if a gate fails."),
+    retrain_affected: bool = typer.Option(False, "--retrain-affected", help="Exact artifacts (train --exact): retrain the truncated stages on the remaining data (SISA's deletion) instead of only deactivating them."),
     report_dir: Optional[Path] = typer.Option(None, "--report-dir", help="With --audit: where to write the reports (default <output stem>.audit/)."),
     keep_on_fail: bool = typer.Option(True, "--keep-on-fail/--no-keep-on-fail", help="With --audit: keep the output when the verdict is fail (default; exit 3 either way), or remove it again."),
     ledger: Optional[Path] = typer.Option(None, "--ledger", metavar="FILE", help="The JSON-lines ledger to read the checkpoint's lineage from and to extend (default <stem>.ledger.jsonl beside the checkpoint / the output)."),
@@ -65,10 +66,15 @@ def apply(
         outcome = commands.apply(request, checkpoint, method=method, params=params, output=output, adapter_only=adapter_only,
                                 force=force, device=device, seed=seed, code=code_policy(code_path, trust_code),
                                 audit=audit, report_dir=report_dir, keep_on_fail=keep_on_fail, ledger=ledger,
-                                ignore_lineage=ignore_lineage, record_ids=record_ids, allow_missing=allow_missing, progress=progress)
+                                ignore_lineage=ignore_lineage, record_ids=record_ids, allow_missing=allow_missing, progress=progress,
+                                **({"retrain_affected": True} if retrain_affected else {}))
     result = outcome.result
+    if result is None:  # another rank than 0 under torchrun: rank 0 reports
+        return
     for w in result.warnings:
         err(f"warning: {w}")
+    outcome.timings = {"startup_s": _since_process_start() - sum(outcome.timings.values()), **outcome.timings,
+                       "process_s": _since_process_start()}
     if as_json:
         print_json(outcome.summary())
     elif not quiet:
@@ -80,6 +86,8 @@ def apply(
             err("test_acc counts every test sample, the forgotten classes included; test_remaining_acc is the utility on the classes kept")
         err(f"wrote {result.output} ({result.mode}) in {result.wall_time_s:.2f}s of unlearning"
             + (" — then removed it: the audit failed (--no-keep-on-fail)" if outcome.removed else ""))
+        for note in getattr(result, "notes", []):  # an exact deletion's figures and guarantee
+            err(note)
         summary = outcome.summary()
         if summary.get("ledger"):
             err(f"lineage: {summary['lineage_steps']} deletion(s) since the original; ledger {summary['ledger']}"
@@ -90,6 +98,21 @@ def apply(
         from .audit import finish
 
         finish(outcome.report, outcome.report_dir, as_json=False, quiet=as_json or quiet)  # stdout already holds the apply summary
+
+
+def _since_process_start() -> float:
+    """Seconds since this process started (start-up included), for the timing breakdown."""
+    import time
+
+    try:
+        import psutil
+
+        return time.time() - psutil.Process().create_time()
+    except Exception:  # noqa: BLE001 - psutil missing: from the first import of this module
+        return time.perf_counter() - _IMPORTED_AT
+
+
+_IMPORTED_AT = __import__("time").perf_counter()
 
 
 def _stop_line(info: dict, params: dict) -> Optional[str]:
@@ -132,6 +155,8 @@ def validate(
         f"ok: request {info['request_id']}: {info['scenario']} unlearning of {info['forget_size']} of {info['train_size']} train samples "
         f"({info['num_classes']} classes), method {info['method']}" + (f", checkpoint matches {info['checkpoint_matches']}" if checkpoint else "")
     ))
+    if info.get("exact_note"):
+        typer.echo(plain(info["exact_note"]))
 
 
 def _last_error() -> Optional[str]:
@@ -156,6 +181,10 @@ def inspect(
     from rich.console import Console
     from rich.table import Table
 
+    if info["kind"] == "exact":
+        _print_exact(checkpoint, info)
+        return
+
     rows = info["tensors"]
     table = Table(title=markup_safe(f"{checkpoint} ({info['kind']}) — {len(rows)} tensors, {info['parameters']:,} values"))
     for col in ("name", "shape", "dtype"):
@@ -169,6 +198,31 @@ def inspect(
         console.print(f"[bold]{markup_safe(k)}[/bold]: {markup_safe(v)}", highlight=False)
 
 
+def _print_exact(path: Path, info: dict) -> None:
+    """`unlearn inspect` of an exact artifact: one row per shard and sequence, its stages, and the budget."""
+    from rich.console import Console
+    from rich.table import Table
+
+    b = info["budget"]
+    table = Table(title=markup_safe(f"{path} (exact {info['method']}) — {b['active_components']} of {b['components']} components active, "
+                                    f"{b['active_shards']} of {len(info['shards'])} shards serving, {len(info['deletions'])} deletion(s)"))
+    for col in ("shard", "size", "sequence", "slice order", "active prefix", "stages (slices seen: status)", "serves"):
+        table.add_column(col)
+    for sh in info["shards"]:
+        for seq in sh["sequences"]:
+            stages = " ".join(f"{''.join(map(str, st['slices']))}:{'A' if st['status'] == 'active' else 'x'}" + (f"g{st['generation']}" if st["generation"] else "")
+                              for st in seq["stages"])
+            serving = sh["serving"] is not None and sh["serving"]["sequence"] == seq["sequence"]
+            table.add_row(str(sh["shard"]), str(sh["size"]), str(seq["sequence"]), ",".join(map(str, seq["order"])),
+                          f"{seq['prefix']}/{len(seq['stages'])}", stages, "yes" if serving else "")
+    console = Console()
+    console.print(table)
+    console.print(f"deletion budget: {b['deletions_left']} more worst-case single-sample deletions (per shard {b['per_shard']})", highlight=False)
+    console.print(markup_safe(f"guarantee: {info['guarantee']}"), highlight=False)
+    console.print(markup_safe(f"params: {info['params']}; aggregation {info['aggregation']}; seed {info['seed']}; "
+                              f"base {info['base']['source']} {info['base']['sha256'][:12]}...; manifest sha256 {info['sha256']}"), highlight=False)
+
+
 @app.command()
 @handle_errors
 def train(
@@ -180,7 +234,9 @@ def train(
     optimizer: Optional[str] = typer.Option(None, "--optimizer", help="adam (default) or sgd."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Batch size (default 64)."),
     regularizer: Optional[str] = typer.Option(None, "--regularizer", help="A training regularizer: gradient-restriction (what the iau method assumes; double backprop, about 2x the training cost)."),
-    param: list[str] = typer.Option([], "--param", metavar="K=V", help="Regularizer parameter k=v, e.g. alpha=0.005 (with --regularizer)."),
+    param: list[str] = typer.Option([], "--param", metavar="K=V", help="Regularizer parameter k=v, e.g. alpha=0.005 (with --regularizer); with --exact, that method's parameter (shards=5, slices=4, ...)."),
+    init: Optional[Path] = typer.Option(None, "--init", help="Start from this checkpoint's weights (a pre-trained backbone) instead of a random initialisation."),
+    exact: Optional[str] = typer.Option(None, "--exact", help="Train an exact-unlearning artifact folder: s3t or sisa (docs/exact.md); see --param."),
     device: str = DeviceOpt,
     seed: Optional[int] = typer.Option(None, "--seed", help="Override the request's seed."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing output (only a checkpoint)."),
@@ -198,9 +254,19 @@ def train(
     with progress_bars(not quiet and not as_json) as progress:
         summary = commands.train(request, output, options=options,
                                 exclude_forget=exclude_forget, force=force, device=device, seed=seed,
-                                code=code_policy(code_path, trust_code), progress=progress)
+                                code=code_policy(code_path, trust_code), progress=progress, init=init,
+                                **({"exact": exact} if exact is not None else {}))
+    if summary.get("output") is None:  # another rank than 0 under torchrun: rank 0 reports
+        return
+    for w in summary.get("warnings", []):
+        err(f"warning: {w}")
     if as_json:
         print_json(summary)
+    elif not quiet and exact is not None:
+        err(f"wrote {output} (exact {summary['method']}: {summary['shards']} shards x {summary['sequences']} sequence(s) x {summary['slices']} slices = "
+            f"{summary['components']} components): test accuracy {_fmt(summary['test_acc'])}, {summary['train_size']} training samples, "
+            f"{summary['sample_epochs']:,} sample-epochs ({summary['sample_epochs'] / summary['normal_run_sample_epochs']:.2f}x a 40-epoch run), "
+            f"{summary['wall_time_s']:.1f}s; deletion budget {summary['budget']['deletions_left']}")
     elif not quiet:
         err(f"wrote {output}: test accuracy {_fmt(summary['test_acc'])}, {summary['train_size']} training samples, {summary['wall_time_s']:.1f}s")
 

@@ -3,9 +3,10 @@
 - `CheckpointArtifact`: one safetensors file holding the whole state dict (inputs, merged outputs,
   retrained references).
 - `AdapterArtifact`: a PEFT adapter folder (`apply --adapter-only`), evaluated as base + adapter.
+- `EnsembleArtifact`: an exact-unlearning folder (`train --exact s3t|sisa`), evaluated as its shards' ensemble.
 
 `open_artifact(path)` picks the kind from what is on disk. New kinds (an exact-unlearning ensemble
-folder) implement the same methods: `sha256`, `fields`, `load(job)`, `describe()`.
+folder, `EnsembleArtifact`) implement the same methods: `sha256`, `fields`, `load(job)`, `describe()`.
 """
 
 from __future__ import annotations
@@ -186,9 +187,71 @@ class AdapterArtifact(Artifact):
                 "metadata": self.fields, "raw_metadata": raw, "adapter_config": config}
 
 
+class EnsembleArtifact(Artifact):
+    """An exact-unlearning folder (`unlearn train --exact s3t|sisa`): manifest.json, base, assignment, one safetensors
+    file per active component. Opening it checks the manifest's schema and every file's sha256 (docs/exact.md)."""
+
+    kind = "exact"
+
+    def __init__(self, path: str | Path):
+        super().__init__(path)
+        from .exact.manifest import FIX, lineage_violations, read_assignment, read_manifest
+
+        self.manifest, self._sha256 = read_manifest(self.path)
+        self.assignment = read_assignment(self.path, self.manifest)
+        bad = lineage_violations(self.manifest, *self.assignment)
+        if bad:
+            raise CheckpointError(f"exact artifact {self.path}: {bad[0]}, which its own deletion log forbids; {FIX}")
+
+    @property
+    def sha256(self) -> str:  # type: ignore[override]
+        """The manifest's sha256: it records every component's sha256, so it pins the whole artifact."""
+        return self._sha256
+
+    @property
+    def fields(self) -> dict[str, Any]:
+        m = self.manifest
+        return {"format": m.format, "method": m.method, "params": m.params, "seed": m.seed, "request_id": m.request_id,
+                "model_arch": m.model.arch, "base_sha256": m.base.sha256, "assignment_digest": m.assignment.digest,
+                "deletions": len(m.deletions), "deleted_samples": len(m.deleted()), "budget": m.budget(),
+                "parent_sha256": m.deletions[-1].parent_manifest_sha256 if m.deletions else None,
+                "guarantee": self.guarantee()}
+
+    @property
+    def raw_metadata(self) -> dict[str, str]:
+        return metadata_for(self.fields)
+
+    @property
+    def dtypes(self) -> dict[str, "torch.dtype"]:
+        return {}
+
+    def guarantee(self) -> str:
+        from .exact.run import guarantee_text
+
+        return guarantee_text(self.manifest)
+
+    def load(self, ctx: LoadContext) -> "nn.Module":
+        from .exact.ensemble import load_ensemble
+
+        return load_ensemble(self, ctx)
+
+    def describe(self) -> dict[str, Any]:
+        from .exact.run import describe_exact
+
+        return describe_exact(self)
+
+    def info(self) -> dict[str, Any]:
+        return {**super().info(), "notes": [self.guarantee()]}
+
+
 def open_artifact(path: str | Path) -> Artifact:
-    """The artifact at `path`, by what is there: a folder is an adapter, a file a checkpoint."""
+    """The artifact at `path`, by what is there: a folder with an exact manifest is an ensemble, another folder an
+    adapter, a file a checkpoint."""
+    from .exact import is_exact_folder
+
     path = Path(path)
+    if is_exact_folder(path):
+        return EnsembleArtifact(path)
     if path.is_dir():
         return AdapterArtifact(path)
     return CheckpointArtifact(path)

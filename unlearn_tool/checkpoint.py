@@ -179,6 +179,27 @@ def is_our_adapter_folder(path: Path) -> bool:
     return isinstance(marker, dict) and str(marker.get(META_PREFIX + "format", "")).startswith("unlearn/")
 
 
+EXACT_FILES = frozenset({"manifest.json", "base.safetensors", "assignment.safetensors", "components"})
+
+
+def is_our_exact_folder(path: Path) -> bool:
+    """A folder `unlearn train --exact` or an exact deletion wrote: only its files, with our manifest format."""
+    try:
+        entries = {e.name: e for e in path.iterdir()}
+        comps = list((path / "components").iterdir()) if (path / "components").is_dir() else []
+        manifest = json.loads((path / "manifest.json").read_text()) if (path / "manifest.json").is_file() else None
+    except (OSError, ValueError):
+        return False
+    return (isinstance(manifest, dict) and str(manifest.get("format", "")).startswith("unlearn-exact/")
+            and set(entries) <= EXACT_FILES and not any(e.is_symlink() for e in entries.values())
+            and all(c.is_file() and not c.is_symlink() and c.name.endswith(".safetensors") for c in comps))
+
+
+def is_our_folder(path: Path) -> bool:
+    """A folder this tool wrote and --force may replace: an adapter folder or an exact-unlearning artifact."""
+    return is_our_adapter_folder(path) or is_our_exact_folder(path)
+
+
 def check_output(path: Path, kind: str, force: bool, protect: Mapping[str, Optional[Path]] = {}, flag: str = "--output") -> None:
     """Fail before any work if the output cannot or must not be written.
 
@@ -214,9 +235,9 @@ def check_output(path: Path, kind: str, force: bool, protect: Mapping[str, Optio
             raise OutputError(f"output {path} exists; pass --force to overwrite it or choose another {flag}")
         if kind == "file" and not (stat.S_ISREG(st.st_mode) and looks_like_safetensors(absolute)):
             raise OutputError(f"output {path} exists and is not a safetensors checkpoint; --force replaces only checkpoints, choose another {flag}")
-        if kind == "dir" and not is_our_adapter_folder(absolute):
+        if kind == "dir" and not is_our_folder(absolute):
             raise OutputError(f"output {path} is a folder holding files this tool did not write; --force replaces only an adapter folder "
-                              f"written by `unlearn apply --adapter-only`, choose another {flag}")
+                              f"written by `unlearn apply --adapter-only` or an exact artifact, choose another {flag}")
     try:  # the only reliable writability test (root ignores permission bits; read-only mounts; quotas)
         fd, probe = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=".probe", dir=parent)
         os.close(fd)
@@ -344,7 +365,7 @@ def write_directory(path: str | Path, fill: Callable[[Path], None], force: bool 
         fill(tmp)
         os.chmod(tmp, 0o777 & ~_umask())
         if path.exists():
-            if not is_our_adapter_folder(path):  # checked again right before replacing
+            if not is_our_folder(path):  # checked again right before replacing
                 raise OutputError(f"output {path} changed while this run was writing; it was kept; choose another {flag}")
             old = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, suffix=".old", dir=path.parent))
             os.rename(path, old / "previous")

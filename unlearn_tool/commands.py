@@ -19,25 +19,67 @@ if TYPE_CHECKING:
 def apply(request: "str | Path | Sequence[str | Path]", checkpoint: str | Path, **options: Any) -> "ApplyOutcome":
     """`unlearn apply` (options: see pipeline.apply_request); several requests are applied in order."""
     reqs = [load_request(r) for r in (request if isinstance(request, (list, tuple)) else [request])]
-    from .pipeline import apply_request
+    from .exact import is_exact_folder
 
-    return apply_request(reqs if len(reqs) > 1 else reqs[0], checkpoint, **options)
+    if is_exact_folder(checkpoint):  # an exact artifact is unlearned by deactivating what saw the data
+        from .exact.run import apply_exact_request
+
+        if len(reqs) > 1:
+            from .errors import MethodError
+
+            raise MethodError(f"{checkpoint} is an exact artifact: apply one request at a time (each deletion is a step of its log)")
+        return apply_exact_request(reqs[0], checkpoint, **options)  # type: ignore[return-value]
+    if options.pop("retrain_affected", False):
+        from .errors import MethodError
+
+        raise MethodError(f"--retrain-affected: {checkpoint} is not an exact artifact; only `unlearn train --exact` folders have stages to retrain")
+    import time
+
+    t = time.perf_counter()
+    from .distributed import device_for, setup
+    from .pipeline import apply_request  # torch, the methods (peft only when a LoRA method runs)
+
+    imports_s = time.perf_counter() - t
+    setup(options.get("device", "auto"))
+    options["device"] = device_for(options.get("device", "auto"))
+    outcome = apply_request(reqs if len(reqs) > 1 else reqs[0], checkpoint, **options)
+    outcome.timings = {"imports_s": imports_s, **outcome.timings}
+    return outcome
 
 
 def validate(request: str | Path, checkpoint: Optional[str | Path] = None, code: Optional["CodePolicy"] = None) -> dict[str, Any]:
     """`unlearn validate`: every check a run makes, without training."""
     req = load_request(request)
+    from .exact import is_exact_folder
     from .models import CodePolicy
+
+    if checkpoint is not None and is_exact_folder(checkpoint):
+        from .exact.run import validate_exact_request
+
+        return validate_exact_request(req, checkpoint, code=code or CodePolicy())
     from .pipeline import validate_request
 
     return validate_request(req, checkpoint, code=code or CodePolicy())
 
 
-def train(request: str | Path, output: str | Path, **options: Any) -> dict[str, Any]:
-    """`unlearn train` (options: see pipeline.train_request)."""
+def train(request: str | Path, output: str | Path, exact: Optional[str] = None, **options: Any) -> dict[str, Any]:
+    """`unlearn train` (options: see pipeline.train_request); with `exact` (s3t, sisa) an exact-unlearning artifact folder:
+    the training options and `regularizer_params` (--param) become that method's parameters."""
+    if exact is not None:
+        from .exact import check_exact_method
+
+        check_exact_method(exact)
     req = load_request(request)
+    if exact is not None:
+        from .exact.run import exact_train_params, train_exact_request
+
+        params = exact_train_params(options.pop("options", None) or {})
+        return train_exact_request(req, output, exact, params=params, **options)
+    from .distributed import device_for, setup
     from .pipeline import train_request
 
+    setup(options.get("device", "auto"))
+    options["device"] = device_for(options.get("device", "auto"))
     return train_request(req, output, **options)
 
 
@@ -52,6 +94,13 @@ def audit(request: str | Path, original: str | Path, unlearned: str | Path, **op
 def bench(request: str | Path, checkpoint: str | Path, methods: str | Sequence[str], **options: Any) -> tuple[dict[str, Any], Path]:
     """`unlearn bench` (options: see bench.bench_request)."""
     req = load_request(request)
+    from .exact import is_exact_folder
+
+    if is_exact_folder(checkpoint):
+        from .errors import MethodError
+
+        raise MethodError(f"{checkpoint} is an exact artifact; bench runs approximate methods on a checkpoint. Delete from it with "
+                          "unlearn apply, audit it with unlearn audit, compare with benchmarks/exact_digits.py")
     from .bench import bench_request
 
     return bench_request(req, checkpoint, methods, **options)

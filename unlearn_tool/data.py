@@ -66,18 +66,24 @@ class LabelledData:
     def batches(
         self, batch_size: int, shuffle: bool = False, generator: Optional[torch.Generator] = None
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Yield (x, y) CPU batches; shuffled with `generator` when asked."""
+        """Yield (x, y) CPU batches; shuffled with `generator` when asked.
+
+        Under `distributed.data_parallel()` a shuffled (training) pass yields this rank's part of each global batch.
+        """
+        from .distributed import shard
+
         n = len(self)
         if self.x is not None:
             order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
             for start in range(0, n, batch_size):
                 idx = order[start:start + batch_size]
-                yield self.x[idx], self.targets[idx]
+                yield shard(self.x[idx], self.targets[idx]) if shuffle else (self.x[idx], self.targets[idx])
             return
         loader = DataLoader(self.dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, num_workers=0)
         for x, y in loader:
             y = torch.as_tensor(y)
-            yield x.float(), (y.float() if y.dtype.is_floating_point else y.long())
+            x, y = x.float(), (y.float() if y.dtype.is_floating_point else y.long())
+            yield shard(x, y) if shuffle else (x, y)
 
     def take(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The batch (x, y) at positions `idx`."""

@@ -130,7 +130,7 @@ class Job:
     seed: int
     code: CodePolicy = CodePolicy()
     original: Optional[nn.Module] = None
-    artifact: Optional[CheckpointArtifact] = None  # the original checkpoint
+    artifact: Optional[CheckpointArtifact] = None  # the original checkpoint (or an EnsembleArtifact: same interface)
     original_metadata: dict[str, str] = field(default_factory=dict)  # for an in-memory original: what its file would hold
     data_sha256: str = ""  # fingerprint of the full train split (before earlier deletions were excluded)
     full_train: Optional[LabelledData] = None  # that split, whose positions the ledger records
@@ -247,7 +247,10 @@ def prepare(
     job = Job(request=req, task=task, splits=splits, num_classes=num_outputs, device=dev, seed=run_seed, code=code,
               data_sha256=data_sha, full_train=probe_train)
     if checkpoint is not None:
-        artifact = CheckpointArtifact(checkpoint)
+        from .exact import is_exact_folder
+
+        # an exact-unlearning folder (train --exact) loads as its ensemble; anything else as one checkpoint
+        artifact = open_artifact(checkpoint) if is_exact_folder(checkpoint) else CheckpointArtifact(checkpoint)
         job.original = artifact.load(job.load_context())
         job.artifact = artifact
         if not probe_train.labelled:

@@ -22,7 +22,7 @@ from torch import nn
 from . import __version__
 from .artifacts import CheckpointArtifact, write_adapter, write_merged
 from .audit.registry import finite
-from .checkpoint import check_output, dtypes_of, non_finite
+from .checkpoint import check_output, dtypes_of, load_into, non_finite
 from .errors import AuditError, DivergedError, MethodError, UnlearnError
 from .evaluate import stream
 from .job import Job, Progress, check_seed, describe_job, prepare, resolve_device, seed_everything  # noqa: F401 (re-exported)
@@ -190,13 +190,16 @@ class StepResult:
     wall_time_s: float
     info: dict[str, Any]
     log: list[str]
+    summary_s: float = 0.0  # the before/after summary's time
 
 
 def unlearn_step(job: Job, plan: ApplyPlan, progress: Optional[Progress] = None) -> StepResult:
     """Run the plan's method on the job's original; refuse a non-finite result; summarise before and after."""
     if job.original is None:
         raise UnlearnError("apply needs a checkpoint; give the trained model's .safetensors file")
+    t = time.perf_counter()
     before = utility(job.original, job)
+    summary_s = time.perf_counter() - t
     ctx = job.context(progress=progress)
     job.seed_everything()
     result, wall = run_method(plan.method, ctx, plan.params)
@@ -206,7 +209,10 @@ def unlearn_step(job: Job, plan: ApplyPlan, progress: Optional[Progress] = None)
     if bad:
         raise DivergedError(f"unlearning diverged: {len(bad)} tensor(s) of the result hold NaN/Inf (first: {bad[0][0]}); "
                             f"nothing was written; lower the learning rate or check the method's parameters")
-    return StepResult(model, result.adapter_model, state, before, utility(model, job), wall, result.info, list(ctx.log))
+    t = time.perf_counter()
+    after = utility(model, job)
+    summary_s += time.perf_counter() - t
+    return StepResult(model, result.adapter_model, state, before, after, wall, result.info, list(ctx.log), summary_s)
 
 
 def apply(
@@ -299,6 +305,7 @@ class ApplyOutcome:
     report: Optional[dict[str, Any]] = None
     report_dir: Optional[Path] = None
     removed: bool = False  # the output was removed again because the audit failed (keep_on_fail=False)
+    timings: dict[str, float] = field(default_factory=dict)  # where the run's time went (seconds)
 
     def summary(self) -> dict[str, Any]:
         out = self.result.as_dict(self.job)
@@ -308,6 +315,7 @@ class ApplyOutcome:
             out["lineage_steps"] = len(chain.steps)
             out["forget_digest"] = chain.steps[-1]["forget_digest"]
             out["ledger"] = str(getattr(self.result, "ledger", ""))
+        out["timings"] = {k: round(v, 4) for k, v in self.timings.items()}
         splits = self.job.splits
         out["missing_ids"] = list(splits.missing_ids)
         out["excluded_earlier"] = splits.excluded
@@ -378,6 +386,7 @@ def apply_request(
             resolve = lambda train, sha: L.resolve_excluded(lineage, entries, ledger_in, train.ids, sha)  # noqa: E731
 
     label_free = get_method(plans[0].method).label_free
+    t_prepare = time.perf_counter()
     job = prepare(first, checkpoint, device=device, seed=seed, code=code, excluded_for=resolve, allow_missing=allow_missing,
                   needs_labels=not label_free)
     if not job.splits.train.labelled:
@@ -391,22 +400,31 @@ def apply_request(
         raise UnlearnError(f"output {plans[0].output} is the input checkpoint; inputs are never overwritten, choose another --output")
 
     t0 = time.perf_counter()
+    timings = {"prepare_s": t0 - t_prepare, "summary_s": 0.0, "method_s": 0.0}
     lineage = lineage or L.Lineage(original_sha256=parent.sha256, data_sha256=job.data_sha256)
     parent_sha, in_run_steps, step_jobs, gone = parent.sha256, [], [], torch.zeros(0, dtype=torch.long)
+    step = None  # the previous request's result, once there is one
     for k, (req, plan) in enumerate(zip(requests, plans)):
         if k > 0:  # the next request runs on the previous result, with everything forgotten so far left out of its data
             gone = torch.cat([gone, job.splits.forget_positions])
             previous = job
             job = prepare(req, None, device=device, seed=seed, code=code, allow_missing=allow_missing, needs_labels=not label_free,
                           excluded_for=lambda train, sha, g=gone: torch.cat([resolve(train, sha), g]) if resolve else g)
-            job.original, job.artifact = step.model, previous.artifact  # the input's dtypes and file stay the reference
+            job.original, job.artifact = step.model, previous.artifact  # type: ignore[union-attr]  # the input's dtypes and file stay the reference
         step = unlearn_step(job, plan, progress)
+        timings["summary_s"] += step.summary_s
+        timings["method_s"] += step.wall_time_s
         step_jobs.append(job)
         if k < len(requests) - 1:
             in_run_steps.append(L.new_step(L.Lineage(lineage.original_sha256, lineage.data_sha256, lineage.steps + in_run_steps), req,
                                            plan.method, job.splits, parent_sha, created_utc(), step.after.get("forget_acc"), record_ids))
             parent_sha = L.state_sha256(step.state)  # an in-run result is never a file: its digest is its tensors'
     final_plan = dataclasses.replace(plans[-1], output=plans[0].output, force=plans[0].force, adapter=plans[0].adapter)
+    from .distributed import is_writer
+
+    if not is_writer():  # under torchrun, rank 0 writes the output, the ledger and the audit; the others are done
+        return ApplyOutcome(job, None, timings=timings)  # type: ignore[arg-type]
+    t_write = time.perf_counter()
     result = write_step(job, final_plan, step, parent_sha, lineage, record_ids, t0, in_run_steps)
     result.warnings[:0] = notes
 
@@ -420,13 +438,16 @@ def apply_request(
         where = result.output if out_sha == result.output_sha256 else Path(f"in-run step {s_step['step']}")
         entries = entries + [L.append(ledger_out, entries, s_step, where, out_sha, L.store_forget_set(ledger_out, s_step, s_job.splits))]
     result.ledger = ledger_out  # type: ignore[attr-defined]
-    outcome = ApplyOutcome(job, result)
+    timings["write_s"] = time.perf_counter() - t_write
+    outcome = ApplyOutcome(job, result, timings=timings)
     if plans[0].audit:
         from .audit import audit_fresh_model
 
         ref = (reference_model, reference.info()) if reference is not None else None
         info = {"path": str(result.output.resolve()), "kind": result.mode, "sha256": result.output_sha256, "metadata": result.metadata}
+        t_audit = time.perf_counter()
         outcome.report, outcome.report_dir = audit_fresh_model(job, result.model, info, report_dir, plans[0].gates, ref)
+        timings["audit_s"] = time.perf_counter() - t_audit
         if outcome.report["verdict"] == "fail" and not keep_on_fail:
             remove_output(result.output)
             outcome.removed = True
@@ -476,17 +497,24 @@ def train_request(
     seed: Optional[int] = None,
     code: CodePolicy = CodePolicy(),
     progress: Optional[Progress] = None,
+    init: Optional[str | Path] = None,
 ) -> dict[str, Any]:
-    """`unlearn train`: options, request, seed and output checked first; then data, model and training."""
+    """`unlearn train`: options, request, seed, output and --init checked first; then data, model and training.
+
+    init: start from this checkpoint's weights (a pre-trained backbone) instead of a random initialisation.
+    """
     from .training import train_config
 
     config = train_config(**(options or {}))
     req = load_request(request)
     if seed is not None:
         check_seed(seed)
-    check_output(Path(output), "file", force, protect={"request": req.path})
+    check_output(Path(output), "file", force, protect={"request": req.path, "init checkpoint": Path(init) if init else None})
+    start = CheckpointArtifact(init) if init is not None else None
+    if start is not None:
+        start.tensors  # noqa: B018 - a missing or unreadable --init fails before any work
     job = prepare(req, None, device=device, seed=seed, code=code)
-    return train_checkpoint(job, output, config, exclude_forget=exclude_forget, force=force, progress=progress)
+    return train_checkpoint(job, output, config, exclude_forget=exclude_forget, force=force, progress=progress, init=start)
 
 
 def train_checkpoint(
@@ -496,26 +524,34 @@ def train_checkpoint(
     exclude_forget: bool = False,
     force: bool = False,
     progress: Optional[Progress] = None,
+    init: Optional[CheckpointArtifact] = None,
 ) -> dict[str, Any]:
-    """Train the request's architecture from scratch (optionally without the forget set) and write it atomically."""
+    """Train the request's architecture from scratch, or from `init`'s weights (optionally without the forget set), and write it atomically."""
     from .training import fit
 
     output = Path(output)
-    protect = {"request": job.request.path}
+    protect = {"request": job.request.path, "init checkpoint": init.path if init is not None else None}
     check_output(output, "file", force, protect=protect)
     data = job.splits.retain if exclude_forget else job.splits.train
     job.seed_everything()
     model = job.make_model()
+    if init is not None:
+        model = load_into(model, init.tensors, job.request.model.arch, init.path)
     start = time.perf_counter()
-    fit(model, data, config, job.device, torch.Generator().manual_seed(job.seed), progress, task="train",
-        loss_fn=job.task.loss_fn(config.loss))
+    from .distributed import data_parallel, is_writer
+
+    with data_parallel():  # under torchrun: batches split over the ranks, gradients averaged (one process: no-op)
+        fit(model, data, config, job.device, torch.Generator().manual_seed(job.seed), progress, task="train",
+            loss_fn=job.task.loss_fn(config.loss))
     wall = time.perf_counter() - start
     bad = non_finite(model.state_dict())
     if bad:
         raise DivergedError(f"training diverged: {len(bad)} tensor(s) hold NaN/Inf (first: {bad[0][0]}); nothing was written; lower --lr")
     figures = utility(model, job)
     fields = output_fields(job, trained_on="retain" if exclude_forget else "train", train_config=config.model_dump(),
-                           wall_time_s=round(wall, 4))
+                           wall_time_s=round(wall, 4), **({"init_sha256": init.sha256} if init is not None else {}))
+    if not is_writer():  # rank 0 writes; the other ranks' weights are the same
+        return {"output": None, "sha256": None, "train_size": len(data), "wall_time_s": wall, "exclude_forget": exclude_forget, **figures}
     digest = write_merged(output, model.state_dict(), fields, force=force, protect=protect)
     return {"output": str(output), "sha256": digest, "train_size": len(data), "wall_time_s": wall,
             "exclude_forget": exclude_forget, **figures}

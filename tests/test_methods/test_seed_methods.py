@@ -21,9 +21,8 @@ from conftest import invoke, random_indices, write_request
 from unlearn_tool.data import LabelledData, Splits
 from unlearn_tool.errors import MethodError
 from unlearn_tool.evaluate import predict_logits
-from unlearn_tool.methods import UnlearnContext, get_method, method_names, parse_params, run_method
+from unlearn_tool.methods import get_method, method_names, parse_params, run_method
 from unlearn_tool.methods import concept_poison as cp
-from unlearn_tool.methods import iau as iau_mod
 from unlearn_tool.methods import laf as laf_mod
 from unlearn_tool.pipeline import utility
 from unlearn_tool.regularizers import (

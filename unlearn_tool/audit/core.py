@@ -299,6 +299,7 @@ def run_audit(
     warnings = []
     if unlearned_info.get("kind") == "adapter":
         warnings.append(ADAPTER_AUDIT_WARNING)
+    warnings += [str(n) for n in unlearned_info.get("notes") or []]  # what the artifact states of itself (an exact guarantee)
     warnings += audit_warnings(models["unlearned"], models["original"], models["reference"], scenario, task.name)
     if not job.splits.train.labelled:
         warnings.append("the train split has no labels: retain/forget figures and the attacks use the original model's "

@@ -279,7 +279,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     sentence, evidence, utility = verdict_block(report)
     d = report.get("verdict_detail") or {}
     parts = [f"# {_title(report)}\n", f"**{sentence}**\n", "\n".join(f"- {line}" for line in evidence) + "\n", f"{utility}.\n"]
-    parts += [f"## How the verdict was decided\n", f"By the {d.get('decided_by', 'gates')}"
+    parts += ["## How the verdict was decided\n", f"By the {d.get('decided_by', 'gates')}"
               + (" (the default policy's checks below are for information)" if report["gates"] else " (docs/audit.md; give --gate to set your own criteria)") + ".\n\n",
               _md_table(["check", "value", "expected", "result", "what it means"], check_rows(report))]
     if report["gates"]:

@@ -60,6 +60,7 @@ class MethodSpecEntry:
     tasks: tuple[str, ...] = ("classification",)  # the tasks it can unlearn
     scenarios: tuple[str, ...] = ("class", "sample")  # the forget scenarios it accepts
     label_free: bool = False  # never reads the labels of the training data
+    data_parallel: bool = False  # under torchrun its shuffled batches are split over the ranks (verified); else every rank repeats it
 
 
 _REGISTRY: dict[str, MethodSpecEntry] = {}
@@ -75,6 +76,7 @@ def register_method(
     tasks: tuple[str, ...] = ("classification",),
     scenarios: tuple[str, ...] = ("class", "sample"),
     label_free: bool = False,
+    data_parallel: bool = False,
 ) -> None:
     """Register a method by name; bad or duplicate names are errors (not asserts)."""
     if not name or name != name.strip().lower() or " " in name:
@@ -84,7 +86,7 @@ def register_method(
     if not (isinstance(params_cls, type) and issubclass(params_cls, MethodParams)):
         raise TypeError(f"params_cls of {name!r} must subclass MethodParams")
     _REGISTRY[name] = MethodSpecEntry(name, summary, params_cls, run, supports_adapter, reference, tuple(tasks),
-                                      tuple(scenarios), label_free)
+                                      tuple(scenarios), label_free, data_parallel)
 
 
 def unregister_method(name: str) -> None:
@@ -124,7 +126,7 @@ def describe_method(name: str) -> dict[str, Any]:
     e = get_method(name)
     return {"name": e.name, "summary": e.summary, "reference": e.reference, "adapter": e.supports_adapter,
             "tasks": list(e.tasks), "scenarios": list(e.scenarios), "label_free": e.label_free,
-            "params": describe_params(e.params_cls)}
+            "data_parallel": e.data_parallel, "params": describe_params(e.params_cls)}
 
 
 def list_methods() -> list[dict[str, Any]]:
@@ -153,9 +155,17 @@ def run_method(name: str, ctx: UnlearnContext, params: MethodParams) -> tuple[Me
     from ..job import seed_everything
 
     entry = get_method(name)
+    if entry.supports_adapter:
+        import peft  # noqa: F401  (a LoRA method's first call would otherwise time the import of peft and transformers)
+    from ..distributed import data_parallel
+
     seed_everything(ctx.seed)
     start = time.perf_counter()
-    out = entry.run(ctx, params)
+    if entry.data_parallel:
+        with data_parallel():
+            out = entry.run(ctx, params)
+    else:
+        out = entry.run(ctx, params)
     if ctx.device.type == "cuda":
         torch.cuda.synchronize(ctx.device)
     return out, time.perf_counter() - start

@@ -35,7 +35,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import Field
-from sklearn.exceptions import ConvergenceWarning
 from torch import nn
 
 from ..data import LabelledData
@@ -186,7 +185,7 @@ def discover_concepts(feats: torch.Tensor, k: int, how: str, seed: int) -> tuple
         from sklearn.decomposition import NMF
 
         with warnings.catch_warnings():  # a loose fit still gives usable directions; the head's fidelity is what is reported
-            warnings.simplefilter("ignore", ConvergenceWarning)
+            warnings.simplefilter("ignore", _convergence_warning())
             comps = NMF(n_components=k, init="nndsvda", max_iter=400, tol=1e-3, random_state=seed).fit(x).components_
     else:
         from sklearn.cluster import KMeans
@@ -202,7 +201,7 @@ def discover_concepts(feats: torch.Tensor, k: int, how: str, seed: int) -> tuple
 def fit_head(scores: np.ndarray, preds: np.ndarray, c: float, seed: int):
     """The sparse linear head from standardised concept scores to the model's predicted classes."""
     with warnings.catch_warnings():  # saga may stop at max_iter on hard heads; fidelity (reported) shows what it achieved
-        warnings.simplefilter("ignore", ConvergenceWarning)
+        warnings.simplefilter("ignore", _convergence_warning())
         return _sklearn_l1_logistic(c, seed).fit(scores, preds)
 
 
@@ -370,6 +369,12 @@ def _run(ctx: UnlearnContext, p: ConceptPoisonParams) -> MethodOutput:
         "last_loss": round(float(loss.detach()), 6),
     }
     return MethodOutput(model=model.eval(), info=info)
+
+
+def _convergence_warning() -> type:
+    from sklearn.exceptions import ConvergenceWarning  # imported when used: listing methods need not load scikit-learn
+
+    return ConvergenceWarning
 
 
 register_method(

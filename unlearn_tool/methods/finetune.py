@@ -61,5 +61,5 @@ register_method(
     "finetune", FinetuneParams, run,
     summary="FT: fine-tune on the retain set only (forgetting by catastrophic interference).",
     reference="Jia et al. 2023 (Unlearn-Sparse, FT baseline); Warnecke et al. 2023",
-    tasks=("classification", "regression"), scenarios=("class", "sample", "range"),
+    tasks=("classification", "regression"), scenarios=("class", "sample", "range"), data_parallel=True,
 )

@@ -46,4 +46,5 @@ register_method(
     "l1-sparse", L1SparseParams, run,
     summary="l1-sparse MU: fine-tune on the retain set with a linearly decaying l1 penalty on the weights.",
     reference="Jia et al. 2023, NeurIPS (OPTML-Group/Unlearn-Sparse, FT_prune)",
+    data_parallel=True,
 )

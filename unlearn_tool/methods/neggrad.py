@@ -155,10 +155,11 @@ register_method(
     "neggrad", NegGradParams, run_neggrad,
     summary="GA / NegGrad: gradient ascent on the forget set only (unstable; stops once Df is forgotten).",
     reference="Thudi et al. 2022; Jia et al. 2023 (Unlearn-Sparse GA baseline)",
+    data_parallel=True,
 )
 register_method(
     "neggrad+", NegGradPlusParams, run_neggrad_plus,
     summary="NegGrad+: alpha * CE(retain) - (1 - alpha) * CE(forget), iterating Dr and cycling Df (regression: MSE or L1).",
     reference="Kurmanji et al. 2023 (SCRUB repository, NegGrad+ baseline)",
-    tasks=("classification", "regression"), scenarios=("class", "sample", "range"),
+    tasks=("classification", "regression"), scenarios=("class", "sample", "range"), data_parallel=True,
 )

@@ -19,4 +19,5 @@ def run(ctx: UnlearnContext, p: RetrainParams) -> MethodOutput:
 
 
 register_method("retrain", RetrainParams, run, summary="Retrain from scratch on the retain set (gold standard; slow).",
-                reference="exact unlearning baseline", tasks=("classification", "regression"), scenarios=("class", "sample", "range"))
+                reference="exact unlearning baseline", tasks=("classification", "regression"), scenarios=("class", "sample", "range"),
+                data_parallel=True)

@@ -16,7 +16,6 @@ unpickled). Algorithm, defaults and measured figures: docs/methods.md; Foster et
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Optional

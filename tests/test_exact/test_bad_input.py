@@ -1,0 +1,216 @@
+"""Bad input to exact training and deletion: exit 2, one line naming the problem and the fix, nothing written."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from conftest import invoke, write_request
+from helpers import rejected, tree
+from unlearn_tool.checkpoint import sha256_file
+
+from .conftest import S3T, assignment, pick
+
+
+@pytest.fixture
+def art(exact_dir, tmp_path):
+    """A private copy of the S3T artifact and the deletion request."""
+    shutil.copytree(exact_dir / "s3t", tmp_path / "art")
+    shutil.copy(exact_dir / "delete.yaml", tmp_path / "delete.yaml")
+    return tmp_path / "art"
+
+
+def _apply(art, *extra, request=None):
+    return invoke("apply", art, "-r", request or art.parent / "delete.yaml", "-o", art.parent / "out", "--quiet", *extra)
+
+
+def _edit_manifest(art, change):
+    m = json.loads((art / "manifest.json").read_text())
+    change(m)
+    (art / "manifest.json").write_text(json.dumps(m))
+
+
+@pytest.mark.parametrize("corrupt, fragment", [
+    (lambda a: (a / "manifest.json").write_text("{not json"), "not valid JSON"),
+    (lambda a: _edit_manifest(a, lambda m: m.pop("shards")), "manifest.json is corrupt (shards"),
+    (lambda a: _edit_manifest(a, lambda m: m.update(schema_version=2)), "schema_version 2 is not supported"),
+    (lambda a: _edit_manifest(a, lambda m: m["shards"][0]["sequences"][0]["stages"][0].update(file="../../etc/passwd")), "not a component path"),
+    (lambda a: _edit_manifest(a, lambda m: m["shards"][0]["sequences"][0].update(prefix=1)), "contradicts prefix"),
+])
+@pytest.mark.parametrize("command", ["apply", "inspect", "audit"])
+def test_a_corrupted_manifest_is_refused(art, corrupt, fragment, command):
+    corrupt(art)
+    if command == "apply":
+        r = _apply(art)
+    elif command == "inspect":
+        r = invoke("inspect", art)
+    else:
+        r = invoke("audit", "-r", art.parent / "delete.yaml", "--original", art, "--unlearned", art, "--report-dir", art.parent / "rep", "--quiet")
+    rejected(r, "exact artifact", fragment)
+    assert not (art.parent / "out").exists() and not (art.parent / "rep").exists()
+
+
+def test_a_component_whose_hash_does_not_match_is_refused(art):
+    comp = sorted((art / "components").iterdir())[3]
+    data = bytearray(comp.read_bytes())
+    data[-1] ^= 1  # one bit of one weight
+    comp.write_bytes(bytes(data))
+    rejected(_apply(art), comp.name, "has sha256", "the manifest records")
+    rejected(invoke("validate", "-r", art.parent / "delete.yaml", art), comp.name)
+    assert not (art.parent / "out").exists()
+
+
+def test_a_stale_component_is_refused(art, tmp_path):
+    r = _apply(art)
+    assert r.exit_code == 0, r.stderr
+    out = art.parent / "out"
+    gone = sorted(set(p.name for p in (art / "components").iterdir()) - set(p.name for p in (out / "components").iterdir()))[0]
+    shutil.copy(art / "components" / gone, out / "components" / gone)  # a deactivated component sneaks back in
+    rejected(invoke("inspect", out), gone, "may hold deleted data")
+
+
+def test_samples_no_shard_holds_are_refused(art):
+    assert _apply(art).exit_code == 0
+    out = art.parent / "out"
+    before = tree(out.parent)
+    r = invoke("apply", out, "-r", art.parent / "delete.yaml", "-o", art.parent / "out2", "--quiet")
+    rejected(r, "already deleted", "drop them from the request")
+    assert tree(out.parent) == before
+
+
+def test_an_exhausted_budget_is_refused_and_nothing_is_written(art):
+    shard, slc = assignment(art)
+    m = json.loads((art / "manifest.json").read_text())
+    firsts = sorted({(sh["shard"], seq["order"][0]) for sh in m["shards"] for seq in sh["sequences"]})
+    req = write_request(art.parent, {"indices": pick(shard, slc, firsts)}, name="all.yaml")
+    rejected(_apply(art, request=req), "would deactivate every remaining component", "retraining is needed")
+    assert not (art.parent / "out").exists()
+    r = _apply(art, "--retrain-affected", request=req)  # the SISA way still works
+    assert r.exit_code == 0, r.stderr
+
+
+def test_an_artifact_with_no_active_component_refuses_the_next_request(art):
+    for p in (art / "components").iterdir():
+        p.unlink()
+
+    def deactivate(m):
+        m["deletions"] = []
+        for sh in m["shards"]:
+            for seq in sh["sequences"]:
+                seq["prefix"] = 0
+                for st in seq["stages"]:
+                    st.update(status="deactivated", file=None)
+
+    _edit_manifest(art, deactivate)
+    rejected(_apply(art), "cannot serve", "retraining is needed")
+    rejected(invoke("audit", "-r", art.parent / "delete.yaml", "--original", art, "--unlearned", art,
+                    "--report-dir", art.parent / "rep", "--quiet"), "retraining is needed")
+
+
+def test_class_requests_deactivate_everything_unless_retrained(art):
+    req = write_request(art.parent, {"classes": [3]}, name="class.yaml")
+    rejected(_apply(art, request=req), "would deactivate every remaining component")
+    r = invoke("apply", art, "-r", req, "-o", art.parent / "out", "--retrain-affected", "--json", "--quiet")
+    assert r.exit_code == 0, r.stderr
+    summary = json.loads(r.stdout)
+    assert any(w.startswith("class deletion") for w in summary["warnings"])
+    assert summary["after"]["forget_acc"] < 0.05 and summary["info"]["retrain"]["fraction_of_full_retrain"] == 1.0
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--exact", "rfa"], "rfa is an approximate unlearning method"),
+    (["--exact", "magic"], "not an exact-unlearning method"),
+    (["--exact", "s3t", "--param", "sequences=9"], "sequences"),
+    (["--exact", "s3t", "--param", "shards=2000"], "shards"),
+    (["--exact", "sisa", "--regularizer", "gradient-restriction"], "--regularizer"),
+    (["--exact", "s3t", "--init", "missing.safetensors"], "not found"),
+])
+def test_bad_exact_training_options(exact_dir, tmp_path, args, fragment):
+    rejected(invoke("train", "-r", exact_dir / "train.yaml", "-o", tmp_path / "art", *args, "--quiet"), fragment)
+    assert not (tmp_path / "art").exists()
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--method", "rfa"], "is an exact s3t artifact"),
+    (["--param", "lr=0.1"], "no parameters"),
+    (["--adapter-only"], "--adapter-only"),
+    (["--seed", "5"], "replays the artifact's seed"),
+    (["--ledger", "x.jsonl"], "its own deletion log"),
+    (["--record-ids"], "its own deletion log"),
+])
+def test_approximate_options_on_an_exact_artifact(art, args, fragment):
+    rejected(_apply(art, *args), fragment)
+    assert not (art.parent / "out").exists()
+
+
+def test_output_inside_the_input_artifact_or_over_it(art):
+    before = tree(art)
+    rejected(invoke("apply", art, "-r", art.parent / "delete.yaml", "-o", art / "sub", "--quiet"), "inside the input artifact")
+    rejected(invoke("apply", art, "-r", art.parent / "delete.yaml", "-o", art, "--force", "--quiet"), "is the input artifact")
+    assert tree(art) == before
+
+
+def test_bench_refuses_an_exact_artifact(art):
+    rejected(invoke("bench", "-r", art.parent / "delete.yaml", art, "--methods", "rfa", "--report-dir", art.parent / "b"), "is an exact artifact")
+    assert not (art.parent / "b").exists()
+
+
+def test_retrain_affected_needs_an_exact_artifact(exact_dir, tmp_path):
+    rejected(invoke("apply", exact_dir / "base.safetensors", "-r", exact_dir / "delete.yaml", "-o", tmp_path / "o.safetensors",
+                    "--retrain-affected", "--quiet"), "not an exact artifact")
+
+
+def test_a_request_for_other_data_or_another_model_is_refused(art):
+    req = write_request(art.parent, {"indices": [1]}, name="other.yaml", kwargs={"num_classes": 10, "hidden": [32]})
+    rejected(_apply(art, request=req), "was trained with model")
+
+
+def test_s3t_without_init_warns_in_one_line(exact_dir, tmp_path):
+    r = invoke("train", "-r", exact_dir / "train.yaml", "-o", tmp_path / "art", *S3T, "--param", "epochs=1", "--quiet")
+    assert r.exit_code == 0, r.stderr
+    lines = [x for x in r.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1 and lines[0].startswith("warning: no --init") and "random" in lines[0]
+
+
+def test_exact_training_is_reproducible_to_the_byte(exact_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    for name in ("a", "b"):
+        r = invoke("train", "-r", exact_dir / "train.yaml", "-o", tmp_path / name, "--exact", "sisa", "--param", "shards=2",
+                   "--param", "slices=2", "--param", "epochs=2", "--quiet")
+        assert r.exit_code == 0, r.stderr
+    assert tree(tmp_path / "a") == tree(tmp_path / "b")
+
+
+def test_plain_train_starts_from_init(exact_dir, tmp_path):
+    from unlearn_tool.checkpoint import read_checkpoint
+
+    r = invoke("train", "-r", exact_dir / "train.yaml", "-o", tmp_path / "ft.safetensors", "--init", exact_dir / "base.safetensors",
+               "--epochs", "1", "--lr", "1e-9", "--quiet")
+    assert r.exit_code == 0, r.stderr
+    tensors, meta = read_checkpoint(tmp_path / "ft.safetensors")
+    base, _ = read_checkpoint(exact_dir / "base.safetensors")
+    assert meta["unlearn.init_sha256"] == sha256_file(exact_dir / "base.safetensors")
+    assert all(torch.allclose(tensors[k], base[k], atol=1e-6) for k in base)
+
+
+def test_vote_aggregation_is_a_majority_with_mean_probability_ties():
+    from torch import nn
+
+    from unlearn_tool.exact.train import EnsembleModule
+
+    class Fixed(nn.Module):
+        def __init__(self, logits):
+            super().__init__()
+            self.logits = torch.tensor([logits])
+
+        def forward(self, x):
+            return self.logits.expand(len(x), -1)
+
+    votes = EnsembleModule([Fixed([2.0, 0.0, 0.0]), Fixed([2.0, 0.0, 0.0]), Fixed([0.0, 9.0, 0.0])], "vote")
+    mean = EnsembleModule([Fixed([2.0, 0.0, 0.0]), Fixed([2.0, 0.0, 0.0]), Fixed([0.0, 9.0, 0.0])], "mean")
+    x = torch.zeros(2, 1)
+    assert votes(x).argmax(1).tolist() == [0, 0] and mean(x).argmax(1).tolist() == [1, 1]
+    assert torch.allclose(votes(x).exp().sum(1), torch.ones(2))

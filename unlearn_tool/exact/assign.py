@@ -1,0 +1,117 @@
+"""Which sample trains which part: samples -> (shard, slice) by a seeded rule, and the slice orders of each shard.
+
+Assignment rule (recorded in the manifest as ASSIGNMENT_RULE): a permutation of the train indices drawn from
+numpy's PCG64 seeded with the run's seed; the sample at position j of the permutation goes to shard j mod S,
+and within its shard to slice (j // S) mod R. Shards and slices differ in size by at most one sample.
+
+Slice orders (S3T's "sequences"): cyclic rotation (sequence b is slices b, b+1, ..., wrapping) or BMS: for each
+position, a minimum-cost bipartite matching of sequences to the slices they have not used yet, where a
+slice's cost is its probability of being hit by a deletion (so the least likely deleted slices come first),
+and no slice takes the same position in two sequences (so one deletion cannot cut two sequences at their
+first stage). This is our reading of "bipartite matching over deletion probabilities" (docs/exact.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from ..errors import MethodError
+
+ASSIGNMENT_RULE = "pcg64(seed).permutation(N); position j -> shard j % S, slice (j // S) % R"
+UNASSIGNED = -1
+
+
+def assign(n: int, shards: int, slices: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(shard, slice) per train sample, int64 arrays of length n."""
+    if n < shards * slices:
+        raise MethodError(f"--param shards/slices: {shards} shards x {slices} slices need at least {shards * slices} "
+                          f"training samples, the train split has {n}; use fewer shards or slices")
+    perm = np.random.Generator(np.random.PCG64(seed)).permutation(n)
+    shard = np.empty(n, dtype=np.int64)
+    slc = np.empty(n, dtype=np.int64)
+    pos = np.arange(n)
+    shard[perm] = pos % shards
+    slc[perm] = (pos // shards) % slices
+    return shard, slc
+
+
+def digest(shard: np.ndarray, slc: np.ndarray) -> str:
+    """sha256 of the assignment itself (little-endian int64 shard array, then slice array)."""
+    h = hashlib.sha256()
+    h.update(np.ascontiguousarray(shard, dtype="<i8").tobytes())
+    h.update(np.ascontiguousarray(slc, dtype="<i8").tobytes())
+    return h.hexdigest()
+
+
+def cyclic_orders(slices: int, sequences: int) -> list[list[int]]:
+    return [[(b + j) % slices for j in range(slices)] for b in range(sequences)]
+
+
+def bms_orders(slice_probs: Sequence[float], sequences: int) -> list[list[int]]:
+    """Per position, a minimum-cost matching of sequences to unused slices (cost: deletion probability)."""
+    from scipy.optimize import linear_sum_assignment
+
+    probs = np.asarray(slice_probs, dtype=np.float64)
+    r = len(probs)
+    orders: list[list[int]] = [[] for _ in range(sequences)]
+    used, reuse = 1e9, 10.0  # a slice once per sequence; sharing a position costs more than any probability
+    for _ in range(r):
+        # columns: copy c of slice s (c = how many other sequences already take s at this position)
+        cost = np.empty((sequences, r * sequences))
+        for c in range(sequences):
+            cost[:, c::sequences] = probs[None, :] + c * reuse
+        for b, seq in enumerate(orders):
+            for s in seq:
+                cost[b, s * sequences:(s + 1) * sequences] = used
+        rows, cols = linear_sum_assignment(cost)
+        for b, col in zip(rows, cols):
+            orders[b].append(int(col) // sequences)
+    return orders
+
+
+def slice_deletion_probs(weights: np.ndarray, shard: np.ndarray, slc: np.ndarray, k: int, slices: int) -> list[float]:
+    """P(at least one sample of slice s of shard k is deleted) = 1 - prod(1 - w), per slice."""
+    out = []
+    for s in range(slices):
+        w = weights[(shard == k) & (slc == s)]
+        out.append(float(-np.expm1(np.sum(np.log1p(-np.clip(w, 0.0, 1.0 - 1e-12))))))
+    return out
+
+
+def read_weights(path: str | Path, n: int) -> np.ndarray:
+    """One deletion probability in [0, 1] per train sample, one per line (# comments and blank lines allowed)."""
+    from ..request import read_regular_file
+
+    p = Path(path)
+    raw = read_regular_file(p, "--param deletion_weights file", "give a text file with one probability per train sample", 64 << 20)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise MethodError(f"--param deletion_weights: {p} is not UTF-8 text; give one number per line") from None
+    values = []
+    for i, line in enumerate(text.splitlines(), 1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        try:
+            v = float(line)
+        except ValueError:
+            raise MethodError(f"--param deletion_weights: line {i} of {p} is not a number; give one probability per line") from None
+        if not 0.0 <= v <= 1.0:
+            raise MethodError(f"--param deletion_weights: line {i} of {p} holds {v!r}, not a probability in [0, 1]")
+        values.append(v)
+    if len(values) != n:
+        raise MethodError(f"--param deletion_weights: {p} holds {len(values)} probabilities, the train split has {n} samples; give one per sample")
+    return np.asarray(values, dtype=np.float64)
+
+
+def shard_orders(order: str, slices: int, sequences: int, weights: Optional[np.ndarray], shard: np.ndarray, slc: np.ndarray, shards: int) -> list[list[list[int]]]:
+    """The slice orders of every shard: [shard][sequence] -> list of slice ids."""
+    if order == "cyclic":
+        return [cyclic_orders(slices, sequences) for _ in range(shards)]
+    w = weights if weights is not None else np.full(len(shard), 1.0 / max(1, len(shard)))
+    return [bms_orders(slice_deletion_probs(w, shard, slc, k, slices), sequences) for k in range(shards)]

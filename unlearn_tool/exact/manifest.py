@@ -1,0 +1,398 @@
+"""The exact artifact's manifest: schema, reading with integrity checks, lineage queries, deletion planning.
+
+An exact artifact is a folder:
+
+    manifest.json              this schema (version 1): method, parameters, base, assignment, per shard and
+                               sequence its stages (the slices each saw, the samples excluded, the component file
+                               and its sha256, active or deactivated) and the deletion log
+    base.safetensors           the frozen starting point (S3T's pre-trained backbone; SISA's initial weights)
+    assignment.safetensors     int64 tensors `shard` and `slice`: the part that holds each train sample (by index)
+    components/*.safetensors   one file per trained stage that is still active (S3T: the stage's LoRA + head;
+                               SISA: the whole model after the stage). A deactivated stage's file is not copied
+                               into the next artifact: its weights saw forgotten data.
+
+Torch-free: opening and checking an artifact, and planning a deletion, need only json, hashlib and numpy.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ..errors import CheckpointError, DataError
+from . import FORMAT, MANIFEST
+
+SCHEMA_VERSION = 1
+BASE_FILE = "base.safetensors"
+ASSIGNMENT_FILE = "assignment.safetensors"
+COMPONENTS = "components"
+COMPONENT_NAME = re.compile(r"^components/k\d+_b\d+_s\d+_g\d+\.safetensors$")  # no other path is ever opened
+MAX_MANIFEST_BYTES = 256 << 20
+SHA = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class Stage(_Strict):
+    stage: int = Field(ge=0)  # position in the sequence
+    slice: int = Field(ge=0)  # the slice this stage added
+    slices: list[int]  # every slice in this stage's data (the sequence's first stage+1 slices)
+    layers: list[str]  # what the stage trained: S3T its LoRA layers (+ the head); SISA ["*"] (every weight)
+    epochs: int = Field(ge=1)
+    samples: int = Field(ge=0)  # training samples it saw
+    excluded: list[int] = Field(default_factory=list)  # samples of those slices deleted before it was trained
+    generation: int = Field(ge=0)  # 0: trained with the artifact; d: retrained by deletion d (--retrain-affected)
+    file: Optional[str] = None  # component file while active
+    sha256: str = SHA  # of the component file as written when the stage was trained
+    status: Literal["active", "deactivated"] = "active"
+    deactivated_by: Optional[int] = None  # deletion id
+
+
+class SequenceEntry(_Strict):
+    sequence: int = Field(ge=0)
+    order: list[int]  # slice ids in training order
+    prefix: int = Field(ge=0)  # active stages: 0..prefix-1
+    stages: list[Stage]
+
+
+class ShardEntry(_Strict):
+    shard: int = Field(ge=0)
+    size: int = Field(ge=0)
+    slice_sizes: list[int]
+    sequences: list[SequenceEntry]
+
+
+class Deletion(_Strict):
+    id: int = Field(ge=1)
+    request_id: str
+    request_sha256: str
+    scenario: Literal["class", "sample"]
+    classes: list[int] = Field(default_factory=list)
+    indices: list[int]  # the train samples deleted (positions in the train split)
+    deactivated: list[list[int]]  # [shard, sequence, stage]
+    retrained: list[list[int]] = Field(default_factory=list)
+    parent_manifest_sha256: str = SHA
+    created_utc: str
+    figures: dict[str, Any] = Field(default_factory=dict)  # latency, retraining cost (left out under SOURCE_DATE_EPOCH)
+
+
+class BaseEntry(_Strict):
+    file: str
+    sha256: str = SHA
+    source: Literal["init", "random"]  # --init CKPT, or a random initialisation from the seed
+    init_path: Optional[str] = None
+    init_sha256: Optional[str] = None
+
+
+class AssignmentEntry(_Strict):
+    file: str
+    sha256: str = SHA  # of the file
+    digest: str = SHA  # of the arrays (assign.digest)
+    rule: str
+    order: Literal["cyclic", "bms", "single"]
+    deletion_weights_sha256: Optional[str] = None
+
+
+class DataEntry(_Strict):
+    train_size: int = Field(ge=1)
+    fingerprint: str = SHA
+    fingerprint_of: Literal["inputs+labels", "labels"]
+    source: dict[str, Any]
+
+
+class ModelEntry(_Strict):
+    arch: str
+    kwargs: dict[str, Any]
+    num_classes: int = Field(ge=1)
+    head: Optional[str] = None  # S3T: the classifier layer trained fully at every stage
+    stage_layers: list[list[str]] = Field(default_factory=list)  # S3T: LoRA layers per stage position (top first)
+
+
+class Manifest(_Strict):
+    format: Literal["unlearn-exact/v1"]
+    schema_version: Literal[1]
+    method: Literal["s3t", "sisa"]
+    params: dict[str, Any]
+    task: str
+    seed: int = Field(ge=0)
+    tool_version: str
+    created_utc: str
+    request_id: str
+    request_sha256: str
+    model: ModelEntry
+    data: DataEntry
+    base: BaseEntry
+    assignment: AssignmentEntry
+    aggregation: Literal["mean", "vote"]
+    training: dict[str, Any] = Field(default_factory=dict)  # cost of the original training (sample-epochs, wall time)
+    shards: list[ShardEntry]
+    deletions: list[Deletion] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Manifest":
+        for k, sh in enumerate(self.shards):
+            if sh.shard != k:
+                raise ValueError(f"shards.{k}.shard is {sh.shard}, expected {k}")
+            r = len(sh.slice_sizes)
+            for b, seq in enumerate(sh.sequences):
+                where = f"shards.{k}.sequences.{b}"
+                if seq.sequence != b or sorted(seq.order) != list(range(r)) or len(seq.stages) != r:
+                    raise ValueError(f"{where}: order must be a permutation of the {r} slices with one stage each")
+                if not 0 <= seq.prefix <= r:
+                    raise ValueError(f"{where}.prefix {seq.prefix} is out of range")
+                for i, st in enumerate(seq.stages):
+                    if st.stage != i or st.slice != seq.order[i] or st.slices != seq.order[: i + 1]:
+                        raise ValueError(f"{where}.stages.{i}: stage, slice and slices must follow the order")
+                    active = i < seq.prefix
+                    if active != (st.status == "active") or active != (st.file is not None):
+                        raise ValueError(f"{where}.stages.{i}: status {st.status} contradicts prefix {seq.prefix}")
+                    if st.file is not None and not COMPONENT_NAME.match(st.file):
+                        raise ValueError(f"{where}.stages.{i}.file {st.file[:60]!r} is not a component path (components/k<K>_b<B>_s<S>_g<G>.safetensors)")
+        if self.base.file != BASE_FILE or self.assignment.file != ASSIGNMENT_FILE:
+            raise ValueError(f"base.file and assignment.file must be {BASE_FILE} and {ASSIGNMENT_FILE}")
+        return self
+
+    # ---- derived views
+    def deleted(self) -> set[int]:
+        return {i for d in self.deletions for i in d.indices}
+
+    def active_stages(self) -> list[tuple[int, int, Stage]]:
+        return [(sh.shard, seq.sequence, st) for sh in self.shards for seq in sh.sequences for st in seq.stages if st.status == "active"]
+
+    def served(self) -> dict[int, tuple[int, int]]:
+        """Per surviving shard, (sequence, prefix) of its longest surviving prefix (ties: the lowest sequence)."""
+        out = {}
+        for sh in self.shards:
+            best = max(sh.sequences, key=lambda s: (s.prefix, -s.sequence))
+            if best.prefix > 0:
+                out[sh.shard] = (best.sequence, best.prefix)
+        return out
+
+    def budget(self) -> dict[str, Any]:
+        """Worst-case single-sample deletions the artifact can still absorb and serve: a deletion removes at most one
+        first slice per shard, and a shard serves while a sequence's first stage is active."""
+        per = []
+        for sh in self.shards:
+            firsts = {seq.order[0] for seq in sh.sequences if seq.prefix > 0}
+            per.append(len(firsts))
+        total = sum(per)
+        return {"deletions_left": max(0, total - 1), "exhausted_after": total, "per_shard": per,
+                "active_shards": sum(1 for p in per if p > 0), "active_components": len(self.active_stages()),
+                "components": sum(len(seq.stages) for sh in self.shards for seq in sh.sequences)}
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise ValueError(f"duplicate key {k!r}")
+        out[k] = v
+    return out
+
+
+def parse_manifest(text: str, where: str) -> Manifest:
+    fix = "restore the artifact from a backup or train it again (unlearn train --exact)"
+    try:
+        raw = json.loads(text, object_pairs_hook=_no_duplicates)
+    except (ValueError, RecursionError) as e:
+        raise CheckpointError(f"exact artifact {where}: manifest.json is not valid JSON ({str(e).splitlines()[0][:100]}); {fix}") from None
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"exact artifact {where}: manifest.json is not a JSON object; {fix}")
+    if raw.get("format") != FORMAT:
+        raise CheckpointError(f"exact artifact {where}: manifest.json format is {str(raw.get('format'))[:40]!r}, not {FORMAT!r}; {fix}")
+    if raw.get("schema_version") != SCHEMA_VERSION:
+        raise CheckpointError(f"exact artifact {where}: manifest schema_version {str(raw.get('schema_version'))[:20]} is not supported "
+                              f"(this tool reads {SCHEMA_VERSION}); use the tool version that wrote it")
+    try:
+        return Manifest.model_validate(raw)
+    except ValidationError as e:
+        first = e.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        msg = first["msg"].removeprefix("Value error, ")
+        raise CheckpointError(f"exact artifact {where}: manifest.json is corrupt ({loc}: {msg[:160]}); {fix}") from None
+
+
+def dump_manifest(m: Manifest) -> str:
+    return json.dumps(m.model_dump(mode="json"), indent=1, sort_keys=True) + "\n"
+
+
+@dataclass
+class DeletionPlan:
+    """What deleting `indices` does to an artifact: the stages deactivated and each sequence's new prefix."""
+
+    indices: list[int]
+    prefixes: dict[tuple[int, int], int]  # (shard, sequence) -> new prefix
+    deactivated: list[tuple[int, int, int]] = field(default_factory=list)
+
+    def served_after(self, m: Manifest) -> dict[int, tuple[int, int]]:
+        out = {}
+        for sh in m.shards:
+            best = max(sh.sequences, key=lambda s: (self.prefixes[(sh.shard, s.sequence)], -s.sequence))
+            p = self.prefixes[(sh.shard, best.sequence)]
+            if p > 0:
+                out[sh.shard] = (best.sequence, p)
+        return out
+
+
+def held(m: Manifest, shard_of: "Any") -> "Any":
+    """Boolean mask: which train samples some shard still holds (assigned and never deleted)."""
+    import numpy as np
+
+    mask = np.asarray(shard_of) >= 0
+    gone = sorted(m.deleted())
+    if gone:
+        mask[np.asarray(gone, dtype=np.int64)] = False
+    return mask
+
+
+def plan_deletion(m: Manifest, shard_of: "Any", slice_of: "Any", indices: list[int], strict: bool = True) -> DeletionPlan:
+    """Every (shard, sequence, stage) whose training data included one of `indices`, and the prefixes left.
+
+    A stage's data is its slices minus the samples excluded when it was trained; the first such stage of a
+    sequence that holds a forgotten sample cuts the sequence there. strict: a sample that no shard holds
+    (already deleted, or never assigned) is an input error; otherwise it is skipped (class requests).
+    """
+    holds = held(m, shard_of)
+    n = len(holds)
+    missing = [i for i in indices if not (0 <= i < n and holds[i])]
+    if missing and strict:
+        gone = m.deleted()
+        why = "already deleted" if all(i in gone for i in missing[:5]) else "held by no shard (deleted before, or never assigned)"
+        shown = ", ".join(map(str, missing[:5])) + (f" (+{len(missing) - 5} more)" if len(missing) > 5 else "")
+        raise DataError(f"forget: sample(s) {shown} {why}; no component of this artifact was trained on them, drop them from the request")
+    keep = sorted(i for i in indices if 0 <= i < n and holds[i])
+    if not keep:
+        raise DataError("forget: no sample of the request is held by any shard of this artifact (all deleted before or never assigned); nothing to delete")
+    by_shard: dict[int, list[tuple[int, int]]] = {}
+    for i in keep:
+        by_shard.setdefault(int(shard_of[i]), []).append((i, int(slice_of[i])))
+    prefixes: dict[tuple[int, int], int] = {}
+    deactivated: list[tuple[int, int, int]] = []
+    for sh in m.shards:
+        forgotten = by_shard.get(sh.shard, [])
+        for seq in sh.sequences:
+            p = seq.prefix
+            for st in seq.stages[: seq.prefix]:
+                slices, excluded = set(st.slices), set(st.excluded)
+                if any(s in slices and i not in excluded for i, s in forgotten):
+                    p = st.stage  # the first stage whose data held a forgotten sample: cut the sequence before it
+                    break
+            prefixes[(sh.shard, seq.sequence)] = p
+            deactivated += [(sh.shard, seq.sequence, i) for i in range(p, seq.prefix)]
+    return DeletionPlan(indices=keep, prefixes=prefixes, deactivated=deactivated)
+
+
+def stage_data(m: Manifest, shard_of: "Any", slice_of: "Any", k: int, stage: Stage) -> list[int]:
+    """The train indices a stage was trained on, from the recorded assignment, slices and exclusions."""
+    import numpy as np
+
+    mask = (np.asarray(shard_of) == k) & np.isin(np.asarray(slice_of), stage.slices)
+    excluded = set(stage.excluded)
+    return [int(i) for i in np.nonzero(mask)[0] if int(i) not in excluded]
+
+
+# ---------------------------------------------------------------- opening an artifact (every check, torch-free)
+
+FIX = "restore the artifact from a backup or train it again (unlearn train --exact)"
+
+
+def _sha(path: Path) -> str:
+    from ..checkpoint import sha256_file
+
+    return sha256_file(path)
+
+
+def _file_ok(folder: Path, rel: str, want: str, what: str) -> None:
+    import os
+    import stat
+
+    p = folder / rel
+    try:
+        st = os.lstat(p)
+    except FileNotFoundError:
+        raise CheckpointError(f"exact artifact {folder}: {what} {rel} is missing; {FIX}") from None
+    except OSError as e:
+        raise CheckpointError(f"exact artifact {folder}: {what} {rel} cannot be read ({e.strerror}); {FIX}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise CheckpointError(f"exact artifact {folder}: {what} {rel} is not a regular file; {FIX}")
+    got = _sha(p)
+    if got != want:
+        raise CheckpointError(f"exact artifact {folder}: {what} {rel} has sha256 {got[:12]}..., the manifest records {want[:12]}...; "
+                              f"the file was modified or replaced, {FIX}")
+
+
+def read_manifest(folder: str | Path) -> tuple[Manifest, str]:
+    """The manifest and its sha256, after checking the schema, every listed file's sha256, and that the folder holds
+    no component the manifest does not list as active (a stale component would still hold deleted data)."""
+    from ..request import read_regular_file
+    from ..errors import RequestError
+
+    folder = Path(folder)
+    path = folder / MANIFEST
+    try:
+        raw = read_regular_file(path, "exact artifact manifest", FIX, MAX_MANIFEST_BYTES)
+    except RequestError as e:
+        raise CheckpointError(str(e)) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise CheckpointError(f"exact artifact {folder}: manifest.json is not UTF-8 text; {FIX}") from None
+    m = parse_manifest(text, str(folder))
+    import hashlib
+
+    digest = hashlib.sha256(raw).hexdigest()
+    _file_ok(folder, m.base.file, m.base.sha256, "base")
+    _file_ok(folder, m.assignment.file, m.assignment.sha256, "assignment")
+    listed = set()
+    for k, b, st in m.active_stages():
+        _file_ok(folder, st.file or "", st.sha256, f"component (shard {k}, sequence {b}, stage {st.stage})")
+        listed.add(st.file)
+    comp = folder / COMPONENTS
+    if comp.is_dir():
+        stale = sorted(f"{COMPONENTS}/{p.name}" for p in comp.iterdir() if f"{COMPONENTS}/{p.name}" not in listed)
+        if stale:
+            raise CheckpointError(f"exact artifact {folder}: {stale[0]} is not an active component of the manifest; it may hold deleted data, "
+                                  f"so the artifact is refused; {FIX}")
+    return m, digest
+
+
+def read_assignment(folder: str | Path, m: Manifest) -> tuple["Any", "Any"]:
+    """The (shard, slice) int64 arrays, checked against the manifest's digest and the train size."""
+    from safetensors import safe_open
+
+    from . import assign
+
+    path = Path(folder) / m.assignment.file
+    try:
+        with safe_open(str(path), framework="np") as f:
+            shard, slc = f.get_tensor("shard"), f.get_tensor("slice")
+    except Exception as e:  # noqa: BLE001 - safetensors raises several types
+        raise CheckpointError(f"exact artifact {folder}: {m.assignment.file} is not a valid assignment file ({type(e).__name__}); {FIX}") from None
+    if shard.shape != (m.data.train_size,) or slc.shape != shard.shape or assign.digest(shard, slc) != m.assignment.digest:
+        raise CheckpointError(f"exact artifact {folder}: the assignment does not match the manifest's digest or train size; {FIX}")
+    return shard, slc
+
+
+def lineage_violations(m: Manifest, shard_of: "Any", slice_of: "Any") -> list[str]:
+    """Active components whose recorded training data (slices minus excluded samples) holds a deleted sample."""
+    import numpy as np
+
+    gone = np.asarray(sorted(m.deleted()), dtype=np.int64)
+    if gone.size == 0:
+        return []
+    if gone.max() >= len(shard_of):
+        return [f"the deletion log names sample {int(gone.max())}, beyond the {len(shard_of)} assigned samples"]
+    out = []
+    for k, b, st in m.active_stages():
+        hit = gone[(np.asarray(shard_of)[gone] == k) & np.isin(np.asarray(slice_of)[gone], st.slices)]
+        bad = sorted(set(int(i) for i in hit) - set(st.excluded))
+        if bad:
+            out.append(f"shard {k} sequence {b} stage {st.stage} was trained on deleted sample(s) {', '.join(map(str, bad[:3]))}")
+    return out
