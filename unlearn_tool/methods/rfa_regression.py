@@ -13,19 +13,20 @@ class probabilities to redistribute:
   target is the mean target of its NEIGHBOURS nearest retained samples in the teacher's feature space
   (the input of the last layer). A model retrained without the range predicts such inputs from similar
   retained ones; held-out quantiles cannot say how much worse that is, since the teacher fits unseen
-  samples of the range well too (docs/rfa.md has the measurements).
+  samples of the range well too (benchmarks/rfa_regression_ablation.py; docs/rfa.md).
 
 Losses are normalised by the retained targets' variance, so the weights mean the same at any target scale.
-Training stops once the epoch's forget-set MAE reaches the target's (within sample_conf_tolerance, read as a
-relative tolerance) and the student stays within AGREE_FRACTION target standard deviations of the teacher on
-at least retain_agreement of the retained samples seen. Parameters are RFAParams'; classification-only ones
-(temperature, retain_target, class_stop_acc) are not read.
+Training stops once the epoch's forget-set MAE (from the epoch's own outputs) reaches the target's within
+FORGET_TOLERANCE (relative) while the retained outputs' mean drift from the teacher is at most RETAIN_DRIFT target
+standard deviations (an argmax agreement has no regression analogue: measured drifts are 0.1-0.25 sd while test
+MAE moves by 1%). Parameters are RFAParams'; classification-only ones (temperature, retain_target,
+class_stop_acc, sample_conf_tolerance, retain_agreement) are not read.
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
 import torch
 
@@ -37,8 +38,9 @@ from .base import MethodOutput, UnlearnContext
 if TYPE_CHECKING:
     from .rfa import RFAParams
 
-NEIGHBOURS = 10  # retained neighbours per forgotten input (range targets); measured 5..20 in docs/rfa.md
-AGREE_FRACTION = 0.05  # a retained output "agrees" with the teacher within this many target standard deviations
+NEIGHBOURS = 10  # retained neighbours per forgotten input (range targets); 3 and 30 measured in docs/rfa.md
+RETAIN_DRIFT = 0.2  # stop only while retained outputs stay within this mean |student - teacher|, in target standard deviations
+FORGET_TOLERANCE = 0.05  # ... and the forget-set MAE is within 5% (relative) of the target's
 DEFAULT_W_FORGET = {"heldout": 5.0, "neighbours": 5.0}
 
 
@@ -62,8 +64,10 @@ def heldout_targets(teacher_forget: torch.Tensor, y_forget: torch.Tensor, teache
     return yf + direction * target_size[:, None]
 
 
-def neighbour_targets(teacher, layer: str, forget, retain, device: torch.device, batch_size: int, k: int = NEIGHBOURS) -> torch.Tensor:
-    """The mean target of each forget sample's k nearest retained samples in the teacher's features at `layer`'s input."""
+def neighbour_targets(teacher, layer: str, forget, retain, device: torch.device, batch_size: int, k: Optional[int] = None) -> torch.Tensor:
+    """The mean target of each forget sample's k (default NEIGHBOURS) nearest retained samples in the teacher's features
+    at `layer`'s input."""
+    k = NEIGHBOURS if k is None else k
     module = dict(teacher.named_modules())[layer]
 
     def features(data) -> torch.Tensor:
@@ -126,7 +130,7 @@ def run_regression(ctx: UnlearnContext, p: "RFAParams") -> MethodOutput:
             "w_forget": w_forget, "target_forget_mae": round(target_mae, 6)}
     stop_reason, epoch = "epochs", 0
     for epoch in range(1, p.epochs + 1):
-        forget_err = retain_agree = retain_seen = 0.0
+        forget_err = retain_drift = retain_seen = 0.0
         order = torch.randperm(n_f, generator=gen)
         for step in range(steps_per_epoch):
             idx = order[step * p.batch_size:(step + 1) * p.batch_size]
@@ -150,11 +154,10 @@ def run_regression(ctx: UnlearnContext, p: "RFAParams") -> MethodOutput:
             opt.step()
             with torch.no_grad():
                 forget_err += float((out_f - y_forget_dev[dev_idx]).abs().mean(1).sum())
-                retain_agree += float(((out_r - t_retain).abs().mean(1) <= AGREE_FRACTION * sd).sum())
+                retain_drift += float((out_r - t_retain).abs().mean(1).sum()) / sd
                 retain_seen += len(xr)
         ctx.report("rfa", epoch, p.epochs)
-        if p.stop == "criterion" and retain_agree / retain_seen >= p.retain_agreement \
-                and forget_err / n_f >= target_mae * (1 - p.sample_conf_tolerance):
+        if p.stop == "criterion" and retain_drift / retain_seen <= RETAIN_DRIFT and forget_err / n_f >= target_mae * (1 - FORGET_TOLERANCE):
             stop_reason = "criterion"
             break
     info.update({"epochs_run": epoch, "steps": epoch * steps_per_epoch, "stop_reason": stop_reason})
