@@ -402,14 +402,14 @@ def plot_residuals(report: dict[str, Any]) -> str:
             ax.stairs(_shares(h[s]), edges, label=s, color=color, linewidth=1.5)
         ax.axvline(0.0, color="0.5", linewidth=0.8)
         ax.set_title(m)
-        ax.set_xlabel("residual: prediction - target (ends: beyond +-3 sd)")
+        ax.set_xlabel("residual: prediction - target")
     axes[0][0].set_ylabel("share of samples")
     axes[0][-1].legend(fontsize=8)
     if report["request"]["scenario"] == "range":
         caption = "Residuals: a model that never saw the range errs on it (forget residuals spread out, like a retrained model's)"
     else:
         caption = "Residuals: forget should look like test (never seen), not like retain"
-    fig.suptitle(caption, y=1.04)
+    fig.suptitle(caption + " (bins over +-3 target sd; the end bins hold everything beyond)", y=1.04, fontsize=10)
     return _png(fig)
 
 
