@@ -5,10 +5,12 @@ are held at zero and the outputs at the frozen original's (the teacher's); on th
 outputs are moved to a fixed per-sample target. What differs is the target, since a regressor has no
 class probabilities to redistribute:
 
-* sample unlearning (forget_target auto = heldout): quantile-matched residuals. The k-th best-fitted
-  forget sample (by the teacher's absolute error) gets the k-th quantile of the teacher's absolute
-  error on held-out data, in the direction of its own residual, and never less error than it has: the
-  forget set's errors are driven to look like unseen data's, not like failures.
+* sample unlearning (forget_target auto): each forget sample's own absolute error (the teacher's) plus the
+  teacher's generalisation gap (held-out MAE minus retained MAE), in the direction of its residual: a model
+  that never trained on the sample errs on it as the teacher does, plus what training on it saved. This keeps
+  each sample's own difficulty; forget_target heldout instead gives the k-th best-fitted sample the k-th
+  quantile of the teacher's held-out error (never less than its own), which describes the average unseen
+  sample and misses a request whose samples are harder than average (docs/rfa.md measures both).
 * range unlearning (auto = neighbours): what the retained data say about each forgotten input. The
   target is the mean target of its NEIGHBOURS nearest retained samples in the teacher's feature space
   (the input of the last layer). A model retrained without the range predicts such inputs from similar
@@ -41,7 +43,7 @@ if TYPE_CHECKING:
 NEIGHBOURS = 10  # retained neighbours per forgotten input (range targets); 3 and 30 measured in docs/rfa.md
 RETAIN_DRIFT = 0.2  # stop only while retained outputs stay within this mean |student - teacher|, in target standard deviations
 FORGET_TOLERANCE = 0.05  # ... and the forget-set MAE is within 5% (relative) of the target's
-DEFAULT_W_FORGET = {"heldout": 5.0, "neighbours": 5.0}
+DEFAULT_W_FORGET = {"heldout": 5.0, "neighbours": 5.0, "shift": 5.0}
 
 
 def _matrix(y: torch.Tensor) -> torch.Tensor:
@@ -62,6 +64,17 @@ def heldout_targets(teacher_forget: torch.Tensor, y_forget: torch.Tensor, teache
     target_size = torch.maximum(held[q], size)
     direction = torch.where(size[:, None] > 0, resid / size.clamp_min(1e-12)[:, None], torch.ones_like(resid))
     return yf + direction * target_size[:, None]
+
+
+def shifted_targets(teacher_forget: torch.Tensor, y_forget: torch.Tensor, gap: float) -> torch.Tensor:
+    """Each forget sample's own absolute error plus the teacher's generalisation gap (held-out MAE minus retained MAE,
+    at least 0), in the direction of its residual: a retrained model errs on a sample as the teacher does, plus what
+    having trained on it saved."""
+    yf = _matrix(y_forget)
+    resid = teacher_forget.reshape(yf.shape) - yf
+    size = resid.abs().mean(1)
+    direction = torch.where(size[:, None] > 0, resid / size.clamp_min(1e-12)[:, None], torch.ones_like(resid))
+    return yf + direction * (size + max(gap, 0.0))[:, None]
 
 
 def neighbour_targets(teacher, layer: str, forget, retain, device: torch.device, batch_size: int, k: Optional[int] = None) -> torch.Tensor:
@@ -95,9 +108,9 @@ def run_regression(ctx: UnlearnContext, p: "RFAParams") -> MethodOutput:
     device, teacher = ctx.device, ctx.original.eval()
     forget, retain = ctx.forget, ctx.retain
     if p.forget_target == "other_classes":
-        raise MethodError("rfa: forget_target other_classes is for classification; a regression model uses auto, or heldout "
-                          "(quantile-matched held-out errors)")
-    kind = "heldout" if p.forget_target == "heldout" or ctx.scenario != "range" else "neighbours"
+        raise MethodError("rfa: forget_target other_classes is for classification; a regression model uses auto (sample: its own "
+                          "error plus the generalisation gap; range: retained neighbours), or heldout (quantile-matched held-out errors)")
+    kind = "heldout" if p.forget_target == "heldout" else ("neighbours" if ctx.scenario == "range" else "shift")
     layers = lora.select_layers(teacher, p.target_layers)
 
     y_forget = _matrix(forget.targets)
@@ -105,6 +118,13 @@ def run_regression(ctx: UnlearnContext, p: "RFAParams") -> MethodOutput:
         t_forget, _ = predict_logits(teacher, forget, device, ctx.batch_size)
         t_held, y_held = predict_logits(teacher, ctx.splits.test, device, ctx.batch_size)
         targets = heldout_targets(t_forget, y_forget, t_held, y_held)
+    elif kind == "shift":
+        t_forget, _ = predict_logits(teacher, forget, device, ctx.batch_size)
+        t_held, y_held = predict_logits(teacher, ctx.splits.test, device, ctx.batch_size)
+        t_ret, y_ret = predict_logits(teacher, retain, device, ctx.batch_size)
+        gap = float((t_held.reshape(_matrix(y_held).shape) - _matrix(y_held)).abs().mean()
+                    - (t_ret.reshape(_matrix(y_ret).shape) - _matrix(y_ret)).abs().mean())
+        targets = shifted_targets(t_forget, y_forget, gap)
     else:
         targets = neighbour_targets(teacher, lora.lora_capable_layers(teacher)[-1], forget, retain, device, ctx.batch_size)
     y_all = _matrix(retain.targets)
