@@ -11,7 +11,7 @@ from typing import Any, Optional
 import typer
 
 from .common import err, handle_errors, markup_safe, print_json, progress_bars
-from .app import CodePathOpt, DeviceOpt, RequestOpt, TrustCodeOpt, app, code_policy
+from .app import CodePathOpt, DeviceOpt, PrecisionOpt, RequestOpt, TrustCodeOpt, app, code_policy
 
 
 SHORT = {"RA %": "RA%", "UA %": "UA%", "TA %": "TA%", "TA remaining %": "TA kept%", "TA forgotten %": "TA fgt%",
@@ -65,6 +65,7 @@ def bench(
     report_dir: Optional[Path] = typer.Option(None, "--report-dir", help="Where to write bench.json/.csv/.md/.png (default <checkpoint stem>.bench/ beside it)."),
     param: list[str] = typer.Option([], "--param", metavar="K=V", help="METHOD.key=value for one method (repeatable), e.g. finetune.epochs=2; retrain.* also sets the --retrain baseline's."),
     device: str = DeviceOpt,
+    precision: str = PrecisionOpt,
     as_json: bool = typer.Option(False, "--json", help="Print bench.json on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or table."),
     code_path: list[Path] = CodePathOpt,
@@ -88,7 +89,7 @@ def bench(
 
     with progress_bars(show) as progress:
         result, folder = commands.bench(request, checkpoint, methods, seeds=seeds, reference=reference, retrain=retrain,
-                                       report_dir=report_dir, param_overrides=parse_key_values(param), device=device,
+                                       report_dir=report_dir, param_overrides=parse_key_values(param), device=device, precision=precision,
                                        code=code_policy(code_path, trust_code), progress=progress, on_run=on_run)
     if as_json:
         import json

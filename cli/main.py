@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 import typer
 
-from .app import CodePathOpt, DeviceOpt, RequestOpt, TrustCodeOpt, app, code_policy
+from .app import CodePathOpt, DeviceOpt, PrecisionOpt, RequestOpt, TrustCodeOpt, app, code_policy
 from .common import err, handle_errors, markup_safe, plain, print_json, progress_bars
 
 
@@ -42,6 +42,7 @@ def apply(
     method: Optional[str] = typer.Option(None, "--method", help="Override the request's method.name."),
     param: list[str] = typer.Option([], "--param", metavar="K=V", help="Method parameter k=v (repeatable); overrides the request's."),
     device: str = DeviceOpt,
+    precision: str = PrecisionOpt,
     seed: Optional[int] = typer.Option(None, "--seed", help="Override the request's seed."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing output (only a checkpoint, or an adapter folder this tool wrote)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
@@ -64,7 +65,7 @@ def apply(
     params = parse_key_values(param)
     with progress_bars(not quiet and not as_json) as progress:
         outcome = commands.apply(request, checkpoint, method=method, params=params, output=output, adapter_only=adapter_only,
-                                force=force, device=device, seed=seed, code=code_policy(code_path, trust_code),
+                                force=force, device=device, precision=precision, seed=seed, code=code_policy(code_path, trust_code),
                                 audit=audit, report_dir=report_dir, keep_on_fail=keep_on_fail, ledger=ledger,
                                 ignore_lineage=ignore_lineage, record_ids=record_ids, allow_missing=allow_missing, progress=progress,
                                 **({"retrain_affected": True} if retrain_affected else {}))
@@ -239,6 +240,7 @@ def train(
     init: Optional[Path] = typer.Option(None, "--init", help="Start from this checkpoint's weights (a pre-trained backbone) instead of a random initialisation."),
     exact: Optional[str] = typer.Option(None, "--exact", help="Train an exact-unlearning artifact folder: s3t or sisa (docs/exact.md); see --param."),
     device: str = DeviceOpt,
+    precision: str = PrecisionOpt,
     seed: Optional[int] = typer.Option(None, "--seed", help="Override the request's seed."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing output (only a checkpoint)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
@@ -254,7 +256,7 @@ def train(
                    regularizer_params=parse_key_values(param))
     with progress_bars(not quiet and not as_json) as progress:
         summary = commands.train(request, output, options=options,
-                                exclude_forget=exclude_forget, force=force, device=device, seed=seed,
+                                exclude_forget=exclude_forget, force=force, device=device, precision=precision, seed=seed,
                                 code=code_policy(code_path, trust_code), progress=progress, init=init,
                                 **({"exact": exact} if exact is not None else {}))
     if summary.get("output") is None:  # another rank than 0 under torchrun: rank 0 reports

@@ -16,12 +16,21 @@ if TYPE_CHECKING:
     from .pipeline import ApplyOutcome
 
 
+def _set_precision(options: dict[str, Any]) -> None:
+    """Check and set `--precision` (popped from the options) for the device the run will use."""
+    from .job import resolve_device
+    from .precision import configure
+
+    configure(options.pop("precision", "auto"), resolve_device(options.get("device", "auto")))
+
+
 def apply(request: "str | Path | Sequence[str | Path]", checkpoint: str | Path, **options: Any) -> "ApplyOutcome":
     """`unlearn apply` (options: see pipeline.apply_request); several requests are applied in order."""
     reqs = [load_request(r) for r in (request if isinstance(request, (list, tuple)) else [request])]
     from .exact import is_exact_folder
 
     if is_exact_folder(checkpoint):  # an exact artifact is unlearned by deactivating what saw the data
+        _set_precision(options)
         from .exact.run import apply_exact_request
 
         if len(reqs) > 1:
@@ -42,6 +51,7 @@ def apply(request: "str | Path | Sequence[str | Path]", checkpoint: str | Path, 
     imports_s = time.perf_counter() - t
     setup(options.get("device", "auto"))
     options["device"] = device_for(options.get("device", "auto"))
+    _set_precision(options)
     outcome = apply_request(reqs if len(reqs) > 1 else reqs[0], checkpoint, **options)
     outcome.timings = {"imports_s": imports_s, **outcome.timings}
     return outcome
@@ -74,12 +84,14 @@ def train(request: str | Path, output: str | Path, exact: Optional[str] = None, 
         from .exact.run import exact_train_params, train_exact_request
 
         params = exact_train_params(options.pop("options", None) or {})
+        _set_precision(options)
         return train_exact_request(req, output, exact, params=params, **options)
     from .distributed import device_for, setup
     from .pipeline import train_request
 
     setup(options.get("device", "auto"))
     options["device"] = device_for(options.get("device", "auto"))
+    _set_precision(options)
     return train_request(req, output, **options)
 
 
@@ -103,6 +115,7 @@ def bench(request: str | Path, checkpoint: str | Path, methods: str | Sequence[s
                           "unlearn apply, audit it with unlearn audit, compare with benchmarks/exact_digits.py")
     from .bench import bench_request
 
+    _set_precision(options)
     return bench_request(req, checkpoint, methods, **options)
 
 

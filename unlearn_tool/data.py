@@ -71,15 +71,18 @@ class LabelledData:
         Under `distributed.data_parallel()` a shuffled (training) pass yields this rank's part of each global batch.
         """
         from .distributed import shard
+        from .precision import pin_batches
 
+        pin = pin_batches()
         n = len(self)
         if self.x is not None:
             order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
             for start in range(0, n, batch_size):
                 idx = order[start:start + batch_size]
-                yield shard(self.x[idx], self.targets[idx]) if shuffle else (self.x[idx], self.targets[idx])
+                x, y = shard(self.x[idx], self.targets[idx]) if shuffle else (self.x[idx], self.targets[idx])
+                yield (x.pin_memory(), y.pin_memory()) if pin else (x, y)
             return
-        loader = DataLoader(self.dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, num_workers=0)
+        loader = DataLoader(self.dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, num_workers=0, pin_memory=pin)
         for x, y in loader:
             y = torch.as_tensor(y)
             x, y = x.float(), (y.float() if y.dtype.is_floating_point else y.long())

@@ -316,6 +316,9 @@ class ApplyOutcome:
             out["forget_digest"] = chain.steps[-1]["forget_digest"]
             out["ledger"] = str(getattr(self.result, "ledger", ""))
         out["timings"] = {k: round(v, 4) for k, v in self.timings.items()}
+        from .precision import accelerator_stats
+
+        out.update(accelerator_stats(self.job.device))  # the training passes' precision (evaluation is fp32); GPU peak memory
         splits = self.job.splits
         out["missing_ids"] = list(splits.missing_ids)
         out["excluded_earlier"] = splits.excluded
@@ -553,8 +556,10 @@ def train_checkpoint(
     if not is_writer():  # rank 0 writes; the other ranks' weights are the same
         return {"output": None, "sha256": None, "train_size": len(data), "wall_time_s": wall, "exclude_forget": exclude_forget, **figures}
     digest = write_merged(output, model.state_dict(), fields, force=force, protect=protect)
+    from .precision import accelerator_stats
+
     return {"output": str(output), "sha256": digest, "train_size": len(data), "wall_time_s": wall,
-            "exclude_forget": exclude_forget, **figures}
+            "exclude_forget": exclude_forget, **figures, **accelerator_stats(job.device)}
 
 
 # ---------------------------------------------------------------- merge

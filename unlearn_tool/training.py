@@ -79,7 +79,13 @@ def fit(
 ) -> nn.Module:
     """Training on `data` (in place) with `loss_fn` (default cross-entropy; `task` is the progress label), plus the
     config's regularizer if any; returns the model in eval mode."""
-    loss_fn = loss_fn or nn.functional.cross_entropy
+    from .precision import training_autocast
+
+    with training_autocast(device):
+        return _fit(model, data, config, device, generator, progress, task, loss_fn or nn.functional.cross_entropy)
+
+
+def _fit(model, data, config, device, generator, progress, task, loss_fn) -> nn.Module:
     model.to(device).train()
     opt = make_optimizer(model.parameters(), config.optimizer, config.lr, config.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, config.epochs) if config.optimizer == "sgd" else None

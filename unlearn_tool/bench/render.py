@@ -241,14 +241,18 @@ def plot_png(bench: dict[str, Any]) -> bytes:
     if pts2:
         ax2.set_xscale("log")
         ax2.set_yscale("symlog", linthresh=1.0)  # gaps below 1 point stay readable next to a method that failed (tens)
-        ax2.set_ylim(bottom=0)
+        top = max(e["metrics"]["avg_gap"]["mean"] + (e["metrics"]["avg_gap"]["std"] or 0.0) for e in bench["methods"].values()
+                  if e["metrics"]["avg_gap"]["mean"] is not None)
+        ax2.set_ylim(bottom=0, top=max(2.0, top * 2.0))  # room above the highest error bar for the legend
     ax2.set_xlabel("method wall time (s, log scale)  [cost]")
     ax2.set_ylabel(f"{gap_label(bench)} (points, linear below 1)  [lower is closer]")
     ax2.set_title("Cost against closeness to the baseline (red: Pareto front)", fontsize=10)
     ax2.grid(alpha=0.3, which="both")
-    ax2.legend(handles=[Line2D([], [], marker="o", color="tab:red", ls="-", label="Pareto front: nothing both faster and closer"),
-                        Line2D([], [], marker="o", color="tab:blue", ls="", label="dominated"),
-                        Line2D([], [], marker="o", color="0.6", ls="", label="retrain (the baseline's procedure)")], fontsize=8, loc="upper right")
+    handles = [Line2D([], [], marker="o", color="tab:red", ls="-", label="Pareto front: nothing both faster and closer"),
+               Line2D([], [], marker="o", color="tab:blue", ls="", label="dominated")]
+    if any(n == "retrain" for *_, n in pts2):  # only when a retrain run is plotted
+        handles.append(Line2D([], [], marker="o", color="0.6", ls="", label="retrain (the baseline's procedure)"))
+    ax2.legend(handles=handles, fontsize=8, loc="best")
     _place_labels(ax2, pts2)
     fig.suptitle(f"unlearn bench: {bench['request']['id']} ({bench['request']['scenario']} unlearning), {len(bench['seeds'])} seed(s)", fontsize=11)
     fig.tight_layout()

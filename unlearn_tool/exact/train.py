@@ -159,13 +159,16 @@ def _fit(model: nn.Module, forward: nn.Module, params: list[nn.Parameter], data:
     if len(data) == 0 or not params:
         model.eval()
         return
+    from ..precision import training_autocast
+
     opt = make_optimizer(params, p.optimizer, p.lr)
-    for _ in range(epochs):
-        for x, y in data.batches(p.batch_size, shuffle=True, generator=generator):
-            loss = F.cross_entropy(forward(x.to(device)), y.to(device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+    with training_autocast(device):
+        for _ in range(epochs):
+            for x, y in data.batches(p.batch_size, shuffle=True, generator=generator):
+                loss = F.cross_entropy(forward(x.to(device)), y.to(device))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
     model.eval()
 
 

@@ -159,13 +159,16 @@ def run_method(name: str, ctx: UnlearnContext, params: MethodParams) -> tuple[Me
         import peft  # noqa: F401  (a LoRA method's first call would otherwise time the import of peft and transformers)
     from ..distributed import data_parallel
 
+    from ..precision import training_autocast
+
     seed_everything(ctx.seed)
     start = time.perf_counter()
-    if entry.data_parallel:
-        with data_parallel():
+    with training_autocast(ctx.device):
+        if entry.data_parallel:
+            with data_parallel():
+                out = entry.run(ctx, params)
+        else:
             out = entry.run(ctx, params)
-    else:
-        out = entry.run(ctx, params)
     if ctx.device.type == "cuda":
         torch.cuda.synchronize(ctx.device)
     return out, time.perf_counter() - start
