@@ -104,6 +104,17 @@ def neighbour_targets(teacher, layer: str, forget, retain, device: torch.device,
     return torch.cat(out)
 
 
+REGRESSION_EPOCHS = 30  # passes over Df when `epochs` is not given (the regression measurements in docs/rfa.md)
+
+
+def feature_scales(ctx: UnlearnContext, teacher, layers: list[str], gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """Mean squared teacher feature per adapted layer on retained data: the residual penalty is relative energy."""
+    x, _ = ctx.retain.sample(min(len(ctx.retain), 256), gen)
+    with torch.no_grad(), lora.capture_outputs(teacher, layers) as feats:
+        teacher(x.to(ctx.device))
+    return {n: feats[n].pow(2).mean().clamp_min(1e-8) for n in layers}
+
+
 def run_regression(ctx: UnlearnContext, p: "RFAParams") -> MethodOutput:
     device, teacher = ctx.device, ctx.original.eval()
     forget, retain = ctx.forget, ctx.retain
@@ -111,7 +122,9 @@ def run_regression(ctx: UnlearnContext, p: "RFAParams") -> MethodOutput:
         raise MethodError("rfa: forget_target other_classes is for classification; a regression model uses auto (sample: its own "
                           "error plus the generalisation gap; range: retained neighbours), or heldout (quantile-matched held-out errors)")
     kind = "heldout" if p.forget_target == "heldout" else ("neighbours" if ctx.scenario == "range" else "shift")
-    layers = lora.select_layers(teacher, p.target_layers)
+    # auto (classification's frozen-prefix cut) reads as all layers here: the regression figures were measured so
+    layers = lora.select_layers(teacher, "all" if p.target_layers == "auto" else p.target_layers)
+    epochs = p.epochs or REGRESSION_EPOCHS
 
     y_forget = _matrix(forget.targets)
     if kind == "heldout":
@@ -137,9 +150,7 @@ def run_regression(ctx: UnlearnContext, p: "RFAParams") -> MethodOutput:
     model.eval()  # BatchNorm statistics and dropout stay the teacher's: only adapters change
     w_forget = p.w_forget if p.w_forget is not None else DEFAULT_W_FORGET[kind]
     gen = ctx.generator(1)
-    from .rfa import _feature_scales  # the relative residual energy of classification RFA
-
-    scale = _feature_scales(ctx, teacher, layers, gen)
+    scale = feature_scales(ctx, teacher, layers, gen)
     adapted = lora.lora_layers(model)
     name_of = {name: name.removeprefix("base_model.model.") for name, _ in adapted}
     params = lora.adapter_parameters(model)
@@ -149,7 +160,7 @@ def run_regression(ctx: UnlearnContext, p: "RFAParams") -> MethodOutput:
     info = {"adapted_layers": len(layers), "trainable_params": sum(q.numel() for q in params), "forget_target": kind,
             "w_forget": w_forget, "target_forget_mae": round(target_mae, 6)}
     stop_reason, epoch = "epochs", 0
-    for epoch in range(1, p.epochs + 1):
+    for epoch in range(1, epochs + 1):
         forget_err = retain_drift = retain_seen = 0.0
         order = torch.randperm(n_f, generator=gen)
         for step in range(steps_per_epoch):
@@ -176,9 +187,9 @@ def run_regression(ctx: UnlearnContext, p: "RFAParams") -> MethodOutput:
                 forget_err += float((out_f - y_forget_dev[dev_idx]).abs().mean(1).sum())
                 retain_drift += float((out_r - t_retain).abs().mean(1).sum()) / sd
                 retain_seen += len(xr)
-        ctx.report("rfa", epoch, p.epochs)
+        ctx.report("rfa", epoch, epochs)
         if p.stop == "criterion" and retain_drift / retain_seen <= RETAIN_DRIFT and forget_err / n_f >= target_mae * (1 - FORGET_TOLERANCE):
             stop_reason = "criterion"
             break
     info.update({"epochs_run": epoch, "steps": epoch * steps_per_epoch, "stop_reason": stop_reason})
-    return MethodOutput(model=lora.merged_copy(model), adapter_model=model, info=info)
+    return MethodOutput(model=lora.merged_copy(model, teacher), adapter_model=model, info=info)
