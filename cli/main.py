@@ -157,7 +157,8 @@ def validate(
     info = handle_errors(run)()
     typer.echo(plain(
         f"ok: request {info['request_id']}: {info['scenario']} unlearning of {info['forget_size']} of {info['train_size']} train samples "
-        f"({info['num_classes']} classes), method {info['method']}" + (f", checkpoint matches {info['checkpoint_matches']}" if checkpoint else "")
+        + (f"({info['num_classes']} target column(s))" if info.get("task") == "regression" else f"({info['num_classes']} classes)")
+        + f", method {info['method']}" + (f", checkpoint matches {info['checkpoint_matches']}" if checkpoint else "")
     ))
     if info.get("exact_note"):
         typer.echo(plain(info["exact_note"]))
@@ -290,8 +291,10 @@ def methods(name: Optional[str] = typer.Argument(None, help="A method name, to l
             print_json(entries)
             return
         width = max(len(e["name"]) for e in entries)
+        tasks = {e["name"]: "+".join(e["tasks"]) for e in entries}  # classification, regression or both
+        task_width = max(len(t) for t in tasks.values())
         for e in entries:
-            typer.echo(f"{e['name']:<{width}}  {e['summary']}")
+            typer.echo(f"{e['name']:<{width}}  {tasks[e['name']]:<{task_width}}  {e['summary']}")
         return
     info = describe(name)
     if as_json:

@@ -78,6 +78,69 @@ def digits_sample_job(digits_dir):
     return prepare(digits_dir / "sample.yaml", digits_dir / "mlp.safetensors", device="cpu")
 
 
+DIABETES_TRAIN = 353
+DIABETES_EPOCHS = 60  # the MLP fits the 353 training samples far better than the test split (a memorised forget set)
+
+
+def write_regression_request(folder: Path, forget: dict, method: Optional[dict] = None, name: str = "regression.yaml",
+                             extra: Optional[dict] = None) -> Path:
+    """Write a diabetes regression deletion request (YAML) into `folder` and return its path."""
+    req = {
+        "version": 1,
+        "id": f"test-{name}",
+        "task": "regression",
+        "model": {"arch": "builtin:mlp", "kwargs": {"in_features": 10, "hidden": [64, 64], "num_outputs": 1}},
+        "data": {"train": {"source": "sklearn:diabetes"}, "test": {"source": "sklearn:diabetes"}},
+        "forget": forget,
+        "method": method or {"name": "rfa", "params": {}},
+        "seed": 0,
+    }
+    req.update(extra or {})
+    path = folder / name
+    path.write_text(yaml.safe_dump(req, sort_keys=False))
+    return path
+
+
+def diabetes_indices(n: int = 35, seed: int = 0) -> list[int]:
+    """10% of the diabetes train split, fixed."""
+    return sorted(int(i) for i in np.random.default_rng(seed).choice(DIABETES_TRAIN, n, replace=False))
+
+
+DIABETES_RANGE = {"min": 1.0, "max": 10.0}  # standardised targets above 1 sd: the highest ~16% of disease progression
+
+
+@pytest.fixture(scope="session")
+def diabetes_dir(tmp_path_factory) -> Path:
+    """Diabetes regression requests (10% sample; a target range), an MLP trained on all of the train split, and the
+    retrained references."""
+    folder = tmp_path_factory.mktemp("diabetes")
+    sample_req = write_regression_request(folder, {"indices": diabetes_indices()}, name="sample.yaml")
+    range_req = write_regression_request(folder, {"target_range": DIABETES_RANGE}, name="range.yaml")
+    epochs = str(DIABETES_EPOCHS)
+    assert invoke("train", "-r", sample_req, "-o", folder / "mlp.safetensors", "--epochs", epochs, "--quiet").exit_code == 0
+    assert invoke("train", "-r", sample_req, "-o", folder / "mlp.retrain_sample.safetensors", "--exclude-forget", "--epochs", epochs,
+                  "--quiet").exit_code == 0
+    assert invoke("train", "-r", range_req, "-o", folder / "mlp.retrain_range.safetensors", "--exclude-forget", "--epochs", epochs,
+                  "--quiet").exit_code == 0
+    return folder
+
+
+@pytest.fixture(scope="session")
+def diabetes_sample_job(diabetes_dir):
+    """A prepared 10%-sample regression job (diabetes) with the trained MLP loaded."""
+    from unlearn_tool.pipeline import prepare
+
+    return prepare(diabetes_dir / "sample.yaml", diabetes_dir / "mlp.safetensors", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def diabetes_range_job(diabetes_dir):
+    """A prepared target-range regression job (diabetes) with the trained MLP loaded."""
+    from unlearn_tool.pipeline import prepare
+
+    return prepare(diabetes_dir / "range.yaml", diabetes_dir / "mlp.safetensors", device="cpu")
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _private_caches(tmp_path_factory):
     """Caches (SSD importances, the method catalog) go to a temporary folder, never the user's ~/.cache."""

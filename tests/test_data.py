@@ -120,8 +120,12 @@ def test_tensor_files_npz_and_safetensors(tmp_path):
         data = load_split(_spec(source="tensors", path=name), "train", tmp_path)
         assert torch.equal(data.x, x) and torch.equal(data.targets, y)
     np.savez(tmp_path / "bad.npz", x=x.numpy(), y=y.numpy().astype(np.float32))
-    with pytest.raises(DataError, match="integers"):
-        load_split(_spec(source="tensors", path="bad.npz"), "train", tmp_path)
+    floats = load_split(_spec(source="tensors", path="bad.npz"), "train", tmp_path)  # float targets load (regression) ...
+    assert floats.targets.dtype == torch.float32
+    from unlearn_tool.tasks import CLASSIFICATION
+
+    with pytest.raises(DataError, match="integers"):  # ... and a classification request refuses them
+        CLASSIFICATION.check_targets(floats.targets, 3, "data.train")
     np.savez(tmp_path / "obj.npz", x=np.array([object()], dtype=object), y=np.array([1]))
     with pytest.raises(DataError, match="not a readable"):
         load_split(_spec(source="tensors", path="obj.npz"), "train", tmp_path)  # allow_pickle=False

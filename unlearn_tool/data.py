@@ -45,7 +45,8 @@ class LabelledData:
     def __init__(self, dataset: Dataset, targets: torch.Tensor, x: Optional[torch.Tensor] = None, ids: Optional[list[str]] = None,
                  num_workers: int = 0, rows: Optional[torch.Tensor] = None):
         self.dataset = dataset
-        self.targets = targets.long()
+        # class labels are int64; regression targets stay float, (N,) or (N, k)
+        self.targets = targets if targets.dtype.is_floating_point else targets.long()
         self._x = x  # set when all inputs are in memory (for a subset: the whole tensor it is a view of)
         self._rows = rows  # a subset's positions in _x (None: all of _x, in order)
         self.ids = ids  # record IDs, one per sample, when the source has them (strings)
@@ -105,7 +106,8 @@ class LabelledData:
         loader = DataLoader(self.dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, num_workers=self.num_workers,
                             pin_memory=pin)
         for x, y in loader:
-            x, y = x.float(), torch.as_tensor(y).long()
+            y = torch.as_tensor(y)
+            x, y = x.float(), (y.float() if y.dtype.is_floating_point else y.long())
             yield shard(x, y) if shuffle else (x, y)
 
     def take(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -170,6 +172,8 @@ class Splits:
     already_forgotten: int = 0  # of this request's samples, how many earlier requests had forgotten already
     forget_positions: Optional[torch.Tensor] = None  # the forget set as positions in the full train split (for the ledger)
     forget_ids: Optional[list[str]] = None  # and as record IDs, when the data has them
+    target_range: Optional[tuple[float, float, int]] = None  # regression range unlearning: (min, max, column)
+    notes: list[str] = field(default_factory=list)  # what loading changed about the data (e.g. integer targets read as float)
 
     @cached_property
     def forget(self) -> LabelledData:
@@ -271,9 +275,11 @@ def _load_tensors(spec: DataSpec, path: Path, where: str) -> LabelledData:
     x = tensors["x"]
     labelled = "y" in tensors  # a train split may come without labels, for label-free methods (checked in Job.prepare)
     y = tensors["y"] if labelled else torch.full((x.shape[0],), -1, dtype=torch.long)
-    if y.dim() != 1 or x.shape[0] != y.shape[0]:
+    if y.dtype.is_floating_point:  # regression targets, (N,) or (N, k); the task decides whether float targets fit
+        y = _float_targets(y, x, path, where)
+    elif y.dim() != 1 or x.shape[0] != y.shape[0]:
         raise DataError(f"{where}.path: {path}: x has {tuple(x.shape)} and y {tuple(y.shape)}; y must be (N,) with N = len(x)")
-    if y.dtype.is_floating_point or y.dtype == torch.bool:
+    if y.dtype == torch.bool:
         raise DataError(f"{where}.path: {path}: y has dtype {y.dtype}; class labels must be integers (int64)")
     if x.dtype == torch.uint8:
         x = x.float().div_(255.0)
@@ -293,9 +299,19 @@ def _load_tensors(spec: DataSpec, path: Path, where: str) -> LabelledData:
             raise DataError(f"{where}.ids_path: {len(ids)} IDs for {x.shape[0]} samples; give one ID per line, in the samples' order")
     x = _resize(x, spec.preprocess.resize, where)
     x = _normalize(x, spec.preprocess.normalize, where)
-    data = LabelledData.from_tensors(x.contiguous(), y.long(), check_unique_ids(ids, where))
+    data = LabelledData.from_tensors(x.contiguous(), y if y.dtype.is_floating_point else y.long(), check_unique_ids(ids, where))
     data.labelled = labelled
     return data
+
+
+def _float_targets(y: torch.Tensor, x: torch.Tensor, path: Path, where: str) -> torch.Tensor:
+    """Float targets (regression): (N,) or (N, k), finite, as float32."""
+    if y.dim() not in (1, 2) or y.shape[0] != x.shape[0]:
+        raise DataError(f"{where}.path: {path}: x has {tuple(x.shape)} and y {tuple(y.shape)}; float targets must be (N,) or (N, k) with N = len(x)")
+    y = y.float()
+    if not bool(torch.isfinite(y).all()):
+        raise DataError(f"{where}.path: {path}: y holds NaN or Inf values; clean the data (every target must be finite)")
+    return y
 
 
 def read_id_lines(path: Path, where: str) -> list[str]:
@@ -336,6 +352,60 @@ def _load_digits(spec: DataSpec, role: str, where: str) -> LabelledData:
     x = _resize(x, spec.preprocess.resize, where)
     x = _normalize(x, spec.preprocess.normalize, where)
     return LabelledData.from_tensors(x.contiguous(), torch.from_numpy(d.target[idx]).long())
+
+
+DIABETES_TEST_SIZE = 0.2  # scikit-learn diabetes: 442 samples -> 353 train / 89 test
+ROTATION_MAX_DEGREES = 45.0  # digits-rotation: each image turned by an angle drawn uniformly from [-45, 45] degrees
+ROTATION_SEED = 0
+ROTATION_SIZE = 16  # digits upsampled from 8x8 before rotating, so a turned stroke stays a stroke
+
+
+def _load_diabetes(spec: DataSpec, role: str, where: str) -> LabelledData:
+    """scikit-learn's diabetes regression data: 10 features and the disease-progression target, both z-scored over
+    the whole data set (fixed statistics, so train and test share them); a fixed 80/20 split."""
+    from sklearn.datasets import load_diabetes
+    from sklearn.model_selection import train_test_split
+
+    d = load_diabetes()
+    x = d.data.astype(np.float64)
+    x = (x - x.mean(0)) / x.std(0)
+    y = (d.target - d.target.mean()) / d.target.std()
+    idx_train, idx_test = train_test_split(np.arange(len(y)), test_size=DIABETES_TEST_SIZE, random_state=DIGITS_SPLIT_SEED)
+    idx = idx_train if (spec.split or role) == "train" else idx_test
+    xt = _normalize(torch.from_numpy(x[idx]).float(), spec.preprocess.normalize, where)
+    return LabelledData.from_tensors(xt.contiguous(), torch.from_numpy(y[idx]).float())
+
+
+def rotated_digits() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """scikit-learn digits upsampled to 16x16 and turned by a known random angle: (images (N, 16, 16) in [0, 1],
+    angles in radians (N,), the digit labels (N,)). Fixed seed: the same data on every machine."""
+    from scipy.ndimage import rotate, zoom
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    rng = np.random.default_rng(ROTATION_SEED)
+    degrees = rng.uniform(-ROTATION_MAX_DEGREES, ROTATION_MAX_DEGREES, len(d.target))
+    images = np.empty((len(d.target), ROTATION_SIZE, ROTATION_SIZE), dtype=np.float32)
+    for i, (img, deg) in enumerate(zip(d.images, degrees)):
+        big = zoom(img / 16.0, ROTATION_SIZE / 8, order=1)
+        images[i] = np.clip(rotate(big, deg, reshape=False, order=1, mode="constant", cval=0.0), 0.0, 1.0)
+    return images, np.deg2rad(degrees).astype(np.float32), d.target
+
+
+def _load_digits_rotation(spec: DataSpec, role: str, where: str) -> LabelledData:
+    """Image regression from real data: digits turned by a random angle, the angle (radians) the target; the digits
+    source's stratified split (1437 train / 360 test)."""
+    from sklearn.model_selection import train_test_split
+
+    images, angles, labels = rotated_digits()
+    idx_train, idx_test = train_test_split(
+        np.arange(len(labels)), test_size=DIGITS_TEST_SIZE, random_state=DIGITS_SPLIT_SEED, stratify=labels
+    )
+    idx = idx_train if (spec.split or role) == "train" else idx_test
+    x = torch.from_numpy(images[idx]).unsqueeze(1)
+    x = _resize(x, spec.preprocess.resize, where)
+    x = _normalize(x, spec.preprocess.normalize, where)
+    return LabelledData.from_tensors(x.contiguous(), torch.from_numpy(angles[idx]).float())
 
 
 def _read_cifar_binary(folder: Path, files: list[str], label_bytes: int, label_offset: int) -> tuple[np.ndarray, np.ndarray]:
@@ -511,6 +581,10 @@ def load_split(spec: DataSpec, role: str, base_dir: Path) -> LabelledData:
         return _load_tensors(spec, _resolve(base_dir, spec.path), where)
     if src == "sklearn:digits":
         return _load_digits(spec, role, where)
+    if src == "sklearn:diabetes":
+        return _load_diabetes(spec, role, where)
+    if src == "sklearn:digits-rotation":
+        return _load_digits_rotation(spec, role, where)
     if src == "imagefolder":
         return _load_imagefolder(spec, _resolve(base_dir, spec.path), where)
     if src == "csv":
@@ -536,6 +610,8 @@ def resolve_forget(request: Request, train: LabelledData, num_outputs: int, task
     missing: list[str] = []
     if request.forget.classes is not None:
         mask = task.forget_mask(request.forget.classes, train.targets, num_outputs)
+    elif request.forget.target_range is not None:
+        mask = task.range_mask(request.forget.target_range, train.targets)
     elif request.forget.by_ids:
         ids = request.forget_ids_list() or []
         if train.ids is None:
@@ -570,10 +646,13 @@ def load_splits(request: Request, num_outputs: int, task: "Task", train: Optiona
     """
     train = train if train is not None else load_split(request.data.train, "train", request.base_dir)
     test = load_split(request.data.test, "test", request.base_dir)
+    notes = [n for n in (task.adapt_targets(d, f"data.{role}") for d, role in ((train, "train"), (test, "test")) if d.labelled) if n]
     if train.labelled:
         task.check_targets(train.targets, num_outputs, "data.train")
     elif request.forget.classes is not None:
         raise DataError("forget.classes: the train split has no labels (no y), so its classes are unknown; forget by indices or ids")
+    elif request.forget.target_range is not None:
+        raise DataError("forget.target_range: the train split has no targets (no y), so no range can be selected; forget by indices or ids")
     task.check_targets(test.targets, num_outputs, "data.test")
     if train.input_shape() != test.input_shape():
         raise DataError(f"data: train inputs have shape {train.input_shape()} but test inputs {test.input_shape()}; preprocess both splits the same way")
@@ -614,6 +693,9 @@ def load_splits(request: Request, num_outputs: int, task: "Task", train: Optiona
         already_forgotten=already,
         forget_positions=original_positions,
         forget_ids=[full_ids[i] for i in original_positions.tolist()] if full_ids is not None else None,
+        target_range=(request.forget.target_range.min, request.forget.target_range.max, request.forget.target_range.column)
+        if request.forget.target_range is not None else None,
+        notes=notes,
     )
 
 

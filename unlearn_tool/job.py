@@ -154,7 +154,12 @@ class Job:
 
     @property
     def forget_info(self) -> ForgetInfo:
-        return ForgetInfo(self.splits.scenario, tuple(self.splits.forget_classes), self.num_classes)
+        return ForgetInfo(self.splits.scenario, tuple(self.splits.forget_classes), self.num_classes, self.splits.target_range)
+
+    @property
+    def notes(self) -> list[str]:
+        """What loading changed about the data (e.g. integer targets read as float for regression), for the summary."""
+        return list(self.splits.notes)
 
     # ---- models
     def make_model(self) -> nn.Module:
@@ -224,7 +229,7 @@ def prepare(
     req = request if isinstance(request, Request) else load_request(request)
     if isinstance(num_workers, bool) or not isinstance(num_workers, int) or not 0 <= num_workers <= 256:
         raise UnlearnError(f"--num-workers {num_workers}: give a whole number from 0 to 256")
-    task = get_task("classification")
+    task = get_task(req.task)
     dev = resolve_device(device)
     run_seed = req.seed if seed is None else check_seed(seed)
     seed_everything(run_seed)
@@ -237,7 +242,7 @@ def prepare(
         raise DataError(f"data.train: {req.data.train.path} has no labels (no y), and method {req.method.name} needs them; "
                         "add y, or use a label-free method (unlearn methods lists them, e.g. laf)")
     torch.manual_seed(run_seed)
-    num_outputs = num_outputs_of(build_model(req.model, req.base_dir, code), probe_train.input_shape())
+    num_outputs = _num_outputs(req, task, code, probe_train.input_shape())
     from .data import fingerprint
 
     data_sha = fingerprint(probe_train)
@@ -258,6 +263,19 @@ def prepare(
     return job
 
 
+def _num_outputs(req: Request, task: Task, code: CodePolicy, input_shape: tuple[int, ...]) -> int:
+    """The model's output width on one input; a regressor's shape error names the regression form."""
+    from .errors import ModelError
+
+    try:
+        return num_outputs_of(build_model(req.model, req.base_dir, code), input_shape)
+    except ModelError as e:
+        if task.name == "regression" and "must output (batch, classes)" in str(e):
+            raise ModelError(str(e).replace("a classifier must output (batch, classes) logits",
+                                            "a regressor must output (batch, k), one column per target: (batch, 1) for one target")) from None
+        raise
+
+
 def _pseudo_labels(job: Job) -> None:
     """An unlabelled train split gets the original model's predictions as labels, for measuring only (label-free methods
     never read them): forget/retain "accuracy" is then agreement with the original."""
@@ -265,7 +283,7 @@ def _pseudo_labels(job: Job) -> None:
 
     for data in {id(d): d for d in (job.splits.train, job.full_train) if d is not None}.values():
         logits, _ = predict_logits(job.original, data, job.device, job.request.data.batch_size)
-        data.targets = logits.argmax(1)
+        data.targets = logits if job.task.name == "regression" else logits.argmax(1)
         if data.x is not None:
             data.dataset = torch.utils.data.TensorDataset(data.x, data.targets)
     job.splits.__dict__.pop("forget", None)  # rebuilt from the labelled train split

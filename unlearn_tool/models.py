@@ -227,13 +227,24 @@ def _call_factory(factory: Callable[..., Any], kwargs: dict, arch: str) -> Any:
         raise ModelError(f"model.arch: building {arch} failed ({type(e).__name__}: {_one_line(e)}); fix the model code or model.kwargs") from None
 
 
+def builtin_kwargs(kwargs: dict) -> dict:
+    """Builtin models take `num_outputs` as another name for `num_classes` (a regressor's output width)."""
+    if "num_outputs" not in kwargs:
+        return kwargs
+    if "num_classes" in kwargs:
+        raise ModelError("model.kwargs: give num_outputs or num_classes, not both (num_outputs is the regression name of the same width)")
+    out = dict(kwargs)
+    out["num_classes"] = out.pop("num_outputs")
+    return out
+
+
 def build_model(spec: ModelSpec, base_dir: Path = Path("."), policy: CodePolicy = CodePolicy()) -> nn.Module:
     """A freshly initialised model of the request's architecture (random weights)."""
     kind, _, rest = spec.arch.partition(":")
     if kind == "builtin":
         if rest not in BUILTIN:
             raise ModelError(f"model.arch: unknown builtin '{rest}'; builtins are {', '.join(BUILTIN)}")
-        model = _call_factory(BUILTIN[rest], spec.kwargs, spec.arch)
+        model = _call_factory(BUILTIN[rest], builtin_kwargs(spec.kwargs), spec.arch)
     elif kind == "torchvision":
         model = _torchvision_model(rest, spec.kwargs)
     elif kind == "hf":

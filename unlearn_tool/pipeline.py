@@ -73,8 +73,7 @@ def utility(model: nn.Module, job: Job, batch_size: Optional[int] = None,
         targets = y.numpy()
         outputs[name] = SetOutputs(targets=targets, stats=job.task.per_sample(logits.double().numpy(), targets))
     figures = job.task.utility(outputs, job.forget_info)
-    keep = ("retain_acc", "forget_acc", "test_acc") + (("test_remaining_acc", "test_forgotten_acc") if job.splits.scenario == "class" else ())
-    return {k: finite(figures.get(k)) for k in keep}
+    return {k: finite(figures.get(k)) for k in job.task.summary_keys(job.splits.scenario)}
 
 
 def output_fields(job: Job, **extra: Any) -> dict[str, Any]:
@@ -161,7 +160,7 @@ def plan_apply(
     name = method or req.method.name
     entry = get_method(name)
     method_params = parse_params(name, method_params_for(req, name, params))
-    check_applicable(name, "classification", req.forget.scenario)
+    check_applicable(name, req.task, req.forget.scenario, method_params)
     adapter = adapter_only if adapter_only is not None else req.output.mode == "adapter"
     if adapter and not entry.supports_adapter:
         raise MethodError(f"method {name} changes weights directly, so it has no adapter output; drop --adapter-only (or output.mode: adapter)")
@@ -176,7 +175,7 @@ def plan_apply(
 
         plan.gates = list(gates) if gates is not None else list(req.audit.gates)
         plan.reference = Path(reference) if reference is not None else req.audit_reference()
-        parse_gates(plan.gates, req.forget.scenario, plan.reference is not None)
+        parse_gates(plan.gates, req.forget.scenario, plan.reference is not None, req.task)
         if plan.reference is not None and not is_checkpoint(plan.reference):
             raise AuditError(f"audit reference {plan.reference} not found; give a retrained checkpoint (unlearn train --exclude-forget) or drop audit.reference")
     return plan
@@ -454,6 +453,7 @@ def apply_request(
                   needs_labels=not label_free, num_workers=num_workers)
     if not job.splits.train.labelled:
         notes.append(UNLABELLED_NOTE)
+    notes += job.notes
     reference = None
     if plans[0].audit and plans[0].reference is not None:
         reference = CheckpointArtifact(plans[0].reference)
@@ -535,11 +535,13 @@ def remove_output(path: Path) -> None:
 def validate_request(request: "str | Path | Request", checkpoint: Optional[str | Path] = None, code: CodePolicy = CodePolicy()) -> dict[str, Any]:
     """`unlearn validate`: schema, method and parameters, data, classes/indices, checkpoint; no training."""
     req = load_request(request)  # schema first: no torch needed to reject a malformed request
-    parse_params(req.method.name, req.method.params)
-    check_applicable(req.method.name, "classification", req.forget.scenario)
+    params = parse_params(req.method.name, req.method.params)
+    check_applicable(req.method.name, req.task, req.forget.scenario, params)
     job = prepare(req, checkpoint, device="cpu", code=code, needs_labels=not get_method(req.method.name).label_free)
     info = {"ok": True, **describe_job(job), "checkpoint_matches": req.model.arch if checkpoint else None,
             "train_labelled": job.splits.train.labelled}
+    if job.notes:
+        info["notes"] = job.notes
     if not job.splits.train.labelled:
         info["note"] = ("the train split has no labels: only label-free methods can run on it ("
                         + ", ".join(n for n in method_names() if get_method(n).label_free) + "); the audit measures accuracy on the labelled test split")
@@ -621,7 +623,8 @@ def train_checkpoint(
     from .distributed import data_parallel, is_writer
 
     with data_parallel():  # under torchrun: batches split over the ranks, gradients averaged (one process: no-op)
-        fit(model, data, config, job.device, torch.Generator().manual_seed(job.seed), progress, task="train")
+        fit(model, data, config, job.device, torch.Generator().manual_seed(job.seed), progress, task="train",
+            loss_fn=job.task.loss_fn(config.loss))
     wall = time.perf_counter() - start
     bad = non_finite(model.state_dict())
     if bad:

@@ -89,7 +89,9 @@ def read_regular_file(path: Path, what: str, fix: str, max_bytes: Optional[int] 
             return f.read() if max_bytes is None else f.read(max_bytes + 1)
     except OSError as e:
         raise RequestError(f"{what} {path} cannot be read ({e.strerror}); {fix}") from None
-DATA_SOURCES = ("tensors", "imagefolder", "csv", "sklearn:digits", "torchvision:<Dataset>")
+DATA_SOURCES = ("tensors", "imagefolder", "csv", "sklearn:digits", "sklearn:diabetes", "sklearn:digits-rotation", "torchvision:<Dataset>")
+SKLEARN_SOURCES = ("sklearn:digits", "sklearn:diabetes", "sklearn:digits-rotation")
+TASK_NAMES = ("classification", "regression")
 TORCHVISION_DATASETS = ("CIFAR10", "CIFAR100", "MNIST", "FashionMNIST", "KMNIST", "SVHN")
 
 
@@ -141,7 +143,7 @@ class DataSpec(_Strict):
     source: str = Field(
         description="tensors (a .safetensors or .npz file with x, y), torchvision:<Dataset> (CIFAR10, CIFAR100, "
         "MNIST, FashionMNIST, KMNIST, SVHN) with root, imagefolder with path, csv (a manifest with columns path,label) "
-        "with path, or sklearn:digits (built in)."
+        "with path, or built in: sklearn:digits (classification), sklearn:diabetes and sklearn:digits-rotation (regression)."
     )
     path: Optional[str] = Field(None, description="File (tensors, csv) or folder (imagefolder); relative to the request.")
     root: Optional[str] = Field(None, description="torchvision data root folder; relative to the request.")
@@ -166,7 +168,7 @@ class DataSpec(_Strict):
                 raise ValueError(f"unknown torchvision data set '{name}'; supported: {', '.join(TORCHVISION_DATASETS)}")
             if not self.root:
                 raise ValueError(f"source '{s}' needs 'root' (the folder that holds the data set)")
-        elif s != "sklearn:digits":
+        elif s not in SKLEARN_SOURCES:
             raise ValueError(f"unknown data source '{s}'; use one of: {', '.join(DATA_SOURCES)}")
         if self.split is not None and self.split not in ("train", "test", "extra"):
             raise ValueError(f"split '{self.split}' is not one of train, test, extra")
@@ -179,6 +181,22 @@ class DataSection(_Strict):
     batch_size: int = Field(128, gt=0, le=65536, description="Batch size for evaluation and the methods' default loaders.")
 
 
+class TargetRange(_Strict):
+    min: float = Field(description="Lowest target value forgotten (inclusive).")
+    max: float = Field(description="Highest target value forgotten (inclusive).")
+    column: int = Field(0, ge=0, description="For targets with several columns (N, k): the column the range applies to (default 0).")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "TargetRange":
+        import math
+
+        if not (math.isfinite(self.min) and math.isfinite(self.max)):
+            raise ValueError("min and max must be finite numbers")
+        if self.min > self.max:
+            raise ValueError(f"min {self.min:g} is above max {self.max:g}; give min <= max")
+        return self
+
+
 class ForgetSpec(_Strict):
     classes: Optional[list[int]] = Field(None, description="Class unlearning: every train sample of these classes.")
     indices: Optional[list[int]] = Field(None, description="Sample unlearning: positions in the train split.")
@@ -186,12 +204,14 @@ class ForgetSpec(_Strict):
     ids: Optional[list[Union[StrictStr, StrictInt]]] = Field(None, description="Sample unlearning by record ID (the data's ids).")
     ids_file: Optional[str] = Field(None, description="Sample unlearning: record IDs in a text file (one per line) or a CSV (see ids_column).")
     ids_column: Optional[str] = Field(None, description="With ids_file: the CSV column holding the IDs (the file is then read as CSV).")
+    target_range: Optional[TargetRange] = Field(
+        None, description="Regression: every train sample whose target lies in [min, max] (the regression analogue of a class).")
 
     @model_validator(mode="after")
     def _exactly_one(self) -> "ForgetSpec":
-        given = [k for k in ("classes", "indices", "indices_file", "ids", "ids_file") if getattr(self, k) is not None]
+        given = [k for k in FORGET_KEYS if getattr(self, k) is not None]
         if len(given) != 1:
-            raise ValueError(f"give exactly one of classes, indices, indices_file, ids, ids_file (got {', '.join(given) or 'none'})")
+            raise ValueError(f"give exactly one of {', '.join(FORGET_KEYS)} (got {', '.join(given) or 'none'})")
         if self.ids_column is not None and self.ids_file is None:
             raise ValueError("ids_column goes with ids_file (a CSV of record IDs)")
         for key in ("classes", "indices"):
@@ -213,12 +233,17 @@ class ForgetSpec(_Strict):
         return self
 
     @property
-    def scenario(self) -> Literal["class", "sample"]:
-        return "class" if self.classes is not None else "sample"
+    def scenario(self) -> Literal["class", "sample", "range"]:
+        if self.classes is not None:
+            return "class"
+        return "range" if self.target_range is not None else "sample"
 
     @property
     def by_ids(self) -> bool:
         return self.ids is not None or self.ids_file is not None
+
+
+FORGET_KEYS = ("classes", "indices", "indices_file", "ids", "ids_file", "target_range")
 
 
 class MethodSpec(_Strict):
@@ -241,6 +266,8 @@ class AuditSpec(_Strict):
 class Request(_Strict):
     version: Literal[1] = Field(description="Schema version; 1.")
     id: str = Field(description="Free text, echoed in outputs and metadata.")
+    task: Literal["classification", "regression"] = Field(
+        "classification", description="What the model predicts: classification (class labels) or regression (float targets).")
     model: ModelSpec
     data: DataSection
     forget: ForgetSpec
@@ -248,6 +275,15 @@ class Request(_Strict):
     output: OutputSpec = Field(default_factory=OutputSpec)
     audit: AuditSpec = Field(default_factory=AuditSpec)
     seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed for every random choice (0..2**32-1); same seed, same CPU output.")
+
+    @model_validator(mode="after")
+    def _forget_fits_task(self) -> "Request":
+        if self.task == "regression" and self.forget.classes is not None:
+            raise ValueError("forget.classes: a regression request has no classes; forget a range of targets with "
+                             "forget.target_range: {min, max}, or samples with forget.indices / indices_file / ids")
+        if self.task == "classification" and self.forget.target_range is not None:
+            raise ValueError("forget.target_range is for regression requests (task: regression); forget a class with forget.classes")
+        return self
 
     # Set by load_request, not by the YAML.
     _base_dir: Path = Path(".")

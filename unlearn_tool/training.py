@@ -20,6 +20,10 @@ class TrainConfig(SaneParams):
     optimizer: Literal["adam", "sgd"] = Field("adam", description="adam (small nets) or sgd with momentum 0.9 and cosine decay (ResNets).")
     weight_decay: float = Field(0.0, ge=0, description="L2 weight decay.")
     batch_size: int = Field(64, ge=1, description="Training batch size.")
+    loss: Literal["auto", "mse", "l1"] = Field(
+        "auto", description="Training loss: auto is the task's own (cross-entropy for classification, MSE for regression); "
+        "regression may also train with l1 (mean absolute error) or mse.",
+    )
     regularizer: Optional[Literal["gradient-restriction"]] = Field(
         None, description="Optional training regularizer (default none). gradient-restriction: loss + alpha * "
         "sum_tensors ||grad loss||_2 by double backprop, what the `iau` method assumes (IAU, Lolo1222/IAU train_model.py).",
@@ -71,15 +75,17 @@ def fit(
     generator: torch.Generator,
     progress: Optional[Callable[[str, int, int], None]] = None,
     task: str = "train",
+    loss_fn: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = None,
 ) -> nn.Module:
-    """Cross-entropy training on `data` (in place), plus the config's regularizer if any; returns the model in eval mode."""
+    """Training on `data` (in place) with `loss_fn` (default cross-entropy; `task` is the progress label), plus the
+    config's regularizer if any; returns the model in eval mode."""
     from .precision import training_autocast
 
     with training_autocast(device):
-        return _fit(model, data, config, device, generator, progress, task)
+        return _fit(model, data, config, device, generator, progress, task, loss_fn or nn.functional.cross_entropy)
 
 
-def _fit(model, data, config, device, generator, progress, task) -> nn.Module:
+def _fit(model, data, config, device, generator, progress, task, loss_fn) -> nn.Module:
     model.to(device).train()
     opt = make_optimizer(model.parameters(), config.optimizer, config.lr, config.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, config.epochs) if config.optimizer == "sgd" else None
@@ -87,7 +93,7 @@ def _fit(model, data, config, device, generator, progress, task) -> nn.Module:
         for x, y in data.batches(config.batch_size, shuffle=True, generator=generator):
             if len(y) == 1 < len(data):  # a last batch of one sample: BatchNorm cannot train on it (and it adds nothing)
                 continue
-            loss = nn.functional.cross_entropy(model(x.to(device)), y.to(device))
+            loss = loss_fn(model(x.to(device)), y.to(device))
             if config.regularizer is not None:
                 loss = regularized_loss(config.regularizer, config.regularizer_alpha, loss, model.parameters())
             opt.zero_grad(set_to_none=True)

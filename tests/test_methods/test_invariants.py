@@ -39,15 +39,15 @@ def _equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 
 
 @pytest.fixture(scope="module")
-def jobs(digits_job, digits_sample_job):
-    return {"class": digits_job, "sample": digits_sample_job}
+def jobs(digits_job, digits_sample_job, request):
+    return {"class": digits_job, "sample": digits_sample_job, "regression": request.getfixturevalue("diabetes_sample_job")}
 
 
 @pytest.mark.parametrize("name", method_names())
 def test_method_invariants(name, jobs):
     entry = get_method(name)
     scenario = "class" if "class" in entry.scenarios else entry.scenarios[0]
-    job = jobs[scenario]
+    job = jobs[scenario] if "classification" in entry.tasks else jobs["regression"]  # regression-only methods: diabetes
     params = parse_params(name, {k: v for k, v in FAST.get(name, {}).items() if k in entry.params_cls.model_fields})
     original_state = _state(job.original)
 

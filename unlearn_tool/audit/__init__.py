@@ -99,7 +99,7 @@ def audit_request(
     req = load_request(request)
     exprs = list(gates) if gates else list(req.audit.gates)
     ref = Path(reference) if reference is not None else req.audit_reference()
-    parsed = parse_gates(exprs, req.forget.scenario, ref is not None)
+    parsed = parse_gates(exprs, req.forget.scenario, ref is not None, req.task)
     check_report_dir(report_dir_for(unlearned, report_dir), AUDIT_FILES)
     if seed is not None:
         check_seed(seed)
@@ -107,6 +107,11 @@ def audit_request(
         from ..errors import AuditError
 
         raise AuditError(f"--tier {tier}: give standard or strong")
+    if tier == "strong" and req.task != "classification":
+        from ..errors import AuditError
+
+        raise AuditError("--tier strong (U-LiRA on class confidences) is for classification models; audit a regression model "
+                         "with the standard tier and a retrained --reference")
     if not 2 <= shadows <= 1024:
         from ..errors import AuditError
 
@@ -147,7 +152,7 @@ def audit_fresh_model(job: "Job", model: "nn.Module", info: dict[str, Any], repo
     exprs = list(spec.gates) if gates is None else list(gates)
     if reference is None and spec.reference:
         reference = load_checkpoint(job.request.resolve(spec.reference), job)
-    parsed = parse_gates(exprs, job.splits.scenario, reference is not None)
+    parsed = parse_gates(exprs, job.splits.scenario, reference is not None, job.task.name)
     ref_model, ref_info = reference if reference is not None else (None, None)
     report = run_audit(job, job.original, model, ref_model, parsed, unlearned_info=info, reference_info=ref_info)
     folder = write_reports(report, report_dir_for(info["path"], report_dir))

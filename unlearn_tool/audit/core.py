@@ -30,6 +30,8 @@ ACC_TOLERANCE = 0.05
 MIA_TOLERANCE = 0.10
 LOSS_AUC_TOLERANCE = 0.10
 UTILITY_DROP = 0.05
+MAE_TOLERANCE = 0.10  # regression: forget MAE within 10% (relative) of the reference's, or of the held-out MAE
+UTILITY_RISE = 0.05  # regression: test MAE may rise 5% (relative) from the original's
 
 ADAPTER_AUDIT_WARNING = (
     "adapter-only output: the forgotten data is still in the base weights; this audit holds only for base + adapter, "
@@ -69,21 +71,33 @@ def random_forget_rows(job: Job, seed: int) -> np.ndarray:
 def metrics_from_outputs(out: ModelOutputs, job: Job, seed: int, random_rows: Optional[np.ndarray] = None) -> dict[str, Any]:
     """The per-model metric dict of report.json's models.* entries."""
     r, f, t = out["retain"], out["forget"], out["test"]
-    res: dict[str, Any] = job.task.utility(out, job.forget_info)
-    feature = job.task.attack_features
-    if "mia_efficacy" in feature:
-        res["mia_efficacy"] = attacks.mia_efficacy(r.stats[feature["mia_efficacy"]], t.stats[feature["mia_efficacy"]], f.stats[feature["mia_efficacy"]], seed)
+    task = job.task
+    res: dict[str, Any] = task.utility(out, job.forget_info)
+    feature = task.attack_features
+    for name in ("mia_efficacy", "mia_error_efficacy"):  # SalUn's SVC: retain members against test non-members, scored on D_f
+        if name in feature:
+            res[name] = attacks.mia_efficacy(r.stats[feature[name]], t.stats[feature[name]], f.stats[feature[name]], seed)
     if "mia_entropy" in feature:
         res["mia_entropy"] = attacks.mia_entropy(r.stats[feature["mia_entropy"]], t.stats[feature["mia_entropy"]], f.stats[feature["mia_entropy"]], seed)
     if "mia_loss" in feature:
-        res["mia_loss_acc"], res["mia_loss_auc"] = attacks.mia_loss(f.stats[feature["mia_loss"]], t.stats[feature["mia_loss"]], seed)
-    if random_rows is None:
-        random_rows = random_forget_rows(job, seed)
-    res["zrf"] = M.zrf(f.rows, random_rows)
+        held = task.heldout(job.forget_info, t)  # classification: the test split; range unlearning: its samples in the range
+        res["mia_loss_acc"], res["mia_loss_auc"] = attacks.mia_loss(f.stats[feature["mia_loss"]], held.stats[feature["mia_loss"]], seed)
+    if task.probabilistic:
+        if random_rows is None:
+            random_rows = random_forget_rows(job, seed)
+        res["zrf"] = M.zrf(f.rows, random_rows)
     res["mean_loss"] = {k: float(v.loss.mean()) for k, v in out.items()}
     if "conf" in r.stats:
         res["mean_confidence"] = {k: float(v.conf.mean()) for k, v in out.items()}
-    res["loss_hist"] = {"edges": [float(e) for e in M.LOSS_EDGES], **{k: M.loss_histogram(v.loss, M.LOSS_EDGES) for k, v in out.items()}}
+    if "resid" in r.stats:  # regression: residual and absolute-error distributions, on a scale set by the targets
+        scale = M.target_scale(r.targets)
+        res["residual_hist"] = {"scale": scale, "edges": [float(e) for e in M.residual_edges(scale)],
+                                **{k: M.loss_histogram(v.resid, M.residual_edges(scale)) for k, v in out.items()}}
+        res["error_hist"] = {"scale": scale, "edges": [float(e) for e in M.error_edges(scale)],
+                             **{k: M.loss_histogram(v.abs_err, M.error_edges(scale)) for k, v in out.items()},
+                             "heldout": M.loss_histogram(task.heldout(job.forget_info, t).abs_err, M.error_edges(scale))}
+    else:
+        res["loss_hist"] = {"edges": [float(e) for e in M.LOSS_EDGES], **{k: M.loss_histogram(v.loss, M.LOSS_EDGES) for k, v in out.items()}}
     return _clean(res)
 
 
@@ -93,23 +107,77 @@ def model_metrics(model: nn.Module, job: Job, seed: Optional[int] = None) -> dic
     return metrics_from_outputs(model_outputs(model, job, seed), job, seed)
 
 
-def gaps(unlearned_metrics: dict[str, Any], reference_metrics: dict[str, Any]) -> dict[str, Optional[float]]:
-    """Absolute per-metric gaps (fractions) and SalUn's avg_gap (points)."""
-    return M.gaps(unlearned_metrics, reference_metrics)
+def gaps(unlearned_metrics: dict[str, Any], reference_metrics: dict[str, Any], task: str = "classification") -> dict[str, Optional[float]]:
+    """Per-metric gaps (absolute, or relative where the registry says so; fractions) and the task's avg_gap (points)."""
+    return M.gaps(unlearned_metrics, reference_metrics, task)
 
 
-def distances(a: ModelOutputs, b: ModelOutputs) -> dict[str, dict[str, Optional[float]]]:
-    """Activation distance and JS divergence between two models' output rows, per set."""
-    return _clean({
-        "activation_distance": {k: M.activation_distance(a[k].rows, b[k].rows) for k in SETS},
-        "js_divergence": {k: M.js_divergence(a[k].rows, b[k].rows) for k in SETS},
-    })
+def distances(a: ModelOutputs, b: ModelOutputs, probabilistic: bool = True) -> dict[str, dict[str, Optional[float]]]:
+    """Activation distance (and, for probability outputs, JS divergence) between two models' output rows, per set."""
+    out = {"activation_distance": {k: M.activation_distance(a[k].rows, b[k].rows) for k in SETS}}
+    if probabilistic:
+        out["js_divergence"] = {k: M.js_divergence(a[k].rows, b[k].rows) for k in SETS}
+    return _clean(out)
+
+
+def heldout_statistics(out: ModelOutputs, job: Job, seed: int) -> dict[str, Any]:
+    """Is the forget set distinguishable from never-seen data (the test split; range unlearning: its samples in the range)?"""
+    held = job.task.heldout(job.forget_info, out["test"])
+    stats = distinguishability(out["forget"], held, seed)
+    stats["heldout"] = "test" if len(held) == len(out["test"]) else "range"
+    return stats
 
 
 # ---------------------------------------------------------------- warnings
 
-def audit_warnings(unl: dict[str, Any], orig: dict[str, Any], ref: Optional[dict[str, Any]], scenario: str) -> list[str]:
+def regression_warnings(unl: dict[str, Any], orig: dict[str, Any], ref: Optional[dict[str, Any]], scenario: str) -> list[str]:
+    """Regression's two-sided findings: relative MAE tolerances instead of accuracy points (docs/audit.md)."""
+    w: list[str] = []
+    fm = finite(unl.get("forget_mae"))
+    if ref is not None:
+        rm = finite(ref.get("forget_mae"))
+        if fm is not None and rm:
+            d = (fm - rm) / rm
+            if d < -MAE_TOLERANCE:
+                w.append(f"under-unlearning: forget MAE {fm:.4g} is {100 * -d:.0f}% below the reference's {rm:.4g}; the forget set is still fitted")
+            elif d > MAE_TOLERANCE:
+                w.append(f"over-unlearning: forget MAE {fm:.4g} is {100 * d:.0f}% above the reference's {rm:.4g}; the deletion itself is detectable (Streisand effect)")
+        u, r = finite(unl.get("mia_error_efficacy")), finite(ref.get("mia_error_efficacy"))
+        if u is not None and r is not None:
+            if u - r < -MIA_TOLERANCE:
+                w.append(f"under-unlearning: MIA-Efficacy {u:.3f} is {100 * (r - u):.1f} points below the reference's {r:.3f}; the attack still calls the forget set members")
+            elif u - r > MIA_TOLERANCE:
+                w.append(f"over-unlearning: MIA-Efficacy {u:.3f} is {100 * (u - r):.1f} points above the reference's {r:.3f}; the forget set looks less like training data than a retrained model's (Streisand effect)")
+        losses = (unl.get("mean_loss") or {}).get("forget"), (ref.get("mean_loss") or {}).get("forget")
+        if unl.get("mia_loss_auc") is not None and ref.get("mia_loss_auc") is not None and None not in losses:
+            if unl["mia_loss_auc"] - ref["mia_loss_auc"] > LOSS_AUC_TOLERANCE:
+                side = "under" if losses[0] < losses[1] else "over"
+                w.append(f"{side}-unlearning: the loss attack separates forget from held-out data better than on the reference (AUC {unl['mia_loss_auc']:.3f} vs {ref['mia_loss_auc']:.3f})")
+    else:
+        held_key = "test_forgotten_mae" if scenario == "range" and finite(unl.get("test_forgotten_mae")) is not None else "test_mae"
+        hm = finite(unl.get(held_key))
+        where = "unseen test samples of the range" if held_key == "test_forgotten_mae" else "test data"
+        if fm is not None and hm:
+            d = (fm - hm) / hm
+            if d < -MAE_TOLERANCE:
+                w.append(f"under-unlearning: forget MAE {fm:.4g} is {100 * -d:.0f}% below the MAE on {where} ({hm:.4g}); forgotten samples are still fitted better than unseen ones (no reference given)")
+            elif d > MAE_TOLERANCE:
+                w.append(f"over-unlearning: forget MAE {fm:.4g} is {100 * d:.0f}% above the MAE on {where} ({hm:.4g}); forgotten samples look worse than unseen ones, a detectable deletion (no reference given)")
+        if unl.get("mia_loss_auc") is not None and unl["mia_loss_auc"] > 0.5 + LOSS_AUC_TOLERANCE and fm is not None and hm is not None:
+            side = "under" if fm < hm else "over"
+            w.append(f"{side}-unlearning: the loss attack tells forget from held-out data apart (AUC {unl['mia_loss_auc']:.3f}; 0.5 is indistinguishable)")
+    key = "test_remaining_mae" if scenario == "range" else "test_mae"
+    a, b = finite(orig.get(key)), finite(unl.get(key))
+    if a and b is not None and (b - a) / a > UTILITY_RISE:
+        w.append(f"utility: {key} rose {100 * (b - a) / a:.1f}% from the original ({a:.4g} -> {b:.4g})")
+    return w
+
+
+def audit_warnings(unl: dict[str, Any], orig: dict[str, Any], ref: Optional[dict[str, Any]], scenario: str,
+                   task: str = "classification") -> list[str]:
     """Two-sided findings: under-unlearning (still recognised) and over-unlearning (a detectable deletion)."""
+    if task == "regression":
+        return regression_warnings(unl, orig, ref, scenario)
     w: list[str] = []
 
     def pts(x: float) -> str:
@@ -195,18 +263,20 @@ def run_audit(
     started, t0 = created_utc(), time.perf_counter()
     seed = job.seed if seed is None else seed
     scenario = job.splits.scenario
-    parsed = [g for g in gates if isinstance(g, Gate)] + parse_gates([g for g in gates if not isinstance(g, Gate)], scenario, reference_model is not None)
+    task = job.task
+    parsed = [g for g in gates if isinstance(g, Gate)] + parse_gates([g for g in gates if not isinstance(g, Gate)], scenario,
+                                                                     reference_model is not None, task.name)
     unlearned_info = unlearned_info or {"path": None, "kind": "merged", "sha256": None, "metadata": {}}
 
-    rand = random_forget_rows(job, seed)
+    rand = random_forget_rows(job, seed) if task.probabilistic else None
     outs = {"original": model_outputs(original_model, job, seed), "unlearned": model_outputs(unlearned_model, job, seed)}
     if reference_model is not None:
         outs["reference"] = model_outputs(reference_model, job, seed)
     models: dict[str, Any] = {k: metrics_from_outputs(v, job, seed, rand) for k, v in outs.items()}
     baseline = "reference" if reference_model is not None else "original"
     for k in outs:
-        models[k].update(distances(outs[k], outs[baseline]) if k != baseline else
-                         {"activation_distance": None, "js_divergence": None})
+        models[k].update(distances(outs[k], outs[baseline], task.probabilistic) if k != baseline else
+                         {"activation_distance": None, **({"js_divergence": None} if task.probabilistic else {})})
     models.setdefault("reference", None)
 
     from .relapse import relapse_check
@@ -214,23 +284,23 @@ def run_audit(
     lineage = relapse_check(job, unlearned_model, (unlearned_info or {}).get("metadata") or {}, ledger, seed)
     if lineage is not None:
         models["unlearned"]["relapse_max"] = lineage["relapse_max"]
-    gap = {"baseline": baseline, **gaps(models["unlearned"], models[baseline])}
+    gap = {"baseline": baseline, **gaps(models["unlearned"], models[baseline], task.name)}
     gate_rows, _ = evaluate_gates(parsed, models["unlearned"], models["original"], gap)
-    stats = {k: distinguishability(v["forget"], v["test"], seed) for k, v in outs.items()}
+    stats = {k: heldout_statistics(v, job, seed) for k, v in outs.items()}
     avg_gaps = {"unlearned": gap.get("avg_gap"),
-                "original": gaps(models["original"], models["reference"]).get("avg_gap") if models["reference"] is not None else None}
+                "original": gaps(models["original"], models["reference"], task.name).get("avg_gap") if models["reference"] is not None else None}
     strong = None
     if tier == "strong":
         from .strong import strong_tier
 
         strong = strong_tier(job, unlearned_model, reference_model, unlearned_info.get("metadata") or {}, shadows, progress)
-    detail = decide(scenario, models, gate_rows, stats["unlearned"], avg_gaps, stats["original"], strong)
+    detail = decide(scenario, models, gate_rows, stats["unlearned"], avg_gaps, stats["original"], strong, task.name)
     detail["statistics"] = stats
     warnings = []
     if unlearned_info.get("kind") == "adapter":
         warnings.append(ADAPTER_AUDIT_WARNING)
     warnings += [str(n) for n in unlearned_info.get("notes") or []]  # what the artifact states of itself (an exact guarantee)
-    warnings += audit_warnings(models["unlearned"], models["original"], models["reference"], scenario)
+    warnings += audit_warnings(models["unlearned"], models["original"], models["reference"], scenario, task.name)
     if not job.splits.train.labelled:
         warnings.append("the train split has no labels: retain/forget figures and the attacks use the original model's "
                         "predictions as labels (agreement, not accuracy); test figures use the test split's own labels")
@@ -257,6 +327,7 @@ def run_audit(
         "request": {
             "id": req.id, "path": str(req.path) if req.path else None, "task": job.task.name, "scenario": scenario,
             "forget_classes": list(job.splits.forget_classes), "num_classes": job.num_classes,
+            "target_range": list(job.splits.target_range) if job.splits.target_range is not None else None,
             "forget_size": len(job.splits.forget_idx), "retain_size": len(job.splits.retain_idx), "test_size": len(job.splits.test),
         },
         "baseline": baseline,
@@ -294,7 +365,8 @@ def run_audit(
             "max_distance_samples_per_set": MAX_DISTANCE_SAMPLES,
             "mia_loss_splits": attacks.LOSS_SPLITS,
             "mia_loss_test_size": attacks.LOSS_TEST_SIZE,
-            "thresholds": {"accuracy": ACC_TOLERANCE, "mia": MIA_TOLERANCE, "loss_auc": LOSS_AUC_TOLERANCE, "utility_drop": UTILITY_DROP},
+            "thresholds": {"accuracy": ACC_TOLERANCE, "mia": MIA_TOLERANCE, "loss_auc": LOSS_AUC_TOLERANCE, "utility_drop": UTILITY_DROP,
+                           **({"mae_relative": MAE_TOLERANCE, "utility_rise": UTILITY_RISE} if task.name == "regression" else {})},
         },
     }
     return _clean(report)

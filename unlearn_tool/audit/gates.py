@@ -16,8 +16,8 @@ _GATE = re.compile(
     r"(?P<num>[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?)\s*$"
 )
 
-def known_names(task: str = "classification") -> tuple[str, ...]:
-    """Every metric name a gate may use (from the metric registry)."""
+def known_names(task: Optional[str] = None) -> tuple[str, ...]:
+    """Every metric name a gate may use (from the metric registry): of one task, or (None) of any task."""
     return gate_names(task)
 
 
@@ -57,14 +57,17 @@ def parse_gate(expr: str) -> Gate:
     return Gate(expr=expr.strip(), metric=name, op=m.group("op"), threshold=threshold)
 
 
-def parse_gates(exprs: Sequence[str], scenario: str, has_reference: bool) -> list[Gate]:
+def parse_gates(exprs: Sequence[str], scenario: str, has_reference: bool, task: str = "classification") -> list[Gate]:
     """Parse every gate before any work, and reject gates this audit cannot measure."""
     gates = [parse_gate(e) for e in exprs]
     for g in gates:
         metric = gate_metric(g.metric)
+        if g.metric not in known_names(task):
+            raise AuditError(f"gate {g.expr!r}: {g.metric} is not measured for {task} models; {task} gates: {', '.join(known_names(task))}")
         if metric is not None and scenario not in metric.scenarios:
-            base = g.metric.removesuffix("_gap").removesuffix("_drop")
-            raise AuditError(f"gate {g.expr!r}: {base} is defined for {' and '.join(metric.scenarios)} unlearning only; use test_acc for sample unlearning")
+            base = g.metric.removesuffix("_gap").removesuffix("_drop").removesuffix("_rise")
+            fix = "use test_mae for sample unlearning" if task == "regression" else "use test_acc for sample unlearning"
+            raise AuditError(f"gate {g.expr!r}: {base} is defined for {' and '.join(metric.scenarios)} unlearning only; {fix}")
         if g.metric.endswith("_gap") and not has_reference:
             raise AuditError(f"gate {g.expr!r}: gaps are measured against a retrained reference; give --reference (or audit.reference in the request)")
     return gates
@@ -79,6 +82,10 @@ def gate_value(metric: str, unlearned: Mapping[str, Any], original: Mapping[str,
         key = metric[: -len("_drop")]
         a, b = _float(original.get(key)), _float(unlearned.get(key))
         return None if a is None or b is None else a - b
+    if metric.endswith("_rise"):  # a regression error's relative rise from the original
+        key = metric[: -len("_rise")]
+        a, b = _float(original.get(key)), _float(unlearned.get(key))
+        return None if a is None or b is None or a == 0 else (b - a) / abs(a)
     entry = METRICS.get(metric)
     if entry is not None and entry.kind == "distance":
         kind, part = metric.rsplit("_", 1)

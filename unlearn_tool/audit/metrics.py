@@ -10,7 +10,7 @@ from typing import Mapping, Optional
 
 import numpy as np
 
-from .registry import avg_gap_names, finite, model_metric_names
+from .registry import avg_gap_names, finite, metric_gap, model_metric_names
 
 EPS = 1e-12
 
@@ -66,8 +66,44 @@ def per_class_accuracy(pred: np.ndarray, y: np.ndarray, num_classes: int) -> lis
     return out
 
 
+def mae(abs_err: np.ndarray) -> float:
+    """Mean absolute error from per-sample absolute errors (each the mean over a sample's outputs); NaN when empty."""
+    e = np.asarray(abs_err, dtype=np.float64)
+    return float(e.mean()) if len(e) else float("nan")
+
+
+def rmse(sq_err: np.ndarray) -> float:
+    """Root mean squared error from per-sample squared errors (each the mean over a sample's outputs); NaN when empty."""
+    e = np.asarray(sq_err, dtype=np.float64)
+    return float(np.sqrt(e.mean())) if len(e) else float("nan")
+
+
+def r2(sq_err: np.ndarray, targets: np.ndarray) -> float:
+    """Coefficient of determination 1 - SS_res / SS_tot, pooled over the k target columns (for k = 1 the usual R^2):
+    SS_res = sum of squared errors, SS_tot = sum over columns of squared deviations from the column mean.
+    NaN with fewer than 2 samples or constant targets."""
+    y = np.asarray(targets, dtype=np.float64)
+    y = y.reshape(len(y), -1)
+    if len(y) < 2:
+        return float("nan")
+    ss_tot = float(((y - y.mean(0)) ** 2).sum())
+    if ss_tot <= 0:
+        return float("nan")
+    ss_res = float(np.asarray(sq_err, dtype=np.float64).sum()) * y.shape[1]
+    return 1.0 - ss_res / ss_tot
+
+
+def relative_gap(a: object, b: object) -> Optional[float]:
+    """|a - b| / |b|: a regression error's gap to the baseline's, as a fraction of the baseline's; None when undefined."""
+    x, y = finite(a), finite(b)
+    if x is None or y is None or y == 0:
+        return None
+    return abs(x - y) / abs(y)
+
+
 def activation_distance(p: np.ndarray, q: np.ndarray) -> float:
-    """mean_x ||p(x) - q(x)||_2 between two models' softmax outputs on the same samples."""
+    """mean_x ||p(x) - q(x)||_2 between two models' output rows on the same samples (classification: softmax
+    probabilities; regression: the raw outputs, in target units)."""
     if len(p) == 0:
         return float("nan")
     return float(np.linalg.norm(np.asarray(p, np.float64) - np.asarray(q, np.float64), axis=1).mean())
@@ -110,18 +146,21 @@ def abs_gap(a: object, b: object) -> Optional[float]:
     return None if x is None or y is None else abs(x - y)
 
 
-def avg_gap(unlearned: Mapping[str, object], reference: Mapping[str, object], names: tuple[str, ...] = AVG_GAP_METRICS) -> Optional[float]:
-    """SalUn's Avg Gap in points: mean |gap| over UA, MIA-Efficacy, RA and TA, times 100."""
-    gaps = [abs_gap(unlearned.get(k), reference.get(k)) for k in names]
+def avg_gap(unlearned: Mapping[str, object], reference: Mapping[str, object], names: Optional[tuple[str, ...]] = None,
+            task: str = "classification") -> Optional[float]:
+    """SalUn's Avg Gap in points: mean |gap| over UA, MIA-Efficacy, RA and TA, times 100. Regression: the mean of the
+    relative gaps of retain, forget and test MAE and the gap of MIA-Efficacy (log-error SVC), times 100."""
+    gaps = [metric_gap(k, unlearned.get(k), reference.get(k)) for k in (names if names is not None else avg_gap_names(task))]
     if any(g is None for g in gaps):
         return None
     return 100.0 * float(np.mean(gaps))
 
 
-def gaps(unlearned: Mapping[str, object], reference: Mapping[str, object]) -> dict[str, Optional[float]]:
-    """Absolute gap (fraction) per metric, plus avg_gap (points); None where a side is undefined."""
-    out: dict[str, Optional[float]] = {k: abs_gap(unlearned.get(k), reference.get(k)) for k in GAP_METRICS}
-    out["avg_gap"] = avg_gap(unlearned, reference)
+def gaps(unlearned: Mapping[str, object], reference: Mapping[str, object], task: str = "classification") -> dict[str, Optional[float]]:
+    """Gap per metric (absolute, or relative where the registry says so; fractions), plus avg_gap (points); None where a
+    side is undefined."""
+    out: dict[str, Optional[float]] = {k: metric_gap(k, unlearned.get(k), reference.get(k)) for k in model_metric_names(task)}
+    out["avg_gap"] = avg_gap(unlearned, reference, task=task)
     return out
 
 
@@ -135,3 +174,20 @@ def loss_histogram(losses: np.ndarray, edges: np.ndarray) -> list[int]:
 
 
 LOSS_EDGES = np.logspace(-6, 2, 33)  # 1e-6 .. 100, 4 bins per decade
+
+
+def target_scale(targets: np.ndarray) -> float:
+    """The spread of regression targets (pooled standard deviation over columns; 1 when constant): the plots' scale."""
+    y = np.asarray(targets, dtype=np.float64)
+    sd = float(y.std()) if y.size > 1 else 0.0
+    return sd if sd > 0 and np.isfinite(sd) else 1.0
+
+
+def residual_edges(scale: float) -> np.ndarray:
+    """Bins of signed residuals (prediction - target): 40 equal bins over +-3 target standard deviations (ends clipped in)."""
+    return np.linspace(-3.0 * scale, 3.0 * scale, 41)
+
+
+def error_edges(scale: float) -> np.ndarray:
+    """Bins of absolute errors: log-spaced from 1e-4 to 10 target standard deviations, 4 bins per decade (ends clipped in)."""
+    return scale * np.logspace(-4, 1, 21)

@@ -38,6 +38,10 @@ def relapse_check(job: Job, model: nn.Module, fields: dict[str, Any], ledger: Op
     earlier = lineage.steps[:-1]
     section: dict[str, Any] = {"steps": [], "relapse_max": None, "relapsed": [], "ledger": str(ledger) if ledger else None,
                                "tolerance": RELAPSE_TOLERANCE, "problem": None}
+    if job.task.name != "classification":
+        section["problem"] = (f"the relapse re-check measures forget accuracy, so it covers classification only: the {len(earlier)} "
+                              "earlier deletion(s) of this regression model were not re-checked")
+        return section
     if ledger is None or not ledger.is_file():
         section["problem"] = f"the ledger {ledger} is missing: the {len(earlier)} earlier deletion(s) could not be re-checked"
         return section

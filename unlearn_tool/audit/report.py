@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 from ..errors import OutputError
 from ..reporting import md_table, png_data_uri, prepare_report_dir, pyplot, write_report_file
-from .registry import format_metric, format_value, model_metrics
+from .registry import format_gap, format_metric, format_value, model_metrics
 
 MODEL_NAMES = ("original", "unlearned", "reference")
 AUDIT_FILES = ("report.json", "report.md", "report.html")
@@ -50,6 +50,10 @@ def present_models(report: dict[str, Any]) -> list[str]:
     return [m for m in MODEL_NAMES if report["models"].get(m) is not None]
 
 
+def task_of(report: dict[str, Any]) -> str:
+    return report["request"].get("task", "classification")
+
+
 def metric_rows(report: dict[str, Any], short: bool = False) -> list[list[str]]:
     """Rows metric x model, then the gap to the baseline (short: metric keys instead of labels)."""
     models = present_models(report)
@@ -60,8 +64,24 @@ def metric_rows(report: dict[str, Any], short: bool = False) -> list[list[str]]:
         if all(report["models"][m].get(key) is None for m in models):
             continue
         rows.append([key if short else metric.label] + [format_metric(key, report["models"][m].get(key)) for m in models]
-                    + [format_metric(key, report["gaps"].get(key))])
+                    + [format_gap(key, report["gaps"].get(key))])
     return rows
+
+
+def distance_kinds(report: dict[str, Any]) -> list[str]:
+    """The distances this report holds: activation distance, and JS divergence for probability outputs."""
+    return ["activation_distance"] + (["js_divergence"] if task_of(report) == "classification" else [])
+
+
+def distance_header(report: dict[str, Any]) -> list[str]:
+    short = {"activation_distance": "act. dist.", "js_divergence": "JS"}
+    return ["model"] + [f"{short[k]} {s}" for k in distance_kinds(report) for s in ("forget", "retain", "test")]
+
+
+def distance_text(report: dict[str, Any]) -> str:
+    if task_of(report) == "regression":
+        return "Mean L2 distance between the models' raw outputs (activation distance, in target units), per set; 0 is identical."
+    return "Mean L2 distance between softmax outputs (activation distance) and mean Jensen-Shannon divergence, per set; 0 is identical."
 
 
 def distance_rows(report: dict[str, Any]) -> list[list[str]]:
@@ -70,8 +90,8 @@ def distance_rows(report: dict[str, Any]) -> list[list[str]]:
         d = report["models"][m]
         if d.get("activation_distance") is None:
             continue
-        rows.append([m] + [f"{d['activation_distance'][s]:.4f}" if d["activation_distance"][s] is not None else "-" for s in ("forget", "retain", "test")]
-                    + [f"{d['js_divergence'][s]:.4f}" if d["js_divergence"][s] is not None else "-" for s in ("forget", "retain", "test")])
+        rows.append([m] + [f"{(d.get(k) or {}).get(s):.4f}" if (d.get(k) or {}).get(s) is not None else "-"
+                           for k in distance_kinds(report) for s in ("forget", "retain", "test")])
     return rows
 
 
@@ -95,8 +115,17 @@ def _md_table(header: list[str], rows: list[list[str]]) -> str:
 
 def _title(report: dict[str, Any]) -> str:
     r = report["request"]
-    what = f"classes {r['forget_classes']}" if r["scenario"] == "class" else f"{r['forget_size']} samples"
-    return f"Unlearning audit: request {r['id']} ({r['scenario']} unlearning of {what})"
+    return f"Unlearning audit: request {r['id']} ({r['scenario']} unlearning of {forgotten_text(r)})"
+
+
+def forgotten_text(r: dict[str, Any]) -> str:
+    """What a request forgot, in a few words (classes, a target range, or a number of samples)."""
+    if r["scenario"] == "class":
+        return f"classes {r['forget_classes']}"
+    if r["scenario"] == "range" and r.get("target_range"):
+        lo, hi, column = r["target_range"]
+        return f"{r['forget_size']} samples with targets in [{lo:g}, {hi:g}]" + (f" (column {column})" if column else "")
+    return f"{r['forget_size']} samples"
 
 
 # ---------------------------------------------------------------- the opening: verdict, evidence, utility
@@ -124,6 +153,13 @@ def closer_rows(report: dict[str, Any]) -> list[list[str]]:
 
 def avg_gap_sentence(report: dict[str, Any]) -> str:
     gap = fmt(report["gaps"].get("avg_gap"), points=True)
+    if task_of(report) == "regression":
+        over = ("the relative gaps of retain, forget and test MAE and the gap of MIA-Efficacy (mean, x 100)")
+        if report["baseline"] == "original":
+            return (f"Avg Gap to the original: {gap} points over {over}. With no retrained reference this is how far unlearning "
+                    "moved the model from the original, not a quality score; give --reference (a model retrained without the "
+                    "forget set) for the distance that matters.")
+        return f"Avg Gap to the retrained reference: {gap} points over {over}; 0 is indistinguishable from retraining on these four figures."
     if report["baseline"] == "original":
         return (f"Avg Gap to the original: {gap} points. With no retrained reference this is how far unlearning moved the model "
                 "from the original on UA, MIA-Efficacy, RA and TA (mean absolute difference, in points), not a quality score; "
@@ -169,9 +205,26 @@ def statistics_rows(report: dict[str, Any]) -> list[list[str]]:
         st = stats.get(model) or {}
         ks = lambda k: "-" if k not in st else f"p = {st[k]['pvalue']:.3f} (D = {st[k]['statistic']:.3f})"  # noqa: E731
         auc = st.get("loss_auc") or {}
-        rows.append([model, ks("ks_loss"), ks("ks_ent"),
-                     "-" if auc.get("auc") is None else f"{auc['auc']:.3f} [{auc['low']:.3f}, {auc['high']:.3f}]"])
+        rows.append([model, ks("ks_loss")] + ([] if task_of(report) == "regression" else [ks("ks_ent")])
+                    + ["-" if auc.get("auc") is None else f"{auc['auc']:.3f} [{auc['low']:.3f}, {auc['high']:.3f}]"])
     return rows
+
+
+def statistics_header(report: dict[str, Any]) -> list[str]:
+    if task_of(report) == "regression":
+        return ["model", "KS error", "loss AUC [95% CI]"]
+    return ["model", "KS loss", "KS entropy", "loss AUC [95% CI]"]
+
+
+def statistics_text(report: dict[str, Any]) -> str:
+    if task_of(report) == "regression":
+        stats = (report.get("verdict_detail") or {}).get("statistics") or {}
+        range_ = any((v or {}).get("heldout") == "range" for v in stats.values())
+        held = "test samples whose targets lie in the forgotten range" if range_ else "test samples"
+        return (f"Two-sample Kolmogorov-Smirnov tests of the per-sample absolute error (forget set vs {held}; the squared error and the "
+                "loss give the same test), and the loss attack's AUC with its 95% bootstrap interval (0.5 = indistinguishable).")
+    return ("Two-sample Kolmogorov-Smirnov tests (forget vs test) of per-sample loss and prediction entropy, and the loss attack's AUC "
+            "with its 95% bootstrap interval (0.5 = indistinguishable).")
 
 
 def lineage_rows(report: dict[str, Any]) -> list[list[str]]:
@@ -239,16 +292,14 @@ def render_markdown(report: dict[str, Any]) -> str:
               _md_table(["metric"] + models + [f"gap to {report['baseline']}", "what it means"], explained_metric_rows(report)),
               "\n" + avg_gap_sentence(report) + "\n"]
     if distance_rows(report):
-        parts += [f"\n## Output distances to the {report['baseline']}\n",
-                  "Mean L2 distance between softmax outputs (activation distance) and mean Jensen-Shannon divergence, per set; 0 is identical.\n\n",
-                  _md_table(["model", "act. dist. forget", "act. dist. retain", "act. dist. test", "JS forget", "JS retain", "JS test"], distance_rows(report))]
+        parts += [f"\n## Output distances to the {report['baseline']}\n", distance_text(report) + "\n\n",
+                  _md_table(distance_header(report), distance_rows(report))]
         note = distance_note(report)
         if note:
             parts.append("\n" + note + "\n")
     if statistics_rows(report):
-        parts += ["\n## Forget set against held-out data\n",
-                  "Two-sample Kolmogorov-Smirnov tests (forget vs test) of per-sample loss and prediction entropy, and the loss attack's AUC with its 95% bootstrap interval (0.5 = indistinguishable).\n\n",
-                  _md_table(["model", "KS loss", "KS entropy", "loss AUC [95% CI]"], statistics_rows(report))]
+        parts += ["\n## Forget set against held-out data\n", statistics_text(report) + "\n\n",
+                  _md_table(statistics_header(report), statistics_rows(report))]
     if lineage_rows(report):
         parts += ["\n## Earlier deletions (lineage)\n", LINEAGE_TEXT + "\n\n",
                   _md_table(["step", "request", "samples", "forget acc then", "now", "MIA-Efficacy now", "relapse"], lineage_rows(report))]
@@ -256,9 +307,10 @@ def render_markdown(report: dict[str, Any]) -> str:
         parts += ["\n## Per-example attack (U-LiRA) and relearn time\n", strong_text(report) + "\n\n",
                   _md_table(["model", "AUC", "TPR at 1% FPR", "TPR at 0.1% FPR", "relearn steps"], strong_rows(report))]
     n = report["request"]["num_classes"]
-    parts += ["\n## Per-class test accuracy\n",
-              _md_table(["class"] + models, [[str(c) + (" (forgotten)" if c in report["request"]["forget_classes"] else "")]
-                                             + [fmt(report["models"][m]["per_class_acc"][c]) for m in models] for c in range(n)])]
+    if all(report["models"][m].get("per_class_acc") is not None for m in models):
+        parts += ["\n## Per-class test accuracy\n",
+                  _md_table(["class"] + models, [[str(c) + (" (forgotten)" if c in report["request"]["forget_classes"] else "")]
+                                                 + [fmt(report["models"][m]["per_class_acc"][c]) for m in models] for c in range(n)])]
     parts += ["\n## Unlearning run\n", _md_table(["field", "value"], params_rows(report))]
     parts += ["\n## Provenance\n", _md_table(["input", "path", "sha256"], provenance_rows(report)),
               "\n" + _md_table(["field", "value"], [[k, str(v)] for k, v in p["versions"].items()]
@@ -329,7 +381,63 @@ def plot_losses(report: dict[str, Any]) -> str:
     return _png(fig)
 
 
-PLOTTERS = {"per_class": ("Per-class test accuracy", plot_per_class), "loss": ("Loss distributions", plot_losses)}
+def _shares(counts: list[int]) -> "Any":
+    import numpy as np
+
+    c = np.asarray(counts, dtype=float)
+    return c / c.sum() if c.sum() else c
+
+
+def plot_residuals(report: dict[str, Any]) -> str:
+    """Per model: distribution of the signed residual (prediction - target) on retain, forget and test data."""
+    import numpy as np
+
+    plt = pyplot()
+    models = present_models(report)
+    fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 3.2), sharey=True, squeeze=False)
+    for ax, m in zip(axes[0], models):
+        h = report["models"][m]["residual_hist"]
+        edges = np.asarray(h["edges"])
+        for s, color in (("retain", "tab:blue"), ("forget", "tab:red"), ("test", "tab:green")):
+            ax.stairs(_shares(h[s]), edges, label=s, color=color, linewidth=1.5)
+        ax.axvline(0.0, color="0.5", linewidth=0.8)
+        ax.set_title(m)
+        ax.set_xlabel("residual: prediction - target")
+    axes[0][0].set_ylabel("share of samples")
+    axes[0][-1].legend(fontsize=8)
+    if report["request"]["scenario"] == "range":
+        caption = "Residuals: a model that never saw the range errs on it (forget residuals spread out, like a retrained model's)"
+    else:
+        caption = "Residuals: forget should look like test (never seen), not like retain"
+    fig.suptitle(caption + " (bins over +-3 target sd; the end bins hold everything beyond)", y=1.04, fontsize=10)
+    return _png(fig)
+
+
+def plot_mia_scores(report: dict[str, Any]) -> str:
+    """Per model: what the membership attacks read, the per-sample absolute error (log scale), forget against held-out data
+    (and retain, the members the efficacy attack trains on)."""
+    import numpy as np
+
+    plt = pyplot()
+    models = present_models(report)
+    fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 3.2), sharey=True, squeeze=False)
+    for ax, m in zip(axes[0], models):
+        h = report["models"][m]["error_hist"]
+        edges = np.asarray(h["edges"])
+        for s, color, label in (("retain", "tab:blue", "retain (members)"), ("forget", "tab:red", "forget"),
+                                ("heldout", "tab:green", "held-out (non-members)")):
+            ax.stairs(_shares(h[s]), edges, label=label, color=color, linewidth=1.5)
+        ax.set_xscale("log")
+        ax.set_title(m)
+        ax.set_xlabel("absolute error |prediction - target|")
+    axes[0][0].set_ylabel("share of samples")
+    axes[0][-1].legend(fontsize=8)
+    fig.suptitle("Membership-attack scores: the forget set's errors should look like held-out data's", y=1.04)
+    return _png(fig)
+
+
+PLOTTERS = {"per_class": ("Per-class test accuracy", plot_per_class), "loss": ("Loss distributions", plot_losses),
+            "residuals": ("Residual distributions", plot_residuals), "mia_scores": ("Membership-attack scores", plot_mia_scores)}
 
 
 # ---------------------------------------------------------------- html
@@ -383,16 +491,14 @@ def render_html(report: dict[str, Any]) -> str:
               + "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r[:-1]) + f"<td class='meaning'>{e(r[-1])}</td></tr>" for r in mrows)
               + "</tbody></table>", f"<p>{e(avg_gap_sentence(report))}</p>"]
     if distance_rows(report):
-        parts += [f"<h2>Output distances to the {e(report['baseline'])}</h2>",
-                  "<p class='small'>Mean L2 distance between softmax outputs (activation distance) and mean Jensen-Shannon divergence, per set; 0 is identical.</p>",
-                  _html_table(["model", "act. dist. forget", "act. dist. retain", "act. dist. test", "JS forget", "JS retain", "JS test"], distance_rows(report))]
+        parts += [f"<h2>Output distances to the {e(report['baseline'])}</h2>", f"<p class='small'>{e(distance_text(report))}</p>",
+                  _html_table(distance_header(report), distance_rows(report))]
         note = distance_note(report)
         if note:
             parts.append(f"<p>{e(note)}</p>")
     if statistics_rows(report):
-        parts += ["<h2>Forget set against held-out data</h2>",
-                  "<p class='small'>Two-sample Kolmogorov-Smirnov tests (forget vs test) of per-sample loss and prediction entropy, and the loss attack's AUC with its 95% bootstrap interval (0.5 = indistinguishable).</p>",
-                  _html_table(["model", "KS loss", "KS entropy", "loss AUC [95% CI]"], statistics_rows(report))]
+        parts += ["<h2>Forget set against held-out data</h2>", f"<p class='small'>{e(statistics_text(report))}</p>",
+                  _html_table(statistics_header(report), statistics_rows(report))]
     if lineage_rows(report):
         parts += ["<h2>Earlier deletions (lineage)</h2>", f"<p class='small'>{e(LINEAGE_TEXT)}</p>",
                   _html_table(["step", "request", "samples", "forget acc then", "now", "MIA-Efficacy now", "relapse"], lineage_rows(report))]

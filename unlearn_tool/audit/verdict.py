@@ -12,6 +12,12 @@ Default policy (docs/audit.md, "Verdict"):
   training data at all, and only the per-example tier (`--tier strong`) can;
 - both: utility costs at most 5 points (remaining-class test accuracy for class unlearning, test accuracy
   for sample unlearning).
+Regression (sample and range unlearning alike; docs/audit.md, "Verdict"):
+- the forget set's errors are like unseen data's: a KS test of the per-sample error (forget set against
+  held-out data: the test split, or for range unlearning its samples in the range) does not reject at 5%,
+  and the loss attack's 95% AUC interval contains 0.5;
+- with a retrained reference: the forget-set MAE within 10% (relative) of the retrained model's;
+- utility: the test MAE (range: outside the range) rose at most 5% (relative) from the original's.
 With a retrained reference the report also reads, metric by metric, whether the unlearned model is
 closer to the retrained one than the original was. Gates (`--gate`, `audit.gates`), when given, decide
 the verdict instead; the policy's checks are then shown for information.
@@ -34,10 +40,13 @@ AUC_CONFIDENCE = 0.95
 BOOTSTRAP = 1000
 MAX_UTILITY_DROP = 0.05
 STRONG_AUC_MARGIN = 0.05  # strong tier: the per-example attack may be at most this much stronger than on the reference
+REGRESSION_MAX_FORGET_GAP = 0.10  # regression with a reference: forget MAE within 10% (relative) of the retrained model's
+REGRESSION_MAX_UTILITY_RISE = 0.05  # regression: test MAE may rise at most 5% (relative)
 POLICY = {
     "class_max_forget_acc": CLASS_MAX_FORGET_ACC, "class_min_mia_efficacy": CLASS_MIN_MIA_EFFICACY,
     "sample_ks_alpha": SAMPLE_ALPHA, "sample_auc_confidence": AUC_CONFIDENCE, "bootstrap_resamples": BOOTSTRAP,
     "max_utility_drop": MAX_UTILITY_DROP, "strong_auc_margin": STRONG_AUC_MARGIN,
+    "regression_max_forget_mae_gap": REGRESSION_MAX_FORGET_GAP, "regression_max_utility_rise": REGRESSION_MAX_UTILITY_RISE,
 }
 
 
@@ -104,8 +113,46 @@ def _utility_check(scenario: str, unl: dict[str, Any], orig: dict[str, Any]) -> 
                  f"drop at most {100 * MAX_UTILITY_DROP:.0f} points", "what the deletion cost on data the model should still serve")
 
 
-def policy_checks(scenario: str, unl: dict[str, Any], orig: dict[str, Any], stats: Optional[dict[str, Any]]) -> list[Check]:
+def _auc_check(stats: dict[str, Any], against: str = "test") -> Check:
+    auc = stats.get("loss_auc") or {}
+    inside = None if auc.get("low") is None else auc["low"] <= 0.5 <= auc["high"]
+    return Check("loss attack at chance", inside,
+                 "-" if auc.get("auc") is None else f"AUC {auc['auc']:.3f} [{auc['low']:.3f}, {auc['high']:.3f}]",
+                 f"{100 * AUC_CONFIDENCE:.0f}% interval contains 0.5", f"a loss threshold telling forget from {against} samples")
+
+
+def regression_checks(scenario: str, unl: dict[str, Any], orig: dict[str, Any], stats: Optional[dict[str, Any]],
+                      ref: Optional[dict[str, Any]] = None) -> list[Check]:
+    """The regression policy (module docstring): errors like held-out data's, at the retrained level when a reference is
+    given, and a bounded utility cost."""
+    stats = stats or {}
+    held = "unseen test samples of the range" if scenario == "range" and stats.get("heldout") == "range" else "test"
+    ks = stats.get("ks_loss")
+    checks = [Check("errors like held-out data", None if ks is None else ks["pvalue"] >= SAMPLE_ALPHA,
+                    "-" if ks is None else f"KS p = {ks['pvalue']:.3f} (D = {ks['statistic']:.3f})", f"p >= {SAMPLE_ALPHA}",
+                    f"forget-set absolute errors against {held} errors: a two-sample Kolmogorov-Smirnov test"),
+              _auc_check(stats, held)]
+    if ref is not None:
+        u, r = finite(unl.get("forget_mae")), finite(ref.get("forget_mae"))
+        gap = None if u is None or not r else abs(u - r) / abs(r)
+        checks.append(Check("forget error at the retrained level", None if gap is None else gap <= REGRESSION_MAX_FORGET_GAP,
+                            "-" if gap is None else f"forget MAE {u:.4g} vs the retrained model's {r:.4g} ({100 * gap:.1f}% apart)",
+                            f"within {100 * REGRESSION_MAX_FORGET_GAP:.0f}%", "a retrained model's error on the forget set is the target"))
+    key = "test_remaining_mae" if scenario == "range" else "test_mae"
+    a, b = finite(orig.get(key)), finite(unl.get(key))
+    rise = None if a is None or b is None or a == 0 else (b - a) / abs(a)
+    checks.append(Check("utility", None if rise is None else rise <= REGRESSION_MAX_UTILITY_RISE,
+                        f"{METRICS[key].label} {'-' if a is None else f'{a:.4g}'} -> {'-' if b is None else f'{b:.4g}'}"
+                        + ("" if rise is None else f" ({100 * rise:+.1f}%)"),
+                        f"rise at most {100 * REGRESSION_MAX_UTILITY_RISE:.0f}%", "what the deletion cost on data the model should still serve"))
+    return checks
+
+
+def policy_checks(scenario: str, unl: dict[str, Any], orig: dict[str, Any], stats: Optional[dict[str, Any]],
+                  task: str = "classification", ref: Optional[dict[str, Any]] = None) -> list[Check]:
     """The default policy's checks for the unlearned model (see the module docstring)."""
+    if task == "regression":
+        return regression_checks(scenario, unl, orig, stats, ref)
     checks: list[Check] = []
     if scenario == "class":
         fa, tfa = finite(unl.get("forget_acc")), finite(unl.get("test_forgotten_acc"))
@@ -124,22 +171,19 @@ def policy_checks(scenario: str, unl: dict[str, Any], orig: dict[str, Any], stat
             checks.append(Check(f"{what} like held-out data", None if ks is None else ks["pvalue"] >= SAMPLE_ALPHA,
                                 "-" if ks is None else f"KS p = {ks['pvalue']:.3f} (D = {ks['statistic']:.3f})",
                                 f"p >= {SAMPLE_ALPHA}", f"forget-set {what} against the test set's: a two-sample Kolmogorov-Smirnov test"))
-        auc = stats.get("loss_auc") or {}
-        inside = None if auc.get("low") is None else auc["low"] <= 0.5 <= auc["high"]
-        checks.append(Check("loss attack at chance", inside,
-                            "-" if auc.get("auc") is None else f"AUC {auc['auc']:.3f} [{auc['low']:.3f}, {auc['high']:.3f}]",
-                            f"{100 * AUC_CONFIDENCE:.0f}% interval contains 0.5", "a loss threshold telling forget from test samples"))
+        checks.append(_auc_check(stats))
     checks.append(_utility_check(scenario, unl, orig))
     return checks
 
 
-def closer_to_reference(models: dict[str, Any], names: Sequence[str] = ()) -> Optional[list[dict[str, Any]]]:
+def closer_to_reference(models: dict[str, Any], names: Sequence[str] = (), task: str = "classification") -> Optional[list[dict[str, Any]]]:
     """Metric by metric: is the unlearned model closer to the retrained reference than the original was?"""
     ref = models.get("reference")
     if ref is None:
         return None
     rows = []
-    for name in tuple(names) or avg_gap_names() + ("forget_acc", "mia_loss_auc"):
+    extra = ("test_forgotten_mae", "mia_loss_auc") if task == "regression" else ("forget_acc", "mia_loss_auc")
+    for name in tuple(names) or avg_gap_names(task) + extra:
         r, u, o = finite(ref.get(name)), finite(models["unlearned"].get(name)), finite(models["original"].get(name))
         if r is None or u is None or o is None:
             continue
@@ -167,24 +211,31 @@ def strong_check(strong: Optional[dict[str, Any]]) -> Optional[Check]:
 
 def decide(scenario: str, models: dict[str, Any], gate_rows: list[dict[str, Any]], stats: Optional[dict[str, Any]],
            avg_gaps: dict[str, Optional[float]], original_stats: Optional[dict[str, Any]] = None,
-           strong: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+           strong: Optional[dict[str, Any]] = None, task: str = "classification") -> dict[str, Any]:
     """The verdict, who decided it, one sentence, three lines of evidence, the utility cost, and every check."""
     unl, orig = models["unlearned"], models["original"]
-    checks = policy_checks(scenario, unl, orig, stats)
+    checks = policy_checks(scenario, unl, orig, stats, task, models.get("reference"))
     extra = strong_check(strong)
     if extra is not None:
         checks.insert(len(checks) - 1, extra)  # before the utility check, which stays last
-    original_checks = policy_checks(scenario, orig, orig, original_stats)[:-1]
+    original_checks = policy_checks(scenario, orig, orig, original_stats, task)[:-1]  # population checks only
     blind = bool(original_checks) and all(c.passed for c in original_checks)  # the tests cannot see the training data at all
     policy_pass = all(c.passed for c in checks)
     decided_by = "gates" if gate_rows else "default policy"
     verdict = ("pass" if all(g["passed"] for g in gate_rows) else "fail") if gate_rows else ("pass" if policy_pass else "fail")
-    closer = closer_to_reference(models)
+    closer = closer_to_reference(models, task=task)
     utility = checks[-1]
     forgetting = [c for c in checks if c is not utility]
 
-    population = [c for c in forgetting if c is not extra]
-    if scenario == "class":
+    population = [c for c in forgetting if c is not extra and c.name != "forget error at the retrained level"]
+    level = next((c for c in forgetting if c.name == "forget error at the retrained level"), None)
+    if task == "regression":
+        unseen = "unseen samples of the same range" if scenario == "range" else "held-out data"
+        what = (f"the forget set's errors are indistinguishable from {unseen}" if all(c.passed for c in population)
+                else f"the forget set's errors are still distinguishable from {unseen}")
+        if level is not None:
+            what += ("; its error is at the retrained model's level" if level.passed else "; but its error is not at the retrained model's level")
+    elif scenario == "class":
         what = "the forgotten classes are no longer recognised and show no membership signal" if all(c.passed for c in population) \
             else "the forgotten classes are still " + ("recognised" if not population[0].passed else "visible to a membership attack")
     else:

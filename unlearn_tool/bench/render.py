@@ -186,16 +186,27 @@ def plot_png(bench: dict[str, Any]) -> bytes:
     from matplotlib.lines import Line2D
 
     plt = pyplot()
-    ykey = "test_remaining_acc" if bench["request"]["scenario"] == "class" else "test_acc"
+    regression = bench["request"].get("task", "classification") == "regression"
+    scenario = bench["request"]["scenario"]
+    if regression:  # errors in target units: forget MAE (a retrained model's is the target) against test MAE (utility)
+        xkey, ykey, scale = "forget_mae", "test_remaining_mae" if scenario == "range" else "test_mae", 1.0
+        xlabel = "forget-set MAE (target units)  [forgetting: the target is the baseline's]"
+        ylabel = ("test MAE outside the forgotten range" if scenario == "range" else "test MAE") + " (target units)  [utility; lower is better]"
+    else:
+        xkey, ykey, scale = "ua", "test_remaining_acc" if scenario == "class" else "test_acc", 100.0
+        xlabel = "UA = 1 - forget accuracy (%)  [forgetting]"
+        ylabel = ("test accuracy, remaining classes" if ykey == "test_remaining_acc" else "test accuracy") + " (%)  [utility]"
+    hi = 100.0 if not regression else float("inf")
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(13, 5.2))
     points = []
 
     def point(e: dict[str, Any], **style: Any) -> None:
-        x, y = e["metrics"]["ua"], e["metrics"][ykey]
-        if x["mean"] is None or y["mean"] is None:
+        x, y = e["metrics"].get(xkey), e["metrics"].get(ykey)
+        if not x or not y or x["mean"] is None or y["mean"] is None:
             return
-        mx, my = 100 * x["mean"], 100 * y["mean"]
-        ax.errorbar(mx, my, xerr=_clipped(mx, 100 * (x["std"] or 0)), yerr=_clipped(my, 100 * (y["std"] or 0)), capsize=3, alpha=0.85, **style)
+        mx, my = scale * x["mean"], scale * y["mean"]
+        ax.errorbar(mx, my, xerr=_clipped(mx, scale * (x["std"] or 0), 0.0, hi), yerr=_clipped(my, scale * (y["std"] or 0), 0.0, hi),
+                    capsize=3, alpha=0.85, **style)
         points.append((mx, my, e["method"] if e["kind"] == "method" else f"({e['method']})"))
 
     for e in bench["methods"].values():
@@ -204,8 +215,8 @@ def plot_png(bench: dict[str, Any]) -> bytes:
         point(bench["original"], fmt="X", color="gray", markersize=9)
     if bench.get("reference"):
         point(bench["reference"], fmt="*", color="black", markersize=13)
-    ax.set_xlabel("UA = 1 - forget accuracy (%)  [forgetting]")
-    ax.set_ylabel(("test accuracy, remaining classes" if ykey == "test_remaining_acc" else "test accuracy") + " (%)  [utility]")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.set_title("Forgetting against utility", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(handles=[Line2D([], [], marker="o", color="tab:blue", ls="", label="method (mean ± std over seeds)"),

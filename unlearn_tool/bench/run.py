@@ -24,7 +24,7 @@ import torch
 from ..audit.registry import finite, model_metric_names, summary_keys
 from ..errors import MethodError, UnlearnError
 from ..job import Job, Progress
-from ..methods import MethodParams, method_names, parse_params, run_method
+from ..methods import MethodParams, get_method, method_names, parse_params, run_method
 from ..provenance import created_utc, versions
 from ..request import Request, method_params_for
 
@@ -106,12 +106,12 @@ def baseline_run(model: torch.nn.Module, job: Job, time_s: Optional[float] = Non
     return {"seed": job.seed, "error": None, "metrics": metrics}
 
 
-def with_gap(record: dict[str, Any], baseline: Optional[dict[str, Any]]) -> dict[str, Any]:
-    """Fill the record's gaps and Avg Gap against a baseline record (in place; returns it)."""
+def with_gap(record: dict[str, Any], baseline: Optional[dict[str, Any]], task: str = "classification") -> dict[str, Any]:
+    """Fill the record's gaps and Avg Gap (the task's own: docs/audit.md) against a baseline record (in place; returns it)."""
     if baseline is not None:
         from ..audit import gaps
 
-        g = gaps(record["metrics"], baseline["metrics"])
+        g = gaps(record["metrics"], baseline["metrics"], task)
         record["gaps"] = g
         record["metrics"]["avg_gap"] = g.get("avg_gap")
     return record
@@ -127,7 +127,7 @@ def run_status(record: dict[str, Any], setup: SeedSetup, scenario: str) -> tuple
     from ..audit.core import audit_warnings
 
     ref = setup.baseline["metrics"] if setup.baseline is not None and setup.baseline is not setup.original else None
-    findings = audit_warnings(record["metrics"], setup.original["metrics"], ref, scenario)
+    findings = audit_warnings(record["metrics"], setup.original["metrics"], ref, scenario, setup.job.task.name)
     findings = [f for f in findings if f.startswith(("under-unlearning", "over-unlearning"))]
     if any(f.startswith("under") for f in findings):
         return "under-forgot", findings
@@ -160,7 +160,7 @@ def run_one(setup: SeedSetup, name: str, params: MethodParams, progress: Optiona
     finally:
         record["warnings"] = list(ctx.log)
         record["status"], record["findings"] = run_status(record, setup, job.splits.scenario)
-    return with_gap(record, setup.baseline)
+    return with_gap(record, setup.baseline, job.task.name)
 
 
 def run_methods(setups: Sequence[SeedSetup], methods: Sequence[str], params: dict[str, MethodParams],
@@ -177,7 +177,7 @@ def run_methods(setups: Sequence[SeedSetup], methods: Sequence[str], params: dic
                 tick()
             if on_run:
                 on_run(name, setup.seed, r)
-        entries[name] = summarize(name, runs, params[name].model_dump(mode="json"))
+        entries[name] = summarize(name, runs, params[name].model_dump(mode="json"), task=setups[0].job.task.name if setups else "classification")
     return entries
 
 
@@ -289,7 +289,7 @@ def run_bench(
         run = baseline_run(model, first, t)
         if run["metrics"]["wall_time_s"]:
             run["metrics"]["time_fraction"] = 1.0
-        ref_entry, baseline = summarize("reference", [run], kind="reference"), "reference"
+        ref_entry, baseline = summarize("reference", [run], kind="reference", task=job.task.name), "reference"
         ref_runs = {s: run for s in seeds}
     elif retrain:
         rp = retrain_params or parse_params("retrain", {})
@@ -302,17 +302,17 @@ def run_bench(
             runs.append(r)
             ref_runs[s] = r
             tick()
-        ref_entry, baseline = summarize("retrain", runs, rp.model_dump(mode="json"), kind="reference"), "retrain"
+        ref_entry, baseline = summarize("retrain", runs, rp.model_dump(mode="json"), kind="reference", task=job.task.name), "retrain"
         ref_info = {"kind": "retrain"}
     else:
         ref_runs = {seeds[0]: original_run}
     if baseline != "original":  # how far doing nothing is from the baseline: the scale for every other gap
-        with_gap(original_run, ref_runs[seeds[0]])
+        with_gap(original_run, ref_runs[seeds[0]], job.task.name)
     # Avg Gap against the original is measured at its one audited seed for every seed.
     setups = [SeedSetup(job.for_seed(s), original_run, ref_runs.get(s, ref_runs.get(seeds[0])),
                         ref_runs[s]["metrics"]["wall_time_s"] if baseline != "original" else None) for s in seeds]
     entries = run_methods(setups, methods, params, progress, on_run, tick)
-    original = summarize("original", [original_run], kind="original")
+    original = summarize("original", [original_run], kind="original", task=job.task.name)
     return assemble(job, seeds, baseline, entries, original, ref_entry, ref_info)
 
 
@@ -341,6 +341,12 @@ def bench_request(
 
     req = load_request(request)
     names = select_methods(methods)
+    if methods in ("all", ["all"], ("all",)):  # every method that can unlearn this task
+        names = [n for n in names if req.task in get_method(n).tasks]
+    for n in names:
+        if req.task not in get_method(n).tasks:
+            able = [m for m in method_names() if req.task in get_method(m).tasks]
+            raise MethodError(f"--methods: {n} cannot unlearn a {req.task} model; methods for {req.task}: {', '.join(able)}")
     if seeds < 1:
         raise UnlearnError(f"--seeds {seeds}: give at least 1")
     if reference is not None and retrain:

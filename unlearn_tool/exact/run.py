@@ -173,6 +173,7 @@ def train_exact_request(
     """`unlearn train --exact`: method, parameters, request, seed, output and --init checked first; then data and training."""
     method = check_exact_method(method)
     req = load_request(request)
+    check_task(req)
     p = parse_exact_params(method, method_params_for(req, method, params))
     if seed is not None:
         check_seed(seed)
@@ -321,6 +322,13 @@ class ExactApplyResult:
                 "before": self.before, "after": self.after, "info": self.info, "warnings": self.warnings, "notes": self.notes}
 
 
+def check_task(req: Request) -> None:
+    """Exact ensembles vote over class predictions: a regression request is an input error naming what can serve it."""
+    if req.task != "classification":
+        raise MethodError(f"task {req.task}: exact unlearning (s3t, sisa) ensembles classifiers by vote; for a regression model "
+                          "use unlearn apply on a checkpoint (retrain is the exact baseline; see unlearn methods)")
+
+
 def _forbid(flag: str, given: bool, why: str) -> None:
     if given:
         raise MethodError(f"{flag}: {why}")
@@ -370,6 +378,7 @@ def apply_exact_request(
         _forbid(flag, given, "an exact artifact keeps its lineage in its own deletion log (manifest.json: positions and the "
                              "request's sha256); drop " + flag)
     req = load_request(request)
+    check_task(req)
     artifact_path = Path(artifact_path)
     artifact = EnsembleArtifact(artifact_path)
     m = artifact.manifest
@@ -538,6 +547,7 @@ def validate_exact_request(request: "str | Path | Request", artifact_path: str |
     from ..job import describe_job
 
     req = load_request(request)
+    check_task(req)
     artifact = EnsembleArtifact(artifact_path)
     m = artifact.manifest
     job = prepare(req, None, device="cpu", seed=m.seed, code=code)

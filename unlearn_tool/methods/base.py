@@ -29,6 +29,16 @@ __all__ = ["MethodOutput", "MethodParams", "MethodSpecEntry", "UnlearnContext", 
 class MethodParams(SaneParams):
     """Base for method parameter models: unknown keys are errors, numbers finite and sane, a description per field."""
 
+    def check_task(self, task: str) -> None:
+        """Raise MethodError when a parameter does not fit the request's task (e.g. an MSE loss for classification)."""
+        loss = getattr(self, "loss", None)
+        if loss is not None and loss != "auto":
+            from ..tasks import get_task
+
+            if loss not in get_task(task).losses:
+                raise MethodError(f"method.params.loss: {loss} is a regression loss; a {task} model trains with its own loss "
+                                  "(cross-entropy): use loss: auto")
+
 
 @dataclass
 class MethodOutput:
@@ -125,14 +135,19 @@ def list_methods() -> list[dict[str, Any]]:
              "label_free": e.label_free} for e in (_REGISTRY[n] for n in method_names())]
 
 
-def check_applicable(name: str, task: str, scenario: str) -> None:
-    """A method that cannot handle the request's task or scenario is an input error naming those that can."""
+def check_applicable(name: str, task: str, scenario: str, params: Optional[MethodParams] = None) -> None:
+    """A method that cannot handle the request's task or scenario is an input error naming those that can; so is a
+    parameter that does not fit the task."""
     entry = get_method(name)
     if task not in entry.tasks:
         able = [n for n in method_names() if task in _REGISTRY[n].tasks]
         raise MethodError(f"method {name} cannot unlearn a {task} model; methods for {task}: {', '.join(able)}")
     if scenario not in entry.scenarios:
-        raise MethodError(f"method {name} handles {' and '.join(entry.scenarios)} unlearning only, not {scenario} unlearning; choose another method")
+        able = [n for n in method_names() if task in _REGISTRY[n].tasks and scenario in _REGISTRY[n].scenarios]
+        raise MethodError(f"method {name} handles {' and '.join(entry.scenarios)} unlearning only, not {scenario} unlearning; "
+                          f"choose another method" + (f" ({', '.join(able)})" if able else ""))
+    if params is not None:
+        params.check_task(task)
 
 
 def run_method(name: str, ctx: UnlearnContext, params: MethodParams) -> tuple[MethodOutput, float]:

@@ -1,4 +1,4 @@
-"""Blindspot (Tarun et al. 2023, "Deep Regression Unlearning"), adapted to classification.
+"""Blindspot (Tarun et al. 2023, "Deep Regression Unlearning"): its original regression form, and adapted to classification.
 
 A "blindspot" model B, a fresh network trained briefly on Dr only, shows how a
 model that never saw Df behaves on it. The original is then trained over
@@ -12,6 +12,8 @@ with D = KL(B || model) or L1 on the probabilities, and A the attention map of
 a layer output: conv (N, C, H, W) -> mean over channels of a^2, flattened and
 L2-normalised; linear (N, F) -> a^2, L2-normalised. Activations are recorded
 with forward hooks on the Linear/Conv2d layers (no model changes needed).
+Regression (DRU's own form): L_r = L1(out[u=0], y[u=0]) and the output match is L1(out[u=1], B(x)[u=1]) on the
+raw outputs; B is trained with L1 too.
 Note: in the SSD repository the name "blindspot" denotes Bad Teacher; this is DRU.
 Algorithm, defaults and measured figures: docs/methods.md; Tarun et al., "Deep Regression Unlearning" (ayushkumartarun/deep-regression-unlearning).
 """
@@ -28,7 +30,7 @@ from .. import lora
 from ..data import LabelledData
 from ..training import TrainConfig, fit
 from .base import MethodOutput, MethodParams, UnlearnContext, register_method
-from .common import kl_to_teacher
+from .common import is_regression, kl_to_teacher, task_loss
 
 
 class BlindspotParams(MethodParams):
@@ -42,7 +44,8 @@ class BlindspotParams(MethodParams):
     batch_size: int = Field(64, ge=1, description="Batch size of the unlearning phase. DRU: 256; 64 for small data sets.")
     beta: float = Field(50.0, ge=0, description="Weight of the attention-transfer term (DRU: 50).")
     forget_loss: Literal["kl", "l1"] = Field(
-        "kl", description="Output match on Df: KL(B || model) on softmax, or L1 between the probability vectors (DRU uses L1 on regression outputs)."
+        "kl", description="Classification: output match on Df, KL(B || model) on softmax or L1 between the probability vectors. "
+        "Regression always matches the raw outputs with L1 (DRU)."
     )
     layers: Literal["intermediate", "all"] = Field(
         "intermediate", description="Layers of the attention term: every Linear/Conv2d except the last (classifier head), or all of them."
@@ -58,10 +61,12 @@ def attention_map(a: torch.Tensor) -> torch.Tensor:
 
 def run(ctx: UnlearnContext, p: BlindspotParams) -> MethodOutput:
     device = ctx.device
+    regression = is_regression(ctx)
+    label_loss = task_loss(ctx, "l1") if regression else F.cross_entropy  # DRU: L1 on regression targets
     # 1. the blindspot model: never sees Df
     blind = ctx.make_model()
     fit(blind, ctx.retain, TrainConfig(epochs=p.blindspot_epochs, lr=p.blindspot_lr, optimizer="adam", batch_size=p.blindspot_batch_size),
-        device, ctx.generator(51), ctx.progress, task="blindspot: train B")
+        device, ctx.generator(51), ctx.progress, task="blindspot: train B", loss_fn=label_loss)
     blind.eval()
 
     layer_names = lora.lora_capable_layers(blind)
@@ -90,9 +95,11 @@ def run(ctx: UnlearnContext, p: BlindspotParams) -> MethodOutput:
                 out = model(x)
             frac = float(u.float().mean())
             zero = out.sum() * 0.0
-            loss_r = F.cross_entropy(out[~u], y[~u]) if (~u).any() else zero
+            loss_r = label_loss(out[~u], y[~u]) if (~u).any() else zero
             if u.any():
-                if p.forget_loss == "kl":
+                if regression:
+                    loss_out = (out[u] - out_b[u]).abs().mean()  # DRU: L1 to the blindspot model's outputs
+                elif p.forget_loss == "kl":
                     loss_out = kl_to_teacher(out[u], out_b[u])
                 else:
                     loss_out = (out[u].softmax(1) - out_b[u].softmax(1)).abs().sum(1).mean()
@@ -115,5 +122,6 @@ def run(ctx: UnlearnContext, p: BlindspotParams) -> MethodOutput:
 
 
 register_method("blindspot", BlindspotParams, run,
-                summary="DRU Blindspot: match a Dr-only 'blindspot' model on Df (outputs + attention), CE on Dr.",
-                reference="Tarun et al. 2023, Deep Regression Unlearning, arXiv 2210.08196 (ayushkumartarun/deep-regression-unlearning)")
+                summary="DRU Blindspot: match a Dr-only 'blindspot' model on Df (outputs + attention), the label loss on Dr (CE; regression: L1).",
+                reference="Tarun et al. 2023, Deep Regression Unlearning, arXiv 2210.08196 (ayushkumartarun/deep-regression-unlearning)",
+                tasks=("classification", "regression"), scenarios=("class", "sample", "range"))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterable, Iterator, Literal, Optional
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Literal, Optional
 
 import torch
 import torch.nn.functional as F
@@ -11,6 +11,9 @@ from pydantic import Field
 from ..data import LabelledData
 from ..training import make_optimizer
 from .base import MethodParams
+
+if TYPE_CHECKING:
+    from ..tasks import Task
 
 
 class SGDParams(MethodParams):
@@ -23,6 +26,31 @@ class SGDParams(MethodParams):
 
     def optimizer_for(self, params: Iterable[torch.nn.Parameter], lr: float, weight_decay: Optional[float] = None) -> torch.optim.Optimizer:
         return make_optimizer(params, self.optimizer, lr, self.weight_decay if weight_decay is None else weight_decay, self.momentum)
+
+
+def task_of(ctx) -> "Task":
+    """The job's task (classification when a context was built without one)."""
+    from ..tasks import CLASSIFICATION
+
+    return ctx.task if ctx.task is not None else CLASSIFICATION
+
+
+def is_regression(ctx) -> bool:
+    return task_of(ctx).name == "regression"
+
+
+def task_loss(ctx, name: str = "auto") -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The training loss a method's `loss` parameter names: auto is the task's own (CE, or MSE for regression)."""
+    return task_of(ctx).loss_fn(name)
+
+
+class RegressionLoss(MethodParams):
+    """The `loss` parameter of the methods that unlearn regression models too."""
+
+    loss: Literal["auto", "mse", "l1"] = Field(
+        "auto", description="Training loss: auto is the task's own (cross-entropy for classification, MSE for regression); "
+        "regression may also use l1 (mean absolute error) or mse.",
+    )
 
 
 def endless_batches(data: LabelledData, batch_size: int, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -10,15 +10,14 @@ from __future__ import annotations
 from typing import Callable, Optional
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
 from .base import MethodOutput, UnlearnContext, register_method
-from .common import SGDParams
+from .common import RegressionLoss, SGDParams, task_loss
 
 
-class FinetuneParams(SGDParams):
+class FinetuneParams(SGDParams, RegressionLoss):
     epochs: int = Field(10, ge=1, description="Passes over the retain set (Unlearn-Sparse README: 10).")
     lr: float = Field(
         0.05, gt=0,
@@ -32,14 +31,16 @@ Penalty = Callable[[nn.Module, int], Optional[torch.Tensor]]  # (model, epoch) -
 
 
 def train_on_retain(ctx: UnlearnContext, p: FinetuneParams, task: str, penalty: Optional[Penalty] = None) -> tuple[nn.Module, dict]:
-    """CE on Dr (plus an optional per-epoch penalty) from a copy of the original; returns (model in eval mode, info)."""
+    """The task's loss on Dr (CE; regression: MSE or L1) plus an optional per-epoch penalty, from a copy of the original;
+    returns (model in eval mode, info)."""
+    loss_fn = task_loss(ctx, p.loss)
     model = ctx.student().train()
     opt = p.optimizer_for(model.parameters(), p.lr)
     gen = ctx.generator(11)
     steps, loss = 0, torch.tensor(float("nan"))
     for epoch in range(p.epochs):
         for x, y in ctx.retain.batches(p.batch_size, shuffle=True, generator=gen):
-            loss = F.cross_entropy(model(x.to(ctx.device)), y.to(ctx.device))
+            loss = loss_fn(model(x.to(ctx.device)), y.to(ctx.device))
             extra = penalty(model, epoch) if penalty is not None else None
             if extra is not None:
                 loss = loss + extra
@@ -60,5 +61,5 @@ register_method(
     "finetune", FinetuneParams, run,
     summary="FT: fine-tune on the retain set only (forgetting by catastrophic interference).",
     reference="Jia et al. 2023 (Unlearn-Sparse, FT baseline); Warnecke et al. 2023",
-    data_parallel=True,
+    tasks=("classification", "regression"), scenarios=("class", "sample", "range"), data_parallel=True,
 )

@@ -16,9 +16,9 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from ..evaluate import accuracy
+from ..evaluate import accuracy, stream
 from .base import MethodOutput, UnlearnContext, register_method
-from .common import SGDParams, endless_batches
+from .common import RegressionLoss, SGDParams, endless_batches, is_regression, task_loss
 
 
 class _AscentParams(SGDParams):
@@ -47,7 +47,7 @@ class NegGradParams(_AscentParams):
     batch_size: int = Field(64, ge=1, description="Forget batch size.")
 
 
-class NegGradPlusParams(_AscentParams):
+class NegGradPlusParams(_AscentParams, RegressionLoss):
     epochs: int = Field(10, ge=1, description="Maximum passes over the retain set (SCRUB small-scale: 10).")
     lr: float = Field(0.01, gt=0, description="Learning rate (SCRUB small-scale NegGrad+: 0.01).")
     alpha: float = Field(
@@ -56,6 +56,11 @@ class NegGradPlusParams(_AscentParams):
     )
     batch_size: int = Field(64, ge=1, description="Retain batch size.")
     forget_batch_size: int = Field(64, ge=1, description="Forget batch size (the forget set is cycled, reshuffled each pass).")
+    stop_forget_mae: Optional[float] = Field(
+        None, gt=0, description="Regression: forget-set MAE at which to stop. Default: the original's test MAE for sample unlearning "
+        "(a retrained model errs on forgotten samples like on unseen ones); range unlearning has no such level without a "
+        "retrained model, so it runs every epoch unless this is given.",
+    )
 
 
 def _target(ctx: UnlearnContext, stop_forget_acc: Optional[float]) -> float:
@@ -66,8 +71,24 @@ def _target(ctx: UnlearnContext, stop_forget_acc: Optional[float]) -> float:
     return accuracy(ctx.original, ctx.splits.test, ctx.device, ctx.batch_size)
 
 
-def _forgotten(model: nn.Module, ctx: UnlearnContext, target: float) -> tuple[bool, float]:
-    """Whether forget accuracy has reached the target (evaluated in eval mode; the model is left in train mode)."""
+def _mae(model: nn.Module, ctx: UnlearnContext, data) -> float:
+    """A regression model's mean absolute error on `data` (eval mode; the model's mode is restored)."""
+    return float(stream(model, data, ctx.device, ctx.batch_size, ctx.task).abs_err.mean())
+
+
+def _regression_target(ctx: UnlearnContext, stop_forget_mae: Optional[float]) -> Optional[float]:
+    if stop_forget_mae is not None:
+        return stop_forget_mae
+    return _mae(ctx.original, ctx, ctx.splits.test) if ctx.scenario == "sample" else None
+
+
+def _forgotten(model: nn.Module, ctx: UnlearnContext, target: Optional[float]) -> tuple[bool, float]:
+    """Whether forget accuracy has fallen to the target (regression: forget MAE risen to it), evaluated in eval mode;
+    the model is left in train mode. A None target (regression range unlearning) is never reached."""
+    if is_regression(ctx):
+        mae = _mae(model, ctx, ctx.forget)
+        model.train()
+        return target is not None and mae >= target, mae
     acc = accuracy(model, ctx.forget, ctx.device, ctx.batch_size)
     model.train()
     return acc <= target, acc
@@ -93,7 +114,8 @@ def _train(ctx: UnlearnContext, p, task: str, model: nn.Module, opt, epoch_losse
         if p.stop == "criterion" and _forgotten(model, ctx, target)[0]:
             stop_reason = "criterion"
             break
-    info = {"epochs_run": epoch, "steps": steps, "stop_reason": stop_reason, "stop_forget_acc": round(target, 4)}
+    key = "stop_forget_mae" if is_regression(ctx) else "stop_forget_acc"
+    info = {"epochs_run": epoch, "steps": steps, "stop_reason": stop_reason, key: None if target is None else round(target, 4)}
     return MethodOutput(model=model.eval(), info=info)
 
 
@@ -112,7 +134,9 @@ def run_neggrad(ctx: UnlearnContext, p: NegGradParams) -> MethodOutput:
 def run_neggrad_plus(ctx: UnlearnContext, p: NegGradPlusParams) -> MethodOutput:
     model = ctx.student().train()
     opt = p.optimizer_for(model.parameters(), p.lr)
-    gen, target = ctx.generator(22), _target(ctx, p.stop_forget_acc)
+    loss_fn = task_loss(ctx, p.loss)
+    target = _regression_target(ctx, p.stop_forget_mae) if is_regression(ctx) else _target(ctx, p.stop_forget_acc)
+    gen = ctx.generator(22)
     forget_batches = endless_batches(ctx.forget, p.forget_batch_size, ctx.generator(23))
 
     def losses() -> Iterator[torch.Tensor]:
@@ -120,8 +144,8 @@ def run_neggrad_plus(ctx: UnlearnContext, p: NegGradPlusParams) -> MethodOutput:
             xf, yf = next(forget_batches)
             out = model(torch.cat([xr, xf]).to(ctx.device))
             nr = len(yr)
-            loss_r = F.cross_entropy(out[:nr], yr.to(ctx.device))
-            loss_f = F.cross_entropy(out[nr:], yf.to(ctx.device))
+            loss_r = loss_fn(out[:nr], yr.to(ctx.device))
+            loss_f = loss_fn(out[nr:], yf.to(ctx.device))
             yield p.alpha * loss_r - (1 - p.alpha) * loss_f
 
     return _train(ctx, p, "neggrad+", model, opt, losses, target)
@@ -135,7 +159,7 @@ register_method(
 )
 register_method(
     "neggrad+", NegGradPlusParams, run_neggrad_plus,
-    summary="NegGrad+: alpha * CE(retain) - (1 - alpha) * CE(forget), iterating Dr and cycling Df.",
+    summary="NegGrad+: alpha * CE(retain) - (1 - alpha) * CE(forget), iterating Dr and cycling Df (regression: MSE or L1).",
     reference="Kurmanji et al. 2023 (SCRUB repository, NegGrad+ baseline)",
-    data_parallel=True,
+    tasks=("classification", "regression"), scenarios=("class", "sample", "range"), data_parallel=True,
 )

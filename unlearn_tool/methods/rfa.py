@@ -288,6 +288,9 @@ def _adam(params: list[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
 
 
 def run(ctx: UnlearnContext, p: RFAParams) -> MethodOutput:
+    if ctx.task is not None and ctx.task.name == "regression":  # regression design: rfa_regression.py, docs/rfa.md
+        from .rfa_regression import run_regression
+        return run_regression(ctx, p)
     device, teacher = ctx.device, ctx.original.eval()
     probe = ctx.retain.take(torch.arange(min(2, len(ctx.retain))))[0].to(device)  # a real input batch, to trace shapes
     if p.target_layers == "auto" and lora.family(teacher) == "transformer":
@@ -370,4 +373,5 @@ register_method(
     summary="RFA-LoRA: LoRA residuals zero on retained data, shifted on the forget set (main method).",
     supports_adapter=True,
     reference="Qin et al. 2024, arXiv 2411.08443 (design: docs/rfa.md)",
+    tasks=("classification", "regression"), scenarios=("class", "sample", "range"),
 )

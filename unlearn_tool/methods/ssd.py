@@ -28,6 +28,7 @@ from torch import nn
 from ..data import LabelledData, fingerprint
 from ..errors import OutputError
 from .base import MethodOutput, MethodParams, UnlearnContext, register_method
+from .common import task_loss, task_of
 
 CACHE_FORMAT = "unlearn-ssd-importance/v1"
 CACHE_ENV = "UNLEARN_CACHE_DIR"
@@ -56,8 +57,10 @@ class SSDParams(MethodParams):
 # ---------------------------------------------------------------- importances
 
 def importances(model: nn.Module, data: LabelledData, batch_size: int, device: torch.device,
-                generator: Optional[torch.Generator]) -> dict[str, torch.Tensor]:
-    """Mean over batches of the squared batch-mean CE gradient, per parameter (eval mode; fp32 on the model's device)."""
+                generator: Optional[torch.Generator], loss_fn=None) -> dict[str, torch.Tensor]:
+    """Mean over batches of the squared batch-mean gradient of the loss (CE; regression: the task's MSE), per parameter
+    (eval mode; fp32 on the model's device)."""
+    loss_fn = loss_fn or F.cross_entropy
     was_training = model.training
     model.eval()
     params = [(n, q) for n, q in model.named_parameters() if q.requires_grad]
@@ -65,7 +68,7 @@ def importances(model: nn.Module, data: LabelledData, batch_size: int, device: t
     n_batches = 0
     for x, y in data.batches(batch_size, shuffle=generator is not None, generator=generator):
         model.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x.to(device)), y.to(device)).backward()
+        loss_fn(model(x.to(device)), y.to(device)).backward()
         for n, q in params:
             if q.grad is not None:
                 acc[n] += q.grad.detach().float() ** 2
@@ -119,8 +122,9 @@ def default_cache_dir() -> Path:
     return (Path(root).expanduser() if root else Path.home() / ".cache" / "unlearn") / "ssd"
 
 
-def cache_key(weights_sha: str, data_sha: str, batch_size: int) -> str:
-    return hashlib.sha256(f"{CACHE_FORMAT}|{weights_sha}|{data_sha}|bs={batch_size}|seed={D_SHUFFLE_SEED}".encode()).hexdigest()
+def cache_key(weights_sha: str, data_sha: str, batch_size: int, task: str = "classification") -> str:
+    extra = "" if task == "classification" else f"|task={task}"  # classification keys stay what they were
+    return hashlib.sha256(f"{CACHE_FORMAT}|{weights_sha}|{data_sha}|bs={batch_size}|seed={D_SHUFFLE_SEED}{extra}".encode()).hexdigest()
 
 
 def _content_sha(tensors: dict[str, torch.Tensor]) -> str:
@@ -174,7 +178,8 @@ def store_cached(path: Path, key: str, tensors: dict[str, torch.Tensor]) -> None
 def run(ctx: UnlearnContext, p: SSDParams) -> MethodOutput:
     device = ctx.device
     model = ctx.student()
-    bs = p.batch_size or (64 if ctx.scenario == "class" else 128)
+    loss_fn = task_loss(ctx)  # CE, or the regression task's MSE: the Fisher proxy of the loss the model was trained with
+    bs = p.batch_size or (64 if ctx.scenario in ("class", "range") else 128)
     n_params = sum(q.numel() for q in model.parameters())
     alpha = p.alpha if p.alpha is not None else (10.0 if n_params >= LARGE_MODEL_PARAMS else SMALL_MODEL_ALPHA)
     info: dict = {"alpha": alpha, "dampening": p.dampening, "batch_size": bs, "cache": "disabled"}
@@ -183,7 +188,7 @@ def run(ctx: UnlearnContext, p: SSDParams) -> MethodOutput:
     path = None
     if p.use_cache:
         cache_dir = Path(p.cache_dir).expanduser() if p.cache_dir else default_cache_dir()
-        key = cache_key(weights_fingerprint(ctx.original), data_fingerprint(ctx.splits.train), bs)
+        key = cache_key(weights_fingerprint(ctx.original), data_fingerprint(ctx.splits.train), bs, task_of(ctx).name)
         path = cache_dir / f"{key}.safetensors"
         imp_full, status = load_cached(path, key, model)
         info["cache"] = status
@@ -191,7 +196,7 @@ def run(ctx: UnlearnContext, p: SSDParams) -> MethodOutput:
         if status not in ("hit", "miss"):
             ctx.log.append(f"ssd: ignored the cached importances at {path} ({status}); recomputed them")
     if imp_full is None:
-        imp_full = importances(model, ctx.splits.train, bs, device, torch.Generator().manual_seed(D_SHUFFLE_SEED))
+        imp_full = importances(model, ctx.splits.train, bs, device, torch.Generator().manual_seed(D_SHUFFLE_SEED), loss_fn)
         ctx.report("ssd: importance on D", 1, 2)
         if path is not None:
             try:
@@ -201,7 +206,7 @@ def run(ctx: UnlearnContext, p: SSDParams) -> MethodOutput:
                 info["cache_written"] = False
                 why = e.strerror if isinstance(e, OSError) else str(e)
                 ctx.log.append(f"ssd: could not write the importance cache {path} ({why}); set cache_dir or {CACHE_ENV}")
-    imp_forget = importances(model, ctx.forget, bs, device, ctx.generator(41))
+    imp_forget = importances(model, ctx.forget, bs, device, ctx.generator(41), loss_fn)
     ctx.report("ssd: importance on Df", 2, 2)
     changed, total = dampen(model, imp_forget, imp_full, alpha, p.dampening)
     info.update({"dampened_params": changed, "total_params": total, "dampened_fraction": round(changed / max(total, 1), 6)})
@@ -210,4 +215,5 @@ def run(ctx: UnlearnContext, p: SSDParams) -> MethodOutput:
 
 register_method("ssd", SSDParams, run,
                 summary="SSD: dampen the weights far more important to Df than to D (no training; D importances cached).",
-                reference="Foster et al. AAAI 2024, arXiv 2308.07707 (if-loops/selective-synaptic-dampening)")
+                reference="Foster et al. AAAI 2024, arXiv 2308.07707 (if-loops/selective-synaptic-dampening)",
+                tasks=("classification", "regression"), scenarios=("class", "sample", "range"))

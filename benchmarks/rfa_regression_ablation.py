@@ -1,0 +1,81 @@
+"""RFA for regression: each row changes one design choice from the default (docs/rfa.md, "Regression").
+
+    python benchmarks/rfa_regression_ablation.py                 # diabetes, both scenarios, 3 seeds
+    python benchmarks/rfa_regression_ablation.py --datasets diabetes,rotated-digits --seeds 1
+
+Same data, models, originals and retrained references as benchmarks/regression.py. Per row: forget MAE as a
+relative gap to the seed's retrained model's (the target: 0), the utility's relative rise from the original
+(test MAE; range unlearning: test MAE outside the range), and RFA's wall time over retraining's; means over seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import regression as R  # noqa: E402
+
+from unlearn_tool import bench as B  # noqa: E402
+from unlearn_tool.methods import rfa_regression  # noqa: E402
+from unlearn_tool.training import TrainConfig  # noqa: E402
+
+ROWS = [
+    ("default", {}, None),
+    ("forget target heldout (quantile-matched held-out errors)", {"forget_target": "heldout"}, None),
+    ("neighbours k = 3", {}, 3),
+    ("neighbours k = 30", {}, 30),
+    ("forget weight 1", {"w_forget": 1.0}, None),
+    ("all 30 epochs (no stopping criterion)", {"stop": "epochs"}, None),
+    ("retain MSE on the labels too (w_retain_ce 1)", {"w_retain_ce": 1.0}, None),
+]
+
+
+def run_row(setup: B.SeedSetup, params: dict, k) -> dict:
+    before = rfa_regression.NEIGHBOURS
+    if k is not None:
+        rfa_regression.NEIGHBOURS = k
+    try:
+        return B.run_one(setup, "rfa", B.method_params("rfa", params))
+    finally:
+        rfa_regression.NEIGHBOURS = before
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--datasets", default="diabetes")
+    ap.add_argument("--scenarios", default="sample,range")
+    ap.add_argument("--seeds", type=int, default=3)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    seeds = list(range(args.seeds))
+    originals: dict = {}
+    print(f"RFA regression ablation, seeds {seeds}, means over seeds; torch {torch.__version__}, 1 thread\n")
+    for dataset in args.datasets.split(","):
+        config = TrainConfig(epochs=R.DATASETS[dataset]["epochs"])
+        for scenario in args.scenarios.split(","):
+            setups = [R.seed_setup(dataset, scenario, s, config, originals) for s in seeds]
+            key = "test_remaining_mae" if scenario == "range" else "test_mae"
+            print(f"## {dataset}, {scenario} unlearning\n")
+            print("| variant | forget MAE gap to retrain | utility rise | time / retrain | epochs run |\n|---|---:|---:|---:|---:|")
+            for label, params, k in ROWS:
+                if scenario == "sample" and k is not None:
+                    continue  # neighbour targets are the range default only
+                runs = [run_row(s, params, k) for s in setups]
+                gap = np.mean([abs(r["metrics"]["forget_mae"] - s.baseline["metrics"]["forget_mae"]) / s.baseline["metrics"]["forget_mae"]
+                               for r, s in zip(runs, setups)])
+                rise = np.mean([(r["metrics"][key] - s.original["metrics"][key]) / s.original["metrics"][key] for r, s in zip(runs, setups)])
+                frac = np.mean([r["metrics"]["time_fraction"] for r in runs])
+                epochs = np.mean([r["info"]["epochs_run"] for r in runs])
+                print(f"| {label} | {100 * gap:.1f}% | {100 * rise:+.1f}% | {100 * frac:.1f}% | {epochs:.1f} |")
+            print()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,290 @@
+"""Regression unlearning (issue 14) on real data (scikit-learn diabetes, standardised targets): the request, the data,
+every regression method against a retrained model, the audit's figures against hand-computed ones, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from tests.conftest import DIABETES_RANGE, diabetes_indices, invoke, write_regression_request
+from tests.helpers import rejected, tree
+
+REGRESSION_METHODS = ("retrain", "finetune", "neggrad+", "blindspot", "gaussian-amnesiac", "ssd", "rfa")
+FAST = {"retrain": {"epochs": 60}, "ssd": {"use_cache": False}}
+
+
+def _forget_mae(model, job) -> float:
+    from unlearn_tool.evaluate import stream
+
+    return float(stream(model, job.splits.forget, job.device, 128, job.task).abs_err.mean())
+
+
+@pytest.fixture(scope="module")
+def references(diabetes_dir, diabetes_sample_job, diabetes_range_job):
+    from unlearn_tool.audit.core import load_checkpoint
+
+    return {"sample": load_checkpoint(diabetes_dir / "mlp.retrain_sample.safetensors", diabetes_sample_job)[0],
+            "range": load_checkpoint(diabetes_dir / "mlp.retrain_range.safetensors", diabetes_range_job)[0]}
+
+
+# ---------------------------------------------------------------- methods
+
+@pytest.mark.parametrize("name", REGRESSION_METHODS)
+def test_each_method_moves_forget_error_towards_the_retrained_model(name, diabetes_sample_job, references):
+    """10% sample unlearning: the forget-set MAE ends closer to the retrained model's than the original's was, and test
+    MAE rises by less than a quarter."""
+    from unlearn_tool.evaluate import stream
+    from unlearn_tool.methods import parse_params, run_method
+
+    job = diabetes_sample_job
+    original, target = _forget_mae(job.original, job), _forget_mae(references["sample"], job)
+    assert target > original * 1.2  # the retrained model errs much more on the forget set: there is something to unlearn
+    out, _ = run_method(name, job.context(), parse_params(name, FAST.get(name, {})))
+    after = _forget_mae(out.model, job)
+    assert abs(after - target) < abs(original - target), (name, original, after, target)
+    test_before = float(stream(job.original, job.splits.test, job.device, 128, job.task).abs_err.mean())
+    test_after = float(stream(out.model, job.splits.test, job.device, 128, job.task).abs_err.mean())
+    assert test_after < 1.25 * test_before, (name, test_before, test_after)
+
+
+@pytest.mark.parametrize("name", ("rfa", "blindspot", "gaussian-amnesiac", "finetune"))
+def test_range_unlearning_moves_forget_error_towards_the_retrained_model(name, diabetes_range_job, references):
+    """Forgetting every target above 1 sd: the forget-set MAE moves at least halfway to the retrained model's."""
+    from unlearn_tool.methods import parse_params, run_method
+
+    job = diabetes_range_job
+    original, target = _forget_mae(job.original, job), _forget_mae(references["range"], job)
+    out, _ = run_method(name, job.context(), parse_params(name, FAST.get(name, {})))
+    after = _forget_mae(out.model, job)
+    assert abs(after - target) < 0.5 * abs(original - target), (name, original, after, target)
+
+
+def test_rfa_regression_trains_adapters_only_and_reaches_the_heldout_level(diabetes_sample_job):
+    """RFA's regression form: quantile-matched held-out errors as the target; only LoRA adapters change."""
+    from unlearn_tool.methods import parse_params, run_method
+    from unlearn_tool.methods.rfa_regression import heldout_targets
+
+    job = diabetes_sample_job
+    out, _ = run_method("rfa", job.context(), parse_params("rfa", {}))
+    assert out.info["forget_target"] == "shift" and out.adapter_model is not None
+    assert _forget_mae(out.model, job) >= 0.9 * out.info["target_forget_mae"]
+    # the target: the k-th best-fitted forget sample gets the k-th held-out quantile, never less error than it has
+    teacher_f = torch.tensor([[0.1], [1.0], [0.0]])
+    y_f = torch.tensor([0.0, 0.0, 0.0])
+    teacher_h, y_h = torch.tensor([[0.2], [0.5], [0.3]]), torch.zeros(3)
+    t = heldout_targets(teacher_f, y_f, teacher_h, y_h)
+    assert torch.allclose(t.flatten(), torch.tensor([0.3, 1.0, 0.2]))  # ranks 1, 2, 0 -> quantiles 0.3, 0.5 (< 1.0 kept), 0.2
+
+
+def test_loss_parameter_l1_trains_with_mean_absolute_error(diabetes_sample_job):
+    from unlearn_tool.methods import parse_params, run_method
+
+    job = diabetes_sample_job
+    mse, _ = run_method("finetune", job.context(), parse_params("finetune", {"loss": "mse"}))
+    l1, _ = run_method("finetune", job.context(), parse_params("finetune", {"loss": "l1"}))
+    assert not all(torch.equal(a, b) for a, b in zip(mse.model.state_dict().values(), l1.model.state_dict().values()))
+
+
+def test_gaussian_targets_follow_the_training_distribution():
+    from unlearn_tool.methods.gaussian_amnesiac import gaussian_targets
+
+    y = torch.randn(4000, generator=torch.Generator().manual_seed(0)) * 3 + 5
+    idx = torch.arange(0, 4000, 2)
+    out = gaussian_targets(y, idx, torch.Generator().manual_seed(1))
+    assert torch.equal(out[1::2], y[1::2])  # retained targets untouched
+    assert abs(float(out[idx].mean()) - 5) < 0.3 and abs(float(out[idx].std()) - 3) < 0.3
+    assert float((out[idx] - y[idx]).abs().mean()) > 1.0  # the forget targets are new draws, not the old ones
+
+
+# ---------------------------------------------------------------- request and data
+
+def test_target_range_selects_exactly_the_samples_in_range(diabetes_range_job):
+    job = diabetes_range_job
+    y = job.splits.train.targets
+    expected = torch.nonzero((y >= DIABETES_RANGE["min"]) & (y <= DIABETES_RANGE["max"])).flatten()
+    assert torch.equal(torch.sort(job.splits.forget_idx).values, expected)
+    assert job.splits.scenario == "range" and 0 < len(expected) < len(y)
+    assert len(job.splits.retain_idx) + len(expected) == len(y)
+
+
+def test_target_range_bounds_are_inclusive_on_a_multi_column_target(tmp_path):
+    from safetensors.torch import save_file
+
+    from unlearn_tool.pipeline import prepare
+
+    x = torch.rand(8, 3)
+    y = torch.tensor([[0.0, 5.0], [1.0, 1.0], [2.0, 2.0], [3.0, 1.5], [4.0, 2.5], [5.0, 0.0], [6.0, 2.0], [7.0, 9.0]])
+    save_file({"x": x, "y": y}, str(tmp_path / "d.safetensors"))
+    req = write_regression_request(tmp_path, {"target_range": {"min": 1.0, "max": 2.0, "column": 1}}, extra={
+        "model": {"arch": "builtin:mlp", "kwargs": {"in_features": 3, "hidden": [4], "num_outputs": 2}},
+        "data": {"train": {"source": "tensors", "path": "d.safetensors"}, "test": {"source": "tensors", "path": "d.safetensors"}}})
+    job = prepare(req, None, device="cpu")
+    assert sorted(job.splits.forget_idx.tolist()) == [1, 2, 3, 6]
+
+
+def test_diabetes_and_rotated_digits_sources():
+    from unlearn_tool.data import load_split
+    from unlearn_tool.request import DataSpec
+
+    train = load_split(DataSpec(source="sklearn:diabetes"), "train", ".")
+    test = load_split(DataSpec(source="sklearn:diabetes"), "test", ".")
+    assert (len(train), len(test)) == (353, 89) and train.targets.dtype == torch.float32
+    both = torch.cat([train.targets, test.targets])
+    assert abs(float(both.mean())) < 1e-5 and abs(float(both.std(unbiased=False)) - 1) < 1e-4  # standardised
+    assert torch.equal(load_split(DataSpec(source="sklearn:diabetes"), "train", ".").targets, train.targets)  # fixed split
+    rot = load_split(DataSpec(source="sklearn:digits-rotation"), "train", ".")
+    assert rot.x.shape == (1437, 1, 16, 16) and float(rot.targets.abs().max()) <= np.deg2rad(45) + 1e-6
+
+
+def test_integer_targets_with_regression_are_converted_with_a_note(tmp_path):
+    from safetensors.torch import save_file
+
+    save_file({"x": torch.rand(40, 3), "y": torch.arange(40) % 7}, str(tmp_path / "d.safetensors"))
+    req = write_regression_request(tmp_path, {"target_range": {"min": 5, "max": 6}}, extra={
+        "model": {"arch": "builtin:mlp", "kwargs": {"in_features": 3, "hidden": [4], "num_outputs": 1}},
+        "data": {"train": {"source": "tensors", "path": "d.safetensors"}, "test": {"source": "tensors", "path": "d.safetensors"}}})
+    result = invoke("validate", "-r", req, "--json")
+    assert result.exit_code == 0, result.stderr
+    info = json.loads(result.stdout)
+    assert info["task"] == "regression" and info["forget_size"] == 10
+    assert any("integer targets read as float" in n for n in info["notes"])
+
+
+# ---------------------------------------------------------------- bad input
+
+def test_a_classification_method_on_a_regression_request_names_the_methods_that_can(tmp_path):
+    req = write_regression_request(tmp_path, {"indices": [0, 1, 2]}, method={"name": "scrub"})
+    before = tree(tmp_path)
+    line = rejected(invoke("validate", "-r", req), "scrub cannot unlearn a regression model")
+    for name in REGRESSION_METHODS:
+        assert name in line
+    assert tree(tmp_path) == before
+
+
+def test_classes_in_a_regression_request_say_what_to_use_instead(tmp_path):
+    rejected(invoke("validate", "-r", write_regression_request(tmp_path, {"classes": [1]})), "forget.classes", "target_range")
+
+
+def test_a_target_range_in_a_classification_request_is_refused(tmp_path):
+    req = write_regression_request(tmp_path, {"target_range": {"min": 0, "max": 1}}, extra={"task": "classification"})
+    rejected(invoke("validate", "-r", req), "target_range", "task: regression")
+
+
+def test_float_targets_with_classification_are_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    save_file({"x": torch.rand(20, 3), "y": torch.rand(20)}, str(tmp_path / "d.safetensors"))
+    req = write_regression_request(tmp_path, {"indices": [0]}, extra={
+        "task": "classification",
+        "model": {"arch": "builtin:mlp", "kwargs": {"in_features": 3, "hidden": [4], "num_classes": 2}},
+        "data": {"train": {"source": "tensors", "path": "d.safetensors"}, "test": {"source": "tensors", "path": "d.safetensors"}}})
+    rejected(invoke("validate", "-r", req), "float", "task: regression")
+
+
+@pytest.mark.parametrize("bounds, fragment", [({"min": 50, "max": 60}, "no train target lies in"), ({"min": 2, "max": 1}, "above max")])
+def test_an_empty_or_inverted_range_is_refused(tmp_path, bounds, fragment):
+    rejected(invoke("validate", "-r", write_regression_request(tmp_path, {"target_range": bounds})), fragment)
+
+
+def test_a_regression_loss_for_classification_and_a_classification_gate_in_a_regression_audit_are_refused(tmp_path, diabetes_dir):
+    req = write_regression_request(tmp_path, {"indices": [0, 1]}, method={"name": "finetune", "params": {"loss": "l1"}},
+                                   extra={"task": "classification", "model": {"arch": "builtin:mlp", "kwargs": {"in_features": 10, "num_classes": 2}}})
+    rejected(invoke("validate", "-r", req), "loss", "auto")
+    req = write_regression_request(tmp_path, {"indices": [0, 1]}, name="g.yaml")
+    rejected(invoke("audit", "-r", req, "--original", diabetes_dir / "mlp.safetensors", "--unlearned", diabetes_dir / "mlp.safetensors",
+                    "--gate", "forget_acc <= 0.1", "--report-dir", tmp_path / "rep"), "forget_acc", "regression")
+
+
+# ---------------------------------------------------------------- audit
+
+def test_regression_audit_figures_match_hand_computed_values(diabetes_sample_job, references):
+    from unlearn_tool.audit import metrics as M
+    from unlearn_tool.audit.core import distances, model_metrics, model_outputs
+    from unlearn_tool.evaluate import predict_logits
+
+    job = diabetes_sample_job
+    m = model_metrics(job.original, job, 0)
+    for name in ("retain", "forget", "test"):
+        pred, y = predict_logits(job.original, getattr(job.splits, name), job.device, 128)
+        p, t = pred.double().numpy().ravel(), y.double().numpy().ravel()
+        assert m[f"{name}_mae"] == pytest.approx(np.abs(p - t).mean(), rel=1e-6)
+        assert m[f"{name}_rmse"] == pytest.approx(np.sqrt(((p - t) ** 2).mean()), rel=1e-6)
+        assert m[f"{name}_r2"] == pytest.approx(1 - ((p - t) ** 2).sum() / ((t - t.mean()) ** 2).sum(), rel=1e-6)
+    assert 0 <= m["mia_error_efficacy"] <= 1 and 0 <= m["mia_loss_auc"] <= 1 and "zrf" not in m
+    # activation distance: mean |output difference| (one output column) against the retrained model
+    ref = references["sample"]
+    d = distances(model_outputs(job.original, job, 0), model_outputs(ref, job, 0), probabilistic=False)
+    a, _ = predict_logits(job.original, job.splits.forget, job.device, 128)
+    b, _ = predict_logits(ref, job.splits.forget, job.device, 128)
+    assert d["activation_distance"]["forget"] == pytest.approx(float((a - b).abs().mean()), rel=1e-5)
+    assert "js_divergence" not in d
+    # gaps: relative for errors, absolute for MIA-Efficacy; Avg Gap = 100 x mean of the four (docs/audit.md)
+    u = {"retain_mae": 0.5, "forget_mae": 0.9, "test_mae": 0.6, "mia_error_efficacy": 0.7, "test_r2": 0.3}
+    r = {"retain_mae": 0.4, "forget_mae": 1.0, "test_mae": 0.6, "mia_error_efficacy": 0.5, "test_r2": 0.2}
+    g = M.gaps(u, r, "regression")
+    assert g["retain_mae"] == pytest.approx(0.25) and g["forget_mae"] == pytest.approx(0.1) and g["test_r2"] == pytest.approx(0.1)
+    assert g["avg_gap"] == pytest.approx(100 * (0.25 + 0.1 + 0.0 + 0.2) / 4)
+
+
+def test_loss_attack_matches_a_hand_built_logistic_regression():
+    """The loss attack on squared errors: perfectly separated errors give AUC 1; identical distributions about 0.5."""
+    from unlearn_tool.audit import attacks
+
+    rng = np.random.default_rng(0)
+    acc, auc = attacks.mia_loss(rng.uniform(0, 1, 200), rng.uniform(2, 3, 200), 0)
+    assert auc == pytest.approx(0.0, abs=1e-9) or auc == pytest.approx(1.0, abs=1e-9)
+    assert acc == pytest.approx(1.0)
+    acc, auc = attacks.mia_loss(rng.uniform(0, 1, 400), rng.uniform(0, 1, 400), 0)
+    assert abs(auc - 0.5) < 0.1 and abs(acc - 0.5) < 0.1
+
+
+def test_apply_with_audit_writes_a_regression_report_with_its_plots(tmp_path, diabetes_dir):
+    req = write_regression_request(tmp_path, {"indices": diabetes_indices()}, extra={
+        "audit": {"reference": str(diabetes_dir / "mlp.retrain_sample.safetensors"), "gates": ["forget_mae_gap <= 0.5", "test_mae_rise <= 0.25"]}})
+    out = tmp_path / "u.safetensors"
+    result = invoke("apply", diabetes_dir / "mlp.safetensors", "-r", req, "-o", out, "--audit", "--json", "--quiet")
+    assert result.exit_code in (0, 3), result.stderr
+    report = json.loads((tmp_path / "u.audit" / "report.json").read_text())
+    assert report["request"]["task"] == "regression"
+    unl = report["models"]["unlearned"]
+    assert {"forget_mae", "test_rmse", "retain_r2", "mia_error_efficacy", "residual_hist", "error_hist"} <= set(unl)
+    assert [g["metric"] for g in report["gates"]] == ["forget_mae_gap", "test_mae_rise"]
+    assert all(g["value"] is not None for g in report["gates"])
+    html = (tmp_path / "u.audit" / "report.html").read_text()
+    assert "Residual distributions" in html and "Membership-attack scores" in html
+
+
+def test_bench_runs_regression_methods_only(tmp_path, diabetes_dir):
+    req = diabetes_dir / "sample.yaml"
+    result = invoke("bench", "-r", req, diabetes_dir / "mlp.safetensors", "--methods", "rfa,gaussian-amnesiac", "--seeds", "1",
+                    "--reference", diabetes_dir / "mlp.retrain_sample.safetensors", "--report-dir", tmp_path / "b", "--json", "--quiet")
+    assert result.exit_code == 0, result.stderr
+    bench = json.loads((tmp_path / "b" / "bench.json").read_text())
+    assert set(bench["methods"]) == {"rfa", "gaussian-amnesiac"}
+    assert bench["methods"]["rfa"]["metrics"]["forget_mae"]["mean"] > 0 and bench["methods"]["rfa"]["metrics"]["avg_gap"]["mean"] is not None
+    assert (tmp_path / "b" / "bench.png").stat().st_size > 0
+    rejected(invoke("bench", "-r", req, diabetes_dir / "mlp.safetensors", "--methods", "scrub", "--report-dir", tmp_path / "c"),
+             "scrub cannot unlearn a regression model")
+
+
+def test_methods_lists_each_methods_tasks():
+    result = invoke("methods")
+    assert result.exit_code == 0
+    lines = {line.split()[0]: line for line in result.stdout.splitlines() if line.strip()}
+    assert "classification+regression" in lines["rfa"] and "regression" in lines["gaussian-amnesiac"]
+    assert "regression" not in lines["scrub"].split("  ")[1]
+
+
+def test_regression_request_round_trips_through_yaml(tmp_path):
+    from unlearn_tool.request import load_request
+
+    req = load_request(write_regression_request(tmp_path, {"target_range": {"min": -1, "max": 0.5}}))
+    assert req.task == "regression" and req.forget.scenario == "range" and req.forget.target_range.max == 0.5
+    plain = yaml.safe_load((tmp_path / "regression.yaml").read_text())
+    plain.pop("task")
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({**plain, "forget": {"classes": [1]}}))
+    assert load_request(tmp_path / "c.yaml").task == "classification"  # the default: existing requests are unchanged
