@@ -233,3 +233,11 @@ def test_a_sample_deletion_back_at_test_level_is_not_a_relapse(digits_dir, tmp_p
     step = json.loads(r.stdout)["lineage"]["steps"][0]
     assert step["forget_acc_now"] - 0.5 > 0.05  # would have been flagged against the recorded accuracy alone
     assert step["forget_acc_now"] <= step["heldout_acc_now"] + 0.05 and step["relapsed"] is False, step
+
+
+def test_relapse_tolerance_grows_with_sampling_noise_only_for_small_sets():
+    from unlearn_tool.audit.relapse import RELAPSE_TOLERANCE, relapse_tolerance
+
+    assert relapse_tolerance(0.0, 146) == RELAPSE_TOLERANCE  # a forgotten class: at 0 there is no noise to allow for
+    assert relapse_tolerance(0.95, 10_000) == RELAPSE_TOLERANCE
+    assert 0.09 < relapse_tolerance(0.95, 14) < 0.10  # 1.645 * sqrt(0.95 * 0.05 / 14)

@@ -3,7 +3,8 @@
 For each earlier step of the lineage (every step but the request being audited), its forgotten set is read
 back from the ledger and the audited model's forget accuracy and MIA-Efficacy on it are measured again. A
 step relapsed when its forget accuracy now exceeds its floor by more than RELAPSE_TOLERANCE; `relapse_max`
-(the largest rise over the floor) is a metric gates can use. The floor is the accuracy recorded right after
+(the largest rise over the floor) is a metric gates can use. The tolerance grows to the one-sided 95%
+sampling noise of an accuracy at the floor when the forgotten set is small (`relapse_tolerance`). The floor is the accuracy recorded right after
 that step; for a sample step, at least the audited model's accuracy on unseen (test) samples of the same
 classes: a model that never saw those samples classifies them that well, and a sample deletion leaves them
 at that level by design. Without that floor, one of 14 forgotten samples flipping back to its label (7.1
@@ -24,6 +25,15 @@ from ..job import Job
 from . import attacks
 
 RELAPSE_TOLERANCE = 0.05
+
+
+def relapse_tolerance(floor: float, n: int) -> float:
+    """RELAPSE_TOLERANCE, or the one-sided 95% sampling noise of an accuracy at `floor` over `n` samples when larger:
+    with 14 forgotten samples at a 95% held-out level, all 14 correct (+5 points) happens about half the time."""
+    import math
+
+    noise = 1.645 * math.sqrt(max(floor * (1.0 - floor), 0.0) / n) if n > 0 else 0.0
+    return max(RELAPSE_TOLERANCE, noise)
 
 
 def relapse_check(job: Job, model: nn.Module, fields: dict[str, Any], ledger: Optional[Path], seed: int) -> Optional[dict[str, Any]]:
@@ -86,7 +96,8 @@ def relapse_check(job: Job, model: nn.Module, fields: dict[str, Any], ledger: Op
                 row["heldout_acc_now"] = float((test.pred[same] == test.targets[same]).mean())
                 floor = max(then, row["heldout_acc_now"])
             rises.append(acc - floor)
-            row["relapsed"] = acc - floor > RELAPSE_TOLERANCE
+            row["tolerance"] = relapse_tolerance(floor, len(out.targets))
+            row["relapsed"] = acc - floor > row["tolerance"]
             if row["relapsed"]:
                 section["relapsed"].append(step["step"])
         section["steps"].append(row)
