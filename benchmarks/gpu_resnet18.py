@@ -111,7 +111,7 @@ def main() -> None:
     for scenario, method in (("class", "rfa"), ("sample", "rfa"), ("class", "finetune")):
         out, wall = cli("apply", str(work / "orig.safetensors"), "-r", str(work / f"{scenario}.yaml"), "--method", method,
                         "-o", str(work / f"{method}_{scenario}.safetensors"), "--force", *common)
-        rows.append((f"{method} {scenario}", f"|Df|={out['forget_size']}", out["timings"]["method_s"], wall, out["before"], out["after"], out))
+        rows.append((f"{method} {scenario}", f"Df={out['forget_size']}", out["timings"]["method_s"], wall, out["before"], out["after"], out))
 
     card = trained.get("gpu", "none (CPU)")
     print(f"\nResNet-18 (torchvision), {'CIFAR-10 ' + args.root if args.root else f'generated CIFAR-shaped data, {args.n_train} train / {args.n_test} test'}")

@@ -52,3 +52,21 @@ def test_strong_tier_finds_a_leak_and_passes_a_retrained_model(leaky, tmp_path):
     u, rr = report["strong"]["models"]["unlearned"], report["strong"]["models"]["reference"]
     assert u["auc"] == rr["auc"]
     assert "per example, it is as private as on the retrained model" in report["verdict_detail"]["sentence"]
+
+
+def test_an_unlearned_shadow_is_cached_per_forget_set_not_only_per_method():
+    """Found by benchmarks/audit_digits.py: a class request and a sample request on the same data and recipe shared
+    their RFA-unlearned shadows, so the second audit scored against shadows that had forgotten something else."""
+    import torch
+
+    from unlearn_tool.audit.strong import unlearned_shadow_key
+
+    base, params = "shadow-0", {"rank": 8}
+    key = unlearned_shadow_key(base, "rfa", params, "class", torch.tensor([1, 5, 9]))
+    assert key == unlearned_shadow_key(base, "rfa", params, "class", torch.tensor([1, 5, 9]))
+    others = [unlearned_shadow_key(base, "rfa", params, "sample", torch.tensor([1, 5, 9])),
+              unlearned_shadow_key(base, "rfa", params, "class", torch.tensor([1, 5, 10])),
+              unlearned_shadow_key(base, "rfa", {"rank": 4}, "class", torch.tensor([1, 5, 9])),
+              unlearned_shadow_key(base, "finetune", params, "class", torch.tensor([1, 5, 9])),
+              unlearned_shadow_key("shadow-1", "rfa", params, "class", torch.tensor([1, 5, 9]))]
+    assert len({key, *others}) == 6

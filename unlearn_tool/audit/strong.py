@@ -150,6 +150,27 @@ def _key(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:40]
 
 
+def _code_digest(method: str) -> str:
+    """The tool's version and the method's source: a shadow unlearned by other code is never reused."""
+    import inspect
+
+    from .. import __version__
+    from ..methods import get_method
+
+    try:
+        source = inspect.getsource(inspect.getmodule(get_method(method).run))  # type: ignore[arg-type]
+    except (OSError, TypeError):
+        source = ""
+    return hashlib.sha256(f"{__version__}\n{source}".encode()).hexdigest()[:16]
+
+
+def unlearned_shadow_key(base_key: str, method: str, params: dict[str, Any], scenario: str, forgotten: torch.Tensor) -> str:
+    """Cache key of a shadow after unlearning: the trained shadow, the method, its parameters and code, and exactly
+    which samples it forgot (two requests on the same data must never share an unlearned shadow)."""
+    digest = hashlib.sha256(np.asarray(forgotten, dtype="<i8").tobytes()).hexdigest()
+    return _key(base_key, "unlearned/v2", method, params, scenario, digest, _code_digest(method))
+
+
 def _cached(key: str, build: Callable[[], nn.Module], make: Callable[[], nn.Module]) -> tuple[nn.Module, bool]:
     """A shadow from the cache (verified safetensors), or built and stored."""
     from safetensors.torch import load_file
@@ -221,7 +242,9 @@ def shadow_statistics(job: Job, method: Optional[str], params: Optional[dict[str
                 out, _ = run_method(method, ctx, method_params)
                 return out.model
 
-            model, hit = _cached(_key(base_key, method, method_params.model_dump(mode="json")), unlearn_shadow, job.make_model)
+            unlearn_key = unlearned_shadow_key(base_key, method, method_params.model_dump(mode="json"), job.splits.scenario,
+                                               forget_idx[torch.from_numpy(in_forget)])
+            model, hit = _cached(unlearn_key, unlearn_shadow, job.make_model)
             hits += hit
         stats.append(logit_confidence(model.to(job.device), job.splits.forget, job.device, job.request.data.batch_size))
         members.append(in_forget)

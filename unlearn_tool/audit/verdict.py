@@ -191,8 +191,12 @@ def decide(scenario: str, models: dict[str, Any], gate_rows: list[dict[str, Any]
         what = "the forget set is indistinguishable from held-out data" if all(c.passed for c in population) \
             else "the forget set is still distinguishable from held-out data"
     if extra is not None:
-        what += ("; per example, it is as private as on the retrained model" if extra.passed
-                 else "; but a per-example attack still tells it apart better than on the retrained model")
+        population_passed = all(c.passed for c in population)
+        if extra.passed:
+            what += "; per example, it is as private as on the retrained model" if population_passed \
+                else "; per example, though, it is as private as on the retrained model"
+        else:
+            what += ("; but" if population_passed else "; and") + " a per-example attack still tells it apart better than on the retrained model"
     if blind and extra is None:
         what += " (but so was the original's: these population tests cannot see this model's training data; run --tier strong for per-example evidence)"
     if gate_rows:
