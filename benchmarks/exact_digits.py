@@ -347,14 +347,16 @@ def plot(settings: list[dict], png: Path) -> None:
     import matplotlib.pyplot as plt
 
     titles = {"classes": "base pre-trained on digits 0-4 (weak)", "all": "base pre-trained on all ten digits (strong)"}
-    fig, axes = plt.subplots(1, len(settings), figsize=(6.2 * len(settings), 4.6), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(1, len(settings), figsize=(6.2 * len(settings), 4.6), squeeze=False)
     for ax, st in zip(axes[0], settings):
+        lows = []
         for key, label, colour, style in LINES:
             xs, ys = _series(st, key)
             if not xs:
                 continue
             marker = "o" if key in ("retrain", "sisa_retrain") else ("." if key != "full" else None)
             ax.plot(xs, ys, style, color=colour, marker=marker, markersize=5 if marker == "o" else 4, label=label, linewidth=1.6)
+            lows += [y for y in ys if y == y]
             dead = [x for x, y in zip(xs, ys) if y != y]
             if dead:  # exhausted: nothing left to serve
                 ax.axvline(dead[0], color=colour, alpha=0.35, linewidth=1)
@@ -363,9 +365,9 @@ def plot(settings: list[dict], png: Path) -> None:
         ax.set_title(titles.get(st["pretrain"], st["pretrain"]), fontsize=11)
         ax.set_xlabel("sequential single-sample deletions")
         ax.set_xlim(0, st["deletions"])
+        ax.set_ylim(5 * int(min(lows) // 5) - 5 if lows else 0, 100)  # each panel its own range: the strong base's curves sit close together
+        ax.set_ylabel("test accuracy (%)")
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("test accuracy (%)")
-    axes[0][0].set_ylim(40, 100)
     handles = {h.get_label(): h for ax in axes[0] for h in ax.get_lines() if not h.get_label().startswith("_")}
     fig.legend(list(handles.values()), list(handles.keys()), loc="lower center", ncol=4 if len(settings) > 1 else 2, fontsize=9,
                frameon=False)
