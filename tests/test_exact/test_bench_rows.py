@@ -92,3 +92,11 @@ def test_an_exhausting_deletion_is_a_failed_row(digits_dir, tmp_path):
     assert r.exit_code == 0, r.stderr
     entry = json.loads(r.stdout)["methods"]["sisa"]
     assert entry["status"] == "failed" and "budget is exhausted" in entry["error"]
+
+
+def test_methods_lists_the_exact_methods():
+    listing = {e["name"]: e for e in json.loads(invoke("methods", "--json").stdout)}
+    assert listing["s3t"]["kind"] == listing["sisa"]["kind"] == "exact" and listing["rfa"]["kind"] == "approximate"
+    params = {p["name"] for p in json.loads(invoke("methods", "s3t", "--json").stdout)["params"]}
+    assert {"shards", "slices", "sequences", "rank"} <= params
+    assert "s3t" in invoke("methods").stdout
