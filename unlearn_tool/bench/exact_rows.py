@@ -83,7 +83,8 @@ def exact_row_params(name: str, overrides: dict[str, Any], request: Optional["Re
     try:
         params = parse_exact_params(name, values, prefix=f"--param {name}.")
     except MethodError as e:
-        raise MethodError(str(e).replace(f"--param {name}. ", f"--param {name}.")) from None
+        text = str(e).replace(f"--param {name}. ", f"--param {name}.")
+        raise MethodError(text + (", init (the base checkpoint)" if "it takes:" in text else "")) from None
     return ExactRowParams(name, params, init_path)
 
 
