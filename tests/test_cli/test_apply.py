@@ -184,7 +184,7 @@ def test_rfa_runs_on_torchvision_models_with_default_parameters(tmp_path, arch):
     r = invoke("train", "-r", req, "-o", tmp_path / "m.safetensors", "--epochs", "3", "--quiet")
     assert r.exit_code == 0, r.stderr
     out = _apply_json(tmp_path / "m.safetensors", "-r", req, "-o", tmp_path / "u.safetensors", "--param", "epochs=5")
-    assert out["info"]["adapted_layers"] > 10
+    assert out["info"]["adapted_layers"] >= 2  # target_layers auto: the layers after the cut (docs/rfa.md), depthwise convs skipped
     assert out["after"]["forget_acc"] <= out["before"]["forget_acc"]
     merged = load_file(str(tmp_path / "u.safetensors"))
     assert set(merged) == set(load_file(str(tmp_path / "m.safetensors")))  # BatchNorm buffers included

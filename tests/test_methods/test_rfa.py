@@ -36,12 +36,13 @@ def test_heldout_targets_match_heldout_confidence_quantiles_by_rank():
     assert torch.allclose(t[:, 1] / t[:, 2], p[:, 1] / p[:, 2], atol=1e-5)
 
 
-def test_lora_skips_depthwise_convs_and_attention_projections():
+def test_lora_skips_depthwise_and_dilated_convs_and_attention_projections():
     class Net(nn.Module):
         def __init__(self):
             super().__init__()
             self.conv = nn.Conv2d(3, 8, 3)
             self.depthwise = nn.Conv2d(8, 8, 3, groups=8)
+            self.dilated = nn.Conv2d(8, 8, 3, padding=2, dilation=2)  # peft's LoRA branch would drop the dilation
             self.attn = nn.MultiheadAttention(8, 2)
             self.head = nn.Linear(8, 4)
 

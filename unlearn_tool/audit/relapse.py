@@ -2,8 +2,12 @@
 
 For each earlier step of the lineage (every step but the request being audited), its forgotten set is read
 back from the ledger and the audited model's forget accuracy and MIA-Efficacy on it are measured again. A
-step relapsed when its forget accuracy now exceeds the accuracy recorded right after that step by more
-than RELAPSE_TOLERANCE. `relapse_max` (the largest such rise) is a metric gates can use.
+step relapsed when its forget accuracy now exceeds its floor by more than RELAPSE_TOLERANCE; `relapse_max`
+(the largest rise over the floor) is a metric gates can use. The floor is the accuracy recorded right after
+that step; for a sample step, at least the audited model's accuracy on unseen (test) samples of the same
+classes: a model that never saw those samples classifies them that well, and a sample deletion leaves them
+at that level by design. Without that floor, one of 14 forgotten samples flipping back to its label (7.1
+points, at test-accuracy level) was called a relapse.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -71,8 +76,13 @@ def relapse_check(job: Job, model: nn.Module, fields: dict[str, Any], ledger: Op
             row["mia_efficacy_now"] = attacks.mia_efficacy(retain.conf, test.conf, out.conf, seed)
         then = step.get("after_forget_acc")
         if then is not None:
-            rises.append(acc - then)
-            row["relapsed"] = acc - then > RELAPSE_TOLERANCE
+            floor = then
+            same = np.isin(test.targets, np.unique(out.targets))
+            if step.get("scenario") == "sample" and same.any():
+                row["heldout_acc_now"] = float((test.pred[same] == test.targets[same]).mean())
+                floor = max(then, row["heldout_acc_now"])
+            rises.append(acc - floor)
+            row["relapsed"] = acc - floor > RELAPSE_TOLERANCE
             if row["relapsed"]:
                 section["relapsed"].append(step["step"])
         section["steps"].append(row)
