@@ -17,7 +17,7 @@ def gate_rows(report: dict[str, Any]) -> list[list[str]]:
     from unlearn_tool.audit.report import gate_rows as rows
 
     return rows(report)
-from .app import CodePathOpt, DeviceOpt, RequestOpt, TrustCodeOpt, app, code_policy
+from .app import CodePathOpt, DeviceOpt, NumWorkersOpt, RequestOpt, TrustCodeOpt, app, code_policy
 
 
 def print_summary(report: dict[str, Any], folder: Path) -> None:
@@ -80,6 +80,7 @@ def audit(
     tier: str = typer.Option("standard", "--tier", help="standard (population attacks) or strong (adds per-example U-LiRA with shadow models, and relearn time; minutes)."),
     shadows: int = typer.Option(16, "--shadows", help="With --tier strong: shadow models (each a training run; cached)."),
     ledger: Optional[Path] = typer.Option(None, "--ledger", metavar="FILE", help="The ledger of a checkpoint with a lineage (default <unlearned stem>.ledger.jsonl): earlier deletions are left out and re-checked for a relapse."),
+    num_workers: int = NumWorkersOpt,
     code_path: list[Path] = CodePathOpt,
     trust_code: bool = TrustCodeOpt,
 ) -> None:
@@ -89,5 +90,5 @@ def audit(
     with progress_bars(not quiet and not as_json) as progress:
         report, folder = commands.audit(request, original, unlearned, reference=reference, gates=gate or None, report_dir=report_dir,
                                        device=device, seed=seed, code=code_policy(code_path, trust_code), tier=tier, shadows=shadows,
-                                       progress=progress, ledger=ledger)
+                                       progress=progress, ledger=ledger, num_workers=num_workers)
     finish(report, folder, as_json, quiet)

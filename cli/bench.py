@@ -11,7 +11,7 @@ from typing import Any, Optional
 import typer
 
 from .common import err, handle_errors, markup_safe, print_json, progress_bars
-from .app import CodePathOpt, DeviceOpt, PrecisionOpt, RequestOpt, TrustCodeOpt, app, code_policy
+from .app import CodePathOpt, DeviceOpt, NumWorkersOpt, PrecisionOpt, RequestOpt, TrustCodeOpt, app, code_policy
 
 
 SHORT = {"RA %": "RA%", "UA %": "UA%", "TA %": "TA%", "TA remaining %": "TA kept%", "TA forgotten %": "TA fgt%",
@@ -59,7 +59,7 @@ def print_table(bench: dict[str, Any], folder: Path) -> None:
 @app.command()
 @handle_errors
 def bench(
-    checkpoint: Path = typer.Argument(..., help="Trained model (.safetensors)."),
+    checkpoint: Path = typer.Argument(..., help="Trained model (.safetensors, or a save_pretrained folder for hf:<folder> models)."),
     request: Path = RequestOpt,
     methods: str = typer.Option(..., "--methods", help="Comma-separated method names, or 'all' (see `unlearn methods`).", show_default=False),
     seeds: int = typer.Option(3, "--seeds", help="Runs per method, with seeds request seed, +1, +2, ..."),
@@ -71,6 +71,7 @@ def bench(
     precision: str = PrecisionOpt,
     as_json: bool = typer.Option(False, "--json", help="Print bench.json on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or table."),
+    num_workers: int = NumWorkersOpt,
     code_path: list[Path] = CodePathOpt,
     trust_code: bool = TrustCodeOpt,
 ) -> None:
@@ -93,7 +94,8 @@ def bench(
     with progress_bars(show) as progress:
         result, folder = commands.bench(request, checkpoint, methods, seeds=seeds, reference=reference, retrain=retrain,
                                        report_dir=report_dir, param_overrides=parse_key_values(param), device=device, precision=precision,
-                                       code=code_policy(code_path, trust_code), progress=progress, on_run=on_run)
+                                       code=code_policy(code_path, trust_code), progress=progress, on_run=on_run,
+                                       num_workers=num_workers)
     if as_json:
         import json
 

@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 import typer
 
-from .app import CodePathOpt, DeviceOpt, PrecisionOpt, RequestOpt, TrustCodeOpt, app, code_policy
+from .app import CodePathOpt, DeviceOpt, NumWorkersOpt, PrecisionOpt, RequestOpt, TrustCodeOpt, app, code_policy
 from .common import err, handle_errors, markup_safe, plain, print_json, progress_bars
 
 
@@ -35,9 +35,9 @@ def _print_before_after(before: dict, after: dict, title: str) -> None:
 @app.command()
 @handle_errors
 def apply(
-    checkpoint: Path = typer.Argument(..., help="Trained model (.safetensors)."),
+    checkpoint: Path = typer.Argument(..., help="Trained model (.safetensors, or a save_pretrained folder for hf:<folder> models)."),
     request: list[Path] = typer.Option(..., "--request", "-r", help="Deletion-request YAML (repeatable: several requests on the same model and data, applied in order, each a step of the lineage).", show_default=False),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output path (default <stem>.unlearned.safetensors beside the input)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output path (default <stem>.unlearned.safetensors beside the input; <folder>.unlearned/ for a save_pretrained folder)."),
     adapter_only: Optional[bool] = typer.Option(None, "--adapter-only/--merged", help="Write a PEFT adapter folder (LoRA methods) or merged weights; default: the request's output.mode.", show_default=False),
     method: Optional[str] = typer.Option(None, "--method", help="Override the request's method.name."),
     param: list[str] = typer.Option([], "--param", metavar="K=V", help="Method parameter k=v (repeatable); overrides the request's."),
@@ -50,6 +50,8 @@ def apply(
     audit: bool = typer.Option(False, "--audit", help="Audit the result right away (request's audit.gates and audit.reference); exit 3 if a gate fails."),
     retrain_affected: bool = typer.Option(False, "--retrain-affected", help="Exact artifacts (train --exact): retrain the truncated stages on the remaining data (SISA's deletion) instead of only deactivating them."),
     report_dir: Optional[Path] = typer.Option(None, "--report-dir", help="With --audit: where to write the reports (default <output stem>.audit/)."),
+    summary_samples: int = typer.Option(1000, "--summary-samples", min=0, help="Retain and test samples the before/after summary evaluates (seeded; the forget set is always whole; 0: every sample). The audit evaluates everything."),
+    num_workers: int = NumWorkersOpt,
     keep_on_fail: bool = typer.Option(True, "--keep-on-fail/--no-keep-on-fail", help="With --audit: keep the output when the verdict is fail (default; exit 3 either way), or remove it again."),
     ledger: Optional[Path] = typer.Option(None, "--ledger", metavar="FILE", help="The JSON-lines ledger to read the checkpoint's lineage from and to extend (default <stem>.ledger.jsonl beside the checkpoint / the output)."),
     ignore_lineage: bool = typer.Option(False, "--ignore-lineage", help="Do not exclude the checkpoint's earlier deletions from the data (when their ledger is lost)."),
@@ -68,6 +70,7 @@ def apply(
                                 force=force, device=device, precision=precision, seed=seed, code=code_policy(code_path, trust_code),
                                 audit=audit, report_dir=report_dir, keep_on_fail=keep_on_fail, ledger=ledger,
                                 ignore_lineage=ignore_lineage, record_ids=record_ids, allow_missing=allow_missing, progress=progress,
+                                summary_samples=summary_samples or None, num_workers=num_workers,
                                 **({"retrain_affected": True} if retrain_affected else {}))
     result = outcome.result
     if result is None:  # another rank than 0 under torchrun: rank 0 reports
@@ -228,15 +231,15 @@ def _print_exact(path: Path, info: dict) -> None:
 @handle_errors
 def train(
     request: Path = RequestOpt,
-    output: Path = typer.Option(..., "--output", "-o", help="Where to write the trained checkpoint (.safetensors)."),
-    exclude_forget: bool = typer.Option(False, "--exclude-forget", help="Train without the forget set: the retrain-from-scratch reference."),
+    output: Path = typer.Option(..., "--output", "-o", help="Where to write the trained checkpoint (.safetensors; for hf:<folder> models any other name is a save_pretrained folder)."),
+    exclude_forget: bool = typer.Option(False, "--exclude-forget", help="Train without the forget set: the retrain reference (from scratch, or from --init)."),
+    init: Optional[Path] = typer.Option(None, "--init", help="Start from this pre-trained checkpoint of the same architecture (tensors whose shape differs, e.g. a new head, start fresh): fine-tuning."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Passes over the data (default 40)."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate (default 1e-3)."),
     optimizer: Optional[str] = typer.Option(None, "--optimizer", help="adam (default) or sgd."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Batch size (default 64)."),
     regularizer: Optional[str] = typer.Option(None, "--regularizer", help="A training regularizer: gradient-restriction (what the iau method assumes; double backprop, about 2x the training cost)."),
     param: list[str] = typer.Option([], "--param", metavar="K=V", help="Regularizer parameter k=v, e.g. alpha=0.005 (with --regularizer); with --exact, that method's parameter (shards=5, slices=4, ...)."),
-    init: Optional[Path] = typer.Option(None, "--init", help="Start from this checkpoint's weights (a pre-trained backbone) instead of a random initialisation."),
     exact: Optional[str] = typer.Option(None, "--exact", help="Train an exact-unlearning artifact folder: s3t or sisa (docs/exact.md); see --param."),
     device: str = DeviceOpt,
     precision: str = PrecisionOpt,
@@ -244,10 +247,11 @@ def train(
     force: bool = typer.Option(False, "--force", help="Overwrite an existing output (only a checkpoint)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    num_workers: int = NumWorkersOpt,
     code_path: list[Path] = CodePathOpt,
     trust_code: bool = TrustCodeOpt,
 ) -> None:
-    """Train the request's architecture on its train split (optionally without the forget set)."""
+    """Train the request's architecture on its train split (optionally without the forget set, optionally from --init)."""
     from unlearn_tool import commands
     from unlearn_tool.request import parse_key_values
 
@@ -256,7 +260,7 @@ def train(
     with progress_bars(not quiet and not as_json) as progress:
         summary = commands.train(request, output, options=options,
                                 exclude_forget=exclude_forget, force=force, device=device, precision=precision, seed=seed,
-                                code=code_policy(code_path, trust_code), progress=progress, init=init,
+                                code=code_policy(code_path, trust_code), progress=progress, init=init, num_workers=num_workers,
                                 **({"exact": exact} if exact is not None else {}))
     if summary.get("output") is None:  # another rank than 0 under torchrun: rank 0 reports
         return
@@ -384,7 +388,7 @@ def ledger(
 @app.command()
 @handle_errors
 def examples(folder: Path = typer.Argument(..., help="A new folder to copy the example requests into.")) -> None:
-    """Copy the example deletion requests (digits, CIFAR-10, Fashion-MNIST) into FOLDER, to run the README's examples from there."""
+    """Copy the example deletion requests (digits, CIFAR-10, Fashion-MNIST, a Hugging Face ViT) into FOLDER, to run the README's examples from there."""
     from unlearn_tool.quickstart import copy_examples
 
     for path in copy_examples(folder):

@@ -2,6 +2,8 @@
 
 - `CheckpointArtifact`: one safetensors file holding the whole state dict (inputs, merged outputs,
   retrained references).
+- `CheckpointArtifact` on a folder: a Hugging Face `save_pretrained` folder (config.json + model.safetensors);
+  its weights are the folder's model.safetensors, so it reads, loads and writes like a file.
 - `AdapterArtifact`: a PEFT adapter folder (`apply --adapter-only`), evaluated as base + adapter.
 - `EnsembleArtifact`: an exact-unlearning folder (`train --exact s3t|sisa`), evaluated as its shards' ensemble.
 
@@ -21,6 +23,9 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
 
 from .checkpoint import (
     ADAPTER_MARKER,
+    HF_CONFIG,
+    HF_EXTRA,
+    HF_WEIGHTS,
     check_finite,
     dtypes_of,
     load_into,
@@ -80,14 +85,31 @@ class Artifact(ABC):
         return {"path": str(self.path.resolve()), "kind": self.kind, "sha256": self.sha256, "metadata": self.fields}
 
 
+def is_hf_folder(path: Path) -> bool:
+    return path.is_dir() and (path / HF_CONFIG).is_file()
+
+
 class CheckpointArtifact(Artifact):
-    """One safetensors file with the model's full state dict."""
+    """One safetensors file with the model's full state dict, or a save_pretrained folder holding one."""
 
     kind = "merged"
 
+    @property
+    def file(self) -> Path:
+        """The safetensors file: the path itself, or a save_pretrained folder's model.safetensors."""
+        if not self.path.is_dir():
+            return self.path
+        if not is_hf_folder(self.path):
+            raise CheckpointError(f"checkpoint {self.path} is a folder without {HF_CONFIG}; give a .safetensors file or a save_pretrained "
+                                  f"folder ({HF_CONFIG} and {HF_WEIGHTS})")
+        if not (self.path / HF_WEIGHTS).is_file():
+            sharded = " (sharded checkpoints are not supported: save with a larger max_shard_size)" if any(self.path.glob("*.index.json")) else ""
+            raise CheckpointError(f"checkpoint folder {self.path} has no {HF_WEIGHTS}{sharded}; give a save_pretrained folder or a .safetensors file")
+        return self.path / HF_WEIGHTS
+
     @cached_property
     def _contents(self) -> tuple[dict[str, "torch.Tensor"], dict[str, str]]:
-        return read_checkpoint(self.path)
+        return read_checkpoint(self.file)
 
     @property
     def tensors(self) -> dict[str, "torch.Tensor"]:
@@ -99,7 +121,7 @@ class CheckpointArtifact(Artifact):
 
     @cached_property
     def sha256(self) -> str:  # type: ignore[override]
-        return sha256_file(self.path)
+        return sha256_file(self.file)
 
     @property
     def fields(self) -> dict[str, Any]:
@@ -170,8 +192,11 @@ class AdapterArtifact(Artifact):
             raise AuditError(f"adapter {self.path} was made from a base with sha256 {str(parent)[:12]}..., not {ctx.base_sha256[:12]}...; give that base checkpoint (--original for audit, --base for merge)")
         from peft import PeftModel
 
+        from .lora import quiet_peft
+
         try:
-            peft_model = PeftModel.from_pretrained(copy.deepcopy(ctx.base).cpu(), str(self.path))
+            with quiet_peft():
+                peft_model = PeftModel.from_pretrained(copy.deepcopy(ctx.base).cpu(), str(self.path))
         except Exception as e:  # noqa: BLE001 - peft raises many types for a foreign adapter
             raise CheckpointError(f"adapter {self.path} does not fit the original model ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}); give the base it was trained on") from None
         return peft_model.merge_and_unload().to(ctx.device).eval()
@@ -245,16 +270,22 @@ class EnsembleArtifact(Artifact):
 
 
 def open_artifact(path: str | Path) -> Artifact:
-    """The artifact at `path`, by what is there: a folder with an exact manifest is an ensemble, another folder an
-    adapter, a file a checkpoint."""
+    """The artifact at `path`, by what is there: a folder with an exact manifest is an ensemble, a save_pretrained
+    folder or a file a checkpoint, another folder an adapter."""
     from .exact import is_exact_folder
 
     path = Path(path)
     if is_exact_folder(path):
         return EnsembleArtifact(path)
-    if path.is_dir():
+    if path.is_dir() and not is_hf_folder(path):
         return AdapterArtifact(path)
     return CheckpointArtifact(path)
+
+
+def is_checkpoint(path: str | Path) -> bool:
+    """A path that can hold a checkpoint: a file, or a save_pretrained folder."""
+    path = Path(path)
+    return path.is_file() or is_hf_folder(path)
 
 
 # ---------------------------------------------------------------- writers
@@ -263,6 +294,24 @@ def write_merged(path: Path, state: Mapping[str, "torch.Tensor"], fields: dict[s
                  protect: Mapping[str, Optional[Path]] = {}) -> str:
     """A drop-in checkpoint (same keys, shapes, dtypes as the caller's state) with our provenance; returns its sha256."""
     return write_safetensors(path, dict(state), metadata_for(fields), force=force, protect=protect)
+
+
+def write_hf_folder(path: Path, state: Mapping[str, "torch.Tensor"], fields: dict[str, Any], source: Path, force: bool = False,
+                    protect: Mapping[str, Optional[Path]] = {}) -> str:
+    """A save_pretrained folder: the source folder's config.json (and preprocessor config), the weights under the keys
+    save_pretrained writes ("format": "pt", as transformers expects), our provenance; returns the weights' sha256."""
+    metadata = {**metadata_for(fields), "format": "pt"}
+    cpu = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+
+    def fill(folder: Path) -> None:
+        for name in (HF_CONFIG, *HF_EXTRA):
+            if (source / name).is_file():
+                (folder / name).write_bytes((source / name).read_bytes())
+        save_canonical(cpu, folder / HF_WEIGHTS, metadata)
+        (folder / ADAPTER_MARKER).write_text(json.dumps(metadata_for(fields), indent=2, sort_keys=True))
+
+    write_directory(path, fill, force=force, protect=protect)
+    return sha256_file(path / HF_WEIGHTS)
 
 
 def write_adapter(path: Path, peft_model: Optional["PeftModel"], fields: dict[str, Any], force: bool = False,

@@ -28,8 +28,12 @@ if TYPE_CHECKING:  # torch is imported where it is used, so `unlearn --help` and
 
 META_PREFIX = "unlearn."
 TMP_PREFIX = ".unlearn-"  # temporary names do not derive from the output's name, so a long name cannot overflow them
-# Files `unlearn apply --adapter-only` writes; --force replaces a folder holding these and nothing else.
-ADAPTER_FILES = frozenset({"adapter_config.json", "adapter_model.safetensors", "unlearn_metadata.json", "README.md"})
+HF_CONFIG, HF_WEIGHTS = "config.json", "model.safetensors"  # a transformers save_pretrained folder
+HF_EXTRA = ("preprocessor_config.json",)  # copied into a merged save_pretrained folder output when the input has it
+# Files `unlearn apply --adapter-only` writes (and, for a save_pretrained folder output, config.json, model.safetensors
+# and preprocessor_config.json); --force replaces a folder holding these, with our marker, and nothing else.
+ADAPTER_FILES = frozenset({"adapter_config.json", "adapter_model.safetensors", "unlearn_metadata.json", "README.md",
+                           HF_CONFIG, HF_WEIGHTS, *HF_EXTRA})
 ADAPTER_MARKER = "unlearn_metadata.json"
 
 # Outputs published by this process (for an honest message when it is interrupted afterwards).
@@ -363,6 +367,9 @@ def write_directory(path: str | Path, fill: Callable[[Path], None], force: bool 
     reserved = old = None
     try:
         fill(tmp)
+        for f in tmp.iterdir():  # what a normal write gives (some writers, e.g. safetensors', create files 0600)
+            if f.is_file() and not f.is_symlink():
+                os.chmod(f, _new_file_mode())
         os.chmod(tmp, 0o777 & ~_umask())
         if path.exists():
             if not is_our_folder(path):  # checked again right before replacing

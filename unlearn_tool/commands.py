@@ -37,6 +37,8 @@ def apply(request: "str | Path | Sequence[str | Path]", checkpoint: str | Path, 
             from .errors import MethodError
 
             raise MethodError(f"{checkpoint} is an exact artifact: apply one request at a time (each deletion is a step of its log)")
+        for option in ("summary_samples", "num_workers"):  # its summary evaluates every sample; its data are read in process
+            options.pop(option, None)
         return apply_exact_request(reqs[0], checkpoint, **options)  # type: ignore[return-value]
     if options.pop("retrain_affected", False):
         from .errors import MethodError
@@ -84,6 +86,7 @@ def train(request: str | Path, output: str | Path, exact: Optional[str] = None, 
         from .exact.run import exact_train_params, train_exact_request
 
         params = exact_train_params(options.pop("options", None) or {})
+        options.pop("num_workers", None)  # its data are read in process
         _set_precision(options)
         return train_exact_request(req, output, exact, params=params, **options)
     from .distributed import device_for, setup

@@ -5,6 +5,9 @@ address the train split in exactly that order. Nothing here unpickles: CIFAR is
 read from its official *binary* distribution, SVHN from its .mat files, the
 MNIST family from its idx files (through torchvision), tensors from
 safetensors or npz (allow_pickle=False).
+
+Image files (`imagefolder`, a `csv` manifest) are never all in memory: each image is read
+when a batch needs it, by DataLoader workers when `num_workers` > 0 (`--num-workers`).
 """
 
 from __future__ import annotations
@@ -34,20 +37,35 @@ DIGITS_SPLIT_SEED = 0
 class LabelledData:
     """A labelled data set: `len`, `targets`, `subset(indices)`, `batches(...)`.
 
-    In-memory tensors are sliced directly (fast path for small data); other
-    sources go through a single-process DataLoader.
+    In-memory tensors are sliced directly (fast path for small data); a subset of them is a view (row positions
+    into the same tensor, never a copy: the retain set of 50k CIFAR images would otherwise hold 0.6 GB again).
+    Other sources (image files, read lazily) go through a DataLoader with `num_workers` worker processes.
     """
 
-    def __init__(self, dataset: Dataset, targets: torch.Tensor, x: Optional[torch.Tensor] = None, ids: Optional[list[str]] = None):
+    def __init__(self, dataset: Dataset, targets: torch.Tensor, x: Optional[torch.Tensor] = None, ids: Optional[list[str]] = None,
+                 num_workers: int = 0, rows: Optional[torch.Tensor] = None):
         self.dataset = dataset
         self.targets = targets.long()
-        self.x = x  # set when all inputs are in memory
+        self._x = x  # set when all inputs are in memory (for a subset: the whole tensor it is a view of)
+        self._rows = rows  # a subset's positions in _x (None: all of _x, in order)
         self.ids = ids  # record IDs, one per sample, when the source has them (strings)
         self.labelled = True  # False: a train split without labels (targets are -1, or the original's predictions)
+        self.num_workers = num_workers  # DataLoader workers for lazily read data (ignored in memory)
 
     @classmethod
     def from_tensors(cls, x: torch.Tensor, y: torch.Tensor, ids: Optional[list[str]] = None) -> "LabelledData":
         return cls(torch.utils.data.TensorDataset(x, y), y, x=x, ids=ids)
+
+    @property
+    def x(self) -> Optional[torch.Tensor]:
+        """All inputs when they are in memory (a subset's are gathered: a copy), else None."""
+        if self._x is None or self._rows is None:
+            return self._x
+        return self._x[self._rows]
+
+    def _inputs(self, idx: torch.Tensor) -> torch.Tensor:
+        assert self._x is not None
+        return self._x[idx if self._rows is None else self._rows[idx]]
 
     def __len__(self) -> int:
         return int(self.targets.shape[0])
@@ -55,10 +73,12 @@ class LabelledData:
     def subset(self, indices: Sequence[int] | torch.Tensor) -> "LabelledData":
         idx = torch.as_tensor(indices, dtype=torch.long)
         ids = [self.ids[i] for i in idx.tolist()] if self.ids is not None else None
-        if self.x is not None:
-            out = LabelledData.from_tensors(self.x[idx], self.targets[idx], ids)
+        if self._x is not None:
+            rows = idx if self._rows is None else self._rows[idx]
+            out = LabelledData(torch.utils.data.Subset(self.dataset, idx.tolist()), self.targets[idx], x=self._x, ids=ids, rows=rows)
         else:
-            out = LabelledData(torch.utils.data.Subset(self.dataset, idx.tolist()), self.targets[idx], ids=ids)
+            out = LabelledData(torch.utils.data.Subset(self.dataset, idx.tolist()), self.targets[idx], ids=ids,
+                               num_workers=self.num_workers)
         out.labelled = self.labelled
         return out
 
@@ -74,22 +94,24 @@ class LabelledData:
 
         pin = pin_batches()
         n = len(self)
-        if self.x is not None:
+        if self._x is not None:
             order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
             for start in range(0, n, batch_size):
                 idx = order[start:start + batch_size]
-                x, y = shard(self.x[idx], self.targets[idx]) if shuffle else (self.x[idx], self.targets[idx])
+                x, y = self._inputs(idx), self.targets[idx]
+                x, y = shard(x, y) if shuffle else (x, y)
                 yield (x.pin_memory(), y.pin_memory()) if pin else (x, y)
             return
-        loader = DataLoader(self.dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, num_workers=0, pin_memory=pin)
+        loader = DataLoader(self.dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, num_workers=self.num_workers,
+                            pin_memory=pin)
         for x, y in loader:
             x, y = x.float(), torch.as_tensor(y).long()
             yield shard(x, y) if shuffle else (x, y)
 
     def take(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The batch (x, y) at positions `idx`."""
-        if self.x is not None:
-            return self.x[idx], self.targets[idx]
+        if self._x is not None:
+            return self._inputs(idx), self.targets[idx]
         items = [self.dataset[int(i)] for i in idx]
         return torch.stack([torch.as_tensor(a).float() for a, _ in items]), self.targets[idx]
 
@@ -104,8 +126,9 @@ class LabelledData:
         return tuple(torch.as_tensor(x).shape)
 
 
-def _bytes_of(t: torch.Tensor) -> bytes:
-    return t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+def _bytes_of(t: torch.Tensor) -> np.ndarray:
+    """The tensor's bytes as a flat uint8 array sharing its memory (hashlib reads it in place: no 0.6 GB copy at 50k CIFAR images)."""
+    return t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
 
 
 def fingerprint(data: LabelledData) -> str:
@@ -150,7 +173,7 @@ class Splits:
 
     @cached_property
     def forget(self) -> LabelledData:
-        """Built once: for in-memory data a subset is a copy, which callers should not pay for on every access."""
+        """Built once (a view of the train split's tensors, or a Subset of its files)."""
         return self.train.subset(self.forget_idx)
 
     @cached_property
@@ -200,12 +223,28 @@ def _resize(x: torch.Tensor, size: Optional[int], where: str = "data") -> torch.
     return torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
 
 
+CONVERT_CHUNK = 4096  # images converted at a time: the float copy of the whole set is the only large allocation
+
+
 def _uint8_images_to_tensor(images: np.ndarray, spec: DataSpec, where: str) -> torch.Tensor:
-    """(N, H, W[, C]) uint8 -> (N, C, H, W) float32 in [0, 1], resized and normalised."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).float().div_(255.0)
-    x = x.unsqueeze(1) if x.dim() == 3 else x.permute(0, 3, 1, 2).contiguous()
-    x = _resize(x, spec.preprocess.resize, where)
-    return _normalize(x, spec.preprocess.normalize, where)
+    """(N, H, W[, C]) uint8 -> (N, C, H, W) float32 in [0, 1], resized and normalised.
+
+    Converted in chunks into one preallocated tensor, so peak memory is the uint8 images plus the result
+    (a whole-set conversion would hold three float copies at once: 1.8 GB more at 50k CIFAR images).
+    """
+    n = images.shape[0]
+    c = 1 if images.ndim == 3 else images.shape[3]
+    size = spec.preprocess.resize
+    h, w = (size, size) if size else images.shape[1:3]
+    check_fits_in_memory(n * c * h * w, where, "lower preprocess.resize" if size else "use a smaller split")
+    out = torch.empty((n, c, h, w), dtype=torch.float32)
+    for start in range(0, n, CONVERT_CHUNK):
+        x = torch.from_numpy(np.ascontiguousarray(images[start:start + CONVERT_CHUNK])).float().div_(255.0)
+        x = x.unsqueeze(1) if x.dim() == 3 else x.permute(0, 3, 1, 2)
+        if size:
+            x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+        out[start:start + len(x)] = _normalize(x, spec.preprocess.normalize, where)
+    return out
 
 
 # ---------------------------------------------------------------- sources
@@ -371,12 +410,10 @@ def _load_mnist_family(name: str, spec: DataSpec, root: Path, role: str, where: 
     return LabelledData.from_tensors(_uint8_images_to_tensor(ds.data.numpy(), spec, where), ds.targets.clone())
 
 
-def _load_imagefolder(spec: DataSpec, path: Path, where: str) -> LabelledData:
-    import torchvision
+def _image_transform(spec: DataSpec):
+    """PIL image -> float tensor (C, H, W): grayscale, resize, to [0, 1], normalise, as the request's preprocess says."""
     from torchvision import transforms as T
 
-    if not path.is_dir():
-        raise DataError(f"{where}.path: {path} is not a folder; give a folder with one sub-folder of images per class")
     steps = []
     if spec.preprocess.grayscale:
         steps.append(T.Grayscale(1))
@@ -385,12 +422,85 @@ def _load_imagefolder(spec: DataSpec, path: Path, where: str) -> LabelledData:
     steps.append(T.ToTensor())
     if spec.preprocess.normalize:
         steps.append(T.Normalize(spec.preprocess.normalize.mean, spec.preprocess.normalize.std))
+    return T.Compose(steps)
+
+
+def _load_imagefolder(spec: DataSpec, path: Path, where: str) -> LabelledData:
+    import torchvision
+
+    if not path.is_dir():
+        raise DataError(f"{where}.path: {path} is not a folder; give a folder with one sub-folder of images per class")
     try:
-        ds = torchvision.datasets.ImageFolder(str(path), transform=T.Compose(steps))
+        ds = torchvision.datasets.ImageFolder(str(path), transform=_image_transform(spec))
     except (FileNotFoundError, RuntimeError) as e:
         raise DataError(f"{where}.path: {path}: {e}; give a folder with one sub-folder of images per class") from None
     ids = [Path(p).relative_to(path).as_posix() for p, _ in ds.samples]  # the record ID of an image is its path in the folder
     return LabelledData(ds, torch.tensor(ds.targets, dtype=torch.long), ids=check_unique_ids(ids, where))
+
+
+class ImageFiles(Dataset):
+    """Images named by path, each read (and transformed) only when a batch asks for it; picklable for DataLoader workers."""
+
+    def __init__(self, paths: list[str], labels: list[int], transform, ids: Optional[list[str]] = None):
+        self.paths, self.labels, self.transform = paths, labels, transform
+        self.ids = ids  # the manifest's optional id column, as text
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+
+        with Image.open(self.paths[i]) as im:
+            return self.transform(im.convert("RGB")), self.labels[i]
+
+
+CSV_FIX = "give a CSV with a header row path,label (and optionally id): one image per row, paths relative to the CSV"
+
+
+def _load_csv(spec: DataSpec, path: Path, where: str) -> LabelledData:
+    """A manifest: a CSV with columns path,label (optional id: the record IDs, else the paths); paths relative to the
+    CSV's folder. Nothing of the file's contents is echoed in an error: rows are named by line number."""
+    import csv
+
+    if not path.is_file():
+        raise DataError(f"{where}.path: {path} is not a file; {CSV_FIX}")
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            missing = [c for c in ("path", "label") if c not in (reader.fieldnames or [])]
+            if missing:
+                raise DataError(f"{where}.path: {path} has no {' or '.join(missing)} column in its header; {CSV_FIX}")
+            rows = [(reader.line_num, r) for r in reader]
+    except UnicodeDecodeError:
+        raise DataError(f"{where}.path: {path} is not UTF-8 text; {CSV_FIX}") from None
+    except csv.Error as e:
+        raise DataError(f"{where}.path: {path} is not a readable CSV ({e}); {CSV_FIX}") from None
+    if not rows:
+        raise DataError(f"{where}.path: {path} lists no images; {CSV_FIX}")
+    folder = path.parent
+    paths, labels, ids, names = [], [], [], []
+    for line, r in rows:
+        label = (r.get("label") or "").strip()
+        if not label.isdigit():
+            raise DataError(f"{where}.path: {path} line {line}: the label is not a non-negative whole number; labels are class indices 0..C-1")
+        image = folder / (r.get("path") or "").strip()
+        if not (r.get("path") or "").strip() or not image.is_file():
+            raise DataError(f"{where}.path: {path} line {line}: the image file does not exist; paths are relative to the CSV's folder")
+        paths.append(str(image))
+        labels.append(int(label))
+        ids.append((r.get("id") or "").strip())
+        names.append((r.get("path") or "").strip())
+    if "id" in rows[0][1]:
+        ids = check_unique_ids(ids, where)
+    else:  # the record ID of an image is its path as the manifest writes it, when each path is listed once
+        ids = names if len(set(names)) == len(names) else None
+    ds = ImageFiles(paths, labels, _image_transform(spec), ids)
+    try:
+        ds[0]
+    except Exception as e:  # noqa: BLE001 - PIL raises several types for a file that is not an image
+        raise DataError(f"{where}.path: {path} line {rows[0][0]}: the image cannot be read ({type(e).__name__}); list image files (PNG, JPEG, ...)") from None
+    return LabelledData(ds, torch.tensor(labels, dtype=torch.long), ids=ids)
 
 
 def load_split(spec: DataSpec, role: str, base_dir: Path) -> LabelledData:
@@ -403,6 +513,8 @@ def load_split(spec: DataSpec, role: str, base_dir: Path) -> LabelledData:
         return _load_digits(spec, role, where)
     if src == "imagefolder":
         return _load_imagefolder(spec, _resolve(base_dir, spec.path), where)
+    if src == "csv":
+        return _load_csv(spec, _resolve(base_dir, spec.path), where)
     name = src.split(":", 1)[1]
     root = _resolve(base_dir, spec.root)
     if name in CIFAR_LAYOUT:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional
+import itertools
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Iterator, Optional
 
 import numpy as np
 import torch
@@ -15,9 +17,40 @@ if TYPE_CHECKING:
     pass
 
 
-@torch.no_grad()
+# model id -> (model, {data id: (data, weights version, logits, labels)}): predictions remembered inside `remember_predictions`
+_REMEMBERED: dict[int, tuple[nn.Module, dict[int, tuple]]] = {}
+
+
+def _weights_version(model: nn.Module) -> tuple[int, ...]:
+    """Changes whenever a parameter or buffer is modified in place (torch counts in-place writes per tensor)."""
+    return tuple(t._version for t in itertools.chain(model.parameters(), model.buffers()))
+
+
+@contextmanager
+def remember_predictions(model: nn.Module) -> Iterator[None]:
+    """Inside the block, `predict_logits(model, data)` runs once per data set while the model's weights are unchanged:
+    `apply`'s before-summary and the method share the original's predictions (e.g. on the forget set)."""
+    _REMEMBERED[id(model)] = (model, {})
+    try:
+        yield
+    finally:
+        _REMEMBERED.pop(id(model), None)
+
+
 def predict_logits(model: nn.Module, data: LabelledData, device: torch.device, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits (N, C) and labels (N,) on CPU, in data order, in eval mode."""
+    entry = _REMEMBERED.get(id(model))
+    if entry is None or entry[0] is not model:
+        return _predict_logits(model, data, device, batch_size)
+    memo, version = entry[1], _weights_version(model)
+    hit = memo.get(id(data))
+    if hit is None or hit[0] is not data or hit[1] != version:
+        hit = memo[id(data)] = (data, version, *_predict_logits(model, data, device, batch_size))
+    return hit[2].clone(), hit[3].clone()
+
+
+@torch.no_grad()
+def _predict_logits(model: nn.Module, data: LabelledData, device: torch.device, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     was_training = model.training
     model.eval()
     outs, ys = [], []

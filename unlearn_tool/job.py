@@ -210,6 +210,7 @@ def prepare(
     excluded_for: Optional[Callable[[LabelledData, str], Optional[torch.Tensor]]] = None,
     allow_missing: bool = False,
     needs_labels: bool = True,
+    num_workers: int = 0,
 ) -> Job:
     """Validate everything a run needs, in the order that fails fastest, without training.
 
@@ -218,8 +219,11 @@ def prepare(
     needs_labels: False for a label-free method: the train split may then have no labels (y). With a checkpoint, an
     unlabelled train split is given the original model's predictions as labels for the summary and the audit only
     (the method never reads them; the summary and the report say so).
+    num_workers: DataLoader worker processes that read image files (imagefolder, csv) while batches are computed.
     """
     req = request if isinstance(request, Request) else load_request(request)
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or not 0 <= num_workers <= 256:
+        raise UnlearnError(f"--num-workers {num_workers}: give a whole number from 0 to 256")
     task = get_task("classification")
     dev = resolve_device(device)
     run_seed = req.seed if seed is None else check_seed(seed)
@@ -239,6 +243,7 @@ def prepare(
     data_sha = fingerprint(probe_train)
     excluded = excluded_for(probe_train, data_sha) if excluded_for is not None else None
     splits = load_splits(req, num_outputs, task, train=probe_train, excluded=excluded, allow_missing=allow_missing)
+    splits.train.num_workers = splits.test.num_workers = num_workers
     job = Job(request=req, task=task, splits=splits, num_classes=num_outputs, device=dev, seed=run_seed, code=code,
               data_sha256=data_sha, full_train=probe_train)
     if checkpoint is not None:

@@ -1,13 +1,19 @@
-"""Build the architecture a request names: builtin small nets, torchvision classifiers, or user code."""
+"""Build the architecture a request names: builtin small nets, torchvision, Hugging Face or timm classifiers, or user code.
+
+Every model is built with random weights (the checkpoint supplies them): nothing is downloaded, nothing unpickled.
+"""
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
 
+from .checkpoint import HF_CONFIG
 from .errors import ModelError
 from .request import ModelSpec
 from .usercode import CodePolicy, import_model_module, one_line as _one_line  # noqa: F401 (CodePolicy re-exported)
@@ -69,6 +75,140 @@ def _torchvision_model(name: str, kwargs: dict) -> nn.Module:
     return _call_factory(lambda **kw: torchvision.models.get_model(name, **kw), kwargs, f"torchvision:{name}")
 
 
+# ---------------------------------------------------------------- Hugging Face transformers (hf:<folder>)
+
+HF_OFFLINE = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+
+
+def offline_hub() -> None:
+    """Tell huggingface_hub and transformers never to reach the network (we build from local configs only)."""
+    for name in HF_OFFLINE:
+        os.environ[name] = "1"
+
+
+def hf_folder(spec: ModelSpec, base_dir: Path) -> Optional[Path]:
+    """The save_pretrained folder an `hf:<folder>` source names (relative to the request), or None for other sources."""
+    kind, _, rest = spec.arch.partition(":")
+    if kind != "hf":
+        return None
+    path = Path(rest).expanduser()
+    return path if path.is_absolute() else Path(base_dir) / path
+
+
+class _KeyRenamer:
+    """A state_dict hook renaming exact keys (below the module's prefix); picklable and deep-copyable."""
+
+    def __init__(self, mapping: dict[str, str]):
+        self.mapping = mapping
+
+    def __call__(self, module: nn.Module, state_dict: dict, prefix: str, *_: Any) -> None:
+        moved = {prefix + new: state_dict.pop(prefix + old) for old, new in self.mapping.items() if prefix + old in state_dict}
+        state_dict.update(moved)
+
+
+_LOGITS_CLASSES: dict[type, type] = {}
+
+
+def _logits_class(base: type) -> type:
+    """`base` (a transformers image classifier) whose forward returns the logits tensor instead of an output object.
+
+    It keeps the base's name (transformers looks some behaviour up by class name) and module tree, so module names,
+    parameter names and LoRA targets are transformers' own.
+    """
+    cls = _LOGITS_CLASSES.get(base)
+    if cls is None:
+        def forward(self: nn.Module, pixel_values: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+            out = base.forward(self, pixel_values, *args, **kwargs)
+            return out.logits if hasattr(out, "logits") else out[0]
+
+        cls = type(base.__name__, (base,), {"forward": forward, "__module__": __name__, "__qualname__": base.__qualname__,
+                                            "__doc__": f"{base.__name__} returning logits (unlearn_tool.models)."})
+        _LOGITS_CLASSES[base] = cls
+    return cls
+
+
+def _saved_names(model: nn.Module, arch: str) -> dict[str, str]:
+    """In-memory state_dict key -> the key `save_pretrained` writes, where they differ.
+
+    transformers >= 5 renames some weights when it saves (and back when it loads); a checkpoint from
+    save_pretrained holds the saved names. Only one-to-one renamings are supported.
+    """
+    try:
+        from transformers.core_model_loading import revert_weight_conversion
+    except ImportError:  # transformers 4: the saved names are the state_dict's
+        return {}
+    state = model.state_dict()
+    saved = revert_weight_conversion(model, dict(state))
+    by_id = {id(t): k for k, t in state.items()}
+    names = {by_id.get(id(t)): k for k, t in saved.items()}
+    if None in names or len(names) != len(state):
+        raise ModelError(f"model.arch: {arch}: transformers saves this model's weights in a converted layout (not one tensor per "
+                         "weight), which this tool cannot map; use a model whose save_pretrained keys are its parameter names")
+    return {k: v for k, v in names.items() if k != v}  # type: ignore[misc]
+
+
+def _hf_model(spec: ModelSpec, base_dir: Path) -> nn.Module:
+    folder = hf_folder(spec, base_dir)
+    assert folder is not None
+    arch, fix = spec.arch, "give a folder written by save_pretrained (config.json and model.safetensors)"
+    if not folder.is_dir():
+        raise ModelError(f"model.arch: {arch}: {folder} is not a folder; {fix}")
+    if not (folder / HF_CONFIG).is_file():
+        raise ModelError(f"model.arch: {arch}: {folder} has no {HF_CONFIG}; {fix}")
+    try:
+        raw = json.loads((folder / HF_CONFIG).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ModelError(f"model.arch: {arch}: {folder / HF_CONFIG} is not readable JSON ({type(e).__name__}); {fix}") from None
+    if isinstance(raw, dict) and "auto_map" in raw:
+        raise ModelError(f"model.arch: {arch}: {folder / HF_CONFIG} needs custom model code (auto_map), which this tool never runs; "
+                         "give a model class built into transformers")
+    offline_hub()
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING
+
+    try:
+        config, unused = AutoConfig.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False,
+                                                    return_unused_kwargs=True, **spec.kwargs)
+    except (Exception, SystemExit) as e:  # noqa: BLE001 - bad JSON, unknown model_type, remote code: all the user's file
+        raise ModelError(f"model.arch: {arch}: {folder / HF_CONFIG} cannot be read ({type(e).__name__}: {_one_line(e)}); {fix}") from None
+    if unused:
+        raise ModelError(f"model.kwargs: {', '.join(sorted(unused))} is not a field of the '{config.model_type}' config in {folder}; "
+                         "model.kwargs override config.json fields (e.g. num_labels)")
+    base = MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING.get(type(config), None)
+    if base is None:
+        raise ModelError(f"model.arch: {arch}: {folder / HF_CONFIG} describes a '{config.model_type}' model, which is not an image "
+                         "classifier; give an AutoModelForImageClassification model (vit, deit, convnext, resnet, swin, ...)")
+    model = _call_factory(lambda: _logits_class(base)(config), {}, arch)
+    renames = _saved_names(model, arch)
+    if renames:  # state_dict and load_state_dict speak the saved names, so checkpoints and outputs are save_pretrained's
+        post_hook = getattr(model, "register_state_dict_post_hook", None) or model._register_state_dict_hook  # torch < 2.5
+        post_hook(_KeyRenamer(renames))
+        model.register_load_state_dict_pre_hook(_KeyRenamer({v: k for k, v in renames.items()}))
+    return model
+
+
+# ---------------------------------------------------------------- timm (timm:<name>, optional extra)
+
+TIMM_REFUSED = ("checkpoint_path", "pretrained_cfg_overlay", "pretrained_cfg")  # would read (unpickle) or fetch weights
+
+
+def _timm_model(name: str, kwargs: dict, arch: str) -> nn.Module:
+    offline_hub()
+    try:
+        import timm
+    except ImportError:
+        raise ModelError(f"model.arch: {arch} needs the optional timm package; install it with pip install 'unlearn-tool[timm]'") from None
+    kwargs = dict(kwargs)
+    if kwargs.pop("pretrained", False) is not False:
+        raise ModelError("model.kwargs.pretrained: pre-trained weights are never downloaded (the checkpoint supplies them); drop pretrained")
+    for key in TIMM_REFUSED:
+        if key in kwargs:
+            raise ModelError(f"model.kwargs.{key}: weights come only from the checkpoint you give (never fetched or unpickled); drop {key}")
+    if not timm.is_model(name):
+        raise ModelError(f"model.arch: timm has no model '{name}'; e.g. resnet18, vit_tiny_patch16_224, convnext_atto (timm.list_models())")
+    return _call_factory(lambda **kw: timm.create_model(name, pretrained=False, **kw), kwargs, arch)
+
+
 def _python_model(spec: str, kwargs: dict, base_dir: Path, policy: CodePolicy) -> nn.Module:
     _, module_name, attr = spec.split(":")
     module = import_model_module(module_name, base_dir, policy)
@@ -96,6 +236,10 @@ def build_model(spec: ModelSpec, base_dir: Path = Path("."), policy: CodePolicy 
         model = _call_factory(BUILTIN[rest], spec.kwargs, spec.arch)
     elif kind == "torchvision":
         model = _torchvision_model(rest, spec.kwargs)
+    elif kind == "hf":
+        model = _hf_model(spec, base_dir)
+    elif kind == "timm":
+        model = _timm_model(rest, spec.kwargs, spec.arch)
     else:
         model = _python_model(spec.arch, spec.kwargs, base_dir, policy)
     if not isinstance(model, nn.Module):

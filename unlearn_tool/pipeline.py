@@ -16,32 +16,63 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
 from . import __version__
-from .artifacts import CheckpointArtifact, write_adapter, write_merged
+from .artifacts import CheckpointArtifact, is_checkpoint, write_adapter, write_hf_folder, write_merged
 from .audit.registry import finite
 from .checkpoint import check_output, dtypes_of, load_into, non_finite
-from .errors import AuditError, DivergedError, MethodError, UnlearnError
-from .evaluate import stream
+from .data import LabelledData
+from .errors import AuditError, CheckpointError, DivergedError, MethodError, UnlearnError
+from .evaluate import predict_logits, remember_predictions
 from .job import Job, Progress, check_seed, describe_job, prepare, resolve_device, seed_everything  # noqa: F401 (re-exported)
 from .methods import MethodParams, check_applicable, get_method, method_names, parse_params, run_method
-from .models import CodePolicy
+from .models import CodePolicy, hf_folder
 from .provenance import created_utc, file_fields
 from .request import Request, load_request, method_params_for
+from .tasks import SetOutputs
 from .training import TrainConfig
 
 SUMMARY_SETS = ("retain", "forget", "test")
+SUMMARY_SAMPLES = 1000  # retain and test samples the before/after summary evaluates (seeded); the audit evaluates all
 
 
 # ---------------------------------------------------------------- utility figures
 
-def utility(model: nn.Module, job: Job, batch_size: Optional[int] = None) -> dict[str, Optional[float]]:
-    """The before/after summary: the task's utility metrics on retain, forget and test data (scalars only)."""
+def summary_sets(job: Job, samples: Optional[int] = SUMMARY_SAMPLES) -> dict[str, LabelledData]:
+    """What the before/after summary evaluates: the whole forget set (the work), and seeded samples of at most
+    `samples` retain and test samples (None or 0: all), the same positions for every model of the job."""
+    out = {}
+    for i, name in enumerate(SUMMARY_SETS):
+        data: LabelledData = getattr(job.splits, name)
+        if name != "forget" and samples and len(data) > samples:
+            keep = np.sort(np.random.default_rng(job.seed * 7919 + 101 + i).choice(len(data), size=samples, replace=False))
+            data = data.subset(torch.from_numpy(keep))
+        out[name] = data
+    return out
+
+
+def summary_sizes(job: Job, sets: dict[str, LabelledData]) -> dict[str, int]:
+    """How many samples the summary evaluated per set, and how many the set holds (the JSON's `summary_samples`)."""
+    return {**{k: len(v) for k, v in sets.items()}, **{f"{k}_total": len(getattr(job.splits, k)) for k in sets}}
+
+
+def utility(model: nn.Module, job: Job, batch_size: Optional[int] = None,
+            sets: Optional[dict[str, LabelledData]] = None) -> dict[str, Optional[float]]:
+    """The before/after summary: the task's utility metrics on retain, forget and test data (scalars only).
+
+    `sets` (from summary_sets) bounds what is evaluated; by default every sample of the three sets.
+    """
     bs = batch_size or job.request.data.batch_size
-    sets = {name: stream(model, getattr(job.splits, name), job.device, bs, job.task) for name in SUMMARY_SETS}
-    figures = job.task.utility(sets, job.forget_info)
+    sets = sets if sets is not None else {name: getattr(job.splits, name) for name in SUMMARY_SETS}
+    outputs = {}
+    for name, data in sets.items():
+        logits, y = predict_logits(model, data, job.device, bs)  # remembered for the original inside `apply`
+        targets = y.numpy()
+        outputs[name] = SetOutputs(targets=targets, stats=job.task.per_sample(logits.double().numpy(), targets))
+    figures = job.task.utility(outputs, job.forget_info)
     keep = ("retain_acc", "forget_acc", "test_acc") + (("test_remaining_acc", "test_forgotten_acc") if job.splits.scenario == "class" else ())
     return {k: finite(figures.get(k)) for k in keep}
 
@@ -70,8 +101,18 @@ def output_fields(job: Job, **extra: Any) -> dict[str, Any]:
 # ---------------------------------------------------------------- apply
 
 def default_output_path(checkpoint: Path, adapter: bool) -> Path:
+    """Beside the input: <stem>.unlearned.safetensors, or <name>.unlearned for an adapter or a save_pretrained folder input."""
+    if checkpoint.is_dir():
+        return checkpoint.with_name(f"{checkpoint.name}.unlearned")
     stem = checkpoint.name[: -len(".safetensors")] if checkpoint.name.endswith(".safetensors") else checkpoint.stem
     return checkpoint.with_name(f"{stem}.unlearned" + ("" if adapter else ".safetensors"))
+
+
+def hf_output_folder(req: Request, output: Path) -> Optional[Path]:
+    """For an hf:<folder> model, a merged output not named *.safetensors is a save_pretrained folder: the source folder
+    whose config it copies; None when the output is a single safetensors file."""
+    source = hf_folder(req.model, req.base_dir)
+    return source if source is not None and not output.name.endswith(".safetensors") else None
 
 
 UNLABELLED_NOTE = ("the train split has no labels: the method read none, and the forget/retain figures here are agreement with the "
@@ -95,6 +136,8 @@ class ApplyPlan:
     audit: bool = False
     gates: list[str] = field(default_factory=list)  # audited right after (apply --audit)
     reference: Optional[Path] = None
+    hf_source: Optional[Path] = None  # a merged save_pretrained folder output copies this folder's config
+    summary_samples: Optional[int] = SUMMARY_SAMPLES
 
 
 def plan_apply(
@@ -108,6 +151,7 @@ def plan_apply(
     audit: bool = False,
     gates: Optional[list[str]] = None,
     reference: Optional[str | Path] = None,
+    summary_samples: Optional[int] = SUMMARY_SAMPLES,
 ) -> ApplyPlan:
     """Check method, parameters, output and audit settings: every input error fails here, before any work.
 
@@ -123,15 +167,17 @@ def plan_apply(
         raise MethodError(f"method {name} changes weights directly, so it has no adapter output; drop --adapter-only (or output.mode: adapter)")
     ckpt = Path(checkpoint)
     out_path = Path(output) if output else (req.resolve(req.output.path) if req.output.path else default_output_path(ckpt, adapter))
-    check_output(out_path, "dir" if adapter else "file", force, protect={"input checkpoint": ckpt, "request": req.path})
-    plan = ApplyPlan(method=name, params=method_params, adapter=adapter, output=out_path, force=force, audit=audit)
+    hf_source = None if adapter else hf_output_folder(req, out_path)
+    check_output(out_path, "dir" if adapter or hf_source else "file", force, protect={"input checkpoint": ckpt, "request": req.path})
+    plan = ApplyPlan(method=name, params=method_params, adapter=adapter, output=out_path, force=force, audit=audit,
+                     hf_source=hf_source, summary_samples=summary_samples)
     if audit:
         from .audit.gates import parse_gates
 
         plan.gates = list(gates) if gates is not None else list(req.audit.gates)
         plan.reference = Path(reference) if reference is not None else req.audit_reference()
         parse_gates(plan.gates, req.forget.scenario, plan.reference is not None)
-        if plan.reference is not None and not plan.reference.is_file():
+        if plan.reference is not None and not is_checkpoint(plan.reference):
             raise AuditError(f"audit reference {plan.reference} not found; give a retrained checkpoint (unlearn train --exclude-forget) or drop audit.reference")
     return plan
 
@@ -150,6 +196,7 @@ class ApplyResult:
     info: dict[str, Any]
     warnings: list[str]
     metadata: dict[str, Any] = field(default_factory=dict)  # the provenance fields written with the output
+    summary_samples: dict[str, int] = field(default_factory=dict)  # what before/after evaluated (summary_sizes)
     model: Optional[nn.Module] = None  # the unlearned model (for an audit right after)
 
     def as_dict(self, job: Job) -> dict[str, Any]:
@@ -174,6 +221,7 @@ class ApplyResult:
             "total_time_s": round(self.total_time_s, 4),
             "before": self.before,
             "after": self.after,
+            "summary_samples": self.summary_samples,
             "info": self.info,
             "warnings": self.warnings,
         }
@@ -192,18 +240,21 @@ class StepResult:
     info: dict[str, Any]
     log: list[str]
     summary_s: float = 0.0  # the before/after summary's time
+    summary_samples: dict[str, int] = field(default_factory=dict)  # what before/after evaluated (summary_sizes)
 
 
 def unlearn_step(job: Job, plan: ApplyPlan, progress: Optional[Progress] = None) -> StepResult:
     """Run the plan's method on the job's original; refuse a non-finite result; summarise before and after."""
     if job.original is None:
         raise UnlearnError("apply needs a checkpoint; give the trained model's .safetensors file")
-    t = time.perf_counter()
-    before = utility(job.original, job)
-    summary_s = time.perf_counter() - t
+    sets = summary_sets(job, plan.summary_samples)
     ctx = job.context(progress=progress)
-    job.seed_everything()
-    result, wall = run_method(plan.method, ctx, plan.params)
+    with remember_predictions(job.original):  # the method reuses the original's predictions the summary computed
+        t = time.perf_counter()
+        before = utility(job.original, job, sets=sets)
+        summary_s = time.perf_counter() - t
+        job.seed_everything()
+        result, wall = run_method(plan.method, ctx, plan.params)
     model = result.model.to(job.device).eval()
     state = merged_state(model, job)
     bad = non_finite(state)
@@ -211,9 +262,10 @@ def unlearn_step(job: Job, plan: ApplyPlan, progress: Optional[Progress] = None)
         raise DivergedError(f"unlearning diverged: {len(bad)} tensor(s) of the result hold NaN/Inf (first: {bad[0][0]}); "
                             f"nothing was written; lower the learning rate or check the method's parameters")
     t = time.perf_counter()
-    after = utility(model, job)
+    after = utility(model, job, sets=sets)
     summary_s += time.perf_counter() - t
-    return StepResult(model, result.adapter_model, state, before, after, wall, result.info, list(ctx.log), summary_s)
+    return StepResult(model, result.adapter_model, state, before, after, wall, result.info, list(ctx.log), summary_s,
+                      summary_sizes(job, sets))
 
 
 def apply(
@@ -261,6 +313,8 @@ def write_step(job: Job, plan: ApplyPlan, step: StepResult, parent_sha256: str, 
     if plan.adapter:
         digest = write_adapter(plan.output, step.adapter_model, fields, force=plan.force, protect=protect)
         warnings.insert(0, ADAPTER_WARNING)
+    elif plan.hf_source is not None:
+        digest = write_hf_folder(plan.output, step.state, fields, plan.hf_source, force=plan.force, protect=protect)
     else:
         digest = write_merged(plan.output, step.state, fields, force=plan.force, protect=protect)
     result = ApplyResult(
@@ -277,6 +331,7 @@ def write_step(job: Job, plan: ApplyPlan, step: StepResult, parent_sha256: str, 
         warnings=warnings,
         metadata=fields,
         model=step.model,
+        summary_samples=step.summary_samples,
     )
     result.lineage = chain  # type: ignore[attr-defined]
     return result
@@ -349,6 +404,8 @@ def apply_request(
     record_ids: bool = False,
     allow_missing: bool = False,
     progress: Optional[Progress] = None,
+    summary_samples: Optional[int] = SUMMARY_SAMPLES,
+    num_workers: int = 0,
 ) -> ApplyOutcome:
     """`unlearn apply`: every check first (requests, seed, plan, reference, lineage), then data and models, then the run.
 
@@ -367,8 +424,10 @@ def apply_request(
                                "requests applied in one run must share both (run apply once per model)")
     if seed is not None:
         check_seed(seed)
-    plans = [plan_apply(first, checkpoint, method=method, params=params, output=output, adapter_only=adapter_only, force=force, audit=audit)]
-    plans += [plan_apply(r, checkpoint, method=method, params=params, output=plans[0].output, adapter_only=False, force=True)
+    plans = [plan_apply(first, checkpoint, method=method, params=params, output=output, adapter_only=adapter_only, force=force, audit=audit,
+                        summary_samples=summary_samples)]
+    plans += [plan_apply(r, checkpoint, method=method, params=params, output=plans[0].output, adapter_only=False, force=True,
+                        summary_samples=summary_samples)
               for r in requests[1:]]  # later requests share the run's output; their plans only fix method and parameters
     if len(requests) > 1 and plans[0].adapter:
         raise UnlearnError("several requests in one run give a merged output; drop --adapter-only (or output.mode: adapter)")
@@ -392,7 +451,7 @@ def apply_request(
     label_free = get_method(plans[0].method).label_free
     t_prepare = time.perf_counter()
     job = prepare(first, checkpoint, device=device, seed=seed, code=code, excluded_for=resolve, allow_missing=allow_missing,
-                  needs_labels=not label_free)
+                  needs_labels=not label_free, num_workers=num_workers)
     if not job.splits.train.labelled:
         notes.append(UNLABELLED_NOTE)
     reference = None
@@ -412,6 +471,7 @@ def apply_request(
             gone = torch.cat([gone, job.splits.forget_positions])
             previous = job
             job = prepare(req, None, device=device, seed=seed, code=code, allow_missing=allow_missing, needs_labels=not label_free,
+                          num_workers=num_workers,
                           excluded_for=lambda train, sha, g=gone: torch.cat([resolve(train, sha), g]) if resolve else g)
             job.original, job.artifact = step.model, previous.artifact  # type: ignore[union-attr]  # the input's dtypes and file stay the reference
         step = unlearn_step(job, plan, progress)
@@ -499,10 +559,12 @@ def train_request(
     code: CodePolicy = CodePolicy(),
     progress: Optional[Progress] = None,
     init: Optional[str | Path] = None,
+    num_workers: int = 0,
 ) -> dict[str, Any]:
     """`unlearn train`: options, request, seed, output and --init checked first; then data, model and training.
 
-    init: start from this checkpoint's weights (a pre-trained backbone) instead of a random initialisation.
+    init: start from this checkpoint's weights (a pre-trained backbone; a .safetensors file or a save_pretrained folder)
+    instead of a random initialisation.
     """
     from .training import train_config
 
@@ -510,12 +572,28 @@ def train_request(
     req = load_request(request)
     if seed is not None:
         check_seed(seed)
-    check_output(Path(output), "file", force, protect={"request": req.path, "init checkpoint": Path(init) if init else None})
+    if init is not None and not is_checkpoint(init):
+        raise CheckpointError(f"--init {init}: not found; give a pre-trained checkpoint (.safetensors or a save_pretrained folder)")
+    check_output(Path(output), "dir" if hf_output_folder(req, Path(output)) else "file", force,
+                 protect={"request": req.path, "init checkpoint": Path(init) if init else None})
     start = CheckpointArtifact(init) if init is not None else None
     if start is not None:
         start.tensors  # noqa: B018 - a missing or unreadable --init fails before any work
-    job = prepare(req, None, device=device, seed=seed, code=code)
+    job = prepare(req, None, device=device, seed=seed, code=code, num_workers=num_workers)
     return train_checkpoint(job, output, config, exclude_forget=exclude_forget, force=force, progress=progress, init=start)
+
+
+def init_from(model: nn.Module, init: CheckpointArtifact, arch: str) -> list[str]:
+    """Start from a pre-trained checkpoint of the same architecture: every tensor is loaded, except those whose shape
+    differs (a new head for another number of classes), which keep their fresh initialisation; returns their names."""
+    tensors, own = init.tensors, model.state_dict()
+    foreign = sorted(set(tensors) ^ set(own))
+    if foreign:
+        raise CheckpointError(f"--init {init.path} does not match {arch}: {'missing' if foreign[0] in own else 'unexpected'} {foreign[0]}"
+                              f"{f' (+{len(foreign) - 1} more)' if len(foreign) > 1 else ''}; give a checkpoint of the request's architecture")
+    fresh = sorted(k for k in own if tuple(tensors[k].shape) != tuple(own[k].shape))
+    load_into(model, {k: (own[k] if k in fresh else tensors[k]) for k in own}, arch, init.path)
+    return fresh
 
 
 def train_checkpoint(
@@ -527,17 +605,18 @@ def train_checkpoint(
     progress: Optional[Progress] = None,
     init: Optional[CheckpointArtifact] = None,
 ) -> dict[str, Any]:
-    """Train the request's architecture from scratch, or from `init`'s weights (optionally without the forget set), and write it atomically."""
+    """Train the request's architecture (from scratch, or from `init`; optionally without the forget set) and write it
+    atomically: a safetensors file, or a save_pretrained folder for an hf:<folder> model and an output not named *.safetensors."""
     from .training import fit
 
     output = Path(output)
     protect = {"request": job.request.path, "init checkpoint": init.path if init is not None else None}
-    check_output(output, "file", force, protect=protect)
+    hf_source = hf_output_folder(job.request, output)
+    check_output(output, "dir" if hf_source else "file", force, protect=protect)
     data = job.splits.retain if exclude_forget else job.splits.train
     job.seed_everything()
     model = job.make_model()
-    if init is not None:
-        model = load_into(model, init.tensors, job.request.model.arch, init.path)
+    fresh = init_from(model, init, job.request.model.arch) if init is not None else []
     start = time.perf_counter()
     from .distributed import data_parallel, is_writer
 
@@ -547,16 +626,23 @@ def train_checkpoint(
     bad = non_finite(model.state_dict())
     if bad:
         raise DivergedError(f"training diverged: {len(bad)} tensor(s) hold NaN/Inf (first: {bad[0][0]}); nothing was written; lower --lr")
-    figures = utility(model, job)
+    sets = summary_sets(job)
+    figures = utility(model, job, sets=sets)
     fields = output_fields(job, trained_on="retain" if exclude_forget else "train", train_config=config.model_dump(),
                            wall_time_s=round(wall, 4), **({"init_sha256": init.sha256} if init is not None else {}))
+    summary = {"output": str(output), "sha256": None, "train_size": len(data), "wall_time_s": wall,
+               "exclude_forget": exclude_forget, **figures, "summary_samples": summary_sizes(job, sets)}
+    if init is not None:
+        summary.update(init=str(init.path), init_fresh=fresh)
     if not is_writer():  # rank 0 writes; the other ranks' weights are the same
-        return {"output": None, "sha256": None, "train_size": len(data), "wall_time_s": wall, "exclude_forget": exclude_forget, **figures}
-    digest = write_merged(output, model.state_dict(), fields, force=force, protect=protect)
+        return {**summary, "output": None}
+    if hf_source is not None:
+        summary["sha256"] = write_hf_folder(output, model.state_dict(), fields, hf_source, force=force, protect=protect)
+    else:
+        summary["sha256"] = write_merged(output, model.state_dict(), fields, force=force, protect=protect)
     from .precision import accelerator_stats
 
-    return {"output": str(output), "sha256": digest, "train_size": len(data), "wall_time_s": wall,
-            "exclude_forget": exclude_forget, **figures, **accelerator_stats(job.device)}
+    return {**summary, **accelerator_stats(job.device)}
 
 
 # ---------------------------------------------------------------- merge

@@ -89,7 +89,7 @@ def read_regular_file(path: Path, what: str, fix: str, max_bytes: Optional[int] 
             return f.read() if max_bytes is None else f.read(max_bytes + 1)
     except OSError as e:
         raise RequestError(f"{what} {path} cannot be read ({e.strerror}); {fix}") from None
-DATA_SOURCES = ("tensors", "imagefolder", "sklearn:digits", "torchvision:<Dataset>")
+DATA_SOURCES = ("tensors", "imagefolder", "csv", "sklearn:digits", "torchvision:<Dataset>")
 TORCHVISION_DATASETS = ("CIFAR10", "CIFAR100", "MNIST", "FashionMNIST", "KMNIST", "SVHN")
 
 
@@ -100,17 +100,20 @@ class _Strict(BaseModel):
 
 class ModelSpec(_Strict):
     arch: str = Field(
-        description="torchvision:<name> (e.g. torchvision:resnet18), builtin:<name> (mlp, small_cnn), "
-        "or python:<module>:<callable> (runs your code; module found beside the request or on PYTHONPATH)."
+        description="torchvision:<name> (e.g. torchvision:resnet18), builtin:<name> (mlp, small_cnn), hf:<folder> (a "
+        "transformers image classifier's save_pretrained folder, relative to the request), timm:<name> (needs the timm "
+        "extra), or python:<module>:<callable> (runs your code; module found beside the request or on PYTHONPATH)."
     )
     kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the constructor.")
 
     @field_validator("arch")
     @classmethod
     def _arch_form(cls, v: str) -> str:
-        if not re.fullmatch(r"(torchvision:[A-Za-z0-9_]+|builtin:[A-Za-z0-9_]+|python:[A-Za-z0-9_.]+:[A-Za-z0-9_]+)", v):
+        if not re.fullmatch(r"(torchvision:[A-Za-z0-9_]+|builtin:[A-Za-z0-9_]+|python:[A-Za-z0-9_.]+:[A-Za-z0-9_]+"
+                            r"|hf:[^\x00-\x1f]+|timm:[A-Za-z0-9_.-]+)", v):
             raise ValueError(
-                f"'{v}' is not a model source; use torchvision:<name>, builtin:<name> or python:<module>:<callable>"
+                f"{_short(v)} is not a model source; use torchvision:<name>, builtin:<name>, hf:<folder>, timm:<name> "
+                "or python:<module>:<callable>"
             )
         return v
 
@@ -137,9 +140,10 @@ class Preprocess(_Strict):
 class DataSpec(_Strict):
     source: str = Field(
         description="tensors (a .safetensors or .npz file with x, y), torchvision:<Dataset> (CIFAR10, CIFAR100, "
-        "MNIST, FashionMNIST, KMNIST, SVHN) with root, imagefolder with path, or sklearn:digits (built in)."
+        "MNIST, FashionMNIST, KMNIST, SVHN) with root, imagefolder with path, csv (a manifest with columns path,label) "
+        "with path, or sklearn:digits (built in)."
     )
-    path: Optional[str] = Field(None, description="File (tensors) or folder (imagefolder); relative to the request.")
+    path: Optional[str] = Field(None, description="File (tensors, csv) or folder (imagefolder); relative to the request.")
     root: Optional[str] = Field(None, description="torchvision data root folder; relative to the request.")
     download: bool = Field(False, description="Let torchvision download the data set into root (needs network).")
     split: Optional[str] = Field(
@@ -153,7 +157,7 @@ class DataSpec(_Strict):
     @model_validator(mode="after")
     def _source_needs(self) -> "DataSpec":
         s = self.source
-        if s == "tensors" or s == "imagefolder":
+        if s in ("tensors", "imagefolder", "csv"):
             if not self.path:
                 raise ValueError(f"source '{s}' needs 'path'")
         elif s.startswith("torchvision:"):

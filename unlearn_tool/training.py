@@ -85,6 +85,8 @@ def _fit(model, data, config, device, generator, progress, task) -> nn.Module:
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, config.epochs) if config.optimizer == "sgd" else None
     for epoch in range(config.epochs):
         for x, y in data.batches(config.batch_size, shuffle=True, generator=generator):
+            if len(y) == 1 < len(data):  # a last batch of one sample: BatchNorm cannot train on it (and it adds nothing)
+                continue
             loss = nn.functional.cross_entropy(model(x.to(device)), y.to(device))
             if config.regularizer is not None:
                 loss = regularized_loss(config.regularizer, config.regularizer_alpha, loss, model.parameters())

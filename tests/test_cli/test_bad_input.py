@@ -55,7 +55,7 @@ def _bad_request_text(name: str, tmp_path) -> str:
     elif name == "bad_arch":
         good["model"]["arch"] = "resnet18"
     elif name == "bad_source":
-        good["data"]["train"]["source"] = "csv"
+        good["data"]["train"]["source"] = "parquet"
     elif name == "duplicate_indices":
         good["forget"] = {"indices": [4, 4, 5]}
     return yaml.safe_dump(good)

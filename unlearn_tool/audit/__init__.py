@@ -82,6 +82,7 @@ def audit_request(
     shadows: int = 16,
     progress: Optional[Any] = None,
     ledger: Optional[str | Path] = None,
+    num_workers: int = 0,
 ) -> tuple[dict[str, Any], Path]:
     """`unlearn audit`: gates (parsed once), reference and report folder are checked before any model is loaded.
 
@@ -112,7 +113,8 @@ def audit_request(
         raise AuditError(f"--shadows {shadows}: give 2..1024 (each shadow is a full training run; 16 is the default)")
     ledger_path = Path(ledger) if ledger is not None else None
     resolve = _earlier_deletions(unlearned, ledger_path, req.sha256)
-    job = prepare(req, original, device=device, seed=seed, code=code or CodePolicy(), excluded_for=resolve, needs_labels=False)
+    job = prepare(req, original, device=device, seed=seed, code=code or CodePolicy(), excluded_for=resolve, needs_labels=False,
+                  num_workers=num_workers)
     return audit_files(job, unlearned, ref, parsed, report_dir, tier=tier, shadows=shadows, progress=progress, ledger=ledger_path)
 
 

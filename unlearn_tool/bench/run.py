@@ -337,8 +337,10 @@ def bench_request(
     code: Optional["CodePolicy"] = None,
     progress: Optional[Progress] = None,
     on_run: Optional[OnRun] = None,
+    num_workers: int = 0,
 ) -> tuple[dict[str, Any], Path]:
     """`unlearn bench`: every input checked first (methods, parameters, reference, report folder), then the runs."""
+    from ..artifacts import is_checkpoint
     from ..job import prepare
     from ..models import CodePolicy
     from ..reporting import check_report_dir
@@ -351,13 +353,13 @@ def bench_request(
         raise UnlearnError(f"--seeds {seeds}: give at least 1")
     if reference is not None and retrain:
         raise UnlearnError("give --reference or --retrain, not both")
-    if reference is not None and not Path(reference).is_file():
-        raise UnlearnError(f"--reference {reference}: not found; give a retrained .safetensors file (unlearn train --exclude-forget)")
+    if reference is not None and not is_checkpoint(reference):
+        raise UnlearnError(f"--reference {reference}: not found; give a retrained .safetensors file or save_pretrained folder (unlearn train --exclude-forget)")
     overrides = split_overrides(param_overrides or {}, names)
     params = {n: method_params(n, overrides.get(n, {}), req) for n in names}
     retrain_params = method_params("retrain", overrides.get("retrain", {}), req)
     folder = check_report_dir(Path(report_dir) if report_dir is not None else default_report_dir(checkpoint), BENCH_FILES)
-    job = prepare(req, checkpoint, device=device, code=code or CodePolicy())
+    job = prepare(req, checkpoint, device=device, code=code or CodePolicy(), num_workers=num_workers)
     result = run_bench(job, names, [job.seed + i for i in range(seeds)], params, reference=reference, retrain=retrain,
                        retrain_params=retrain_params, progress=progress, on_run=on_run)
     return result, write_bench(result, folder)

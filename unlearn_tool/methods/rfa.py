@@ -40,9 +40,10 @@ class RFAParams(MethodParams):
     rank: int = Field(8, ge=1, description="LoRA rank r (capped at each layer's smallest dimension by peft's shapes).")
     alpha: float = Field(16.0, gt=0, description="LoRA alpha; the residual is scaled by alpha / rank.")
     target_layers: lora.TargetLayers = Field(
-        "auto", description="'auto': the Linear/Conv2d layers after the earliest point where the network can be cut at one "
-        "tensor with at least half of its multiply-accumulates before it (all layers if no such cut leaves two); "
-        "'all', 'head', 'last:N', or a list of layer names/regexes."
+        "auto", description="'auto': on transformers (HF ViT, timm ViT/DeiT) the attention projections (measured: "
+        "lora.DEFAULT_TARGETS, docs/rfa.md); elsewhere the Linear/Conv2d layers after the earliest point where the network can be "
+        "cut at one tensor with at least half of its multiply-accumulates before it (all layers if no such cut leaves two); "
+        "'all', 'head', 'last:N', 'attention', 'mlp', 'blocks:N' (last N transformer blocks), or a list of these and layer names/regexes."
     )
     epochs: Optional[int] = Field(
         None, ge=1, description="Maximum passes over the forget set (each forget batch is paired with a retain batch); "
@@ -289,7 +290,10 @@ def _adam(params: list[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
 def run(ctx: UnlearnContext, p: RFAParams) -> MethodOutput:
     device, teacher = ctx.device, ctx.original.eval()
     probe = ctx.retain.take(torch.arange(min(2, len(ctx.retain))))[0].to(device)  # a real input batch, to trace shapes
-    layers = lora.auto_layers(teacher, probe) if p.target_layers == "auto" else lora.select_layers(teacher, p.target_layers)
+    if p.target_layers == "auto" and lora.family(teacher) == "transformer":
+        layers = lora.select_layers(teacher, "auto")  # the family default measured on a pre-trained ViT (attention)
+    else:
+        layers = lora.auto_layers(teacher, probe) if p.target_layers == "auto" else lora.select_layers(teacher, p.target_layers)
     model = lora.inject(teacher, layers, p.rank, p.alpha).to(device)
     model.eval()  # BatchNorm statistics and dropout stay the teacher's: only adapters change
     adapted = lora.lora_layers(model)

@@ -1,0 +1,119 @@
+"""A Hugging Face image classifier (hf:<folder>) through train -> apply (merged folder, file, adapter) -> audit -> bench.
+
+The user's model is a save_pretrained folder; every output must load back with transformers' from_pretrained.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+
+import torch
+from safetensors import safe_open
+
+from conftest import invoke
+from helpers import rejected, tree
+
+
+def keys_of(path) -> set[str]:
+    with safe_open(str(path), framework="pt") as f:
+        return set(f.keys())
+
+
+def apply_json(*args) -> dict:
+    r = invoke("apply", *args, "--json", "--quiet")
+    assert r.exit_code == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def test_the_model_speaks_save_pretrained_keys(hf_work):
+    """state_dict() and load_state_dict() use the keys save_pretrained writes (transformers 5 renames some in memory)."""
+    from unlearn_tool.models import build_model
+    from unlearn_tool.request import load_request
+
+    req = load_request(hf_work / "req.yaml")
+    model = build_model(req.model, req.base_dir)
+    assert set(model.state_dict()) == keys_of(hf_work / "vit" / "model.safetensors")
+    assert model(torch.zeros(2, 1, 8, 8)).shape == (2, 10)  # logits, not an output object
+    copy = build_model(req.model, req.base_dir)
+    copy.load_state_dict(model.state_dict(), strict=True)
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), copy.parameters()))
+
+
+def test_train_writes_a_save_pretrained_folder(hf_work):
+    from transformers import AutoModelForImageClassification
+
+    out = hf_work / "trained"
+    assert {p.name for p in out.iterdir()} == {"config.json", "model.safetensors", "unlearn_metadata.json"}
+    assert keys_of(out / "model.safetensors") == keys_of(hf_work / "vit" / "model.safetensors")
+    assert (out / "config.json").read_bytes() == (hf_work / "vit" / "config.json").read_bytes()
+    assert stat.S_IMODE(os.stat(out / "model.safetensors").st_mode) == 0o666 & ~_umask()
+    AutoModelForImageClassification.from_pretrained(str(out))
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_apply_merged_folder_loads_with_from_pretrained(hf_work):
+    from transformers import AutoModelForImageClassification
+
+    from unlearn_tool.job import prepare
+
+    summary = apply_json(hf_work / "trained", "-r", hf_work / "req.yaml")
+    out = hf_work / "trained.unlearned"
+    assert summary["output"] == str(out) and summary["output_mode"] == "merged"
+    assert summary["after"]["forget_acc"] < summary["before"]["forget_acc"]
+    assert keys_of(out / "model.safetensors") == keys_of(hf_work / "trained" / "model.safetensors")
+    hf = AutoModelForImageClassification.from_pretrained(str(out)).eval()
+    job = prepare(hf_work / "req.yaml", hf_work / "trained", device="cpu")
+    ours, info = job.load_artifact(out)
+    assert info["kind"] == "merged" and info["metadata"]["method"] == "rfa"
+    x = job.splits.test.x[:32]
+    with torch.no_grad():
+        torch.testing.assert_close(hf(pixel_values=x).logits, ours(x))
+    # the forgetting is in the weights transformers loads
+    with torch.no_grad():
+        forget_x = job.splits.forget.x
+        assert (hf(pixel_values=forget_x).logits.argmax(1) == 3).float().mean() <= summary["after"]["forget_acc"] + 1e-9
+
+
+def test_apply_file_output_keeps_the_keys_and_loads_into_our_class(hf_work):
+    from unlearn_tool.job import prepare
+
+    apply_json(hf_work / "trained", "-r", hf_work / "req.yaml", "-o", hf_work / "u.safetensors")
+    assert keys_of(hf_work / "u.safetensors") == keys_of(hf_work / "trained" / "model.safetensors")
+    job = prepare(hf_work / "req.yaml", hf_work / "u.safetensors", device="cpu")
+    assert job.original(torch.zeros(1, 1, 8, 8)).shape == (1, 10)
+
+
+def test_adapter_output_and_audits(hf_work):
+    apply_json(hf_work / "trained", "-r", hf_work / "req.yaml", "--adapter-only", "-o", hf_work / "adapter")
+    for unlearned in ("adapter", "trained.unlearned"):
+        if not (hf_work / unlearned).exists():
+            apply_json(hf_work / "trained", "-r", hf_work / "req.yaml")
+        r = invoke("audit", "-r", hf_work / "req.yaml", "--original", hf_work / "trained", "--unlearned", hf_work / unlearned,
+                   "--reference", hf_work / "trained", "--report-dir", hf_work / f"{unlearned}.audit", "--json", "--quiet")
+        assert r.exit_code in (0, 3), r.stderr  # 3: the default verdict judges a tiny model; the report is written either way
+        report = json.loads(r.stdout)
+        assert report["models"]["unlearned"]["forget_acc"] < report["models"]["original"]["forget_acc"]
+
+
+def test_bench_on_a_folder(hf_work):
+    r = invoke("bench", hf_work / "trained", "-r", hf_work / "req.yaml", "--methods", "rfa", "--seeds", "1",
+               "--reference", hf_work / "trained", "--report-dir", hf_work / "bench", "--quiet")
+    assert r.exit_code == 0, r.stderr
+    assert (hf_work / "bench" / "bench.json").is_file()
+
+
+def test_force_replaces_only_a_folder_this_tool_wrote(hf_work, tmp_path):
+    out = hf_work / "trained.forced"
+    apply_json(hf_work / "trained", "-r", hf_work / "req.yaml", "-o", out)
+    apply_json(hf_work / "trained", "-r", hf_work / "req.yaml", "-o", out, "--force", "--seed", "1")
+    before = tree(hf_work / "vit")
+    rejected(invoke("apply", hf_work / "trained", "-r", hf_work / "req.yaml", "-o", hf_work / "vit", "--force", "--quiet"),
+             "did not write")
+    assert tree(hf_work / "vit") == before
