@@ -45,6 +45,9 @@ def print_table(bench: dict[str, Any], folder: Path) -> None:
     if compact:
         console.print(f"Gap = {gap_label(bench)} (points); kept/fgt = remaining/forgotten classes; MIA-E = MIA-Efficacy; "
                       "s = method wall time; t/rt = time over retraining", highlight=False)
+    if any((e["metrics"].get("train_time_s") or {}).get("mean") is not None for e in bench["methods"].values()):
+        console.print("exact rows (s3t, sisa): wall time = the deletion's latency (no gradient step); train s = the artifact's "
+                      "one-off training, not in the wall time or the plot", highlight=False)
     if bench["baseline"] == "original":
         console.print("[yellow]no --reference or --retrain: Avg Gap is the distance from the original, not to a retrained model[/yellow]", highlight=False)
     elif (best := best_method(bench)) is not None:

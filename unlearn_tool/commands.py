@@ -114,8 +114,8 @@ def bench(request: str | Path, checkpoint: str | Path, methods: str | Sequence[s
     if is_exact_folder(checkpoint):
         from .errors import MethodError
 
-        raise MethodError(f"{checkpoint} is an exact artifact; bench runs approximate methods on a checkpoint. Delete from it with "
-                          "unlearn apply, audit it with unlearn audit, compare with benchmarks/exact_digits.py")
+        raise MethodError(f"{checkpoint} is an exact artifact; bench takes the trained checkpoint and trains exact rows itself: "
+                          "give the .safetensors checkpoint with --methods rfa,s3t,sisa (delete from the artifact with unlearn apply)")
     from .bench import bench_request
 
     _set_precision(options)

@@ -56,11 +56,31 @@ def catalog() -> list[dict[str, Any]]:
     return entries
 
 
+EXACT_SUMMARIES = {
+    "s3t": "exact: sequence-aware sharded sliced training (LoRA stages on a pre-trained base); deletion deactivates what saw "
+           "the data, no gradient step (unlearn train --exact s3t; a row in unlearn bench)",
+    "sisa": "exact: sharded, isolated, sliced, aggregated training; deletion deactivates (or --retrain-affected retrains) "
+            "the stages that saw the data (unlearn train --exact sisa; a row in unlearn bench)",
+}
+
+
+def exact_entries() -> list[dict[str, Any]]:
+    """The exact methods (docs/exact.md), described like registered ones; they train an artifact, so `apply --method`
+    does not take them: `train --exact NAME`, `apply ART`, and `bench --methods ...,s3t,sisa`."""
+    from .exact.params import PARAMS
+    from .params import describe_params
+
+    return [{"name": n, "summary": EXACT_SUMMARIES[n], "reference": "docs/exact.md", "adapter": False, "tasks": ["classification"],
+             "scenarios": ["sample", "class"], "label_free": False, "data_parallel": False, "kind": "exact",
+             "params": describe_params(cls)} for n, cls in PARAMS.items()]
+
+
 def describe(name: Optional[str] = None) -> Any:
-    """The list of methods (name=None) or one method's description; an unknown name lists the known ones."""
-    entries = catalog()
+    """The list of methods (name=None) or one method's description; an unknown name lists the known ones.
+    Exact methods (s3t, sisa) come last, marked kind=exact."""
+    entries = catalog() + exact_entries()
     if name is None:
-        return [{k: e[k] for k in ("name", "summary", "adapter", "tasks", "label_free")} for e in entries]
+        return [{k: e.get(k, "approximate") for k in ("name", "summary", "adapter", "tasks", "label_free", "kind")} for e in entries]
     for e in entries:
         if e["name"] == name:
             return e

@@ -40,11 +40,17 @@ def _columns(bench: dict[str, Any]) -> list[tuple[str, str, float, int]]:
     cols = []
     task = bench["request"].get("task", "classification")
     for m in bench_columns(task, bench["request"]["scenario"]):
+        if m.name == "train_time_s" and not has_exact_rows(bench):
+            continue  # only exact rows (s3t, sisa) have a one-off training cost
         header = gap_label(bench) if m.name == "avg_gap" else m.bench_column
         scale = 100.0 if m.unit == "fraction" else 1.0
         digits = m.digits if m.digits is not None else (3 if m.unit in ("ratio", "distance") else 2)
         cols.append((str(header), m.name, scale, digits))
     return cols
+
+
+def has_exact_rows(bench: dict[str, Any]) -> bool:
+    return any((e["metrics"].get("train_time_s") or {}).get("mean") is not None for e in bench["methods"].values())
 
 
 def table(bench: dict[str, Any], include_baselines: bool = True) -> tuple[list[str], list[list[str]]]:
@@ -122,6 +128,9 @@ def render_markdown(bench: dict[str, Any]) -> str:
         f"(0.5 = chance). {gap_label(bench)}: SalUn's mean |gap| over UA, MIA-Efficacy, RA and TA, in points"
         + (" (no retrained reference was given: this is the distance from the original, not a quality score)." if bench["baseline"] == "original" else ".")
         + " Wall time is the method alone (run_method)."
+        + (" Exact rows (s3t, sisa): the artifact is trained from the request at each seed, then the request's deletion deactivates "
+           "every component that saw a forgotten sample (no gradient step); their wall time is that deletion's latency and "
+           "'train s' the one-off training of the artifact, not included in the wall time or the plot." if has_exact_rows(bench) else "")
         + (f" Retraining time: {_pm(rt, 1, 2)} s ({'the --retrain runs' if bench['baseline'] == 'retrain' else 'the reference checkpoint metadata'})."
            if rt else " No retraining time was known, so no time fraction (use --retrain, or a reference written by `unlearn train`)."),
         "",
@@ -244,7 +253,8 @@ def plot_png(bench: dict[str, Any]) -> bytes:
         top = max(e["metrics"]["avg_gap"]["mean"] + (e["metrics"]["avg_gap"]["std"] or 0.0) for e in bench["methods"].values()
                   if e["metrics"]["avg_gap"]["mean"] is not None)
         ax2.set_ylim(bottom=0, top=max(2.0, top * 2.0))  # room above the highest error bar for the legend
-    ax2.set_xlabel("method wall time (s, log scale)  [cost]")
+    ax2.set_xlabel("method wall time (s, log scale; s3t/sisa: deletion latency, training not included)  [cost]"
+                   if has_exact_rows(bench) else "method wall time (s, log scale)  [cost]")
     ax2.set_ylabel(f"{gap_label(bench)} (points, linear below 1)  [lower is closer]")
     ax2.set_title("Cost against closeness to the baseline (red: Pareto front)", fontsize=10)
     ax2.grid(alpha=0.3, which="both")

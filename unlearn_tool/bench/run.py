@@ -27,6 +27,7 @@ from ..job import Job, Progress
 from ..methods import MethodParams, get_method, method_names, parse_params, run_method
 from ..provenance import created_utc, versions
 from ..request import Request, method_params_for
+from .exact_rows import EXACT_METHODS, exact_row_params, is_exact, run_exact
 
 if TYPE_CHECKING:
     from ..usercode import CodePolicy
@@ -42,11 +43,12 @@ def select_methods(spec: str | Sequence[str]) -> list[str]:
     names = [n.strip() for n in (spec.split(",") if isinstance(spec, str) else spec) if n and n.strip()]
     if names == ["all"]:
         return method_names()
+    known = method_names() + [n for n in EXACT_METHODS if n not in method_names()]  # s3t, sisa: exact rows (exact_rows.py)
     if not names:
-        raise UnlearnError(f"--methods is empty; give comma-separated names from: {', '.join(method_names())} (or 'all')")
-    unknown = [n for n in names if n not in method_names()]
+        raise UnlearnError(f"--methods is empty; give comma-separated names from: {', '.join(known)} (or 'all')")
+    unknown = [n for n in names if n not in known]
     if unknown:
-        raise UnlearnError(f"unknown method(s) {', '.join(unknown)}; known methods: {', '.join(method_names())}")
+        raise UnlearnError(f"unknown method(s) {', '.join(unknown)}; known methods: {', '.join(known)}")
     return list(dict.fromkeys(names))
 
 
@@ -65,6 +67,8 @@ def split_overrides(overrides: dict[str, Any], methods: Sequence[str]) -> dict[s
 
 def method_params(name: str, overrides: dict[str, Any], request: Optional[Request] = None) -> MethodParams:
     """Validated parameters: the request's method.params when it names this method, then the overrides."""
+    if is_exact(name):
+        return exact_row_params(name, overrides, request)  # type: ignore[return-value]
     try:
         return parse_params(name, method_params_for(request, name, overrides) if request is not None else overrides)
     except MethodError as e:
@@ -144,7 +148,11 @@ def run_one(setup: SeedSetup, name: str, params: MethodParams, progress: Optiona
     ctx = job.context(progress=progress)
     job.seed_everything()
     try:
-        out, wall = run_method(name, ctx, params)
+        if is_exact(name):  # train the artifact, then delete by deactivation: wall = deletion latency
+            out, wall = run_exact(job, params, progress, ctx.log)  # type: ignore[arg-type]
+            record["metrics"]["train_time_s"] = out.info["train_time_s"]
+        else:
+            out, wall = run_method(name, ctx, params)
         record["metrics"]["wall_time_s"] = wall
         if setup.retrain_time_s:
             record["metrics"]["time_fraction"] = wall / setup.retrain_time_s
