@@ -55,3 +55,22 @@ def test_sample_audit_fail_on_a_leaky_model_and_pass_on_its_retrained_reference(
     assert d["sentence"].startswith("PASS: the forget set is indistinguishable from held-out data")
     assert "so was the original" not in d["sentence"]  # here the tests can see the training data, so the pass means something
     assert d["statistics"]["unlearned"]["ks_loss"]["pvalue"] >= 0.05
+
+
+def test_a_held_out_check_the_retrained_model_fails_too_is_judged_against_it():
+    """Retraining itself cannot meet such a check; the unlearned model passes it when no more distinguishable (+0.05)."""
+    from unlearn_tool.audit.verdict import Check, judged_against_reference
+
+    def ks_check(p):
+        return Check("errors like held-out data", p >= 0.05, f"KS p = {p}", "p >= 0.05", "")
+
+    ref_stats = {"ks_loss": {"statistic": 0.40, "pvalue": 0.01}}
+    close, far = ks_check(0.02), ks_check(0.001)
+    judged_against_reference([close], [ks_check(0.01)], {"ks_loss": {"statistic": 0.43, "pvalue": 0.02}}, ref_stats)
+    judged_against_reference([far], [ks_check(0.01)], {"ks_loss": {"statistic": 0.60, "pvalue": 0.001}}, ref_stats)
+    assert close.passed is True and "the retrained model fails it too" in close.value
+    assert far.passed is False
+    untouched = ks_check(0.02)
+    judged_against_reference([untouched], [ks_check(0.30)], {"ks_loss": {"statistic": 0.43, "pvalue": 0.02}},
+                             {"ks_loss": {"statistic": 0.1, "pvalue": 0.30}})
+    assert untouched.passed is False  # the retrained model passes it: the plain rule stands

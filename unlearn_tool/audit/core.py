@@ -294,7 +294,7 @@ def run_audit(
         from .strong import strong_tier
 
         strong = strong_tier(job, unlearned_model, reference_model, unlearned_info.get("metadata") or {}, shadows, progress)
-    detail = decide(scenario, models, gate_rows, stats["unlearned"], avg_gaps, stats["original"], strong, task.name)
+    detail = decide(scenario, models, gate_rows, stats["unlearned"], avg_gaps, stats["original"], strong, task.name, stats.get("reference"))
     detail["statistics"] = stats
     warnings = []
     if unlearned_info.get("kind") == "adapter":

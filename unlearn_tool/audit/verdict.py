@@ -39,6 +39,7 @@ SAMPLE_ALPHA = 0.05
 AUC_CONFIDENCE = 0.95
 BOOTSTRAP = 1000
 MAX_UTILITY_DROP = 0.05
+REFERENCE_MARGIN = 0.05  # a held-out check the retrained model fails too: the unlearned model may be this much more distinguishable
 STRONG_AUC_MARGIN = 0.05  # strong tier: the per-example attack may be at most this much stronger than on the reference
 REGRESSION_MAX_FORGET_GAP = 0.10  # regression with a reference: forget MAE within 10% (relative) of the retrained model's
 REGRESSION_MAX_UTILITY_RISE = 0.05  # regression: test MAE may rise at most 5% (relative)
@@ -209,12 +210,42 @@ def strong_check(strong: Optional[dict[str, Any]]) -> Optional[Check]:
                  f"at most the retrained model's + {STRONG_AUC_MARGIN}", "a per-example likelihood-ratio attack with shadow models (--tier strong)")
 
 
+def _effect_size(check: Check, stats: dict[str, Any]) -> Optional[float]:
+    """How distinguishable forget and held-out data are for a population check: KS D, or the loss AUC's distance from 0.5."""
+    if check.name == "loss attack at chance":
+        auc = (stats.get("loss_auc") or {}).get("auc")
+        return None if auc is None else abs(auc - 0.5)
+    key = {"loss and confidence like held-out data": "ks_loss", "prediction entropy like held-out data": "ks_ent",
+           "errors like held-out data": "ks_loss"}.get(check.name)
+    ks = stats.get(key) if key else None
+    return None if ks is None else ks["statistic"]
+
+
+def judged_against_reference(checks: list[Check], ref_checks: list[Check], stats: dict[str, Any], ref_stats: dict[str, Any]) -> None:
+    """A held-out check the retrained model fails too cannot be met by retraining itself (e.g. a range's extreme targets,
+    never learned, have larger errors than the range's test samples): the unlearned model then passes it when it is no
+    more distinguishable than the retrained model, within REFERENCE_MARGIN (KS D, or |AUC - 0.5|). In place."""
+    failed_by_ref = {c.name: c for c in ref_checks if c.passed is False}
+    for c in checks:
+        rc = failed_by_ref.get(c.name)
+        e, re_ = (_effect_size(c, stats), _effect_size(rc, ref_stats)) if rc is not None else (None, None)
+        if c.passed is not False or e is None or re_ is None:
+            continue
+        c.passed = e <= re_ + REFERENCE_MARGIN
+        c.value += f"; the retrained model fails it too ({rc.value})"
+        c.expectation += f", or no more distinguishable than the retrained model (+{REFERENCE_MARGIN})"
+
+
 def decide(scenario: str, models: dict[str, Any], gate_rows: list[dict[str, Any]], stats: Optional[dict[str, Any]],
            avg_gaps: dict[str, Optional[float]], original_stats: Optional[dict[str, Any]] = None,
-           strong: Optional[dict[str, Any]] = None, task: str = "classification") -> dict[str, Any]:
+           strong: Optional[dict[str, Any]] = None, task: str = "classification",
+           reference_stats: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """The verdict, who decided it, one sentence, three lines of evidence, the utility cost, and every check."""
     unl, orig = models["unlearned"], models["original"]
     checks = policy_checks(scenario, unl, orig, stats, task, models.get("reference"))
+    if models.get("reference") is not None and reference_stats is not None and stats is not None:
+        judged_against_reference(checks, policy_checks(scenario, models["reference"], orig, reference_stats, task)[:-1],
+                                 stats, reference_stats)
     extra = strong_check(strong)
     if extra is not None:
         checks.insert(len(checks) - 1, extra)  # before the utility check, which stays last
