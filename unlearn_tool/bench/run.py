@@ -352,7 +352,8 @@ def bench_request(
     if methods in ("all", ["all"], ("all",)):  # every method that can unlearn this task
         names = [n for n in names if req.task in get_method(n).tasks]
     for n in names:
-        if req.task not in get_method(n).tasks:
+        tasks = ("classification",) if is_exact(n) else get_method(n).tasks  # exact rows (s3t, sisa): classification only
+        if req.task not in tasks:
             able = [m for m in method_names() if req.task in get_method(m).tasks]
             raise MethodError(f"--methods: {n} cannot unlearn a {req.task} model; methods for {req.task}: {', '.join(able)}")
     if seeds < 1:
