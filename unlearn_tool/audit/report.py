@@ -354,33 +354,6 @@ def plot_per_class(report: dict[str, Any]) -> str:
     return _png(fig)
 
 
-def plot_losses(report: dict[str, Any]) -> str:
-    """Per model: distribution of per-sample CE loss on retain, forget and test data (log scale)."""
-    import numpy as np
-
-    plt = pyplot()
-    models = present_models(report)
-    fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 3.2), sharey=True, squeeze=False)
-    for ax, m in zip(axes[0], models):
-        h = report["models"][m]["loss_hist"]
-        edges = np.asarray(h["edges"])
-        for s, color in (("retain", "tab:blue"), ("forget", "tab:red"), ("test", "tab:green")):
-            counts = np.asarray(h[s], dtype=float)
-            share = counts / counts.sum() if counts.sum() else counts
-            ax.stairs(share, edges, label=s, color=color, linewidth=1.5)
-        ax.set_xscale("log")
-        ax.set_title(m)
-        ax.set_xlabel("per-sample cross-entropy loss")
-    axes[0][0].set_ylabel("share of samples")
-    axes[0][-1].legend(fontsize=8)
-    if report["request"]["scenario"] == "class":
-        caption = "Loss distributions: a model that never saw the forgotten classes gets their samples wrong (high forget loss)"
-    else:
-        caption = "Loss distributions: forget should look like test (never seen), not like retain"
-    fig.suptitle(caption, y=1.04)
-    return _png(fig)
-
-
 def _shares(counts: list[int]) -> "Any":
     import numpy as np
 
@@ -388,52 +361,60 @@ def _shares(counts: list[int]) -> "Any":
     return c / c.sum() if c.sum() else c
 
 
-def plot_residuals(report: dict[str, Any]) -> str:
-    """Per model: distribution of the signed residual (prediction - target) on retain, forget and test data."""
+RETAIN_FORGET_TEST = (("retain", "tab:blue", "retain"), ("forget", "tab:red", "forget"), ("test", "tab:green", "test"))
+
+
+def _distribution_panels(report: dict[str, Any], hist_key: str, xlabel: str, caption: str, log_x: bool = False,
+                         series: tuple[tuple[str, str, str], ...] = RETAIN_FORGET_TEST, zero_line: bool = False,
+                         caption_size: Optional[float] = None) -> str:
+    """One panel per model: the stored histograms `report.models[m][hist_key]` of each series, as shares of samples."""
     import numpy as np
 
     plt = pyplot()
     models = present_models(report)
     fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 3.2), sharey=True, squeeze=False)
     for ax, m in zip(axes[0], models):
-        h = report["models"][m]["residual_hist"]
+        h = report["models"][m][hist_key]
         edges = np.asarray(h["edges"])
-        for s, color in (("retain", "tab:blue"), ("forget", "tab:red"), ("test", "tab:green")):
-            ax.stairs(_shares(h[s]), edges, label=s, color=color, linewidth=1.5)
-        ax.axvline(0.0, color="0.5", linewidth=0.8)
+        for key, color, label in series:
+            ax.stairs(_shares(h[key]), edges, label=label, color=color, linewidth=1.5)
+        if log_x:
+            ax.set_xscale("log")
+        if zero_line:
+            ax.axvline(0.0, color="0.5", linewidth=0.8)
         ax.set_title(m)
-        ax.set_xlabel("residual: prediction - target")
+        ax.set_xlabel(xlabel)
     axes[0][0].set_ylabel("share of samples")
     axes[0][-1].legend(fontsize=8)
+    fig.suptitle(caption, y=1.04, **({"fontsize": caption_size} if caption_size else {}))
+    return _png(fig)
+
+
+def plot_losses(report: dict[str, Any]) -> str:
+    """Per model: distribution of per-sample CE loss on retain, forget and test data (log scale)."""
+    if report["request"]["scenario"] == "class":
+        caption = "Loss distributions: a model that never saw the forgotten classes gets their samples wrong (high forget loss)"
+    else:
+        caption = "Loss distributions: forget should look like test (never seen), not like retain"
+    return _distribution_panels(report, "loss_hist", "per-sample cross-entropy loss", caption, log_x=True)
+
+
+def plot_residuals(report: dict[str, Any]) -> str:
+    """Per model: distribution of the signed residual (prediction - target) on retain, forget and test data."""
     if report["request"]["scenario"] == "range":
         caption = "Residuals: a model that never saw the range errs on it (forget residuals spread out, like a retrained model's)"
     else:
         caption = "Residuals: forget should look like test (never seen), not like retain"
-    fig.suptitle(caption + " (bins over +-3 target sd; the end bins hold everything beyond)", y=1.04, fontsize=10)
-    return _png(fig)
+    return _distribution_panels(report, "residual_hist", "residual: prediction - target",
+                                caption + " (bins over +-3 target sd; the end bins hold everything beyond)", zero_line=True, caption_size=10)
 
 
 def plot_mia_scores(report: dict[str, Any]) -> str:
     """Per model: what the membership attacks read, the per-sample absolute error (log scale), forget against held-out data
     (and retain, the members the efficacy attack trains on)."""
-    import numpy as np
-
-    plt = pyplot()
-    models = present_models(report)
-    fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 3.2), sharey=True, squeeze=False)
-    for ax, m in zip(axes[0], models):
-        h = report["models"][m]["error_hist"]
-        edges = np.asarray(h["edges"])
-        for s, color, label in (("retain", "tab:blue", "retain (members)"), ("forget", "tab:red", "forget"),
-                                ("heldout", "tab:green", "held-out (non-members)")):
-            ax.stairs(_shares(h[s]), edges, label=label, color=color, linewidth=1.5)
-        ax.set_xscale("log")
-        ax.set_title(m)
-        ax.set_xlabel("absolute error |prediction - target|")
-    axes[0][0].set_ylabel("share of samples")
-    axes[0][-1].legend(fontsize=8)
-    fig.suptitle("Membership-attack scores: the forget set's errors should look like held-out data's", y=1.04)
-    return _png(fig)
+    series = (("retain", "tab:blue", "retain (members)"), ("forget", "tab:red", "forget"), ("heldout", "tab:green", "held-out (non-members)"))
+    return _distribution_panels(report, "error_hist", "absolute error |prediction - target|",
+                                "Membership-attack scores: the forget set's errors should look like held-out data's", log_x=True, series=series)
 
 
 PLOTTERS = {"per_class": ("Per-class test accuracy", plot_per_class), "loss": ("Loss distributions", plot_losses),
