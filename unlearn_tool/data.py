@@ -52,6 +52,7 @@ class LabelledData:
         self.ids = ids  # record IDs, one per sample, when the source has them (strings)
         self.labelled = True  # False: a train split without labels (targets are -1, or the original's predictions)
         self.num_workers = num_workers  # DataLoader workers for lazily read data (ignored in memory)
+        self._seeded: dict[tuple[int, int], "LabelledData"] = {}  # seeded_sample's results, one object per (k, seed)
 
     @classmethod
     def from_tensors(cls, x: torch.Tensor, y: torch.Tensor, ids: Optional[list[str]] = None) -> "LabelledData":
@@ -82,6 +83,19 @@ class LabelledData:
                                num_workers=self.num_workers)
         out.labelled = self.labelled
         return out
+
+    def seeded_sample(self, k: int, seed: int) -> "LabelledData":
+        """At most k samples at seeded positions (in data order); the data itself when it holds no more than k.
+
+        The same object for the same (k, seed), so predictions remembered for it (`evaluate.remember_predictions`)
+        are found again: apply's before-summary and a method sampling the test set with the same rule share them.
+        """
+        if not k or len(self) <= k:
+            return self
+        if (k, seed) not in self._seeded:
+            keep = np.sort(np.random.default_rng(seed).choice(len(self), size=k, replace=False))
+            self._seeded[(k, seed)] = self.subset(torch.from_numpy(keep))
+        return self._seeded[(k, seed)]
 
     def batches(
         self, batch_size: int, shuffle: bool = False, generator: Optional[torch.Generator] = None
@@ -183,6 +197,15 @@ class Splits:
     @cached_property
     def retain(self) -> LabelledData:
         return self.train.subset(self.retain_idx)
+
+
+SUMMARY_SETS = ("retain", "forget", "test")  # what apply's before/after summary evaluates
+
+
+def summary_seed(seed: int, name: str) -> int:
+    """The seed of the summary's sample of split `name` (retain or test) for a run seeded `seed`; a method drawing
+    the test set with the same seed and size (RFA's held-out sample) gets the very samples the summary evaluated."""
+    return seed * 7919 + 101 + SUMMARY_SETS.index(name)
 
 
 # ---------------------------------------------------------------- preprocessing

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from .artifacts import CheckpointArtifact, LoadContext, open_artifact
-from .data import LabelledData, Splits, load_split, load_splits
+from .data import LabelledData, Splits, load_split, load_splits, summary_seed
 from .errors import UnlearnError
 from .models import CodePolicy, build_model, num_outputs_of
 from .request import MAX_SEED, Request, load_request
@@ -102,6 +102,11 @@ class UnlearnContext:
     @property
     def scenario(self) -> str:
         return self.splits.scenario
+
+    def test_sample(self, k: int) -> LabelledData:
+        """At most k test samples at the positions apply's before/after summary samples with the same size (seeded by
+        the run's seed): at the default size, the very samples the summary already ran the original on."""
+        return self.splits.test.seeded_sample(k, summary_seed(self.seed, "test"))
 
     def generator(self, offset: int = 0) -> torch.Generator:
         """A CPU generator seeded from the run's seed (offset separates independent streams)."""

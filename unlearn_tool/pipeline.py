@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -24,7 +23,7 @@ from . import __version__
 from .artifacts import CheckpointArtifact, is_checkpoint, write_adapter, write_hf_folder, write_merged
 from .audit.registry import finite
 from .checkpoint import check_output, dtypes_of, load_into, non_finite
-from .data import LabelledData
+from .data import SUMMARY_SETS, LabelledData, summary_seed
 from .errors import AuditError, CheckpointError, DivergedError, MethodError, UnlearnError
 from .evaluate import predict_logits, remember_predictions
 from .job import Job, Progress, check_seed, describe_job, prepare, resolve_device, seed_everything  # noqa: F401 (re-exported)
@@ -35,7 +34,6 @@ from .request import Request, load_request, method_params_for
 from .tasks import SetOutputs
 from .training import TrainConfig
 
-SUMMARY_SETS = ("retain", "forget", "test")
 SUMMARY_SAMPLES = 1000  # retain and test samples the before/after summary evaluates (seeded); the audit evaluates all
 
 
@@ -43,15 +41,9 @@ SUMMARY_SAMPLES = 1000  # retain and test samples the before/after summary evalu
 
 def summary_sets(job: Job, samples: Optional[int] = SUMMARY_SAMPLES) -> dict[str, LabelledData]:
     """What the before/after summary evaluates: the whole forget set (the work), and seeded samples of at most
-    `samples` retain and test samples (None or 0: all), the same positions for every model of the job."""
-    out = {}
-    for i, name in enumerate(SUMMARY_SETS):
-        data: LabelledData = getattr(job.splits, name)
-        if name != "forget" and samples and len(data) > samples:
-            keep = np.sort(np.random.default_rng(job.seed * 7919 + 101 + i).choice(len(data), size=samples, replace=False))
-            data = data.subset(torch.from_numpy(keep))
-        out[name] = data
-    return out
+    `samples` retain and test samples (None or 0: all), the same positions (and objects) for every model of the job."""
+    return {name: getattr(job.splits, name) if name == "forget" else
+            getattr(job.splits, name).seeded_sample(samples or 0, summary_seed(job.seed, name)) for name in SUMMARY_SETS}
 
 
 def summary_sizes(job: Job, sets: dict[str, LabelledData]) -> dict[str, int]:

@@ -105,3 +105,41 @@ def test_training_skips_a_last_batch_of_one_sample():
     model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 3))
     data = LabelledData.from_tensors(torch.randn(65, 4), torch.arange(65) % 3)
     fit(model, data, TrainConfig(epochs=2, batch_size=64), torch.device("cpu"), torch.Generator().manual_seed(0))
+
+
+def test_rfa_in_apply_reuses_the_summarys_predictions_of_the_original(digits_sample_job, tmp_path, monkeypatch):
+    """apply's before-summary runs the original once on the forget set and the test sample; RFA takes those logits
+    (the forget set's teacher outputs, the held-out sample) instead of a second pass. A test set larger than the
+    summary's sample (digits' test set four times) is where the held-out sample used to be drawn separately."""
+    import dataclasses
+
+    from unlearn_tool.methods import rfa
+    from unlearn_tool.methods.base import run_method
+    from unlearn_tool.pipeline import SUMMARY_SAMPLES, plan_apply, unlearn_step
+
+    base = digits_sample_job
+    test = base.splits.test.subset(torch.arange(4 * len(base.splits.test)) % len(base.splits.test))
+    job = dataclasses.replace(base, splits=dataclasses.replace(base.splits, test=test))
+    assert len(job.splits.test) > SUMMARY_SAMPLES
+    plan = plan_apply(job.request, base.artifact.path, "rfa", {"epochs": 1, "stop": "epochs"}, tmp_path / "out.safetensors")
+    seen, teacher_rows = [], []
+    probe = 2  # RFA traces shapes with 1- or 2-sample retain batches through the original: not passes over a data set
+    job.original.register_forward_hook(lambda m, i, o: seen.append(len(i[0])) if m is job.original and len(i[0]) > probe else None)
+    real_teacher = rfa._Net.teacher
+    monkeypatch.setattr(rfa._Net, "teacher", lambda self, z, energy=None: teacher_rows.append(len(z)) or real_teacher(self, z, energy))
+    try:
+        step = unlearn_step(job, plan)
+        in_apply, seen_in_apply = sum(teacher_rows), sum(seen)
+        teacher_rows.clear()
+        alone, _ = run_method("rfa", job.context(), plan.params)  # alone: nothing remembered, the teacher runs on the forget set
+    finally:
+        job.original._forward_hooks.clear()
+    n_forget = len(job.splits.forget)
+    assert seen_in_apply == n_forget + 2 * SUMMARY_SAMPLES  # the before-summary's passes, nothing more inside apply
+    assert sum(seen) - seen_in_apply == SUMMARY_SAMPLES  # alone, RFA runs the original on its held-out sample itself
+    assert sum(teacher_rows) - in_apply == n_forget
+    assert step.summary_samples["test"] == SUMMARY_SAMPLES
+    # the reused logits are the teacher's: the same unlearned weights as the run that computed them itself
+    merged, own = step.model.state_dict(), alone.model.state_dict()
+    assert any(not torch.equal(merged[k], job.original.state_dict()[k]) for k in merged)
+    assert all(torch.allclose(merged[k].float(), own[k].float(), atol=1e-5) for k in merged)

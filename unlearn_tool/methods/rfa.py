@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from .. import lora
-from ..evaluate import predict_logits
+from ..evaluate import predict_logits, remembered_logits
 from .base import MethodOutput, MethodParams, UnlearnContext, register_method
 from .common import kl_to_teacher
 
@@ -88,7 +88,7 @@ RESIDUAL_ROWS = 16  # retain rows per step on which the zero-residual term is co
 RETAIN_POOL = 256  # retained samples whose encoded inputs and teacher outputs are reused once drawn
 GUARD_SAMPLES, GUARD_CANDIDATES = 128, 512  # held-back retained samples measuring agreement with the teacher
 EVAL_FORGET = 256  # forget samples the stopping rule is checked on
-HELDOUT_SAMPLES = 1024  # test samples behind the held-out confidence distribution (sample unlearning)
+HELDOUT_SAMPLES = 1000  # test samples behind the held-out confidence distribution (sample unlearning): apply's summary size
 CACHE_BYTES = 1 << 30  # the forget set's encoded inputs are kept in memory up to this size
 MASKED_LOGIT = -1e4  # finite, so KL terms of removed classes are exactly 0 (not NaN): exp(-1e4 / T) == 0 in float32
 
@@ -183,18 +183,20 @@ class _Net:
 
 
 class _ForgetSet:
-    """The forget set's encoded inputs (kept in memory when they fit) and the teacher's logits on it."""
+    """The forget set's encoded inputs (kept in memory when they fit) and the teacher's logits on it (`known`: the
+    original's logits apply's before-summary already computed on this set; then the teacher is not run again)."""
 
-    def __init__(self, net: _Net, data):
+    def __init__(self, net: _Net, data, known: Optional[torch.Tensor] = None):
         self.net, self.data = net, data
         zs, logits, size = [], [], 0
         for x, _ in data.batches(256):
             z = net.encode(x)
-            logits.append(net.teacher(z))
+            if known is None:
+                logits.append(net.teacher(z))
             size += z.numel() * z.element_size()
             zs.append(z if size <= CACHE_BYTES else None)
         self.z = torch.cat(zs) if zs and all(z is not None for z in zs) else None
-        self.teacher_logits = torch.cat(logits).float().cpu()
+        self.teacher_logits = known.float().cpu() if known is not None else torch.cat(logits).float().cpu()
 
     def take(self, idx: torch.Tensor) -> torch.Tensor:
         if self.z is not None:
@@ -262,8 +264,7 @@ class _RetainPool:
         return self.z[0][j], self.y[0][j], self.t[0][j]
 
 
-def _forget_targets(ctx: UnlearnContext, teacher, t_forget: torch.Tensor, kind: str,
-                    gen: torch.Generator) -> tuple[torch.Tensor, float]:
+def _forget_targets(ctx: UnlearnContext, teacher, t_forget: torch.Tensor, kind: str) -> tuple[torch.Tensor, float]:
     """Fixed per-sample target distributions for the forget set, and the held-out confidence level (sample case)."""
     y_forget = ctx.forget.targets
     if kind == "other_classes":
@@ -272,9 +273,7 @@ def _forget_targets(ctx: UnlearnContext, teacher, t_forget: torch.Tensor, kind: 
         # sample unlearning forced to misclassify: drop each sample's own label (an ablation, not the default)
         masked = t_forget.scatter(1, y_forget[:, None], float("-inf"))
         return masked.softmax(1), 0.0
-    test = ctx.splits.test
-    if len(test) > HELDOUT_SAMPLES:  # a random subset is enough for a confidence distribution
-        test = test.subset(torch.randperm(len(test), generator=gen)[:HELDOUT_SAMPLES])
+    test = ctx.test_sample(HELDOUT_SAMPLES)  # a sample is enough for a confidence distribution; apply's summary ran it
     t_held, y_held = predict_logits(teacher, test, ctx.device, 256)
     heldout_conf = float(t_held.softmax(1).gather(1, y_held[:, None]).mean())
     return _heldout_targets(t_forget, y_forget, t_held, y_held), heldout_conf
@@ -318,8 +317,8 @@ def run(ctx: UnlearnContext, p: RFAParams) -> MethodOutput:
     with lora.fused_adapters(model, adapted) as fused:
         net = _Net(ctx, model, layers, fused, probe)
         info["frozen_prefix"] = net.split.boundary if net.split is not None else None
-        forget = _ForgetSet(net, ctx.forget)
-        targets, heldout_conf = _forget_targets(ctx, teacher, forget.teacher_logits, kind, gen)
+        forget = _ForgetSet(net, ctx.forget, remembered_logits(teacher, ctx.forget))
+        targets, heldout_conf = _forget_targets(ctx, teacher, forget.teacher_logits, kind)
         targets, y_forget = targets.to(device), ctx.forget.targets.to(device)
         guard = min(GUARD_SAMPLES, len(ctx.retain) // 4)
         retain = _RetainPool(net, ctx.retain, forgotten, guard, boundary, gen)
