@@ -88,8 +88,8 @@ def real_records(root: Path) -> tuple[np.ndarray, np.ndarray]:
     return train, np.fromfile(folder / "test_batch.bin", dtype=np.uint8).reshape(-1, RECORD)
 
 
-def run(cmd: list[str], threads: int) -> tuple[dict, float, float]:
-    """Run a CLI command; its JSON summary, its wall time (s) and its peak RSS (GiB, from wait4)."""
+def run(cmd: list[str], threads: int) -> tuple[dict, float, float, float]:
+    """Run a CLI command; its JSON summary, its wall time (s), its peak RSS (GiB) and its CPU time (s, user + system), from wait4."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         start = time.perf_counter()
@@ -100,7 +100,7 @@ def run(cmd: list[str], threads: int) -> tuple[dict, float, float]:
         out.seek(0), err.seek(0)
         if proc.returncode != 0:
             raise SystemExit(f"{' '.join(cmd)} failed:\n{err.read().decode()[-2000:]}")
-        return json.loads(out.read()), wall, usage.ru_maxrss / 2**20
+        return json.loads(out.read()), wall, usage.ru_maxrss / 2**20, usage.ru_utime + usage.ru_stime
 
 
 def main() -> None:
@@ -152,7 +152,7 @@ def main() -> None:
                                                          norm=json.dumps(NORMALIZE), forget=forgets[scenario]))
             ckpt, trained_json = work / f"{model}.safetensors", work / f"{model}.train.json"
             if not trained_json.exists():
-                trained, train_wall, train_rss = run(["train", "-r", str(next(iter(reqs.values()))), "-o", str(ckpt), "--epochs", "1",
+                trained, train_wall, train_rss, _ = run(["train", "-r", str(next(iter(reqs.values()))), "-o", str(ckpt), "--epochs", "1",
                                                       "--optimizer", "sgd", "--lr", "0.05", "--batch-size", "128", "--force", "--json",
                                                       "--quiet"], args.threads)
                 trained_json.write_text(json.dumps({"n": n, "epoch_s": trained["wall_time_s"], "rss": train_rss}))
@@ -161,7 +161,7 @@ def main() -> None:
             epoch, measured = trained["epoch_s"] * n / trained["n"], trained["n"] == n
             for scenario, req in reqs.items():
                 out = data / f"{model}-{scenario.rstrip('%')}.unlearned.safetensors"
-                summary, wall, rss = run(["apply", str(ckpt), "-r", str(req), "-o", str(out), "--force", "--json", "--quiet",
+                summary, wall, rss, cpu = run(["apply", str(ckpt), "-r", str(req), "-o", str(out), "--force", "--json", "--quiet",
                                           "--param", "epochs=1", "--param", "stop=epochs"], args.threads)
                 method = summary["wall_time_s"]
                 t = summary["timings"]
@@ -170,7 +170,8 @@ def main() -> None:
                        "startup_s": wall - t["process_s"] + t["startup_s"] + t.get("imports_s", 0.0), "prepare_s": t["prepare_s"],
                        "summary_s": t["summary_s"], "write_s": t.get("write_s", 0.0), "peak_rss_gib": rss, "epoch_s": epoch,
                        "epoch_measured": measured, "retrain30_s": 30 * epoch, "summary_samples": summary["summary_samples"],
-                       "threads": args.threads, "load": os.getloadavg()[0], "source": source}
+                       "threads": args.threads, "load": os.getloadavg()[0], "source": source,
+                       "method_cpu_s": t.get("method_cpu_s"), "apply_cpu_s": cpu}
                 rows.append(row)
                 log(f"  {scenario}: |Df| {row['forget']}, {row['steps']} steps, method {method:.1f}s, apply {wall:.1f}s "
                     f"(overhead {100 * row['overhead_share']:.0f}%), peak RSS {rss:.2f} GiB")
@@ -178,6 +179,14 @@ def main() -> None:
         args.json_out.write_text(json.dumps(rows, indent=2))
     log(f"total {time.perf_counter() - started:.0f}s")
     render(rows)
+
+
+def cpu_cells(r: dict) -> str:
+    """Method and apply CPU time and the overhead share of CPU: the work, whatever else loads the machine ('-' for runs before
+    they were recorded)."""
+    if r.get("method_cpu_s") is None:
+        return "- | - | -"
+    return f"{r['method_cpu_s']:.1f} | {r['apply_cpu_s']:.1f} | {100 * (1 - r['method_cpu_s'] / r['apply_cpu_s']):.0f}"
 
 
 def render(rows: list[dict]) -> None:
@@ -190,17 +199,22 @@ def render(rows: list[dict]) -> None:
           f"torch {torch.__version__}, OMP_NUM_THREADS={sorted({r['threads'] for r in rows})}, load average during the runs "
           f"{min(r['load'] for r in rows):.1f}-{max(r['load'] for r in rows):.1f}.\n")
     print("| model | N train | scenario | \\|Df\\| | RFA steps | method s | apply s (in all) | start-up + imports s | data + model s | "
-          "summary s | write s | overhead % | peak RSS GiB | epoch s | 30-epoch retrain s | method / retrain % |")
-    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "summary s | write s | overhead % | method CPU s | apply CPU s | overhead % of CPU | peak RSS GiB | epoch s | 30-epoch retrain s | "
+          "method / retrain % |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in sorted(rows, key=lambda r: (r["model"], r["n"], ["class", "10%", "1%", "fixed"].index(r["scenario"]))):
         mark = "" if r["epoch_measured"] else " (projected)"
         print(f"| {r['model']} | {r['n']:,} | {r['scenario']} | {r['forget']:,} | {r['steps']} | {r['method_s']:.1f} | {r['apply_s']:.1f} | "
               f"{r['startup_s']:.1f} | {r['prepare_s']:.1f} | {r['summary_s']:.1f} | {r['write_s']:.1f} | {100 * r['overhead_share']:.0f} | "
+              f"{cpu_cells(r)} | "
               f"{r['peak_rss_gib']:.2f} | {r['epoch_s']:.0f}{mark} | {r['retrain30_s']:.0f} | {100 * r['method_s'] / r['retrain30_s']:.1f} |")
     fixed = [r for r in rows if r["scenario"] == "fixed"]
     for model in sorted({r["model"] for r in fixed}):
         curve = sorted((r["retain"], r["method_s"]) for r in fixed if r["model"] == model)
         print(f"\nRFA time at |Df| = {FIXED_FORGET} against the retain-set size, {model}: " + ", ".join(f"{n:,}: {t:.1f}s" for n, t in curve))
+        cpu = sorted((r["retain"], r["method_cpu_s"]) for r in fixed if r["model"] == model and r.get("method_cpu_s") is not None)
+        if cpu:
+            print(f"RFA CPU time at |Df| = {FIXED_FORGET} against the retain-set size, {model}: " + ", ".join(f"{n:,}: {t:.1f}s" for n, t in cpu))
 
 if __name__ == "__main__":
     main()

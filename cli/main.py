@@ -77,7 +77,8 @@ def apply(
         return
     for w in result.warnings:
         err(f"warning: {w}")
-    outcome.timings = {"startup_s": _since_process_start() - sum(outcome.timings.values()), **outcome.timings,
+    wall_parts = sum(v for k, v in outcome.timings.items() if not k.endswith("_cpu_s"))  # CPU times overlap the wall-time parts
+    outcome.timings = {"startup_s": _since_process_start() - wall_parts, **outcome.timings,
                        "process_s": _since_process_start()}
     if as_json:
         print_json(outcome.summary())

@@ -232,6 +232,7 @@ class StepResult:
     log: list[str]
     summary_s: float = 0.0  # the before/after summary's time
     summary_samples: dict[str, int] = field(default_factory=dict)  # what before/after evaluated (summary_sizes)
+    method_cpu_s: float = 0.0  # the method's CPU time (all threads of this process): its work, whatever else loads the machine
 
 
 def unlearn_step(job: Job, plan: ApplyPlan, progress: Optional[Progress] = None) -> StepResult:
@@ -245,7 +246,9 @@ def unlearn_step(job: Job, plan: ApplyPlan, progress: Optional[Progress] = None)
         before = utility(job.original, job, sets=sets)
         summary_s = time.perf_counter() - t
         job.seed_everything()
+        cpu = time.process_time()
         result, wall = run_method(plan.method, ctx, plan.params)
+        method_cpu_s = time.process_time() - cpu
     model = result.model.to(job.device).eval()
     state = merged_state(model, job)
     bad = non_finite(state)
@@ -256,7 +259,7 @@ def unlearn_step(job: Job, plan: ApplyPlan, progress: Optional[Progress] = None)
     after = utility(model, job, sets=sets)
     summary_s += time.perf_counter() - t
     return StepResult(model, result.adapter_model, state, before, after, wall, result.info, list(ctx.log), summary_s,
-                      summary_sizes(job, sets))
+                      summary_sizes(job, sets), method_cpu_s)
 
 
 def apply(
@@ -454,7 +457,7 @@ def apply_request(
         raise UnlearnError(f"output {plans[0].output} is the input checkpoint; inputs are never overwritten, choose another --output")
 
     t0 = time.perf_counter()
-    timings = {"prepare_s": t0 - t_prepare, "summary_s": 0.0, "method_s": 0.0}
+    timings = {"prepare_s": t0 - t_prepare, "summary_s": 0.0, "method_s": 0.0, "method_cpu_s": 0.0}
     lineage = lineage or L.Lineage(original_sha256=parent.sha256, data_sha256=job.data_sha256)
     parent_sha, in_run_steps, step_jobs, gone = parent.sha256, [], [], torch.zeros(0, dtype=torch.long)
     step = None  # the previous request's result, once there is one
@@ -469,6 +472,7 @@ def apply_request(
         step = unlearn_step(job, plan, progress)
         timings["summary_s"] += step.summary_s
         timings["method_s"] += step.wall_time_s
+        timings["method_cpu_s"] += step.method_cpu_s
         step_jobs.append(job)
         if k < len(requests) - 1:
             in_run_steps.append(L.new_step(L.Lineage(lineage.original_sha256, lineage.data_sha256, lineage.steps + in_run_steps), req,

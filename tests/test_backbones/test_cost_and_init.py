@@ -26,6 +26,8 @@ def test_apply_summary_samples_retain_and_test_and_says_so(digits_dir, tmp_path)
     assert sampled["forget"] == sampled["forget_total"] == full["forget"]  # the forget set is always whole
     assert sampled["retain"] == sampled["test"] == 100 and sampled["retain_total"] == full["retain"] == 1291
     assert full["test"] == full["test_total"] == 360
+    timings = runs["0"]["timings"]  # where the time went; the method's CPU time is not a part of the wall time
+    assert timings["method_cpu_s"] > 0 and timings["startup_s"] >= 0 and timings["method_s"] > 0
     assert runs["100"]["after"]["forget_acc"] == runs["0"]["after"]["forget_acc"]
     # same seed, same output whatever the summary evaluated
     assert load_file(str(tmp_path / "o100.safetensors")).keys() == load_file(str(tmp_path / "o0.safetensors")).keys()
