@@ -181,12 +181,12 @@ def main() -> None:
     render(rows)
 
 
-def cpu_cells(r: dict) -> str:
-    """Method and apply CPU time and the overhead share of CPU: the work, whatever else loads the machine ('-' for runs before
-    they were recorded)."""
-    if r.get("method_cpu_s") is None:
-        return "- | - | -"
-    return f"{r['method_cpu_s']:.1f} | {r['apply_cpu_s']:.1f} | {100 * (1 - r['method_cpu_s'] / r['apply_cpu_s']):.0f}"
+def cpu_cells(r: dict) -> list[str]:
+    """Method and apply CPU time and the overhead share of CPU: the work, whatever else loads the machine ('-' where a run
+    did not record it: apply's CPU time came with the harness, the method's with apply's JSON timings)."""
+    method, whole = r.get("method_cpu_s"), r.get("apply_cpu_s")
+    return [f"{method:.1f}" if method is not None else "-", f"{whole:.1f}" if whole is not None else "-",
+            f"{100 * (1 - method / whole):.0f}" if method is not None and whole else "-"]
 
 
 def render(rows: list[dict]) -> None:
@@ -198,16 +198,19 @@ def render(rows: list[dict]) -> None:
           f"and seeded samples of 1000 retain and 1000 test samples; {platform.machine()}, {os.cpu_count()} cores (shared), "
           f"torch {torch.__version__}, OMP_NUM_THREADS={sorted({r['threads'] for r in rows})}, load average during the runs "
           f"{min(r['load'] for r in rows):.1f}-{max(r['load'] for r in rows):.1f}.\n")
-    print("| model | N train | scenario | \\|Df\\| | RFA steps | method s | apply s (in all) | start-up + imports s | data + model s | "
-          "summary s | write s | overhead % | method CPU s | apply CPU s | overhead % of CPU | peak RSS GiB | epoch s | 30-epoch retrain s | "
-          "method / retrain % |")
-    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    cpu = any(r.get("apply_cpu_s") is not None for r in rows)  # runs before CPU time was recorded: no CPU columns
+    head = ["model", "N train", "scenario", "\\|Df\\|", "RFA steps", "method s", "apply s (in all)", "start-up + imports s", "data + model s",
+            "summary s", "write s", "overhead %"] + (["method CPU s", "apply CPU s", "overhead % of CPU"] if cpu else []) + [
+            "peak RSS GiB", "epoch s", "30-epoch retrain s", "method / retrain %"]
+    print("| " + " | ".join(head) + " |")
+    print("|" + "|".join("---" if h in ("model", "scenario") else "---:" for h in head) + "|")
     for r in sorted(rows, key=lambda r: (r["model"], r["n"], ["class", "10%", "1%", "fixed"].index(r["scenario"]))):
         mark = "" if r["epoch_measured"] else " (projected)"
-        print(f"| {r['model']} | {r['n']:,} | {r['scenario']} | {r['forget']:,} | {r['steps']} | {r['method_s']:.1f} | {r['apply_s']:.1f} | "
-              f"{r['startup_s']:.1f} | {r['prepare_s']:.1f} | {r['summary_s']:.1f} | {r['write_s']:.1f} | {100 * r['overhead_share']:.0f} | "
-              f"{cpu_cells(r)} | "
-              f"{r['peak_rss_gib']:.2f} | {r['epoch_s']:.0f}{mark} | {r['retrain30_s']:.0f} | {100 * r['method_s'] / r['retrain30_s']:.1f} |")
+        cells = [r["model"], f"{r['n']:,}", r["scenario"], f"{r['forget']:,}", str(r["steps"]), f"{r['method_s']:.1f}", f"{r['apply_s']:.1f}",
+                 f"{r['startup_s']:.1f}", f"{r['prepare_s']:.1f}", f"{r['summary_s']:.1f}", f"{r['write_s']:.1f}",
+                 f"{100 * r['overhead_share']:.0f}"] + (cpu_cells(r) if cpu else []) + [
+                 f"{r['peak_rss_gib']:.2f}", f"{r['epoch_s']:.0f}{mark}", f"{r['retrain30_s']:.0f}", f"{100 * r['method_s'] / r['retrain30_s']:.1f}"]
+        print("| " + " | ".join(cells) + " |")
     fixed = [r for r in rows if r["scenario"] == "fixed"]
     for model in sorted({r["model"] for r in fixed}):
         curve = sorted((r["retain"], r["method_s"]) for r in fixed if r["model"] == model)
