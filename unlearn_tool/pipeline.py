@@ -355,7 +355,7 @@ class ApplyOutcome:
     report: Optional[dict[str, Any]] = None
     report_dir: Optional[Path] = None
     removed: bool = False  # the output was removed again because the audit failed (keep_on_fail=False)
-    timings: dict[str, float] = field(default_factory=dict)  # where the run's time went (seconds)
+    timings: dict[str, float] = field(default_factory=dict)  # where the run's wall time went (s); *_cpu_s: CPU time, not a part of it
 
     def summary(self) -> dict[str, Any]:
         out = self.result.as_dict(self.job)
