@@ -451,6 +451,9 @@ def apply_request(
                 raise L.LedgerError(f"the checkpoint has {len(lineage.steps)} earlier deletion(s) but its ledger {ledger_in} is missing; "
                                     "give it with --ledger FILE, or pass --ignore-lineage")
             entries = L.read_ledger(ledger_in)
+            if anchor is None and first.task in get_method(plans[0].method).anchor_tasks:
+                notes.append(f"this checkpoint has {len(lineage.steps)} earlier deletion(s): give --anchor ORIGINAL (the model the first was "
+                             "applied to) so that retained data stay aligned with it; without, each request's small utility loss compounds")
             resolve = lambda train, sha: L.resolve_excluded(lineage, entries, ledger_in, train.ids, sha)  # noqa: E731
 
     label_free = get_method(plans[0].method).label_free
