@@ -35,6 +35,8 @@ import torch
 from .. import lora
 from ..errors import MethodError
 from ..evaluate import predict_logits
+from ..optim import Adam
+from ..precision import ScaledSteps
 from .base import MethodOutput, UnlearnContext
 
 if TYPE_CHECKING:
@@ -152,9 +154,9 @@ def run_regression(ctx: UnlearnContext, p: "RFAParams") -> MethodOutput:
     gen = ctx.generator(1)
     scale = feature_scales(ctx, teacher, layers, gen)
     adapted = lora.lora_layers(model)
-    name_of = {name: name.removeprefix("base_model.model.") for name, _ in adapted}
     params = lora.adapter_parameters(model)
-    opt = torch.optim.Adam(params, lr=p.lr)
+    opt = Adam(params, lr=p.lr)  # unlearn_tool/optim.py: torch.optim's first use imports torch._dynamo
+    scaled = ScaledSteps(device)
     n_f = len(forget)
     steps_per_epoch = math.ceil(n_f / p.batch_size)
     info = {"adapted_layers": len(layers), "trainable_params": sum(q.numel() for q in params), "forget_target": kind,
@@ -176,13 +178,12 @@ def run_regression(ctx: UnlearnContext, p: "RFAParams") -> MethodOutput:
             out_f, out_r = out[:nf].reshape(nf, -1), out[nf:].reshape(yr.shape)
             loss_forget = (out_f - targets[dev_idx]).pow(2).mean() / var
             loss_align = (out_r - t_retain).pow(2).mean() / var
-            loss_res = torch.stack([r[nf:].pow(2).mean() / scale[name_of[n]] for n, r in res.items()]).mean()
+            loss_res = torch.stack([r[nf:].pow(2).mean() / scale[n] for n, r in res.items()]).mean()
             loss = w_forget * loss_forget + p.w_align * loss_align + p.w_residual * loss_res
             if p.w_retain_ce:  # regression: the retained targets' own (normalised) squared error
                 loss = loss + p.w_retain_ce * (out_r - yr).pow(2).mean() / var
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            scaled.backward_and_step(loss, opt)
             with torch.no_grad():
                 forget_err += float((out_f - y_forget_dev[dev_idx]).abs().mean(1).sum())
                 retain_drift += float((out_r - t_retain).abs().mean(1).sum()) / sd
