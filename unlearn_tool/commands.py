@@ -41,7 +41,7 @@ def apply(request: "str | Path | Sequence[str | Path]", checkpoint: str | Path, 
             from .errors import MethodError
 
             raise MethodError(f"--anchor: {checkpoint} is an exact artifact, whose deletions retrain nothing to align; drop --anchor")
-        for option in ("summary_samples", "num_workers"):  # its summary evaluates every sample; its data are read in process
+        for option in ("summary_samples", "num_workers", "no_anchor"):  # its summary evaluates every sample; its data are read in process; nothing to anchor
             options.pop(option, None)
         return apply_exact_request(reqs[0], checkpoint, **options)  # type: ignore[return-value]
     if options.pop("retrain_affected", False):
