@@ -83,7 +83,7 @@ def _main(version: bool = typer.Option(False, "--version", callback=_version, is
     """Make a trained PyTorch classifier forget part of its training data, and show that it did."""
 
 DeviceOpt = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps.")
-PrecisionOpt = typer.Option("auto", "--precision", help="Training passes on CUDA: auto (bf16 autocast where the GPU supports it), bf16 or fp32. CPU and MPS always run fp32.")
+PrecisionOpt = typer.Option("auto", "--precision", help="Training passes on CUDA: auto (bf16 autocast where the GPU supports it, else fp16 with loss scaling in the loops that support it), bf16, fp16 or fp32. CPU and MPS always run fp32.")
 RequestOpt = typer.Option(..., "--request", "-r", help="Deletion-request YAML.", show_default=False)
 CodePathOpt = typer.Option([], "--code-path", metavar="DIR", help="A folder of your own model code that python:<module>:<callable> may load from (repeatable; the request's folder always counts).", show_default=False)
 NumWorkersOpt = typer.Option(0, "--num-workers", min=0, max=256, help="Worker processes that read image files (imagefolder, csv sources) while batches are computed (0: in the main process).")

@@ -1,4 +1,5 @@
-"""--precision: checked up front, fp32 wherever there is no CUDA, bf16 autocast on a CUDA card that supports it (issue 9)."""
+"""--precision: checked up front, fp32 wherever there is no CUDA, bf16 autocast on a CUDA card that supports it, fp16 with
+loss scaling in the loops that scale on one that does not (issue 9)."""
 
 from __future__ import annotations
 
@@ -14,15 +15,15 @@ from helpers import rejected
 
 def test_an_unknown_precision_is_refused_before_any_work(digits_dir, tmp_path):
     out = tmp_path / "o.safetensors"
-    rejected(invoke("apply", digits_dir / "mlp.safetensors", "-r", digits_dir / "class.yaml", "-o", out, "--precision", "fp16"),
-             "--precision fp16", "auto, bf16, fp32")
+    rejected(invoke("apply", digits_dir / "mlp.safetensors", "-r", digits_dir / "class.yaml", "-o", out, "--precision", "fp8"),
+             "--precision fp8", "auto, bf16, fp16, fp32")
     assert not out.exists()
 
 
 def test_on_cpu_every_choice_runs_fp32_and_gives_the_same_weights(digits_dir, tmp_path):
     """CPU never autocasts: asking for bf16 there must not change a single weight, and the JSON says fp32."""
     runs = {}
-    for choice in ("fp32", "bf16"):
+    for choice in ("fp32", "bf16", "fp16"):
         out = tmp_path / f"{choice}.safetensors"
         r = invoke("apply", digits_dir / "mlp.safetensors", "-r", digits_dir / "class.yaml", "-o", out, "--device", "cpu",
                    "--precision", choice, "--json", "--quiet")
@@ -30,7 +31,7 @@ def test_on_cpu_every_choice_runs_fp32_and_gives_the_same_weights(digits_dir, tm
         summary = json.loads(r.stdout)
         assert summary["precision"] == "fp32" and "peak_gpu_memory_mb" not in summary
         runs[choice] = load_file(str(out))
-    assert all(torch.equal(runs["fp32"][k], runs["bf16"][k]) for k in runs["fp32"])
+    assert all(torch.equal(runs["fp32"][k], runs[c][k]) for c in ("bf16", "fp16") for k in runs["fp32"])
 
 
 @pytest.mark.skipif(not torch.cuda.is_available() or not torch.cuda.is_bf16_supported(), reason="needs a CUDA card with bfloat16")
@@ -46,3 +47,53 @@ def test_on_cuda_training_passes_run_in_bf16_and_still_train():
     with training_autocast(device):
         assert layer(torch.randn(4, 8, device=device)).dtype == torch.float32
     configure("auto", None)
+
+
+@pytest.mark.filterwarnings("ignore:CUDA is not available")
+def test_on_a_card_without_bf16_auto_means_fp16_only_where_the_loop_scales_the_loss(monkeypatch):
+    """The resolution a pre-Ampere card gets (its bf16 query mocked: no card here); the autocast contexts are built, not run."""
+    from unlearn_tool import precision
+
+    device = torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    try:
+        precision.configure("auto", device)
+        assert precision.resolved(device) == "fp16"
+        assert isinstance(precision.training_autocast(device, scaled=True), torch.autocast)
+        assert not isinstance(precision.training_autocast(device), torch.autocast)  # unscaled loops stay fp32
+        precision.configure("bf16", device)
+        with pytest.raises(Exception, match="no bfloat16 support"):
+            precision.resolved(device)
+        precision.configure("fp32", device)
+        assert precision.resolved(device) == "fp32"
+    finally:
+        precision.configure("auto", None)
+
+
+@pytest.mark.parametrize("make_optimizer", [lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9),
+                                            lambda ps: __import__("unlearn_tool.optim", fromlist=["Adam"]).Adam(ps, 1e-2)])
+def test_loss_scaled_steps_equal_plain_steps_and_skip_overflow(make_optimizer):
+    """ScaledSteps (the scaler the fp16 path uses, run on CPU here): scaling by a power of two and unscaling before the
+    step gives the plain step's weights; a step whose gradients overflow is skipped and the scale lowered."""
+    from unlearn_tool.precision import ScaledSteps
+
+    torch.manual_seed(0)
+    x, y = torch.randn(32, 6), torch.randint(0, 3, (32,))
+    nets = [torch.nn.Linear(6, 3) for _ in range(2)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    runs = [(nets[0], ScaledSteps(torch.device("cpu"), enabled=False)), (nets[1], ScaledSteps(torch.device("cpu"), enabled=True))]
+    for net, steps in runs:
+        opt = make_optimizer(list(net.parameters()))
+        for _ in range(10):
+            opt.zero_grad()
+            steps.backward_and_step(torch.nn.functional.cross_entropy(net(x), y), opt)
+    assert runs[1][1].scaler is not None and runs[0][1].scaler is None
+    for a, b in zip(nets[0].parameters(), nets[1].parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    net, steps = runs[1]
+    before, scale = [p.detach().clone() for p in net.parameters()], steps.scaler.get_scale()
+    opt = make_optimizer(list(net.parameters()))
+    opt.zero_grad()
+    steps.backward_and_step(net(x).sum() * float("inf"), opt)
+    assert all(torch.equal(a, b) for a, b in zip(before, net.parameters()))
+    assert steps.scaler.get_scale() < scale

@@ -41,7 +41,6 @@ from .errors import AuditError, CheckpointError
 
 if TYPE_CHECKING:
     import torch
-    from peft import PeftModel
     from torch import nn
 
 
@@ -314,10 +313,11 @@ def write_hf_folder(path: Path, state: Mapping[str, "torch.Tensor"], fields: dic
     return sha256_file(path / HF_WEIGHTS)
 
 
-def write_adapter(path: Path, peft_model: Optional["PeftModel"], fields: dict[str, Any], force: bool = False,
+def write_adapter(path: Path, adapted: Optional["nn.Module"], fields: dict[str, Any], force: bool = False,
                   protect: Mapping[str, Optional[Path]] = {}) -> str:
-    """PEFT's layout (adapter_config.json, adapter_model.safetensors) plus our provenance; returns the weights' sha256."""
-    if peft_model is None:
+    """PEFT's layout (adapter_config.json, adapter_model.safetensors), written by peft from the method's adapted model
+    (lora.to_peft), plus our provenance; returns the weights' sha256."""
+    if adapted is None:
         from .errors import UnlearnError
 
         raise UnlearnError("internal: the method produced no adapter; please report this")
@@ -326,7 +326,9 @@ def write_adapter(path: Path, peft_model: Optional["PeftModel"], fields: dict[st
     def fill(folder: Path) -> None:
         from safetensors.torch import load_file
 
-        peft_model.save_pretrained(str(folder))
+        from .lora import to_peft
+
+        to_peft(adapted).save_pretrained(str(folder))
         weights = folder / AdapterArtifact.WEIGHTS
         save_canonical(load_file(str(weights)), weights, metadata)
         (folder / ADAPTER_MARKER).write_text(json.dumps(metadata, indent=2, sort_keys=True))

@@ -48,7 +48,7 @@ def apply(request: "str | Path | Sequence[str | Path]", checkpoint: str | Path, 
 
     t = time.perf_counter()
     from .distributed import device_for, setup
-    from .pipeline import apply_request  # torch, the methods (peft only when a LoRA method runs)
+    from .pipeline import apply_request  # torch and the methods (peft only to write or read an adapter-only output)
 
     imports_s = time.perf_counter() - t
     setup(options.get("device", "auto"))

@@ -1,12 +1,13 @@
-"""LoRA plumbing through peft: choose layers, inject adapters, read the residual (bypass) branch, merge.
+"""LoRA plumbing: choose layers, inject adapters, read the residual (bypass) branch, merge, hand to peft for its format.
 
-peft's LoRA layer computes  y = W x + scaling * B(A(x)): `W x` is the frozen
+A LoRA layer computes  y = W x + scaling * B(A(x)): `W x` is the frozen
 pre-trained feature, `scaling * B(A(x))` the residual feature that RFA trains.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 import re
 import warnings
 from contextlib import contextmanager
@@ -164,14 +165,99 @@ def select_layers(model: nn.Module, targets: str | Sequence[str]) -> list[str]:
     return chosen
 
 
-def inject(model: nn.Module, layers: list[str], rank: int, alpha: float):
-    """A PeftModel wrapping a copy of `model` with LoRA on exactly `layers` (B = 0, so outputs are unchanged)."""
-    from peft import LoraConfig, get_peft_model
+class LoraLayer(nn.Module):
+    """A Linear or (non-grouped, non-dilated) Conv2d with a LoRA bypass: y = W x + s * B(A(x)), s = alpha / r.
 
-    pattern = "^(" + "|".join(re.escape(n) for n in layers) + ")$"
-    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=pattern, bias="none")
-    with quiet_peft():
-        return get_peft_model(copy.deepcopy(model), config)
+    The same layer, parameter shapes, initialisation and names (base_layer, lora_A, lora_B) as peft's LoRA layer, so
+    `to_peft` can hand the adapters to peft for its adapter format. Our own rather than peft's because importing peft
+    imports transformers (about 4 s, most of a small `unlearn apply`; docs/rfa.md, "Speed: what was tried"), and RFA
+    needs two things peft's layer does not give: the fused one-op forward and the residual of chosen rows.
+    `state` is shared by every layer of one adapted model (see AdapterState).
+    """
+
+    def __init__(self, base: nn.Module, rank: int, alpha: float, state: "AdapterState") -> None:
+        super().__init__()
+        self.base_layer, self.rank, self.alpha, self.scaling = base, rank, alpha, alpha / rank
+        self.conv = isinstance(base, nn.Conv2d)
+        if self.conv:
+            self.lora_A = nn.Conv2d(base.in_channels, rank, base.kernel_size, base.stride, base.padding, bias=False,
+                                    padding_mode=base.padding_mode)
+            self.lora_B = nn.Conv2d(rank, base.out_channels, 1, bias=False)
+        else:
+            self.lora_A = nn.Linear(base.in_features, rank, bias=False)
+            self.lora_B = nn.Linear(rank, base.out_features, bias=False)
+        self.lora_A.to(device=base.weight.device, dtype=base.weight.dtype)
+        self.lora_B.to(device=base.weight.device, dtype=base.weight.dtype)
+        nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))  # peft's default: A as nn.Linear's init, B = 0
+        nn.init.zeros_(self.lora_B.weight)
+        self._state = [state]  # a list, so that the shared state is not registered as a submodule
+        self.path = ""  # the layer's name in the adapted model (residuals are recorded under it)
+
+    @property
+    def state(self) -> "AdapterState":
+        return self._state[0]
+
+    def delta_weight(self) -> torch.Tensor:
+        """s * B A shaped like the base weight: what merging adds (for a k x k convolution, B's 1 x 1 kernel times A's)."""
+        base = self.base_layer.weight
+        return (self.lora_B.weight.flatten(1) @ self.lora_A.weight.flatten(1)).view_as(base) * self.scaling
+
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
+        """The bypass branch's output s * B(A(x)): the residual feature RFA drives to zero on retained data."""
+        return self.lora_B(self.lora_A(x)) * self.scaling
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        state, base = self.state, self.base_layer
+        if state.disabled:
+            return base(x)
+        if not state.fused:  # two branches, as peft computes it (forward hooks on lora_A / lora_B see the bypass)
+            return base(x) + self.residual(x)
+        weight = base.weight + self.delta_weight()
+        out = base._conv_forward(x, weight, base.bias) if self.conv else nn.functional.linear(x, weight, base.bias)
+        if state.rows is not None:
+            state.residuals[self.path] = self.residual(x[state.rows])
+        return out
+
+
+class AdapterState:
+    """Switches shared by the LoRA layers of one adapted model. `fused`: each layer computes its output in one op with
+    the effective weight W + s * B A (fused_adapters); `rows`: a slice of the batch whose residual features are then
+    recorded in `residuals` (layer name -> tensor) on the next forward pass; `disabled`: the frozen layers alone (the
+    original model's function)."""
+
+    def __init__(self) -> None:
+        self.fused = False
+        self.rows: Optional[slice] = None
+        self.residuals: dict[str, torch.Tensor] = {}
+        self.disabled = False
+
+    def __deepcopy__(self, memo: dict) -> "AdapterState":
+        """A copied model gets fresh switches (shared by its own layers), not this one's recorded residuals, which
+        are non-leaf tensors of a training graph (deepcopy refuses those)."""
+        return AdapterState()
+
+
+FusedAdapters = AdapterState  # what fused_adapters yields
+
+
+def inject(model: nn.Module, layers: list[str], rank: int, alpha: float) -> nn.Module:
+    """A copy of `model` whose named `layers` carry LoRA adapters (B = 0, so outputs are unchanged); the rest is frozen."""
+    adapted = copy.deepcopy(model).requires_grad_(False)
+    state = AdapterState()
+    for name in layers:
+        parent, _, child = name.rpartition(".")
+        holder = adapted.get_submodule(parent) if parent else adapted
+        layer = LoraLayer(getattr(holder, child), rank, alpha, state)
+        setattr(holder, child, layer)
+        layer.path = name
+    return adapted
+
+
+def adapter_state(model: nn.Module) -> AdapterState:
+    layers = lora_layers(model)
+    if not layers:
+        raise MethodError("internal: the model carries no LoRA adapters; please report this")
+    return layers[0][1].state
 
 
 @contextmanager
@@ -182,27 +268,23 @@ def quiet_peft() -> Iterator[None]:
         yield
 
 
-def lora_layers(peft_model: nn.Module) -> list[tuple[str, nn.Module]]:
-    from peft.tuners.lora import LoraLayer
-
-    return [(n, m) for n, m in peft_model.named_modules() if isinstance(m, LoraLayer)]
+def lora_layers(model: nn.Module) -> list[tuple[str, LoraLayer]]:
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, LoraLayer)]
 
 
 @contextmanager
-def capture_residuals(peft_model: nn.Module, layers: Optional[list[tuple[str, nn.Module]]] = None) -> Iterator[dict[str, torch.Tensor]]:
-    """Record each adapted layer's residual feature, scaling * B(A(x)), during forward passes.
+def capture_residuals(model: nn.Module, layers: Optional[list[tuple[str, LoraLayer]]] = None) -> Iterator[dict[str, torch.Tensor]]:
+    """Record each adapted layer's residual feature, scaling * B(A(x)), during (unfused) forward passes.
 
     `layers` (from lora_layers) saves walking the module tree on every call in a training loop.
     """
     store: dict[str, torch.Tensor] = {}
     handles = []
-    for name, layer in (layers if layers is not None else lora_layers(peft_model)):
-        scaling = layer.scaling[ADAPTER_NAME]
-
-        def hook(_m, _inp, out, name=name, scaling=scaling):
+    for name, layer in (layers if layers is not None else lora_layers(model)):
+        def hook(_m, _inp, out, name=name, scaling=layer.scaling):
             store[name] = out * scaling
 
-        handles.append(layer.lora_B[ADAPTER_NAME].register_forward_hook(hook))
+        handles.append(layer.lora_B.register_forward_hook(hook))
     try:
         yield store
     finally:
@@ -223,67 +305,19 @@ def capture_outputs(model: nn.Module, layers: list[str]) -> Iterator[dict[str, t
             h.remove()
 
 
-class FusedAdapters:
-    """What `fused_adapters` yields: set `rows` (a slice of the batch) to have those rows' residual features
-    s * B(A x) recorded in `residuals` (layer name -> tensor) on the next forward pass; set `disabled` to run
-    the frozen layers alone (the original model's function). `unfused` lists the adapted layers left to peft's
-    own forward (neither `rows` nor `disabled` reaches them)."""
-
-    def __init__(self) -> None:
-        self.rows: Optional[slice] = None
-        self.residuals: dict[str, torch.Tensor] = {}
-        self.disabled = False
-        self.unfused: list[str] = []
-
-
-def _fused_forward(layer: nn.Module, name: str, state: FusedAdapters):
-    """A forward computing  base(x; W + s * B A)  in one op, or None where this layer is not plain LoRA on a
-    Linear / non-grouped Conv2d (peft's own forward then stays)."""
-    base = layer.get_base_layer()
-    plain = (list(getattr(layer, "active_adapters", [])) == [ADAPTER_NAME] and not layer.merged and not layer.disable_adapters
-             and not getattr(layer, "use_dora", {}).get(ADAPTER_NAME, False)
-             and isinstance(layer.lora_dropout[ADAPTER_NAME], nn.Identity))
-    # peft's A branch of a Conv2d copies kernel, stride and padding but not dilation or padding_mode: keep its forward there
-    conv = isinstance(base, nn.Conv2d) and base.groups == 1 and base.dilation == (1, 1) and base.padding_mode == "zeros"
-    if not plain or not (conv or type(base) is nn.Linear):
-        return None
-    lora_a, lora_b, scaling = layer.lora_A[ADAPTER_NAME], layer.lora_B[ADAPTER_NAME], layer.scaling[ADAPTER_NAME]
-
-    def forward(x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        if state.disabled:
-            return base(x)
-        delta = (lora_b.weight.flatten(1) @ lora_a.weight.flatten(1)).view_as(base.weight) * scaling
-        weight = base.weight + delta
-        out = base._conv_forward(x, weight, base.bias) if conv else nn.functional.linear(x, weight, base.bias)
-        if state.rows is not None:
-            state.residuals[name] = lora_b(lora_a(x[state.rows])) * scaling
-        return out
-
-    return forward
-
-
 @contextmanager
-def fused_adapters(peft_model: nn.Module, layers: Optional[list[tuple[str, nn.Module]]] = None) -> Iterator[FusedAdapters]:
+def fused_adapters(model: nn.Module, layers: Optional[list[tuple[str, LoraLayer]]] = None) -> Iterator[AdapterState]:
     """Inside the block, each adapted Linear / Conv2d computes its output in one op with the effective weight
-    W + s * B A: the function peft computes in two branches (W x + s * B(A x)), same values up to rounding,
-    at the cost of the plain layer. On small convolutions the extra branch costs about as much as the layer
-    itself (it reads the same input), so this halves a training step there. The residual features of chosen
-    rows are still available (FusedAdapters.rows / .residuals).
-    """
-    state = FusedAdapters()
-    patched = []
-    for name, layer in (layers if layers is not None else lora_layers(peft_model)):
-        forward = _fused_forward(layer, name, state)
-        if forward is not None:
-            layer.forward = forward  # an instance attribute shadows the class's forward
-            patched.append(layer)
-        else:
-            state.unfused.append(name)
+    W + s * B A: the function of the two branches (W x + s * B(A x)), same values up to rounding, at the cost of the
+    plain layer. On small convolutions the extra branch costs about as much as the layer itself (it reads the same
+    input), so this halves a training step there. The residual features of chosen rows are still available
+    (AdapterState.rows / .residuals)."""
+    state = (layers[0][1].state if layers else None) or adapter_state(model)
+    state.fused = True
     try:
         yield state
     finally:
-        for layer in patched:
-            del layer.forward
+        state.fused, state.rows, state.disabled, state.residuals = False, None, False, {}
 
 
 class PrefixSplit(NamedTuple):
@@ -441,21 +475,58 @@ def auto_layers(model: nn.Module, probe: torch.Tensor, min_prefix_share: float =
     return capable
 
 
-def merged_copy(peft_model: nn.Module, base: Optional[nn.Module] = None) -> nn.Module:
-    """The plain architecture with adapters folded into the weights (the PeftModel is left as it is).
+def merged_copy(model: nn.Module, base: Optional[nn.Module] = None) -> nn.Module:
+    """The plain architecture with the adapters folded into the weights (W + s * B A); the adapted model is left as it is.
 
-    With `base` (the unadapted model the adapters were injected into, e.g. the original), that plain model is
-    copied and each adapter's delta weight (peft's get_delta_weight, which its own merge adds) is added to the
-    copy: the same weights, without deep-copying the PeftModel (which costs more than the rest of a small run).
+    With `base` (the unadapted model the adapters were injected into, e.g. the original), that plain model is copied
+    and each delta weight added to the copy (cheaper than copying the adapted model); otherwise the adapted model is
+    copied and each LoRA layer replaced by its merged base layer.
     """
     if base is None:
-        return copy.deepcopy(peft_model).merge_and_unload()
+        merged = copy.deepcopy(model).requires_grad_(False)
+        for name, layer in lora_layers(merged):
+            with torch.no_grad():
+                layer.base_layer.weight += layer.delta_weight().to(layer.base_layer.weight.dtype)
+            parent, _, child = name.rpartition(".")
+            setattr(merged.get_submodule(parent) if parent else merged, child, layer.base_layer)
+        return merged
     merged = copy.deepcopy(base).requires_grad_(False)
-    for name, layer in lora_layers(peft_model):
-        target = merged.get_submodule(name.removeprefix("base_model.model."))
+    for name, layer in lora_layers(model):
+        target = merged.get_submodule(name)
         with torch.no_grad():
-            target.weight += layer.get_delta_weight(ADAPTER_NAME).to(target.weight.dtype)
+            target.weight += layer.delta_weight().to(target.weight.dtype)
     return merged
+
+
+def unadapted_copy(model: nn.Module) -> nn.Module:
+    """A copy of the adapted model with each LoRA layer replaced by its frozen base layer: the model before injection."""
+    plain = copy.deepcopy(model)
+    for name, layer in lora_layers(plain):
+        parent, _, child = name.rpartition(".")
+        setattr(plain.get_submodule(parent) if parent else plain, child, layer.base_layer)
+    return plain
+
+
+def to_peft(model: nn.Module):
+    """The same adapters as a peft PeftModel (on a copy of the unadapted model), for peft's adapter format
+    (save_pretrained). peft is imported here only: writing an adapter-only output is the one place that needs it."""
+    from peft import LoraConfig, get_peft_model
+
+    layers = lora_layers(model)
+    if not layers:
+        raise MethodError("internal: the model carries no LoRA adapters; please report this")
+    (rank, alpha) = {(layer.rank, layer.alpha) for _, layer in layers}.pop()
+    pattern = "^(" + "|".join(re.escape(n) for n, _ in layers) + ")$"
+    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=pattern, bias="none")
+    with quiet_peft():
+        peft_model = get_peft_model(unadapted_copy(model).cpu(), config)
+    modules = dict(peft_model.base_model.model.named_modules())
+    with torch.no_grad():
+        for name, layer in layers:
+            target = modules[name]
+            target.lora_A[ADAPTER_NAME].weight.copy_(layer.lora_A.weight)
+            target.lora_B[ADAPTER_NAME].weight.copy_(layer.lora_B.weight)
+    return peft_model
 
 
 def adapter_parameters(peft_model: nn.Module) -> list[nn.Parameter]:

@@ -1,7 +1,7 @@
 """The method catalog without torch: `unlearn methods` answers from a cache of the registry's descriptions.
 
 The cache key is the tool version plus the contents of every file in unlearn_tool/methods/, so adding or editing
-a method file refreshes it by itself; a miss imports the registry once (torch, peft) and rewrites the
+a method file refreshes it by itself; a miss imports the registry once (torch) and rewrites the
 cache. Folder: $UNLEARN_CACHE_DIR/methods, else ~/.cache/unlearn/methods. Importing this module imports
 no torch.
 """

@@ -4,9 +4,15 @@ On CUDA, `auto` (the default) runs the method's and `unlearn train`'s forward pa
 `torch.autocast` in bfloat16 where the card supports it (Ampere and newer): about twice the matmul
 throughput and half the activation memory, with fp32 weights, fp32 optimizer state and fp32 losses
 (autocast keeps reductions such as cross-entropy and softmax in fp32). bfloat16 has fp32's exponent
-range, so no loss scaling is needed. On a card without bfloat16, `auto` stays in fp32: fp16 would
-need a gradient scaler in every method's step, which we do not have, and a silently unscaled fp16
-run can underflow gradients. `--precision fp32` turns autocast off everywhere.
+range, so no loss scaling is needed.
+
+On a card without bfloat16 (before Ampere), `auto` means float16 with dynamic loss scaling
+(torch.amp.GradScaler): fp16's narrow exponent range underflows small gradients unless the loss is
+scaled up before backward and the gradients unscaled before the step (a step with inf/NaN gradients is
+skipped and the scale lowered). Only training loops that step through `ScaledSteps` get fp16: `unlearn
+train` (training.fit, which retrain and fine-tuning use too) and the LoRA methods (MethodSpecEntry.
+loss_scaling); every other method runs fp32 on such a card rather than unscaled fp16.
+`--precision fp32` turns autocast off everywhere.
 
 CPU and MPS always run fp32 (CPU autocast is slower than fp32 for these models). Evaluation passes
 (the summary, the audit) run in fp32 on every device, so reported figures do not depend on the card.
@@ -17,9 +23,9 @@ While the device is CUDA, batches are also copied from page-locked (pinned) host
 from __future__ import annotations
 
 from contextlib import nullcontext
-from typing import Any, ContextManager
+from typing import Any, ContextManager, Optional
 
-CHOICES = ("auto", "bf16", "fp32")
+CHOICES = ("auto", "bf16", "fp16", "fp32")
 _STATE: dict[str, Any] = {"choice": "auto", "pin": False}
 
 
@@ -35,7 +41,7 @@ def configure(choice: str = "auto", device: Any = None) -> None:
 
 
 def resolved(device: Any) -> str:
-    """The precision the training passes actually use on `device`: 'bf16' or 'fp32'."""
+    """The precision the training passes actually use on `device`: 'bf16', 'fp16' (loss-scaled loops only) or 'fp32'."""
     if getattr(device, "type", None) != "cuda" or _STATE["choice"] == "fp32":
         return "fp32"
     import torch
@@ -44,17 +50,41 @@ def resolved(device: Any) -> str:
 
     supported = torch.cuda.is_bf16_supported()
     if _STATE["choice"] == "bf16" and not supported:
-        raise UnlearnError("--precision bf16: this GPU has no bfloat16 support; use --precision fp32 (or auto)")
-    return "bf16" if supported else "fp32"
+        raise UnlearnError("--precision bf16: this GPU has no bfloat16 support; use --precision fp16 (loss-scaled) or fp32")
+    if _STATE["choice"] == "fp16":
+        return "fp16"
+    return "bf16" if supported else "fp16"
 
 
-def training_autocast(device: Any) -> ContextManager[Any]:
-    """The context a training pass (a method's run, `unlearn train`'s epochs) runs in."""
-    if resolved(device) == "bf16":
+def training_autocast(device: Any, scaled: bool = False) -> ContextManager[Any]:
+    """The context a training pass (a method's run, `unlearn train`'s epochs) runs in. fp16 only where the loop steps
+    through ScaledSteps (`scaled`); elsewhere an fp16 card runs fp32."""
+    precision = resolved(device)
+    if precision == "bf16" or (precision == "fp16" and scaled):
         import torch
 
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
     return nullcontext()
+
+
+class ScaledSteps:
+    """`backward_and_step(loss, optimizer)`: loss.backward(); optimizer.step(), with dynamic loss scaling when the pass
+    runs in fp16 (a no-op wrapper otherwise). `enabled` forces it on (tests run the scaler on CPU)."""
+
+    def __init__(self, device: Any, enabled: Optional[bool] = None) -> None:
+        import torch
+
+        on = resolved(device) == "fp16" if enabled is None else enabled
+        self.scaler = torch.amp.GradScaler(getattr(device, "type", "cuda"), enabled=True) if on else None
+
+    def backward_and_step(self, loss: Any, optimizer: Any) -> None:
+        if self.scaler is None:
+            loss.backward()
+            optimizer.step()
+            return
+        self.scaler.scale(loss).backward()
+        self.scaler.step(optimizer)  # unscales; skips the step when a gradient is inf/NaN
+        self.scaler.update()
 
 
 def pin_batches() -> bool:

@@ -85,13 +85,16 @@ def fit(
     config's regularizer if any; returns the model in eval mode."""
     from .precision import training_autocast
 
-    with training_autocast(device):
+    with training_autocast(device, scaled=True):
         return _fit(model, data, config, device, generator, progress, task, loss_fn or nn.functional.cross_entropy)
 
 
 def _fit(model, data, config, device, generator, progress, task, loss_fn) -> nn.Module:
+    from .precision import ScaledSteps
+
     model.to(device).train()
     opt = make_optimizer(model.parameters(), config.optimizer, config.lr, config.weight_decay)
+    steps = ScaledSteps(device)
     cosine = config.lr_schedule == "cosine" or (config.lr_schedule == "auto" and config.optimizer == "sgd")
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, config.epochs) if cosine else None
     for epoch in range(config.epochs):
@@ -102,8 +105,7 @@ def _fit(model, data, config, device, generator, progress, task, loss_fn) -> nn.
             if config.regularizer is not None:
                 loss = regularized_loss(config.regularizer, config.regularizer_alpha, loss, model.parameters())
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            steps.backward_and_step(loss, opt)
         if sched is not None:
             sched.step()
         if progress:

@@ -53,13 +53,13 @@ def test_attention_mlp_and_blocks(name, build):
     head = lora.select_layers(model, "head")
     assert lora.select_layers(model, ["attention", "head"]) == [n for n in lora.lora_capable_layers(model) if n in set(att) | set(head)]
     # the projections take part in the forward pass: a non-zero adapter there changes the output
-    peft_model = lora.inject(model, att, rank=2, alpha=2.0)
-    for _, layer in lora.lora_layers(peft_model):
-        nn.init.normal_(layer.lora_B["default"].weight)
+    adapted = lora.inject(model, att, rank=2, alpha=2.0)
+    for _, layer in lora.lora_layers(adapted):
+        nn.init.normal_(layer.lora_B.weight)
     x = torch.randn(2, 1 if name == "hf-vit" else 3, 8, 8)
     out = (lambda m: m(pixel_values=x).logits) if name == "hf-vit" else (lambda m: m(x))
     with torch.no_grad():
-        assert not torch.allclose(out(model), out(peft_model))
+        assert not torch.allclose(out(model), out(adapted))
 
 
 def test_multihead_attention_projections_are_not_adaptable():

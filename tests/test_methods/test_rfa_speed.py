@@ -62,15 +62,17 @@ def test_fused_adapters_compute_what_peft_computes():
     with torch.no_grad(), lora.fused_adapters(pm) as fused:
         fused.rows = slice(2, 5)
         out = pm(x)
+        got = dict(fused.residuals)
         fused.rows, fused.disabled = None, True
         plain = pm(x)
     assert torch.allclose(out, ref, atol=1e-5)
-    assert set(fused.residuals) == set(res)
-    for name, r in fused.residuals.items():
+    assert set(got) == set(res)
+    for name, r in got.items():
         assert torch.allclose(r, res[name][2:5], atol=1e-5)
     assert torch.allclose(plain, base(x), atol=1e-6)  # disabled: the original model
     with torch.no_grad():
-        assert torch.equal(pm(x), ref)  # the patch is gone after the block
+        assert torch.equal(pm(x), ref)  # two branches again after the block
+        assert torch.allclose(lora.to_peft(pm)(x), ref, atol=1e-5)  # peft's own LoRA layers, same adapters: same function
 
 
 @pytest.mark.parametrize("make, shape, adapted", [
@@ -82,7 +84,7 @@ def test_frozen_prefix_cut_reproduces_the_model(make, shape, adapted):
     torch.manual_seed(0)
     base = make().eval()
     pm = _randomise(lora.inject(base, adapted, 2, 4).eval())
-    inner = pm.base_model.model
+    inner = pm
     x = torch.rand(5, *shape)
     with lora.fused_adapters(pm):
         split = lora.split_frozen_prefix(inner, adapted, x[:2])
@@ -101,7 +103,7 @@ def test_frozen_prefix_cut_reproduces_the_model(make, shape, adapted):
 def test_no_cut_when_the_first_layer_is_adapted_or_the_model_does_not_trace():
     base = TinyResNet().eval()
     pm = lora.inject(base, ["stem", "fc"], 2, 4).eval()
-    assert lora.split_frozen_prefix(pm.base_model.model, ["stem", "fc"], torch.rand(2, 1, 8, 8)) is None
+    assert lora.split_frozen_prefix(pm, ["stem", "fc"], torch.rand(2, 1, 8, 8)) is None
 
     class Branchy(nn.Module):  # data-dependent control flow: torch.fx cannot trace it
         def __init__(self):
@@ -112,7 +114,7 @@ def test_no_cut_when_the_first_layer_is_adapted_or_the_model_does_not_trace():
             return self.b(self.a(x) if x.sum() > 0 else -self.a(x))
 
     pm = lora.inject(Branchy(), ["b"], 2, 4).eval()
-    assert lora.split_frozen_prefix(pm.base_model.model, ["b"], torch.rand(2, 4)) is None
+    assert lora.split_frozen_prefix(pm, ["b"], torch.rand(2, 4)) is None
 
 
 def test_auto_layers_adapt_after_the_expensive_part_or_everything():
@@ -173,3 +175,26 @@ def test_batchnorm_buffers_are_the_originals(tmp_path):
         if "running_" in k or "num_batches" in k:
             assert torch.equal(merged[k], orig[k]), k
     assert out.info["frozen_prefix"] is not None  # the layers after the cut train on cached prefix outputs
+
+
+def test_adapter_adam_is_torch_adam():
+    """unlearn_tool.optim.Adam (no torch.optim, so no torch._dynamo import) takes the steps torch.optim.Adam takes,
+    including parameters that get no gradient on some steps."""
+    from unlearn_tool.optim import Adam
+
+    torch.manual_seed(0)
+    ours = [nn.Parameter(torch.randn(5, 3)), nn.Parameter(torch.randn(4)), nn.Parameter(torch.randn(2, 1, 3, 3))]
+    theirs = [nn.Parameter(p.detach().clone()) for p in ours]
+    start = [p.detach().clone() for p in ours]
+    opts = Adam(ours, 1e-2, (0.5, 0.999)), torch.optim.Adam(theirs, 1e-2, betas=(0.5, 0.999))
+    for step in range(25):
+        for params, opt in zip((ours, theirs), opts):
+            opt.zero_grad()
+            loss = params[0].pow(3).sum() + step * params[1].sin().sum()
+            if step % 3:  # the third tensor is left out of every third step's graph
+                loss = loss + params[2].abs().sum()
+            loss.backward()
+            opt.step()
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    assert all((a - s).abs().max() > 0.05 for a, s in zip(ours, start))  # they moved: the comparison is not vacuous

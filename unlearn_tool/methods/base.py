@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from pydantic import ValidationError
@@ -18,9 +18,6 @@ from torch import nn
 from ..errors import MethodError, UnknownMethodError
 from ..job import UnlearnContext
 from ..params import SaneParams, format_error
-
-if TYPE_CHECKING:
-    from peft import PeftModel
 
 __all__ = ["MethodOutput", "MethodParams", "MethodSpecEntry", "UnlearnContext", "check_applicable", "describe_method",
            "get_method", "list_methods", "method_names", "parse_params", "register_method", "run_method", "unregister_method"]
@@ -45,7 +42,7 @@ class MethodOutput:
     """What a method returns: the unlearned model (plain architecture, weights merged)."""
 
     model: nn.Module
-    adapter_model: Optional["PeftModel"] = None  # the PeftModel before merging, for adapter-only output (LoRA methods)
+    adapter_model: Optional[nn.Module] = None  # the adapted model before merging (lora.LoraLayer), for adapter-only output
     info: dict[str, Any] = field(default_factory=dict)  # figures worth recording (steps, stop reason...)
 
 
@@ -61,6 +58,7 @@ class MethodSpecEntry:
     scenarios: tuple[str, ...] = ("class", "sample")  # the forget scenarios it accepts
     label_free: bool = False  # never reads the labels of the training data
     data_parallel: bool = False  # under torchrun its shuffled batches are split over the ranks (verified); else every rank repeats it
+    loss_scaling: bool = False  # its steps go through precision.ScaledSteps, so it may train in fp16 on a card without bf16
 
 
 _REGISTRY: dict[str, MethodSpecEntry] = {}
@@ -77,6 +75,7 @@ def register_method(
     scenarios: tuple[str, ...] = ("class", "sample"),
     label_free: bool = False,
     data_parallel: bool = False,
+    loss_scaling: bool = False,
 ) -> None:
     """Register a method by name; bad or duplicate names are errors (not asserts)."""
     if not name or name != name.strip().lower() or " " in name:
@@ -86,7 +85,7 @@ def register_method(
     if not (isinstance(params_cls, type) and issubclass(params_cls, MethodParams)):
         raise TypeError(f"params_cls of {name!r} must subclass MethodParams")
     _REGISTRY[name] = MethodSpecEntry(name, summary, params_cls, run, supports_adapter, reference, tuple(tasks),
-                                      tuple(scenarios), label_free, data_parallel)
+                                      tuple(scenarios), label_free, data_parallel, loss_scaling)
 
 
 def unregister_method(name: str) -> None:
@@ -155,15 +154,13 @@ def run_method(name: str, ctx: UnlearnContext, params: MethodParams) -> tuple[Me
     from ..job import seed_everything
 
     entry = get_method(name)
-    if entry.supports_adapter:
-        import peft  # noqa: F401  (a LoRA method's first call would otherwise time the import of peft and transformers)
     from ..distributed import data_parallel
 
     from ..precision import training_autocast
 
     seed_everything(ctx.seed)
     start = time.perf_counter()
-    with training_autocast(ctx.device):
+    with training_autocast(ctx.device, scaled=entry.loss_scaling):
         if entry.data_parallel:
             with data_parallel():
                 out = entry.run(ctx, params)

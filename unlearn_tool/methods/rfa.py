@@ -25,13 +25,14 @@ import contextlib
 import math
 from typing import Literal, Optional
 
-import peft  # noqa: F401  (imported with the registry, so the method's wall time is compute, not import)
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 
 from .. import lora
 from ..evaluate import predict_logits
+from ..optim import Adam
+from ..precision import ScaledSteps
 from .base import MethodOutput, MethodParams, UnlearnContext, register_method
 from .common import kl_to_teacher
 
@@ -144,10 +145,9 @@ class _Net:
 
     def __init__(self, ctx: UnlearnContext, model, layers: list[str], fused: lora.FusedAdapters, probe: torch.Tensor):
         self.ctx, self.model, self.layers, self.fused = ctx, model, layers, fused
-        self._inner = model.base_model.model
         # a cut can only pay when some Linear/Conv2d layer runs before the first adapted one
         cut = layers[0] != lora.lora_capable_layers(ctx.original)[0]
-        self.split = lora.split_frozen_prefix(self._inner, layers, probe) if cut else None
+        self.split = lora.split_frozen_prefix(model, layers, probe) if cut else None
         self.forward = self.split.suffix if self.split is not None else model
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
@@ -159,11 +159,10 @@ class _Net:
 
     @contextlib.contextmanager
     def adapters_off(self):
-        """The frozen layers alone: fused layers read `fused.disabled`; peft's switch too if a layer was left to peft."""
+        """The frozen layers alone (the original model's function)."""
         self.fused.disabled = True
         try:
-            with self.model.disable_adapter() if self.fused.unfused else contextlib.nullcontext():
-                yield
+            yield
         finally:
             self.fused.disabled = False
 
@@ -172,7 +171,7 @@ class _Net:
         `energy` when given (the residual penalty's scale)."""
         with torch.no_grad(), self.adapters_off(), contextlib.ExitStack() as stack:
             if energy is not None:
-                feats = stack.enter_context(lora.capture_outputs(self._inner, self.layers))
+                feats = stack.enter_context(lora.capture_outputs(self.model, self.layers))
             out = self.batched(z)
             if energy is not None:
                 energy.update({n: feats[n].detach().pow(2).mean().clamp_min(1e-8) for n in self.layers})
@@ -280,11 +279,9 @@ def _forget_targets(ctx: UnlearnContext, teacher, t_forget: torch.Tensor, kind: 
     return _heldout_targets(t_forget, y_forget, t_held, y_held), heldout_conf
 
 
-def _adam(params: list[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
-    try:  # the fused kernel: same update, a third of the time of the per-tensor loop on a small model
-        return torch.optim.Adam(params, lr=lr, betas=ADAM_BETAS, fused=True)
-    except (RuntimeError, ValueError):
-        return torch.optim.Adam(params, lr=lr, betas=ADAM_BETAS)
+def _adam(params: list[torch.nn.Parameter], lr: float) -> Adam:
+    """Adam without torch.optim, whose first use imports torch._dynamo (unlearn_tool/optim.py)."""
+    return Adam(params, lr=lr, betas=ADAM_BETAS)
 
 
 def run(ctx: UnlearnContext, p: RFAParams) -> MethodOutput:
@@ -300,7 +297,6 @@ def run(ctx: UnlearnContext, p: RFAParams) -> MethodOutput:
     model = lora.inject(teacher, layers, p.rank, p.alpha).to(device)
     model.eval()  # BatchNorm statistics and dropout stay the teacher's: only adapters change
     adapted = lora.lora_layers(model)
-    name_of = {name: name.removeprefix("base_model.model.") for name, _ in adapted}
     kind = p.forget_target if p.forget_target != "auto" else ("other_classes" if ctx.scenario == "class" else "heldout")
     w_forget = p.w_forget if p.w_forget is not None else (1.0 if kind == "other_classes" else 5.0)
     # Class unlearning: retained data follow the teacher *without* the forgotten classes, as a retrained model would.
@@ -308,6 +304,7 @@ def run(ctx: UnlearnContext, p: RFAParams) -> MethodOutput:
     gen = ctx.generator(1)
     params = lora.adapter_parameters(model)
     opt = _adam(params, p.lr)
+    scaled = ScaledSteps(device)  # fp16 loss scaling on a GPU without bf16; plain steps otherwise
     n_f = len(ctx.forget)
     steps_per_epoch = math.ceil(n_f / p.batch_size)
     max_steps = (p.epochs or DEFAULT_EPOCHS[kind]) * steps_per_epoch
@@ -341,12 +338,11 @@ def run(ctx: UnlearnContext, p: RFAParams) -> MethodOutput:
             res, fused.rows = fused.residuals, None
             loss = w_forget * _soft_ce(out[:nf], targets[dev_idx]) + p.w_align * kl_to_teacher(out[nf:], t_retain, p.temperature)
             if p.w_residual:
-                loss = loss + p.w_residual * torch.stack([r.pow(2).mean() / retain.energy[name_of[n]] for n, r in res.items()]).mean()
+                loss = loss + p.w_residual * torch.stack([r.pow(2).mean() / retain.energy[n] for n, r in res.items()]).mean()
             if p.w_retain_ce:
                 loss = loss + p.w_retain_ce * F.cross_entropy(out[nf:], yr)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            scaled.backward_and_step(loss, opt)
             ctx.report("rfa", step, max_steps)
             if p.stop == "criterion" and step % check_every == 0:
                 zg, tg = retain.guard()
@@ -374,4 +370,5 @@ register_method(
     supports_adapter=True,
     reference="Qin et al. 2024, arXiv 2411.08443 (design: docs/rfa.md)",
     tasks=("classification", "regression"), scenarios=("class", "sample", "range"),
+    loss_scaling=True,
 )

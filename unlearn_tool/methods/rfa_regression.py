@@ -37,6 +37,7 @@ import torch
 from .. import lora
 from ..errors import MethodError
 from ..evaluate import predict_logits
+from ..precision import ScaledSteps
 from .base import MethodOutput, UnlearnContext
 
 if TYPE_CHECKING:
@@ -151,9 +152,9 @@ def run_regression(ctx: UnlearnContext, p: "RFAParams") -> MethodOutput:
     w_forget = p.w_forget if p.w_forget is not None else DEFAULT_W_FORGET[kind]
     gen = ctx.generator(1)
     adapted = lora.lora_layers(model)
-    name_of = {name: name.removeprefix("base_model.model.") for name, _ in adapted}
     params = lora.adapter_parameters(model)
-    opt = _adam(params, p.lr)
+    opt = _adam(params, p.lr)  # unlearn_tool/optim.py's Adam, beta1 0.5 (classification RFA's)
+    scaled = ScaledSteps(device)  # fp16 loss scaling on a GPU without bf16; plain steps otherwise
     n_f = len(ctx.forget)
     steps_per_epoch = math.ceil(n_f / p.batch_size)
     info = {"adapted_layers": len(layers), "trainable_params": sum(q.numel() for q in params), "forget_target": kind,
@@ -182,12 +183,11 @@ def run_regression(ctx: UnlearnContext, p: "RFAParams") -> MethodOutput:
                 out_f, out_r = out[:nf].reshape(nf, -1), out[nf:].reshape(yr.shape)
                 loss = w_forget * (out_f - targets[dev_idx]).pow(2).mean() / var + p.w_align * (out_r - t_retain).pow(2).mean() / var
                 if p.w_residual:
-                    loss = loss + p.w_residual * torch.stack([r.pow(2).mean() / retain.energy[name_of[n]] for n, r in res.items()]).mean()
+                    loss = loss + p.w_residual * torch.stack([r.pow(2).mean() / retain.energy[n] for n, r in res.items()]).mean()
                 if p.w_retain_ce:  # regression: the retained targets' own (normalised) squared error
                     loss = loss + p.w_retain_ce * (out_r - yr).pow(2).mean() / var
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                scaled.backward_and_step(loss, opt)
             ctx.report("rfa", epoch, epochs)
             if p.stop == "criterion":  # read the model as it now is: all of Df, and the held-back retained samples
                 zg, tg = retain.guard()
