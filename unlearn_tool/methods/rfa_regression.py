@@ -23,7 +23,7 @@ FORGET_TOLERANCE (relative, either side) of the target's while the outputs on he
 trained on) drift from the teacher's by at most RETAIN_DRIFT times the teacher's own MAE on them (an argmax
 agreement has no regression analogue; a drift in target sd allowed a CNN accurate to 0.08 sd to double its
 error). The loop runs on classification RFA's machinery (fused adapters, cached teacher outputs, retain pool,
-fused Adam with beta1 0.5). Parameters are RFAParams'; classification-only ones (temperature, retain_target,
+its Adam with beta1 0.5). Parameters are RFAParams'; classification-only ones (temperature, retain_target,
 class_stop_acc, sample_conf_tolerance, retain_agreement) are not read.
 """
 
@@ -127,8 +127,8 @@ def _targets(ctx: UnlearnContext, teacher, kind: str, t_forget: torch.Tensor) ->
 
 def run_regression(ctx: UnlearnContext, p: "RFAParams") -> MethodOutput:
     """The loop runs on classification RFA's machinery (fused adapters, the forget set's cached teacher outputs,
-    the retain pool with its teacher outputs and feature energies, fused Adam): the same losses at a fraction of
-    the per-step cost (docs/rfa.md, "Regression": speed)."""
+    the retain pool with its teacher outputs and feature energies, its Adam): the same losses at a lower per-step
+    cost and one code path with classification (docs/rfa.md, R8)."""
     from .rfa import GUARD_SAMPLES, RESIDUAL_ROWS, _adam, _ForgetSet, _Net, _RetainPool
 
     device, teacher = ctx.device, ctx.original.eval()
