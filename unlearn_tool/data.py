@@ -88,6 +88,8 @@ class LabelledData:
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield (x, y) CPU batches; shuffled with `generator` when asked.
 
+        A shuffled pass is a training pass: a last batch of one sample joins the batch before it, because BatchNorm
+        in training mode cannot normalise one sample (an error at 1x1 spatial size, a meaningless update otherwise).
         Under `distributed.data_parallel()` a shuffled (training) pass yields this rank's part of each global batch.
         """
         from .distributed import shard
@@ -95,16 +97,17 @@ class LabelledData:
 
         pin = pin_batches()
         n = len(self)
+        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+        groups = [order[i:i + batch_size] for i in range(0, n, batch_size)]
+        if shuffle and len(groups) > 1 and len(groups[-1]) == 1:
+            groups[-2:] = [torch.cat(groups[-2:])]
         if self._x is not None:
-            order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
-            for start in range(0, n, batch_size):
-                idx = order[start:start + batch_size]
+            for idx in groups:
                 x, y = self._inputs(idx), self.targets[idx]
                 x, y = shard(x, y) if shuffle else (x, y)
                 yield (x.pin_memory(), y.pin_memory()) if pin else (x, y)
             return
-        loader = DataLoader(self.dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, num_workers=self.num_workers,
-                            pin_memory=pin)
+        loader = DataLoader(self.dataset, batch_sampler=[g.tolist() for g in groups], num_workers=self.num_workers, pin_memory=pin)
         for x, y in loader:
             y = torch.as_tensor(y)
             x, y = x.float(), (y.float() if y.dtype.is_floating_point else y.long())

@@ -190,3 +190,62 @@ def test_rfa_runs_on_torchvision_models_with_default_parameters(tmp_path, arch):
     assert set(merged) == set(load_file(str(tmp_path / "m.safetensors")))  # BatchNorm buffers included
     r = invoke("apply", tmp_path / "m.safetensors", "-r", req, "-o", tmp_path / "adapter", "--adapter-only", "--param", "epochs=5", "--quiet")
     assert r.exit_code == 0, r.stderr
+
+
+@pytest.mark.parametrize("method", ["finetune", "l1-sparse", "scrub"])
+def test_batchnorm_models_train_when_a_pass_would_end_on_one_sample(tmp_path, method):
+    """A retain set of 2 x 64 + 1 samples: a shuffled pass used to end on a batch of one, which BatchNorm at 1x1 spatial
+    size refuses in training mode ("Expected more than 1 value per channel"); found by benchmarks/pretrained_digits.py
+    --arch resnet. The last sample now joins the batch before it."""
+    from safetensors.torch import save_file
+
+    (tmp_path / "bn_nets.py").write_text(
+        "import torch.nn as nn\n"
+        "def net(num_classes=3):\n"
+        "    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1),\n"
+        "                         nn.Conv2d(4, 8, 1), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(), nn.Linear(8, num_classes))\n"
+    )
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(130) % 3
+    x = torch.rand(130, 1, 6, 6, generator=g) * 0.3 + y.view(-1, 1, 1, 1) * 0.3
+    save_file({"x": x, "y": y}, str(tmp_path / "train.safetensors"))
+    save_file({"x": x[:30], "y": y[:30]}, str(tmp_path / "test.safetensors"))
+    req = write_request(tmp_path, {"indices": [0]}, arch="python:bn_nets:net", kwargs={"num_classes": 3}, extra={
+        "data": {"train": {"source": "tensors", "path": "train.safetensors"}, "test": {"source": "tensors", "path": "test.safetensors"},
+                 "batch_size": 64}})
+    r = invoke("train", "-r", req, "-o", tmp_path / "m.safetensors", "--epochs", "2", "--batch-size", "64", "--quiet")
+    assert r.exit_code == 0, r.stderr
+    out = _apply_json(tmp_path / "m.safetensors", "-r", req, "-o", tmp_path / "u.safetensors", "--method", method,
+                      "--param", "epochs=1", "--param", "batch_size=64")
+    assert out["retain_size"] == 129 and out["method"] == method
+
+
+def test_shuffled_passes_never_end_on_one_sample_and_cover_every_sample_once():
+    from unlearn_tool.data import LabelledData
+
+    xs, ys = torch.arange(129.0).view(-1, 1), torch.zeros(129, dtype=torch.long)
+    for data, shuffle in [(LabelledData(torch.utils.data.TensorDataset(xs, ys), ys, x=x), shuffle)  # in memory, and via a DataLoader
+                          for x in (xs, None) for shuffle in (True, False)]:
+        sizes, seen = [], []
+        for x, _ in data.batches(64, shuffle=shuffle, generator=torch.Generator().manual_seed(0)):
+            sizes.append(len(x))
+            seen += x.view(-1).long().tolist()
+        assert sorted(seen) == list(range(129))
+        assert sizes == ([64, 65] if shuffle else [64, 64, 1])  # evaluation passes keep their batches
+
+
+def test_single_sample_batchnorm_guard_uses_running_statistics_only_while_a_method_runs():
+    from unlearn_tool.methods.base import single_sample_batchnorm
+
+    bn = torch.nn.BatchNorm1d(3).train()
+    bn.running_mean.fill_(1.0)
+    x = torch.tensor([[2.0, 3.0, 4.0]])
+    with single_sample_batchnorm():
+        out = bn(x)
+        assert bn.training  # switched back after the call
+        torch.testing.assert_close(out, (x - 1.0) / torch.sqrt(torch.tensor(1.0 + bn.eps)))
+        assert torch.equal(bn.running_mean, torch.ones(3)) and int(bn.num_batches_tracked) == 0
+        bn(torch.randn(4, 3))  # a real batch still trains the statistics
+        assert int(bn.num_batches_tracked) == 1
+    with pytest.raises(ValueError, match="Expected more than 1 value"):
+        bn(x)  # outside a method's run, torch's own behaviour
