@@ -33,6 +33,7 @@ from unlearn_tool.training import TrainConfig  # noqa: E402
 
 
 PARAMS: dict = {}  # --param k=v: RFA parameters for every request
+ANCHOR = {"on": True}  # --no-anchor: each request without `apply --anchor ORIGINAL`
 
 
 def write(folder: Path, name: str, forget: dict, seed: int) -> Path:
@@ -62,7 +63,7 @@ def sequence(folder: Path, seed: int, forgets: list[dict], label: str) -> dict:
         req = write(folder, f"{label}-step{k}", forget, seed)
         out = folder / f"{label}-step{k}.safetensors"
         start = time.perf_counter()
-        outcome = apply_request(req, ckpt, output=out, device="cpu")
+        outcome = apply_request(req, ckpt, output=out, device="cpu", anchor=original if ANCHOR["on"] else None)
         t_seq += outcome.result.wall_time_s
         so_far = {"classes": so_far.get("classes", []) + forget["classes"]} if "classes" in forget else \
                  {"indices": sorted(so_far.get("indices", []) + forget["indices"])}
@@ -89,10 +90,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--param", action="append", default=[], metavar="K=V", help="an RFA parameter for every request (repeatable)")
     ap.add_argument("--skip-classes", action="store_true", help="only the sample sequence")
+    ap.add_argument("--no-anchor", action="store_true", help="apply each request without --anchor (aligned with its input, not the original)")
     args = ap.parse_args()
     from unlearn_tool.request import parse_key_values
 
     PARAMS.update(parse_key_values(args.param))
+    ANCHOR["on"] = not args.no_anchor
     torch.set_num_threads(args.threads)
     folder = Path(tempfile.mkdtemp(prefix="unlearn-seq-"))
     results: dict[str, list[dict]] = {"samples": [], "classes": []}
@@ -104,7 +107,7 @@ def main() -> None:
             results["classes"].append(sequence(folder, seed, [{"classes": [3]}, {"classes": [5]}], f"c{seed}"))
         print(f"# seed {seed} done", file=sys.stderr, flush=True)
 
-    print(f"Sequential deletion requests on scikit-learn digits (builtin MLP, RFA {PARAMS or 'defaults'}), seeds 0..{args.seeds - 1}, "
+    print(f"Sequential deletion requests on scikit-learn digits (builtin MLP, RFA {PARAMS or 'defaults'}, {'apply --anchor ORIGINAL' if ANCHOR['on'] else 'no --anchor'}), seeds 0..{args.seeds - 1}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} thread(s)\n")
     for name, runs in results.items():
         if not runs:

@@ -241,3 +241,44 @@ def test_relapse_tolerance_grows_with_sampling_noise_only_for_small_sets():
     assert relapse_tolerance(0.0, 146) == RELAPSE_TOLERANCE  # a forgotten class: at 0 there is no noise to allow for
     assert relapse_tolerance(0.95, 10_000) == RELAPSE_TOLERANCE
     assert 0.09 < relapse_tolerance(0.95, 14) < 0.10  # 1.645 * sqrt(0.95 * 0.05 / 14)
+
+
+def test_apply_anchor_is_checked_against_the_lineage(digits_dir, tmp_path):
+    """--anchor must be the lineage's original (by sha256): a missing file, another checkpoint or a method that does not read it is exit 2, nothing written."""
+    a = _req(tmp_path, "a", {"indices": list(range(0, 140, 10))})
+    original = digits_dir / "mlp.safetensors"
+    assert invoke("apply", original, "-r", a, "-o", tmp_path / "s1.safetensors", "--quiet", "--anchor", original).exit_code == 0
+    before = sorted(p.name for p in tmp_path.iterdir())
+    rejected(invoke("apply", tmp_path / "s1.safetensors", "-r", a, "-o", tmp_path / "s2.safetensors", "--anchor", tmp_path / "nope.safetensors"),
+             "--anchor", "no such file")
+    rejected(invoke("apply", tmp_path / "s1.safetensors", "-r", a, "-o", tmp_path / "s2.safetensors",
+                    "--anchor", digits_dir / "mlp.retrain_sample.safetensors"), "--anchor", "not this checkpoint's original")
+    rejected(invoke("apply", tmp_path / "s1.safetensors", "-r", a, "-o", tmp_path / "s2.safetensors", "--anchor", tmp_path / "s1.safetensors"),
+             "not this checkpoint's original")  # the input itself is not the original once it has a lineage
+    rejected(invoke("apply", tmp_path / "s1.safetensors", "-r", a, "-o", tmp_path / "s2.safetensors", "--method", "finetune",
+                    "--anchor", original), "--anchor is not read by finetune")
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_a_stream_of_small_requests_keeps_utility_with_the_anchor(digits_dir, tmp_path):
+    """Five requests of 14 samples, each on the previous output: aligned with the original (--anchor) the test and
+    retain accuracy stay within a point of the original's; aligned with each input, the small losses compound."""
+    from unlearn_tool.pipeline import apply_request
+
+    original = digits_dir / "mlp.safetensors"
+    order = np.random.default_rng(100).permutation(1437)
+    final = {}
+    for anchored in (True, False):
+        ckpt = original
+        for k in range(5):
+            req = _req(tmp_path, f"r{k}", {"indices": sorted(int(i) for i in order[14 * k:14 * (k + 1)])})
+            out = tmp_path / f"{'a' if anchored else 'n'}{k}.safetensors"
+            outcome = apply_request(req, ckpt, output=out, device="cpu", summary_samples=None, anchor=original if anchored else None)
+            if k == 0:
+                start = outcome.result.before
+            ckpt = out
+        final[anchored] = outcome.result.after
+    drop = {a: {m: 100 * (start[m] - final[a][m]) for m in ("test_acc", "retain_acc")} for a in final}
+    print(drop)
+    assert drop[True]["test_acc"] <= 1.0 and drop[True]["retain_acc"] <= 1.0, drop
+    assert drop[False]["retain_acc"] > drop[True]["retain_acc"] + 1.0, drop  # what the anchor prevents: drift that compounds

@@ -37,6 +37,10 @@ def apply(request: "str | Path | Sequence[str | Path]", checkpoint: str | Path, 
             from .errors import MethodError
 
             raise MethodError(f"{checkpoint} is an exact artifact: apply one request at a time (each deletion is a step of its log)")
+        if options.pop("anchor", None) is not None:
+            from .errors import MethodError
+
+            raise MethodError(f"--anchor: {checkpoint} is an exact artifact, whose deletions retrain nothing to align; drop --anchor")
         for option in ("summary_samples", "num_workers"):  # its summary evaluates every sample; its data are read in process
             options.pop(option, None)
         return apply_exact_request(reqs[0], checkpoint, **options)  # type: ignore[return-value]

@@ -90,6 +90,7 @@ class UnlearnContext:
     log: list[str] = field(default_factory=list)  # notes a method wants in the summary (printed as warnings)
     task: Optional[Task] = None
     checkpoint_metadata: dict[str, str] = field(default_factory=dict)  # the original's raw safetensors metadata
+    anchor: Optional[nn.Module] = None  # the lineage's first model (apply --anchor), eval mode; read-only; None if not given
 
     @property
     def forget(self) -> LabelledData:
@@ -134,6 +135,7 @@ class Job:
     original_metadata: dict[str, str] = field(default_factory=dict)  # for an in-memory original: what its file would hold
     data_sha256: str = ""  # fingerprint of the full train split (before earlier deletions were excluded)
     full_train: Optional[LabelledData] = None  # that split, whose positions the ledger records
+    anchor: Optional[nn.Module] = None  # the lineage's original model (apply --anchor), which retained data stay aligned with
 
     # ---- the original checkpoint
     @property
@@ -203,6 +205,7 @@ class Job:
             progress=progress,
             task=self.task,
             checkpoint_metadata=dict(self.checkpoint_metadata),
+            anchor=self.anchor,
         )
 
 

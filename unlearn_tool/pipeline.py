@@ -405,6 +405,7 @@ def apply_request(
     progress: Optional[Progress] = None,
     summary_samples: Optional[int] = SUMMARY_SAMPLES,
     num_workers: int = 0,
+    anchor: Optional[str | Path] = None,
 ) -> ApplyOutcome:
     """`unlearn apply`: every check first (requests, seed, plan, reference, lineage), then data and models, then the run.
 
@@ -431,8 +432,13 @@ def apply_request(
     if len(requests) > 1 and plans[0].adapter:
         raise UnlearnError("several requests in one run give a merged output; drop --adapter-only (or output.mode: adapter)")
 
+    for req, plan in zip(requests, plans):
+        if anchor is not None and req.task not in get_method(plan.method).anchor_tasks:
+            readers = ", ".join(f"{n} ({'/'.join(get_method(n).anchor_tasks)})" for n in method_names() if get_method(n).anchor_tasks)
+            raise UnlearnError(f"--anchor is not read by {plan.method} on {req.task} (only by: {readers}); drop --anchor")
     parent = CheckpointArtifact(checkpoint)
     lineage = L.Lineage.from_metadata(parent.fields)
+    anchor_artifact = check_anchor(anchor, parent, lineage) if anchor is not None else None
     ledger_in = Path(ledger) if ledger is not None else L.default_ledger(Path(checkpoint))
     entries: list[dict[str, Any]] = []
     notes: list[str] = []
@@ -445,6 +451,9 @@ def apply_request(
                 raise L.LedgerError(f"the checkpoint has {len(lineage.steps)} earlier deletion(s) but its ledger {ledger_in} is missing; "
                                     "give it with --ledger FILE, or pass --ignore-lineage")
             entries = L.read_ledger(ledger_in)
+            if anchor is None and first.task in get_method(plans[0].method).anchor_tasks:
+                notes.append(f"this checkpoint has {len(lineage.steps)} earlier deletion(s): give --anchor ORIGINAL (the model the first was "
+                             "applied to) so that retained data stay aligned with it; without, each request's small utility loss compounds")
             resolve = lambda train, sha: L.resolve_excluded(lineage, entries, ledger_in, train.ids, sha)  # noqa: E731
 
     label_free = get_method(plans[0].method).label_free
@@ -454,6 +463,8 @@ def apply_request(
     if not job.splits.train.labelled:
         notes.append(UNLABELLED_NOTE)
     notes += job.notes
+    if anchor_artifact is not None:
+        job.anchor = anchor_artifact.load(job.load_context()).eval()
     reference = None
     if plans[0].audit and plans[0].reference is not None:
         reference = CheckpointArtifact(plans[0].reference)
@@ -474,6 +485,7 @@ def apply_request(
                           num_workers=num_workers,
                           excluded_for=lambda train, sha, g=gone: torch.cat([resolve(train, sha), g]) if resolve else g)
             job.original, job.artifact = step.model, previous.artifact  # type: ignore[union-attr]  # the input's dtypes and file stay the reference
+            job.anchor = previous.anchor
         step = unlearn_step(job, plan, progress)
         timings["summary_s"] += step.summary_s
         timings["method_s"] += step.wall_time_s
@@ -515,6 +527,25 @@ def apply_request(
             remove_output(result.output)
             outcome.removed = True
     return outcome
+
+
+def check_anchor(anchor: str | Path, parent: CheckpointArtifact, lineage: Any) -> CheckpointArtifact:
+    """`apply --anchor`: the lineage's original checkpoint (the input itself when it has no lineage yet), proved by its sha256.
+
+    Retained data are then aligned with the original rather than with the input, so the small utility losses of a
+    stream of requests do not compound (docs/rfa.md, "Repeated requests").
+    """
+    from .ledger import LedgerError
+
+    path = Path(anchor)
+    if not path.exists():
+        raise UnlearnError(f"--anchor {path}: no such file; give the lineage's original checkpoint (the model the first request was applied to)")
+    artifact = CheckpointArtifact(path)
+    expected = lineage.original_sha256 if lineage is not None and lineage.original_sha256 else parent.sha256
+    if artifact.sha256 != expected:
+        raise LedgerError(f"--anchor {path} (sha256 {artifact.sha256[:12]}...) is not this checkpoint's original (the lineage starts from "
+                          f"{expected[:12]}...); give the checkpoint the first request was applied to, or drop --anchor")
+    return artifact
 
 
 def remove_output(path: Path) -> None:

@@ -60,6 +60,7 @@ class MethodSpecEntry:
     label_free: bool = False  # never reads the labels of the training data
     data_parallel: bool = False  # under torchrun its shuffled batches are split over the ranks (verified); else every rank repeats it
     loss_scaling: bool = False  # its steps go through precision.ScaledSteps, so it may train in fp16 on a card without bf16
+    anchor_tasks: tuple[str, ...] = ()  # tasks on which it reads `UnlearnContext.anchor` (apply --anchor)
 
 
 _REGISTRY: dict[str, MethodSpecEntry] = {}
@@ -77,6 +78,7 @@ def register_method(
     label_free: bool = False,
     data_parallel: bool = False,
     loss_scaling: bool = False,
+    anchor_tasks: tuple[str, ...] = (),
 ) -> None:
     """Register a method by name; bad or duplicate names are errors (not asserts)."""
     if not name or name != name.strip().lower() or " " in name:
@@ -86,7 +88,7 @@ def register_method(
     if not (isinstance(params_cls, type) and issubclass(params_cls, MethodParams)):
         raise TypeError(f"params_cls of {name!r} must subclass MethodParams")
     _REGISTRY[name] = MethodSpecEntry(name, summary, params_cls, run, supports_adapter, reference, tuple(tasks),
-                                      tuple(scenarios), label_free, data_parallel, loss_scaling)
+                                      tuple(scenarios), label_free, data_parallel, loss_scaling, tuple(anchor_tasks))
 
 
 def unregister_method(name: str) -> None:
@@ -126,7 +128,7 @@ def describe_method(name: str) -> dict[str, Any]:
     e = get_method(name)
     return {"name": e.name, "summary": e.summary, "reference": e.reference, "adapter": e.supports_adapter,
             "tasks": list(e.tasks), "scenarios": list(e.scenarios), "label_free": e.label_free,
-            "data_parallel": e.data_parallel, "params": describe_params(e.params_cls)}
+            "data_parallel": e.data_parallel, "anchor_tasks": list(e.anchor_tasks), "params": describe_params(e.params_cls)}
 
 
 def list_methods() -> list[dict[str, Any]]:

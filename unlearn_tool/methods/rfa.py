@@ -230,8 +230,11 @@ class _RetainPool:
     def _encode(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x, y = self.data.take(idx)
         z = self.net.encode(x)
-        t = _without(self.net.teacher(z, None if self.energy else self.energy), self.forgotten)
-        return z, y.to(z.device), t
+        t = self.net.teacher(z, None if self.energy else self.energy)
+        if self.net.ctx.anchor is not None:  # apply --anchor: retained data stay aligned with the lineage's original
+            with torch.no_grad():
+                t = self.net.ctx.anchor(x.to(z.device)).float()
+        return z, y.to(z.device), _without(t, self.forgotten)
 
     def guard(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(encoded x, teacher logits) of the guard samples."""
@@ -301,6 +304,8 @@ def run(ctx: UnlearnContext, p: RFAParams) -> MethodOutput:
     w_forget = p.w_forget if p.w_forget is not None else (1.0 if kind == "other_classes" else 5.0)
     # Class unlearning: retained data follow the teacher *without* the forgotten classes, as a retrained model would.
     forgotten = ctx.splits.forget_classes if (kind == "other_classes" and p.retain_target == "without_forgotten") else []
+    if forgotten and ctx.anchor is not None:  # the anchor still knows the classes earlier requests removed: those have no retained sample
+        forgotten = sorted(set(forgotten) | (set(range(ctx.num_classes)) - set(ctx.retain.targets.unique().tolist())))
     gen = ctx.generator(1)
     params = lora.adapter_parameters(model)
     opt = _adam(params, p.lr)
@@ -370,5 +375,5 @@ register_method(
     supports_adapter=True,
     reference="Qin et al. 2024, arXiv 2411.08443 (design: docs/rfa.md)",
     tasks=("classification", "regression"), scenarios=("class", "sample", "range"),
-    loss_scaling=True,
+    loss_scaling=True, anchor_tasks=("classification",),
 )
