@@ -63,7 +63,7 @@ def sequence(folder: Path, seed: int, forgets: list[dict], label: str) -> dict:
         req = write(folder, f"{label}-step{k}", forget, seed)
         out = folder / f"{label}-step{k}.safetensors"
         start = time.perf_counter()
-        outcome = apply_request(req, ckpt, output=out, device="cpu", anchor=original if ANCHOR["on"] else None)
+        outcome = apply_request(req, ckpt, output=out, device="cpu", anchor=original if ANCHOR["on"] else None, no_anchor=not ANCHOR["on"])
         t_seq += outcome.result.wall_time_s
         so_far = {"classes": so_far.get("classes", []) + forget["classes"]} if "classes" in forget else \
                  {"indices": sorted(so_far.get("indices", []) + forget["indices"])}
@@ -90,7 +90,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--param", action="append", default=[], metavar="K=V", help="an RFA parameter for every request (repeatable)")
     ap.add_argument("--skip-classes", action="store_true", help="only the sample sequence")
-    ap.add_argument("--no-anchor", action="store_true", help="apply each request without --anchor (aligned with its input, not the original)")
+    ap.add_argument("--no-anchor", action="store_true", help="apply each request with --no-anchor (aligned with its input, not the original)")
     args = ap.parse_args()
     from unlearn_tool.request import parse_key_values
 

@@ -50,7 +50,8 @@ def stream(folder: Path, seed: int, steps: int, params: dict, anchored: bool, or
     for k in range(steps):
         req = S.write(folder, f"u{tag}-{k}", {"indices": sorted(int(i) for i in order[14 * k:14 * (k + 1)])}, seed)
         out = folder / f"u{tag}-{k}.safetensors"
-        result = apply_request(req, ckpt, output=out, device="cpu", anchor=original if anchored else None, summary_samples=None).result
+        result = apply_request(req, ckpt, output=out, device="cpu", anchor=original if anchored else None, no_anchor=not anchored,
+                               summary_samples=None).result
         rows.append({"before": result.before, "after": result.after, "steps": result.info.get("steps"), "stop": result.info.get("stop_reason")})
         ckpt = out
     return rows

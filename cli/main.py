@@ -56,7 +56,8 @@ def apply(
     ledger: Optional[Path] = typer.Option(None, "--ledger", metavar="FILE", help="The JSON-lines ledger to read the checkpoint's lineage from and to extend (default <stem>.ledger.jsonl beside the checkpoint / the output)."),
     ignore_lineage: bool = typer.Option(False, "--ignore-lineage", help="Do not exclude the checkpoint's earlier deletions from the data (when their ledger is lost)."),
     record_ids: bool = typer.Option(False, "--record-ids", help="Also record the forgotten record IDs themselves in the output and the ledger (default: count and digest only)."),
-    anchor: Optional[Path] = typer.Option(None, "--anchor", metavar="ORIGINAL", help="The lineage's original checkpoint (checked against the sha256 its lineage records): RFA keeps retained data aligned with it rather than with the input, so a stream of small requests does not compound utility losses."),
+    anchor: Optional[Path] = typer.Option(None, "--anchor", metavar="ORIGINAL", help="The lineage's original checkpoint (checked against the sha256 its lineage records): RFA keeps retained data aligned with it rather than with the input, so a stream of small requests does not compound utility losses. Default: the original file the ledger names, when it is still there."),
+    no_anchor: bool = typer.Option(False, "--no-anchor", help="Align retained data with the input checkpoint itself, not with the lineage's original."),
     allow_missing: bool = typer.Option(False, "--allow-missing", help="Forget the IDs that are in the data and report the others (default: unknown IDs are an error)."),
     code_path: list[Path] = CodePathOpt,
     trust_code: bool = TrustCodeOpt,
@@ -71,7 +72,7 @@ def apply(
                                 force=force, device=device, precision=precision, seed=seed, code=code_policy(code_path, trust_code),
                                 audit=audit, report_dir=report_dir, keep_on_fail=keep_on_fail, ledger=ledger,
                                 ignore_lineage=ignore_lineage, record_ids=record_ids, allow_missing=allow_missing, progress=progress,
-                                summary_samples=summary_samples or None, num_workers=num_workers, anchor=anchor,
+                                summary_samples=summary_samples or None, num_workers=num_workers, anchor=anchor, no_anchor=no_anchor,
                                 **({"retrain_affected": True} if retrain_affected else {}))
     result = outcome.result
     if result is None:  # another rank than 0 under torchrun: rank 0 reports

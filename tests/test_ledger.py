@@ -261,24 +261,42 @@ def test_apply_anchor_is_checked_against_the_lineage(digits_dir, tmp_path):
 
 
 def test_a_stream_of_small_requests_keeps_utility_with_the_anchor(digits_dir, tmp_path):
-    """Five requests of 14 samples, each on the previous output: aligned with the original (--anchor) the test and
-    retain accuracy stay within a point of the original's; aligned with each input, the small losses compound."""
+    """Five requests of 14 samples, each on the previous output: aligned with the original the test and retain accuracy
+    stay within a point of the original's; aligned with each input (--no-anchor), the small losses compound. Without
+    either option, apply finds the original through the ledger's first entry and gives exactly the anchored result."""
     from unlearn_tool.pipeline import apply_request
 
     original = digits_dir / "mlp.safetensors"
     order = np.random.default_rng(100).permutation(1437)
-    final = {}
-    for anchored in (True, False):
+    final, notes = {}, {}
+    for mode, options in {"explicit": {"anchor": original}, "ledger": {}, "off": {"no_anchor": True}}.items():
         ckpt = original
         for k in range(5):
             req = _req(tmp_path, f"r{k}", {"indices": sorted(int(i) for i in order[14 * k:14 * (k + 1)])})
-            out = tmp_path / f"{'a' if anchored else 'n'}{k}.safetensors"
-            outcome = apply_request(req, ckpt, output=out, device="cpu", summary_samples=None, anchor=original if anchored else None)
+            out = tmp_path / f"{mode}{k}.safetensors"
+            outcome = apply_request(req, ckpt, output=out, device="cpu", summary_samples=None, **options)
             if k == 0:
                 start = outcome.result.before
             ckpt = out
-        final[anchored] = outcome.result.after
+        final[mode], notes[mode] = outcome.result.after, outcome.result.warnings
     drop = {a: {m: 100 * (start[m] - final[a][m]) for m in ("test_acc", "retain_acc")} for a in final}
     print(drop)
-    assert drop[True]["test_acc"] <= 1.0 and drop[True]["retain_acc"] <= 1.0, drop
-    assert drop[False]["retain_acc"] > drop[True]["retain_acc"] + 1.0, drop  # what the anchor prevents: drift that compounds
+    assert drop["explicit"]["test_acc"] <= 1.0 and drop["explicit"]["retain_acc"] <= 1.0, drop
+    assert drop["off"]["retain_acc"] > drop["explicit"]["retain_acc"] + 1.0, drop  # what the anchor prevents: drift that compounds
+    assert final["ledger"] == final["explicit"]
+    assert any("aligned with the lineage's original" in n for n in notes["ledger"])
+
+
+def test_without_its_original_file_the_ledger_anchor_is_skipped_with_a_note(digits_dir, tmp_path):
+    import shutil
+
+    from unlearn_tool.pipeline import apply_request
+
+    original = tmp_path / "orig.safetensors"
+    shutil.copy(digits_dir / "mlp.safetensors", original)
+    apply_request(_req(tmp_path, "a", {"indices": list(range(0, 140, 10))}), original, output=tmp_path / "s1.safetensors",
+                  device="cpu", summary_samples=None)
+    original.unlink()
+    outcome = apply_request(_req(tmp_path, "b", {"indices": list(range(1, 141, 10))}), tmp_path / "s1.safetensors",
+                            output=tmp_path / "s2.safetensors", device="cpu", summary_samples=None)
+    assert any("ledger's original is unusable" in n and "--anchor ORIGINAL" in n for n in outcome.result.warnings)

@@ -189,10 +189,11 @@ def state_sha256(state: dict[str, "torch.Tensor"]) -> str:
 
 
 def append(ledger: Path, base_entries: list[dict[str, Any]], step: dict[str, Any], output: Path, output_sha256: str,
-           forget_file: str) -> dict[str, Any]:
-    """Add a step to the ledger (hash-chained to the last entry) and write it."""
+           forget_file: str, extra: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """Add a step to the ledger (hash-chained to the last entry) and write it. `extra`: more fields (covered by the hash)."""
     prev = base_entries[-1]["entry_sha256"] if base_entries else None
-    entry = {**step, "output": str(output), "output_sha256": output_sha256, "forget_file": forget_file, "prev_entry_sha256": prev}
+    entry = {**step, **(extra or {}), "output": str(output), "output_sha256": output_sha256, "forget_file": forget_file,
+             "prev_entry_sha256": prev}
     entry["entry_sha256"] = entry_hash(entry)
     write_ledger(ledger, base_entries + [entry])
     return entry

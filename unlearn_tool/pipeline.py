@@ -406,6 +406,7 @@ def apply_request(
     summary_samples: Optional[int] = SUMMARY_SAMPLES,
     num_workers: int = 0,
     anchor: Optional[str | Path] = None,
+    no_anchor: bool = False,
 ) -> ApplyOutcome:
     """`unlearn apply`: every check first (requests, seed, plan, reference, lineage), then data and models, then the run.
 
@@ -433,6 +434,8 @@ def apply_request(
         raise UnlearnError("several requests in one run give a merged output; drop --adapter-only (or output.mode: adapter)")
 
     for req, plan in zip(requests, plans):
+        if anchor is not None and no_anchor:
+            raise UnlearnError("--anchor and --no-anchor contradict each other; keep one")
         if anchor is not None and req.task not in get_method(plan.method).anchor_tasks:
             readers = ", ".join(f"{n} ({'/'.join(get_method(n).anchor_tasks)})" for n in method_names() if get_method(n).anchor_tasks)
             raise UnlearnError(f"--anchor is not read by {plan.method} on {req.task} (only by: {readers}); drop --anchor")
@@ -451,9 +454,9 @@ def apply_request(
                 raise L.LedgerError(f"the checkpoint has {len(lineage.steps)} earlier deletion(s) but its ledger {ledger_in} is missing; "
                                     "give it with --ledger FILE, or pass --ignore-lineage")
             entries = L.read_ledger(ledger_in)
-            if anchor is None and first.task in get_method(plans[0].method).anchor_tasks:
-                notes.append(f"this checkpoint has {len(lineage.steps)} earlier deletion(s): give --anchor ORIGINAL (the model the first was "
-                             "applied to) so that retained data stay aligned with it; without, each request's small utility loss compounds")
+            if anchor is None and not no_anchor and first.task in get_method(plans[0].method).anchor_tasks:
+                anchor_artifact, note = ledger_anchor(entries, parent, lineage)
+                notes.append(note)
             resolve = lambda train, sha: L.resolve_excluded(lineage, entries, ledger_in, train.ids, sha)  # noqa: E731
 
     label_free = get_method(plans[0].method).label_free
@@ -465,6 +468,8 @@ def apply_request(
     notes += job.notes
     if anchor_artifact is not None:
         job.anchor = anchor_artifact.load(job.load_context()).eval()
+    # several requests in one run on an original: the later ones stay aligned with it, not with the previous result
+    in_run_anchor = job.original if anchor_artifact is None and not no_anchor and (lineage is None or not lineage.steps) else None
     reference = None
     if plans[0].audit and plans[0].reference is not None:
         reference = CheckpointArtifact(plans[0].reference)
@@ -485,7 +490,7 @@ def apply_request(
                           num_workers=num_workers,
                           excluded_for=lambda train, sha, g=gone: torch.cat([resolve(train, sha), g]) if resolve else g)
             job.original, job.artifact = step.model, previous.artifact  # type: ignore[union-attr]  # the input's dtypes and file stay the reference
-            job.anchor = previous.anchor
+            job.anchor = previous.anchor if previous.anchor is not None else in_run_anchor
         step = unlearn_step(job, plan, progress)
         timings["summary_s"] += step.summary_s
         timings["method_s"] += step.wall_time_s
@@ -511,7 +516,10 @@ def apply_request(
     outputs = [s["parent_sha256"] for s in new_steps[1:]] + [result.output_sha256]
     for s_job, s_step, out_sha in zip(step_jobs, new_steps, outputs):
         where = result.output if out_sha == result.output_sha256 else Path(f"in-run step {s_step['step']}")
-        entries = entries + [L.append(ledger_out, entries, s_step, where, out_sha, L.store_forget_set(ledger_out, s_step, s_job.splits))]
+        # the lineage's first entry names the original's file, so later requests can anchor to it (ledger_anchor)
+        extra = {"original": str(Path(checkpoint).resolve())} if not entries else {}
+        entries = entries + [L.append(ledger_out, entries, s_step, where, out_sha, L.store_forget_set(ledger_out, s_step, s_job.splits),
+                                      extra=extra)]
     result.ledger = ledger_out  # type: ignore[attr-defined]
     timings["write_s"] = time.perf_counter() - t_write
     outcome = ApplyOutcome(job, result, timings=timings)
@@ -527,6 +535,23 @@ def apply_request(
             remove_output(result.output)
             outcome.removed = True
     return outcome
+
+
+def ledger_anchor(entries: list[dict[str, Any]], parent: CheckpointArtifact, lineage: Any) -> tuple[Optional[CheckpointArtifact], str]:
+    """Without --anchor, on a checkpoint with earlier deletions: the original file its ledger names (first entry's
+    `original`), if it is still there with the sha256 the lineage starts from; else None. Returns (artifact, note)."""
+    path = entries[0].get("original") if entries else None
+    if path:
+        try:
+            artifact = check_anchor(path, parent, lineage)
+            return artifact, (f"retained data aligned with the lineage's original {path} (named in the ledger; --anchor FILE "
+                              "overrides, --no-anchor aligns with this checkpoint)")
+        except UnlearnError as e:
+            why = f"the ledger's original is unusable ({e})"
+    else:
+        why = "the ledger does not name the original's file"
+    return None, (f"this checkpoint has {len(lineage.steps)} earlier deletion(s) and {why}: give --anchor ORIGINAL (the model the "
+                  "first was applied to) so that retained data stay aligned with it; without, each request's small utility loss compounds")
 
 
 def check_anchor(anchor: str | Path, parent: CheckpointArtifact, lineage: Any) -> CheckpointArtifact:
