@@ -32,6 +32,7 @@ ROWS = [
     ("neighbours k = 3", {}, 3),
     ("neighbours k = 30", {}, 30),
     ("forget weight 1", {"w_forget": 1.0}, None),
+    ("forget weight 10", {"w_forget": 10.0}, None),
     ("all 30 epochs (no stopping criterion)", {"stop": "epochs"}, None),
     ("retain MSE on the labels too (w_retain_ce 1)", {"w_retain_ce": 1.0}, None),
 ]
@@ -52,15 +53,17 @@ def main() -> None:
     ap.add_argument("--datasets", default="diabetes")
     ap.add_argument("--scenarios", default="sample,range")
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--cache", type=Path, default=None, help="benchmarks/regression.py's --cache: reuse its trained models.")
     args = ap.parse_args()
     torch.set_num_threads(1)
     seeds = list(range(args.seeds))
     originals: dict = {}
-    print(f"RFA regression ablation, seeds {seeds}, means over seeds; torch {torch.__version__}, 1 thread\n")
+    print(f"RFA regression ablation, seeds {seeds}, means over seeds; torch {torch.__version__}, 1 thread"
+          + (f"; trained models from {args.cache} (retraining times as measured when trained)" if args.cache else "") + "\n")
     for dataset in args.datasets.split(","):
-        config = TrainConfig(epochs=R.DATASETS[dataset]["epochs"])
+        config = TrainConfig(epochs=R.DATASETS[dataset]["epochs"], lr_schedule=R.DATASETS[dataset].get("lr_schedule", "auto"))
         for scenario in args.scenarios.split(","):
-            setups = [R.seed_setup(dataset, scenario, s, config, originals) for s in seeds]
+            setups = [R.seed_setup(dataset, scenario, s, config, originals, args.cache) for s in seeds]
             key = "test_remaining_mae" if scenario == "range" else "test_mae"
             print(f"## {dataset}, {scenario} unlearning\n")
             print("| variant | forget MAE gap to retrain | utility rise | time / retrain | epochs run |\n|---|---:|---:|---:|---:|")

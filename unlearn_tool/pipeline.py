@@ -485,7 +485,8 @@ def apply_request(
                           num_workers=num_workers,
                           excluded_for=lambda train, sha, g=gone: torch.cat([resolve(train, sha), g]) if resolve else g)
             job.original, job.artifact = step.model, previous.artifact  # type: ignore[union-attr]  # the input's dtypes and file stay the reference
-            job.anchor = previous.anchor if previous.anchor is not None else in_run_anchor
+            reads_anchor = req.task in get_method(plan.method).anchor_tasks
+            job.anchor = previous.anchor if previous.anchor is not None else (in_run_anchor if reads_anchor else None)
         step = unlearn_step(job, plan, progress)
         timings["summary_s"] += step.summary_s
         timings["method_s"] += step.wall_time_s

@@ -18,6 +18,10 @@ class TrainConfig(SaneParams):
     epochs: int = Field(40, ge=1, description="Passes over the training data.")
     lr: float = Field(1e-3, gt=0, description="Learning rate.")
     optimizer: Literal["adam", "sgd"] = Field("adam", description="adam (small nets) or sgd with momentum 0.9 and cosine decay (ResNets).")
+    lr_schedule: Literal["auto", "constant", "cosine"] = Field(
+        "auto", description="Learning-rate schedule over the epochs: auto is cosine decay for sgd and a constant rate for adam; "
+        "cosine decays either to 0 by the last epoch (a converged end point rather than wherever the last step landed).",
+    )
     weight_decay: float = Field(0.0, ge=0, description="L2 weight decay.")
     batch_size: int = Field(64, ge=1, description="Training batch size.")
     loss: Literal["auto", "mse", "l1"] = Field(
@@ -91,7 +95,8 @@ def _fit(model, data, config, device, generator, progress, task, loss_fn) -> nn.
     model.to(device).train()
     opt = make_optimizer(model.parameters(), config.optimizer, config.lr, config.weight_decay)
     steps = ScaledSteps(device)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, config.epochs) if config.optimizer == "sgd" else None
+    cosine = config.lr_schedule == "cosine" or (config.lr_schedule == "auto" and config.optimizer == "sgd")
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, config.epochs) if cosine else None
     for epoch in range(config.epochs):
         for x, y in data.batches(config.batch_size, shuffle=True, generator=generator):
             if len(y) == 1 < len(data):  # a last batch of one sample: BatchNorm cannot train on it (and it adds nothing)

@@ -9,6 +9,7 @@ cores, one torch thread.
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -149,6 +150,39 @@ def test_fit_with_gradient_restriction_takes_the_regularized_step():
     for a, b, c in zip(got.parameters(), manual.parameters(), plain.parameters()):
         torch.testing.assert_close(a, b)
     assert any(not torch.allclose(a, c) for a, c in zip(got.parameters(), plain.parameters()))
+
+
+def test_fit_lr_schedule_cosine_decays_adam_and_auto_keeps_each_optimizers_default():
+    """lr_schedule cosine: epoch 1 at lr, epoch 2 at lr * (1 + cos(pi/2)) / 2 of 2 epochs (hand-made steps match);
+    auto is constant for adam (the unchanged default) and cosine for sgd."""
+    torch.manual_seed(0)
+    x, y = torch.randn(8, 1, 2, 2), torch.randint(0, 3, (8,))
+    data = LabelledData.from_tensors(x, y)
+
+    def fresh():
+        torch.manual_seed(1)
+        return nn.Sequential(nn.Flatten(), nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3))
+
+    def trained(**kw):
+        return fit(fresh(), data, TrainConfig(epochs=2, batch_size=8, lr=0.1, **kw), torch.device("cpu"), torch.Generator().manual_seed(0))
+
+    manual = fresh()
+    opt = torch.optim.Adam(manual.parameters(), lr=0.1)
+    for lr in (0.1, 0.1 * (1 + math.cos(math.pi / 2)) / 2):  # CosineAnnealingLR over 2 epochs: 0.1, then 0.05
+        for g in opt.param_groups:
+            g["lr"] = lr
+        opt.zero_grad()
+        F.cross_entropy(manual(x), y).backward()
+        opt.step()
+    cosine, constant, auto = trained(lr_schedule="cosine"), trained(lr_schedule="constant"), trained()
+    for a, b in zip(cosine.parameters(), manual.parameters()):
+        torch.testing.assert_close(a, b)
+    assert any(not torch.allclose(a, c) for a, c in zip(cosine.parameters(), constant.parameters()))
+    assert all(torch.equal(a, c) for a, c in zip(auto.parameters(), constant.parameters()))
+    sgd_auto, sgd_cos = trained(optimizer="sgd"), trained(optimizer="sgd", lr_schedule="cosine")
+    sgd_const = trained(optimizer="sgd", lr_schedule="constant")
+    assert all(torch.equal(a, c) for a, c in zip(sgd_auto.parameters(), sgd_cos.parameters()))
+    assert any(not torch.allclose(a, c) for a, c in zip(sgd_auto.parameters(), sgd_const.parameters()))
 
 
 @pytest.fixture(scope="module")
