@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -248,7 +249,12 @@ def test_apply_anchor_is_checked_against_the_lineage(digits_dir, tmp_path):
     a = _req(tmp_path, "a", {"indices": list(range(0, 140, 10))})
     original = digits_dir / "mlp.safetensors"
     assert invoke("apply", original, "-r", a, "-o", tmp_path / "s1.safetensors", "--quiet", "--anchor", original).exit_code == 0
+    os.mkfifo(tmp_path / "fifo")  # reading it would hang: refused before it is opened
     before = sorted(p.name for p in tmp_path.iterdir())
+    rejected(invoke("apply", tmp_path / "s1.safetensors", "-r", a, "-o", tmp_path / "s2.safetensors", "--anchor", tmp_path / "fifo"),
+             "--anchor", "not a regular file")
+    rejected(invoke("apply", tmp_path / "s1.safetensors", "-r", a, "-o", tmp_path / "s2.safetensors", "--anchor", original, "--no-anchor"),
+             "contradict")
     rejected(invoke("apply", tmp_path / "s1.safetensors", "-r", a, "-o", tmp_path / "s2.safetensors", "--anchor", tmp_path / "nope.safetensors"),
              "--anchor", "no such file")
     rejected(invoke("apply", tmp_path / "s1.safetensors", "-r", a, "-o", tmp_path / "s2.safetensors",

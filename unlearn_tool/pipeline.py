@@ -10,7 +10,9 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import platform
+import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -563,6 +565,8 @@ def check_anchor(anchor: str | Path, parent: CheckpointArtifact, lineage: Any) -
     if not path.exists():
         raise UnlearnError(f"--anchor {path}: no such file; give the lineage's original checkpoint (the model the first request was applied to)")
     artifact = CheckpointArtifact(path)
+    if not stat.S_ISREG(os.stat(artifact.file).st_mode):  # a FIFO or device would hang the hash below (a ledger names this path)
+        raise UnlearnError(f"--anchor {path} is not a regular file; give the lineage's original checkpoint")
     expected = lineage.original_sha256 if lineage is not None and lineage.original_sha256 else parent.sha256
     if artifact.sha256 != expected:
         raise LedgerError(f"--anchor {path} (sha256 {artifact.sha256[:12]}...) is not this checkpoint's original (the lineage starts from "
