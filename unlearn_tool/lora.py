@@ -237,9 +237,6 @@ class AdapterState:
         return AdapterState()
 
 
-FusedAdapters = AdapterState  # what fused_adapters yields
-
-
 def inject(model: nn.Module, layers: list[str], rank: int, alpha: float) -> nn.Module:
     """A copy of `model` whose named `layers` carry LoRA adapters (B = 0, so outputs are unchanged); the rest is frozen."""
     adapted = copy.deepcopy(model).requires_grad_(False)
@@ -483,13 +480,7 @@ def merged_copy(model: nn.Module, base: Optional[nn.Module] = None) -> nn.Module
     copied and each LoRA layer replaced by its merged base layer.
     """
     if base is None:
-        merged = copy.deepcopy(model).requires_grad_(False)
-        for name, layer in lora_layers(merged):
-            with torch.no_grad():
-                layer.base_layer.weight += layer.delta_weight().to(layer.base_layer.weight.dtype)
-            parent, _, child = name.rpartition(".")
-            setattr(merged.get_submodule(parent) if parent else merged, child, layer.base_layer)
-        return merged
+        return _unwrapped(model, merge=True)
     merged = copy.deepcopy(base).requires_grad_(False)
     for name, layer in lora_layers(model):
         target = merged.get_submodule(name)
@@ -500,8 +491,16 @@ def merged_copy(model: nn.Module, base: Optional[nn.Module] = None) -> nn.Module
 
 def unadapted_copy(model: nn.Module) -> nn.Module:
     """A copy of the adapted model with each LoRA layer replaced by its frozen base layer: the model before injection."""
-    plain = copy.deepcopy(model)
+    return _unwrapped(model, merge=False)
+
+
+def _unwrapped(model: nn.Module, merge: bool) -> nn.Module:
+    """A copy of the adapted model with each LoRA layer replaced by its base layer, the delta added first if `merge`."""
+    plain = copy.deepcopy(model).requires_grad_(False)
     for name, layer in lora_layers(plain):
+        if merge:
+            with torch.no_grad():
+                layer.base_layer.weight += layer.delta_weight().to(layer.base_layer.weight.dtype)
         parent, _, child = name.rpartition(".")
         setattr(plain.get_submodule(parent) if parent else plain, child, layer.base_layer)
     return plain

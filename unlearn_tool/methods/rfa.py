@@ -143,7 +143,7 @@ class _Net:
     suffix of the network and the graph can be cut there; else the identity) -> `forward` (the part that
     trains). `teacher` runs the original model's function on encoded inputs."""
 
-    def __init__(self, ctx: UnlearnContext, model, layers: list[str], fused: lora.FusedAdapters, probe: torch.Tensor):
+    def __init__(self, ctx: UnlearnContext, model, layers: list[str], fused: lora.AdapterState, probe: torch.Tensor):
         self.ctx, self.model, self.layers, self.fused = ctx, model, layers, fused
         # a cut can only pay when some Linear/Conv2d layer runs before the first adapted one
         cut = layers[0] != lora.lora_capable_layers(ctx.original)[0]
