@@ -130,6 +130,16 @@ def heldout_statistics(out: ModelOutputs, job: Job, seed: int) -> dict[str, Any]
 
 # ---------------------------------------------------------------- warnings
 
+def _mae_gap_warning(forget_mae: float, base: float, base_text: str, under: str, over: str) -> list[str]:
+    """The forget MAE's relative gap to `base` (the reference's, or the held-out MAE) beyond MAE_TOLERANCE, as a finding."""
+    d = (forget_mae - base) / base
+    if d < -MAE_TOLERANCE:
+        return [f"under-unlearning: forget MAE {forget_mae:.4g} is {100 * -d:.0f}% below {base_text}; {under}"]
+    if d > MAE_TOLERANCE:
+        return [f"over-unlearning: forget MAE {forget_mae:.4g} is {100 * d:.0f}% above {base_text}; {over}"]
+    return []
+
+
 def regression_warnings(unl: dict[str, Any], orig: dict[str, Any], ref: Optional[dict[str, Any]], scenario: str) -> list[str]:
     """Regression's two-sided findings: relative MAE tolerances instead of accuracy points (docs/audit.md)."""
     w: list[str] = []
@@ -137,11 +147,8 @@ def regression_warnings(unl: dict[str, Any], orig: dict[str, Any], ref: Optional
     if ref is not None:
         rm = finite(ref.get("forget_mae"))
         if fm is not None and rm:
-            d = (fm - rm) / rm
-            if d < -MAE_TOLERANCE:
-                w.append(f"under-unlearning: forget MAE {fm:.4g} is {100 * -d:.0f}% below the reference's {rm:.4g}; the forget set is still fitted")
-            elif d > MAE_TOLERANCE:
-                w.append(f"over-unlearning: forget MAE {fm:.4g} is {100 * d:.0f}% above the reference's {rm:.4g}; the deletion itself is detectable (Streisand effect)")
+            w += _mae_gap_warning(fm, rm, f"the reference's {rm:.4g}", "the forget set is still fitted",
+                                  "the deletion itself is detectable (Streisand effect)")
         u, r = finite(unl.get("mia_error_efficacy")), finite(ref.get("mia_error_efficacy"))
         if u is not None and r is not None:
             if u - r < -MIA_TOLERANCE:
@@ -158,11 +165,9 @@ def regression_warnings(unl: dict[str, Any], orig: dict[str, Any], ref: Optional
         hm = finite(unl.get(held_key))
         where = "unseen test samples of the range" if held_key == "test_forgotten_mae" else "test data"
         if fm is not None and hm:
-            d = (fm - hm) / hm
-            if d < -MAE_TOLERANCE:
-                w.append(f"under-unlearning: forget MAE {fm:.4g} is {100 * -d:.0f}% below the MAE on {where} ({hm:.4g}); forgotten samples are still fitted better than unseen ones (no reference given)")
-            elif d > MAE_TOLERANCE:
-                w.append(f"over-unlearning: forget MAE {fm:.4g} is {100 * d:.0f}% above the MAE on {where} ({hm:.4g}); forgotten samples look worse than unseen ones, a detectable deletion (no reference given)")
+            w += _mae_gap_warning(fm, hm, f"the MAE on {where} ({hm:.4g})",
+                                  "forgotten samples are still fitted better than unseen ones (no reference given)",
+                                  "forgotten samples look worse than unseen ones, a detectable deletion (no reference given)")
         if unl.get("mia_loss_auc") is not None and unl["mia_loss_auc"] > 0.5 + LOSS_AUC_TOLERANCE and fm is not None and hm is not None:
             side = "under" if fm < hm else "over"
             w.append(f"{side}-unlearning: the loss attack tells forget from held-out data apart (AUC {unl['mia_loss_auc']:.3f}; 0.5 is indistinguishable)")
