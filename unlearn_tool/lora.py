@@ -212,10 +212,12 @@ class LoraLayer(nn.Module):
             return base(x)
         if not state.fused:  # two branches, as peft computes it (forward hooks on lora_A / lora_B see the bypass)
             return base(x) + self.residual(x)
-        weight = base.weight + self.delta_weight()
+        delta = self.delta_weight()
+        weight = base.weight + delta
         out = base._conv_forward(x, weight, base.bias) if self.conv else nn.functional.linear(x, weight, base.bias)
-        if state.rows is not None:
-            state.residuals[self.path] = self.residual(x[state.rows])
+        if state.rows is not None:  # s * B(A(x)) in one op with the delta weight this pass already built
+            rows = x[state.rows]
+            state.residuals[self.path] = base._conv_forward(rows, delta, None) if self.conv else nn.functional.linear(rows, delta)
         return out
 
 
