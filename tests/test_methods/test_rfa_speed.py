@@ -75,6 +75,29 @@ def test_fused_adapters_compute_what_peft_computes():
         assert torch.allclose(lora.to_peft(pm)(x), ref, atol=1e-5)  # peft's own LoRA layers, same adapters: same function
 
 
+def test_fused_residuals_train_the_adapters_as_the_two_branches_do():
+    """The fused pass computes the chosen rows' residuals with the delta weight it already built (one op per layer):
+    the zero-residual term's gradients on A and B equal those of the two-branch residual s * B(A(x))."""
+    torch.manual_seed(0)
+    base = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2, padding=1),
+                         nn.Flatten(), nn.Linear(8 * 4 * 4, 5)).eval()
+    pm = _randomise(lora.inject(base, lora.select_layers(base, "all"), 2, 4).eval())
+    params = lora.adapter_parameters(pm)
+    x = torch.rand(6, 3, 8, 8)
+    with lora.capture_residuals(pm) as res:
+        pm(x)
+        sum(r[2:5].pow(2).mean() for r in res.values()).backward()
+    two_branch = [q.grad.clone() for q in params]
+    pm.zero_grad(set_to_none=True)
+    with lora.fused_adapters(pm) as fused:
+        fused.rows = slice(2, 5)
+        pm(x)
+        sum(r.pow(2).mean() for r in fused.residuals.values()).backward()
+    assert all(g.abs().sum() > 0 for g in two_branch)
+    for q, g in zip(params, two_branch):
+        assert torch.allclose(q.grad, g, atol=1e-5, rtol=1e-4)
+
+
 @pytest.mark.parametrize("make, shape, adapted", [
     (lambda: nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 3)), (1, 4, 4), ["3"]),
     (TinyResNet, (1, 8, 8), ["layer2.conv1", "layer2.conv2", "layer2.short", "fc"]),
