@@ -58,7 +58,8 @@ class RFAParams(MethodParams):
     w_retain_ce: float = Field(0.0, ge=0, description="Weight of plain cross-entropy on retained labels (0: alignment only).")
     w_forget: Optional[float] = Field(
         None, ge=0, description="Weight of the forget-set shift term; default 1 for class and 5 for sample unlearning "
-        "(sample targets sit close to the teacher, so their pull is weaker; docs/rfa.md)."
+        "(sample targets sit close to the teacher, so their pull is weaker; docs/rfa.md); regression: 10 for sample and 5 for "
+        "range unlearning (docs/rfa.md R4)."
     )
     temperature: float = Field(2.0, gt=0, description="Distillation temperature of the retain alignment.")
     forget_target: Literal["auto", "other_classes", "heldout"] = Field(
