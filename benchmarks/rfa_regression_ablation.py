@@ -27,30 +27,33 @@ from unlearn_tool import bench as B  # noqa: E402
 from unlearn_tool.methods import rfa_regression  # noqa: E402
 from unlearn_tool.training import TrainConfig  # noqa: E402
 
-ROWS = [
-    ("default", {}, None),
-    ("forget target heldout (quantile-matched held-out errors)", {"forget_target": "heldout"}, None),
-    ("neighbours k = 3", {}, 3),
-    ("neighbours k = 30", {}, 30),
-    ("forget weight 1", {"w_forget": 1.0}, None),
-    ("forget weight 5", {"w_forget": 5.0}, None),
-    ("forget weight 10", {"w_forget": 10.0}, None),
-    ("forget weight 20", {"w_forget": 20.0}, None),
-    ("learning rate 0.02", {"lr": 0.02}, None),
-    ("no zero-residual term (w_residual 0)", {"w_residual": 0.0}, None),
-    ("all 30 epochs (no stopping criterion)", {"stop": "epochs"}, None),
-    ("retain MSE on the labels too (w_retain_ce 1)", {"w_retain_ce": 1.0}, None),
+ROWS = [  # (label, RFA parameters, rfa_regression module constants to override)
+    ("default", {}, {}),
+    ("forget target heldout (quantile-matched held-out errors)", {"forget_target": "heldout"}, {}),
+    ("neighbours k = 3", {}, {"NEIGHBOURS": 3}),
+    ("neighbours k = 30", {}, {"NEIGHBOURS": 30}),
+    ("forget weight 1", {"w_forget": 1.0}, {}),
+    ("forget weight 5", {"w_forget": 5.0}, {}),
+    ("forget weight 10", {"w_forget": 10.0}, {}),
+    ("forget weight 20", {"w_forget": 20.0}, {}),
+    ("learning rate 0.02", {"lr": 0.02}, {}),
+    ("no zero-residual term (w_residual 0)", {"w_residual": 0.0}, {}),
+    ("retained drift bound 0.5 x the teacher's error (default 0.75)", {}, {"RETAIN_DRIFT": 0.5}),
+    ("retained drift bound 1.0 x the teacher's error", {}, {"RETAIN_DRIFT": 1.0}),
+    ("all 30 epochs (no stopping criterion)", {"stop": "epochs"}, {}),
+    ("retain MSE on the labels too (w_retain_ce 1)", {"w_retain_ce": 1.0}, {}),
 ]
 
 
-def run_row(setup: B.SeedSetup, params: dict, k) -> dict:
-    before = rfa_regression.NEIGHBOURS
-    if k is not None:
-        rfa_regression.NEIGHBOURS = k
+def run_row(setup: B.SeedSetup, params: dict, constants: dict) -> dict:
+    before = {name: getattr(rfa_regression, name) for name in constants}
+    for name, value in constants.items():
+        setattr(rfa_regression, name, value)
     try:
         return B.run_one(setup, "rfa", B.method_params("rfa", params))
     finally:
-        rfa_regression.NEIGHBOURS = before
+        for name, value in before.items():
+            setattr(rfa_regression, name, value)
 
 
 def main() -> None:
@@ -72,10 +75,10 @@ def main() -> None:
             key = "test_remaining_mae" if scenario == "range" else "test_mae"
             print(f"## {dataset}, {scenario} unlearning\n")
             print("| variant | forget MAE gap to retrain | utility rise | time / retrain | epochs run |\n|---|---:|---:|---:|---:|")
-            for label, params, k in ROWS:
-                if scenario == "sample" and k is not None:
+            for label, params, constants in ROWS:
+                if scenario == "sample" and "NEIGHBOURS" in constants:
                     continue  # neighbour targets are the range default only
-                runs = [run_row(s, params, k) for s in setups]
+                runs = [run_row(s, params, constants) for s in setups]
                 gap = np.mean([abs(r["metrics"]["forget_mae"] - s.baseline["metrics"]["forget_mae"]) / s.baseline["metrics"]["forget_mae"]
                                for r, s in zip(runs, setups)])
                 rise = np.mean([(r["metrics"][key] - s.original["metrics"][key]) / s.original["metrics"][key] for r, s in zip(runs, setups)])

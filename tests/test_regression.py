@@ -88,6 +88,25 @@ def test_rfa_regression_trains_adapters_only_and_stops_where_the_returned_model_
     assert torch.allclose(t.flatten(), torch.tensor([0.3, 1.0, 0.2]))  # ranks 1, 2, 0 -> quantiles 0.3, 0.5 (< 1.0 kept), 0.2
 
 
+def test_rfa_range_unlearning_stops_where_the_returned_model_meets_its_neighbour_target(diabetes_range_job):
+    """Range unlearning: the stopping rule fires before the pass budget, with the returned model's forget-set MAE within
+    FORGET_TOLERANCE of the neighbour target and its outputs on retained data still near the teacher's."""
+    from unlearn_tool.evaluate import predict_logits
+    from unlearn_tool.methods import parse_params, run_method
+    from unlearn_tool.methods.rfa_regression import FORGET_TOLERANCE, REGRESSION_EPOCHS
+
+    job = diabetes_range_job
+    out, _ = run_method("rfa", job.context(), parse_params("rfa", {}))
+    assert out.info["forget_target"] == "neighbours" and out.info["stop_reason"] == "criterion"
+    assert out.info["epochs_run"] < REGRESSION_EPOCHS
+    target = out.info["target_forget_mae"]
+    assert abs(_forget_mae(out.model, job) - target) <= FORGET_TOLERANCE * target + 1e-4, (_forget_mae(out.model, job), target)
+    teacher, y = predict_logits(job.original, job.splits.retain, job.device, 256)
+    student, _ = predict_logits(out.model, job.splits.retain, job.device, 256)
+    teacher_mae = float((teacher.flatten() - y.float().flatten()).abs().mean())
+    assert float((student - teacher).abs().mean()) <= teacher_mae, "retained outputs moved by more than the teacher's own error"
+
+
 def test_loss_parameter_l1_trains_with_mean_absolute_error(diabetes_sample_job):
     from unlearn_tool.methods import parse_params, run_method
 

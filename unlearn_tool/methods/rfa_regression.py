@@ -44,7 +44,9 @@ if TYPE_CHECKING:
     from .rfa import RFAParams
 
 NEIGHBOURS = 10  # retained neighbours per forgotten input (range targets); 3 and 30 measured in docs/rfa.md
-RETAIN_DRIFT = 0.5  # stop only while held-back retained outputs' mean |student - teacher| is at most this share of the teacher's MAE on them
+RETAIN_DRIFT = 0.75  # stop only while held-back retained outputs' mean |student - teacher| is at most this share of the teacher's MAE on
+# them; a retrained model itself moves them by 0.2-0.5 (diabetes MLP) to 0.7-1.0 (rotated-digits CNN) times it; 0.5 kept the CNN's range
+# runs going all 30 passes (docs/rfa.md R5)
 FORGET_TOLERANCE = 0.05  # ... and the forget-set MAE is within 5% (relative, either side) of the target's
 DEFAULT_W_FORGET = {"heldout": 5.0, "neighbours": 5.0, "shift": 10.0}  # sample 10: 8.7 passes against 12 at 5, same gap (docs/rfa.md R4)
 
