@@ -147,7 +147,8 @@ def real_chain(folder: Path, work: Path, order: list[int], n: int, retrain: bool
 
 
 def rfa_per_request(job, full: torch.nn.Module, order: list[int], marks: list[int]) -> tuple[dict[int, float], list[float]]:
-    """RFA on the previous request's output, one single-sample request at a time (retain: what is left)."""
+    """RFA on the previous request's output, one single-sample request at a time (retain: what is left), anchored to
+    the full model as `unlearn apply` anchors to the lineage's original by default (docs/rfa.md, repeated requests)."""
     n = len(job.splits.train)
     model, deleted, out, times = full, set(), {0: test_acc(full, job)}, []
     params = parse_params("rfa", {})
@@ -156,7 +157,7 @@ def rfa_per_request(job, full: torch.nn.Module, order: list[int], marks: list[in
         deleted.add(x)
         splits = Splits(train=job.splits.train, test=job.splits.test, forget_idx=torch.tensor([x]),
                         retain_idx=torch.tensor([i for i in range(n) if i not in deleted]), scenario="sample", forget_classes=[])
-        ctx = dataclasses.replace(job, splits=splits).context(original=model)
+        ctx = dataclasses.replace(job, splits=splits, anchor=full.eval()).context(original=model)
         seed_everything(d)
         result, wall = run_method("rfa", ctx, params)
         model = result.model.eval()

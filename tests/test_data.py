@@ -70,6 +70,15 @@ def test_cifar10_binary_edition(tmp_path):
     assert torch.allclose(train.x[6], torch.from_numpy(pixels[0].reshape(3, 32, 32)).float() / 255)
     resized = load_split(_spec(source="torchvision:CIFAR10", root=".", preprocess={"resize": 16}), "test", tmp_path)
     assert resized.x.shape == (6, 3, 16, 16)
+    # per-channel normalisation (applied in place, as one affine map on the uint8 values) is (x / 255 - mean) / std
+    mean, std = [0.49, 0.48, 0.45], [0.25, 0.24, 0.26]
+    norm = {"normalize": {"mean": mean, "std": std}}
+    normed = load_split(_spec(source="torchvision:CIFAR10", root=".", preprocess=norm), "train", tmp_path)
+    expect = (train.x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    assert torch.allclose(normed.x, expect, atol=1e-5)
+    both = load_split(_spec(source="torchvision:CIFAR10", root=".", preprocess={"resize": 16, **norm}), "test", tmp_path)
+    expect = (resized.x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    assert torch.allclose(both.x, expect, atol=1e-5)
 
 
 def test_cifar100_binary_uses_the_fine_label(tmp_path):

@@ -268,13 +268,28 @@ def _uint8_images_to_tensor(images: np.ndarray, spec: DataSpec, where: str) -> t
     h, w = (size, size) if size else images.shape[1:3]
     check_fits_in_memory(n * c * h * w, where, "lower preprocess.resize" if size else "use a smaller split")
     out = torch.empty((n, c, h, w), dtype=torch.float32)
+    scale, shift = _affine(spec.preprocess.normalize, c, where)
     for start in range(0, n, CONVERT_CHUNK):
-        x = torch.from_numpy(np.ascontiguousarray(images[start:start + CONVERT_CHUNK])).float().div_(255.0)
+        x = torch.from_numpy(np.ascontiguousarray(images[start:start + CONVERT_CHUNK]))
         x = x.unsqueeze(1) if x.dim() == 3 else x.permute(0, 3, 1, 2)
+        chunk = out[start:start + len(x)]
         if size:
-            x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-        out[start:start + len(x)] = _normalize(x, spec.preprocess.normalize, where)
+            chunk.copy_(torch.nn.functional.interpolate(x.float(), size=(size, size), mode="bilinear", align_corners=False))
+        else:
+            chunk.copy_(x)  # uint8 -> float32 in the copy, no temporary
+        chunk.mul_(scale).add_(shift)  # in place: x / 255, then normalised, as one affine map per channel
     return out
+
+
+def _affine(norm: Optional[Normalize], channels: int, where: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel scale and shift taking uint8 values v to (v / 255 - mean) / std (or v / 255 without `norm`)."""
+    if norm is None:
+        return torch.tensor(1 / 255.0), torch.tensor(0.0)
+    if len(norm.mean) not in (1, channels):
+        raise DataError(f"{where}.preprocess.normalize has {len(norm.mean)} values but the images have {channels} channels; give one value per channel")
+    mean = torch.tensor(norm.mean, dtype=torch.float64).view(1, -1, 1, 1)
+    std = torch.tensor(norm.std, dtype=torch.float64).view(1, -1, 1, 1)
+    return (1 / (255.0 * std)).float(), (-mean / std).float()
 
 
 # ---------------------------------------------------------------- sources
