@@ -73,6 +73,8 @@ FORGET_CLASS = 3
 # Named RFA parameter sets for --variants (the ablation rows recorded in docs/rfa.md, "Speed: what was tried").
 VARIANTS: dict[str, dict] = {
     "default": {},
+    # sample unlearning only (w_forget 10 would change class unlearning): 10 fixed passes, lr decayed to 0 (docs/rfa.md)
+    "cosine10": {"lr_schedule": "cosine", "epochs": 10, "stop": "epochs", "w_forget": 10},
 }
 
 

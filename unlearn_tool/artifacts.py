@@ -250,7 +250,7 @@ class EnsembleArtifact(Artifact):
         return {}
 
     def guarantee(self) -> str:
-        from .exact.run import guarantee_text
+        from .exact.describe import guarantee_text
 
         return guarantee_text(self.manifest)
 
@@ -260,7 +260,7 @@ class EnsembleArtifact(Artifact):
         return load_ensemble(self, ctx)
 
     def describe(self) -> dict[str, Any]:
-        from .exact.run import describe_exact
+        from .exact.describe import describe_exact
 
         return describe_exact(self)
 

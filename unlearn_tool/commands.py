@@ -82,7 +82,7 @@ def train(request: str | Path, output: str | Path, exact: Optional[str] = None, 
     """`unlearn train` (options: see pipeline.train_request); with `exact` (s3t, sisa) an exact-unlearning artifact folder:
     the training options and `regularizer_params` (--param) become that method's parameters."""
     if exact is not None:
-        from .exact import check_exact_method
+        from .method_catalog import check_exact_method
 
         check_exact_method(exact)
     req = load_request(request)

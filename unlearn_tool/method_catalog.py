@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from . import __version__
-from .errors import UnknownMethodError
+from .errors import MethodError, UnknownMethodError
 
 PACKAGE = Path(__file__).resolve().parent / "methods"
 
@@ -85,3 +85,16 @@ def describe(name: Optional[str] = None) -> Any:
         if e["name"] == name:
             return e
     raise UnknownMethodError(f"unknown method '{name}'; known methods: {', '.join(e['name'] for e in entries)}")
+
+
+def check_exact_method(name: str, flag: str = "--exact") -> str:
+    """`s3t` or `sisa`; any other name (an approximate method, a typo) is an input error."""
+    from .exact import EXACT_METHODS  # torch-free
+
+    key = str(name).strip().lower()
+    if key not in EXACT_METHODS:
+        if key in {e["name"] for e in catalog()}:
+            raise MethodError(f"{flag} {name}: {name} is an approximate unlearning method, not an exact one; "
+                              f"give {flag} s3t or {flag} sisa (or drop {flag} and use unlearn apply --method {name})")
+        raise MethodError(f"{flag} {name}: not an exact-unlearning method; give {flag} s3t or {flag} sisa")
+    return key

@@ -73,3 +73,37 @@ def test_rfa_trains_only_adapters_and_leaves_the_original_untouched(digits_job):
     assert trainable and all("lora_" in n for n in trainable)
     assert any(torch.count_nonzero(p) > 0 for n, p in out.adapter_model.named_parameters() if "lora_B" in n)
     assert out.info["epochs_run"] == 2 and out.info["stop_reason"] == "epochs"
+
+
+def _accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
+    return float((logits.argmax(1) == y).float().mean())
+
+
+def test_heldout_targets_reproduce_the_heldout_error_rate_on_digits(digits_sample_job):
+    # the targets must not only lower confidence: as many of them must be errors (argmax not the label) as the
+    # teacher makes on held-out data, although the teacher gets (nearly) every forget sample right
+    from unlearn_tool.evaluate import predict_logits
+
+    job = digits_sample_job
+    t_forget, y_forget = predict_logits(job.original, job.splits.forget, "cpu", 256)
+    t_held, y_held = predict_logits(job.original, job.splits.test, "cpu", 256)
+    heldout_error, teacher_error = 1 - _accuracy(t_held, y_held), 1 - _accuracy(t_forget, y_forget)
+    assert heldout_error > teacher_error + 0.01, (heldout_error, teacher_error)  # memorised: there is something to forget
+    targets = _heldout_targets(t_forget, y_forget, t_held, y_held)
+    target_error = float((targets.argmax(1) != y_forget).float().mean())
+    assert abs(target_error - heldout_error) <= 1.5 / len(y_forget) + 0.005, (target_error, heldout_error)
+
+
+def test_rfa_sample_unlearning_lands_near_heldout_accuracy_and_keeps_utility(digits_sample_job):
+    # end to end, both schedules: forget accuracy falls from the memorised level to about the held-out accuracy,
+    # test accuracy stays within a point of the original's
+    from unlearn_tool.pipeline import utility
+
+    job = digits_sample_job
+    before = utility(job.original, job)
+    for params in ({}, {"lr_schedule": "cosine", "epochs": 10, "stop": "epochs", "w_forget": 10}):
+        out, _ = run_method("rfa", job.context(), parse_params("rfa", params))
+        after = utility(out.model, job)
+        assert after["forget_acc"] < before["forget_acc"], (params, before, after)
+        assert abs(after["forget_acc"] - before["test_acc"]) <= 0.015, (params, before, after)
+        assert after["test_acc"] >= before["test_acc"] - 0.01, (params, before, after)

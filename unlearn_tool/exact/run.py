@@ -4,7 +4,6 @@
     apply_exact_request(...)     `unlearn apply ART -r R`: deactivate every stage that saw a forgotten sample (no
                                  gradient step), or retrain those stages (--retrain-affected); publish a new folder
     validate_exact_request(...)  `unlearn validate -r R ART`: every check and what the deletion would deactivate
-    describe_exact / guarantee_text   `unlearn inspect ART`; the line an audit states
 """
 
 from __future__ import annotations
@@ -27,7 +26,9 @@ from ..job import Job, Progress, check_seed, prepare
 from ..models import CodePolicy
 from ..provenance import created_utc, reproducible
 from ..request import Request, load_request, method_params_for
-from . import FORMAT, assign, check_exact_method
+from ..method_catalog import check_exact_method
+from . import FORMAT, assign
+from .describe import guarantee_text
 from .ensemble import ExhaustedError, load_base, retrain_hint, stage_groups
 from .manifest import (
     ASSIGNMENT_FILE,
@@ -565,44 +566,6 @@ def validate_exact_request(request: "str | Path | Request", artifact_path: str |
                           f"{e['shards_serving_after']} of {len(m.shards)} shards would still serve"
                           + ("; it exhausts the budget: apply needs --retrain-affected" if e["exhausts_budget"] else ""))
     return info
-
-
-def guarantee_text(m: Manifest) -> str:
-    active = len(m.active_stages())
-    base = f"the base ({m.base.sha256[:12]}..., {m.base.source}) is outside the guarantee and must hold no deletable data"
-    if not m.deletions:
-        return (f"exact unlearning ({m.method}): no deletion recorded yet; each of the {active} active components was trained only on the "
-                f"slices its manifest entry lists (assignment digest {m.assignment.digest[:12]}...); {base}")
-    return (f"exact unlearning ({m.method}): none of the {active} active components was trained on any of the {len(m.deleted())} samples in "
-            f"the deletion log ({len(m.deletions)} deletion(s)); basis: the manifest's lineage (each component's shard, slices and excluded "
-            f"samples against the recorded assignment, digest {m.assignment.digest[:12]}...), checked with every component's sha256 when "
-            f"the artifact was opened; {base}")
-
-
-def describe_exact(artifact: EnsembleArtifact) -> dict[str, Any]:
-    """`unlearn inspect ART`: shards, sequences, stages, budget, deletions."""
-    m = artifact.manifest
-    served = m.served()
-    shards = []
-    for sh in m.shards:
-        seqs = [{"sequence": s.sequence, "order": s.order, "prefix": s.prefix,
-                 "stages": [{"stage": st.stage, "slices": st.slices, "samples": st.samples, "epochs": st.epochs, "status": st.status,
-                             "generation": st.generation, "file": st.file, "sha256": st.sha256, "layers": st.layers,
-                             "excluded": len(st.excluded), "deactivated_by": st.deactivated_by} for st in s.stages]}
-                for s in sh.sequences]
-        serving = served.get(sh.shard)
-        shards.append({"shard": sh.shard, "size": sh.size, "slice_sizes": sh.slice_sizes,
-                       "serving": {"sequence": serving[0], "prefix": serving[1]} if serving else None, "sequences": seqs})
-    fields = artifact.fields
-    from ..checkpoint import metadata_for
-
-    return {"path": str(artifact.path), "kind": "exact", "sha256": artifact.sha256, "method": m.method, "params": m.params,
-            "seed": m.seed, "model": m.model.model_dump(mode="json"), "base": m.base.model_dump(mode="json"),
-            "assignment": m.assignment.model_dump(mode="json"), "data": m.data.model_dump(mode="json"), "aggregation": m.aggregation,
-            "training": m.training, "budget": m.budget(), "shards": shards,
-            "deletions": [d.model_dump(mode="json") | {"indices": len(d.indices)} for d in m.deletions],
-            "guarantee": artifact.guarantee(), "metadata": fields, "raw_metadata": metadata_for(fields),
-            "tensors": [], "parameters": 0}
 
 
 def exact_train_params(options: dict[str, Any]) -> dict[str, Any]:

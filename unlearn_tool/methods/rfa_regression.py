@@ -149,7 +149,7 @@ def run_regression(ctx: UnlearnContext, p: "RFAParams") -> MethodOutput:
     """The loop runs on classification RFA's machinery (fused adapters, the forget set's cached teacher outputs,
     the retain pool with its teacher outputs and feature energies, its Adam): the same losses at a lower per-step
     cost and one code path with classification (docs/rfa.md, R8)."""
-    from .rfa import GUARD_SAMPLES, RESIDUAL_ROWS, _adam, _ForgetSet, _Net, _RetainPool
+    from .rfa import GUARD_SAMPLES, RESIDUAL_ROWS, _adam, _ForgetSet, _Net, _RetainPool, _scheduled_lr
 
     device, teacher = ctx.device, ctx.original.eval()
     if p.forget_target == "other_classes":
@@ -206,6 +206,7 @@ def run_regression(ctx: UnlearnContext, p: "RFAParams") -> MethodOutput:
                     loss = loss + p.w_residual * torch.stack([r.pow(2).mean() / retain.energy[n] for n, r in res.items()]).mean()
                 if p.w_retain_ce:  # regression: the retained targets' own (normalised) squared error
                     loss = loss + p.w_retain_ce * (out_r - yr).pow(2).mean() / var
+                opt.lr = _scheduled_lr(p, (epoch - 1) * steps_per_epoch + step + 1, epochs * steps_per_epoch)
                 opt.zero_grad(set_to_none=True)
                 scaled.backward_and_step(loss, opt)
             ctx.report("rfa", epoch, epochs)
