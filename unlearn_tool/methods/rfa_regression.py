@@ -149,7 +149,7 @@ def run_regression(ctx: UnlearnContext, p: "RFAParams") -> MethodOutput:
     """The loop runs on classification RFA's machinery (fused adapters, the forget set's cached teacher outputs,
     the retain pool with its teacher outputs and feature energies, its Adam): the same losses at a lower per-step
     cost and one code path with classification (docs/rfa.md, R8)."""
-    from .rfa import GUARD_SAMPLES, RESIDUAL_ROWS, _adam, _ForgetSet, _Net, _RetainPool, _scheduled_lr
+    from ._rfa_loop import GUARD_SAMPLES, RESIDUAL_ROWS, _adam, _ForgetSet, _Net, _RetainPool, _scheduled_lr
 
     device, teacher = ctx.device, ctx.original.eval()
     if p.forget_target == "other_classes":
