@@ -216,13 +216,17 @@ def summary_seed(seed: int, name: str) -> int:
 def _normalize(x: torch.Tensor, norm: Optional[Normalize], where: str) -> torch.Tensor:
     if norm is None:
         return x
-    c = x.shape[1] if x.dim() == 4 else 1
-    if len(norm.mean) not in (1, c):
-        raise DataError(f"{where}.preprocess.normalize has {len(norm.mean)} values but the images have {c} channels; give one value per channel")
+    mean, std = _channel_stats(norm, x.shape[1] if x.dim() == 4 else 1, where)
     shape = (1, -1, 1, 1) if x.dim() == 4 else (1, -1)
-    mean = torch.tensor(norm.mean, dtype=x.dtype).view(*shape)
-    std = torch.tensor(norm.std, dtype=x.dtype).view(*shape)
-    return (x - mean) / std
+    return (x - mean.to(x.dtype).view(*shape)) / std.to(x.dtype).view(*shape)
+
+
+def _channel_stats(norm: Normalize, channels: int, where: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """`normalize`'s mean and std as (1, C, 1, 1) float64 (C = 1 when one value serves every channel)."""
+    if len(norm.mean) not in (1, channels):
+        raise DataError(f"{where}.preprocess.normalize has {len(norm.mean)} values but the images have {channels} channels; give one value per channel")
+    return (torch.tensor(norm.mean, dtype=torch.float64).view(1, -1, 1, 1),
+            torch.tensor(norm.std, dtype=torch.float64).view(1, -1, 1, 1))
 
 
 def available_memory() -> int:
@@ -285,10 +289,7 @@ def _affine(norm: Optional[Normalize], channels: int, where: str) -> tuple[torch
     """Per-channel scale and shift taking uint8 values v to (v / 255 - mean) / std (or v / 255 without `norm`)."""
     if norm is None:
         return torch.tensor(1 / 255.0), torch.tensor(0.0)
-    if len(norm.mean) not in (1, channels):
-        raise DataError(f"{where}.preprocess.normalize has {len(norm.mean)} values but the images have {channels} channels; give one value per channel")
-    mean = torch.tensor(norm.mean, dtype=torch.float64).view(1, -1, 1, 1)
-    std = torch.tensor(norm.std, dtype=torch.float64).view(1, -1, 1, 1)
+    mean, std = _channel_stats(norm, channels, where)
     return (1 / (255.0 * std)).float(), (-mean / std).float()
 
 
