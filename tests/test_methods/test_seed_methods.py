@@ -129,15 +129,21 @@ def test_train_config_regularizer_fields_and_metadata():
     assert checkpoint_regularizer({"unlearn.train_config": json.dumps(TrainConfig().model_dump())}) == {"regularizer": None, "regularizer_alpha": None}
 
 
-def test_fit_with_gradient_restriction_takes_the_regularized_step():
-    """One Adam step of fit() with the regularizer equals a hand-made step on loss + alpha * penalty, and differs from plain fit."""
+def _tiny_fit_case():
+    """Eight random 2x2 inputs of 3 classes, and a factory of the same small MLP (seeded) to train on them."""
     torch.manual_seed(0)
     x, y = torch.randn(8, 1, 2, 2), torch.randint(0, 3, (8,))
-    data = LabelledData.from_tensors(x, y)
 
     def fresh():
         torch.manual_seed(1)
         return nn.Sequential(nn.Flatten(), nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3))
+
+    return x, y, LabelledData.from_tensors(x, y), fresh
+
+
+def test_fit_with_gradient_restriction_takes_the_regularized_step():
+    """One Adam step of fit() with the regularizer equals a hand-made step on loss + alpha * penalty, and differs from plain fit."""
+    x, y, data, fresh = _tiny_fit_case()
 
     cfg = TrainConfig(epochs=1, batch_size=8, lr=0.1, regularizer="gradient-restriction", regularizer_alpha=0.5)
     got = fit(fresh(), data, cfg, torch.device("cpu"), torch.Generator().manual_seed(0))
@@ -155,13 +161,7 @@ def test_fit_with_gradient_restriction_takes_the_regularized_step():
 def test_fit_lr_schedule_cosine_decays_adam_and_auto_keeps_each_optimizers_default():
     """lr_schedule cosine: epoch 1 at lr, epoch 2 at lr * (1 + cos(pi/2)) / 2 of 2 epochs (hand-made steps match);
     auto is constant for adam (the unchanged default) and cosine for sgd."""
-    torch.manual_seed(0)
-    x, y = torch.randn(8, 1, 2, 2), torch.randint(0, 3, (8,))
-    data = LabelledData.from_tensors(x, y)
-
-    def fresh():
-        torch.manual_seed(1)
-        return nn.Sequential(nn.Flatten(), nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3))
+    x, y, data, fresh = _tiny_fit_case()
 
     def trained(**kw):
         return fit(fresh(), data, TrainConfig(epochs=2, batch_size=8, lr=0.1, **kw), torch.device("cpu"), torch.Generator().manual_seed(0))
