@@ -15,6 +15,20 @@ from cli.main import app
 DIGITS_TRAIN = 1437
 
 
+def write_shaded_images(folder: Path, n: int, classes: int, shape: tuple[int, int, int], shade: float, n_test: int) -> dict:
+    """Synthetic images whose class shifts their brightness (uniform noise * 0.3 + class * `shade`), seeded, written as
+    train.safetensors (all n) and test.safetensors (the first n_test); returns the request's `data` section."""
+    import torch
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(n) % classes
+    x = torch.rand(n, *shape, generator=g) * 0.3 + y.view(-1, 1, 1, 1) * shade
+    save_file({"x": x, "y": y}, str(folder / "train.safetensors"))
+    save_file({"x": x[:n_test], "y": y[:n_test]}, str(folder / "test.safetensors"))
+    return {"train": {"source": "tensors", "path": "train.safetensors"}, "test": {"source": "tensors", "path": "test.safetensors"}}
+
+
 def write_request(
     folder: Path,
     forget: dict,

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import invoke, random_indices, write_request
+from conftest import invoke, random_indices, write_request, write_shaded_images
 from unlearn_tool.checkpoint import read_checkpoint, sha256_file
 from unlearn_tool.models import MLP
 
@@ -172,15 +172,8 @@ def test_methods_lists_rfa_with_parameters():
 @pytest.mark.parametrize("arch", ["torchvision:resnet18", "torchvision:mobilenet_v3_small"])
 def test_rfa_runs_on_torchvision_models_with_default_parameters(tmp_path, arch):
     """ResNet (BatchNorm, downsample convs) and MobileNet (depthwise convs, which LoRA skips) with no tuning."""
-    from safetensors.torch import save_file
-
-    g = torch.Generator().manual_seed(0)
-    y = torch.arange(48) % 4
-    x = torch.rand(48, 3, 32, 32, generator=g) * 0.3 + y.view(-1, 1, 1, 1) * 0.2  # class shifts brightness
-    save_file({"x": x, "y": y}, str(tmp_path / "train.safetensors"))
-    save_file({"x": x[:16], "y": y[:16]}, str(tmp_path / "test.safetensors"))
-    req = write_request(tmp_path, {"classes": [1]}, arch=arch, kwargs={"num_classes": 4}, extra={
-        "data": {"train": {"source": "tensors", "path": "train.safetensors"}, "test": {"source": "tensors", "path": "test.safetensors"}}})
+    data = write_shaded_images(tmp_path, 48, 4, (3, 32, 32), 0.2, 16)
+    req = write_request(tmp_path, {"classes": [1]}, arch=arch, kwargs={"num_classes": 4}, extra={"data": data})
     r = invoke("train", "-r", req, "-o", tmp_path / "m.safetensors", "--epochs", "3", "--quiet")
     assert r.exit_code == 0, r.stderr
     out = _apply_json(tmp_path / "m.safetensors", "-r", req, "-o", tmp_path / "u.safetensors", "--param", "epochs=5")
@@ -197,22 +190,15 @@ def test_batchnorm_models_train_when_a_pass_would_end_on_one_sample(tmp_path, me
     """A retain set of 2 x 64 + 1 samples: a shuffled pass used to end on a batch of one, which BatchNorm at 1x1 spatial
     size refuses in training mode ("Expected more than 1 value per channel"); found by benchmarks/pretrained_digits.py
     --arch resnet. The last sample now joins the batch before it."""
-    from safetensors.torch import save_file
-
     (tmp_path / "bn_nets.py").write_text(
         "import torch.nn as nn\n"
         "def net(num_classes=3):\n"
         "    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1),\n"
         "                         nn.Conv2d(4, 8, 1), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(), nn.Linear(8, num_classes))\n"
     )
-    g = torch.Generator().manual_seed(0)
-    y = torch.arange(130) % 3
-    x = torch.rand(130, 1, 6, 6, generator=g) * 0.3 + y.view(-1, 1, 1, 1) * 0.3
-    save_file({"x": x, "y": y}, str(tmp_path / "train.safetensors"))
-    save_file({"x": x[:30], "y": y[:30]}, str(tmp_path / "test.safetensors"))
-    req = write_request(tmp_path, {"indices": [0]}, arch="python:bn_nets:net", kwargs={"num_classes": 3}, extra={
-        "data": {"train": {"source": "tensors", "path": "train.safetensors"}, "test": {"source": "tensors", "path": "test.safetensors"},
-                 "batch_size": 64}})
+    data = write_shaded_images(tmp_path, 130, 3, (1, 6, 6), 0.3, 30)
+    req = write_request(tmp_path, {"indices": [0]}, arch="python:bn_nets:net", kwargs={"num_classes": 3},
+                        extra={"data": {**data, "batch_size": 64}})
     r = invoke("train", "-r", req, "-o", tmp_path / "m.safetensors", "--epochs", "2", "--batch-size", "64", "--quiet")
     assert r.exit_code == 0, r.stderr
     out = _apply_json(tmp_path / "m.safetensors", "-r", req, "-o", tmp_path / "u.safetensors", "--method", method,

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from conftest import invoke, random_indices, write_request
+from conftest import invoke, random_indices, write_request, write_shaded_images
 from unlearn_tool.data import LabelledData, Splits
 from unlearn_tool.errors import MethodError
 from unlearn_tool.evaluate import predict_logits
@@ -460,13 +460,8 @@ def resnet_job(tmp_path_factory):
     from unlearn_tool.pipeline import prepare
 
     folder = tmp_path_factory.mktemp("resnet")
-    g = torch.Generator().manual_seed(0)
-    y = torch.arange(48) % 4
-    x = torch.rand(48, 3, 32, 32, generator=g) * 0.3 + y.view(-1, 1, 1, 1) * 0.2
-    save_file({"x": x, "y": y}, str(folder / "train.safetensors"))
-    save_file({"x": x[:16], "y": y[:16]}, str(folder / "test.safetensors"))
-    req = write_request(folder, {"classes": [1]}, arch="torchvision:resnet18", kwargs={"num_classes": 4}, extra={
-        "data": {"train": {"source": "tensors", "path": "train.safetensors"}, "test": {"source": "tensors", "path": "test.safetensors"}}})
+    data = write_shaded_images(folder, 48, 4, (3, 32, 32), 0.2, 16)
+    req = write_request(folder, {"classes": [1]}, arch="torchvision:resnet18", kwargs={"num_classes": 4}, extra={"data": data})
     r = invoke("train", "-r", req, "-o", folder / "m.safetensors", "--epochs", "3", "--quiet")
     assert r.exit_code == 0, r.stderr
     return {"req": req, "ckpt": folder / "m.safetensors", "folder": folder,
