@@ -65,24 +65,121 @@ def test_sisa_schedule_spends_about_the_epoch_budget():
         parse_exact_params("sisa", {"sequences": 2})
 
 
-def test_bms_training_records_its_orders_and_weights(exact_dir, tmp_path):
+def _hot_weights(n: int, hot: float = 0.1, seed: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded `hot` share of the samples at deletion probability 0.5, the rest at 0.005 (ratio 100)."""
+    w = np.full(n, 0.005)
+    flagged = np.random.default_rng(seed).choice(n, int(hot * n), replace=False)
+    w[flagged] = 0.5
+    return w, np.sort(flagged)
+
+
+def test_by_weight_assignment_puts_the_likeliest_deleted_samples_in_the_last_slices():
+    w, flagged = _hot_weights(600)
+    shard, slc = assign.assign(600, 3, 5, seed=0, weights=w)
+    uniform_shard, _ = assign.assign(600, 3, 5, seed=0)
+    assert np.array_equal(shard, uniform_shard)  # shards: the same seeded round-robin rule
+    counts = np.bincount(shard * 5 + slc, minlength=15)
+    assert counts.min() == counts.max() == 40
+    assert set(slc[flagged].tolist()) == {4}  # 60 flagged samples, about 20 per shard: all in each shard's last slice
+    for k in range(3):  # slices hold increasing weights: nothing in slice s is likelier deleted than anything in s + 1
+        for s in range(4):
+            assert w[(shard == k) & (slc == s)].max() <= w[(shard == k) & (slc == s + 1)].min()
+    again = assign.assign(600, 3, 5, seed=0, weights=w)
+    other = assign.assign(600, 3, 5, seed=1, weights=w)
+    assert np.array_equal(slc, again[1]) and not np.array_equal(slc, other[1])  # ties broken by the seeded permutation
+    odd_shard, odd_slc = assign.assign(601, 3, 5, seed=0, weights=np.append(w, 0.5))
+    sizes = np.bincount(odd_shard * 5 + odd_slc, minlength=15)
+    assert sizes.max() - sizes.min() <= 1 and sizes.sum() == 601
+
+
+def test_bms_closes_every_sequence_with_the_hot_slice_and_opens_none_with_it():
+    w, flagged = _hot_weights(1000)
+    for slices, sequences in ((10, 5), (5, 5), (10, 10)):
+        shard, slc = assign.assign(1000, 5, slices, seed=0, weights=w)
+        for k, orders in enumerate(assign.shard_orders("bms", slices, sequences, w, shard, slc, 5)):
+            hot = set(slc[flagged[shard[flagged] == k]].tolist())  # about 20 flagged per shard: the last slice or two
+            assert hot == set(range(slices - len(hot), slices)) and len(hot) <= 2, (slices, k, hot)
+            for o in orders:  # every sequence ends with the hot slices, so a flagged deletion cuts only its last stage(s)
+                assert set(o[-len(hot):]) == hot, (slices, sequences, k, orders)
+            firsts = [o[0] for o in orders]
+            assert not hot & set(firsts)
+            assert len(set(firsts)) == min(sequences, slices - len(hot))  # distinct first slices among the cold ones
+
+
+def test_bms_with_uniform_weights_is_a_latin_square():
+    orders = assign.bms_orders([0.05] * 5, 5)
+    for position in range(5):
+        assert sorted(o[position] for o in orders) == list(range(5))
+    for o in orders:
+        assert sorted(o) == list(range(5))
+
+
+def test_by_weight_needs_deletion_weights():
+    with pytest.raises(MethodError, match="assignment: by_weight .* deletion_weights"):
+        parse_exact_params("s3t", {"assignment": "by_weight"})
+    assert parse_exact_params("s3t", {}).assignment == "uniform"
+    assert parse_exact_params("s3t", {"order": "bms", "deletion_weights": "w.txt"}).assignment == "by_weight"
+    assert parse_exact_params("s3t", {"order": "bms", "deletion_weights": "w.txt", "assignment": "uniform"}).assignment == "uniform"
+
+
+def _components(m: dict) -> list[tuple[int, int, int]]:
+    return [(sh["shard"], seq["sequence"], st["stage"]) for sh in m["shards"] for seq in sh["sequences"] for st in seq["stages"]
+            if st["status"] == "active"]
+
+
+def test_weighted_artifact_deletes_a_hot_sample_by_deactivating_only_last_stages(exact_dir, tmp_path):
+    """Train with skewed weights (by_weight + BMS), delete a flagged sample with the real `apply`: only the last stage
+    of each sequence of its shard goes; a retrain from scratch without it has the same assignment and components."""
     import json
 
-    from conftest import invoke
+    import torch
+    from safetensors.torch import load_file
+
+    from conftest import invoke, write_request
     from unlearn_tool.checkpoint import sha256_file
 
     from .conftest import assignment
 
-    shard, slc = assignment(exact_dir / "s3t")  # same seed and sizes: the same assignment
-    w = np.full(len(shard), 0.001)
-    w[(shard == 0) & (slc == 0)] = 0.5  # shard 0's slice 0 is likely to be deleted
+    n = len(assignment(exact_dir / "s3t")[0])
+    w, flagged = _hot_weights(n, hot=0.05)
     weights = tmp_path / "w.txt"
     weights.write_text("\n".join(map(str, w)) + "\n")
-    r = invoke("train", "-r", exact_dir / "train.yaml", "-o", tmp_path / "art", "--init", exact_dir / "base.safetensors",
-               "--exact", "s3t", "--param", "shards=2", "--param", "slices=3", "--param", "sequences=2", "--param", "epochs=1",
-               "--param", "order=bms", "--param", f"deletion_weights={weights}", "--quiet")
+    args = ["--exact", "s3t", "--init", exact_dir / "base.safetensors", "--param", "shards=2", "--param", "slices=3", "--param", "sequences=2",
+            "--param", "epochs=1", "--param", "order=bms", "--param", f"deletion_weights={weights}", "--quiet"]
+    r = invoke("train", "-r", exact_dir / "train.yaml", "-o", tmp_path / "art", *args)
     assert r.exit_code == 0, r.stderr
     m = json.loads((tmp_path / "art" / "manifest.json").read_text())
+    assert m["params"]["assignment"] == "by_weight" and m["assignment"]["rule"] == assign.WEIGHTED_ASSIGNMENT_RULE
     assert m["assignment"]["order"] == "bms" and m["assignment"]["deletion_weights_sha256"] == sha256_file(weights)
-    orders = [s["order"] for s in m["shards"][0]["sequences"]]
-    assert all(o[-1] == 0 for o in orders) and orders[0][0] != orders[1][0]
+    shard, slc = assignment(tmp_path / "art")
+    assert set(slc[flagged].tolist()) == {2}  # the flagged samples share each shard's last slice
+    for sh in m["shards"]:
+        orders = [s["order"] for s in sh["sequences"]]
+        assert all(o[-1] == 2 for o in orders) and orders[0][0] != orders[1][0]
+
+    hot = int(flagged[0])
+    req = write_request(tmp_path, {"indices": [hot]}, name="hot.yaml")
+    r = invoke("apply", tmp_path / "art", "-r", req, "-o", tmp_path / "art.d1", "--json", "--quiet")
+    assert r.exit_code == 0, r.stderr
+    after = json.loads((tmp_path / "art.d1" / "manifest.json").read_text())
+    gone = set(_components(m)) - set(_components(after))
+    assert gone == {(int(shard[hot]), b, 2) for b in range(2)}  # 2 of 12 components: the last stage of each sequence of one shard
+    assert json.loads(r.stdout)["info"]["deactivated_count"] == 2
+    for k, b, i in _components(after):  # no active component's recorded data holds the deleted sample
+        st = after["shards"][k]["sequences"][b]["stages"][i]
+        assert not (shard[hot] == k and slc[hot] in st["slices"])
+
+    r = invoke("train", "-r", req, "-o", tmp_path / "retrain", "--exclude-forget", *args)
+    assert r.exit_code == 0, r.stderr
+    again = json.loads((tmp_path / "retrain" / "manifest.json").read_text())
+    assert again["assignment"]["digest"] == after["assignment"]["digest"]  # the weights, not the forget set, place samples
+    for k, b, i in _components(after):
+        f1 = after["shards"][k]["sequences"][b]["stages"][i]["file"]
+        f2 = again["shards"][k]["sequences"][b]["stages"][i]["file"]
+        a, c = load_file(str(tmp_path / "art.d1" / f1)), load_file(str(tmp_path / "retrain" / f2))
+        assert a.keys() == c.keys() and all(torch.equal(a[t], c[t]) for t in a), (k, b, i)
+    r = invoke("train", "-r", exact_dir / "train.yaml", "-o", tmp_path / "uniform", *args, "--param", "assignment=uniform")
+    assert r.exit_code == 0, r.stderr
+    u = json.loads((tmp_path / "uniform" / "manifest.json").read_text())
+    assert u["assignment"]["rule"] == assign.ASSIGNMENT_RULE
+    assert u["assignment"]["digest"] == json.loads((exact_dir / "s3t" / "manifest.json").read_text())["assignment"]["digest"]

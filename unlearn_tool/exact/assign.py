@@ -1,14 +1,20 @@
 """Which sample trains which part: samples -> (shard, slice) by a seeded rule, and the slice orders of each shard.
 
-Assignment rule (recorded in the manifest as ASSIGNMENT_RULE): a permutation of the train indices drawn from
-numpy's PCG64 seeded with the run's seed; the sample at position j of the permutation goes to shard j mod S,
-and within its shard to slice (j // S) mod R. Shards and slices differ in size by at most one sample.
+Assignment rules (the manifest records which one): a permutation of the train indices drawn from numpy's PCG64
+seeded with the run's seed; the sample at position j of the permutation goes to shard j mod S. Within its shard:
+  uniform    (ASSIGNMENT_RULE): slice (j // S) mod R;
+  by_weight  (WEIGHTED_ASSIGNMENT_RULE): the shard's samples sorted by increasing deletion probability (ties: their
+             permutation position) fill slice 0, then 1, ...; so the likeliest deleted samples share the last slices.
+Either way shards and slices differ in size by at most one sample, and slice s of a shard has the same size.
 
 Slice orders (S3T's "sequences"): cyclic rotation (sequence b is slices b, b+1, ..., wrapping) or BMS: for each
 position, a minimum-cost bipartite matching of sequences to the slices they have not used yet, where a
-slice's cost is its probability of being hit by a deletion (so the least likely deleted slices come first),
-and no slice takes the same position in two sequences (so one deletion cannot cut two sequences at their
-first stage). This is our reading of "bipartite matching over deletion probabilities" (docs/exact.md).
+slice's cost is the log of its probability of being hit by a deletion (so the least likely deleted slices come
+first). Sharing a position with another sequence costs as much as a slice FIRST_SHARE_RATIO (first position: a
+deletion there cuts every sharing sequence to nothing) or SHARE_RATIO (later) times likelier to be deleted, so
+sequences stay diverse among slices of alike probability (distinct first slices, a Latin square under uniform
+weights) but every sequence ends with the slices far likelier to be deleted, and none opens with one. This is our reading of "bipartite matching over
+deletion probabilities" (docs/exact.md).
 """
 
 from __future__ import annotations
@@ -22,11 +28,18 @@ import numpy as np
 from ..errors import MethodError
 
 ASSIGNMENT_RULE = "pcg64(seed).permutation(N); position j -> shard j % S, slice (j // S) % R"
+WEIGHTED_ASSIGNMENT_RULE = ("pcg64(seed).permutation(N); position j -> shard j % S; within a shard, samples sorted by "
+                            "(deletion weight, j) fill slices 0..R-1 in turn, slice s holding ceil/floor(size/R) as with the uniform rule")
+ASSIGNMENTS = ("uniform", "by_weight")
+# Sharing a position with other sequences costs as much as taking a slice this many times likelier to be deleted:
+# at the first position (a deletion there cuts every sharing sequence to nothing), and at later positions.
+FIRST_SHARE_RATIO = 4.0
+SHARE_RATIO = 1.5
 UNASSIGNED = -1
 
 
-def assign(n: int, shards: int, slices: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(shard, slice) per train sample, int64 arrays of length n."""
+def assign(n: int, shards: int, slices: int, seed: int, weights: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
+    """(shard, slice) per train sample, int64 arrays of length n; with `weights`, the by_weight rule within shards."""
     if n < shards * slices:
         raise MethodError(f"--param shards/slices: {shards} shards x {slices} slices need at least {shards * slices} "
                           f"training samples, the train split has {n}; use fewer shards or slices")
@@ -36,7 +49,18 @@ def assign(n: int, shards: int, slices: int, seed: int) -> tuple[np.ndarray, np.
     pos = np.arange(n)
     shard[perm] = pos % shards
     slc[perm] = (pos // shards) % slices
+    if weights is not None:
+        for k in range(shards):
+            members = perm[k::shards]  # the shard's samples in permutation order (position j = k + shards * t)
+            ranked = members[np.argsort(weights[members], kind="stable")]  # increasing weight; ties keep permutation order
+            slc[ranked] = _slice_of_rank(len(ranked), slices)
     return shard, slc
+
+
+def _slice_of_rank(size: int, slices: int) -> np.ndarray:
+    """Contiguous slices of sizes ceil/floor(size / slices), the larger ones first (as the uniform rule sizes them)."""
+    q, r = divmod(size, slices)
+    return np.repeat(np.arange(slices, dtype=np.int64), [q + 1 if s < r else q for s in range(slices)])
 
 
 def digest(shard: np.ndarray, slc: np.ndarray) -> str:
@@ -52,18 +76,22 @@ def cyclic_orders(slices: int, sequences: int) -> list[list[int]]:
 
 
 def bms_orders(slice_probs: Sequence[float], sequences: int) -> list[list[int]]:
-    """Per position, a minimum-cost matching of sequences to unused slices (cost: deletion probability)."""
+    """Per position, a minimum-cost matching of sequences to unused slices: cost log(deletion probability), plus, for a
+    slice another sequence already takes at this position, log(FIRST_SHARE_RATIO) at the first position and
+    log(SHARE_RATIO) later (flat, with a tiny per-copy term that spreads unavoidable sharing evenly)."""
     from scipy.optimize import linear_sum_assignment
 
     probs = np.asarray(slice_probs, dtype=np.float64)
     r = len(probs)
+    logp = np.log(np.clip(probs, 1e-300, None))  # scale-free: a slice twice as likely costs log 2 more, whatever the scale
     orders: list[list[int]] = [[] for _ in range(sequences)]
-    used, reuse = 1e9, 10.0  # a slice once per sequence; sharing a position costs more than any probability
-    for _ in range(r):
+    used = 1e9  # a slice once per sequence
+    for position in range(r):
+        share = float(np.log(FIRST_SHARE_RATIO if position == 0 else SHARE_RATIO))
         # columns: copy c of slice s (c = how many other sequences already take s at this position)
         cost = np.empty((sequences, r * sequences))
         for c in range(sequences):
-            cost[:, c::sequences] = probs[None, :] + c * reuse
+            cost[:, c::sequences] = logp[None, :] + (share + 1e-6 * c if c else 0.0)
         for b, seq in enumerate(orders):
             for s in seq:
                 cost[b, s * sequences:(s + 1) * sequences] = used

@@ -44,6 +44,7 @@ class S3TParams(ExactParams):
     sequences: int = Field(3, ge=1, le=1024, description="Slice orders per shard (B); at most `slices`. Each is trained separately; a shard serves its longest surviving prefix.")
     order: Literal["cyclic", "bms"] = Field("cyclic", description="cyclic rotations of the slices, or BMS: per position a bipartite matching of sequences to slices, least likely deleted first (needs or uses deletion_weights).")
     deletion_weights: Optional[str] = Field(None, description="With order=bms: a text file with one deletion probability in [0, 1] per train sample (# comments allowed); default uniform.")
+    assignment: Optional[Literal["uniform", "by_weight"]] = Field(None, description="Samples -> slices within a shard: uniform (seeded), or by_weight (increasing deletion probability, so the likeliest deleted samples share the last slices, which BMS puts last). Default: by_weight with deletion_weights, else uniform.")
     epochs: int = Field(10, ge=1, description="Epochs per stage over the stage's data (the first i+1 slices).")
     lr: float = Field(5e-3, gt=0, description="Learning rate of the stage's LoRA and head.")
     batch_size: int = Field(32, ge=1, description="Training batch size.")
@@ -56,6 +57,10 @@ class S3TParams(ExactParams):
             raise ValueError(f"sequences: {self.sequences} orders of {self.slices} slices would repeat a first slice; give sequences <= slices")
         if self.deletion_weights is not None and self.order != "bms":
             raise ValueError("deletion_weights: only BMS uses deletion probabilities; add --param order=bms")
+        if self.assignment == "by_weight" and self.deletion_weights is None:
+            raise ValueError("assignment: by_weight sorts samples by their deletion probability; add --param deletion_weights=FILE (and order=bms)")
+        if self.assignment is None:  # resolved here, so the manifest records the rule that was used
+            self.assignment = "by_weight" if self.deletion_weights is not None else "uniform"
         return self
 
 

@@ -206,13 +206,15 @@ def train_artifact(job: Job, method: str, p: ExactParams, output: Path, init: Op
         base = load_into(base, init_art.tensors, job.request.model.arch, init)
         init_sha = init_art.sha256
     base.eval()
-    shard_of, slice_of = assign.assign(n, p.shards, p.slices, job.seed)
     weights_sha = None
     weights = None
     if isinstance(p, S3TParams) and p.deletion_weights is not None:
         wpath = Path(p.deletion_weights)
         weights = assign.read_weights(wpath, n)
         weights_sha = sha256_file(wpath)
+    by_weight = isinstance(p, S3TParams) and p.assignment == "by_weight"
+    shard_of, slice_of = assign.assign(n, p.shards, p.slices, job.seed, weights if by_weight else None)
+    rule = assign.WEIGHTED_ASSIGNMENT_RULE if by_weight else assign.ASSIGNMENT_RULE
     if isinstance(p, S3TParams):
         orders = assign.shard_orders(p.order, p.slices, p.sequences, weights, shard_of, slice_of, p.shards)
         head, groups = s3t_layers(base, p.slices)
@@ -260,7 +262,7 @@ def train_artifact(job: Job, method: str, p: ExactParams, output: Path, init: Op
         data=DataEntry(train_size=n, fingerprint=digest, fingerprint_of=kind, source=req.data.train.model_dump(mode="json")),
         base=BaseEntry(file=BASE_FILE, sha256="0" * 64, source="init" if init is not None else "random",
                        init_path=str(init.resolve()) if init is not None else None, init_sha256=init_sha),
-        assignment=AssignmentEntry(file=ASSIGNMENT_FILE, sha256="0" * 64, digest=assign.digest(shard_of, slice_of), rule=assign.ASSIGNMENT_RULE,
+        assignment=AssignmentEntry(file=ASSIGNMENT_FILE, sha256="0" * 64, digest=assign.digest(shard_of, slice_of), rule=rule,
                                    order=p.order if isinstance(p, S3TParams) else "single", deletion_weights_sha256=weights_sha),
         aggregation=p.aggregation,
         training=_volatile({"stages": len(components), "sample_epochs": sample_epochs, "steps": steps, "normal_run_sample_epochs": n * 40,
@@ -277,7 +279,7 @@ def train_artifact(job: Job, method: str, p: ExactParams, output: Path, init: Op
         m.base.sha256 = sha256_file(path)
 
     def write_assignment(path: Path) -> None:
-        save_canonical(tmp_assignment, path, {"unlearn.format": FORMAT, "unlearn.rule": assign.ASSIGNMENT_RULE})
+        save_canonical(tmp_assignment, path, {"unlearn.format": FORMAT, "unlearn.rule": rule})
         m.assignment.sha256 = sha256_file(path)
 
     manifest_sha = _publish(output, m, components, None, write_base, write_assignment, force,
