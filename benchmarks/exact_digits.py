@@ -5,6 +5,8 @@
     python benchmarks/exact_digits.py --deletions 50 --quick
     python benchmarks/exact_digits.py --pretrain all --json a.json    # results as JSON too (docs/exact_digits.json)
     python benchmarks/exact_digits.py --plot-from a.json b.json       # only draw docs/exact_deletions.png from saved runs
+    python benchmarks/exact_digits.py --pretrain all --deletion-prior hot=0.1,ratio=100 --deletion-prior hot=0.1,ratio=10
+                                                            # deletions drawn from a known prior; S3T with BMS and by_weight
 
 The plot (docs/exact_deletions.png): test accuracy against the number of sequential single-sample deletions for
 S3T, SISA (served without retraining), full retraining and RFA per request; one panel per pre-training stand-in.
@@ -25,6 +27,17 @@ deleted samples, which is what is evaluated). Deletions: one fixed random order 
 deleted one request at a time. The S3T/SISA curves replay the deletion plan in memory (the same planner `apply`
 runs); the first --real deletions also run the real `unlearn apply` path (request file, checks, new artifact
 folder), which gives the latency figures and is checked to give the same accuracy as the replay.
+
+Deletion-prior scenario (--deletion-prior hot=H,ratio=R; the uniform scenario above is not run then). A seeded
+share H of the 1000 fine-tuning samples is "flagged" (users with a pending or likely request): each is R times as
+likely to be deleted as any other sample. The 200 sequential deletions are drawn from that prior, weighted sampling
+without replacement (seeded exponential keys e_i / p_i, smallest first: each next deletion is drawn with probability
+proportional to p_i among the samples left). S3T is trained as the tool would be told: --param order=bms
+--param deletion_weights=FILE, the file holding w_i = min(1, 100 p_i) (about the probability that sample i is among
+the first 100 deletions, the goal's horizon); the assignment then defaults to by_weight (the flagged samples share
+each shard's last slice, which BMS puts last in every sequence). Each layout in PRIOR_LAYOUTS is trained that way
+and, for comparison, without the prior (uniform assignment, cyclic orders), on the same deletion order; the full
+model and full retraining are as above.
 """
 
 from __future__ import annotations
@@ -67,6 +80,12 @@ S3T_DEFAULTS = {"shards": 5, "slices": 4, "sequences": 3}  # `--exact s3t` with 
 # fewer shards (more data per shard: a better model at 0) and more, smaller slices and more sequences (more
 # distinct first slices per shard: a shard survives longer; a surviving prefix is 20 samples).
 S3T_WIDE = {"shards": 5, "slices": 10, "sequences": 10, "epochs": 10, "lr": 0.01, "min_steps": 30}
+# The deletion-prior scenario's layouts: few shards (a model close to the full one at 0 deletions), 10 or 20 slices
+# (a shard's flagged samples fill one or two), 5 or 10 sequences (more distinct orders of the cold slices).
+PRIOR_LAYOUTS = [{"shards": 2, "slices": 10, "sequences": 5}, {"shards": 2, "slices": 10, "sequences": 10},
+                 {"shards": 5, "slices": 10, "sequences": 10}, {"shards": 2, "slices": 20, "sequences": 10}]
+PRIOR_STAGE = {"epochs": 10, "lr": 0.01, "min_steps": 30}  # as S3T above
+PRIOR_HORIZON = 100  # deletion weights: the probability of being among the first 100 deletions (the goal's horizon)
 REQUEST = """
 version: 1
 id: {id}
@@ -168,19 +187,24 @@ def rfa_per_request(job, full: torch.nn.Module, order: list[int], marks: list[in
     return out, times, steps
 
 
+def setup(work: Path, pretrain: str):
+    """The data, the pre-trained base (saved as base.safetensors) and the full model; (job, base, full, a_base, a_full, t_full)."""
+    make_data(work, pretrain)
+    pool_job = prepare(parse_request(REQUEST.format(id="pool", train="pool.safetensors", forget=[0]), base_dir=work), None, device="cpu")
+    job = prepare(request(work, "ft.safetensors", [0], "ft"), None, device="cpu")
+    seed_everything(0)
+    base = pool_job.make_model()
+    fit(base, pool_job.splits.train, TrainConfig(), job.device, torch.Generator().manual_seed(0))
+    base.eval()
+    save_canonical({k: v.contiguous() for k, v in base.state_dict().items()}, work / "base.safetensors")
+    full, t_full = finetune(job, base, job.splits.train)
+    return job, base, full, test_acc(base, job), test_acc(full, job), t_full
+
+
 def run(pretrain: str, deletions: int, real: int, quick: bool, wide: bool = True) -> dict:
     work = Path(tempfile.mkdtemp(prefix="exact-digits-"))
     try:
-        make_data(work, pretrain)
-        pool_job = prepare(parse_request(REQUEST.format(id="pool", train="pool.safetensors", forget=[0]), base_dir=work), None, device="cpu")
-        job = prepare(request(work, "ft.safetensors", [0], "ft"), None, device="cpu")
-        seed_everything(0)
-        base = pool_job.make_model()
-        fit(base, pool_job.splits.train, TrainConfig(), job.device, torch.Generator().manual_seed(0))
-        base.eval()
-        save_canonical({k: v.contiguous() for k, v in base.state_dict().items()}, work / "base.safetensors")
-        full, t_full = finetune(job, base, job.splits.train)
-        a_full, a_base = test_acc(full, job), test_acc(base, job)
+        job, base, full, a_base, a_full, t_full = setup(work, pretrain)
 
         order = [int(i) for i in np.random.default_rng(1).permutation(len(job.splits.train))[:deletions]]
         step = 25 if quick else 10
@@ -285,6 +309,140 @@ def run(pretrain: str, deletions: int, real: int, quick: bool, wide: bool = True
         shutil.rmtree(work, ignore_errors=True)
 
 
+# ---------------------------------------------------------------- deletion-prior scenario
+
+def parse_prior(text: str) -> dict[str, float]:
+    """`hot=0.1,ratio=100` -> {"hot": 0.1, "ratio": 100.0}."""
+    out = {}
+    for part in text.split(","):
+        key, _, value = part.partition("=")
+        if key.strip() not in ("hot", "ratio") or not value:
+            raise argparse.ArgumentTypeError(f"--deletion-prior {text!r}: give hot=SHARE,ratio=R, e.g. hot=0.1,ratio=100")
+        out[key.strip()] = float(value)
+    if set(out) != {"hot", "ratio"} or not 0 < out["hot"] < 1 or out["ratio"] < 1:
+        raise argparse.ArgumentTypeError(f"--deletion-prior {text!r}: give both hot (0 < hot < 1) and ratio (>= 1)")
+    return out
+
+
+def prior_of(n: int, hot: float, ratio: float, seed: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """(probability of each sample being the next deletion, the flagged indices): a seeded share `hot` flagged, each
+    `ratio` times as likely as an unflagged sample."""
+    flagged = np.sort(np.random.default_rng(seed).choice(n, int(round(hot * n)), replace=False))
+    p = np.ones(n)
+    p[flagged] = ratio
+    return p / p.sum(), flagged
+
+
+def prior_order(p: np.ndarray, deletions: int, seed: int = 1) -> list[int]:
+    """Weighted sampling without replacement: keys e_i / p_i (e_i ~ Exp(1), seeded), smallest first."""
+    keys = np.random.default_rng(seed).exponential(size=len(p)) / p
+    return [int(i) for i in np.argsort(keys, kind="stable")[:deletions]]
+
+
+def flagged_in_closing_slices(folder: Path, flagged: np.ndarray) -> tuple[int, int]:
+    """(flagged samples whose slice is among the last h positions of every sequence of its shard, flagged samples),
+    h = the number of the shard's slices holding flagged samples: a deletion of one cuts only those last stages."""
+    artifact = EnsembleArtifact(folder)
+    shard_of, slice_of = artifact.assignment
+    m = artifact.manifest
+    count = 0
+    for i in flagged:
+        k, s = int(shard_of[i]), int(slice_of[i])
+        h = len(set(slice_of[flagged[shard_of[flagged] == k]].tolist()))
+        r = len(m.shards[k].slice_sizes)
+        count += all(seq.order.index(s) >= r - h for seq in m.shards[k].sequences)
+    return count, len(flagged)
+
+
+def run_prior(pretrain: str, deletions: int, priors: list[dict[str, float]], real: int, layouts: list[dict]) -> dict:
+    """Per prior: S3T trained with the prior (BMS + by_weight) and without it (uniform, cyclic) for each layout, the
+    deletions drawn from the prior, against the full model and full retraining."""
+    work = Path(tempfile.mkdtemp(prefix="exact-prior-"))
+    try:
+        job, base, full, a_base, a_full, t_full = setup(work, pretrain)
+        n = len(job.splits.train)
+        n40 = n * 40
+        marks = sorted(set([0, 1, 5, min(real, deletions)] + list(range(10, deletions + 1, 10))) & set(range(deletions + 1)))
+        sampled = [d for d in (0, 25, 50, 100, 150, 200) if d <= deletions]
+        print(f"\n## deletion prior, pre-training stand-in: {pretrain}\n")
+        print(f"base alone: test acc {100 * a_base:.2f}%; full model (fine-tuned on all {n}): {100 * a_full:.2f}% in {t_full:.2f}s "
+              f"(the normal training run: {n40:,} sample-epochs)")
+        names = [f"{c['shards']}x{c['slices']}x{c['sequences']}" for c in layouts]
+        print(f"S3T stages: {PRIOR_STAGE}, rank 8; layouts {names} "
+              "(shards x slices x sequences); 'prior': order=bms + deletion_weights (assignment by_weight), 'no prior': uniform "
+              "assignment, cyclic orders. Test accuracy in %; 'srv' = shards serving, 'act' = active components.")
+        results = []
+        for prior in priors:
+            p, flagged = prior_of(n, prior["hot"], prior["ratio"])
+            order = prior_order(p, deletions)
+            is_flagged = np.isin(order, flagged)
+            weights = np.minimum(1.0, PRIOR_HORIZON * p)
+            wfile = work / f"weights-r{prior['ratio']:g}.txt"
+            wfile.write_text("\n".join(f"{v:.6g}" for v in weights) + "\n")
+            tag = f"hot={prior['hot']:g},ratio={prior['ratio']:g}"
+            curves, cost, late = {}, {}, {}
+            for lay in layouts:
+                name = f"{lay['shards']}x{lay['slices']}x{lay['sequences']}"
+                for kind, extra in (("prior", {"order": "bms", "deletion_weights": str(wfile)}), ("no prior", {"order": "cyclic"})):
+                    folder = work / f"{name}-{kind.replace(' ', '')}-r{prior['ratio']:g}"
+                    summary = train_artifact(job, "s3t", parse_exact_params("s3t", {**lay, **PRIOR_STAGE, **extra}), folder, work / "base.safetensors")
+                    cost[(name, kind)] = {"sample_epochs": summary["sample_epochs"], "train_wall": summary["wall_time_s"]}
+                    curves[(name, kind)] = replay(folder, job, order, marks)
+                    if kind == "prior":
+                        late[name] = flagged_in_closing_slices(folder, flagged)
+                    if kind == "prior" and lay is layouts[0] and real:
+                        chain = real_chain(folder, work, order, min(real, deletions))
+                        same = abs(curves[(name, kind)][min(real, deletions)]["acc"] - chain[-1]["acc"]) < 1e-9
+                        lat = [r["latency"] for r in chain]
+                        real_line = (f"real `unlearn apply` chain, {name} prior, first {len(chain)} deletions: components deactivated per request "
+                                     f"{[r['deactivated'] for r in chain]}; latency median {statistics.median(lat):.4f}s, max {max(lat):.4f}s; "
+                                     f"replayed accuracy {'equals' if same else 'DIFFERS FROM'} the chain's ({100 * chain[-1]['acc']:.2f}%)")
+            retrain = {}
+            for d in sampled:
+                keep = torch.tensor(sorted(set(range(n)) - set(order[:d])))
+                model, _ = finetune(job, base, job.splits.train.subset(keep))
+                retrain[d] = test_acc(model, job)
+
+            print(f"\n### prior {tag}: {len(flagged)} flagged samples, each {prior['ratio']:g}x as likely to be deleted; "
+                  f"flagged among the first 100 deletions: {int(is_flagged[:100].sum())}, among all {deletions}: {int(is_flagged.sum())}\n")
+            head = " | ".join(f"{name} {kind} (srv, act)" for name, kind in curves)
+            print(f"| deletions | flagged so far | full retrain | {head} |")
+            print("|---:|---:|---:|" + "---:|" * len(curves))
+            for d in marks:
+                cells = " | ".join(f"{_p(c[d]['acc'])} ({c[d]['shards']}, {c[d]['active']}/{c[d]['components']})" for c in curves.values())
+                print(f"| {d} | {int(is_flagged[:d].sum())} | {_p(retrain.get(d))} | {cells} |")
+            print()
+            goals = {}
+            for (name, kind), c in curves.items():
+                gaps = [a_full - c[d]["acc"] for d in marks if d <= 100]
+                worst = max(gaps) if all(g == g for g in gaps) else float("inf")
+                held = max((d for d in marks if all(a_full - c[e]["acc"] <= 0.02 for e in marks if e <= d)), default=None)
+                goals[f"{name} {kind}"] = {"pass": worst <= 0.02, "worst_gap": None if worst == float("inf") else worst, "held_through": held}
+                print(f"goal ({tag}, S3T {name} {kind}; within 2 points of the full model {100 * a_full:.2f}% over the first 100 deletions): "
+                      f"{'PASS' if worst <= 0.02 else 'FAIL'}; largest gap over marks <= 100: "
+                      f"{'exhausted' if worst == float('inf') else f'{100 * worst:.1f} points'}; "
+                      + (f"held through {held} deletions" if held is not None else f"not held at 0 (gap {100 * (a_full - c[0]['acc']):.1f} points)")
+                      + f"; at 100: {_p(c[100]['acc']) if 100 in c else '-'}, at {deletions}: {_p(c[deletions]['acc'])}")
+            print("\n| training cost | " + " | ".join(f"{name} {kind}" for name, kind in cost) + " | full model |")
+            print("|---|" + "---:|" * (len(cost) + 1))
+            print("| sample-epochs | " + " | ".join(f"{v['sample_epochs']:,} ({v['sample_epochs'] / n40:.2f}x)" for v in cost.values()) + f" | {n40:,} (1x) |")
+            print("| wall s | " + " | ".join(f"{v['train_wall']:.1f} ({v['train_wall'] / t_full:.1f}x)" for v in cost.values()) + f" | {t_full:.2f} |")
+            print("\nflagged samples whose slice is among the last h slices of every sequence of its shard (h: the shard's slices "
+                  "holding flagged samples): " + ", ".join(f"{k} prior {v[0]}/{v[1]}" for k, v in late.items()))
+            if real:
+                print("\n" + real_line)
+            nan = lambda v: None if v is None or v != v else v  # noqa: E731
+            results.append({"prior": prior, "flagged": len(flagged), "flagged_deleted_first_100": int(is_flagged[:100].sum()),
+                            "curves": {f"{k[0]} {k[1]}": {str(d): nan(c[d]["acc"]) for d in marks} for k, c in curves.items()},
+                            "retrain": {str(d): v for d, v in retrain.items()}, "goal": goals,
+                            "cost": {f"{k[0]} {k[1]}": v for k, v in cost.items()},
+                            "flagged_in_closing_slices": {k: list(v) for k, v in late.items()}})
+        return {"pretrain": pretrain, "base_acc": a_base, "full_acc": a_full, "full_wall_s": t_full, "deletions": deletions,
+                "layouts": layouts, "stage": PRIOR_STAGE, "priors": results}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def _p(v) -> str:
     return "-" if v is None else ("exhausted" if v != v else f"{100 * v:.2f}")
 
@@ -298,6 +456,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-wide", action="store_true", help="skip the goal attempt (S3T_WIDE, `all` setting)")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here (what --plot-from reads)")
+    ap.add_argument("--deletion-prior", type=parse_prior, action="append", default=None, metavar="hot=H,ratio=R",
+                    help="run the deletion-prior scenario instead (repeat for several priors); see the module docstring")
+    ap.add_argument("--layouts", default=None, help="prior scenario: SxRxB,... (default: PRIOR_LAYOUTS)")
     ap.add_argument("--png", type=Path, default=ROOT / "docs" / "exact_deletions.png", help="where the plot goes")
     ap.add_argument("--plot-from", type=Path, nargs="+", default=None, metavar="JSON",
                     help="draw the plot from results saved with --json (one file per setting or one for both); train nothing")
@@ -311,8 +472,17 @@ def main() -> None:
     t0 = time.perf_counter()
     print(f"Exact unlearning on scikit-learn digits; builtin MLP; torch {torch.__version__}, {args.threads} thread(s), "
           f"{platform.machine()} {platform.processor() or ''}".rstrip())
-    settings = [run(pretrain, args.deletions, args.real, args.quick, not args.no_wide)
-                for pretrain in (["classes", "all"] if args.pretrain == "both" else [args.pretrain])]
+    pretrains = ["classes", "all"] if args.pretrain == "both" else [args.pretrain]
+    if args.deletion_prior:
+        layouts = PRIOR_LAYOUTS if args.layouts is None else [dict(zip(("shards", "slices", "sequences"), map(int, t.split("x"))))
+                                                              for t in args.layouts.split(",")]
+        out = [run_prior(pretrain, args.deletions, args.deletion_prior, min(args.real, 10), layouts) for pretrain in pretrains]
+        total = time.perf_counter() - t0
+        print(f"\ntotal {total:.0f}s")
+        if args.json is not None:
+            args.json.write_text(json.dumps({"prior_settings": out, "total_s": total, "threads": args.threads, "torch": torch.__version__}, indent=1) + "\n")
+        return
+    settings = [run(pretrain, args.deletions, args.real, args.quick, not args.no_wide) for pretrain in pretrains]
     total = time.perf_counter() - t0
     print(f"\ntotal {total:.0f}s")
     if args.json is not None:
