@@ -9,12 +9,12 @@ Either way shards and slices differ in size by at most one sample, and slice s o
 
 Slice orders (S3T's "sequences"): cyclic rotation (sequence b is slices b, b+1, ..., wrapping) or BMS: for each
 position, a minimum-cost bipartite matching of sequences to the slices they have not used yet, where a
-slice's cost is the log of its probability of being hit by a deletion (so the least likely deleted slices come
-first). Sharing a position with another sequence costs as much as a slice FIRST_SHARE_RATIO (first position: a
-deletion there cuts every sharing sequence to nothing) or SHARE_RATIO (later) times likelier to be deleted, so
+slice's cost is log(-log(1 - p)), p its probability of being hit by a deletion: the log of its expected number
+of deletions (so the least likely deleted slices come first; near-certain slices do not saturate at p = 1). Sharing a position with another sequence costs as much as a slice with FIRST_SHARE_RATIO (first position: a
+deletion there cuts every sharing sequence to nothing) or SHARE_RATIO (later) times the expected deletions, so
 sequences stay diverse among slices of alike probability (distinct first slices, a Latin square under uniform
-weights) but every sequence ends with the slices far likelier to be deleted, and none opens with one. This is our reading of "bipartite matching over
-deletion probabilities" (docs/exact.md).
+weights) but every sequence ends with the slices far likelier to be deleted, and none opens with one. This is
+our reading of "bipartite matching over deletion probabilities" (docs/exact.md).
 """
 
 from __future__ import annotations
@@ -30,8 +30,7 @@ from ..errors import MethodError
 ASSIGNMENT_RULE = "pcg64(seed).permutation(N); position j -> shard j % S, slice (j // S) % R"
 WEIGHTED_ASSIGNMENT_RULE = ("pcg64(seed).permutation(N); position j -> shard j % S; within a shard, samples sorted by "
                             "(deletion weight, j) fill slices 0..R-1 in turn, slice s holding ceil/floor(size/R) as with the uniform rule")
-ASSIGNMENTS = ("uniform", "by_weight")
-# Sharing a position with other sequences costs as much as taking a slice this many times likelier to be deleted:
+# Sharing a position with other sequences costs as much as taking a slice with this many times the expected deletions:
 # at the first position (a deletion there cuts every sharing sequence to nothing), and at later positions.
 FIRST_SHARE_RATIO = 4.0
 SHARE_RATIO = 1.5
@@ -76,14 +75,16 @@ def cyclic_orders(slices: int, sequences: int) -> list[list[int]]:
 
 
 def bms_orders(slice_probs: Sequence[float], sequences: int) -> list[list[int]]:
-    """Per position, a minimum-cost matching of sequences to unused slices: cost log(deletion probability), plus, for a
+    """Per position, a minimum-cost matching of sequences to unused slices: cost log(-log(1 - p)), p the slice's deletion
+    probability (the log of its expected deletions: unlike log p it does not saturate near p = 1), plus, for a
     slice another sequence already takes at this position, log(FIRST_SHARE_RATIO) at the first position and
     log(SHARE_RATIO) later (flat, with a tiny per-copy term that spreads unavoidable sharing evenly)."""
     from scipy.optimize import linear_sum_assignment
 
     probs = np.asarray(slice_probs, dtype=np.float64)
     r = len(probs)
-    logp = np.log(np.clip(probs, 1e-300, None))  # scale-free: a slice twice as likely costs log 2 more, whatever the scale
+    hazard = -np.log1p(-np.clip(probs, 0.0, 1.0 - 1e-12))  # expected deletions in the slice, -log(1 - p) = -sum log(1 - w)
+    logp = np.log(np.clip(hazard, 1e-300, None))  # scale-free: twice the expected deletions costs log 2 more
     orders: list[list[int]] = [[] for _ in range(sequences)]
     used = 1e9  # a slice once per sequence
     for position in range(r):
