@@ -83,3 +83,26 @@ def test_methods_answer_without_importing_torch_once_cached(tmp_path):
     assert first.returncode == 0, first.stderr  # the first call fills the cache (it may import torch)
     second = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=300)
     assert second.stdout.strip() == "False", second.stderr
+
+
+def test_cli_lets_torch_threads_sleep_unless_the_user_chose_a_wait_policy():
+    """libgomp's default spin made every step 10-70x slower when another process held a core (benchmarks/cpu_threads.py):
+    the CLI sets OMP_WAIT_POLICY=PASSIVE before torch loads, and leaves a user's own choice alone."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    code = ("import os, sys\nimport cli.main\nassert 'torch' not in sys.modules\n"
+            "print(os.environ.get('OMP_WAIT_POLICY'), os.environ.get('GOMP_SPINCOUNT'))\n")
+    clean = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+
+    def seen(**extra: str) -> str:
+        r = subprocess.run([sys.executable, "-c", code], cwd=root, env={**clean, **extra}, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        return r.stdout.strip()
+
+    assert seen() == "PASSIVE None"
+    assert seen(OMP_WAIT_POLICY="ACTIVE") == "ACTIVE None"
+    assert seen(GOMP_SPINCOUNT="10000") == "None 10000"
