@@ -83,7 +83,7 @@ def prepare_case(work: Path, name: str) -> tuple[Path, Path]:
             ViTForImageClassification(ViTConfig(image_size=16, patch_size=4, num_channels=1, hidden_size=32, num_hidden_layers=2,
                                                 num_attention_heads=2, intermediate_size=64, num_labels=10)).save_pretrained(str(folder / "vit"))
     req = {"version": 1, "id": f"threads-{name}", "model": {"arch": spec["arch"], "kwargs": spec["kwargs"]},
-           "data": {"train": dict(spec["data"]), "test": dict(spec["data"])}, "forget": {"classes": [spec["forget"]]},
+           "data": {"train": json.loads(json.dumps(spec["data"])), "test": json.loads(json.dumps(spec["data"]))}, "forget": {"classes": [spec["forget"]]},
            "method": {"name": "rfa"}, "seed": 0}
     (folder / "req.yaml").write_text(yaml.safe_dump(req))
     original = folder / ("trained" if name == "vit" else "original.safetensors")

@@ -19,6 +19,8 @@ Cases (recipe = the original's and the reference's training):
   user_cnn15     2 conv + 2 linear on 28x28 augmented digits (4311 train / 1080 test), Adam 1e-3, 15 epochs
   user_cnn10     the same, 10 epochs
   user_resnet8   3 residual blocks with BatchNorm (77k params), same data, SGD 0.05 cosine, wd 5e-4, 8 epochs
+  user_resnet2   the same, 2 epochs (a short recipe: a less confident model)
+  user_cnn3      user_cnn15 with 3 epochs
   user_mlp60     64-128-64-10 MLP, sklearn digits with a random 1437/360 split, Adam 1e-3, 60 epochs
   resnet18_gen   torchvision ResNet-18 (CIFAR stem) on GENERATED CIFAR-shaped data (1000 train), SGD, 4 epochs
                  (only with --cases resnet18_gen: expensive on a CPU; not CIFAR-10)
@@ -63,6 +65,9 @@ CASES = {
     "user_cnn10": dict(arch="python:rfa_user_models:user_cnn", data="digits28", train=TrainConfig(epochs=10)),
     "user_resnet8": dict(arch="python:rfa_user_models:user_resnet", data="digits28",
                          train=TrainConfig(epochs=8, optimizer="sgd", lr=0.05, weight_decay=5e-4)),
+    "user_resnet2": dict(arch="python:rfa_user_models:user_resnet", data="digits28",
+                         train=TrainConfig(epochs=2, optimizer="sgd", lr=0.05, weight_decay=5e-4)),
+    "user_cnn3": dict(arch="python:rfa_user_models:user_cnn", data="digits28", train=TrainConfig(epochs=3)),
     "user_mlp60": dict(arch="python:rfa_user_models:user_mlp", data="digits8_random", train=TrainConfig(epochs=60)),
     "resnet18_gen": dict(arch="python:rfa_user_models:cifar_resnet18", data="cifar_like",
                          train=TrainConfig(epochs=4, optimizer="sgd", lr=0.05, weight_decay=5e-4)),
@@ -75,6 +80,9 @@ VARIANTS: dict[str, dict] = {
     "default": {},
     # sample unlearning only (w_forget 10 would change class unlearning): 10 fixed passes, lr decayed to 0 (docs/rfa.md)
     "cosine10": {"lr_schedule": "cosine", "epochs": 10, "stop": "epochs", "w_forget": 10},
+    # class unlearning only: stop once retained agreement has not improved for 5 checks, keep the best check's adapters
+    "patience5": {"agreement_patience": 5},
+    "patience3": {"agreement_patience": 3},
 }
 
 

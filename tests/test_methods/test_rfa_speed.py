@@ -221,3 +221,30 @@ def test_adapter_adam_is_torch_adam():
     for a, b in zip(ours, theirs):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
     assert all((a - s).abs().max() > 0.05 for a, s in zip(ours, start))  # they moved: the comparison is not vacuous
+
+
+def test_class_unlearning_of_a_weak_teacher_stops_when_retained_agreement_plateaus(digits_dir, tmp_path):
+    """A briefly trained model's boundary samples flip at any change, so 99 % agreement is never reached: without the
+    plateau rule RFA runs all 30 passes; with it, it stops early, keeps the best check's adapters and the utility."""
+    from conftest import invoke
+    from unlearn_tool.pipeline import prepare
+
+    weak = tmp_path / "weak.safetensors"
+    assert invoke("train", "-r", digits_dir / "class.yaml", "-o", weak, "--epochs", "3", "--quiet").exit_code == 0
+    job = prepare(digits_dir / "class.yaml", weak, device="cpu")
+    test = job.splits.test
+    kept = test.targets != 3
+
+    def remaining_acc(model) -> float:
+        with torch.no_grad():
+            return float((model(test.x[kept]).argmax(1) == test.targets[kept]).float().mean())
+
+    capped, _ = run_method("rfa", job.context(), parse_params("rfa", {"agreement_patience": None}))
+    out, _ = run_method("rfa", job.context(), parse_params("rfa", {}))
+    assert capped.info["stop_reason"] == "epochs"  # the 99 % agreement never came
+    assert out.info["stop_reason"] == "plateau" and out.info["steps"] * 3 <= capped.info["steps"]
+    assert out.info["retain_agreement"] < 0.99
+    forget = job.splits.forget
+    with torch.no_grad():
+        assert (out.model(forget.x).argmax(1) == forget.targets).sum() == 0  # the forget target still holds
+    assert remaining_acc(out.model) >= remaining_acc(job.original) - 0.01

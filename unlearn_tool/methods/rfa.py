@@ -93,6 +93,12 @@ class RFAParams(MethodParams):
         0.99, ge=0, le=1, description="Also required to stop: share of 128 held-back retained samples on which student and "
         "teacher agree (argmax); for class unlearning those nearest the teacher's decision boundary."
     )
+    agreement_patience: Optional[int] = Field(
+        3, ge=1, description="Class unlearning: once the forget target holds, stop when the retained agreement has not "
+        "improved for this many checks, and keep the adapters of the check with the best agreement (a weakly trained "
+        "teacher's boundary samples flip too easily to ever reach retain_agreement; docs/rfa.md). None: wait for "
+        "retain_agreement or the last epoch."
+    )
 
 
 DEFAULT_EPOCHS = {"other_classes": 30, "heldout": 3}  # sample: more passes only over-shoot (docs/rfa.md)
@@ -192,6 +198,8 @@ def run(ctx: UnlearnContext, p: RFAParams) -> MethodOutput:
         eval_idx = torch.randperm(n_f, generator=gen)[:EVAL_FORGET] if n_f > EVAL_FORGET else torch.arange(n_f)
         zf_eval, yf_eval = forget.take(eval_idx), y_forget[eval_idx.to(device)]
         check_every = max(1, round((len(eval_idx) + guard) / (p.batch_size + p.retain_batch_size)))  # checks cost ~1/3 of training
+        best_agree, best_state, since_best = -1.0, None, 0
+        patience = p.agreement_patience if kind == "other_classes" else None
         for step in range(1, max_steps + 1):
             pos = (step - 1) % steps_per_epoch
             if pos == 0:
@@ -226,6 +234,18 @@ def run(ctx: UnlearnContext, p: RFAParams) -> MethodOutput:
                 if reached and agree >= p.retain_agreement:
                     stop_reason = "criterion"
                     break
+                if reached and patience:
+                    if agree > best_agree:
+                        best_agree, best_state, since_best = agree, [q.detach().clone() for q in params], 0
+                    else:
+                        since_best += 1
+                    if since_best >= patience:
+                        with torch.no_grad():
+                            for q, b in zip(params, best_state):
+                                q.copy_(b)
+                        stop_reason = "plateau"
+                        info["retain_agreement"] = best_agree
+                        break
     info.update({"epochs_run": math.ceil(step / steps_per_epoch), "passes": round(step / steps_per_epoch, 2), "steps": step,
                  "stop_reason": stop_reason})
     return MethodOutput(model=lora.merged_copy(model, teacher), adapter_model=model, info=info)
