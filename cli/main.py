@@ -129,6 +129,11 @@ def _stop_line(info: dict, params: dict) -> Optional[str]:
         return None
     if reason == "criterion":
         return f"stopped early: target reached after {done} of {total} passes"
+    if reason == "plateau":
+        agree = info.get("retain_agreement")
+        at = f" at {100 * agree:.1f}%" if isinstance(agree, (int, float)) else ""
+        return (f"stopped early after {done} of {total} passes: forget target reached, retained agreement stopped "
+                f"improving{at}; the best check's adapters were kept")
     if reason == "diverged":
         return f"stopped after {done} of {total} passes: the loss diverged; the last finite weights were kept"
     return f"ran all {done} passes" + (" (the stopping target was not reached)" if params.get("stop") == "criterion" else "")

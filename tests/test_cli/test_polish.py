@@ -52,3 +52,10 @@ def test_apply_says_why_rfa_stopped(digits_dir, tmp_path):
     r = invoke("apply", digits_dir / "mlp.safetensors", "-r", digits_dir / "class.yaml", "-o", tmp_path / "u.safetensors")
     assert r.exit_code == 0, r.stderr
     assert "stopped early: target reached after" in r.stderr and "test_remaining_acc is the utility on the classes kept" in r.stderr
+
+
+def test_stop_line_names_the_agreement_plateau():
+    from cli.main import _stop_line
+
+    line = _stop_line({"stop_reason": "plateau", "epochs_run": 6, "retain_agreement": 0.836}, {"epochs": 30, "stop": "criterion"})
+    assert line.startswith("stopped early after 6 of 30 passes") and "83.6%" in line and "not reached" not in line
