@@ -124,18 +124,20 @@ _IMPORTED_AT = __import__("time").perf_counter()
 
 def _stop_line(info: dict, params: dict) -> Optional[str]:
     """Why an iterative method stopped, in one line ("target reached after 7 of 30 passes")."""
-    reason, done, total = info.get("stop_reason"), info.get("epochs_run"), params.get("epochs")
+    reason, done = info.get("stop_reason"), info.get("epochs_run")
+    total = params.get("epochs") or info.get("max_epochs")
     if reason is None or done is None:
         return None
+    of = f" of {total}" if total else ""
     if reason == "criterion":
-        return f"stopped early: target reached after {done} of {total} passes"
+        return f"stopped early: target reached after {done}{of} passes"
     if reason == "plateau":
         agree = info.get("retain_agreement")
         at = f" at {100 * agree:.1f}%" if isinstance(agree, (int, float)) else ""
-        return (f"stopped early after {done} of {total} passes: forget target reached, retained agreement stopped "
+        return (f"stopped early after {done}{of} passes: forget target reached, retained agreement stopped "
                 f"improving{at}; the best check's adapters were kept")
     if reason == "diverged":
-        return f"stopped after {done} of {total} passes: the loss diverged; the last finite weights were kept"
+        return f"stopped after {done}{of} passes: the loss diverged; the last finite weights were kept"
     return f"ran all {done} passes" + (" (the stopping target was not reached)" if params.get("stop") == "criterion" else "")
 
 

@@ -197,6 +197,16 @@ class LoraLayer(nn.Module):
     def state(self) -> "AdapterState":
         return self._state[0]
 
+    def __getattr__(self, name: str):
+        """Anything else (weight, bias, in_features, kernel_size, ...) is the wrapped layer's, as with peft's layers: model
+        code reads such attributes of its own layers (a Hugging Face ViT reads its patch projection's weight dtype)."""
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "base_layer":
+                raise
+            return getattr(self.base_layer, name)
+
     def delta_weight(self) -> torch.Tensor:
         """s * B A shaped like the base weight: what merging adds (for a k x k convolution, B's 1 x 1 kernel times A's)."""
         base = self.base_layer.weight

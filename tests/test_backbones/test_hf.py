@@ -90,6 +90,27 @@ def test_apply_file_output_keeps_the_keys_and_loads_into_our_class(hf_work):
     assert job.original(torch.zeros(1, 1, 8, 8)).shape == (1, 10)
 
 
+def test_every_layer_selection_runs_on_a_vit_including_its_patch_projection(hf_work, tmp_path):
+    """target_layers=all also wraps the patch-embedding Conv2d, whose weight the ViT's own forward reads (its dtype): that
+    failed with AttributeError until the LoRA layer answered for its base layer's attributes."""
+    for selection in ("all", "mlp", "blocks:1", "head"):
+        out = tmp_path / f"{selection.replace(':', '_')}.safetensors"
+        summary = apply_json(hf_work / "trained", "-r", hf_work / "req.yaml", "--param", f"target_layers={selection}", "-o", out)
+        assert summary["after"]["forget_acc"] < summary["before"]["forget_acc"], selection
+    summary = apply_json(hf_work / "trained", "-r", hf_work / "req.yaml", "--param", "target_layers=all", "--adapter-only",
+                         "-o", tmp_path / "adapter_all")
+    config = json.loads((tmp_path / "adapter_all" / "adapter_config.json").read_text())
+    assert "patch_embeddings" in str(config["target_modules"]), config["target_modules"]
+    r = invoke("merge", tmp_path / "adapter_all", "--base", hf_work / "trained", "-o", tmp_path / "merged_all.safetensors")
+    assert r.exit_code == 0, r.stderr
+    from safetensors.torch import load_file
+
+    merged, direct = load_file(str(tmp_path / "merged_all.safetensors")), load_file(str(tmp_path / "all.safetensors"))
+    assert merged.keys() == direct.keys()
+    for k in merged:  # the adapter folder, merged, is the merged output (the patch projection included)
+        torch.testing.assert_close(merged[k], direct[k], rtol=1e-5, atol=1e-6)
+
+
 def test_adapter_output_and_audits(hf_work):
     apply_json(hf_work / "trained", "-r", hf_work / "req.yaml", "--adapter-only", "-o", hf_work / "adapter")
     for unlearned in ("adapter", "trained.unlearned"):

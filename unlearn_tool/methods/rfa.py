@@ -184,7 +184,7 @@ def run(ctx: UnlearnContext, p: RFAParams) -> MethodOutput:
     max_steps = (p.epochs or DEFAULT_EPOCHS[kind]) * steps_per_epoch
     boundary = kind == "other_classes"
     info = {"adapted_layers": len(layers), "trainable_params": sum(q.numel() for q in params), "forget_target": kind,
-            "w_forget": w_forget, "guard": "boundary" if boundary else "random"}
+            "w_forget": w_forget, "guard": "boundary" if boundary else "random", "max_epochs": p.epochs or DEFAULT_EPOCHS[kind]}
     stop_reason, step = "epochs", 0
     with lora.fused_adapters(model, adapted) as fused:
         net = _Net(ctx, model, layers, fused, probe)
