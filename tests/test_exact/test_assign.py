@@ -31,9 +31,14 @@ def test_cyclic_orders_are_rotations_with_distinct_first_slices():
     assert orders == [[0, 1, 2, 3], [1, 2, 3, 0], [2, 3, 0, 1]]
 
 
+def _hazards(probs: list[float]) -> list[float]:
+    """A slice's expected deletions -log(1 - p) from its probability of being hit."""
+    return [float(-np.log1p(-p)) for p in probs]
+
+
 def test_bms_puts_the_least_likely_deleted_slices_first_and_never_repeats_a_slice():
     probs = [0.5, 0.1, 0.9, 0.2, 0.3]
-    orders = assign.bms_orders(probs, 3)
+    orders = assign.bms_orders(_hazards(probs), 3)
     assert sorted(o[0] for o in orders) == [1, 3, 4]  # the three least likely slices open the three sequences
     for o in orders:
         assert sorted(o) == list(range(5))
@@ -44,8 +49,8 @@ def test_slice_probabilities_and_weights_file(tmp_path):
     shard, slc = assign.assign(8, 2, 2, seed=0)
     w = np.zeros(8)
     w[(shard == 0) & (slc == 1)] = 0.5
-    probs = assign.slice_deletion_probs(w, shard, slc, 0, 2)
-    assert probs[0] == 0 and probs[1] == pytest.approx(0.75)  # two samples at 0.5: 1 - 0.5 * 0.5
+    hazards = assign.slice_hazards(w, shard, slc, 0, 2)
+    assert hazards[0] == 0 and hazards[1] == pytest.approx(2 * np.log(2))  # two samples at 0.5: P(hit) = 0.75 = 1 - exp(-2 log 2)
     f = tmp_path / "w.txt"
     f.write_text("# weights\n" + "\n".join(["0.1"] * 8) + "\n")
     assert assign.read_weights(f, 8).tolist() == [0.1] * 8
@@ -110,14 +115,31 @@ def test_bms_does_not_saturate_near_certain_slices():
     """Cold slices at p = 0.37 (50 samples at w = 0.009) against two near-certain ones: 2.7x in probability (under the
     4x first-position sharing price), 45x in expected deletions; 10 sequences of 10 slices share cold first slices
     rather than open with a hot one."""
-    orders = assign.bms_orders([0.37] * 8 + [1 - 1e-9] * 2, 10)
+    orders = assign.bms_orders(_hazards([0.37] * 8 + [1 - 1e-9] * 2), 10)
     for o in orders:
         assert sorted(o) == list(range(10)) and set(o[-2:]) == {8, 9}
     assert set(o[0] for o in orders) == set(range(8))
 
 
+def test_bms_orders_slices_by_expected_deletions_beyond_certainty():
+    """Two hot slices expecting 30 and 60 deletions (30 and 60 samples at w = 1 - 1/e, one expected deletion each):
+    both are hit almost surely (1 - e^-30), but the 60 one is twice as hot and must close every sequence. A
+    probability round trip saturated both at ~27.6 expected deletions and could not tell them apart."""
+    w1 = float(-np.expm1(-1.0))
+    slc = np.repeat([0, 1, 2, 3], [50, 50, 30, 60])
+    w = np.concatenate([np.full(100, 0.001), np.full(90, w1)])
+    hazards = assign.slice_hazards(w, np.zeros(len(slc), dtype=np.int64), slc, 0, 4)
+    assert hazards[2] == pytest.approx(30) and hazards[3] == pytest.approx(60)
+    for sequences in (1, 2, 4):
+        orders = assign.shard_orders("bms", 4, sequences, w, np.zeros(len(slc), dtype=np.int64), slc, 1)[0]
+        for o in orders:
+            assert o[-2:] == [2, 3], (sequences, orders)
+    certain = assign.slice_hazards(np.array([1.0, 1.0, 0.5]), np.zeros(3, dtype=np.int64), np.array([0, 0, 1]), 0, 2)
+    assert certain == [2 * assign.CERTAIN_HAZARD, pytest.approx(np.log(2))] and np.isfinite(certain[0])  # w = 1: large, finite
+
+
 def test_bms_with_uniform_weights_is_a_latin_square():
-    orders = assign.bms_orders([0.05] * 5, 5)
+    orders = assign.bms_orders(_hazards([0.05] * 5), 5)
     for position in range(5):
         assert sorted(o[position] for o in orders) == list(range(5))
     for o in orders:

@@ -9,9 +9,13 @@ Either way shards and slices differ in size by at most one sample, and slice s o
 
 Slice orders (S3T's "sequences"): cyclic rotation (sequence b is slices b, b+1, ..., wrapping) or BMS: for each
 position, a minimum-cost bipartite matching of sequences to the slices they have not used yet, where a
-slice's cost is log(-log(1 - p)), p its probability of being hit by a deletion: the log of its expected number
-of deletions (so the least likely deleted slices come first; near-certain slices do not saturate at p = 1). Sharing a position with another sequence costs as much as a slice with FIRST_SHARE_RATIO (first position: a
-deletion there cuts every sharing sequence to nothing) or SHARE_RATIO (later) times the expected deletions, so
+slice's cost is the log of its expected number of deletions, the hazard sum over its samples of -log(1 - w)
+(= -log(1 - p), p its probability of being hit; so the least likely deleted slices come first). The hazard is
+summed per sample and never turned into p and back, so slices do not saturate: 30 and 60 expected deletions stay
+ordered. A sample's w is capped at 1 - CERTAIN (a w = 1 sample counts CERTAIN_HAZARD ~ 27.6 expected deletions,
+as many as any w >= 1 - 1e-12 sample). Sharing a position with another sequence costs as much as a slice with
+FIRST_SHARE_RATIO (first position: a deletion there cuts every sharing sequence to nothing) or SHARE_RATIO
+(later) times the expected deletions, so
 sequences stay diverse among slices of alike probability (distinct first slices, a Latin square under uniform
 weights) but every sequence ends with the slices far likelier to be deleted, and none opens with one. This is
 our reading of "bipartite matching over deletion probabilities" (docs/exact.md).
@@ -35,6 +39,10 @@ WEIGHTED_ASSIGNMENT_RULE = ("pcg64(seed).permutation(N); position j -> shard j %
 FIRST_SHARE_RATIO = 4.0
 SHARE_RATIO = 1.5
 UNASSIGNED = -1
+# A deletion weight of 1 (certain) would be an infinite hazard: each sample's w is capped at 1 - CERTAIN, so it
+# counts at most CERTAIN_HAZARD ~ -log(CERTAIN) = 27.6 expected deletions; a slice's hazard is the uncapped sum.
+CERTAIN = 1e-12
+CERTAIN_HAZARD = float(-np.log1p(-(1.0 - CERTAIN)))  # ~27.63
 
 
 def assign(n: int, shards: int, slices: int, seed: int, weights: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
@@ -74,17 +82,18 @@ def cyclic_orders(slices: int, sequences: int) -> list[list[int]]:
     return [[(b + j) % slices for j in range(slices)] for b in range(sequences)]
 
 
-def bms_orders(slice_probs: Sequence[float], sequences: int) -> list[list[int]]:
-    """Per position, a minimum-cost matching of sequences to unused slices: cost log(-log(1 - p)), p the slice's deletion
-    probability (the log of its expected deletions: unlike log p it does not saturate near p = 1), plus, for a
-    slice another sequence already takes at this position, log(FIRST_SHARE_RATIO) at the first position and
+def bms_orders(slice_hazards: Sequence[float], sequences: int) -> list[list[int]]:
+    """Per position, a minimum-cost matching of sequences to unused slices: cost log(h), h the slice's expected
+    deletions (`slice_hazards`; scale-free: twice the expected deletions costs log 2 more), plus, for a slice
+    another sequence already takes at this position, log(FIRST_SHARE_RATIO) at the first position and
     log(SHARE_RATIO) later (flat, with a tiny per-copy term that spreads unavoidable sharing evenly)."""
     from scipy.optimize import linear_sum_assignment
 
-    probs = np.asarray(slice_probs, dtype=np.float64)
-    r = len(probs)
-    hazard = -np.log1p(-np.clip(probs, 0.0, 1.0 - 1e-12))  # expected deletions in the slice, -log(1 - p) = -sum log(1 - w)
-    logp = np.log(np.clip(hazard, 1e-300, None))  # scale-free: twice the expected deletions costs log 2 more
+    hazard = np.asarray(slice_hazards, dtype=np.float64)
+    if np.any(~np.isfinite(hazard)) or np.any(hazard < 0):
+        raise ValueError("bms_orders: slice hazards must be finite and >= 0")
+    r = len(hazard)
+    logp = np.log(np.clip(hazard, 1e-300, None))
     orders: list[list[int]] = [[] for _ in range(sequences)]
     used = 1e9  # a slice once per sequence
     for position in range(r):
@@ -102,13 +111,25 @@ def bms_orders(slice_probs: Sequence[float], sequences: int) -> list[list[int]]:
     return orders
 
 
-def slice_deletion_probs(weights: np.ndarray, shard: np.ndarray, slc: np.ndarray, k: int, slices: int) -> list[float]:
-    """P(at least one sample of slice s of shard k is deleted) = 1 - prod(1 - w), per slice."""
-    out = []
-    for s in range(slices):
-        w = weights[(shard == k) & (slc == s)]
-        out.append(float(-np.expm1(np.sum(np.log1p(-np.clip(w, 0.0, 1.0 - 1e-12))))))
-    return out
+def sample_hazards(weights: np.ndarray) -> np.ndarray:
+    """-log(1 - w) per sample (its expected deletions as a hazard; ~w for small w), w capped at 1 - CERTAIN."""
+    return -np.log1p(-np.clip(np.asarray(weights, dtype=np.float64), 0.0, 1.0 - CERTAIN))
+
+
+def slice_hazards(weights: np.ndarray, shard: np.ndarray, slc: np.ndarray, k: int, slices: int) -> list[float]:
+    """Expected deletions of each slice s of shard k: sum of -log(1 - w) over its samples (= -log P(no deletion hits
+    it)); summed directly, so it does not saturate as 1 - prod(1 - w) does near 1."""
+    h = sample_hazards(weights)
+    return [_as_before(float(np.sum(h[(shard == k) & (slc == s)]))) for s in range(slices)]
+
+
+def _as_before(hazard: float) -> float:
+    """`hazard` rounded as the earlier round trip -log(1 - p), p = 1 - exp(-hazard), rounded it, wherever that trip
+    did not saturate (p < 1 - CERTAIN); beyond, the hazard itself. linear_sum_assignment has many equal-cost optima
+    (sequences are interchangeable at a position) and picks among them by the costs' last bits, so this keeps the
+    orders of artifacts trained before this change bit for bit (and their --exclude-forget retrains reproducible)."""
+    p = -np.expm1(-hazard)
+    return float(-np.log1p(-p)) if p < 1.0 - CERTAIN else hazard
 
 
 def read_weights(path: str | Path, n: int) -> np.ndarray:
@@ -143,4 +164,4 @@ def shard_orders(order: str, slices: int, sequences: int, weights: Optional[np.n
     if order == "cyclic":
         return [cyclic_orders(slices, sequences) for _ in range(shards)]
     w = weights if weights is not None else np.full(len(shard), 1.0 / max(1, len(shard)))
-    return [bms_orders(slice_deletion_probs(w, shard, slc, k, slices), sequences) for k in range(shards)]
+    return [bms_orders(slice_hazards(w, shard, slc, k, slices), sequences) for k in range(shards)]
