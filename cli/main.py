@@ -232,6 +232,9 @@ def _print_exact(path: Path, info: dict) -> None:
                           f"{seq['prefix']}/{len(seq['stages'])}", stages, "yes" if serving else "")
     console = Console()
     console.print(table)
+    lay = info["layout"]
+    weights = f"given (sha256 {lay['deletion_weights_sha256'][:12]}...)" if lay["deletion_weights"] else "none"
+    console.print(f"layout: assignment {lay['assignment']}; slice order {lay['order']}; deletion weights {weights}", highlight=False)
     console.print(f"deletion budget: {b['deletions_left']} more worst-case single-sample deletions (per shard {b['per_shard']})", highlight=False)
     console.print(markup_safe(f"guarantee: {info['guarantee']}"), highlight=False)
     console.print(markup_safe(f"params: {info['params']}; aggregation {info['aggregation']}; seed {info['seed']}; "

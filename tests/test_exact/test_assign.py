@@ -149,6 +149,10 @@ def test_bms_with_uniform_weights_is_a_latin_square():
 def test_by_weight_needs_deletion_weights():
     with pytest.raises(MethodError, match="assignment: by_weight .* deletion_weights"):
         parse_exact_params("s3t", {"assignment": "by_weight"})
+    with pytest.raises(MethodError, match="assignment: by_weight .* deletion_weights"):
+        parse_exact_params("sisa", {"assignment": "by_weight"})
+    assert parse_exact_params("sisa", {}).assignment == "uniform"
+    assert parse_exact_params("sisa", {"deletion_weights": "w.txt"}).assignment == "by_weight"
     assert parse_exact_params("s3t", {}).assignment == "uniform"
     assert parse_exact_params("s3t", {"order": "bms", "deletion_weights": "w.txt"}).assignment == "by_weight"
     assert parse_exact_params("s3t", {"order": "bms", "deletion_weights": "w.txt", "assignment": "uniform"}).assignment == "uniform"

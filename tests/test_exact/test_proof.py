@@ -151,14 +151,17 @@ def test_a_second_deletion_chains_the_log(deleted, exact_dir, tmp_path):
 
 
 def test_inspect_and_validate_an_exact_artifact(deleted, exact_dir):
-    _, original, out, _ = deleted
+    method, original, out, _ = deleted
     r = invoke("inspect", out, "--json")
     assert r.exit_code == 0, r.stderr
     info = json.loads(r.stdout)
     assert info["kind"] == "exact" and info["budget"]["active_components"] < info["budget"]["components"]
     assert len(info["deletions"]) == 1 and info["shards"][0]["sequences"][0]["stages"][0]["slices"]
+    order = "cyclic" if method == "s3t" else "single"
+    assert info["layout"] == {"assignment": "uniform", "order": order, "deletion_weights": False, "deletion_weights_sha256": None}
     r = invoke("inspect", out)
     assert r.exit_code == 0 and "deletion budget" in r.stdout
+    assert f"layout: assignment uniform; slice order {order}; deletion weights none" in " ".join(r.stdout.split())
     r = invoke("validate", "-r", exact_dir / "delete.yaml", original)
     assert r.exit_code == 0, r.stderr
     assert "would deactivate" in r.stdout

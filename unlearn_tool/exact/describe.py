@@ -25,8 +25,19 @@ def guarantee_text(m: Manifest) -> str:
             f"the artifact was opened; {base}")
 
 
+def layout_of(m: Manifest) -> dict[str, Any]:
+    """How samples were placed and slices ordered: the assignment rule (uniform / by_weight, read from the recorded
+    rule text, so artifacts written before the parameter existed are named too), the order rule (cyclic / bms;
+    SISA: single) and the deletion weights' sha256 (None: none given)."""
+    from .assign import WEIGHTED_ASSIGNMENT_RULE
+
+    return {"assignment": "by_weight" if m.assignment.rule == WEIGHTED_ASSIGNMENT_RULE else "uniform", "order": m.assignment.order,
+            "deletion_weights": m.assignment.deletion_weights_sha256 is not None,
+            "deletion_weights_sha256": m.assignment.deletion_weights_sha256}
+
+
 def describe_exact(artifact: EnsembleArtifact) -> dict[str, Any]:
-    """`unlearn inspect ART`: shards, sequences, stages, budget, deletions."""
+    """`unlearn inspect ART`: layout (assignment and order rules, deletion weights), shards, sequences, stages, budget, deletions."""
     m = artifact.manifest
     served = m.served()
     shards = []
@@ -45,7 +56,7 @@ def describe_exact(artifact: EnsembleArtifact) -> dict[str, Any]:
     return {"path": str(artifact.path), "kind": "exact", "sha256": artifact.sha256, "method": m.method, "params": m.params,
             "seed": m.seed, "model": m.model.model_dump(mode="json"), "base": m.base.model_dump(mode="json"),
             "assignment": m.assignment.model_dump(mode="json"), "data": m.data.model_dump(mode="json"), "aggregation": m.aggregation,
-            "training": m.training, "budget": m.budget(), "shards": shards,
+            "training": m.training, "layout": layout_of(m), "budget": m.budget(), "shards": shards,
             "deletions": [d.model_dump(mode="json") | {"indices": len(d.indices)} for d in m.deletions],
             "guarantee": artifact.guarantee(), "metadata": fields, "raw_metadata": metadata_for(fields),
             "tensors": [], "parameters": 0}

@@ -35,6 +35,12 @@ class SISAParams(ExactParams):
     """SISA (Bourtoule et al. 2021): per shard one model, trained slice by slice with a checkpoint after each."""
 
     epochs: int = Field(40, ge=1, description="Budget in passes over the shard; stage r gets e_r = floor(r*a) - floor((r-1)*a) epochs, a = 2*epochs/(slices+1) (SISA's schedule).")
+    deletion_weights: Optional[str] = Field(None, description="A text file with one deletion probability in [0, 1] per train sample (# comments allowed): the likeliest deleted samples go to the last slices of each shard (assignment by_weight), so their deletion truncates only the tail of the shard's training sequence.")
+    assignment: Optional[Literal["uniform", "by_weight"]] = Field(None, description="Samples -> slices within a shard: uniform (seeded), or by_weight (increasing deletion probability, so the likeliest deleted samples share the last slices). Default: by_weight with deletion_weights, else uniform.")
+
+    @model_validator(mode="after")
+    def _assignment(self) -> "SISAParams":
+        return resolve_assignment(self)
 
 
 class S3TParams(ExactParams):
@@ -57,11 +63,17 @@ class S3TParams(ExactParams):
             raise ValueError(f"sequences: {self.sequences} orders of {self.slices} slices would repeat a first slice; give sequences <= slices")
         if self.deletion_weights is not None and self.order != "bms":
             raise ValueError("deletion_weights: only BMS uses deletion probabilities; add --param order=bms")
-        if self.assignment == "by_weight" and self.deletion_weights is None:
-            raise ValueError("assignment: by_weight sorts samples by their deletion probability; add --param deletion_weights=FILE (and order=bms)")
-        if self.assignment is None:  # resolved here, so the manifest records the rule that was used
-            self.assignment = "by_weight" if self.deletion_weights is not None else "uniform"
-        return self
+        return resolve_assignment(self, " (and order=bms)")
+
+
+def resolve_assignment(p: Any, hint: str = "") -> Any:
+    """by_weight needs deletion weights; no rule given: by_weight with weights, else uniform (resolved here, so the
+    manifest records the rule that was used)."""
+    if p.assignment == "by_weight" and p.deletion_weights is None:
+        raise ValueError(f"assignment: by_weight sorts samples by their deletion probability; add --param deletion_weights=FILE{hint}")
+    if p.assignment is None:
+        p.assignment = "by_weight" if p.deletion_weights is not None else "uniform"
+    return p
 
 
 PARAMS: dict[str, type[ExactParams]] = {"s3t": S3TParams, "sisa": SISAParams}

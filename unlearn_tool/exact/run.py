@@ -208,11 +208,11 @@ def train_artifact(job: Job, method: str, p: ExactParams, output: Path, init: Op
     base.eval()
     weights_sha = None
     weights = None
-    if isinstance(p, S3TParams) and p.deletion_weights is not None:
+    if getattr(p, "deletion_weights", None) is not None:  # S3T (with BMS) and SISA
         wpath = Path(p.deletion_weights)
         weights = assign.read_weights(wpath, n)
         weights_sha = sha256_file(wpath)
-    by_weight = isinstance(p, S3TParams) and p.assignment == "by_weight"
+    by_weight = getattr(p, "assignment", None) == "by_weight"
     shard_of, slice_of = assign.assign(n, p.shards, p.slices, job.seed, weights if by_weight else None)
     rule = assign.WEIGHTED_ASSIGNMENT_RULE if by_weight else assign.ASSIGNMENT_RULE
     if isinstance(p, S3TParams):
