@@ -6,7 +6,9 @@
     python benchmarks/exact_digits.py --pretrain all --json a.json    # results as JSON too (docs/exact_digits.json)
     python benchmarks/exact_digits.py --plot-from a.json b.json       # only draw docs/exact_deletions.png from saved runs
     python benchmarks/exact_digits.py --pretrain all --deletion-prior hot=0.1,ratio=100 --deletion-prior hot=0.1,ratio=10
-                                                            # deletions drawn from a known prior; S3T with BMS and by_weight
+                                                            # deletions drawn from a known prior; S3T with BMS and by_weight,
+                                                            # SISA with by_weight; docs/exact_deletions_prior.png
+    python benchmarks/exact_digits.py --bound-only          # the counting bound only (seconds)
 
 The plot (docs/exact_deletions.png): test accuracy against the number of sequential single-sample deletions for
 S3T, SISA (served without retraining), full retraining and RFA per request; one panel per pre-training stand-in.
@@ -37,7 +39,15 @@ proportional to p_i among the samples left). S3T is trained as the tool would be
 the first 100 deletions, the goal's horizon); the assignment then defaults to by_weight (the flagged samples share
 each shard's last slice, which BMS puts last in every sequence). Each layout in PRIOR_LAYOUTS is trained that way
 and, for comparison, without the prior (uniform assignment, cyclic orders), on the same deletion order; the full
-model and full retraining are as above.
+model and full retraining are as above. SISA (PRIOR_SISA_LAYOUTS, SISA's stage settings) is trained the same way
+with the prior (--param deletion_weights=FILE: assignment by_weight, the flagged samples in each shard's last slice,
+which SISA trains last) and without it. For the first S3T layout and each SISA layout, `apply --retrain-affected`
+is run on the fresh 'prior' artifact for the first unflagged deletion (a cold slice, early in the sequences) and
+the first flagged one: its sample-epochs against retraining the whole artifact and the full model. The plot of this
+scenario is docs/exact_deletions_prior.png (one panel per prior).
+
+Both scenarios end with a counting bound (no training; --bound-only prints only it): after d uniform random
+deletions, the deletable samples the served model was trained on, per layout (BOUND_LAYOUTS), against 1000 - d.
 """
 
 from __future__ import annotations
@@ -85,6 +95,14 @@ S3T_WIDE = {"shards": 5, "slices": 10, "sequences": 10, "epochs": 10, "lr": 0.01
 PRIOR_LAYOUTS = [{"shards": 2, "slices": 10, "sequences": 5}, {"shards": 2, "slices": 10, "sequences": 10},
                  {"shards": 5, "slices": 10, "sequences": 10}, {"shards": 2, "slices": 20, "sequences": 10}]
 PRIOR_STAGE = {"epochs": 10, "lr": 0.01, "min_steps": 30}  # as S3T above
+# SISA in the prior scenario: shards x slices (one order each), with the prior (deletion_weights: assignment by_weight,
+# flagged samples in each shard's last slice) and without (uniform); stages as SISA above.
+PRIOR_SISA_LAYOUTS = [{"shards": 2, "slices": 10}, {"shards": 5, "slices": 10}]
+PRIOR_SISA_STAGE = {"epochs": 40, "lr": 1e-3, "min_steps": 30}
+# The counting bound (uniform deletions, no training): layouts (method, shards, slices, sequences) of both scenarios.
+BOUND_LAYOUTS = [("s3t", 10, 5, 5), ("s3t", 5, 4, 3), ("s3t", 5, 10, 10), ("sisa", 10, 5, 1),
+                 ("s3t", 2, 10, 5), ("s3t", 2, 10, 10), ("s3t", 2, 20, 10), ("sisa", 2, 10, 1), ("sisa", 5, 10, 1)]
+BOUND_MARKS = (0, 10, 20, 50, 100, 150, 200)
 PRIOR_HORIZON = 100  # deletion weights: the probability of being among the first 100 deletions (the goal's horizon)
 REQUEST = """
 version: 1
@@ -354,9 +372,29 @@ def flagged_in_closing_slices(folder: Path, flagged: np.ndarray) -> tuple[int, i
     return count, len(flagged)
 
 
-def run_prior(pretrain: str, deletions: int, priors: list[dict[str, float]], real: int, layouts: list[dict]) -> dict:
-    """Per prior: S3T trained with the prior (BMS + by_weight) and without it (uniform, cyclic) for each layout, the
-    deletions drawn from the prior, against the full model and full retraining."""
+def retrain_costs(folder: Path, work: Path, order: list[int], is_flagged: np.ndarray, name: str) -> list[dict]:
+    """`apply --retrain-affected` of one single-sample deletion on the fresh artifact: the first unflagged sample of the
+    deletion order (it sits in a cold, early slice) and the first flagged one (a closing slice); its cost."""
+    rows = []
+    for label, want in (("unflagged", False), ("flagged", True)):
+        hits = [d for d in range(len(order)) if bool(is_flagged[d]) == want]
+        if not hits:
+            continue
+        d = hits[0]
+        req = request(work, "ft.safetensors", [order[d]], f"{folder.name}-ra-{label}")
+        outcome = apply_exact_request(req, folder, output=work / f"{folder.name}.ra-{label}", retrain_affected=True, device="cpu")
+        info = outcome.result.info
+        rows.append({"layout": name, "deleted": label, "deletion_number": d + 1, "sample": order[d], "deactivated": info["deactivated_count"],
+                     "retrained": len(info["retrained"]), "components": info["components"], **info["retrain"],
+                     "acc_after": outcome.result.after["test_acc"]})
+    return rows
+
+
+def run_prior(pretrain: str, deletions: int, priors: list[dict[str, float]], real: int, layouts: list[dict],
+              sisa_layouts: list[dict], retrain_affected: bool = True) -> dict:
+    """Per prior: S3T trained with the prior (BMS + by_weight) and without it (uniform, cyclic) for each layout, SISA
+    with the prior (by_weight) and without it for each SISA layout, the deletions drawn from the prior, against the
+    full model and full retraining; and what `--retrain-affected` costs for an unflagged and a flagged deletion."""
     work = Path(tempfile.mkdtemp(prefix="exact-prior-"))
     try:
         job, base, full, a_base, a_full, t_full = setup(work, pretrain)
@@ -368,9 +406,13 @@ def run_prior(pretrain: str, deletions: int, priors: list[dict[str, float]], rea
         print(f"base alone: test acc {100 * a_base:.2f}%; full model (fine-tuned on all {n}): {100 * a_full:.2f}% in {t_full:.2f}s "
               f"(the normal training run: {n40:,} sample-epochs)")
         names = [f"{c['shards']}x{c['slices']}x{c['sequences']}" for c in layouts]
+        sisa_names = [f"SISA {c['shards']}x{c['slices']}" for c in sisa_layouts]
         print(f"S3T stages: {PRIOR_STAGE}, rank 8; layouts {names} "
               "(shards x slices x sequences); 'prior': order=bms + deletion_weights (assignment by_weight), 'no prior': uniform "
               "assignment, cyclic orders. Test accuracy in %; 'srv' = shards serving, 'act' = active components.")
+        if sisa_layouts:
+            print(f"SISA stages: {PRIOR_SISA_STAGE}; layouts {sisa_names} (shards x slices, one order 0..R-1); 'prior': deletion_weights "
+                  "(assignment by_weight: flagged samples in each shard's last slice), 'no prior': uniform assignment.")
         results = []
         for prior in priors:
             p, flagged = prior_of(n, prior["hot"], prior["ratio"])
@@ -380,17 +422,22 @@ def run_prior(pretrain: str, deletions: int, priors: list[dict[str, float]], rea
             wfile = work / f"weights-r{prior['ratio']:g}.txt"
             wfile.write_text("\n".join(f"{v:.6g}" for v in weights) + "\n")
             tag = f"hot={prior['hot']:g},ratio={prior['ratio']:g}"
-            curves, cost, late = {}, {}, {}
-            for lay in layouts:
-                name = f"{lay['shards']}x{lay['slices']}x{lay['sequences']}"
-                for kind, extra in (("prior", {"order": "bms", "deletion_weights": str(wfile)}), ("no prior", {"order": "cyclic"})):
-                    folder = work / f"{name}-{kind.replace(' ', '')}-r{prior['ratio']:g}"
-                    summary = train_artifact(job, "s3t", parse_exact_params("s3t", {**lay, **PRIOR_STAGE, **extra}), folder, work / "base.safetensors")
+            curves, cost, late, restore = {}, {}, {}, []
+            runs = [(f"{lay['shards']}x{lay['slices']}x{lay['sequences']}", "s3t", {**lay, **PRIOR_STAGE},
+                     (("prior", {"order": "bms", "deletion_weights": str(wfile)}), ("no prior", {"order": "cyclic"}))) for lay in layouts]
+            runs += [(f"SISA {lay['shards']}x{lay['slices']}", "sisa", {**lay, **PRIOR_SISA_STAGE},
+                      (("prior", {"deletion_weights": str(wfile)}), ("no prior", {}))) for lay in sisa_layouts]
+            for name, method, params, kinds in runs:
+                for kind, extra in kinds:
+                    folder = work / f"{name.replace(' ', '-')}-{kind.replace(' ', '')}-r{prior['ratio']:g}"
+                    summary = train_artifact(job, method, parse_exact_params(method, {**params, **extra}), folder, work / "base.safetensors")
                     cost[(name, kind)] = {"sample_epochs": summary["sample_epochs"], "train_wall": summary["wall_time_s"]}
                     curves[(name, kind)] = replay(folder, job, order, marks)
                     if kind == "prior":
                         late[name] = flagged_in_closing_slices(folder, flagged)
-                    if kind == "prior" and lay is layouts[0] and real:
+                    if kind == "prior" and retrain_affected and (method == "sisa" or name == runs[0][0]):
+                        restore += retrain_costs(folder, work, order, is_flagged, name)
+                    if kind == "prior" and name == runs[0][0] and method == "s3t" and real:
                         chain = real_chain(folder, work, order, min(real, deletions))
                         same = abs(curves[(name, kind)][min(real, deletions)]["acc"] - chain[-1]["acc"]) < 1e-9
                         lat = [r["latency"] for r in chain]
@@ -418,7 +465,7 @@ def run_prior(pretrain: str, deletions: int, priors: list[dict[str, float]], rea
                 worst = max(gaps) if all(g == g for g in gaps) else float("inf")
                 held = max((d for d in marks if all(a_full - c[e]["acc"] <= 0.02 for e in marks if e <= d)), default=None)
                 goals[f"{name} {kind}"] = {"pass": worst <= 0.02, "worst_gap": None if worst == float("inf") else worst, "held_through": held}
-                print(f"goal ({tag}, S3T {name} {kind}; within 2 points of the full model {100 * a_full:.2f}% over the first 100 deletions): "
+                print(f"goal ({tag}, {'' if name.startswith('SISA') else 'S3T '}{name} {kind}; within 2 points of the full model {100 * a_full:.2f}% over the first 100 deletions): "
                       f"{'PASS' if worst <= 0.02 else 'FAIL'}; largest gap over marks <= 100: "
                       f"{'exhausted' if worst == float('inf') else f'{100 * worst:.1f} points'}; "
                       + (f"held through {held} deletions" if held is not None else f"not held at 0 (gap {100 * (a_full - c[0]['acc']):.1f} points)")
@@ -431,20 +478,132 @@ def run_prior(pretrain: str, deletions: int, priors: list[dict[str, float]], rea
                   "holding flagged samples): " + ", ".join(f"{k} prior {v[0]}/{v[1]}" for k, v in late.items()))
             if real:
                 print("\n" + real_line)
+            if restore:
+                print(f"\n`apply --retrain-affected` on the fresh 'prior' artifact, one single-sample deletion: the first unflagged sample of the "
+                      f"deletion order (a cold slice, early in the sequences) and the first flagged one; against retraining the whole artifact "
+                      f"and the full model (fine-tuned on {n - 1}: about {n40 - 40:,} sample-epochs, {t_full:.2f}s above)\n")
+                print("| artifact | deleted sample (deletion #) | components deactivated / retrained / all | retrain sample-epochs "
+                      "| of the whole artifact's | of a full-model retrain's | retrain wall s | test acc after |")
+                print("|---|---|---:|---:|---:|---:|---:|---:|")
+                for r in restore:
+                    print(f"| {r['layout']} prior | {r['deleted']} (#{r['deletion_number']}) | {r['deactivated']} / {r['retrained']} / {r['components']} | "
+                          f"{r['sample_epochs']:,} | {100 * r['fraction_of_full_retrain']:.1f}% | {100 * r['sample_epochs'] / (n40 - 40):.1f}% | "
+                          f"{r['wall_time_s']:.2f} ({r['wall_time_s'] / t_full:.1f}x the full model's) | {_p(r['acc_after'])} |")
             nan = lambda v: None if v is None or v != v else v  # noqa: E731
             results.append({"prior": prior, "flagged": len(flagged), "flagged_deleted_first_100": int(is_flagged[:100].sum()),
                             "curves": {f"{k[0]} {k[1]}": {str(d): nan(c[d]["acc"]) for d in marks} for k, c in curves.items()},
                             "retrain": {str(d): v for d, v in retrain.items()}, "goal": goals,
                             "cost": {f"{k[0]} {k[1]}": v for k, v in cost.items()},
-                            "flagged_in_closing_slices": {k: list(v) for k, v in late.items()}})
+                            "flagged_in_closing_slices": {k: list(v) for k, v in late.items()}, "retrain_affected": restore})
         return {"pretrain": pretrain, "base_acc": a_base, "full_acc": a_full, "full_wall_s": t_full, "deletions": deletions,
-                "layouts": layouts, "stage": PRIOR_STAGE, "priors": results}
+                "layouts": layouts, "stage": PRIOR_STAGE, "sisa_layouts": sisa_layouts, "sisa_stage": PRIOR_SISA_STAGE,
+                "marks": marks, "priors": results}
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
 def _p(v) -> str:
     return "-" if v is None else ("exhausted" if v != v else f"{100 * v:.2f}")
+
+
+# ---------------------------------------------------------------- counting bound (no training)
+
+def served_data(n: int, layout: tuple[str, int, int, int], marks: tuple[int, ...], trials: int, seed: int = 0) -> list[float]:
+    """Mean, over `trials` seeded uniform random deletion orders, of the deletable samples that the served model was
+    trained on after d deletions (d in marks), with the uniform assignment (seed `seed`, as the benchmark's artifacts)
+    and cyclic orders: per shard, the slices of its served prefix (the longest one whose slices no deletion hit; ties:
+    the lowest sequence), summed over shards. Pure counting: an upper bound on the data any served component saw."""
+    from unlearn_tool.exact import assign
+
+    _, shards, slices, sequences = layout
+    shard, slc = assign.assign(n, shards, slices, seed)
+    sizes = np.bincount(shard * slices + slc, minlength=shards * slices).reshape(shards, slices)
+    orders = np.asarray(assign.cyclic_orders(slices, sequences))  # (B, R)
+    rng = np.random.default_rng(seed + 1)
+    total = np.zeros(len(marks))
+    for _ in range(trials):
+        gone = rng.permutation(n)[:max(marks)]
+        first = np.full(shards * slices, np.inf)  # the deletion number that first hits each (shard, slice)
+        cells, at = np.unique(shard[gone] * slices + slc[gone], return_index=True)
+        first[cells] = at + 1
+        first = first.reshape(shards, slices)
+        for j, d in enumerate(marks):
+            alive = (first > d)[:, orders]  # (S, B, R): slice at each position of each sequence still unhit
+            prefix = np.cumprod(alive, axis=2)
+            length = prefix.sum(axis=2)  # (S, B)
+            data = (prefix * sizes[:, orders]).sum(axis=2)
+            served = np.argmax(length, axis=1)  # longest prefix, lowest sequence on ties
+            total[j] += data[np.arange(shards), served].sum()
+    return list(total / trials)
+
+
+def print_bound(n: int, trials: int) -> dict:
+    """Why uniform deletions defeat the goal: what the served model can still have learned from, against 1000 - d."""
+    print(f"\n## counting bound (no training): after d uniform random single-sample deletions out of {n}, the deletable "
+          f"samples the served model was trained on (the slices of each shard's served prefix; mean over {trials} seeded "
+          f"deletion orders; uniform assignment, seed 0, cyclic orders, no retraining), against the full model's {n} - d\n")
+    print("| layout (shards x slices x sequences) | " + " | ".join(f"d = {d}" for d in BOUND_MARKS) + " |")
+    print("|---|" + "---:|" * len(BOUND_MARKS))
+    out = {}
+    for layout in BOUND_LAYOUTS:
+        method, shards, slices, sequences = layout
+        name = f"{'S3T' if method == 's3t' else 'SISA'} {shards}x{slices}" + (f"x{sequences}" if method == "s3t" else "")
+        vals = served_data(n, layout, BOUND_MARKS, trials)
+        out[name] = dict(zip(map(str, BOUND_MARKS), vals))
+        print(f"| {name} | " + " | ".join(f"{v:.0f} ({100 * v / (n - d):.0f}%)" for d, v in zip(BOUND_MARKS, vals)) + " |")
+    print("| full model (and full retraining) | " + " | ".join(f"{n - d} (100%)" for d in BOUND_MARKS) + " |")
+    print("(in brackets: share of the full model's n - d)")
+    return out
+
+
+# ---------------------------------------------------------------- prior plot
+
+PRIOR_COLOURS = ["#d62728", "#9467bd", "#8c564b", "#e377c2", "#ff7f0e", "#bcbd22", "#17becf"]
+
+
+def plot_prior(settings: list[dict], png: Path) -> None:
+    """The deletion-prior scenario: test accuracy against deletions drawn from the prior, one panel per prior; each
+    layout 'prior' solid, 'no prior' dashed in the same colour; full model and full retraining as references."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [(st, pr) for st in settings for pr in st["priors"]]
+    fig, axes = plt.subplots(1, len(panels), figsize=(7.0 * len(panels), 5.2), squeeze=False)
+    for ax, (st, pr) in zip(axes[0], panels):
+        ax.plot([0, st["deletions"]], [100 * st["full_acc"]] * 2, ":", color="0.45", label="full model (no deletion)")
+        pts = sorted((int(d), v) for d, v in pr["retrain"].items())
+        ax.plot([d for d, _ in pts], [100 * v for _, v in pts], "-o", color="#1f77b4", markersize=5, label="full retraining")
+        layouts = list(dict.fromkeys(k.rsplit(" ", 2)[0] if k.endswith("no prior") else k.rsplit(" ", 1)[0] for k in pr["curves"]))
+        lows = []
+        for colour, name in zip(PRIOR_COLOURS * 2, layouts):
+            label = name if name.startswith("SISA") else f"S3T {name}"
+            for kind, style, alpha in (("prior", "-", 1.0), ("no prior", "--", 0.55)):
+                curve = pr["curves"].get(f"{name} {kind}")
+                if curve is None:
+                    continue
+                xy = sorted((int(d), float("nan") if v is None else 100 * v) for d, v in curve.items())
+                xs, ys = [d for d, _ in xy], [v for _, v in xy]
+                lows += [y for y in ys if y == y]
+                ax.plot(xs, ys, style, color=colour, alpha=alpha, marker=".", markersize=3, linewidth=1.5, label=f"{label} {kind}")
+        ax.axvline(100, color="0.6", linewidth=0.8)
+        ax.set_title(f"{pr['flagged']} of 1000 samples flagged, {pr['prior']['ratio']:g}x as likely deleted", fontsize=11)
+        ax.set_xlabel("sequential single-sample deletions (drawn from the prior)")
+        ax.set_xlim(0, st["deletions"])
+        ax.set_ylim(max(0, 5 * int(min(lows) // 5) - 5) if lows else 0, 100)
+        ax.set_ylabel("test accuracy (%); missing = exhausted")
+        ax.grid(alpha=0.3)
+    handles = {h.get_label(): h for ax in axes[0] for h in ax.get_lines() if not h.get_label().startswith("_")}
+    fig.legend(list(handles.values()), list(handles.keys()), loc="lower center", ncol=4, fontsize=8.5, frameon=False)
+    fig.suptitle("Exact unlearning with a deletion prior (digits, MLP, strong base, 1000 deletable samples)\n"
+                 "solid: trained with the prior (assignment by_weight; S3T also BMS orders); dashed: without", fontsize=11)
+    fig.tight_layout(rect=(0, 0.2, 1, 0.92))
+    png.parent.mkdir(parents=True, exist_ok=True)
+    tmp = png.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(png)
 
 
 def main() -> None:
@@ -458,15 +617,28 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None, help="also write the results here (what --plot-from reads)")
     ap.add_argument("--deletion-prior", type=parse_prior, action="append", default=None, metavar="hot=H,ratio=R",
                     help="run the deletion-prior scenario instead (repeat for several priors); see the module docstring")
-    ap.add_argument("--layouts", default=None, help="prior scenario: SxRxB,... (default: PRIOR_LAYOUTS)")
-    ap.add_argument("--png", type=Path, default=ROOT / "docs" / "exact_deletions.png", help="where the plot goes")
+    ap.add_argument("--layouts", default=None, help="prior scenario: S3T layouts SxRxB,... (default: PRIOR_LAYOUTS)")
+    ap.add_argument("--sisa-layouts", default=None, help="prior scenario: SISA layouts SxR,... or none (default: PRIOR_SISA_LAYOUTS)")
+    ap.add_argument("--no-retrain-affected", action="store_true", help="prior scenario: skip the --retrain-affected cost rows")
+    ap.add_argument("--bound-trials", type=int, default=500, help="deletion orders averaged in the counting bound")
+    ap.add_argument("--bound-only", action="store_true", help="print only the counting bound (no training; seconds)")
+    ap.add_argument("--png", type=Path, default=None,
+                    help="where the plot goes (default docs/exact_deletions.png; prior scenario docs/exact_deletions_prior.png)")
     ap.add_argument("--plot-from", type=Path, nargs="+", default=None, metavar="JSON",
                     help="draw the plot from results saved with --json (one file per setting or one for both); train nothing")
     args = ap.parse_args()
     if args.plot_from:
-        settings = [s for f in args.plot_from for s in json.loads(f.read_text())["settings"]]
-        plot(settings, args.png)
-        print(f"wrote {args.png} from {', '.join(map(str, args.plot_from))}")
+        saved = [json.loads(f.read_text()) for f in args.plot_from]
+        if all("prior_settings" in d for d in saved):
+            png = args.png or ROOT / "docs" / "exact_deletions_prior.png"
+            plot_prior([st for d in saved for st in d["prior_settings"]], png)
+        else:
+            png = args.png or ROOT / "docs" / "exact_deletions.png"
+            plot([st for d in saved for st in d["settings"]], png)
+        print(f"wrote {png} from {', '.join(map(str, args.plot_from))}")
+        return
+    if args.bound_only:
+        print_bound(1000, args.bound_trials)
         return
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
@@ -476,20 +648,30 @@ def main() -> None:
     if args.deletion_prior:
         layouts = PRIOR_LAYOUTS if args.layouts is None else [dict(zip(("shards", "slices", "sequences"), map(int, t.split("x"))))
                                                               for t in args.layouts.split(",")]
-        out = [run_prior(pretrain, args.deletions, args.deletion_prior, min(args.real, 10), layouts) for pretrain in pretrains]
+        sisa_layouts = (PRIOR_SISA_LAYOUTS if args.sisa_layouts is None else [] if args.sisa_layouts == "none" else
+                        [dict(zip(("shards", "slices"), map(int, t.split("x")))) for t in args.sisa_layouts.split(",")])
+        out = [run_prior(pretrain, args.deletions, args.deletion_prior, min(args.real, 10), layouts, sisa_layouts, not args.no_retrain_affected)
+               for pretrain in pretrains]
+        bound = print_bound(1000, args.bound_trials)
         total = time.perf_counter() - t0
         print(f"\ntotal {total:.0f}s")
         if args.json is not None:
-            args.json.write_text(json.dumps({"prior_settings": out, "total_s": total, "threads": args.threads, "torch": torch.__version__}, indent=1) + "\n")
+            args.json.write_text(json.dumps({"prior_settings": out, "bound": bound, "total_s": total, "threads": args.threads,
+                                             "torch": torch.__version__}, indent=1) + "\n")
+        png = args.png or ROOT / "docs" / "exact_deletions_prior.png"
+        plot_prior(out, png)
+        print(f"wrote {png}" + (f" and {args.json}" if args.json is not None else ""))
         return
     settings = [run(pretrain, args.deletions, args.real, args.quick, not args.no_wide) for pretrain in pretrains]
+    bound = print_bound(1000, args.bound_trials)
     total = time.perf_counter() - t0
     print(f"\ntotal {total:.0f}s")
     if args.json is not None:
-        args.json.write_text(json.dumps({"settings": settings, "total_s": total, "threads": args.threads,
+        args.json.write_text(json.dumps({"settings": settings, "bound": bound, "total_s": total, "threads": args.threads,
                                          "torch": torch.__version__}, indent=1) + "\n")
-    plot(settings, args.png)
-    print(f"wrote {args.png}" + (f" and {args.json}" if args.json is not None else ""))
+    png = args.png or ROOT / "docs" / "exact_deletions.png"
+    plot(settings, png)
+    print(f"wrote {png}" + (f" and {args.json}" if args.json is not None else ""))
 
 
 LINES = (  # (key, label, colour, style): the curves of each panel
