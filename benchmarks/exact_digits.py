@@ -570,7 +570,7 @@ def plot_prior(settings: list[dict], png: Path) -> None:
     import matplotlib.pyplot as plt
 
     panels = [(st, pr) for st in settings for pr in st["priors"]]
-    fig, axes = plt.subplots(1, len(panels), figsize=(7.0 * len(panels), 5.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(7.0 * len(panels), 6.4), squeeze=False)
     for ax, (st, pr) in zip(axes[0], panels):
         ax.plot([0, st["deletions"]], [100 * st["full_acc"]] * 2, ":", color="0.45", label="full model (no deletion)")
         pts = sorted((int(d), v) for d, v in pr["retrain"].items())
@@ -595,10 +595,10 @@ def plot_prior(settings: list[dict], png: Path) -> None:
         ax.set_ylabel("test accuracy (%); missing = exhausted")
         ax.grid(alpha=0.3)
     handles = {h.get_label(): h for ax in axes[0] for h in ax.get_lines() if not h.get_label().startswith("_")}
-    fig.legend(list(handles.values()), list(handles.keys()), loc="lower center", ncol=4, fontsize=8.5, frameon=False)
+    fig.legend(list(handles.values()), list(handles.keys()), loc="lower center", ncol=5, fontsize=8.5, frameon=False)
     fig.suptitle("Exact unlearning with a deletion prior (digits, MLP, strong base, 1000 deletable samples)\n"
                  "solid: trained with the prior (assignment by_weight; S3T also BMS orders); dashed: without", fontsize=11)
-    fig.tight_layout(rect=(0, 0.2, 1, 0.92))
+    fig.tight_layout(rect=(0, 0.14, 1, 0.93))
     png.parent.mkdir(parents=True, exist_ok=True)
     tmp = png.with_suffix(".tmp.png")
     fig.savefig(tmp, dpi=110)
