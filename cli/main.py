@@ -138,6 +138,12 @@ def _stop_line(info: dict, params: dict) -> Optional[str]:
                 f"improving{at}; the best check's adapters were kept")
     if reason == "diverged":
         return f"stopped after {done}{of} passes: the loss diverged; the last finite weights were kept"
+    kept = info.get("kept_check")
+    if isinstance(kept, int) and kept != done:
+        if kept == 0:
+            return (f"ran all {done} passes without reaching the stopping target, and none came nearer to it than the original "
+                    f"model: the output equals the original (nothing forgotten); try a lower lr or more epochs")
+        return f"ran all {done} passes (the stopping target was not reached); kept the check nearest to it: pass {kept}'s adapters"
     return f"ran all {done} passes" + (" (the stopping target was not reached)" if params.get("stop") == "criterion" else "")
 
 

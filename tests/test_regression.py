@@ -107,6 +107,32 @@ def test_rfa_range_unlearning_stops_where_the_returned_model_meets_its_neighbour
     assert float((student - teacher).abs().mean()) <= teacher_mae, "retained outputs moved by more than the teacher's own error"
 
 
+def test_rfa_regression_at_the_cap_keeps_the_check_nearest_the_rule_not_a_diverged_last_step(diabetes_range_job):
+    """A run that never meets the stopping rule returns the check nearest to it (the teacher, pass 0, included), not
+    wherever the last step landed: at lr 0.3 Adam diverges, and the last state's retained outputs are hundreds of
+    target sd off while the kept check's stay the teacher's. Found on a rotated-digits range seed (docs/rfa.md R5)."""
+    from unlearn_tool.evaluate import predict_logits
+    from unlearn_tool.methods import parse_params, run_method
+    from unlearn_tool.methods.rfa_regression import check_score
+
+    job = diabetes_range_job
+    teacher, y = predict_logits(job.original, job.splits.retain, job.device, 256)
+    teacher_mae = float((teacher.flatten() - y.float().flatten()).abs().mean())
+    drift = {}
+    for stop in ("criterion", "epochs"):
+        out, _ = run_method("rfa", job.context(), parse_params("rfa", {"lr": 0.3, "epochs": 8, "stop": stop}))
+        student, _ = predict_logits(out.model, job.splits.retain, job.device, 256)
+        drift[stop] = float((student - teacher).abs().mean())
+        if stop == "criterion":
+            assert out.info["stop_reason"] == "epochs" and out.info["kept_check"] < out.info["epochs_run"]
+            assert out.info["kept_check_score"] > 1
+    assert drift["epochs"] > 10 * teacher_mae, drift  # the last step diverged
+    assert drift["criterion"] <= teacher_mae, drift  # the kept check did not
+    # the score: the larger of the forget miss (in tolerance shares) and the drift (in shares of its bound)
+    assert check_score(0.105, 0.1, 0.5, 1.0) == pytest.approx(1.0) and check_score(0.1, 0.1, 2.0, 1.0) == pytest.approx(2.0)
+    assert check_score(0.12, 0.1, None, 1.0) == pytest.approx(4.0)
+
+
 def test_loss_parameter_l1_trains_with_mean_absolute_error(diabetes_sample_job):
     from unlearn_tool.methods import parse_params, run_method
 

@@ -54,6 +54,16 @@ def test_apply_says_why_rfa_stopped(digits_dir, tmp_path):
     assert "stopped early: target reached after" in r.stderr and "test_remaining_acc is the utility on the classes kept" in r.stderr
 
 
+def test_stop_line_says_which_check_was_kept_at_the_cap():
+    from cli.main import _stop_line
+
+    line = _stop_line({"stop_reason": "epochs", "epochs_run": 30, "kept_check": 14}, {"stop": "criterion"})
+    assert "not reached" in line and "pass 14" in line
+    line = _stop_line({"stop_reason": "epochs", "epochs_run": 8, "kept_check": 0}, {"stop": "criterion"})
+    assert "equals the original" in line and "nothing forgotten" in line
+    assert "kept" not in _stop_line({"stop_reason": "epochs", "epochs_run": 30, "kept_check": 30}, {"stop": "criterion"})
+
+
 def test_stop_line_names_the_agreement_plateau():
     from cli.main import _stop_line
 

@@ -127,22 +127,29 @@ def _targets(ctx: UnlearnContext, teacher, kind: str, t_forget: torch.Tensor) ->
     return shifted_targets(t_forget, y_forget, gap)
 
 
-def _reached(net, z_forget: torch.Tensor, y_forget: torch.Tensor, target_mae: float) -> bool:
-    """The model as it now is has a forget-set MAE within FORGET_TOLERANCE (relative, either side) of the target's."""
+def _forget_mae(net, z_forget: torch.Tensor, y_forget: torch.Tensor) -> float:
+    """The forget-set MAE of the model as it now is."""
     with torch.no_grad():
-        forget_mae = float((_matrix(net.batched(z_forget)) - y_forget).abs().mean())
-    return abs(forget_mae - target_mae) <= FORGET_TOLERANCE * target_mae
+        return float((_matrix(net.batched(z_forget)) - y_forget).abs().mean())
 
 
-def _kept(net, retain, guard_mae: float) -> bool:
-    """The held-back retained samples' outputs drift from the teacher's by at most RETAIN_DRIFT times its MAE on them.
-    Read only once the forget target is reached (the larger of the two reads: 128 samples against Df's few)."""
+def _drift(net, retain) -> float:
+    """The held-back retained samples' mean |student - teacher| output (samples never trained on)."""
     zg, tg = retain.guard()
     if not len(zg):
-        return True
+        return 0.0
     with torch.no_grad():
-        drift = float((_matrix(net.batched(zg)) - _matrix(tg)).abs().mean())
-    return drift <= RETAIN_DRIFT * guard_mae
+        return float((_matrix(net.batched(zg)) - _matrix(tg)).abs().mean())
+
+
+def check_score(forget_mae: float, target_mae: float, drift: Optional[float], drift_bound: float) -> float:
+    """How far a check is from the stopping rule, in units of its own bounds: the larger of the forget-set MAE's miss
+    (in FORGET_TOLERANCE shares of the target) and the retained drift (in shares of its bound). At most 1: the rule
+    holds. With `drift` None (not read) the score is the forget miss alone, a lower bound of the full score."""
+    miss = abs(forget_mae - target_mae) / (FORGET_TOLERANCE * target_mae) if target_mae > 0 else 0.0
+    if drift is None:
+        return miss
+    return max(miss, drift / drift_bound if drift_bound > 0 else (0.0 if drift == 0 else math.inf))
 
 
 def run_regression(ctx: UnlearnContext, p: "RFAParams") -> MethodOutput:
@@ -189,6 +196,10 @@ def run_regression(ctx: UnlearnContext, p: "RFAParams") -> MethodOutput:
         z_forget_all = forget.take(torch.arange(n_f))
         _, tg = retain.guard()
         guard_mae = float((_matrix(tg) - _matrix(ctx.retain.take(retain.guard_idx)[1]).to(device)).abs().mean()) if guard else 0.0
+        bound = RETAIN_DRIFT * guard_mae
+        # the teacher itself (adapters at zero: pass 0) is the first candidate: a run that only drifts away returns it
+        best = (check_score(float((_matrix(t_forget).to(device) - y_forget).abs().mean()), target_mae, 0.0, bound), 0,
+                [q.detach().clone() for q in params])
         for epoch in range(1, epochs + 1):
             order = torch.randperm(n_f, generator=gen)
             for step in range(steps_per_epoch):
@@ -211,8 +222,22 @@ def run_regression(ctx: UnlearnContext, p: "RFAParams") -> MethodOutput:
                 scaled.backward_and_step(loss, opt)
             ctx.report("rfa", epoch, epochs)
             if p.stop == "criterion":  # read the model as it now is: all of Df, and the held-back retained samples
-                if _reached(net, z_forget_all, y_forget, target_mae) and _kept(net, retain, guard_mae):
-                    stop_reason = "criterion"
-                    break
+                forget_mae = _forget_mae(net, z_forget_all, y_forget)
+                score = check_score(forget_mae, target_mae, None, bound)
+                if score < best[0]:  # only a check whose forget miss beats the best score can improve it: read its drift
+                    score = check_score(forget_mae, target_mae, _drift(net, retain), bound)
+                    if score <= 1:
+                        stop_reason = "criterion"
+                        break
+                    if score < best[0]:
+                        best = (score, epoch, [q.detach().clone() for q in params])
+        if stop_reason == "epochs" and p.stop == "criterion" and best[1] != epoch:
+            # the cap, with the rule never met: keep the check nearest to it, not wherever Adam's last step landed (on
+            # one rotated-digits range seed the last passes diverged: test MAE x18; docs/rfa.md R5)
+            with torch.no_grad():
+                for q, b in zip(params, best[2]):
+                    q.copy_(b)
+        if stop_reason == "epochs" and p.stop == "criterion":
+            info.update({"kept_check": best[1], "kept_check_score": round(best[0], 3)})
     info.update({"epochs_run": epoch, "steps": epoch * steps_per_epoch, "stop_reason": stop_reason})
     return MethodOutput(model=lora.merged_copy(model, teacher), adapter_model=model, info=info)
