@@ -10,7 +10,7 @@ from typing import Any, Optional
 
 import typer
 
-from .common import err, handle_errors, markup_safe, print_json, progress_bars
+from .common import err, handle_errors, markup_safe, metric_text, print_json, progress_bars
 from .app import CodePathOpt, DeviceOpt, NumWorkersOpt, PrecisionOpt, RequestOpt, TrustCodeOpt, app, code_policy
 
 
@@ -89,7 +89,9 @@ def bench(
         else:
             m = record["metrics"]
             gap = "-" if m["avg_gap"] is None else f"{m['avg_gap']:.2f}"
-            err(f"{name} seed {seed}: forget acc {100 * m['forget_acc']:.2f}%, test acc {100 * m['test_acc']:.2f}%, avg gap {gap}, {m['wall_time_s']:.2f}s")
+            kind, label = ("acc", "acc") if "forget_acc" in m else ("mae", "MAE")
+            err(f"{name} seed {seed}: forget {label} {metric_text('forget_' + kind, m.get('forget_' + kind))}, "
+                f"test {label} {metric_text('test_' + kind, m.get('test_' + kind))}, avg gap {gap}, {m['wall_time_s']:.2f}s")
 
     with progress_bars(show) as progress:
         result, folder = commands.bench(request, checkpoint, methods, seeds=seeds, reference=reference, retrain=retrain,

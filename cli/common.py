@@ -173,3 +173,22 @@ def progress_bars(enabled: bool) -> Iterator[Optional[Callable[[str, int, int], 
     finally:
         if progress is not None:
             progress.stop()
+
+
+def metric_text(key: str, value: Optional[float]) -> str:
+    """One utility figure as a user reads it: accuracies as percentages, regression errors and R² as plain numbers
+    in the target's units (a mean absolute error is not a share)."""
+    if value is None or value != value:
+        return "-"
+    if key.endswith("_acc"):
+        return f"{100 * value:.2f}%"
+    return f"{value:,.1f}" if abs(value) >= 1000 else f"{value:.4f}"
+
+
+def headline(summary: dict) -> str:
+    """The trained model's test figure: accuracy for a classifier, MAE for a regressor."""
+    if "test_acc" in summary:
+        return f"test accuracy {metric_text('test_acc', summary['test_acc'])}"
+    if "test_mae" in summary:
+        return f"test MAE {metric_text('test_mae', summary['test_mae'])}"
+    return "no test figure"

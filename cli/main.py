@@ -12,11 +12,7 @@ from typing import Any, Optional
 import typer
 
 from .app import CodePathOpt, DeviceOpt, NumWorkersOpt, PrecisionOpt, RequestOpt, TrustCodeOpt, app, code_policy
-from .common import err, handle_errors, markup_safe, plain, print_json, progress_bars
-
-
-def _fmt(v: Optional[float]) -> str:
-    return "-" if v is None or v != v else f"{100 * v:.2f}%"
+from .common import err, handle_errors, headline, markup_safe, metric_text, plain, print_json, progress_bars
 
 
 def _print_before_after(before: dict, after: dict, title: str) -> None:
@@ -28,7 +24,7 @@ def _print_before_after(before: dict, after: dict, title: str) -> None:
     table.add_column("before", justify="right")
     table.add_column("after", justify="right")
     for key in before:
-        table.add_row(key, _fmt(before[key]), _fmt(after.get(key)))
+        table.add_row(key, metric_text(key, before[key]), metric_text(key, after.get(key)))
     Console(stderr=True).print(table)
 
 
@@ -290,11 +286,11 @@ def train(
         print_json(summary)
     elif not quiet and exact is not None:
         err(f"wrote {output} (exact {summary['method']}: {summary['shards']} shards x {summary['sequences']} sequence(s) x {summary['slices']} slices = "
-            f"{summary['components']} components): test accuracy {_fmt(summary['test_acc'])}, {summary['train_size']} training samples, "
+            f"{summary['components']} components): {headline(summary)}, {summary['train_size']} training samples, "
             f"{summary['sample_epochs']:,} sample-epochs ({summary['sample_epochs'] / summary['normal_run_sample_epochs']:.2f}x a 40-epoch run), "
             f"{summary['wall_time_s']:.1f}s; deletion budget {summary['budget']['deletions_left']}")
     elif not quiet:
-        err(f"wrote {output}: test accuracy {_fmt(summary['test_acc'])}, {summary['train_size']} training samples, {summary['wall_time_s']:.1f}s")
+        err(f"wrote {output}: {headline(summary)}, {summary['train_size']} training samples, {summary['wall_time_s']:.1f}s")
 
 
 @app.command()

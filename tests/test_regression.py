@@ -295,6 +295,24 @@ def test_loss_attack_matches_a_hand_built_logistic_regression():
     assert abs(auc - 0.5) < 0.1 and abs(acc - 0.5) < 0.1
 
 
+def test_train_apply_and_bench_print_regression_figures_as_errors_not_accuracies(tmp_path, diabetes_dir):
+    """What a user sees without --quiet: `train` names the test MAE (it raised KeyError 'test_acc'), `apply`'s
+    before/after table prints MAEs in target units (it printed them as percentages), and `bench`'s per-run
+    lines name forget and test MAE (KeyError 'forget_acc')."""
+    req = write_regression_request(tmp_path, {"indices": diabetes_indices()}, method={"name": "rfa", "params": {"epochs": 3}})
+    result = invoke("train", "-r", req, "-o", tmp_path / "m.safetensors", "--epochs", "5")
+    assert result.exit_code == 0, result.output
+    assert "test MAE 0." in result.stderr and "accuracy" not in result.stderr
+    result = invoke("apply", diabetes_dir / "mlp.safetensors", "-r", req, "-o", tmp_path / "u.safetensors")
+    assert result.exit_code == 0, result.output
+    row = next(line for line in result.stderr.splitlines() if "forget_mae" in line)
+    assert "%" not in row and "0." in row, row
+    result = invoke("bench", "-r", req, diabetes_dir / "mlp.safetensors", "--methods", "gaussian-amnesiac", "--seeds", "1",
+                    "--report-dir", tmp_path / "b")
+    assert result.exit_code == 0, result.output
+    assert "gaussian-amnesiac seed 0: forget MAE 0." in result.stderr and "test MAE 0." in result.stderr
+
+
 def test_apply_with_audit_writes_a_regression_report_with_its_plots(tmp_path, diabetes_dir):
     req = write_regression_request(tmp_path, {"indices": diabetes_indices()}, extra={
         "audit": {"reference": str(diabetes_dir / "mlp.retrain_sample.safetensors"), "gates": ["forget_mae_gap <= 0.5", "test_mae_rise <= 0.25"]}})
