@@ -327,6 +327,10 @@ def test_apply_with_audit_writes_a_regression_report_with_its_plots(tmp_path, di
     assert all(g["value"] is not None for g in report["gates"])
     html = (tmp_path / "u.audit" / "report.html").read_text()
     assert "Residual distributions" in html and "Membership-attack scores" in html
+    # the metrics table's caption says the error gaps are relative (it said |unlearned - reference| for all)
+    unl_mae, ref_mae = unl["retain_mae"], report["models"]["reference"]["retain_mae"]
+    assert report["gaps"]["retain_mae"] == pytest.approx(abs(unl_mae - ref_mae) / ref_mae, rel=1e-6)
+    assert "relative" in html and "relative" in (tmp_path / "u.audit" / "report.md").read_text()
 
 
 def test_bench_runs_regression_methods_only(tmp_path, diabetes_dir):

@@ -54,6 +54,15 @@ def task_of(report: dict[str, Any]) -> str:
     return report["request"].get("task", "classification")
 
 
+def gap_caption(report: dict[str, Any]) -> str:
+    """How the metrics table's gap column is computed: regression errors use a relative gap (docs/audit.md)."""
+    base = report["baseline"]
+    if task_of(report) == "regression":
+        return (f"Shares as percentages; errors in the target's units. Gap: for MAE and RMSE relative, "
+                f"|unlearned - {base}| / {base}, as a percentage; for R² and the attack figures |unlearned - {base}|.")
+    return f"Fractions as percentages; gap = |unlearned - {base}|."
+
+
 def metric_rows(report: dict[str, Any], short: bool = False) -> list[list[str]]:
     """Rows metric x model, then the gap to the baseline (short: metric keys instead of labels)."""
     models = present_models(report)
@@ -288,7 +297,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     if closer_rows(report):
         parts += ["\n## Closer to the retrained model than the original was?\n",
                   _md_table(["metric", "reference", "original", "unlearned", "closer"], closer_rows(report))]
-    parts += ["\n## Metrics\n", f"Fractions shown as percentages; gap = |unlearned - {report['baseline']}|.\n\n",
+    parts += ["\n## Metrics\n", f"{gap_caption(report)}\n\n",
               _md_table(["metric"] + models + [f"gap to {report['baseline']}", "what it means"], explained_metric_rows(report)),
               "\n" + avg_gap_sentence(report) + "\n"]
     if distance_rows(report):
@@ -466,7 +475,7 @@ def render_html(report: dict[str, Any]) -> str:
         parts += ["<h2>Closer to the retrained model than the original was?</h2>",
                   _html_table(["metric", "reference", "original", "unlearned", "closer"], closer_rows(report))]
     mrows = explained_metric_rows(report)
-    parts += ["<h2>Metrics</h2>", f"<p class='small'>Fractions as percentages; gap = |unlearned - {e(report['baseline'])}|.</p>",
+    parts += ["<h2>Metrics</h2>", f"<p class='small'>{e(gap_caption(report))}</p>",
               "<table><thead><tr>" + "".join(f"<th>{e(h)}</th>" for h in ["metric"] + models + [f"gap to {report['baseline']}"])
               + "<th class='meaning'>what it means</th></tr></thead><tbody>"
               + "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r[:-1]) + f"<td class='meaning'>{e(r[-1])}</td></tr>" for r in mrows)
