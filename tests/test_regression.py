@@ -133,6 +133,25 @@ def test_rfa_regression_at_the_cap_keeps_the_check_nearest_the_rule_not_a_diverg
     assert check_score(0.12, 0.1, None, 1.0) == pytest.approx(4.0)
 
 
+def test_rfa_regression_stops_at_once_when_the_teacher_already_meets_the_rule(diabetes_dir):
+    """A barely trained model has no generalisation gap, so its forget MAE already equals the sample target: the first
+    check meets the rule and RFA stops there. (A first version of the nearest-check rule read the drift only at
+    checks beating the best score, the teacher's 0, and so ran all 30 passes.)"""
+    import torch
+
+    from unlearn_tool.methods import parse_params, run_method
+    from unlearn_tool.pipeline import prepare
+    from unlearn_tool.training import TrainConfig, fit
+
+    job = prepare(diabetes_dir / "sample.yaml", diabetes_dir / "mlp.safetensors", device="cpu")
+    torch.manual_seed(0)
+    model = job.make_model()
+    fit(model, job.splits.train, TrainConfig(epochs=1), job.device, torch.Generator().manual_seed(0), loss_fn=job.task.loss_fn("mse"))
+    job.original = model.eval()
+    out, _ = run_method("rfa", job.context(), parse_params("rfa", {}))
+    assert out.info["stop_reason"] == "criterion" and out.info["epochs_run"] <= 2, out.info
+
+
 def test_loss_parameter_l1_trains_with_mean_absolute_error(diabetes_sample_job):
     from unlearn_tool.methods import parse_params, run_method
 
