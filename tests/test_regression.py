@@ -131,6 +131,7 @@ def test_rfa_regression_at_the_cap_keeps_the_check_nearest_the_rule_not_a_diverg
     # the score: the larger of the forget miss (in tolerance shares) and the drift (in shares of its bound)
     assert check_score(0.105, 0.1, 0.5, 1.0) == pytest.approx(1.0) and check_score(0.1, 0.1, 2.0, 1.0) == pytest.approx(2.0)
     assert check_score(0.12, 0.1, None, 1.0) == pytest.approx(4.0)
+    assert check_score(0.01, 0.0, 0.0, 1.0) == float("inf") and check_score(0.0, 0.0, 0.0, 1.0) == 0.0  # a zero target: only exact
 
 
 def test_rfa_regression_stops_at_once_when_the_teacher_already_meets_the_rule(diabetes_dir):

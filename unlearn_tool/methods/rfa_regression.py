@@ -146,7 +146,7 @@ def check_score(forget_mae: float, target_mae: float, drift: Optional[float], dr
     """How far a check is from the stopping rule, in units of its own bounds: the larger of the forget-set MAE's miss
     (in FORGET_TOLERANCE shares of the target) and the retained drift (in shares of its bound). At most 1: the rule
     holds. With `drift` None (not read) the score is the forget miss alone, a lower bound of the full score."""
-    miss = abs(forget_mae - target_mae) / (FORGET_TOLERANCE * target_mae) if target_mae > 0 else 0.0
+    miss = abs(forget_mae - target_mae) / (FORGET_TOLERANCE * target_mae) if target_mae > 0 else (0.0 if forget_mae == target_mae else math.inf)
     if drift is None:
         return miss
     return max(miss, drift / drift_bound if drift_bound > 0 else (0.0 if drift == 0 else math.inf))
