@@ -173,3 +173,15 @@ def _scheduled_lr(p: MethodParams, step: int, total_steps: int) -> float:
     if p.lr_schedule == "constant":
         return p.lr
     return p.lr * 0.5 * (1 + math.cos(math.pi * (step - 1) / total_steps))
+
+
+def _snapshot(params: list[torch.nn.Parameter]) -> list[torch.Tensor]:
+    """A copy of the adapters as they now are (a check worth returning to)."""
+    return [q.detach().clone() for q in params]
+
+
+def _restore(params: list[torch.nn.Parameter], state: list[torch.Tensor]) -> None:
+    """Put the adapters back to a `_snapshot` (the fused adapters read the same parameters)."""
+    with torch.no_grad():
+        for q, b in zip(params, state):
+            q.copy_(b)

@@ -38,7 +38,9 @@ from ._rfa_loop import (
     _ForgetSet,
     _Net,
     _RetainPool,
+    _restore,
     _scheduled_lr,
+    _snapshot,
 )
 from .base import MethodOutput, MethodParams, UnlearnContext, register_method
 from .common import kl_to_teacher
@@ -236,13 +238,11 @@ def run(ctx: UnlearnContext, p: RFAParams) -> MethodOutput:
                     break
                 if reached and patience:
                     if agree > best_agree:
-                        best_agree, best_state, since_best = agree, [q.detach().clone() for q in params], 0
+                        best_agree, best_state, since_best = agree, _snapshot(params), 0
                     else:
                         since_best += 1
                     if since_best >= patience:
-                        with torch.no_grad():
-                            for q, b in zip(params, best_state):
-                                q.copy_(b)
+                        _restore(params, best_state)
                         stop_reason = "plateau"
                         info["retain_agreement"] = best_agree
                         break

@@ -156,7 +156,7 @@ def run_regression(ctx: UnlearnContext, p: "RFAParams") -> MethodOutput:
     """The loop runs on classification RFA's machinery (fused adapters, the forget set's cached teacher outputs,
     the retain pool with its teacher outputs and feature energies, its Adam): the same losses at a lower per-step
     cost and one code path with classification (docs/rfa.md, R8)."""
-    from ._rfa_loop import GUARD_SAMPLES, RESIDUAL_ROWS, _adam, _ForgetSet, _Net, _RetainPool, _scheduled_lr
+    from ._rfa_loop import GUARD_SAMPLES, RESIDUAL_ROWS, _adam, _ForgetSet, _Net, _restore, _RetainPool, _scheduled_lr, _snapshot
 
     device, teacher = ctx.device, ctx.original.eval()
     if p.forget_target == "other_classes":
@@ -199,7 +199,7 @@ def run_regression(ctx: UnlearnContext, p: "RFAParams") -> MethodOutput:
         bound = RETAIN_DRIFT * guard_mae
         # the teacher itself (adapters at zero: pass 0) is the first candidate: a run that only drifts away returns it
         best = (check_score(float((_matrix(t_forget).to(device) - y_forget).abs().mean()), target_mae, 0.0, bound), 0,
-                [q.detach().clone() for q in params])
+                _snapshot(params))
         for epoch in range(1, epochs + 1):
             order = torch.randperm(n_f, generator=gen)
             for step in range(steps_per_epoch):
@@ -230,13 +230,11 @@ def run_regression(ctx: UnlearnContext, p: "RFAParams") -> MethodOutput:
                         stop_reason = "criterion"
                         break
                     if score < best[0]:
-                        best = (score, epoch, [q.detach().clone() for q in params])
+                        best = (score, epoch, _snapshot(params))
         if stop_reason == "epochs" and p.stop == "criterion" and best[1] != epoch:
             # the cap, with the rule never met: keep the check nearest to it, not wherever Adam's last step landed (on
             # one rotated-digits range seed the last passes diverged: test MAE x18; docs/rfa.md R5)
-            with torch.no_grad():
-                for q, b in zip(params, best[2]):
-                    q.copy_(b)
+            _restore(params, best[2])
         if stop_reason == "epochs" and p.stop == "criterion":
             info.update({"kept_check": best[1], "kept_check_score": round(best[0], 3)})
     info.update({"epochs_run": epoch, "steps": epoch * steps_per_epoch, "stop_reason": stop_reason})
