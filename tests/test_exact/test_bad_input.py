@@ -214,3 +214,33 @@ def test_vote_aggregation_is_a_majority_with_mean_probability_ties():
     x = torch.zeros(2, 1)
     assert votes(x).argmax(1).tolist() == [0, 0] and mean(x).argmax(1).tolist() == [1, 1]
     assert torch.allclose(votes(x).exp().sum(1), torch.ones(2))
+
+
+def test_weighted_aggregation_weights_each_member_by_its_given_weight():
+    from torch import nn
+
+    from unlearn_tool.errors import MethodError
+    from unlearn_tool.exact.params import parse_exact_params
+    from unlearn_tool.exact.train import EnsembleModule
+
+    class Fixed(nn.Module):
+        def __init__(self, logits):
+            super().__init__()
+            self.logits = torch.tensor([logits])
+
+        def forward(self, x):
+            return self.logits.expand(len(x), -1)
+
+    members = [Fixed([3.0, 0.0]), Fixed([0.0, 2.0]), Fixed([0.0, 2.0])]
+    x = torch.zeros(2, 1)
+    # mean: (1, 4/3) -> class 1; weighted 200:20:20 (a full shard against two cut back to one slice) -> class 0
+    assert EnsembleModule(members, "mean")(x).argmax(1).tolist() == [1, 1]
+    out = EnsembleModule(members, "weighted", weights=[200, 20, 20])(x)
+    assert torch.allclose(out[0], torch.tensor([3.0 * 200 / 240, 2.0 * 40 / 240]))
+    assert out.argmax(1).tolist() == [0, 0]
+    assert torch.allclose(EnsembleModule(members, "weighted", weights=[5, 5, 5])(x), EnsembleModule(members, "mean")(x))
+    for bad in (None, [1, 2], [0, 0, 0], [1, -1, 1]):
+        with pytest.raises(MethodError, match="weighted aggregation"):
+            EnsembleModule(members, "weighted", weights=bad)
+    assert parse_exact_params("s3t", {"aggregation": "weighted"}).aggregation == "weighted"
+    assert parse_exact_params("sisa", {"aggregation": "weighted"}).aggregation == "weighted"

@@ -189,3 +189,32 @@ def test_apply_audit_on_an_exact_artifact(exact_dir, tmp_path):
     assert report["provenance"]["sha256"]["original"] == sha256_file(exact_dir / "s3t" / "manifest.json")
     assert report["provenance"]["sha256"]["unlearned"] == sha256_file(out / "manifest.json")
     assert any(w.startswith("exact unlearning (s3t)") for w in report["warnings"])
+
+
+def test_weighted_aggregation_weights_shards_by_the_samples_of_their_served_prefix(deleted, exact_dir):
+    """aggregation=weighted (set here on the deleted artifact's manifest: aggregation does not change training): each
+    served shard's weight is the samples of its served prefix's slices, counted from the recorded assignment, and
+    the output is the weighted mean of the members' logits."""
+    _, _, out, _ = deleted
+    from unlearn_tool.artifacts import EnsembleArtifact
+    from unlearn_tool.exact.ensemble import build_ensemble
+    from unlearn_tool.job import prepare
+
+    job = prepare(exact_dir / "delete.yaml", None, device="cpu")
+    artifact = EnsembleArtifact(out)
+    m = artifact.manifest.model_copy(deep=True)
+    m.aggregation = "weighted"
+    ensemble = build_ensemble(m, out, job.load_context())
+    shard, slc = assignment(out)
+    expected = []
+    for k in ensemble.shards:
+        b, p = m.served()[k]
+        expected.append(int(((shard == k) & np.isin(slc, m.shards[k].sequences[b].order[:p])).sum()))
+    assert ensemble.weights == expected
+    assert len(set(expected)) > 1  # the deletion cut the shards back to prefixes of different sizes
+    x = job.splits.test.x[:8]
+    with torch.no_grad():
+        logits = torch.stack([member(x) for member in ensemble.members])
+        w = torch.tensor(expected, dtype=logits.dtype)
+        assert torch.allclose(ensemble(x), (logits * (w / w.sum())[:, None, None]).sum(0), atol=1e-6)
+        assert not torch.allclose(ensemble(x), logits.mean(0), atol=1e-4)

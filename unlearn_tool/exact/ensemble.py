@@ -67,13 +67,15 @@ def build_ensemble(m: "Manifest", folder: Any, ctx: "LoadContext") -> EnsembleMo
     base = load_into(ctx.make_model(), tensors, ctx.arch, folder / m.base.file).eval()
     head, groups = stage_groups(m, base, str(folder))
     params = parse_exact_params(m.method, m.params, prefix="manifest params")
-    members = []
+    members, weights = [], []
     for k, (b, p) in sorted(served.items()):
         seq = m.shards[k].sequences[b]
         comps = [read_checkpoint(folder / (st.file or ""))[0] for st in seq.stages[:p]]
+        weights.append(seq.stages[p - 1].samples)  # the fine-tuning samples the served prefix was trained on
         members.append(serving_model(m.method, params, base, ctx.make_model, comps, ctx.device, head, groups,
                                      where=f"exact artifact {folder} shard {k} sequence {b}"))
-    ensemble = EnsembleModule(members, m.aggregation, shards=sorted(served)).to(ctx.device).eval()
+    ensemble = EnsembleModule(members, m.aggregation, shards=sorted(served),
+                              weights=weights if m.aggregation == "weighted" else None).to(ctx.device).eval()
     for p in ensemble.parameters():  # an ordinary module to its users (an audit may fine-tune a copy: relearn time)
         p.requires_grad_(True)
     return ensemble

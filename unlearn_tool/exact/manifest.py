@@ -130,7 +130,7 @@ class Manifest(_Strict):
     data: DataEntry
     base: BaseEntry
     assignment: AssignmentEntry
-    aggregation: Literal["mean", "vote"]
+    aggregation: Literal["mean", "vote", "weighted"]  # weighted: added later; manifests with mean/vote read as before
     training: dict[str, Any] = Field(default_factory=dict)  # cost of the original training (sample-epochs, wall time)
     shards: list[ShardEntry]
     deletions: list[Deletion] = Field(default_factory=list)

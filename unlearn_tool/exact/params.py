@@ -18,7 +18,7 @@ class ExactParams(SaneParams):
     lr: float = Field(1e-3, gt=0, description="Learning rate.")
     optimizer: Literal["adam", "sgd"] = Field("adam", description="adam, or sgd with momentum 0.9 (a fresh optimizer per stage).")
     batch_size: int = Field(64, ge=1, description="Training batch size.")
-    aggregation: Literal["mean", "vote"] = Field("mean", description="mean of the shards' logits, or a majority vote (ties broken by mean probability).")
+    aggregation: Literal["mean", "vote", "weighted"] = Field("mean", description="mean of the shards' logits, a majority vote (ties broken by mean probability), or weighted: each shard's logits weighted by the training samples of its served prefix (a shard cut back to one slice counts less).")
     min_steps: int = Field(0, ge=0, description="At least this many optimizer steps per stage (more epochs for a small stage's data), so short prefixes are trained too.")
 
     def components(self) -> int:

@@ -259,21 +259,31 @@ def serving_model(method: str, p: ExactParams, base: nn.Module, make_model: Call
 
 
 class EnsembleModule(nn.Module):
-    """The served model: the surviving shards' models; output = mean of their logits, or a vote.
+    """The served model: the surviving shards' models; output = mean of their logits, a vote, or a weighted mean.
 
     Vote output: log((votes + mean softmax) / (shards + 1)), so the argmax is the majority class with ties
-    broken by the mean probability, and the audit's probability-based figures stay defined."""
+    broken by the mean probability, and the audit's probability-based figures stay defined. Weighted: the logits'
+    mean weighted by `weights` (per member, e.g. the samples its served prefix was trained on), so a shard cut
+    back to a short prefix by deletions counts less than one still serving its whole data."""
 
-    def __init__(self, members: list[nn.Module], aggregation: str = "mean", shards: Optional[list[int]] = None):
+    def __init__(self, members: list[nn.Module], aggregation: str = "mean", shards: Optional[list[int]] = None,
+                 weights: Optional[list[float]] = None):
         super().__init__()
         self.members = nn.ModuleList(members)
         self.aggregation = aggregation
         self.shards = list(shards or range(len(members)))
+        if aggregation == "weighted":
+            if weights is None or len(weights) != len(members) or not all(w >= 0 for w in weights) or sum(weights) <= 0:
+                raise MethodError(f"weighted aggregation needs one non-negative weight per member, not all zero (got {weights})")
+        self.weights = None if weights is None else [float(w) for w in weights]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         outs = torch.stack([m(x) for m in self.members])  # (shards, batch, classes)
         if self.aggregation == "mean":
             return outs.mean(0)
+        if self.aggregation == "weighted":
+            w = torch.tensor(self.weights, dtype=outs.dtype, device=outs.device)
+            return (outs * (w / w.sum())[:, None, None]).sum(0)
         votes = F.one_hot(outs.argmax(-1), outs.shape[-1]).sum(0).to(outs.dtype)
         probs = outs.softmax(-1).mean(0)
         return torch.log((votes + probs) / (len(self.members) + 1))
