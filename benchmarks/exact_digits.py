@@ -8,6 +8,8 @@
     python benchmarks/exact_digits.py --pretrain all --deletion-prior hot=0.1,ratio=100 --deletion-prior hot=0.1,ratio=10
                                                             # deletions drawn from a known prior; S3T with BMS and by_weight,
                                                             # SISA with by_weight; docs/exact_deletions_prior.png
+    python benchmarks/exact_digits.py --pretrain all --deletion-prior hot=0.1,ratio=100 --layouts 5x10x10 --sisa-layouts none \
+        --s3t-stage aggregation=weighted            # S3T stage settings over PRIOR_STAGE (choose them with exact_digits_tune.py)
     python benchmarks/exact_digits.py --bound-only          # the counting bound only (seconds)
 
 The plot (docs/exact_deletions.png): test accuracy against the number of sequential single-sample deletions for
@@ -342,6 +344,28 @@ def parse_prior(text: str) -> dict[str, float]:
     return out
 
 
+def parse_stage(text: str) -> dict:
+    """`epochs=20,aggregation=weighted` -> {"epochs": 20, "aggregation": "weighted"}, checked as S3T parameters."""
+    out: dict = {}
+    for part in text.split(","):
+        key, _, value = part.partition("=")
+        key = key.strip()
+        if key not in STAGE_KEYS or not value:
+            raise argparse.ArgumentTypeError(f"--s3t-stage {text!r}: give k=v pairs with k in {', '.join(STAGE_KEYS)}")
+        try:
+            out[key] = STAGE_KEYS[key](value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"--s3t-stage {text!r}: {key} takes a {STAGE_KEYS[key].__name__}, not {value!r}") from None
+    try:
+        parse_exact_params("s3t", {**PRIOR_STAGE, **out})
+    except Exception as e:  # noqa: BLE001 - the tool's one-line message
+        raise argparse.ArgumentTypeError(f"--s3t-stage {text!r}: {e}") from None
+    return out
+
+
+STAGE_KEYS = {"epochs": int, "lr": float, "rank": int, "alpha": float, "min_steps": int, "batch_size": int, "aggregation": str}
+
+
 def prior_of(n: int, hot: float, ratio: float, seed: int = 2) -> tuple[np.ndarray, np.ndarray]:
     """(probability of each sample being the next deletion, the flagged indices): a seeded share `hot` flagged, each
     `ratio` times as likely as an unflagged sample."""
@@ -391,10 +415,11 @@ def retrain_costs(folder: Path, work: Path, order: list[int], is_flagged: np.nda
 
 
 def run_prior(pretrain: str, deletions: int, priors: list[dict[str, float]], real: int, layouts: list[dict],
-              sisa_layouts: list[dict], retrain_affected: bool = True) -> dict:
+              sisa_layouts: list[dict], retrain_affected: bool = True, stage: dict | None = None) -> dict:
     """Per prior: S3T trained with the prior (BMS + by_weight) and without it (uniform, cyclic) for each layout, SISA
     with the prior (by_weight) and without it for each SISA layout, the deletions drawn from the prior, against the
     full model and full retraining; and what `--retrain-affected` costs for an unflagged and a flagged deletion."""
+    stage = PRIOR_STAGE if stage is None else stage
     work = Path(tempfile.mkdtemp(prefix="exact-prior-"))
     try:
         job, base, full, a_base, a_full, t_full = setup(work, pretrain)
@@ -407,7 +432,7 @@ def run_prior(pretrain: str, deletions: int, priors: list[dict[str, float]], rea
               f"(the normal training run: {n40:,} sample-epochs)")
         names = [f"{c['shards']}x{c['slices']}x{c['sequences']}" for c in layouts]
         sisa_names = [f"SISA {c['shards']}x{c['slices']}" for c in sisa_layouts]
-        print(f"S3T stages: {PRIOR_STAGE}, rank 8; layouts {names} "
+        print(f"S3T stages: {stage}{'' if 'rank' in stage else ', rank 8'}; layouts {names} "
               "(shards x slices x sequences); 'prior': order=bms + deletion_weights (assignment by_weight), 'no prior': uniform "
               "assignment, cyclic orders. Test accuracy in %; 'srv' = shards serving, 'act' = active components.")
         if sisa_layouts:
@@ -423,7 +448,7 @@ def run_prior(pretrain: str, deletions: int, priors: list[dict[str, float]], rea
             wfile.write_text("\n".join(f"{v:.6g}" for v in weights) + "\n")
             tag = f"hot={prior['hot']:g},ratio={prior['ratio']:g}"
             curves, cost, late, restore = {}, {}, {}, []
-            runs = [(f"{lay['shards']}x{lay['slices']}x{lay['sequences']}", "s3t", {**lay, **PRIOR_STAGE},
+            runs = [(f"{lay['shards']}x{lay['slices']}x{lay['sequences']}", "s3t", {**lay, **stage},
                      (("prior", {"order": "bms", "deletion_weights": str(wfile)}), ("no prior", {"order": "cyclic"}))) for lay in layouts]
             runs += [(f"SISA {lay['shards']}x{lay['slices']}", "sisa", {**lay, **PRIOR_SISA_STAGE},
                       (("prior", {"deletion_weights": str(wfile)}), ("no prior", {}))) for lay in sisa_layouts]
@@ -496,7 +521,7 @@ def run_prior(pretrain: str, deletions: int, priors: list[dict[str, float]], rea
                             "cost": {f"{k[0]} {k[1]}": v for k, v in cost.items()},
                             "flagged_in_closing_slices": {k: list(v) for k, v in late.items()}, "retrain_affected": restore})
         return {"pretrain": pretrain, "base_acc": a_base, "full_acc": a_full, "full_wall_s": t_full, "deletions": deletions,
-                "layouts": layouts, "stage": PRIOR_STAGE, "sisa_layouts": sisa_layouts, "sisa_stage": PRIOR_SISA_STAGE,
+                "layouts": layouts, "stage": stage, "sisa_layouts": sisa_layouts, "sisa_stage": PRIOR_SISA_STAGE,
                 "marks": marks, "priors": results}
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -619,6 +644,9 @@ def main() -> None:
                     help="run the deletion-prior scenario instead (repeat for several priors); see the module docstring")
     ap.add_argument("--layouts", default=None, help="prior scenario: S3T layouts SxRxB,... (default: PRIOR_LAYOUTS)")
     ap.add_argument("--sisa-layouts", default=None, help="prior scenario: SISA layouts SxR,... or none (default: PRIOR_SISA_LAYOUTS)")
+    ap.add_argument("--s3t-stage", type=parse_stage, default=None, metavar="k=v,...",
+                    help="prior scenario: S3T stage settings over PRIOR_STAGE, e.g. epochs=20,lr=0.005,rank=16,aggregation=weighted "
+                         "(chosen on validation by benchmarks/exact_digits_tune.py, never on the test split)")
     ap.add_argument("--no-retrain-affected", action="store_true", help="prior scenario: skip the --retrain-affected cost rows")
     ap.add_argument("--bound-trials", type=int, default=500, help="deletion orders averaged in the counting bound")
     ap.add_argument("--bound-only", action="store_true", help="print only the counting bound (no training; seconds)")
@@ -650,8 +678,9 @@ def main() -> None:
                                                               for t in args.layouts.split(",")]
         sisa_layouts = (PRIOR_SISA_LAYOUTS if args.sisa_layouts is None else [] if args.sisa_layouts == "none" else
                         [dict(zip(("shards", "slices"), map(int, t.split("x")))) for t in args.sisa_layouts.split(",")])
-        out = [run_prior(pretrain, args.deletions, args.deletion_prior, min(args.real, 10), layouts, sisa_layouts, not args.no_retrain_affected)
-               for pretrain in pretrains]
+        stage = {**PRIOR_STAGE, **(args.s3t_stage or {})}
+        out = [run_prior(pretrain, args.deletions, args.deletion_prior, min(args.real, 10), layouts, sisa_layouts, not args.no_retrain_affected,
+                         stage) for pretrain in pretrains]
         finish(args, t0, "prior_settings", out, plot_prior, "exact_deletions_prior.png")
         return
     settings = [run(pretrain, args.deletions, args.real, args.quick, not args.no_wide) for pretrain in pretrains]
