@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
@@ -244,3 +245,28 @@ def test_weighted_aggregation_weights_each_member_by_its_given_weight():
             EnsembleModule(members, "weighted", weights=bad)
     assert parse_exact_params("s3t", {"aggregation": "weighted"}).aggregation == "weighted"
     assert parse_exact_params("sisa", {"aggregation": "weighted"}).aggregation == "weighted"
+
+
+def test_weighted_aggregation_end_to_end_is_recorded_and_served_after_a_deletion(exact_dir, tmp_path):
+    """`--param aggregation=weighted` is recorded in the manifest; after a deletion the loaded ensemble weights each
+    shard by its served prefix's samples (a cut shard counts less) and `inspect` reads the artifact."""
+    from unlearn_tool.artifacts import EnsembleArtifact
+    from unlearn_tool.job import prepare
+
+    args = ["--exact", "s3t", "--init", exact_dir / "base.safetensors", "--param", "shards=2", "--param", "slices=3",
+            "--param", "sequences=1", "--param", "epochs=1", "--param", "aggregation=weighted", "--quiet"]
+    r = invoke("train", "-r", exact_dir / "train.yaml", "-o", tmp_path / "art", *args)
+    assert r.exit_code == 0, r.stderr
+    assert json.loads((tmp_path / "art" / "manifest.json").read_text())["aggregation"] == "weighted"
+    shard, slc = assignment(tmp_path / "art")
+    m = EnsembleArtifact(tmp_path / "art").manifest
+    last = m.shards[0].sequences[0].order[-1]
+    req = write_request(tmp_path, {"indices": pick(shard, slc, [(0, last)])}, name="cut.yaml")
+    r = invoke("apply", tmp_path / "art", "-r", req, "-o", tmp_path / "art.d1", "--quiet")
+    assert r.exit_code == 0, r.stderr
+    job = prepare(req, None, device="cpu")
+    ensemble = EnsembleArtifact(tmp_path / "art.d1").load(job.load_context())
+    assert ensemble.aggregation == "weighted"
+    kept = m.shards[0].sequences[0].order[:2]
+    assert ensemble.weights == [int(((shard == 0) & np.isin(slc, kept)).sum()), int((shard == 1).sum())]
+    assert invoke("inspect", tmp_path / "art.d1").exit_code == 0

@@ -1,5 +1,6 @@
 """Load an exact artifact as one nn.Module: each surviving shard serves its longest surviving prefix; the
-module outputs the mean of their logits (or a vote), so the audit and every evaluation work unchanged."""
+module outputs the mean of their logits (or a vote, or a mean weighted by the samples of each served prefix), so
+the audit and every evaluation work unchanged."""
 
 from __future__ import annotations
 
