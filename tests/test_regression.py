@@ -383,3 +383,25 @@ def test_regression_request_round_trips_through_yaml(tmp_path):
     plain.pop("task")
     (tmp_path / "c.yaml").write_text(yaml.safe_dump({**plain, "forget": {"classes": [1]}}))
     assert load_request(tmp_path / "c.yaml").task == "classification"  # the default: existing requests are unchanged
+
+
+def test_a_short_method_run_is_timed_by_the_median_of_repeated_runs(diabetes_sample_job, monkeypatch):
+    """benchmarks/regression.py times 20 ms runs this way: one run's few ms of load decided RFA's diabetes time ratio."""
+    import unlearn_tool.bench.run as R
+    from unlearn_tool.bench import method_params
+
+    real, calls = R.run_method, []
+    scripted = iter([0.5, 0.01, 0.02, 0.03])
+
+    def counted(name, ctx, params):
+        out, _ = real(name, ctx, params)
+        calls.append(name)
+        return out, next(scripted)
+
+    monkeypatch.setattr(R, "run_method", counted)
+    params = method_params("finetune", {"epochs": 1})
+    assert R.timed_again("finetune", diabetes_sample_job, params, 0.05, repeats=5) == 0.03  # median of 0.05, 0.5, 0.01, 0.02, 0.03
+    assert calls == ["finetune"] * 4
+    assert R.timed_again("finetune", diabetes_sample_job, params, R.REPEAT_BELOW_S, repeats=5) == R.REPEAT_BELOW_S  # long: once
+    assert R.timed_again("finetune", diabetes_sample_job, params, 0.05, repeats=1) == 0.05
+    assert len(calls) == 4

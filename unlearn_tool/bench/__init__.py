@@ -19,6 +19,7 @@ from .render import (  # noqa: F401
     write_bench,
 )
 from .run import (  # noqa: F401
+    REPEAT_BELOW_S,
     SCHEMA,
     SeedSetup,
     assemble,
