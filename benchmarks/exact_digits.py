@@ -149,11 +149,11 @@ def test_acc(model, job) -> float:
     return utility(model, job)["test_acc"]
 
 
-def replay(folder: Path, job, order: list[int], marks: list[int]) -> dict[int, dict]:
-    """Sequential single-sample deletions planned in memory; the served ensemble evaluated at each mark."""
+def replayed(folder: Path, order: list[int], marks: list[int]):
+    """Sequential single-sample deletions (`order`) planned in memory on the artifact's manifest: yields (d, manifest)
+    after d deletions, at each mark."""
     artifact = EnsembleArtifact(folder)
     m = artifact.manifest.model_copy(deep=True)
-    out = {}
     for d in range(max(marks) + 1):
         if d:
             plan = plan_deletion(m, *artifact.assignment, [order[d - 1]])
@@ -161,13 +161,20 @@ def replay(folder: Path, job, order: list[int], marks: list[int]) -> dict[int, d
             m.deletions.append(Deletion(id=d, request_id=f"del-{d}", request_sha256="", scenario="sample", indices=plan.indices,
                                         deactivated=[list(t) for t in plan.deactivated], parent_manifest_sha256="0" * 64, created_utc=""))
         if d in marks:
-            b = m.budget()
-            try:
-                acc = test_acc(build_ensemble(m, folder, job.load_context()), job)
-            except ExhaustedError:
-                acc = float("nan")
-            out[d] = {"acc": acc, "shards": b["active_shards"], "active": b["active_components"], "components": b["components"],
-                      "budget": b["deletions_left"]}
+            yield d, m
+
+
+def replay(folder: Path, job, order: list[int], marks: list[int]) -> dict[int, dict]:
+    """Sequential single-sample deletions planned in memory; the served ensemble evaluated at each mark."""
+    out = {}
+    for d, m in replayed(folder, order, marks):
+        b = m.budget()
+        try:
+            acc = test_acc(build_ensemble(m, folder, job.load_context()), job)
+        except ExhaustedError:
+            acc = float("nan")
+        out[d] = {"acc": acc, "shards": b["active_shards"], "active": b["active_components"], "components": b["components"],
+                  "budget": b["deletions_left"]}
     return out
 
 

@@ -42,14 +42,12 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from exact_digits import (POOL, PRIOR_HORIZON, PRIOR_STAGE, REQUEST, finetune, prior_of, prior_order,  # noqa: E402
-                          test_acc)
-from unlearn_tool.artifacts import EnsembleArtifact  # noqa: E402
+                          replayed, test_acc)
 from unlearn_tool.checkpoint import save_canonical  # noqa: E402
 from unlearn_tool.data import DataSpec, load_split  # noqa: E402
 from unlearn_tool.exact.ensemble import ExhaustedError, build_ensemble  # noqa: E402
-from unlearn_tool.exact.manifest import Deletion, plan_deletion  # noqa: E402
 from unlearn_tool.exact.params import parse_exact_params  # noqa: E402
-from unlearn_tool.exact.run import apply_plan, train_artifact  # noqa: E402
+from unlearn_tool.exact.run import train_artifact  # noqa: E402
 from unlearn_tool.job import prepare, seed_everything  # noqa: E402
 from unlearn_tool.request import parse_request  # noqa: E402
 from unlearn_tool.training import TrainConfig, fit  # noqa: E402
@@ -91,25 +89,17 @@ def make_data(folder: Path, fold: int) -> None:
 
 def replay_all(folder: Path, job, order: list[int]) -> dict[str, dict[int, float]]:
     """The prior's deletions planned in memory; the served ensemble's validation accuracy at each mark, per aggregation."""
-    artifact = EnsembleArtifact(folder)
-    m = artifact.manifest.model_copy(deep=True)
     out: dict[str, dict[int, float]] = {a: {} for a in AGGREGATIONS}
     shards: dict[int, int] = {}
-    for d in range(max(MARKS) + 1):
-        if d:
-            plan = plan_deletion(m, *artifact.assignment, [order[d - 1]])
-            apply_plan(m, plan, d)
-            m.deletions.append(Deletion(id=d, request_id=f"del-{d}", request_sha256="", scenario="sample", indices=plan.indices,
-                                        deactivated=[list(t) for t in plan.deactivated], parent_manifest_sha256="0" * 64, created_utc=""))
-        if d in MARKS:
-            shards[d] = m.budget()["active_shards"]
-            for agg in AGGREGATIONS:
-                view = m.model_copy()
-                view.aggregation = agg
-                try:
-                    out[agg][d] = test_acc(build_ensemble(view, folder, job.load_context()), job)
-                except ExhaustedError:
-                    out[agg][d] = float("nan")
+    for d, m in replayed(folder, order, MARKS):
+        shards[d] = m.budget()["active_shards"]
+        for agg in AGGREGATIONS:
+            view = m.model_copy()
+            view.aggregation = agg
+            try:
+                out[agg][d] = test_acc(build_ensemble(view, folder, job.load_context()), job)
+            except ExhaustedError:
+                out[agg][d] = float("nan")
     return {"acc": out, "shards": shards}
 
 

@@ -197,42 +197,37 @@ def test_plain_train_starts_from_init(exact_dir, tmp_path):
     assert all(torch.allclose(tensors[k], base[k], atol=1e-6) for k in base)
 
 
-def test_vote_aggregation_is_a_majority_with_mean_probability_ties():
+def _fixed(logits):
+    """A member whose logits are `logits` for every input."""
     from torch import nn
 
-    from unlearn_tool.exact.train import EnsembleModule
-
     class Fixed(nn.Module):
-        def __init__(self, logits):
+        def __init__(self):
             super().__init__()
             self.logits = torch.tensor([logits])
 
         def forward(self, x):
             return self.logits.expand(len(x), -1)
 
-    votes = EnsembleModule([Fixed([2.0, 0.0, 0.0]), Fixed([2.0, 0.0, 0.0]), Fixed([0.0, 9.0, 0.0])], "vote")
-    mean = EnsembleModule([Fixed([2.0, 0.0, 0.0]), Fixed([2.0, 0.0, 0.0]), Fixed([0.0, 9.0, 0.0])], "mean")
+    return Fixed()
+
+
+def test_vote_aggregation_is_a_majority_with_mean_probability_ties():
+    from unlearn_tool.exact.train import EnsembleModule
+
+    votes = EnsembleModule([_fixed([2.0, 0.0, 0.0]), _fixed([2.0, 0.0, 0.0]), _fixed([0.0, 9.0, 0.0])], "vote")
+    mean = EnsembleModule([_fixed([2.0, 0.0, 0.0]), _fixed([2.0, 0.0, 0.0]), _fixed([0.0, 9.0, 0.0])], "mean")
     x = torch.zeros(2, 1)
     assert votes(x).argmax(1).tolist() == [0, 0] and mean(x).argmax(1).tolist() == [1, 1]
     assert torch.allclose(votes(x).exp().sum(1), torch.ones(2))
 
 
 def test_weighted_aggregation_weights_each_member_by_its_given_weight():
-    from torch import nn
-
     from unlearn_tool.errors import MethodError
     from unlearn_tool.exact.params import parse_exact_params
     from unlearn_tool.exact.train import EnsembleModule
 
-    class Fixed(nn.Module):
-        def __init__(self, logits):
-            super().__init__()
-            self.logits = torch.tensor([logits])
-
-        def forward(self, x):
-            return self.logits.expand(len(x), -1)
-
-    members = [Fixed([3.0, 0.0]), Fixed([0.0, 2.0]), Fixed([0.0, 2.0])]
+    members = [_fixed([3.0, 0.0]), _fixed([0.0, 2.0]), _fixed([0.0, 2.0])]
     x = torch.zeros(2, 1)
     # mean: (1, 4/3) -> class 1; weighted 200:20:20 (a full shard against two cut back to one slice) -> class 0
     assert EnsembleModule(members, "mean")(x).argmax(1).tolist() == [1, 1]
