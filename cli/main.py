@@ -121,6 +121,14 @@ _IMPORTED_AT = __import__("time").perf_counter()
 def _stop_line(info: dict, params: dict) -> Optional[str]:
     """Why an iterative method stopped, in one line ("target reached after 7 of 30 passes")."""
     reason, done = info.get("stop_reason"), info.get("epochs_run")
+    if info.get("solver") == "gauss-newton":
+        damping, read = info.get("damping"), info.get("dampings_read")
+        if reason == "criterion":
+            return f"one Gauss-Newton step: target reached at damping {damping:.3g} ({read} dampings read)"
+        if damping is None:
+            return ("one Gauss-Newton step: no damping came nearer to the stopping target than the original model: the output "
+                    "equals the original (nothing forgotten); try solver adam")
+        return f"one Gauss-Newton step: no damping met the stopping target; kept the one nearest to it ({damping:.3g})"
     total = params.get("epochs") or info.get("max_epochs")
     if reason is None or done is None:
         return None

@@ -405,3 +405,57 @@ def test_a_short_method_run_is_timed_by_the_median_of_repeated_runs(diabetes_sam
     assert R.timed_again("finetune", diabetes_sample_job, params, R.REPEAT_BELOW_S, repeats=5) == R.REPEAT_BELOW_S  # long: once
     assert R.timed_again("finetune", diabetes_sample_job, params, 0.05, repeats=1) == 0.05
     assert len(calls) == 4
+
+
+def test_rfa_gauss_newton_solver_moves_the_forget_error_towards_the_retrained_model_by_the_adapters_b_alone(diabetes_sample_job, references,
+                                                                                                        monkeypatch):
+    """solver gauss-newton (docs/rfa.md R9): one damped Gauss-Newton step in the adapters' B weights, A left at its
+    init; the forget error moves towards the retrained model's while test error stays; a second run is identical."""
+    from unlearn_tool import lora
+    from unlearn_tool.evaluate import stream
+    from unlearn_tool.methods import parse_params, run_method
+
+    job = diabetes_sample_job
+    params = parse_params("rfa", {"solver": "gauss-newton"})
+    inject, initial = lora.inject, {}
+
+    def recorded(*a, **k):
+        model = inject(*a, **k)
+        initial.update({n: layer.lora_A.weight.detach().clone() for n, layer in lora.lora_layers(model)})
+        return model
+
+    monkeypatch.setattr(lora, "inject", recorded)
+    out, _ = run_method("rfa", job.context(), params)
+    monkeypatch.setattr(lora, "inject", inject)
+    assert out.info["solver"] == "gauss-newton" and out.info["stop_reason"] in ("criterion", "nearest")
+    assert out.info["damping"] is not None  # a step was kept, not the teacher
+    before, after, ref = _forget_mae(job.original, job), _forget_mae(out.model, job), _forget_mae(references["sample"], job)
+    assert abs(after - ref) < 0.5 * abs(before - ref), (before, after, ref)
+    test = [float(stream(m, job.splits.test, job.device, 128, job.task).abs_err.mean()) for m in (job.original, out.model)]
+    assert test[1] <= 1.05 * test[0], test
+    for name, layer in lora.lora_layers(out.adapter_model):
+        assert layer.lora_B.weight.abs().sum() > 0, name
+        assert torch.equal(layer.lora_A.weight, initial[name]), name
+    job.seed_everything()
+    again, _ = run_method("rfa", job.context(), params)
+    assert all(torch.equal(a, b) for a, b in zip(out.model.state_dict().values(), again.model.state_dict().values()))
+
+
+def test_rfa_gauss_newton_solver_is_refused_for_a_classifier_and_for_a_jacobian_too_large(digits_sample_job, diabetes_sample_job, monkeypatch):
+    from unlearn_tool.errors import MethodError
+    from unlearn_tool.methods import _rfa_gauss_newton, parse_params, run_method
+
+    with pytest.raises(MethodError, match="solver gauss-newton is for regression models"):
+        run_method("rfa", digits_sample_job.context(), parse_params("rfa", {"solver": "gauss-newton"}))
+    monkeypatch.setattr(_rfa_gauss_newton, "JACOBIAN_BYTES", 1000)
+    with pytest.raises(MethodError, match="the Jacobian would take .* lower rank, adapt fewer layers .* or use solver adam"):
+        run_method("rfa", diabetes_sample_job.context(), parse_params("rfa", {"solver": "gauss-newton"}))
+
+
+def test_stop_line_of_the_gauss_newton_solver():
+    from cli.main import _stop_line
+
+    assert "target reached at damping 0.001" in _stop_line({"solver": "gauss-newton", "stop_reason": "criterion", "damping": 1e-3,
+                                                            "dampings_read": 7}, {})
+    assert "nearest to it (0.002)" in _stop_line({"solver": "gauss-newton", "stop_reason": "nearest", "damping": 2e-3}, {})
+    assert "equals the original" in _stop_line({"solver": "gauss-newton", "stop_reason": "nearest", "damping": None}, {})

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from .. import lora
+from ..errors import MethodError
 from ..evaluate import predict_logits, remembered_logits
 from ..precision import ScaledSteps
 from ._rfa_loop import (
@@ -81,6 +82,10 @@ class RFAParams(MethodParams):
     retain_target: Literal["without_forgotten", "teacher"] = Field(
         "without_forgotten", description="Class unlearning: align retained data with the teacher's distribution over the "
         "remaining classes (without_forgotten) or with its full distribution (teacher)."
+    )
+    solver: Literal["adam", "gauss-newton"] = Field(
+        "adam", description="adam: train the adapters by Adam passes over Df. gauss-newton (regression only): one damped "
+        "Gauss-Newton step in the adapters' B weights, weighed by the retained outputs' curvature (docs/rfa.md R9)."
     )
     stop: Literal["criterion", "epochs"] = Field(
         "criterion", description="criterion: stop once the forget target is reached (checked every few steps); epochs: run all epochs."
@@ -162,6 +167,8 @@ def run(ctx: UnlearnContext, p: RFAParams) -> MethodOutput:
     if ctx.task is not None and ctx.task.name == "regression":  # regression design: rfa_regression.py, docs/rfa.md
         from .rfa_regression import run_regression
         return run_regression(ctx, p)
+    if p.solver != "adam":
+        raise MethodError(f"rfa: solver {p.solver} is for regression models; a classifier trains its adapters with solver adam")
     device, teacher = ctx.device, ctx.original.eval()
     probe = ctx.retain.take(torch.arange(min(2, len(ctx.retain))))[0].to(device)  # a real input batch, to trace shapes
     if p.target_layers == "auto" and lora.family(teacher) == "transformer":

@@ -197,6 +197,15 @@ def run_regression(ctx: UnlearnContext, p: "RFAParams") -> MethodOutput:
         _, tg = retain.guard()
         guard_mae = float((_matrix(tg) - _matrix(ctx.retain.take(retain.guard_idx)[1]).to(device)).abs().mean()) if guard else 0.0
         bound = RETAIN_DRIFT * guard_mae
+        if p.solver == "gauss-newton":  # one damped Gauss-Newton step in the adapters' B (docs/rfa.md R9)
+            from . import _rfa_gauss_newton
+
+            def read() -> float:
+                return check_score(_forget_mae(net, z_forget_all, y_forget), target_mae, _drift(net, retain), bound)
+
+            info.update(_rfa_gauss_newton.solve(net, retain, z_forget_all, _matrix(t_forget).to(device), targets, var, w_forget,
+                                                p.w_align, read))
+            return MethodOutput(model=lora.merged_copy(model, teacher), adapter_model=model, info=info)
         # the teacher itself (adapters at zero: pass 0) is the first candidate: a run that only drifts away returns it
         best = (check_score(float((_matrix(t_forget).to(device) - y_forget).abs().mean()), target_mae, 0.0, bound), 0,
                 _snapshot(params))

@@ -1,0 +1,97 @@
+"""RFA for regression solved by one Gauss-Newton step in the adapters' B weights (`solver: gauss-newton`; docs/rfa.md R9).
+
+The objective is RFA's own (forget outputs to their targets, retained outputs to the teacher's, both normalised by the
+retained targets' variance and weighted by w_forget and w_align), linearised at B = 0, where every adapter's output is
+linear in its B with A fixed at its seeded random init. Its damped least-squares solution weighs the change by the
+curvature of the retained outputs: the step moves the adapters in directions the retained samples do not feel, which
+Adam, following a few retained samples per step, cannot see. On the converged rotated-digits CNN this is what made
+sample unlearning selective (benchmarks/regression_frontier.py). The damping is read along a path, strongest first,
+with the Adam loop's stopping rule (R5): the first damping whose model meets it is kept, else the one nearest to it
+(the teacher, damping infinite, included).
+
+Not a method file (the leading underscore keeps it out of the registry's discovery); rfa_regression.py calls it.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from ..errors import MethodError
+
+JACOBIAN_BYTES = 1 << 30  # the rows x adapter-weights Jacobian is refused beyond this (lower the rank or the layers, or use adam)
+RETAINED_ROWS = 1024  # retained samples (never the held-back ones) in the least-squares problem
+DAMPING_PATH = 19  # dampings read: the kernel's mean eigenvalue times 10^0, 10^-0.5, 10^-1, ... 10^-9 (strongest first)
+
+
+def _jacobian(module: torch.nn.Module, names: list[str], z: torch.Tensor, chunk: int = 128) -> torch.Tensor:
+    """d outputs / d B, one row per (sample, output), at the current B (zero: the teacher)."""
+    from torch.func import functional_call, jacrev, vmap
+
+    current = {n: p.detach() for n, p in module.named_parameters() if n in names}
+
+    def out1(b, x):
+        return functional_call(module, b, (x[None],)).reshape(-1)
+
+    rows = []
+    for i in range(0, len(z), chunk):
+        jac = vmap(jacrev(out1), in_dims=(None, 0))(current, z[i:i + chunk])
+        rows.append(torch.cat([jac[n].flatten(2) for n in names], 2).flatten(0, 1))
+    return torch.cat(rows)
+
+
+def solve(net, retain, z_forget: torch.Tensor, t_forget: torch.Tensor, targets: torch.Tensor, var: float, w_forget: float,
+          w_align: float, read: Callable[[], float]) -> dict:
+    """Set the adapters' B to the Gauss-Newton step along the damping path; `read` scores the model as it now is (the
+    stopping rule's check_score: at most 1 meets it). Returns what was kept, for the method's info."""
+    module = net.forward
+    names = [n for n, _ in module.named_parameters() if n.endswith("lora_B.weight")]
+    params = dict(module.named_parameters())
+    dims = sum(params[n].numel() for n in names)
+    idx = retain.train_idx[:RETAINED_ROWS]
+    z_r, _, t_r = retain._encode(idx)
+    k = t_forget.reshape(len(t_forget), -1).shape[1]
+    rows = (len(z_forget) + len(z_r)) * k
+    if rows * dims * 8 > JACOBIAN_BYTES:  # float64
+        raise MethodError(f"rfa solver gauss-newton: the Jacobian would take {rows * dims * 8 / 2**30:.1f} GiB ({rows} output rows x {dims} "
+                          "adapter weights); lower rank, adapt fewer layers (target_layers), or use solver adam")
+    with torch.no_grad():
+        r_forget = (targets - t_forget).reshape(-1)
+        r_retain = (t_r.reshape(len(z_r), -1) - net.batched(z_r).reshape(len(z_r), -1)).reshape(-1)  # 0 unless anchored
+    try:
+        jac = torch.cat([_jacobian(module, names, z_forget), _jacobian(module, names, z_r)]).detach().double()
+    except Exception as e:  # noqa: BLE001 - a model torch.func cannot differentiate per sample
+        raise MethodError(f"rfa solver gauss-newton could not differentiate this model per sample ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0][:160] if str(e) else ''}); use solver adam") from e
+    r = torch.cat([r_forget, r_retain]).double()
+    w = torch.cat([torch.full((len(r_forget),), w_forget / (len(r_forget) * var)),
+                   torch.full((len(r_retain),), w_align / (len(r_retain) * var))]).double().to(jac.device).sqrt()
+    # dual form (rows may be fewer than weights): b = J^T W^1/2 U (D + lam)^-1 U^T W^1/2 r, with W^1/2 J J^T W^1/2 = U D U^T
+    jw = jac * w[:, None]
+    d, u = torch.linalg.eigh(jw @ jw.T)
+    d = d.clamp_min(0)
+    proj = u.T @ (w * r)
+    scale = float(d.mean()) or 1.0
+    found = {"solver": "gauss-newton", "adapter_weights": dims, "rows": rows}
+    best, kept = (read(), None), None  # the teacher (B = 0, damping infinite) is the first candidate
+    for j in range(DAMPING_PATH):
+        lam = scale * 10.0 ** (-j / 2)
+        b = jw.T @ (u @ (proj / (d + lam)))
+        _set(params, names, b)
+        score = read()
+        if score <= 1:
+            return {**found, "stop_reason": "criterion", "damping": lam, "dampings_read": j + 1}
+        if score < best[0]:
+            best, kept = (score, lam), b
+    _set(params, names, kept if kept is not None else torch.zeros(dims, dtype=torch.float64))
+    return {**found, "stop_reason": "nearest", "damping": best[1], "dampings_read": DAMPING_PATH, "kept_check_score": round(best[0], 3)}
+
+
+def _set(params: dict, names: list[str], b: torch.Tensor) -> None:
+    with torch.no_grad():
+        offset = 0
+        for n in names:
+            p = params[n]
+            p.copy_(b[offset:offset + p.numel()].view_as(p).to(p.dtype))
+            offset += p.numel()
