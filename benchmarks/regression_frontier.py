@@ -9,6 +9,7 @@ above the original's, at most 10% of retraining time. On the converged rotated-d
 (`--cache` shares benchmarks/regression.py's trained models), where each approach lands:
 
 * `rfa` with its defaults (the tool's method; the kept check when it runs to its cap);
+* `rfa` with **solver gauss-newton** (docs/rfa.md R9): the Gauss-Newton step below, in the adapters' B weights;
 * `rfa` **then a repair**: its output trained further on the retain split (the original's recipe, a few epochs), to
   see whether the test error it adds can be taken back while the forget error stays;
 * `rfa` with **oracle targets**: the forget-set outputs set to the retrained model's own outputs on those images, a
@@ -152,6 +153,9 @@ def main() -> None:
             model = continued(job, out.model, lr, epochs, seed)
             add(f"rfa, then {epochs} epochs of Adam {lr:g} on Dr", seed, (_mae(model, *forget), _mae(model, *test)),
                 wall + time.perf_counter() - t0, ref, orig, retrain_s)
+
+        out, wall = run_method("rfa", job.context(), B.method_params("rfa", {"solver": "gauss-newton"}))
+        add("rfa, solver gauss-newton", seed, (_mae(out.model, *forget), _mae(out.model, *test)), wall, ref, orig, retrain_s)
 
         retrained, _ = R.train(job, job.splits.retain, seed + 100, config, args.cache, f"{DATASET}-{SCENARIO}-retrained")
         own_targets = RR._targets
