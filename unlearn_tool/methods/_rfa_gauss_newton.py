@@ -25,19 +25,48 @@ RETAINED_ROWS = 1024  # retained samples (never the held-back ones) in the least
 DAMPING_PATH = 19  # dampings read: the kernel's mean eigenvalue times 10^0, 10^-0.5, 10^-1, ... 10^-9 (strongest first)
 
 
-def _jacobian(module: torch.nn.Module, names: list[str], z: torch.Tensor, chunk: int = 128) -> torch.Tensor:
-    """d outputs / d B, one row per (sample, output), at the current B (zero: the teacher)."""
-    from torch.func import functional_call, jacrev, vmap
+def _jacobian(module: torch.nn.Module, layers: list, z: torch.Tensor, state, chunk: int = 256) -> torch.Tensor:
+    """d outputs / d B, one row per (sample, output), at the current B: per-sample gradients from hooks (each B's
+    input times the gradient at its output, summed over positions), not torch.func, whose first vmap imports
+    torch._dynamo (1.3 s). The student is in eval mode, so samples do not interact."""
+    fused, state.fused = state.fused, False  # the two-branch forward, so that each lora_B runs as a module
+    store: dict[str, list] = {}
 
-    current = {n: p.detach() for n, p in module.named_parameters() if n in names}
+    def recorder(name: str):
+        def hook(_module, inputs, output):
+            store[name] = [inputs[0].detach(), None]
+            output.register_hook(lambda grad: store[name].__setitem__(1, grad.detach()))
+        return hook
 
-    def out1(b, x):
-        return functional_call(module, b, (x[None],)).reshape(-1)
-
+    handles = [layer.lora_B.register_forward_hook(recorder(name)) for name, layer in layers]
+    weights = [layer.lora_B.weight for _, layer in layers]
     rows = []
-    for i in range(0, len(z), chunk):
-        jac = vmap(jacrev(out1), in_dims=(None, 0))(current, z[i:i + chunk])
-        rows.append(torch.cat([jac[n].flatten(2) for n in names], 2).flatten(0, 1))
+    try:
+        for i in range(0, len(z), chunk):
+            zc = z[i:i + chunk]
+            with torch.enable_grad():
+                out = module(zc).reshape(len(zc), -1)
+                per_output = []
+                for j in range(out.shape[1]):
+                    for entry in store.values():
+                        entry[1] = None
+                    torch.autograd.grad(out[:, j].sum(), weights, retain_graph=j < out.shape[1] - 1, allow_unused=True)
+                    blocks = []
+                    for name, layer in layers:
+                        h, g = store.get(name, (None, None))
+                        if g is None:  # a layer this output does not reach
+                            blocks.append(torch.zeros(len(zc), layer.lora_B.weight.numel(), device=zc.device))
+                        elif layer.conv:  # 1 x 1 convolution: sum over positions
+                            blocks.append(torch.einsum("nohw,nrhw->nor", g, h).flatten(1))
+                        else:  # any leading token dimensions are positions too
+                            blocks.append(torch.einsum("nto,ntr->nor", g.reshape(len(zc), -1, g.shape[-1]),
+                                                       h.reshape(len(zc), -1, h.shape[-1])).flatten(1))
+                    per_output.append(torch.cat(blocks, 1))
+            rows.append(torch.stack(per_output, 1).flatten(0, 1))
+    finally:
+        for handle in handles:
+            handle.remove()
+        state.fused = fused
     return torch.cat(rows)
 
 
@@ -45,8 +74,11 @@ def solve(net, retain, z_forget: torch.Tensor, t_forget: torch.Tensor, targets: 
           w_align: float, read: Callable[[], float]) -> dict:
     """Set the adapters' B to the Gauss-Newton step along the damping path; `read` scores the model as it now is (the
     stopping rule's check_score: at most 1 meets it). Returns what was kept, for the method's info."""
+    from ..lora import LoraLayer
+
     module = net.forward
-    names = [n for n, _ in module.named_parameters() if n.endswith("lora_B.weight")]
+    layers = [(n, m) for n, m in module.named_modules() if isinstance(m, LoraLayer)]
+    names = [f"{n}.lora_B.weight" for n, _ in layers]
     params = dict(module.named_parameters())
     dims = sum(params[n].numel() for n in names)
     idx = retain.train_idx[:RETAINED_ROWS]
@@ -60,8 +92,8 @@ def solve(net, retain, z_forget: torch.Tensor, t_forget: torch.Tensor, targets: 
         r_forget = (targets - t_forget).reshape(-1)
         r_retain = (t_r.reshape(len(z_r), -1) - net.batched(z_r).reshape(len(z_r), -1)).reshape(-1)  # 0 unless anchored
     try:
-        jac = torch.cat([_jacobian(module, names, z_forget), _jacobian(module, names, z_r)]).detach().double()
-    except Exception as e:  # noqa: BLE001 - a model torch.func cannot differentiate per sample
+        jac = torch.cat([_jacobian(module, layers, z_forget, net.fused), _jacobian(module, layers, z_r, net.fused)]).double()
+    except Exception as e:  # noqa: BLE001 - a model whose per-sample gradients cannot be read this way
         raise MethodError(f"rfa solver gauss-newton could not differentiate this model per sample ({type(e).__name__}: "
                           f"{str(e).splitlines()[0][:160] if str(e) else ''}); use solver adam") from e
     r = torch.cat([r_forget, r_retain]).double()
