@@ -459,3 +459,28 @@ def test_stop_line_of_the_gauss_newton_solver():
                                                             "dampings_read": 7}, {})
     assert "nearest to it (0.002)" in _stop_line({"solver": "gauss-newton", "stop_reason": "nearest", "damping": 2e-3}, {})
     assert "equals the original" in _stop_line({"solver": "gauss-newton", "stop_reason": "nearest", "damping": None}, {})
+
+
+def test_gauss_newton_per_sample_jacobian_equals_torch_func():
+    """The hook-based per-sample Jacobian (each lora_B's input times the gradient at its output) against torch.func's,
+    on convolutions and linear layers with several outputs per sample."""
+    from torch.func import functional_call, jacrev, vmap
+
+    from unlearn_tool import lora
+    from unlearn_tool.methods._rfa_gauss_newton import _jacobian
+    from unlearn_tool.models import MLP, SmallCNN
+
+    torch.manual_seed(0)
+    for net, x in ((SmallCNN(1, 3), torch.randn(20, 1, 12, 12)), (MLP(10, [16, 8], 2), torch.randn(20, 10))):
+        model = lora.inject(net.eval(), lora.select_layers(net, "all"), 4, 8.0).eval()
+        with torch.no_grad():
+            for _, layer in lora.lora_layers(model):
+                layer.lora_B.weight.normal_(0, 0.1)
+        layers = [(n, m) for n, m in model.named_modules() if isinstance(m, lora.LoraLayer)]
+        names = [f"{n}.lora_B.weight" for n, _ in layers]
+        ours = _jacobian(model, layers, x, lora.adapter_state(model), chunk=8)
+        b = {n: p.detach() for n, p in model.named_parameters() if n in names}
+        jac = vmap(jacrev(lambda p, xi: functional_call(model, p, (xi[None],)).reshape(-1)), in_dims=(None, 0))(b, x)
+        theirs = torch.cat([jac[n].flatten(2) for n in names], 2).flatten(0, 1).detach()
+        assert ours.shape == theirs.shape == (len(x) * net(x[:1]).shape[1], sum(b[n].numel() for n in names))
+        assert torch.allclose(ours, theirs, atol=1e-6), float((ours - theirs).abs().max())
