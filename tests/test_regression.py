@@ -484,3 +484,19 @@ def test_gauss_newton_per_sample_jacobian_equals_torch_func():
         theirs = torch.cat([jac[n].flatten(2) for n in names], 2).flatten(0, 1).detach()
         assert ours.shape == theirs.shape == (len(x) * net(x[:1]).shape[1], sum(b[n].numel() for n in names))
         assert torch.allclose(ours, theirs, atol=1e-6), float((ours - theirs).abs().max())
+
+
+def test_gauss_newton_damped_steps_agree_in_both_square_forms_with_a_direct_solve():
+    """The step from Jw Jw^T (fewer rows than weights) and from Jw^T Jw (more rows, e.g. many outputs per sample)
+    is the damped least-squares solution, and the damping scale is the same in both."""
+    from unlearn_tool.methods._rfa_gauss_newton import damped_steps
+
+    gen = torch.Generator().manual_seed(0)
+    for rows, dims in ((30, 50), (50, 30)):
+        jw = torch.randn(rows, dims, generator=gen, dtype=torch.float64)
+        wr = torch.randn(rows, generator=gen, dtype=torch.float64)
+        (s_dual, dual), (s_primal, primal) = damped_steps(jw, wr, "dual"), damped_steps(jw, wr, "primal")
+        assert s_dual == pytest.approx(s_primal) == pytest.approx(float(jw.pow(2).sum()) / rows)
+        for lam in (10.0, 0.1):
+            direct = torch.linalg.solve(jw.T @ jw + lam * torch.eye(dims, dtype=torch.float64), jw.T @ wr)
+            assert torch.allclose(dual(lam), direct, atol=1e-8) and torch.allclose(primal(lam), direct, atol=1e-8)

@@ -85,7 +85,7 @@ def solve(net, retain, z_forget: torch.Tensor, t_forget: torch.Tensor, targets: 
     z_r, _, t_r = retain._encode(idx)
     k = t_forget.reshape(len(t_forget), -1).shape[1]
     rows = (len(z_forget) + len(z_r)) * k
-    if rows * dims * 8 > JACOBIAN_BYTES:  # float64
+    if rows * dims * 8 > JACOBIAN_BYTES or min(rows, dims) ** 2 * 8 > JACOBIAN_BYTES:  # float64 Jacobian, and its square form
         raise MethodError(f"rfa solver gauss-newton: the Jacobian would take {rows * dims * 8 / 2**30:.1f} GiB ({rows} output rows x {dims} "
                           "adapter weights); lower rank, adapt fewer layers (target_layers), or use solver adam")
     with torch.no_grad():
@@ -99,17 +99,12 @@ def solve(net, retain, z_forget: torch.Tensor, t_forget: torch.Tensor, targets: 
     r = torch.cat([r_forget, r_retain]).double()
     w = torch.cat([torch.full((len(r_forget),), w_forget / (len(r_forget) * var)),
                    torch.full((len(r_retain),), w_align / (len(r_retain) * var))]).double().to(jac.device).sqrt()
-    # dual form (rows may be fewer than weights): b = J^T W^1/2 U (D + lam)^-1 U^T W^1/2 r, with W^1/2 J J^T W^1/2 = U D U^T
-    jw = jac * w[:, None]
-    d, u = torch.linalg.eigh(jw @ jw.T)
-    d = d.clamp_min(0)
-    proj = u.T @ (w * r)
-    scale = float(d.mean()) or 1.0
+    scale, step = damped_steps(jac * w[:, None], w * r)
     found = {"solver": "gauss-newton", "adapter_weights": dims, "rows": rows}
     best, kept = (read(), None), None  # the teacher (B = 0, damping infinite) is the first candidate
     for j in range(DAMPING_PATH):
         lam = scale * 10.0 ** (-j / 2)
-        b = jw.T @ (u @ (proj / (d + lam)))
+        b = step(lam)
         _set(params, names, b)
         score = read()
         if score <= 1:
@@ -118,6 +113,21 @@ def solve(net, retain, z_forget: torch.Tensor, t_forget: torch.Tensor, targets: 
             best, kept = (score, lam), b
     _set(params, names, kept if kept is not None else torch.zeros(dims, dtype=torch.float64))
     return {**found, "stop_reason": "nearest", "damping": best[1], "dampings_read": DAMPING_PATH, "kept_check_score": round(best[0], 3)}
+
+
+def damped_steps(jw: torch.Tensor, wr: torch.Tensor, form: str = "auto") -> tuple[float, Callable[[float], torch.Tensor]]:
+    """The damped least-squares step b(lam) = (Jw^T Jw + lam I)^-1 Jw^T wr for any lam, from one eigendecomposition of
+    the smaller square form: Jw Jw^T (rows x rows; b = Jw^T U (D + lam)^-1 U^T wr) when there are fewer rows than
+    weights, else Jw^T Jw (b = V (E + lam)^-1 V^T Jw^T wr). Also the damping scale: trace / rows, the same in both."""
+    rows, dims = jw.shape
+    scale = float(jw.pow(2).sum()) / rows or 1.0
+    if form == "dual" or (form == "auto" and rows <= dims):
+        d, u = torch.linalg.eigh(jw @ jw.T)
+        d, proj = d.clamp_min(0), u.T @ wr
+        return scale, lambda lam: jw.T @ (u @ (proj / (d + lam)))
+    e, v = torch.linalg.eigh(jw.T @ jw)
+    e, proj = e.clamp_min(0), v.T @ (jw.T @ wr)
+    return scale, lambda lam: v @ (proj / (e + lam))
 
 
 def _set(params: dict, names: list[str], b: torch.Tensor) -> None:
