@@ -214,16 +214,23 @@ def rfa_per_request(job, full: torch.nn.Module, order: list[int], marks: list[in
     return out, times, steps
 
 
+def pretrained_base(work: Path):
+    """The base: the builtin MLP trained (seed 0, the default recipe) on `work`/pool.safetensors, saved as
+    `work`/base.safetensors."""
+    pool_job = prepare(parse_request(REQUEST.format(id="pool", train="pool.safetensors", forget=[0]), base_dir=work), None, device="cpu")
+    seed_everything(0)
+    base = pool_job.make_model()
+    fit(base, pool_job.splits.train, TrainConfig(), pool_job.device, torch.Generator().manual_seed(0))
+    base.eval()
+    save_canonical({k: v.contiguous() for k, v in base.state_dict().items()}, work / "base.safetensors")
+    return base
+
+
 def setup(work: Path, pretrain: str):
     """The data, the pre-trained base (saved as base.safetensors) and the full model; (job, base, full, a_base, a_full, t_full)."""
     make_data(work, pretrain)
-    pool_job = prepare(parse_request(REQUEST.format(id="pool", train="pool.safetensors", forget=[0]), base_dir=work), None, device="cpu")
     job = prepare(request(work, "ft.safetensors", [0], "ft"), None, device="cpu")
-    seed_everything(0)
-    base = pool_job.make_model()
-    fit(base, pool_job.splits.train, TrainConfig(), job.device, torch.Generator().manual_seed(0))
-    base.eval()
-    save_canonical({k: v.contiguous() for k, v in base.state_dict().items()}, work / "base.safetensors")
+    base = pretrained_base(work)
     full, t_full = finetune(job, base, job.splits.train)
     return job, base, full, test_acc(base, job), test_acc(full, job), t_full
 

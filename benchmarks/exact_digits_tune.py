@@ -41,16 +41,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from exact_digits import (POOL, PRIOR_HORIZON, PRIOR_STAGE, REQUEST, finetune, prior_of, prior_order,  # noqa: E402
-                          replayed, test_acc)
-from unlearn_tool.checkpoint import save_canonical  # noqa: E402
+from exact_digits import (POOL, PRIOR_HORIZON, PRIOR_STAGE, REQUEST, finetune, pretrained_base, prior_of,  # noqa: E402
+                          prior_order, replayed, test_acc)
 from unlearn_tool.data import DataSpec, load_split  # noqa: E402
 from unlearn_tool.exact.ensemble import ExhaustedError, build_ensemble  # noqa: E402
 from unlearn_tool.exact.params import parse_exact_params  # noqa: E402
 from unlearn_tool.exact.run import train_artifact  # noqa: E402
-from unlearn_tool.job import prepare, seed_everything  # noqa: E402
-from unlearn_tool.request import parse_request  # noqa: E402
-from unlearn_tool.training import TrainConfig, fit  # noqa: E402
+from unlearn_tool.job import prepare  # noqa: E402
 
 FOLDS = 4
 PRIOR = {"hot": 0.1, "ratio": 100.0}
@@ -180,15 +177,10 @@ def setup_fold(folder: Path, fold: int) -> dict:
     """Fold `fold`'s data, base (pre-trained without the fold) and full model; the job evaluates on the fold."""
     folder.mkdir(parents=True)
     make_data(folder, fold)
-    pool_job = prepare(parse_request(REQUEST.format(id="pool", train="pool.safetensors", forget=[0]), base_dir=folder), None, device="cpu")
     req = folder / "ft.yaml"
     req.write_text(REQUEST.format(id="ft", train="ft.safetensors", forget=[0]))
     job = prepare(req, None, device="cpu")
-    seed_everything(0)
-    base = pool_job.make_model()
-    fit(base, pool_job.splits.train, TrainConfig(), job.device, torch.Generator().manual_seed(0))
-    base.eval()
-    save_canonical({k: v.contiguous() for k, v in base.state_dict().items()}, folder / "base.safetensors")
+    base = pretrained_base(folder)
     full, _ = finetune(job, base, job.splits.train)
     return {"job": job, "a_base": test_acc(base, job), "a_full": test_acc(full, job)}
 
