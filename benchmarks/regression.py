@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -108,13 +107,12 @@ def train(job, data, seed: int, config: TrainConfig, cache: Optional[Path] = Non
         if meta["config"] == config.model_dump():
             model.load_state_dict(load_file(str(path)))
             return model.eval(), float(meta["seconds"])
-    seconds = _fit_timed(job, model, data, seed, config)
-    if seconds < B.REPEAT_BELOW_S and TIME_REPEATS > 1:  # a 0.2 s training: time it as the methods are timed (median of runs)
-        again = []
-        for _ in range(TIME_REPEATS - 1):
-            seed_everything(seed)
-            again.append(_fit_timed(job, job.for_seed(seed).make_model(), data, seed, config))
-        seconds = statistics.median([seconds, *again])
+    def again() -> float:  # a fresh model trained the same way
+        seed_everything(seed)
+        return _fit_timed(job, job.for_seed(seed).make_model(), data, seed, config)
+
+    # a 0.2 s training is timed as the methods are (bench.median_wall)
+    seconds = B.median_wall(_fit_timed(job, model, data, seed, config), again, TIME_REPEATS)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))

@@ -26,6 +26,7 @@ from .run import (  # noqa: F401
     audit_model,
     baseline_run,
     bench_request,
+    median_wall,
     method_params,
     one_line,
     run_bench,

@@ -143,16 +143,21 @@ def run_status(record: dict[str, Any], setup: SeedSetup, scenario: str) -> tuple
 REPEAT_BELOW_S = 1.0  # a run shorter than this is timed again (timing_repeats): a few ms of load decide a 20 ms run's ratio
 
 
-def timed_again(name: str, job: Job, params: MethodParams, first_wall: float, repeats: int) -> float:
-    """The median wall time of `repeats` runs of the method (the first one's included), when the first took under
-    REPEAT_BELOW_S; else the first's. CPU runs at one seed repeat exactly, so only the clock differs between them."""
+def median_wall(first_wall: float, rerun: Callable[[], float], repeats: int) -> float:
+    """The median of `first_wall` and repeats - 1 more timed runs (`rerun` returns one's seconds) when the first took
+    under REPEAT_BELOW_S; else `first_wall`. CPU runs at one seed repeat exactly, so only the clock differs."""
     if repeats <= 1 or first_wall >= REPEAT_BELOW_S:
         return first_wall
-    walls = [first_wall]
-    for _ in range(repeats - 1):
+    return statistics.median([first_wall, *(rerun() for _ in range(repeats - 1))])
+
+
+def timed_again(name: str, job: Job, params: MethodParams, first_wall: float, repeats: int) -> float:
+    """A method run's wall time by median_wall: the method run again at the job's seed."""
+    def rerun() -> float:
         job.seed_everything()
-        walls.append(run_method(name, job.context(), params)[1])
-    return statistics.median(walls)
+        return run_method(name, job.context(), params)[1]
+
+    return median_wall(first_wall, rerun, repeats)
 
 
 def run_one(setup: SeedSetup, name: str, params: MethodParams, progress: Optional[Progress] = None,
