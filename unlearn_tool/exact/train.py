@@ -159,10 +159,16 @@ def _fit(model: nn.Module, forward: nn.Module, params: list[nn.Parameter], data:
     if len(data) == 0 or not params:
         model.eval()
         return
+    import contextlib
+
+    from ..methods.base import single_sample_batchnorm
     from ..precision import training_autocast
 
     opt = make_optimizer(params, p.optimizer, p.lr)
-    with training_autocast(device):
+    # a stage of one sample (many shards, or samples excluded by deletions) is one batch of one: in training mode
+    # BatchNorm normalises it with its running statistics instead of failing
+    guard = single_sample_batchnorm() if train_mode else contextlib.nullcontext()
+    with training_autocast(device), guard:
         for _ in range(epochs):
             for x, y in data.batches(p.batch_size, shuffle=True, generator=generator):
                 loss = F.cross_entropy(forward(x.to(device)), y.to(device))
