@@ -40,6 +40,12 @@ def _edit_manifest(art, change):
     (lambda a: _edit_manifest(a, lambda m: m.update(schema_version=2)), "schema_version 2 is not supported"),
     (lambda a: _edit_manifest(a, lambda m: m["shards"][0]["sequences"][0]["stages"][0].update(file="../../etc/passwd")), "not a component path"),
     (lambda a: _edit_manifest(a, lambda m: m["shards"][0]["sequences"][0].update(prefix=1)), "contradicts prefix"),
+    (lambda a: _edit_manifest(a, lambda m: m.update(schema_version="1")), 'schema_version "1" is not supported'),
+    (lambda a: _edit_manifest(a, lambda m: m.update(seed=10**30)), "manifest.json is corrupt (seed"),
+    (lambda a: _edit_manifest(a, lambda m: m["params"].update(epochs=10**30)), "manifest.json is corrupt (params.epochs"),
+    (lambda a: _edit_manifest(a, lambda m: m["params"].update(bogus=1)), "manifest.json is corrupt (params.bogus"),
+    (lambda a: _edit_manifest(a, lambda m: m.update(params={})), "manifest.json is corrupt (params.shards: 5"),
+    (lambda a: _edit_manifest(a, lambda m: m["shards"][1].update(slice_sizes=[10**30] * 3)), "slice sizes"),
 ])
 @pytest.mark.parametrize("command", ["apply", "inspect", "audit"])
 def test_a_corrupted_manifest_is_refused(art, corrupt, fragment, command):
@@ -71,6 +77,15 @@ def test_a_stale_component_is_refused(art, tmp_path):
     gone = sorted(set(p.name for p in (art / "components").iterdir()) - set(p.name for p in (out / "components").iterdir()))[0]
     shutil.copy(art / "components" / gone, out / "components" / gone)  # a deactivated component sneaks back in
     rejected(invoke("inspect", out), gone, "may hold deleted data")
+
+
+def test_a_symlinked_components_folder_is_refused(art, tmp_path):
+    """Like a symlinked component file: the components must be the artifact's own files, not a folder elsewhere."""
+    shutil.move(art / "components", tmp_path / "elsewhere")
+    (art / "components").symlink_to(tmp_path / "elsewhere")
+    rejected(invoke("inspect", art), "components", "is not a folder")
+    rejected(_apply(art), "components", "is not a folder")
+    assert not (art.parent / "out").exists()
 
 
 def test_samples_no_shard_holds_are_refused(art):

@@ -121,7 +121,7 @@ class Manifest(_Strict):
     method: Literal["s3t", "sisa"]
     params: dict[str, Any]
     task: str
-    seed: int = Field(ge=0)
+    seed: int = Field(ge=0, le=2**32 - 1)  # MAX_SEED: a deletion replays it
     tool_version: str
     created_utc: str
     request_id: str
@@ -208,15 +208,45 @@ def parse_manifest(text: str, where: str) -> Manifest:
     if raw.get("format") != FORMAT:
         raise CheckpointError(f"exact artifact {where}: manifest.json format is {str(raw.get('format'))[:40]!r}, not {FORMAT!r}; {fix}")
     if raw.get("schema_version") != SCHEMA_VERSION:
-        raise CheckpointError(f"exact artifact {where}: manifest schema_version {str(raw.get('schema_version'))[:20]} is not supported "
+        raise CheckpointError(f"exact artifact {where}: manifest schema_version {json.dumps(raw.get('schema_version'))[:20]} is not supported "
                               f"(this tool reads {SCHEMA_VERSION}); use the tool version that wrote it")
     try:
-        return Manifest.model_validate(raw)
+        m = Manifest.model_validate(raw)
     except ValidationError as e:
         first = e.errors()[0]
         loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
         msg = first["msg"].removeprefix("Value error, ")
         raise CheckpointError(f"exact artifact {where}: manifest.json is corrupt ({loc}: {msg[:160]}); {fix}") from None
+    problem = params_problem(m)
+    if problem:
+        raise CheckpointError(f"exact artifact {where}: manifest.json is corrupt ({problem}); {fix}")
+    return m
+
+
+def params_problem(m: Manifest) -> Optional[str]:
+    """The recorded parameters must be valid for the method and describe the recorded layout: a deletion replays
+    them (--retrain-affected) and the served model is built from them, so a mismatch is a corrupt manifest."""
+    from ..errors import MethodError
+    from .params import PARAMS
+
+    try:
+        p = PARAMS[m.method].model_validate(m.params)
+    except ValidationError as e:
+        first = e.errors()[0]
+        loc = "".join(f"{x}: " for x in first["loc"])  # a whole-model check names its field in the message
+        return f"params.{loc}{first['msg'].removeprefix('Value error, ').split(';')[0][:120]}"
+    except MethodError as e:
+        return f"params: {str(e)[:120]}"
+    layout = {"shards": len(m.shards), "slices": len(m.shards[0].slice_sizes) if m.shards else 0}
+    if m.method == "s3t":
+        layout["sequences"] = len(m.shards[0].sequences) if m.shards else 0
+    for name, n in layout.items():
+        if getattr(p, name) != n:
+            return f"params.{name}: {getattr(p, name)}, but the artifact records {n}"
+    for sh in m.shards:
+        if len(sh.slice_sizes) != p.slices or len(sh.sequences) != getattr(p, "sequences", 1):
+            return f"shards.{sh.shard}: {len(sh.slice_sizes)} slices and {len(sh.sequences)} sequences, the params say {p.slices} and {getattr(p, 'sequences', 1)}"
+    return None
 
 
 def dump_manifest(m: Manifest) -> str:
@@ -355,6 +385,8 @@ def read_manifest(folder: str | Path) -> tuple[Manifest, str]:
         _file_ok(folder, st.file or "", st.sha256, f"component (shard {k}, sequence {b}, stage {st.stage})")
         listed.add(st.file)
     comp = folder / COMPONENTS
+    if comp.is_symlink() or (comp.exists() and not comp.is_dir()):
+        raise CheckpointError(f"exact artifact {folder}: {COMPONENTS} is not a folder of the artifact (a link, or a file); {FIX}")
     if comp.is_dir():
         stale = sorted(f"{COMPONENTS}/{p.name}" for p in comp.iterdir() if f"{COMPONENTS}/{p.name}" not in listed)
         if stale:
@@ -377,6 +409,14 @@ def read_assignment(folder: str | Path, m: Manifest) -> tuple["Any", "Any"]:
         raise CheckpointError(f"exact artifact {folder}: {m.assignment.file} is not a valid assignment file ({type(e).__name__}); {FIX}") from None
     if shard.shape != (m.data.train_size,) or slc.shape != shard.shape or assign.digest(shard, slc) != m.assignment.digest:
         raise CheckpointError(f"exact artifact {folder}: the assignment does not match the manifest's digest or train size; {FIX}")
+    import numpy as np
+
+    for sh in m.shards:  # the recorded sizes are what the assignment gives (weighted aggregation and inspect read them)
+        mine = slc[shard == sh.shard]
+        sizes = [int(np.sum(mine == s)) for s in range(len(sh.slice_sizes))]
+        if sh.size != len(mine) or sh.slice_sizes != sizes:
+            raise CheckpointError(f"exact artifact {folder}: shard {sh.shard}'s size and slice sizes in the manifest differ from the "
+                                  f"assignment's ({len(mine)} samples, slices {sizes[:5]}); {FIX}")
     return shard, slc
 
 
