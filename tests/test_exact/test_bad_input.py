@@ -122,6 +122,10 @@ def test_an_artifact_with_no_active_component_refuses_the_next_request(art):
 
     _edit_manifest(art, deactivate)
     rejected(_apply(art), "cannot serve", "retraining is needed")
+    # --retrain-affected is refused too, so the message must not send the user to it on this artifact (it used to)
+    line = rejected(_apply(art, "--retrain-affected"), "cannot serve", "retraining is needed", "on the artifact before it")
+    assert "rerun the deletion with unlearn apply --retrain-affected" not in line
+    rejected(invoke("validate", "-r", art.parent / "delete.yaml", art), "cannot serve")  # as apply: not "ok"
     rejected(invoke("audit", "-r", art.parent / "delete.yaml", "--original", art, "--unlearned", art,
                     "--report-dir", art.parent / "rep", "--quiet"), "retraining is needed")
 

@@ -22,8 +22,10 @@ class ExhaustedError(UnlearnError):
     """Every component of an exact artifact was deactivated: it cannot serve, retraining is needed (exit 2)."""
 
 
-def retrain_hint(m: "Manifest") -> str:
-    return (f"retraining is needed: unlearn train --exact {m.method} without the deleted samples, or rerun the deletion with "
+def retrain_hint(m: "Manifest", exhausted: bool = False) -> str:
+    """exhausted: `m` itself serves nothing, so --retrain-affected on it has no deletion to replay (run it on the parent)."""
+    where = "the deletion that exhausted it on the artifact before it" if exhausted else "the deletion"
+    return (f"retraining is needed: unlearn train --exact {m.method} without the deleted samples, or rerun {where} with "
             f"unlearn apply --retrain-affected")
 
 
@@ -63,7 +65,7 @@ def build_ensemble(m: "Manifest", folder: Any, ctx: "LoadContext") -> EnsembleMo
     folder = Path(folder)
     served = m.served()
     if not served:
-        raise ExhaustedError(f"exact artifact {folder}: every component was deactivated by deletions, no shard can serve; {retrain_hint(m)}")
+        raise ExhaustedError(f"exact artifact {folder}: every component was deactivated by deletions, no shard can serve; {retrain_hint(m, exhausted=True)}")
     tensors, _ = read_checkpoint(folder / m.base.file)
     base = load_into(ctx.make_model(), tensors, ctx.arch, folder / m.base.file).eval()
     head, groups = stage_groups(m, base, str(folder))

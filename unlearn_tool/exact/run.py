@@ -406,8 +406,7 @@ def apply_exact_request(
             from ..errors import AuditError
 
             raise AuditError(f"audit reference {reference} not found; give a retrained checkpoint or drop audit.reference")
-    if not m.served():
-        raise ExhaustedError(f"exact artifact {artifact_path}: every component was deactivated by earlier deletions, it cannot serve; {retrain_hint(m)}")
+    refuse_exhausted(m, artifact_path)
 
     job = prepare(req, None, device=device, seed=m.seed, code=code, allow_missing=allow_missing)
     check_compatible(artifact, job)
@@ -494,6 +493,13 @@ def apply_exact_request(
     return outcome
 
 
+def refuse_exhausted(m: Manifest, artifact_path: str | Path) -> None:
+    """An artifact that serves nothing takes no further deletion (nor --retrain-affected: nothing to replay on it)."""
+    if not m.served():
+        raise ExhaustedError(f"exact artifact {artifact_path}: every component was deactivated by earlier deletions, it cannot serve; "
+                             f"{retrain_hint(m, exhausted=True)}")
+
+
 def apply_plan(m: Manifest, plan: DeletionPlan, did: int) -> None:
     for k, b, i in plan.deactivated:
         st = m.shards[k].sequences[b].stages[i]
@@ -553,6 +559,7 @@ def validate_exact_request(request: "str | Path | Request", artifact_path: str |
     check_task(req)
     artifact = EnsembleArtifact(artifact_path)
     m = artifact.manifest
+    refuse_exhausted(m, artifact_path)
     job = prepare(req, None, device="cpu", seed=m.seed, code=code)
     check_compatible(artifact, job)
     plan = plan_deletion(m, *artifact.assignment, [int(i) for i in job.splits.forget_idx], strict=job.splits.scenario == "sample")
