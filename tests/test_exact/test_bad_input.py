@@ -170,7 +170,9 @@ def test_output_inside_the_input_artifact_or_over_it(art):
     before = tree(art)
     rejected(invoke("apply", art, "-r", art.parent / "delete.yaml", "-o", art / "sub", "--quiet"), "inside the input artifact")
     rejected(invoke("apply", art, "-r", art.parent / "delete.yaml", "-o", art, "--force", "--quiet"), "is the input artifact")
-    assert tree(art) == before
+    (art.parent / "link").symlink_to(art)  # inside it through a link: used to write link/sub, i.e. into the input artifact
+    rejected(invoke("apply", art, "-r", art.parent / "delete.yaml", "-o", art.parent / "link" / "sub", "--quiet"), "inside the input artifact")
+    assert tree(art) == before and not (art / "sub").exists()
 
 
 def test_bench_refuses_an_exact_artifact(art):

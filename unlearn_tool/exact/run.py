@@ -341,7 +341,7 @@ def plan_exact_output(artifact_path: Path, req: Request, output: Optional[str | 
     from ..pipeline import default_output_path
 
     out = Path(output) if output else (req.resolve(req.output.path) if req.output.path else default_output_path(artifact_path, adapter=True))
-    if artifact_path.resolve() in Path(out).absolute().parents:
+    if artifact_path.resolve() in Path(out).resolve().parents:  # resolved: a link into the input counts (it used to write there)
         raise OutputError(f"output {out} is inside the input artifact {artifact_path}; inputs are never modified, choose another --output")
     check_output(out, "dir", force, protect={"input artifact": artifact_path, "request": req.path})
     return out
