@@ -286,3 +286,11 @@ def test_weighted_aggregation_end_to_end_is_recorded_and_served_after_a_deletion
     kept = m.shards[0].sequences[0].order[:2]
     assert ensemble.weights == [int(((shard == 0) & np.isin(slc, kept)).sum()), int((shard == 1).sum())]
     assert invoke("inspect", tmp_path / "art.d1").exit_code == 0
+
+
+def test_an_exact_artifact_as_the_audit_reference_is_refused_by_name(art, exact_dir):
+    """It used to say 'a folder without config.json; give a .safetensors file or a save_pretrained folder'."""
+    r = invoke("audit", "-r", art.parent / "delete.yaml", "--original", art, "--unlearned", art, "--reference", exact_dir / "s3t.retrain",
+               "--report-dir", art.parent / "rep", "--quiet")
+    rejected(r, "is an exact artifact", "--exclude-forget")
+    assert not (art.parent / "rep").exists()

@@ -237,6 +237,11 @@ def load_unlearned(path: str | Path, job: Job) -> tuple[nn.Module, dict[str, Any
 
 def load_checkpoint(path: str | Path, job: Job) -> tuple[nn.Module, dict[str, Any]]:
     """A checkpoint of the job's architecture (a retrained reference, or a merged unlearned model) and its provenance."""
+    from ..exact import is_exact_folder
+
+    if is_exact_folder(path):  # otherwise read as a save_pretrained folder: "a folder without config.json"
+        raise CheckpointError(f"reference {path} is an exact artifact; a reference must be a checkpoint: train one with "
+                              "unlearn train -r R -o REF.safetensors --exclude-forget")
     artifact = CheckpointArtifact(path)
     model = artifact.load(job.load_context())
     info = artifact.info()
