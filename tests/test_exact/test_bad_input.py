@@ -293,4 +293,7 @@ def test_an_exact_artifact_as_the_audit_reference_is_refused_by_name(art, exact_
     r = invoke("audit", "-r", art.parent / "delete.yaml", "--original", art, "--unlearned", art, "--reference", exact_dir / "s3t.retrain",
                "--report-dir", art.parent / "rep", "--quiet")
     rejected(r, "is an exact artifact", "--exclude-forget")
-    assert not (art.parent / "rep").exists()
+    r = _apply(art, "--audit", "--report-dir", art.parent / "rep", request=write_request(
+        art.parent, {"indices": [1]}, name="ref.yaml", extra={"audit": {"reference": str(exact_dir / "s3t.retrain")}}))
+    rejected(r, "is an exact artifact, not a checkpoint", "--exclude-forget")  # apply --audit: it said "not found"
+    assert not (art.parent / "rep").exists() and not (art.parent / "out").exists()

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..artifacts import CheckpointArtifact, EnsembleArtifact
+from ..artifacts import CheckpointArtifact, EnsembleArtifact, is_checkpoint
 from ..checkpoint import check_output, load_into, read_checkpoint, save_canonical, sha256_file, write_directory
 from ..errors import CheckpointError, DataError, MethodError, OutputError
 from ..job import Job, Progress, check_seed, prepare
@@ -27,7 +27,7 @@ from ..models import CodePolicy
 from ..provenance import created_utc, reproducible
 from ..request import Request, load_request, method_params_for
 from ..method_catalog import check_exact_method
-from . import FORMAT, assign
+from . import FORMAT, assign, is_exact_folder
 from .describe import guarantee_text
 from .ensemble import ExhaustedError, load_base, retrain_hint, stage_groups
 from .manifest import (
@@ -402,10 +402,11 @@ def apply_exact_request(
         exprs = list(gates) if gates is not None else list(req.audit.gates)
         reference = req.audit_reference()
         parse_gates(exprs, req.forget.scenario, reference is not None)
-        if reference is not None and not reference.is_file():
+        if reference is not None and not is_checkpoint(reference):  # a file or a save_pretrained folder, as for a checkpoint
             from ..errors import AuditError
 
-            raise AuditError(f"audit reference {reference} not found; give a retrained checkpoint or drop audit.reference")
+            what = "is an exact artifact, not a checkpoint" if is_exact_folder(reference) else "not found"
+            raise AuditError(f"audit reference {reference} {what}; give a retrained checkpoint (unlearn train --exclude-forget) or drop audit.reference")
     refuse_exhausted(m, artifact_path)
 
     job = prepare(req, None, device=device, seed=m.seed, code=code, allow_missing=allow_missing)
