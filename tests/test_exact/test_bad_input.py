@@ -46,6 +46,9 @@ def _edit_manifest(art, change):
     (lambda a: _edit_manifest(a, lambda m: m["params"].update(bogus=1)), "manifest.json is corrupt (params.bogus"),
     (lambda a: _edit_manifest(a, lambda m: m.update(params={})), "manifest.json is corrupt (params.shards: 5"),
     (lambda a: _edit_manifest(a, lambda m: m["shards"][1].update(slice_sizes=[10**30] * 3)), "slice sizes"),
+    (lambda a: _edit_manifest(a, lambda m: m["deletions"].append({"id": 1, "request_id": "x", "request_sha256": "0" * 64, "scenario": "sample",
+                                                                  "indices": [-1], "deactivated": [], "parent_manifest_sha256": "0" * 64,
+                                                                  "created_utc": "now"})), "manifest.json is corrupt (deletions.0.indices.0"),
 ])
 @pytest.mark.parametrize("command", ["apply", "inspect", "audit"])
 def test_a_corrupted_manifest_is_refused(art, corrupt, fragment, command):

@@ -20,7 +20,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -34,6 +34,7 @@ COMPONENTS = "components"
 COMPONENT_NAME = re.compile(r"^components/k\d+_b\d+_s\d+_g\d+\.safetensors$")  # no other path is ever opened
 MAX_MANIFEST_BYTES = 256 << 20
 SHA = Field(pattern=r"^[0-9a-f]{64}$")
+Index = Annotated[int, Field(ge=0)]  # a train position: a negative one would wrap around in numpy and name another sample
 
 
 class _Strict(BaseModel):
@@ -47,7 +48,7 @@ class Stage(_Strict):
     layers: list[str]  # what the stage trained: S3T its LoRA layers (+ the head); SISA ["*"] (every weight)
     epochs: int = Field(ge=1)
     samples: int = Field(ge=0)  # training samples it saw
-    excluded: list[int] = Field(default_factory=list)  # samples of those slices deleted before it was trained
+    excluded: list[Index] = Field(default_factory=list)  # samples of those slices deleted before it was trained
     generation: int = Field(ge=0)  # 0: trained with the artifact; d: retrained by deletion d (--retrain-affected)
     file: Optional[str] = None  # component file while active
     sha256: str = SHA  # of the component file as written when the stage was trained
@@ -74,8 +75,8 @@ class Deletion(_Strict):
     request_id: str
     request_sha256: str
     scenario: Literal["class", "sample"]
-    classes: list[int] = Field(default_factory=list)
-    indices: list[int]  # the train samples deleted (positions in the train split)
+    classes: list[Index] = Field(default_factory=list)
+    indices: list[Index]  # the train samples deleted (positions in the train split)
     deactivated: list[list[int]]  # [shard, sequence, stage]
     retrained: list[list[int]] = Field(default_factory=list)
     parent_manifest_sha256: str = SHA
