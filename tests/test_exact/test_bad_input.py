@@ -34,12 +34,23 @@ def _edit_manifest(art, change):
     (art / "manifest.json").write_text(json.dumps(m))
 
 
+def _borrow_component(art):
+    """Shard 1's first stage names shard 0's file (and its sha256), its own file removed: it would serve shard 0's weights,
+    which a deletion in shard 0 deactivates only under shard 0's name. Accepted (and copied on) before names were tied."""
+    def borrow(m):
+        theirs, mine = m["shards"][0]["sequences"][0]["stages"][0], m["shards"][1]["sequences"][0]["stages"][0]
+        (art / mine["file"]).unlink()
+        mine.update(file=theirs["file"], sha256=theirs["sha256"])
+    _edit_manifest(art, borrow)
+
+
 @pytest.mark.parametrize("corrupt, fragment", [
     (lambda a: (a / "manifest.json").write_text("{not json"), "not valid JSON"),
     (lambda a: _edit_manifest(a, lambda m: m.pop("shards")), "manifest.json is corrupt (shards"),
     (lambda a: _edit_manifest(a, lambda m: m.update(schema_version=2)), "schema_version 2 is not supported"),
     (lambda a: _edit_manifest(a, lambda m: m["shards"][0]["sequences"][0]["stages"][0].update(file="../../etc/passwd")), "not a component path"),
     (lambda a: _edit_manifest(a, lambda m: m["shards"][0]["sequences"][0].update(prefix=1)), "contradicts prefix"),
+    (lambda a: _borrow_component(a), "is not this stage's component"),
     (lambda a: _edit_manifest(a, lambda m: m.update(schema_version="1")), 'schema_version "1" is not supported'),
     (lambda a: _edit_manifest(a, lambda m: m.update(seed=10**30)), "manifest.json is corrupt (seed"),
     (lambda a: _edit_manifest(a, lambda m: m["params"].update(epochs=10**30)), "manifest.json is corrupt (params.epochs"),

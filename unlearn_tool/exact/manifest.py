@@ -156,6 +156,9 @@ class Manifest(_Strict):
                         raise ValueError(f"{where}.stages.{i}: status {st.status} contradicts prefix {seq.prefix}")
                     if st.file is not None and not COMPONENT_NAME.match(st.file):
                         raise ValueError(f"{where}.stages.{i}.file {st.file[:60]!r} is not a component path (components/k<K>_b<B>_s<S>_g<G>.safetensors)")
+                    own = f"{COMPONENTS}/k{k}_b{b}_s{i}_g{st.generation}.safetensors"
+                    if st.file is not None and st.file != own:  # else one stage could serve another's (deactivated) weights
+                        raise ValueError(f"{where}.stages.{i}.file {st.file[:60]!r} is not this stage's component ({own})")
         if self.base.file != BASE_FILE or self.assignment.file != ASSIGNMENT_FILE:
             raise ValueError(f"base.file and assignment.file must be {BASE_FILE} and {ASSIGNMENT_FILE}")
         return self
