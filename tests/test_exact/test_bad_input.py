@@ -311,3 +311,13 @@ def test_an_exact_artifact_as_the_audit_reference_is_refused_by_name(art, exact_
         art.parent, {"indices": [1]}, name="ref.yaml", extra={"audit": {"reference": str(exact_dir / "s3t.retrain")}}))
     rejected(r, "is an exact artifact, not a checkpoint", "--exclude-forget")  # apply --audit: it said "not found"
     assert not (art.parent / "rep").exists() and not (art.parent / "out").exists()
+
+
+def test_a_regression_request_is_refused_by_every_exact_command(art, tmp_path):
+    """Stages train with cross-entropy; the message said the ensemble votes (its default is the mean of the logits)."""
+    req = write_request(tmp_path, {"indices": [1, 2]}, name="reg.yaml", kwargs={"in_features": 10, "num_outputs": 1},
+                        extra={"task": "regression", "data": {"train": {"source": "sklearn:diabetes"}, "test": {"source": "sklearn:diabetes"}}})
+    for r in (invoke("train", "-r", req, "-o", tmp_path / "reg_art", "--exact", "sisa", "--quiet"), _apply(art, request=req),
+              invoke("validate", "-r", req, art)):
+        rejected(r, "task regression", "cross-entropy", "on a checkpoint")
+    assert not (tmp_path / "reg_art").exists() and not (art.parent / "out").exists()

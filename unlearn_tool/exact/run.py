@@ -326,9 +326,11 @@ class ExactApplyResult:
 
 
 def check_task(req: Request) -> None:
-    """Exact ensembles vote over class predictions: a regression request is an input error naming what can serve it."""
+    """Exact stages train as classifiers and the ensemble averages (or votes over) their logits: a regression request is
+    an input error naming what can serve it."""
     if req.task != "classification":
-        raise MethodError(f"task {req.task}: exact unlearning (s3t, sisa) ensembles classifiers by vote; for a regression model "
+        raise MethodError(f"task {req.task}: exact unlearning (s3t, sisa) trains its stages as classifiers (cross-entropy) and ensembles "
+                          f"their logits; for a regression model "
                           "use unlearn apply on a checkpoint (retrain is the exact baseline; see unlearn methods)")
 
 
