@@ -105,11 +105,12 @@ PRIOR_SISA_STAGE = {"epochs": 40, "lr": 1e-3, "min_steps": 30}
 BOUND_LAYOUTS = [("s3t", 10, 5, 5), ("s3t", 5, 4, 3), ("s3t", 5, 10, 10), ("sisa", 10, 5, 1),
                  ("s3t", 2, 10, 5), ("s3t", 2, 10, 10), ("s3t", 2, 20, 10), ("sisa", 2, 10, 1), ("sisa", 5, 10, 1)]
 BOUND_MARKS = (0, 10, 20, 50, 100, 150, 200)
+ARCH = "builtin:mlp"  # the base's architecture (benchmarks/exact_base_strength.py also runs builtin:small_cnn)
 PRIOR_HORIZON = 100  # deletion weights: the probability of being among the first 100 deletions (the goal's horizon)
 REQUEST = """
 version: 1
 id: {id}
-model: {{arch: "builtin:mlp", kwargs: {{num_classes: 10}}}}
+model: {{arch: "{arch}", kwargs: {{num_classes: 10}}}}
 data: {{train: {{source: tensors, path: {train}}}, test: {{source: tensors, path: test.safetensors}}}}
 forget: {{indices: {forget}}}
 seed: 0
@@ -133,13 +134,13 @@ def make_data(folder: Path, pretrain: str) -> None:
 
 def request(folder: Path, train: str, forget: list[int], name: str) -> Path:
     path = folder / f"{name}.yaml"
-    path.write_text(REQUEST.format(id=name, train=train, forget=forget))
+    path.write_text(REQUEST.format(id=name, train=train, forget=forget, arch=ARCH))
     return path
 
 
 def finetune(job, base: torch.nn.Module, data) -> tuple[torch.nn.Module, float]:
     seed_everything(0)
-    model = load_into(job.make_model(), dict(base.state_dict()), "builtin:mlp", "base")
+    model = load_into(job.make_model(), dict(base.state_dict()), ARCH, "base")
     start = time.perf_counter()
     fit(model, data, TrainConfig(), job.device, torch.Generator().manual_seed(0))
     return model.eval(), time.perf_counter() - start
@@ -217,7 +218,7 @@ def rfa_per_request(job, full: torch.nn.Module, order: list[int], marks: list[in
 def pretrained_base(work: Path):
     """The base: the builtin MLP trained (seed 0, the default recipe) on `work`/pool.safetensors, saved as
     `work`/base.safetensors."""
-    pool_job = prepare(parse_request(REQUEST.format(id="pool", train="pool.safetensors", forget=[0]), base_dir=work), None, device="cpu")
+    pool_job = prepare(parse_request(REQUEST.format(id="pool", train="pool.safetensors", forget=[0], arch=ARCH), base_dir=work), None, device="cpu")
     seed_everything(0)
     base = pool_job.make_model()
     fit(base, pool_job.splits.train, TrainConfig(), pool_job.device, torch.Generator().manual_seed(0))
@@ -226,9 +227,12 @@ def pretrained_base(work: Path):
     return base
 
 
-def setup(work: Path, pretrain: str):
-    """The data, the pre-trained base (saved as base.safetensors) and the full model; (job, base, full, a_base, a_full, t_full)."""
+def setup(work: Path, pretrain: str, augment_pool=None):
+    """The data, the pre-trained base (saved as base.safetensors) and the full model; (job, base, full, a_base, a_full, t_full).
+    `augment_pool(path)`, when given, rewrites the pool file before the base is pre-trained on it."""
     make_data(work, pretrain)
+    if augment_pool is not None:
+        augment_pool(work / "pool.safetensors")
     job = prepare(request(work, "ft.safetensors", [0], "ft"), None, device="cpu")
     base = pretrained_base(work)
     full, t_full = finetune(job, base, job.splits.train)

@@ -41,8 +41,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from exact_digits import (POOL, PRIOR_HORIZON, PRIOR_STAGE, REQUEST, finetune, pretrained_base, prior_of,  # noqa: E402
-                          prior_order, replayed, test_acc)
+from exact_digits import (POOL, PRIOR_HORIZON, PRIOR_STAGE, finetune, pretrained_base, prior_of,  # noqa: E402
+                          prior_order, replayed, request, test_acc)
 from unlearn_tool.data import DataSpec, load_split  # noqa: E402
 from unlearn_tool.exact.ensemble import ExhaustedError, build_ensemble  # noqa: E402
 from unlearn_tool.exact.params import parse_exact_params  # noqa: E402
@@ -177,9 +177,7 @@ def setup_fold(folder: Path, fold: int) -> dict:
     """Fold `fold`'s data, base (pre-trained without the fold) and full model; the job evaluates on the fold."""
     folder.mkdir(parents=True)
     make_data(folder, fold)
-    req = folder / "ft.yaml"
-    req.write_text(REQUEST.format(id="ft", train="ft.safetensors", forget=[0]))
-    job = prepare(req, None, device="cpu")
+    job = prepare(request(folder, "ft.safetensors", [0], "ft"), None, device="cpu")
     base = pretrained_base(folder)
     full, _ = finetune(job, base, job.splits.train)
     return {"job": job, "a_base": test_acc(base, job), "a_full": test_acc(full, job)}
