@@ -362,6 +362,8 @@ def test_bench_runs_regression_methods_only(tmp_path, diabetes_dir):
     assert set(bench["methods"]) == {"rfa", "gaussian-amnesiac"}
     assert bench["methods"]["rfa"]["metrics"]["forget_mae"]["mean"] > 0 and bench["methods"]["rfa"]["metrics"]["avg_gap"]["mean"] is not None
     assert (tmp_path / "b" / "bench.png").stat().st_size > 0
+    notes = (tmp_path / "b" / "bench.md").read_text()  # the table's legend describes the regression columns, not accuracies
+    assert "MAE" in notes.split("Mean ± sample std", 1)[1] and "retain accuracy" not in notes and "over UA" not in notes
     rejected(invoke("bench", "-r", req, diabetes_dir / "mlp.safetensors", "--methods", "scrub", "--report-dir", tmp_path / "c"),
              "scrub cannot unlearn a regression model")
 

@@ -74,3 +74,22 @@ def test_a_held_out_check_the_retrained_model_fails_too_is_judged_against_it():
     judged_against_reference([untouched], [ks_check(0.30)], {"ks_loss": {"statistic": 0.43, "pvalue": 0.02}},
                              {"ks_loss": {"statistic": 0.1, "pvalue": 0.30}})
     assert untouched.passed is False  # the retrained model passes it: the plain rule stands
+
+
+def test_a_one_sample_deletion_says_what_could_not_be_measured_not_that_it_is_distinguishable(digits_dir, diabetes_dir, tmp_path):
+    """A single record (the commonest deletion request) is too few for the loss attack's AUC: the audit fails by the
+    default policy, as a check that could not be measured counts as not passed, but it says so (and how to decide),
+    instead of "still distinguishable" while every test it could run passed, and "loss attack at chance: -"."""
+    from conftest import write_regression_request, write_request
+
+    cases = ((write_request(tmp_path, {"indices": [7]}, name="c.yaml"), digits_dir / "mlp.safetensors", "--tier strong"),
+             (write_regression_request(tmp_path, {"indices": [7]}, name="r.yaml"), diabetes_dir / "mlp.safetensors", "--reference"))
+    for req, orig, advice in cases:  # regression has no --tier strong: its advice is a retrained reference
+        r, report = _audit(req, orig, orig, tmp_path)
+        assert r.exit_code == 3
+        d = report["verdict_detail"]
+        auc = next(c for c in d["checks"] if c["name"] == "loss attack at chance")
+        assert auc["passed"] is None and "not measured" in auc["value"] and "1 forget sample" in auc["value"]
+        assert "not measured" in r.stderr and "at chance: -" not in r.stderr
+        assert "distinguishable" not in d["sentence"] and "could not" in d["sentence"] and advice in d["sentence"], d["sentence"]
+        assert ("--tier strong" in d["sentence"]) == (advice == "--tier strong")

@@ -107,3 +107,20 @@ def test_rfa_sample_unlearning_lands_near_heldout_accuracy_and_keeps_utility(dig
         assert after["forget_acc"] < before["forget_acc"], (params, before, after)
         assert abs(after["forget_acc"] - before["test_acc"]) <= 0.015, (params, before, after)
         assert after["test_acc"] >= before["test_acc"] - 0.01, (params, before, after)
+
+
+def test_rfa_runs_when_the_retain_set_is_too_small_to_hold_samples_back(digits_dir, diabetes_dir, tmp_path):
+    """Forgetting all but 3 train samples leaves no retained sample to hold back for the stopping rule's agreement or
+    drift check (a quarter of 3 rounds to none): RFA still runs, on classification and regression, instead of failing
+    with torch.cat of an empty list."""
+    from tests.conftest import DIABETES_TRAIN, DIGITS_TRAIN, write_regression_request, write_request
+    from unlearn_tool.pipeline import prepare
+
+    cases = ((write_request(tmp_path, {"indices": list(range(3, DIGITS_TRAIN))}, name="c.yaml"), digits_dir / "mlp.safetensors"),
+             (write_regression_request(tmp_path, {"indices": list(range(3, DIABETES_TRAIN))}, name="r.yaml"),
+              diabetes_dir / "mlp.safetensors"))
+    for request, checkpoint in cases:
+        job = prepare(request, checkpoint, device="cpu")
+        assert len(job.splits.retain) == 3
+        out, _ = run_method("rfa", job.context(), parse_params("rfa", {"epochs": 1}))
+        assert all(torch.isfinite(v).all() for v in out.model.state_dict().values())

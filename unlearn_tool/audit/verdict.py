@@ -114,11 +114,18 @@ def _utility_check(scenario: str, unl: dict[str, Any], orig: dict[str, Any]) -> 
                  f"drop at most {100 * MAX_UTILITY_DROP:.0f} points", "what the deletion cost on data the model should still serve")
 
 
+def _not_measured(stats: dict[str, Any]) -> str:
+    """Why the loss attack's AUC is missing: too few samples on a side (auc_with_interval needs 2 of each)."""
+    n_f, n_t = stats.get("forget_size"), stats.get("test_size")
+    sizes = [f"{n} {what} sample{'s' if n != 1 else ''}" for n, what in ((n_f, "forget"), (n_t, "held-out")) if n is not None and n < 2]
+    return "not measured" + (f" ({' and '.join(sizes)}; the AUC needs at least 2 of each)" if sizes else "")
+
+
 def _auc_check(stats: dict[str, Any], against: str = "test") -> Check:
     auc = stats.get("loss_auc") or {}
     inside = None if auc.get("low") is None else auc["low"] <= 0.5 <= auc["high"]
     return Check("loss attack at chance", inside,
-                 "-" if auc.get("auc") is None else f"AUC {auc['auc']:.3f} [{auc['low']:.3f}, {auc['high']:.3f}]",
+                 _not_measured(stats) if auc.get("auc") is None else f"AUC {auc['auc']:.3f} [{auc['low']:.3f}, {auc['high']:.3f}]",
                  f"{100 * AUC_CONFIDENCE:.0f}% interval contains 0.5", f"a loss threshold telling forget from {against} samples")
 
 
@@ -236,6 +243,13 @@ def judged_against_reference(checks: list[Check], ref_checks: list[Check], stats
         c.expectation += f", or no more distinguishable than the retrained model (+{REFERENCE_MARGIN})"
 
 
+def _stronger_evidence(task: str) -> str:
+    """Where to look beyond the population tests: per-example U-LiRA (classification), a retrained reference (regression,
+    which --tier strong does not take)."""
+    return "run --tier strong for per-example evidence" if task == "classification" else \
+        "compare with a model retrained without the forget set (--reference)"
+
+
 def decide(scenario: str, models: dict[str, Any], gate_rows: list[dict[str, Any]], stats: Optional[dict[str, Any]],
            avg_gaps: dict[str, Optional[float]], original_stats: Optional[dict[str, Any]] = None,
            strong: Optional[dict[str, Any]] = None, task: str = "classification",
@@ -260,7 +274,13 @@ def decide(scenario: str, models: dict[str, Any], gate_rows: list[dict[str, Any]
 
     population = [c for c in forgetting if c is not extra and c.name != "forget error at the retrained level"]
     level = next((c for c in forgetting if c.name == "forget error at the retrained level"), None)
-    if task == "regression":
+    unmeasured = not any(c.passed is False for c in population) and any(c.passed is None for c in population)
+    if unmeasured:  # nothing failed, but a check could not run (a one-sample deletion has no AUC): say so, not "distinguishable"
+        what = (f"the forget set could not be fully compared with held-out data ({', '.join(c.name for c in population if c.passed is None)}: "
+                f"not measured), which the default policy counts as not passed; {_stronger_evidence(task)}, or give --gate")
+        if level is not None:
+            what += ("; its error is at the retrained model's level" if level.passed else "; and its error is not at the retrained model's level")
+    elif task == "regression":
         unseen = "unseen samples of the same range" if scenario == "range" else "held-out data"
         what = (f"the forget set's errors are indistinguishable from {unseen}" if all(c.passed for c in population)
                 else f"the forget set's errors are still distinguishable from {unseen}")
@@ -280,7 +300,7 @@ def decide(scenario: str, models: dict[str, Any], gate_rows: list[dict[str, Any]
         else:
             what += ("; but" if population_passed else "; and") + " a per-example attack still tells it apart better than on the retrained model"
     if blind and extra is None:
-        what += " (but so was the original's: these population tests cannot see this model's training data; run --tier strong for per-example evidence)"
+        what += f" (but so was the original's: these population tests cannot see this model's training data; {_stronger_evidence(task)})"
     if gate_rows:
         failed = [g["expr"] for g in gate_rows if not g["passed"]]
         sentence = (f"{verdict.upper()} by the gates ({len(gate_rows) - len(failed)} of {len(gate_rows)} met"

@@ -112,6 +112,18 @@ def markdown_table(bench: dict[str, Any], include_baselines: bool = True) -> str
     return md_table(header, rows, align_right=True)
 
 
+def _legend(bench: dict[str, Any]) -> str:
+    """What the table's columns and its Avg Gap mean, for the request's task (audit/metrics.py avg_gap)."""
+    if bench["request"].get("task", "classification") == "regression":
+        return ("Retain, forget and test MAE in target units, test R² the share of the test targets' variance explained, "
+                "MIA-Efficacy the share of the forget set an error-based attack calls non-members, loss AUC the loss attack's AUC "
+                f"(0.5 = chance). {gap_label(bench)}: the mean of the relative gaps of retain, forget and test MAE and the gap of "
+                "MIA-Efficacy, in points")
+    return ("RA retain accuracy, UA = 1 - forget accuracy, TA test accuracy, "
+            "MIA-Efficacy the share of the forget set a confidence attack calls non-members, loss AUC the loss attack's AUC "
+            f"(0.5 = chance). {gap_label(bench)}: SalUn's mean |gap| over UA, MIA-Efficacy, RA and TA, in points")
+
+
 def render_markdown(bench: dict[str, Any]) -> str:
     req = bench["request"]
     what = f"classes {req['forget_classes']}" if req["scenario"] == "class" else f"{req['forget_size']} samples"
@@ -123,9 +135,7 @@ def render_markdown(bench: dict[str, Any]) -> str:
         f"seeds {', '.join(map(str, bench['seeds']))}; device {bench['device']}; checkpoint {bench['checkpoint']['path']}.",
         "",
         markdown_table(bench),
-        "Mean ± sample std over seeds. RA retain accuracy, UA = 1 - forget accuracy, TA test accuracy, "
-        "MIA-Efficacy the share of the forget set a confidence attack calls non-members, loss AUC the loss attack's AUC "
-        f"(0.5 = chance). {gap_label(bench)}: SalUn's mean |gap| over UA, MIA-Efficacy, RA and TA, in points"
+        "Mean ± sample std over seeds. " + _legend(bench)
         + (" (no retrained reference was given: this is the distance from the original, not a quality score)." if bench["baseline"] == "original" else ".")
         + " Wall time is the method alone (run_method)."
         + (" Exact rows (s3t, sisa): the artifact is trained from the request at each seed, then the request's deletion deactivates "

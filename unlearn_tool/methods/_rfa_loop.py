@@ -137,6 +137,9 @@ class _RetainPool:
 
     def guard(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(encoded x, teacher logits) of the guard samples."""
+        if self._guard is None and not len(self.guard_idx):  # a retain set under 4 samples holds none back: nothing to check
+            empty = torch.empty(0, device=self.net.ctx.device)
+            self._guard = (empty, empty)
         if self._guard is None:
             z, _, t = self._encode(self.guard_idx)
             self._guard = (z, t)
