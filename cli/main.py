@@ -133,6 +133,9 @@ def _stop_line(info: dict, params: dict) -> Optional[str]:
     if reason is None or done is None:
         return None
     of = f" of {total}" if total else ""
+    if reason == "criterion" and done == 0:
+        return ("the original already meets the stopping target (its forget-set error is at RFA's estimate of a model "
+                "that never saw them: no generalisation gap shows): no pass was run, the output equals the original")
     if reason == "criterion":
         return f"stopped early: target reached after {done}{of} passes"
     if reason == "plateau":
