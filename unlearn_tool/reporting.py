@@ -50,6 +50,11 @@ def write_report_file(path: Path, data: bytes) -> Path:
     return write_bytes(path, data, fix=FIX)
 
 
+def samples_text(n: int) -> str:
+    """'1 sample', '14 samples': a report's count in words."""
+    return f"{n} sample{'' if n == 1 else 's'}"
+
+
 def md_table(header: list[str], rows: list[list[str]], align_right: bool = False) -> str:
     """A markdown table; cells are escaped so a `|` in a value does not break the row."""
     sep = ["---"] + (["---:"] if align_right else ["---"]) * (len(header) - 1)

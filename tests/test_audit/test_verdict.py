@@ -93,3 +93,12 @@ def test_a_one_sample_deletion_says_what_could_not_be_measured_not_that_it_is_di
         assert "not measured" in r.stderr and "at chance: -" not in r.stderr
         assert "distinguishable" not in d["sentence"] and "could not" in d["sentence"] and advice in d["sentence"], d["sentence"]
         assert ("--tier strong" in d["sentence"]) == (advice == "--tier strong")
+
+
+def test_a_report_title_counts_one_sample_in_the_singular():
+    """A one-record deletion (a typical privacy request) read 'sample unlearning of 1 samples'."""
+    from unlearn_tool.audit.report import forgotten_text
+
+    assert forgotten_text({"scenario": "sample", "forget_size": 1}) == "1 sample"
+    assert forgotten_text({"scenario": "sample", "forget_size": 14}) == "14 samples"
+    assert forgotten_text({"scenario": "range", "forget_size": 1, "target_range": [0.5, 0.8, 0]}) == "1 sample with targets in [0.5, 0.8]"

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..errors import OutputError
-from ..reporting import md_table, png_data_uri, prepare_report_dir, pyplot, write_report_file
+from ..reporting import md_table, png_data_uri, prepare_report_dir, pyplot, samples_text, write_report_file
 from .registry import format_gap, format_metric, format_value, model_metrics
 
 MODEL_NAMES = ("original", "unlearned", "reference")
@@ -133,8 +133,8 @@ def forgotten_text(r: dict[str, Any]) -> str:
         return f"classes {r['forget_classes']}"
     if r["scenario"] == "range" and r.get("target_range"):
         lo, hi, column = r["target_range"]
-        return f"{r['forget_size']} samples with targets in [{lo:g}, {hi:g}]" + (f" (column {column})" if column else "")
-    return f"{r['forget_size']} samples"
+        return f"{samples_text(r['forget_size'])} with targets in [{lo:g}, {hi:g}]" + (f" (column {column})" if column else "")
+    return samples_text(r["forget_size"])
 
 
 # ---------------------------------------------------------------- the opening: verdict, evidence, utility

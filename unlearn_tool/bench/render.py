@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from ..audit.registry import bench_columns, summary_keys
-from ..reporting import md_table, png_bytes, prepare_report_dir, pyplot, write_report_file
+from ..reporting import md_table, png_bytes, prepare_report_dir, pyplot, samples_text, write_report_file
 
 BENCH_FILES = ("bench.json", "bench.csv", "bench.md", "bench.png")
 
@@ -126,7 +126,7 @@ def _legend(bench: dict[str, Any]) -> str:
 
 def render_markdown(bench: dict[str, Any]) -> str:
     req = bench["request"]
-    what = f"classes {req['forget_classes']}" if req["scenario"] == "class" else f"{req['forget_size']} samples"
+    what = f"classes {req['forget_classes']}" if req["scenario"] == "class" else samples_text(req["forget_size"])
     rt = bench.get("retrain_time_s")
     lines = [
         f"# unlearn bench: request {req['id']}",
