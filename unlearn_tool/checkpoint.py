@@ -227,6 +227,8 @@ def check_output(path: Path, kind: str, force: bool, protect: Mapping[str, Optio
             raise OutputError(f"output {path} is a link to the {label}; inputs are never overwritten, choose another {flag}")
         if absolute in q.parents:
             raise OutputError(f"output {path} is a folder that holds the {label} {p}; inputs are never overwritten, choose another {flag}")
+        if q.is_dir() and q.resolve() in absolute.resolve().parents:  # resolved: a link into the input counts too
+            raise OutputError(f"output {path} is inside the {label} {p}; inputs are never modified, choose another {flag}")
     if not parent.is_dir():
         raise OutputError(f"output folder {path.parent} does not exist; create it or choose another {flag}")
     if os.path.lexists(absolute):

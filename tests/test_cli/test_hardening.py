@@ -414,3 +414,19 @@ def test_source_date_epoch_gives_byte_identical_outputs(work, monkeypatch):
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "yesterday")
     rejected(invoke("apply", work / "model.safetensors", "-r", work / "req.yaml", "-o", work / "c.safetensors", "--quiet"), "SOURCE_DATE_EPOCH")
     assert not (work / "c.safetensors").exists()
+
+
+def test_an_output_inside_an_input_folder_is_refused_also_through_a_link(tmp_path):
+    """A save_pretrained folder or an exact artifact is an input folder: an output inside it, named directly or through a
+    link to it, would modify the input (the exact path had its own check; checkpoint apply had none)."""
+    from unlearn_tool.checkpoint import check_output
+    from unlearn_tool.errors import OutputError
+
+    folder = tmp_path / "hf_model"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"")
+    (tmp_path / "link").symlink_to(folder)
+    for out in (folder / "u.safetensors", tmp_path / "link" / "u.safetensors"):
+        with pytest.raises(OutputError, match="is inside the input checkpoint"):
+            check_output(out, "file", False, protect={"input checkpoint": folder})
+    check_output(tmp_path / "u.safetensors", "file", False, protect={"input checkpoint": folder})  # beside it is fine
