@@ -84,6 +84,26 @@ def test_a_component_whose_hash_does_not_match_is_refused(art):
     assert not (art.parent / "out").exists()
 
 
+def test_a_forged_component_with_a_matching_hash_names_the_artifacts_fix(art):
+    """A component replaced by bytes that are not safetensors, its sha256 updated in the manifest: refused with the
+    artifact's fix (restore or retrain), not a plain checkpoint's ('convert it with safetensors.torch.save_file')."""
+    comp = sorted((art / "components").iterdir())[0]
+    comp.write_bytes(b"not a safetensors file")
+
+    def forge(m):
+        for sh in m["shards"]:
+            for seq in sh["sequences"]:
+                for st in seq["stages"]:
+                    if st.get("file") == f"components/{comp.name}":
+                        st["sha256"] = sha256_file(comp)
+    _edit_manifest(art, forge)
+    for r in (_apply(art), invoke("audit", "-r", art.parent / "delete.yaml", "--original", art, "--unlearned", art,
+                                  "--report-dir", art.parent / "rep", "--quiet")):
+        rejected(r, comp.name, "not a readable safetensors file", "restore the artifact")
+        assert "convert it" not in r.stderr
+    assert not (art.parent / "out").exists() and not (art.parent / "rep").exists()
+
+
 def test_a_stale_component_is_refused(art, tmp_path):
     r = _apply(art)
     assert r.exit_code == 0, r.stderr

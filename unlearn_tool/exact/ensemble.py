@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ..checkpoint import load_into, read_checkpoint
+from ..checkpoint import load_into
 from ..errors import CheckpointError, UnlearnError
+from .manifest import read_part
 from .params import parse_exact_params
 from .train import EnsembleModule, s3t_layers, serving_model
 
@@ -37,9 +38,7 @@ def check_arch(artifact: "EnsembleArtifact", arch: str) -> None:
 
 def load_base(artifact: "EnsembleArtifact", make_model: Any, arch: str) -> "nn.Module":
     m = artifact.manifest
-    path = artifact.path / m.base.file
-    tensors, _ = read_checkpoint(path)
-    return load_into(make_model(), tensors, arch, path).eval()
+    return load_into(make_model(), read_part(artifact.path, m.base.file), arch, artifact.path / m.base.file).eval()
 
 
 def stage_groups(m: "Manifest", base: "nn.Module", where: str) -> tuple[Any, Any]:
@@ -66,14 +65,13 @@ def build_ensemble(m: "Manifest", folder: Any, ctx: "LoadContext") -> EnsembleMo
     served = m.served()
     if not served:
         raise ExhaustedError(f"exact artifact {folder}: every component was deactivated by deletions, no shard can serve; {retrain_hint(m, exhausted=True)}")
-    tensors, _ = read_checkpoint(folder / m.base.file)
-    base = load_into(ctx.make_model(), tensors, ctx.arch, folder / m.base.file).eval()
+    base = load_into(ctx.make_model(), read_part(folder, m.base.file), ctx.arch, folder / m.base.file).eval()
     head, groups = stage_groups(m, base, str(folder))
     params = parse_exact_params(m.method, m.params, prefix="manifest params")
     members, weights = [], []
     for k, (b, p) in sorted(served.items()):
         seq = m.shards[k].sequences[b]
-        comps = [read_checkpoint(folder / (st.file or ""))[0] for st in seq.stages[:p]]
+        comps = [read_part(folder, st.file or "") for st in seq.stages[:p]]
         weights.append(seq.stages[p - 1].samples)  # the fine-tuning samples the served prefix was trained on
         members.append(serving_model(m.method, params, base, ctx.make_model, comps, ctx.device, head, groups,
                                      where=f"exact artifact {folder} shard {k} sequence {b}"))

@@ -343,6 +343,18 @@ def _sha(path: Path) -> str:
     return sha256_file(path)
 
 
+def read_part(folder: str | Path, rel: str) -> dict:
+    """The tensors of one of the artifact's files (base or component), already checked by sha256. One that still cannot
+    be read was forged with a matching hash: the artifact's fix (FIX), not a plain checkpoint's ('convert it ...')."""
+    from ..checkpoint import read_checkpoint
+
+    try:
+        return read_checkpoint(Path(folder) / rel)[0]
+    except CheckpointError:
+        raise CheckpointError(f"exact artifact {folder}: {rel} is not a readable safetensors file though its sha256 matches the "
+                              f"manifest; {FIX}") from None
+
+
 def _file_ok(folder: Path, rel: str, want: str, what: str) -> None:
     import os
     import stat

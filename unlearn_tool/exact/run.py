@@ -20,7 +20,7 @@ import torch
 
 from .. import __version__
 from ..artifacts import CheckpointArtifact, EnsembleArtifact, is_checkpoint
-from ..checkpoint import check_output, load_into, read_checkpoint, save_canonical, sha256_file, write_directory
+from ..checkpoint import check_output, load_into, save_canonical, sha256_file, write_directory
 from ..errors import CheckpointError, DataError, MethodError
 from ..job import Job, Progress, check_seed, prepare
 from ..models import CodePolicy
@@ -48,6 +48,7 @@ from .manifest import (
     Stage,
     dump_manifest,
     plan_deletion,
+    read_part,
 )
 from .params import ExactParams, S3TParams, effective_epochs, parse_exact_params, stage_epochs
 from .train import Tensors, s3t_layers, train_sequence
@@ -530,7 +531,7 @@ def _retrain_truncated(m: Manifest, artifact: EnsembleArtifact, job: Job, shard_
     sample_epochs = steps = 0
     for sh, seq in todo:
         k, b, p = sh.shard, seq.sequence, seq.prefix
-        earlier = [read_checkpoint(artifact.path / (st.file or ""))[0] for st in seq.stages[:p]]
+        earlier = [read_part(artifact.path, st.file or "") for st in seq.stages[:p]]
         idx = stage_indices(shard_of, slice_of, k, seq.order, excluded)
         results = train_sequence(m.method, params, base, job.make_model, job.splits.train, idx, m.seed, k, b, p, earlier,
                                  job.device, head, groups, tick)

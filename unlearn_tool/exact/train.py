@@ -35,6 +35,7 @@ from ..data import LabelledData
 from ..errors import CheckpointError, MethodError
 from ..lora import lora_capable_layers
 from ..training import make_optimizer
+from .manifest import FIX
 from .params import ExactParams, S3TParams, effective_epochs, stage_epochs
 
 Progress = Callable[[str, int, int], None]
@@ -133,7 +134,6 @@ class StackedLoRA:
                 params[n].copy_(t.to(params[n].dtype))
 
 
-FIX = "restore the artifact from a backup or train it again (unlearn train --exact)"
 
 
 @dataclass
