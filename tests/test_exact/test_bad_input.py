@@ -341,3 +341,25 @@ def test_a_regression_request_is_refused_by_every_exact_command(art, tmp_path):
               invoke("validate", "-r", req, art)):
         rejected(r, "task regression", "cross-entropy", "on a checkpoint")
     assert not (tmp_path / "reg_art").exists() and not (art.parent / "out").exists()
+
+
+def test_a_sample_deleted_twice_is_named_by_its_record_id_too(art):
+    """A request naming records by ID was told their train positions only ('sample(s) 3, 17 already deleted'); with
+    record IDs the refusal gives both."""
+    from unlearn_tool.artifacts import EnsembleArtifact
+    from unlearn_tool.errors import DataError
+    from unlearn_tool.exact.manifest import Deletion, plan_deletion
+    from unlearn_tool.exact.run import apply_plan
+
+    artifact = EnsembleArtifact(art)
+    m = artifact.manifest.model_copy(deep=True)
+    shard_of, slice_of = artifact.assignment
+    ids = [f"rec-{i}" for i in range(len(shard_of))]
+    plan = plan_deletion(m, shard_of, slice_of, [5], ids=ids)
+    apply_plan(m, plan, 1)
+    m.deletions.append(Deletion(id=1, request_id="d1", request_sha256="0" * 64, scenario="sample", indices=plan.indices,
+                                deactivated=[list(t) for t in plan.deactivated], parent_manifest_sha256="0" * 64, created_utc=""))
+    with pytest.raises(DataError, match=r"sample\(s\) 5 \(ID 'rec-5'\) already deleted"):
+        plan_deletion(m, shard_of, slice_of, [5], ids=ids)
+    with pytest.raises(DataError, match=r"sample\(s\) 5 already deleted"):
+        plan_deletion(m, shard_of, slice_of, [5])

@@ -286,12 +286,14 @@ def held(m: Manifest, shard_of: "Any") -> "Any":
     return mask
 
 
-def plan_deletion(m: Manifest, shard_of: "Any", slice_of: "Any", indices: list[int], strict: bool = True) -> DeletionPlan:
+def plan_deletion(m: Manifest, shard_of: "Any", slice_of: "Any", indices: list[int], strict: bool = True,
+                  ids: Optional[list[str]] = None) -> DeletionPlan:
     """Every (shard, sequence, stage) whose training data included one of `indices`, and the prefixes left.
 
     A stage's data is its slices minus the samples excluded when it was trained; the first such stage of a
     sequence that holds a forgotten sample cuts the sequence there. strict: a sample that no shard holds
-    (already deleted, or never assigned) is an input error; otherwise it is skipped (class requests).
+    (already deleted, or never assigned) is an input error, naming each by position and, given the train split's
+    record `ids`, by the ID a request may have named it with; otherwise it is skipped (class requests).
     """
     holds = held(m, shard_of)
     n = len(holds)
@@ -299,7 +301,8 @@ def plan_deletion(m: Manifest, shard_of: "Any", slice_of: "Any", indices: list[i
     if missing and strict:
         gone = m.deleted()
         why = "already deleted" if all(i in gone for i in missing[:5]) else "held by no shard (deleted before, or never assigned)"
-        shown = ", ".join(map(str, missing[:5])) + (f" (+{len(missing) - 5} more)" if len(missing) > 5 else "")
+        shown = ", ".join(f"{i} (ID {ids[i]!r})" if ids is not None and 0 <= i < len(ids) else str(i) for i in missing[:5]) \
+            + (f" (+{len(missing) - 5} more)" if len(missing) > 5 else "")
         raise DataError(f"forget: sample(s) {shown} {why}; no component of this artifact was trained on them, drop them from the request")
     keep = sorted(i for i in indices if 0 <= i < n and holds[i])
     if not keep:

@@ -414,7 +414,7 @@ def apply_exact_request(
     check_compatible(artifact, job)
     shard_of, slice_of = artifact.assignment
     forget = [int(i) for i in job.splits.forget_idx]
-    plan = plan_deletion(m, shard_of, slice_of, forget, strict=job.splits.scenario == "sample")
+    plan = plan_deletion(m, shard_of, slice_of, forget, strict=job.splits.scenario == "sample", ids=job.splits.train.ids)
     new = m.model_copy(deep=True)
     did = len(m.deletions) + 1
     apply_plan(new, plan, did)
@@ -564,7 +564,8 @@ def validate_exact_request(request: "str | Path | Request", artifact_path: str |
     refuse_exhausted(m, artifact_path)
     job = prepare(req, None, device="cpu", seed=m.seed, code=code)
     check_compatible(artifact, job)
-    plan = plan_deletion(m, *artifact.assignment, [int(i) for i in job.splits.forget_idx], strict=job.splits.scenario == "sample")
+    plan = plan_deletion(m, *artifact.assignment, [int(i) for i in job.splits.forget_idx], strict=job.splits.scenario == "sample",
+                         ids=job.splits.train.ids)
     after = m.model_copy(deep=True)
     apply_plan(after, plan, len(m.deletions) + 1)
     info = {"ok": True, **describe_job(job), "method": f"{m.method} (exact deletion)", "checkpoint": str(artifact_path),
