@@ -526,13 +526,13 @@ def test_a_diverged_regression_finetune_names_the_learning_rate_it_used_and_the_
     result = invoke("apply", diabetes_dir / "mlp.safetensors", "-r", req, "-o", out, "--quiet")
     assert result.exit_code == 1, result.output
     line = result.stderr.strip().splitlines()[-1]
-    assert "unlearning diverged" in line and "it was 5: try --param lr=0.5" in line and "--param optimizer=adam --param lr=1e-4" in line, line
+    assert "unlearning diverged" in line and "loss on the retain set became" in line and "it was 5: try --param lr=0.5" in line and "--param optimizer=adam --param lr=1e-4" in line, line
     assert not out.exists()
 
 
 def test_divergence_hint_without_a_learning_rate_or_on_a_classifier():
     from unlearn_tool.methods import parse_params
-    from unlearn_tool.pipeline import divergence_hint
+    from unlearn_tool.methods.common import divergence_hint
 
     assert divergence_hint(parse_params("ssd", {}), "regression") == "lower the learning rate or check the method's parameters"
     assert "optimizer=adam" not in divergence_hint(parse_params("finetune", {}), "classification")

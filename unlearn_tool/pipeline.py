@@ -29,6 +29,7 @@ from .data import SUMMARY_SETS, LabelledData, summary_seed
 from .errors import AuditError, CheckpointError, DivergedError, MethodError, UnlearnError
 from .evaluate import predict_logits, remember_predictions
 from .job import Job, Progress, check_seed, describe_job, prepare, resolve_device, seed_everything  # noqa: F401 (re-exported)
+from .methods.common import divergence_hint
 from .methods import MethodParams, check_applicable, get_method, method_names, parse_params, run_method
 from .models import CodePolicy, hf_folder
 from .provenance import created_utc, file_fields
@@ -235,18 +236,6 @@ class StepResult:
     summary_s: float = 0.0  # the before/after summary's time
     summary_samples: dict[str, int] = field(default_factory=dict)  # what before/after evaluated (summary_sizes)
     method_cpu_s: float = 0.0  # the method's CPU time (all threads of this process): its work, whatever else loads the machine
-
-
-def divergence_hint(params: MethodParams, task: str) -> str:
-    """What to change after a non-finite result: the learning rate the run used, and for a regression model trained
-    with SGD defaults (MSE's gradients are unbounded; on a 4-epoch ResNet-18 regressor finetune's SGD diverged even at
-    lr 0.01 and ran at 0.001, or with Adam at 1e-4) the steadier optimizer."""
-    lr = getattr(params, "lr", None)
-    hint = (f"lower the learning rate (it was {lr:g}: try --param lr={lr / 10:g}, or less)" if isinstance(lr, (int, float)) and lr > 0
-            else "lower the learning rate or check the method's parameters")
-    if task == "regression" and getattr(params, "optimizer", None) == "sgd":
-        hint += "; on a regression model --param optimizer=adam --param lr=1e-4 is steadier"
-    return hint
 
 
 def unlearn_step(job: Job, plan: ApplyPlan, progress: Optional[Progress] = None) -> StepResult:

@@ -14,7 +14,8 @@ from pydantic import Field
 from torch import nn
 
 from .base import MethodOutput, UnlearnContext, register_method
-from .common import RegressionLoss, SGDParams, task_loss
+from ..errors import DivergedError
+from .common import RegressionLoss, SGDParams, divergence_hint, task_loss, task_of
 
 
 class FinetuneParams(SGDParams, RegressionLoss):
@@ -44,6 +45,9 @@ def train_on_retain(ctx: UnlearnContext, p: FinetuneParams, task: str, penalty: 
             extra = penalty(model, epoch) if penalty is not None else None
             if extra is not None:
                 loss = loss + extra
+            if not torch.isfinite(loss):  # descent on Dr does not recover from here: say so now, not after every epoch
+                raise DivergedError(f"unlearning diverged: {task}'s loss on the retain set became {loss.item():g} at step {steps + 1}; "
+                                    f"nothing was written; {divergence_hint(p, task_of(ctx).name)}")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
