@@ -13,8 +13,8 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from .base import MethodOutput, UnlearnContext, register_method
 from ..errors import DivergedError
+from .base import MethodOutput, UnlearnContext, register_method
 from .common import RegressionLoss, SGDParams, divergence_hint, task_loss, task_of
 
 
