@@ -160,6 +160,8 @@ def plan_apply(
     if adapter and not entry.supports_adapter:
         raise MethodError(f"method {name} changes weights directly, so it has no adapter output; drop --adapter-only (or output.mode: adapter)")
     ckpt = Path(checkpoint)
+    if ckpt.is_dir():  # a folder input must be a save_pretrained one: say so before judging an output inside it
+        _ = CheckpointArtifact(ckpt).file
     out_path = Path(output) if output else (req.resolve(req.output.path) if req.output.path else default_output_path(ckpt, adapter))
     hf_source = None if adapter else hf_output_folder(req, out_path)
     check_output(out_path, "dir" if adapter or hf_source else "file", force, protect={"input checkpoint": ckpt, "request": req.path})
