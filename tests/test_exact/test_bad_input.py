@@ -56,6 +56,8 @@ def _borrow_component(art):
     (lambda a: _edit_manifest(a, lambda m: m["params"].update(epochs=10**30)), "manifest.json is corrupt (params.epochs"),
     (lambda a: _edit_manifest(a, lambda m: m["params"].update(bogus=1)), "manifest.json is corrupt (params.bogus"),
     (lambda a: _edit_manifest(a, lambda m: m.update(params={})), "manifest.json is corrupt (params.shards: 5"),
+    (lambda a: _edit_manifest(a, lambda m: m["params"].update(slices=4)), "the params say 4 and 2"),
+    (lambda a: _edit_manifest(a, lambda m: m["params"].update(sequences=3)), "the params say 3 and 3"),
     (lambda a: _edit_manifest(a, lambda m: m["shards"][1].update(slice_sizes=[10**30] * 3)), "slice sizes"),
     (lambda a: _edit_manifest(a, lambda m: m["deletions"].append({"id": 1, "request_id": "x", "request_sha256": "0" * 64, "scenario": "sample",
                                                                   "indices": [-1], "deactivated": [], "parent_manifest_sha256": "0" * 64,
