@@ -80,7 +80,8 @@ def describe(name: Optional[str] = None) -> Any:
     Exact methods (s3t, sisa) come last, marked kind=exact."""
     entries = catalog() + exact_entries()
     if name is None:
-        return [{k: e.get(k, "approximate") for k in ("name", "summary", "adapter", "tasks", "label_free", "kind")} for e in entries]
+        keys = ("name", "summary", "adapter", "tasks", "label_free", "data_parallel", "kind")
+        return [{k: e.get(k, "approximate") for k in keys} for e in entries]
     for e in entries:
         if e["name"] == name:
             return e

@@ -67,6 +67,13 @@ def test_methods_listing_shows_tasks_and_choices(digits_dir):
     assert {"name", "summary", "adapter", "tasks", "label_free"} <= set(listing[0])
 
 
+def test_methods_json_listing_marks_the_methods_whose_batches_torchrun_splits():
+    """README ("Several GPUs or machines"): the data-parallel methods are marked in `unlearn methods --json`."""
+    listing = json.loads(invoke("methods", "--json").stdout)
+    marked = {e["name"] for e in listing if e["data_parallel"]}
+    assert marked == {"retrain", "finetune", "l1-sparse", "neggrad", "neggrad+"}
+
+
 def test_methods_answer_without_importing_torch_once_cached(tmp_path):
     import os
     import subprocess
