@@ -102,3 +102,40 @@ def test_a_report_title_counts_one_sample_in_the_singular():
     assert forgotten_text({"scenario": "sample", "forget_size": 1}) == "1 sample"
     assert forgotten_text({"scenario": "sample", "forget_size": 14}) == "14 samples"
     assert forgotten_text({"scenario": "range", "forget_size": 1, "target_range": [0.5, 0.8, 0]}) == "1 sample with targets in [0.5, 0.8]"
+
+
+def _decide_sample(task, unl_ks_p, orig_ks_p=0.6, reference=False):
+    """The verdict of a sample deletion from the statistics alone: KS p-values, an AUC interval around 0.5."""
+    from unlearn_tool.audit.verdict import decide
+
+    def stats(p):
+        return {"forget_size": 35, "test_size": 89, "ks_loss": {"statistic": 0.1 if p > 0.05 else 0.3, "pvalue": p},
+                "ks_ent": {"statistic": 0.1 if p > 0.05 else 0.3, "pvalue": p},
+                "loss_auc": {"auc": 0.48, "low": 0.38, "high": 0.58, "confidence": 0.95}}
+
+    if task == "regression":
+        models = {"original": {"forget_mae": 0.45, "test_mae": 0.61, "retain_mae": 0.42},
+                  "unlearned": {"forget_mae": 0.62, "test_mae": 0.63, "retain_mae": 0.44}}
+        if reference:
+            models["reference"] = {"forget_mae": 0.63, "test_mae": 0.62, "retain_mae": 0.41}
+    else:
+        models = {"original": {"test_acc": 0.967}, "unlearned": {"test_acc": 0.958}}
+    return decide("sample", models, [], stats(unl_ks_p), {}, original_stats=stats(orig_ks_p), task=task,
+                  reference_stats=stats(orig_ks_p) if reference else None)
+
+
+def test_the_blind_tests_caveat_is_said_only_of_a_pass_and_never_asks_for_a_reference_already_given():
+    """An audit (diabetes, sample, with --reference) read "the forget set's errors are still distinguishable from
+    held-out data ... (but so was the original's: these population tests cannot see this model's training data;
+    compare with a model retrained without the forget set (--reference))": the original's were not distinguishable
+    (it passed), so unlearning is what made them stand out, and the reference had been given."""
+    for task in ("classification", "regression"):
+        d = _decide_sample(task, unl_ks_p=0.01, reference=task == "regression")
+        assert d["original_passes_policy"] is True and d["policy_verdict"] == "fail"
+        assert "still distinguishable" in d["sentence"] and "so was the original" not in d["sentence"], d["sentence"]
+        assert "the original's were not" in d["sentence"] and "--reference" not in d["sentence"], d["sentence"]
+    passed = _decide_sample("regression", unl_ks_p=0.5, reference=True)
+    assert "but so was the original's" in passed["sentence"] and "--reference" not in passed["sentence"], passed["sentence"]
+    assert "retrained model" in passed["sentence"]
+    without = _decide_sample("regression", unl_ks_p=0.5)
+    assert "but so was the original's" in without["sentence"] and "(--reference)" in without["sentence"]

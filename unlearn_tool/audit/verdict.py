@@ -243,10 +243,12 @@ def judged_against_reference(checks: list[Check], ref_checks: list[Check], stats
         c.expectation += f", or no more distinguishable than the retrained model (+{REFERENCE_MARGIN})"
 
 
-def _stronger_evidence(task: str) -> str:
+def _stronger_evidence(task: str, has_reference: bool = False) -> str:
     """Where to look beyond the population tests: per-example U-LiRA (classification), a retrained reference (regression,
-    which --tier strong does not take)."""
-    return "run --tier strong for per-example evidence" if task == "classification" else \
+    which --tier strong does not take; when one was given, its comparison is that evidence)."""
+    if task == "classification":
+        return "run --tier strong for per-example evidence"
+    return "the comparison with the retrained model is the evidence" if has_reference else \
         "compare with a model retrained without the forget set (--reference)"
 
 
@@ -277,7 +279,8 @@ def decide(scenario: str, models: dict[str, Any], gate_rows: list[dict[str, Any]
     unmeasured = not any(c.passed is False for c in population) and any(c.passed is None for c in population)
     if unmeasured:  # nothing failed, but a check could not run (a one-sample deletion has no AUC): say so, not "distinguishable"
         what = (f"the forget set could not be fully compared with held-out data ({', '.join(c.name for c in population if c.passed is None)}: "
-                f"not measured), which the default policy counts as not passed; {_stronger_evidence(task)}, or give --gate")
+                f"not measured), which the default policy counts as not passed; {_stronger_evidence(task, models.get('reference') is not None)}, "
+                "or give --gate")
         if level is not None:
             what += ("; its error is at the retrained model's level" if level.passed else "; and its error is not at the retrained model's level")
     elif task == "regression":
@@ -299,8 +302,12 @@ def decide(scenario: str, models: dict[str, Any], gate_rows: list[dict[str, Any]
                 else "; per example, though, it is as private as on the retrained model"
         else:
             what += ("; but" if population_passed else "; and") + " a per-example attack still tells it apart better than on the retrained model"
-    if blind and extra is None:
-        what += f" (but so was the original's: these population tests cannot see this model's training data; {_stronger_evidence(task)})"
+    has_reference = models.get("reference") is not None
+    if blind and extra is None and all(c.passed for c in population):
+        what += (f" (but so was the original's: these population tests cannot see this model's training data; "
+                 f"{_stronger_evidence(task, has_reference)})")
+    elif blind and extra is None and any(c.passed is False for c in population):  # the original passed them: unlearning did this
+        what += " (the original's were not: unlearning made the forget set stand out from held-out data)"
     if gate_rows:
         failed = [g["expr"] for g in gate_rows if not g["passed"]]
         sentence = (f"{verdict.upper()} by the gates ({len(gate_rows) - len(failed)} of {len(gate_rows)} met"
