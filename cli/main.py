@@ -185,6 +185,8 @@ def validate(
     ))
     if info.get("exact_note"):
         typer.echo(plain(info["exact_note"]))
+    for note in info.get("notes", []) + ([info["note"]] if info.get("note") else []):
+        typer.echo(plain(f"note: {note}"))
 
 
 def _last_error() -> Optional[str]:

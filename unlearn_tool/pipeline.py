@@ -153,12 +153,11 @@ def plan_apply(
     adapter_only: True/False from --adapter-only/--merged; None keeps the request's output.mode.
     """
     name = method or req.method.name
-    entry = get_method(name)
+    get_method(name)  # an unknown method name fails first, naming the known ones
     method_params = parse_params(name, method_params_for(req, name, params))
     check_applicable(name, req.task, req.forget.scenario, method_params)
     adapter = adapter_only if adapter_only is not None else req.output.mode == "adapter"
-    if adapter and not entry.supports_adapter:
-        raise MethodError(f"method {name} changes weights directly, so it has no adapter output; drop --adapter-only (or output.mode: adapter)")
+    check_adapter_output(name, adapter)
     ckpt = Path(checkpoint)
     if ckpt.is_dir():  # a folder input must be a save_pretrained one: say so before judging an output inside it
         _ = CheckpointArtifact(ckpt).file
@@ -592,16 +591,30 @@ def remove_output(path: Path) -> None:
 
 # ---------------------------------------------------------------- validate
 
+def check_adapter_output(name: str, adapter: bool) -> None:
+    """An adapter output needs a LoRA method: the others change the weights themselves."""
+    if adapter and not get_method(name).supports_adapter:
+        raise MethodError(f"method {name} changes weights directly, so it has no adapter output; drop --adapter-only (or output.mode: adapter)")
+
+
 def validate_request(request: "str | Path | Request", checkpoint: Optional[str | Path] = None, code: CodePolicy = CodePolicy()) -> dict[str, Any]:
-    """`unlearn validate`: schema, method and parameters, data, classes/indices, checkpoint; no training."""
+    """`unlearn validate`: schema, method and parameters, output mode, gates, data, classes/indices, checkpoint; no training."""
+    from .audit.gates import parse_gates
+
     req = load_request(request)  # schema first: no torch needed to reject a malformed request
     params = parse_params(req.method.name, req.method.params)
     check_applicable(req.method.name, req.task, req.forget.scenario, params)
+    check_adapter_output(req.method.name, req.output.mode == "adapter")
+    gates = parse_gates(req.audit.gates, req.forget.scenario, True, req.task)  # a gap's reference may come from `audit --reference`
+    gap_note = None
+    if req.audit_reference() is None and any(g.metric.endswith("_gap") for g in gates):
+        gap_note = ("the gap gates need a retrained reference: give audit.reference in the request (apply --audit), "
+                    "or --reference to unlearn audit")
     job = prepare(req, checkpoint, device="cpu", code=code, needs_labels=not get_method(req.method.name).label_free)
     info = {"ok": True, **describe_job(job), "checkpoint_matches": req.model.arch if checkpoint else None,
             "train_labelled": job.splits.train.labelled}
-    if job.notes:
-        info["notes"] = job.notes
+    if job.notes or gap_note:
+        info["notes"] = job.notes + ([gap_note] if gap_note else [])
     if not job.splits.train.labelled:
         info["note"] = ("the train split has no labels: only label-free methods can run on it ("
                         + ", ".join(n for n in method_names() if get_method(n).label_free) + "); the audit measures accuracy on the labelled test split")

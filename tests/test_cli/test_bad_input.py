@@ -174,3 +174,18 @@ def test_help_and_schema_errors_do_not_import_torch(tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_validate_makes_the_checks_apply_makes_on_the_output_mode_and_the_gates(tmp_path):
+    """README: `validate` runs every check without training. It passed a request whose output.mode is adapter with a
+    method that has no adapter, and a request whose audit.gates name no metric, both refused by `apply` (exit 2)."""
+    adapter = write_request(tmp_path, {"indices": [0, 17, 42]}, method={"name": "finetune", "params": {}},
+                            name="adapter.yaml", extra={"output": {"mode": "adapter"}})
+    _assert_rejected(invoke("validate", "-r", adapter), "finetune", "no adapter output")
+    typo = write_request(tmp_path, {"classes": [3]}, name="typo.yaml", extra={"audit": {"gates": ["forget_accc <= 0.02"]}})
+    _assert_rejected(invoke("validate", "-r", typo), "forget_accc")
+    gap = write_request(tmp_path, {"classes": [3]}, name="gap.yaml", extra={"audit": {"gates": ["forget_acc_gap <= 0.02"]}})
+    r = invoke("validate", "-r", gap)  # `unlearn audit --reference` can still supply the reference: valid, with a note
+    assert r.exit_code == 0 and "reference" in r.stdout, r.output
+    fine = write_request(tmp_path, {"classes": [3]}, name="fine.yaml", extra={"audit": {"gates": ["forget_acc <= 0.02"]}})
+    assert invoke("validate", "-r", fine).exit_code == 0
