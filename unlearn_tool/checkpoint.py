@@ -67,7 +67,7 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     from safetensors import safe_open
 
     path = Path(path)
-    _regular_file(path, "checkpoint", "give the path of a .safetensors file")
+    _regular_file(path, "checkpoint", "give the path of a .safetensors file (for an hf: model, of its save_pretrained folder)")
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = dict(f.metadata() or {})

@@ -189,3 +189,11 @@ def test_validate_makes_the_checks_apply_makes_on_the_output_mode_and_the_gates(
     assert r.exit_code == 0 and "reference" in r.stdout, r.output
     fine = write_request(tmp_path, {"classes": [3]}, name="fine.yaml", extra={"audit": {"gates": ["forget_acc <= 0.02"]}})
     assert invoke("validate", "-r", fine).exit_code == 0
+
+
+def test_a_missing_checkpoint_names_both_kinds_the_tool_reads(tmp_path):
+    """README's ViT example (`unlearn apply my-vit -r hf_vit.yaml`) on a missing my-vit said 'give the path of a
+    .safetensors file', though a save_pretrained folder is what an hf: request takes."""
+    req = write_request(tmp_path, {"classes": [3]})
+    _assert_rejected(invoke("apply", tmp_path / "my-vit", "-r", req), "my-vit not found", ".safetensors", "save_pretrained folder")
+    assert not any(p.name.startswith("my-vit") for p in tmp_path.iterdir())
