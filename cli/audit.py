@@ -68,8 +68,8 @@ def finish(report: dict[str, Any], folder: Path, as_json: bool, quiet: bool) -> 
 @handle_errors
 def audit(
     request: Path = RequestOpt,
-    original: Path = typer.Option(..., "--original", help="The trained model before unlearning (.safetensors).", show_default=False),
-    unlearned: Path = typer.Option(..., "--unlearned", help="The unlearned model: a .safetensors file or a PEFT adapter folder.", show_default=False),
+    original: Path = typer.Option(..., "--original", help="The trained model before unlearning (.safetensors; a save_pretrained folder for hf: models; an exact artifact folder).", show_default=False),
+    unlearned: Path = typer.Option(..., "--unlearned", help="The unlearned model: a .safetensors file, a PEFT adapter folder, a save_pretrained folder (hf:) or an exact artifact folder.", show_default=False),
     reference: Optional[Path] = typer.Option(None, "--reference", help="Retrained-without-the-forget-set model (default: the request's audit.reference)."),
     report_dir: Optional[Path] = typer.Option(None, "--report-dir", help="Where to write report.json/.md/.html (default <unlearned stem>.audit/ beside it)."),
     gate: list[str] = typer.Option([], "--gate", metavar="EXPR", help="Gate 'metric op number', e.g. 'forget_acc <= 0.02' (repeatable; replaces the request's audit.gates)."),

@@ -198,7 +198,7 @@ def _last_error() -> Optional[str]:
 @app.command()
 @handle_errors
 def inspect(
-    checkpoint: Path = typer.Argument(..., help="A .safetensors checkpoint or an adapter folder."),
+    checkpoint: Path = typer.Argument(..., help="A .safetensors checkpoint, an adapter folder, a save_pretrained folder (hf: models) or an exact artifact folder (train --exact)."),
     as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
 ) -> None:
     """List a checkpoint's tensors, shapes, dtypes, parameter count and metadata."""
