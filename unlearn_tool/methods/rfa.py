@@ -54,11 +54,12 @@ class RFAParams(MethodParams):
         "auto", description="'auto': on transformers (HF ViT, timm ViT/DeiT) the attention projections (measured: "
         "lora.DEFAULT_TARGETS, docs/rfa.md); elsewhere the Linear/Conv2d layers after the earliest point where the network can be "
         "cut at one tensor with at least half of its multiply-accumulates before it (all layers if no such cut leaves two); "
-        "'all', 'head', 'last:N', 'attention', 'mlp', 'blocks:N' (last N transformer blocks), or a list of these and layer names/regexes."
+        "'all', 'head', 'last:N', 'attention', 'mlp', 'blocks:N' (last N transformer blocks), or a list of these and layer names/regexes. "
+        "Regression: 'auto' is every Linear/Conv2d layer (docs/rfa.md R7)."
     )
     epochs: Optional[int] = Field(
         None, ge=1, description="Maximum passes over the forget set (each forget batch is paired with a retain batch); "
-        "default 30 for class and 3 for sample unlearning (docs/rfa.md)."
+        "default 30 for class and 3 for sample unlearning (docs/rfa.md); regression: 30 (docs/rfa.md R7)."
     )
     lr: float = Field(1e-2, gt=0, description="Adam learning rate of the adapters (beta1 0.5; docs/rfa.md).")
     lr_schedule: Literal["constant", "cosine"] = Field(
@@ -68,8 +69,10 @@ class RFAParams(MethodParams):
     batch_size: int = Field(64, ge=1, description="Forget-set batch size (docs/rfa.md: 64 beat 32 on steps and utility).")
     retain_batch_size: int = Field(64, ge=1, description="Retain samples drawn per step (a sample of Dr, not all of it).")
     w_residual: float = Field(1.0, ge=0, description="Weight of the zero-residual term on retained data (relative residual energy).")
-    w_align: float = Field(1.0, ge=0, description="Weight of the logit alignment (KL to the teacher) on retained data.")
-    w_retain_ce: float = Field(0.0, ge=0, description="Weight of plain cross-entropy on retained labels (0: alignment only).")
+    w_align: float = Field(1.0, ge=0, description="Weight of the logit alignment (KL to the teacher) on retained data "
+                             "(regression: squared error to the teacher's outputs).")
+    w_retain_ce: float = Field(0.0, ge=0, description="Weight of plain cross-entropy on retained labels (regression: squared error on "
+                                  "retained targets; 0: alignment only).")
     w_forget: Optional[float] = Field(
         None, ge=0, description="Weight of the forget-set shift term; default 1 for class and 5 for sample unlearning "
         "(sample targets sit close to the teacher, so their pull is weaker; docs/rfa.md); regression: 10 for sample and 5 for "
@@ -77,7 +80,9 @@ class RFAParams(MethodParams):
     )
     temperature: float = Field(2.0, gt=0, description="Distillation temperature of the retain alignment.")
     forget_target: Literal["auto", "other_classes", "heldout"] = Field(
-        "auto", description="auto: other_classes for class unlearning, heldout for sample unlearning."
+        "auto", description="auto: other_classes for class unlearning, heldout for sample unlearning. Regression: auto is each "
+        "forget sample's own error plus the teacher's generalisation gap (sample) or the mean target of its 10 nearest retained "
+        "samples in the teacher's features (range); heldout the quantile-matched held-out errors (docs/rfa.md R2, R3)."
     )
     retain_target: Literal["without_forgotten", "teacher"] = Field(
         "without_forgotten", description="Class unlearning: align retained data with the teacher's distribution over the "
