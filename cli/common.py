@@ -69,6 +69,13 @@ def handle_errors(fn: Callable) -> Callable:
                 err("error: input nested too deeply to process; simplify it")
                 raise typer.Exit(2) from None
             except Exception as e:  # noqa: BLE001 - the last line of defence: one line, exit 1
+                interrupt = _interrupt_behind(e)
+                if isinstance(interrupt, Terminated):
+                    err(f"error: terminated by signal {interrupt.signum}; {_written_note()}")
+                    raise typer.Exit(128 + interrupt.signum) from None
+                if interrupt is not None:
+                    err(f"error: interrupted; {_written_note()}")
+                    raise typer.Exit(130) from None
                 if _is_cuda_oom(e):
                     err("error: CUDA out of memory; lower data.batch_size or the method's batch sizes, or use --device cpu")
                 else:
@@ -78,6 +85,19 @@ def handle_errors(fn: Callable) -> Callable:
                 raise typer.Exit(EXIT_UNEXPECTED) from None
 
     return wrapper
+
+
+def _interrupt_behind(e: BaseException) -> Optional[KeyboardInterrupt]:
+    """Ctrl-C or a signal that another exception wraps: an extension module's init (pybind11) turns any exception into
+    ImportError('initialization failed') raised from it, so a signal during a lazy import arrives dressed as that."""
+    seen: set[int] = set()
+    cur: Optional[BaseException] = e
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, KeyboardInterrupt):
+            return cur
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return None
 
 
 def _written_note() -> str:

@@ -231,6 +231,26 @@ def test_sigterm_during_the_write_leaves_no_temporary_file(work, monkeypatch):
     assert not [p.name for p in work.iterdir() if p.name.startswith(".")]
 
 
+def test_a_signal_during_an_extension_import_is_still_that_signal(work, monkeypatch):
+    """A SIGHUP sent to `unlearn train` a few seconds in exited 1 with "unexpected ImportError: initialization failed
+    (please report this)": it arrived while a pybind11 extension was being imported, whose module init turns any
+    exception into ImportError('initialization failed') raised from it. The cause is the signal: exit 129, cleaned up."""
+    import safetensors.torch as st
+
+    def save_while_an_extension_initialises(*args, **kwargs):
+        try:
+            os.kill(os.getpid(), signal.SIGHUP)
+            time.sleep(0.5)
+        except BaseException as e:  # what pybind11's PYBIND11_MODULE does with an exception raised during init
+            raise ImportError("initialization failed") from e
+
+    monkeypatch.setattr(st, "save_file", save_while_an_extension_initialises)
+    r = invoke("apply", work / "model.safetensors", "-r", work / "req.yaml", "-o", work / "o.safetensors", "--quiet")
+    rejected(r, "terminated by signal 1", "no output was written", code=129)
+    assert not (work / "o.safetensors").exists()
+    assert not [p.name for p in work.iterdir() if p.name.startswith(".")]
+
+
 def test_sigterm_to_a_real_process_exits_143_and_cleans_up(work):
     edit_request(work / "req.yaml", method={"name": "rfa", "params": {"epochs": 100000, "stop": "epochs"}})
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
