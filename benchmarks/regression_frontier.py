@@ -2,6 +2,7 @@
 
     python benchmarks/regression_frontier.py --cache DIR                     # sample unlearning; 3 seeds, ~10 min cached
     python benchmarks/regression_frontier.py --cache DIR --scenario range    # range unlearning (test MAE outside the range)
+    python benchmarks/regression_frontier.py --plot-from S.json R.json       # only draw docs/regression_frontier.png
 
 The issue's target for sample unlearning: forget-set MAE within 10% of the retrained model's, test MAE at most 5%
 above the original's, at most 10% of retraining time. On the converged rotated-digits CNN (benchmarks/regression.py,
@@ -17,6 +18,10 @@ above the original's, at most 10% of retraining time. On the converged rotated-d
   diagnostic no user can run. If RFA's targets were the problem, this row would be selective;
 * **warm restart**: Adam on the retain split, from the original, its rate decayed to 0 on a cosine (a short
   continuation of the original's own recipe), at two rates;
+* **noise, then restart** (shrink-and-perturb without the shrink): Gaussian noise of sigma times each weight
+  tensor's own standard deviation added to the original's weights, then the warm restart above (Adam 1e-3, 25
+  epochs). The noise blurs everything the network learnt; the restart relearns what the retained data supports,
+  and the forgotten images' memorisation is not supported. Three noise levels trace its trade-off;
 * a **damped Gauss-Newton removal step**, a probe, not a tool method: theta + (n_f / n_r) (G_r + lam I)^-1 grad L_f,
   with G_r the Gauss-Newton matrix of the retain split's MSE at the original's weights, solved by conjugate gradient
   (read at 20 and 40 iterations). This is the classic influence-function removal step.
@@ -25,11 +30,15 @@ Per row: forget MAE, its gap to the retrained model's, test MAE, its rise over t
 of the reference's training time (the seconds measured when it was trained, as benchmarks/regression.py reports).
 With `--scenario range` (every angle in [0.5, 0.8] rad forgotten) the test column is the test MAE outside the range,
 the data the model still serves, as in the issue's range target.
+
+`--json PATH` also writes the per-seed figures; `--plot-from` draws them, both scenarios side by side, as forget-MAE
+gap against test-MAE rise with the target's box (docs/regression_frontier.png).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import statistics
 import sys
@@ -49,7 +58,8 @@ from unlearn_tool.training import TrainConfig, fit  # noqa: E402
 
 DATASET = "rotated-digits"
 WARM_RESTARTS = ((1e-3, 30), (3e-3, 20))  # (Adam rate, epochs over the retain split)
-REPAIRS = ((3e-4, 5), (1e-3, 5))  # RFA's output trained further on the retain split
+REPAIRS = ((3e-4, 5), (1e-3, 5))
+NOISE_RESTARTS = ((0.1, 1e-3, 25), (0.3, 1e-3, 25), (0.5, 1e-3, 25))  # (noise / weight std, Adam rate, epochs)  # RFA's output trained further on the retain split
 NEWTON_DAMPING, NEWTON_READS = 1e-4, (20, 40)
 
 
@@ -72,6 +82,20 @@ def continued(job, model, lr: float, epochs: int, seed: int) -> torch.nn.Module:
     config = TrainConfig(epochs=epochs, lr=lr, lr_schedule="cosine")
     fit(model, job.splits.retain, config, job.device, torch.Generator().manual_seed(seed), loss_fn=job.task.loss_fn(config.loss))
     return model.eval()
+
+
+def noise_restart(job, model, sigma: float, lr: float, epochs: int, seed: int) -> torch.nn.Module:
+    """`model` (a copy) with N(0, (sigma * std(W))^2) added to every weight tensor W of more than one element (seeded),
+    then `continued` on the retain split."""
+    import copy
+
+    model = copy.deepcopy(model)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.numel() > 1:
+                p.add_(torch.randn(p.shape, generator=gen) * (sigma * p.std()))
+    return continued(job, model, lr, epochs, seed)
 
 
 def newton_steps(original, retain, forget, damping: float, reads: tuple[int, ...]):
@@ -129,7 +153,15 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--scenario", choices=("sample", "range"), default="sample",
                     help="sample: 10%% random samples; range: every target in the benchmark's range (test MAE read outside it).")
+    ap.add_argument("--json", type=Path, default=None, help="also write the per-seed figures here (what --plot-from reads)")
+    ap.add_argument("--plot-from", type=Path, nargs="+", default=None, metavar="JSON",
+                    help="only draw --png from saved --json runs (one panel each), no training")
+    ap.add_argument("--png", type=Path, default=Path(__file__).resolve().parents[1] / "docs" / "regression_frontier.png")
     args = ap.parse_args()
+    if args.plot_from:
+        plot([json.loads(f.read_text()) for f in args.plot_from], args.png)
+        print(f"wrote {args.png}")
+        return
     scenario = args.scenario
     torch.set_num_threads(args.threads)
     config = TrainConfig(epochs=R.DATASETS[DATASET]["epochs"], lr_schedule=R.DATASETS[DATASET]["lr_schedule"])
@@ -182,6 +214,12 @@ def main() -> None:
             add(f"warm restart, Adam {lr:g}, {epochs} epochs", seed, (_mae(model, *forget), _mae(model, *test)), time.perf_counter() - t0,
                 ref, orig, retrain_s)
 
+        for sigma, lr, epochs in NOISE_RESTARTS:
+            t0 = time.perf_counter()
+            model = noise_restart(job, original, sigma, lr, epochs, seed)
+            add(f"noise {sigma:g} x weight std, then warm restart (Adam {lr:g}, {epochs} epochs)", seed,
+                (_mae(model, *forget), _mae(model, *test)), time.perf_counter() - t0, ref, orig, retrain_s)
+
         for iters, seconds, model in newton_steps(original, retain, forget, NEWTON_DAMPING, NEWTON_READS):
             add(f"Gauss-Newton step, CG {iters} its (probe)", seed, (_mae(model, *forget), _mae(model, *test)), seconds, ref, orig, retrain_s)
 
@@ -204,6 +242,56 @@ def main() -> None:
         met = gap <= 0.10 and statistics.fmean(cols[3]) <= 0.05 and statistics.fmean(cols[4]) <= 0.10
         print(f"| {name} | {ms(cols[0])} | {ms(cols[1], 100, '+.1f')} | {ms(cols[2])} | {ms(cols[3], 100, '+.1f')} | "
               f"{ms(cols[4], 100, '.1f')} | {'met' if met else 'not met'} |")
+    if args.json:
+        saved = {"scenario": scenario, "seeds": args.seeds, "what": what,
+                 "columns": ["forget_mae", "forget_gap", "test_mae", "test_rise", "time_fraction"], "rows": rows}
+        tmp = args.json.with_suffix(".tmp")
+        tmp.write_text(json.dumps(saved, indent=1))
+        tmp.replace(args.json)
+
+
+FAMILY_STYLE = (  # (name prefix, colour, marker): one per kind of approach
+    ("(original)", "black", "s"), ("rfa (defaults)", "#d62728", "*"), ("rfa, then", "#ff7f0e", "v"),
+    ("rfa, solver", "#9467bd", "D"), ("rfa, oracle", "#e377c2", "X"), ("warm restart", "#1f77b4", "o"),
+    ("noise", "#2ca02c", "^"), ("Gauss-Newton", "#8c564b", "P"),
+)
+
+
+def plot(runs: list[dict], png: Path) -> None:
+    """Forget-MAE gap to the retrained model (x) against test-MAE rise over the original (y), mean of the seeds, one
+    panel per saved run; the shaded box is the issue's quality target (|gap| <= 10%, rise <= 5%)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(runs), figsize=(7.2 * len(runs), 7.4), squeeze=False)
+    for ax, run in zip(axes[0], runs):
+        ax.add_patch(plt.Rectangle((-10, -100), 20, 105, color="#2ca02c", alpha=0.15, label="the target: |gap| <= 10%, rise <= 5%"))
+        ax.axvline(0, color="0.6", linewidth=0.8)
+        ax.axhline(0, color="0.6", linewidth=0.8)
+        for number, (name, rs) in enumerate(run["rows"].items(), 1):
+            colour, marker = next((c, m) for prefix, c, m in FAMILY_STYLE if name.startswith(prefix))
+            gap = 100 * statistics.fmean(r[1] for r in rs)
+            rise = 100 * statistics.fmean(r[3] for r in rs)
+            ax.plot([100 * r[1] for r in rs], [100 * r[3] for r in rs], marker, color=colour, alpha=0.25, markersize=5)
+            ax.plot([gap], [rise], marker, color=colour, markersize=10, markeredgecolor="black", label=f"{number}. {name}")
+            ax.annotate(str(number), (gap, rise), xytext=(6, 5), textcoords="offset points", fontsize=8.5, weight="bold")
+        ax.set_title(run["what"], fontsize=10)
+        ax.set_xlabel("forget MAE, gap to the retrained model's (%)  (0 = as the retrained model)")
+        ax.set_ylabel("test MAE, rise over the original's (%)" + (" (outside the range)" if run["scenario"] == "range" else ""))
+        ax.set_ylim(-8, max(45.0, ax.get_ylim()[1]))
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=8, frameon=False)
+    fig.suptitle("Rotated digits, 300-epoch CNN: where each approach lands\n(large: mean of the seeds; faint: each seed; "
+                 "numbers as in the legend)", fontsize=11)
+    fig.tight_layout(rect=(0, 0.2, 1, 0.94))
+    png.parent.mkdir(parents=True, exist_ok=True)
+    tmp = png.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(png)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Callable, Literal, Optional
+import contextlib
+from typing import Any, Callable, Iterator, Literal, Optional
 
 import torch
 from pydantic import Field, model_validator
@@ -111,3 +112,33 @@ def _fit(model, data, config, device, generator, progress, task, loss_fn) -> nn.
         if progress:
             progress(task, epoch + 1, config.epochs)
     return model.eval()
+
+
+@contextlib.contextmanager
+def single_sample_batchnorm() -> Iterator[None]:
+    """While a method runs: a BatchNorm layer in training mode that gets a batch of ONE sample normalises it with its
+    running statistics (as in eval mode, without updating them) instead of failing ("Expected more than 1 value per
+    channel when training"). A forget set of one sample, or a method's own last batch, then trains as well as it can.
+    Shuffled passes already avoid one-sample batches where they can (LabelledData.batches)."""
+    from torch.nn.modules.batchnorm import _BatchNorm
+    from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
+
+    switched: list[torch.nn.Module] = []
+
+    def before(module: torch.nn.Module, args: tuple) -> None:
+        if isinstance(module, _BatchNorm) and module.training and args and getattr(args[0], "shape", (2,))[0] == 1:
+            module.training = False
+            switched.append(module)
+
+    def after(module: torch.nn.Module, args: tuple, output: Any) -> None:
+        if switched and switched[-1] is module:
+            switched.pop().training = True
+
+    handles = register_module_forward_pre_hook(before), register_module_forward_hook(after)
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+        for m in switched:
+            m.training = True

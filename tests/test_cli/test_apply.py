@@ -221,7 +221,7 @@ def test_shuffled_passes_never_end_on_one_sample_and_cover_every_sample_once():
 
 
 def test_single_sample_batchnorm_guard_uses_running_statistics_only_while_a_method_runs():
-    from unlearn_tool.methods.base import single_sample_batchnorm
+    from unlearn_tool.training import single_sample_batchnorm
 
     bn = torch.nn.BatchNorm1d(3).train()
     bn.running_mean.fill_(1.0)

@@ -34,7 +34,7 @@ from ..checkpoint import check_finite
 from ..data import LabelledData
 from ..errors import CheckpointError, MethodError
 from ..lora import lora_capable_layers
-from ..training import make_optimizer
+from ..training import make_optimizer, single_sample_batchnorm
 from .manifest import FIX
 from .params import ExactParams, S3TParams, effective_epochs, stage_epochs
 
@@ -161,7 +161,6 @@ def _fit(model: nn.Module, forward: nn.Module, params: list[nn.Parameter], data:
         return
     import contextlib
 
-    from ..methods.base import single_sample_batchnorm
     from ..precision import training_autocast
 
     opt = make_optimizer(params, p.optimizer, p.lr)

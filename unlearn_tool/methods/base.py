@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from pydantic import ValidationError
@@ -19,6 +19,7 @@ from torch import nn
 from ..errors import MethodError, UnknownMethodError
 from ..job import UnlearnContext
 from ..params import SaneParams, format_error
+from ..training import single_sample_batchnorm
 
 __all__ = ["MethodOutput", "MethodParams", "MethodSpecEntry", "UnlearnContext", "check_applicable", "describe_method",
            "get_method", "list_methods", "method_names", "parse_params", "register_method", "run_method", "unregister_method"]
@@ -150,36 +151,6 @@ def check_applicable(name: str, task: str, scenario: str, params: Optional[Metho
                           f"choose another method" + (f" ({', '.join(able)})" if able else ""))
     if params is not None:
         params.check_task(task)
-
-
-@contextlib.contextmanager
-def single_sample_batchnorm() -> Iterator[None]:
-    """While a method runs: a BatchNorm layer in training mode that gets a batch of ONE sample normalises it with its
-    running statistics (as in eval mode, without updating them) instead of failing ("Expected more than 1 value per
-    channel when training"). A forget set of one sample, or a method's own last batch, then trains as well as it can.
-    Shuffled passes already avoid one-sample batches where they can (LabelledData.batches)."""
-    from torch.nn.modules.batchnorm import _BatchNorm
-    from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
-
-    switched: list[torch.nn.Module] = []
-
-    def before(module: torch.nn.Module, args: tuple) -> None:
-        if isinstance(module, _BatchNorm) and module.training and args and getattr(args[0], "shape", (2,))[0] == 1:
-            module.training = False
-            switched.append(module)
-
-    def after(module: torch.nn.Module, args: tuple, output: Any) -> None:
-        if switched and switched[-1] is module:
-            switched.pop().training = True
-
-    handles = register_module_forward_pre_hook(before), register_module_forward_hook(after)
-    try:
-        yield
-    finally:
-        for h in handles:
-            h.remove()
-        for m in switched:
-            m.training = True
 
 
 def run_method(name: str, ctx: UnlearnContext, params: MethodParams) -> tuple[MethodOutput, float]:
