@@ -58,8 +58,8 @@ from unlearn_tool.training import TrainConfig, fit  # noqa: E402
 
 DATASET = "rotated-digits"
 WARM_RESTARTS = ((1e-3, 30), (3e-3, 20))  # (Adam rate, epochs over the retain split)
-REPAIRS = ((3e-4, 5), (1e-3, 5))
-NOISE_RESTARTS = ((0.1, 1e-3, 25), (0.3, 1e-3, 25), (0.5, 1e-3, 25))  # (noise / weight std, Adam rate, epochs)  # RFA's output trained further on the retain split
+REPAIRS = ((3e-4, 5), (1e-3, 5))  # RFA's output trained further on the retain split
+NOISE_RESTARTS = ((0.1, 1e-3, 25), (0.3, 1e-3, 25), (0.5, 1e-3, 25))  # (noise / weight std, Adam rate, epochs)
 NEWTON_DAMPING, NEWTON_READS = 1e-4, (20, 40)
 
 
@@ -94,7 +94,7 @@ def noise_restart(job, model, sigma: float, lr: float, epochs: int, seed: int) -
     with torch.no_grad():
         for p in model.parameters():
             if p.numel() > 1:
-                p.add_(torch.randn(p.shape, generator=gen) * (sigma * p.std()))
+                p.add_(torch.randn(p.shape, generator=gen).to(p.device) * (sigma * p.std()))
     return continued(job, model, lr, epochs, seed)
 
 
