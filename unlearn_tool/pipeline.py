@@ -368,7 +368,8 @@ class ApplyOutcome:
         if chain is not None:
             out["lineage_steps"] = len(chain.steps)
             out["forget_digest"] = chain.steps[-1]["forget_digest"]
-            out["ledger"] = str(getattr(self.result, "ledger", ""))
+            written = getattr(self.result, "ledger", None)  # none when the audit removed the output (--no-keep-on-fail)
+            out["ledger"] = str(written) if written is not None else None
         out["timings"] = {k: round(v, 4) for k, v in self.timings.items()}
         from .precision import accelerator_stats
 
@@ -509,19 +510,26 @@ def apply_request(
     result = write_step(job, final_plan, step, parent_sha, lineage, record_ids, t0, in_run_steps)
     result.warnings[:0] = notes
 
-    # the ledger: the earlier entries, then one hash-chained entry per step of this run, each with its forgotten set
-    ledger_out = Path(ledger) if ledger is not None else L.default_ledger(result.output)
-    if ledger_out != ledger_in and entries:
-        L.copy_forget_files(entries, ledger_in, ledger_out)
-    new_steps = result.lineage.steps[len(lineage.steps):]
-    outputs = [s["parent_sha256"] for s in new_steps[1:]] + [result.output_sha256]
-    for s_job, s_step, out_sha in zip(step_jobs, new_steps, outputs):
-        where = result.output if out_sha == result.output_sha256 else Path(f"in-run step {s_step['step']}")
-        # the lineage's first entry names the original's file, so later requests can anchor to it (ledger_anchor)
-        extra = {"original": str(Path(checkpoint).resolve())} if not entries else {}
-        entries = entries + [L.append(ledger_out, entries, s_step, where, out_sha, L.store_forget_set(ledger_out, s_step, s_job.splits),
-                                      extra=extra)]
-    result.ledger = ledger_out  # type: ignore[attr-defined]
+    def record() -> None:
+        """The ledger: the earlier entries, then one hash-chained entry per step of this run, each with its forgotten set."""
+        ledger_out = Path(ledger) if ledger is not None else L.default_ledger(result.output)
+        written = entries
+        if ledger_out != ledger_in and written:
+            L.copy_forget_files(written, ledger_in, ledger_out)
+        new_steps = result.lineage.steps[len(lineage.steps):]
+        outputs = [s["parent_sha256"] for s in new_steps[1:]] + [result.output_sha256]
+        for s_job, s_step, out_sha in zip(step_jobs, new_steps, outputs):
+            where = result.output if out_sha == result.output_sha256 else Path(f"in-run step {s_step['step']}")
+            # the lineage's first entry names the original's file, so later requests can anchor to it (ledger_anchor)
+            extra = {"original": str(Path(checkpoint).resolve())} if not written else {}
+            written = written + [L.append(ledger_out, written, s_step, where, out_sha, L.store_forget_set(ledger_out, s_step, s_job.splits),
+                                          extra=extra)]
+        result.ledger = ledger_out  # type: ignore[attr-defined]
+
+    # with --no-keep-on-fail the ledger waits for the verdict: an output the audit removes again is no step of the lineage
+    ledger_after_audit = plans[0].audit and not keep_on_fail
+    if not ledger_after_audit:
+        record()
     timings["write_s"] = time.perf_counter() - t_write
     outcome = ApplyOutcome(job, result, timings=timings)
     if plans[0].audit:
@@ -535,6 +543,10 @@ def apply_request(
         if outcome.report["verdict"] == "fail" and not keep_on_fail:
             remove_output(result.output)
             outcome.removed = True
+        elif ledger_after_audit:
+            t_ledger = time.perf_counter()
+            record()
+            timings["write_s"] += time.perf_counter() - t_ledger
     return outcome
 
 

@@ -46,6 +46,24 @@ def test_apply_audit_fail_keeps_the_output_unless_asked(digits_dir, tmp_path):
     assert r.exit_code == 3 and not (tmp_path / "drop.safetensors").exists()
     assert json.loads(r.stdout)["output_removed"] is True
     assert (tmp_path / "r2" / "report.json").is_file()  # the evidence stays
+    # the ledger records outputs that exist: the kept one has its entry, the removed one none (found by the docs audit: its
+    # entry and forgotten set were left behind, and a shared --ledger kept a step whose output was gone)
+    assert (tmp_path / "keep.ledger.jsonl").is_file()
+    assert not (tmp_path / "drop.ledger.jsonl").exists() and not (tmp_path / "drop.ledger.d").exists()
+    assert json.loads(r.stdout)["ledger"] is None
+    r = invoke(*args, "-o", tmp_path / "drop2.safetensors", "--report-dir", tmp_path / "r3", "--no-keep-on-fail",
+               "--ledger", tmp_path / "shared.ledger.jsonl")
+    assert r.exit_code == 3 and not (tmp_path / "shared.ledger.jsonl").exists()
+
+
+def test_apply_no_keep_on_fail_writes_the_ledger_once_the_audit_passes(digits_dir, tmp_path):
+    r = invoke("apply", digits_dir / "mlp.safetensors", "-r", digits_dir / "class.yaml", "--audit", "--no-keep-on-fail", "--json",
+               "--quiet", "-o", tmp_path / "u.safetensors", "--report-dir", tmp_path / "r")
+    assert r.exit_code == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["output_removed"] is False and out["ledger"] == str(tmp_path / "u.ledger.jsonl")
+    entries = [json.loads(line) for line in (tmp_path / "u.ledger.jsonl").read_text().splitlines()]
+    assert len(entries) == 1 and entries[0]["output_sha256"] == out["output_sha256"]
 
 
 def test_apply_says_why_rfa_stopped(digits_dir, tmp_path):
