@@ -161,13 +161,14 @@ def validate(
     as_json: bool = typer.Option(False, "--json", help="Print the checks as JSON (also when they fail: {\"ok\": false, \"error\": ...})."),
     code_path: list[Path] = CodePathOpt,
     trust_code: bool = TrustCodeOpt,
+    allow_missing: bool = typer.Option(False, "--allow-missing", help="As apply --allow-missing: IDs not in the data are reported, not an error."),
 ) -> None:
     """Check a request (schema, method parameters, data, classes/indices, checkpoint) without training."""
 
     def run() -> dict[str, Any]:
         from unlearn_tool import commands
 
-        return commands.validate(request, checkpoint, code=code_policy(code_path, trust_code))
+        return commands.validate(request, checkpoint, code=code_policy(code_path, trust_code), allow_missing=allow_missing)
 
     if as_json:  # a failing check is a JSON answer too, so pipelines can parse stdout either way
         try:
@@ -187,6 +188,8 @@ def validate(
         typer.echo(plain(info["exact_note"]))
     for note in info.get("notes", []) + ([info["note"]] if info.get("note") else []):
         typer.echo(plain(f"note: {note}"))
+    if info.get("missing_ids"):
+        typer.echo(plain(f"note: {len(info['missing_ids'])} requested ID(s) are not in the data and would be skipped (--allow-missing)"))
 
 
 def _last_error() -> Optional[str]:

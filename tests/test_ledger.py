@@ -85,6 +85,13 @@ def test_unknown_and_duplicate_ids(id_data, tmp_path):
              "2 of 3 record ID(s) are not in the train split", "--allow-missing")
     r, out = _apply(folder / "m.safetensors", "-r", req, "-o", tmp_path / "y.safetensors", "--allow-missing")
     assert r.exit_code == 0 and out["forget_size"] == 1 and sorted(out["missing_ids"]) == ["888888", "999999"]
+    # validate answers as apply would: refused without --allow-missing, the skipped IDs reported with it
+    rejected(invoke("validate", "-r", req), "2 of 3 record ID(s) are not in the train split", "--allow-missing")
+    r = invoke("validate", "-r", req, "--allow-missing", "--json")
+    assert r.exit_code == 0, r.stderr
+    info = json.loads(r.stdout)
+    assert info["forget_size"] == 1 and sorted(info["missing_ids"]) == ["888888", "999999"]
+    assert "2 requested ID(s) are not in the data" in invoke("validate", "-r", req, "--allow-missing").stdout
     dup = load_file(str(folder / "train.safetensors"))
     dup["ids"][5] = dup["ids"][6]
     save_file(dup, str(tmp_path / "dup.safetensors"))

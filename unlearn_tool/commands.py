@@ -63,8 +63,9 @@ def apply(request: "str | Path | Sequence[str | Path]", checkpoint: str | Path, 
     return outcome
 
 
-def validate(request: str | Path, checkpoint: Optional[str | Path] = None, code: Optional["CodePolicy"] = None) -> dict[str, Any]:
-    """`unlearn validate`: every check a run makes, without training."""
+def validate(request: str | Path, checkpoint: Optional[str | Path] = None, code: Optional["CodePolicy"] = None,
+             allow_missing: bool = False) -> dict[str, Any]:
+    """`unlearn validate`: every check a run makes, without training (allow_missing: as apply's, unknown IDs reported)."""
     req = load_request(request)
     from .exact import is_exact_folder
     from .models import CodePolicy
@@ -72,10 +73,10 @@ def validate(request: str | Path, checkpoint: Optional[str | Path] = None, code:
     if checkpoint is not None and is_exact_folder(checkpoint):
         from .exact.run import validate_exact_request
 
-        return validate_exact_request(req, checkpoint, code=code or CodePolicy())
+        return validate_exact_request(req, checkpoint, code=code or CodePolicy(), allow_missing=allow_missing)
     from .pipeline import validate_request
 
-    return validate_request(req, checkpoint, code=code or CodePolicy())
+    return validate_request(req, checkpoint, code=code or CodePolicy(), allow_missing=allow_missing)
 
 
 def train(request: str | Path, output: str | Path, exact: Optional[str] = None, **options: Any) -> dict[str, Any]:

@@ -609,7 +609,8 @@ def check_adapter_output(name: str, adapter: bool) -> None:
         raise MethodError(f"method {name} changes weights directly, so it has no adapter output; drop --adapter-only (or output.mode: adapter)")
 
 
-def validate_request(request: "str | Path | Request", checkpoint: Optional[str | Path] = None, code: CodePolicy = CodePolicy()) -> dict[str, Any]:
+def validate_request(request: "str | Path | Request", checkpoint: Optional[str | Path] = None, code: CodePolicy = CodePolicy(),
+                     allow_missing: bool = False) -> dict[str, Any]:
     """`unlearn validate`: schema, method and parameters, output mode, gates, data, classes/indices, checkpoint; no training."""
     from .audit.gates import parse_gates
 
@@ -622,9 +623,9 @@ def validate_request(request: "str | Path | Request", checkpoint: Optional[str |
     if req.audit_reference() is None and any(g.metric.endswith("_gap") for g in gates):
         gap_note = ("the gap gates need a retrained reference: give audit.reference in the request (apply --audit), "
                     "or --reference to unlearn audit")
-    job = prepare(req, checkpoint, device="cpu", code=code, needs_labels=not get_method(req.method.name).label_free)
+    job = prepare(req, checkpoint, device="cpu", code=code, needs_labels=not get_method(req.method.name).label_free, allow_missing=allow_missing)
     info = {"ok": True, **describe_job(job), "checkpoint_matches": req.model.arch if checkpoint else None,
-            "train_labelled": job.splits.train.labelled}
+            "train_labelled": job.splits.train.labelled, "missing_ids": list(job.splits.missing_ids)}
     if job.notes or gap_note:
         info["notes"] = job.notes + ([gap_note] if gap_note else [])
     if not job.splits.train.labelled:

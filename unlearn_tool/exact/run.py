@@ -553,7 +553,8 @@ def _retrain_truncated(m: Manifest, artifact: EnsembleArtifact, job: Job, shard_
 
 # ---------------------------------------------------------------- validate, inspect, the guarantee
 
-def validate_exact_request(request: "str | Path | Request", artifact_path: str | Path, code: CodePolicy = CodePolicy()) -> dict[str, Any]:
+def validate_exact_request(request: "str | Path | Request", artifact_path: str | Path, code: CodePolicy = CodePolicy(),
+                           allow_missing: bool = False) -> dict[str, Any]:
     """`unlearn validate -r R ART`: the artifact's integrity, the request against it, and what the deletion would do."""
     from ..job import describe_job
 
@@ -562,14 +563,14 @@ def validate_exact_request(request: "str | Path | Request", artifact_path: str |
     artifact = EnsembleArtifact(artifact_path)
     m = artifact.manifest
     refuse_exhausted(m, artifact_path)
-    job = prepare(req, None, device="cpu", seed=m.seed, code=code)
+    job = prepare(req, None, device="cpu", seed=m.seed, code=code, allow_missing=allow_missing)
     check_compatible(artifact, job)
     plan = plan_deletion(m, *artifact.assignment, [int(i) for i in job.splits.forget_idx], strict=job.splits.scenario == "sample",
                          ids=job.splits.train.ids)
     after = m.model_copy(deep=True)
     apply_plan(after, plan, len(m.deletions) + 1)
     info = {"ok": True, **describe_job(job), "method": f"{m.method} (exact deletion)", "checkpoint": str(artifact_path),
-            "checkpoint_matches": m.model.arch,
+            "checkpoint_matches": m.model.arch, "missing_ids": list(job.splits.missing_ids),
             "exact": {"would_delete": len(plan.indices), "would_deactivate": len(plan.deactivated),
                       "active_components": len(m.active_stages()), "shards_serving_after": len(after.served()),
                       "exhausts_budget": not after.served(), "budget_after": after.budget()}}
