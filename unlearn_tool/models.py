@@ -258,6 +258,19 @@ def build_model(spec: ModelSpec, base_dir: Path = Path("."), policy: CodePolicy 
     return model
 
 
+def _mismatch_fix(error: str) -> str:
+    """The fix for a model that cannot run on the data: a channel count mismatch names both sides and the ways out."""
+    import re
+
+    found = re.search(r"to have (\d+) channels, but got (\d+) channels", error)
+    if found is None:
+        return "match the architecture to the data (kwargs, preprocess.resize)"
+    wants, has = found.groups()
+    return (f"the model takes {wants} input channel(s) and the data has {has}: give data with {wants} (grey images: repeat the "
+            f"channel when writing the tensors; colour images into a 1-channel model: preprocess.grayscale, imagefolder) or a "
+            f"model that takes {has} (builtin:small_cnn kwargs {{in_channels: {has}}}, timm kwargs {{in_chans: {has}}})")
+
+
 def num_outputs_of(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     """Width of the model's output on one input of the data's shape (the number of classes, for a classifier)."""
     was_training = model.training
@@ -266,7 +279,9 @@ def num_outputs_of(model: nn.Module, input_shape: tuple[int, ...]) -> int:
         with torch.no_grad():
             out = model(torch.zeros(1, *input_shape))
     except (Exception, SystemExit) as e:  # noqa: BLE001 - any failure here is a data/arch mismatch
-        raise ModelError(f"model.arch: the model cannot run on inputs of shape {input_shape} ({type(e).__name__}: {str(e).splitlines()[0][:160]}); match the architecture to the data (kwargs, preprocess.resize)") from None
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise ModelError(f"model.arch: the model cannot run on inputs of shape {input_shape} ({type(e).__name__}: {first[:160]}); "
+                         f"{_mismatch_fix(first)}") from None
     finally:
         model.train(was_training)
     if out.dim() != 2:

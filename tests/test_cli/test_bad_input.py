@@ -197,3 +197,12 @@ def test_a_missing_checkpoint_names_both_kinds_the_tool_reads(tmp_path):
     req = write_request(tmp_path, {"classes": [3]})
     _assert_rejected(invoke("apply", tmp_path / "my-vit", "-r", req), "my-vit not found", ".safetensors", "save_pretrained folder")
     assert not any(p.name.startswith("my-vit") for p in tmp_path.iterdir())
+
+
+def test_a_channel_mismatch_names_both_counts_and_the_ways_out(tmp_path):
+    """Found by the docs audit: a 3-channel model on 1-channel data was refused with 'match the architecture to the
+    data (kwargs, preprocess.resize)', which names neither the channels nor a fix for them."""
+    req = write_request(tmp_path, {"classes": [3]}, arch="builtin:small_cnn", kwargs={"num_classes": 10, "in_channels": 3})
+    r = invoke("validate", "-r", req)
+    _assert_rejected(r, "takes 3 input channel(s) and the data has 1", "in_channels: 1", "in_chans: 1")
+    assert "preprocess.resize" not in r.stderr
