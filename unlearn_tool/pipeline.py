@@ -538,7 +538,12 @@ def apply_request(
         ref = (reference_model, reference.info()) if reference is not None else None
         info = {"path": str(result.output.resolve()), "kind": result.mode, "sha256": result.output_sha256, "metadata": result.metadata}
         t_audit = time.perf_counter()
-        outcome.report, outcome.report_dir = audit_fresh_model(job, result.model, info, report_dir, plans[0].gates, ref)
+        try:
+            outcome.report, outcome.report_dir = audit_fresh_model(job, result.model, info, report_dir, plans[0].gates, ref)
+        except BaseException:  # an audit cut short (a signal, an error) gives no verdict: the output stays, with its ledger entry
+            if ledger_after_audit:
+                record()
+            raise
         timings["audit_s"] = time.perf_counter() - t_audit
         if outcome.report["verdict"] == "fail" and not keep_on_fail:
             remove_output(result.output)

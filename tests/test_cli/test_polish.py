@@ -87,3 +87,19 @@ def test_stop_line_names_the_agreement_plateau():
 
     line = _stop_line({"stop_reason": "plateau", "epochs_run": 6, "retain_agreement": 0.836}, {"epochs": 30, "stop": "criterion"})
     assert line.startswith("stopped early after 6 of 30 passes") and "83.6%" in line and "not reached" not in line
+
+
+def test_apply_no_keep_on_fail_cut_short_during_the_audit_keeps_output_and_ledger_together(digits_dir, tmp_path, monkeypatch):
+    """The ledger waits for the verdict under --no-keep-on-fail; a signal during the audit gives none, and the output
+    it leaves must still have its ledger entry (as without the flag), not be a lineage step nobody recorded."""
+    import unlearn_tool.audit as audit
+    from unlearn_tool.errors import Terminated
+
+    def cut_short(*_args, **_kwargs):
+        raise Terminated(15)
+
+    monkeypatch.setattr(audit, "audit_fresh_model", cut_short)
+    r = invoke("apply", digits_dir / "mlp.safetensors", "-r", digits_dir / "class.yaml", "--audit", "--no-keep-on-fail", "--quiet",
+               "-o", tmp_path / "u.safetensors", "--report-dir", tmp_path / "r")
+    assert r.exit_code == 143 and "terminated by signal 15" in r.stderr
+    assert (tmp_path / "u.safetensors").is_file() and (tmp_path / "u.ledger.jsonl").is_file()
