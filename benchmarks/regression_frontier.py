@@ -153,6 +153,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--scenario", choices=("sample", "range"), default="sample",
                     help="sample: 10%% random samples; range: every target in the benchmark's range (test MAE read outside it).")
+    ap.add_argument("--rows", default="rfa,restart,newton",
+                    help="which approaches to run (comma-separated): rfa (RFA and its variants), restart (warm and noise restarts), "
+                         "newton (the Gauss-Newton probe); default all")
+    ap.add_argument("--newton-reads", default=",".join(map(str, NEWTON_READS)),
+                    help="CG iterations at which the Gauss-Newton probe is read (default %(default)s)")
     ap.add_argument("--json", type=Path, default=None, help="also write the per-seed figures here (what --plot-from reads)")
     ap.add_argument("--plot-from", type=Path, nargs="+", default=None, metavar="JSON",
                     help="only draw --png from saved --json runs (one panel each), no training")
@@ -163,6 +168,10 @@ def main() -> None:
         print(f"wrote {args.png}")
         return
     scenario = args.scenario
+    rows_wanted = set(args.rows.split(","))
+    if rows_wanted - {"rfa", "restart", "newton"}:
+        ap.error(f"--rows: unknown {sorted(rows_wanted - {'rfa', 'restart', 'newton'})}; choose from rfa, restart, newton")
+    newton_reads = tuple(sorted(int(n) for n in args.newton_reads.split(",")))
     torch.set_num_threads(args.threads)
     config = TrainConfig(epochs=R.DATASETS[DATASET]["epochs"], lr_schedule=R.DATASETS[DATASET]["lr_schedule"])
     started = time.perf_counter()
@@ -188,39 +197,41 @@ def main() -> None:
         retrain_s = setup.retrain_time_s
         add("(original)", seed, orig, 0.0, ref, orig, retrain_s)
 
-        out, wall = run_method("rfa", job.context(), B.method_params("rfa", {}))
-        add("rfa (defaults)", seed, (_mae(out.model, *forget), _mae(out.model, *test)), wall, ref, orig, retrain_s)
-        for lr, epochs in REPAIRS:
+        if "rfa" in rows_wanted:
+            out, wall = run_method("rfa", job.context(), B.method_params("rfa", {}))
+            add("rfa (defaults)", seed, (_mae(out.model, *forget), _mae(out.model, *test)), wall, ref, orig, retrain_s)
+        for lr, epochs in (REPAIRS if "rfa" in rows_wanted else ()):
             t0 = time.perf_counter()
             model = continued(job, out.model, lr, epochs, seed)
             add(f"rfa, then {epochs} epochs of Adam {lr:g} on Dr", seed, (_mae(model, *forget), _mae(model, *test)),
                 wall + time.perf_counter() - t0, ref, orig, retrain_s)
 
-        out, wall = run_method("rfa", job.context(), B.method_params("rfa", {"solver": "gauss-newton"}))
-        add("rfa, solver gauss-newton", seed, (_mae(out.model, *forget), _mae(out.model, *test)), wall, ref, orig, retrain_s)
+        if "rfa" in rows_wanted:
+            out, wall = run_method("rfa", job.context(), B.method_params("rfa", {"solver": "gauss-newton"}))
+            add("rfa, solver gauss-newton", seed, (_mae(out.model, *forget), _mae(out.model, *test)), wall, ref, orig, retrain_s)
 
-        retrained, _ = R.train(job, job.splits.retain, seed + 100, config, args.cache, f"{DATASET}-{scenario}-retrained")
-        own_targets = RR._targets
-        RR._targets = lambda ctx, teacher, kind, t_forget: retrained(forget[0]).detach().reshape(forget[1].shape)
-        try:
-            out, wall = run_method("rfa", job.context(), B.method_params("rfa", {}))
-        finally:
-            RR._targets = own_targets
-        add("rfa, oracle targets (diagnostic)", seed, (_mae(out.model, *forget), _mae(out.model, *test)), wall, ref, orig, retrain_s)
+            retrained, _ = R.train(job, job.splits.retain, seed + 100, config, args.cache, f"{DATASET}-{scenario}-retrained")
+            own_targets = RR._targets
+            RR._targets = lambda ctx, teacher, kind, t_forget: retrained(forget[0]).detach().reshape(forget[1].shape)
+            try:
+                out, wall = run_method("rfa", job.context(), B.method_params("rfa", {}))
+            finally:
+                RR._targets = own_targets
+            add("rfa, oracle targets (diagnostic)", seed, (_mae(out.model, *forget), _mae(out.model, *test)), wall, ref, orig, retrain_s)
 
-        for lr, epochs in WARM_RESTARTS:
+        for lr, epochs in (WARM_RESTARTS if "restart" in rows_wanted else ()):
             t0 = time.perf_counter()
             model = continued(job, original, lr, epochs, seed)
             add(f"warm restart, Adam {lr:g}, {epochs} epochs", seed, (_mae(model, *forget), _mae(model, *test)), time.perf_counter() - t0,
                 ref, orig, retrain_s)
 
-        for sigma, lr, epochs in NOISE_RESTARTS:
+        for sigma, lr, epochs in (NOISE_RESTARTS if "restart" in rows_wanted else ()):
             t0 = time.perf_counter()
             model = noise_restart(job, original, sigma, lr, epochs, seed)
             add(f"noise {sigma:g} x weight std, then warm restart (Adam {lr:g}, {epochs} epochs)", seed,
                 (_mae(model, *forget), _mae(model, *test)), time.perf_counter() - t0, ref, orig, retrain_s)
 
-        for iters, seconds, model in newton_steps(original, retain, forget, NEWTON_DAMPING, NEWTON_READS):
+        for iters, seconds, model in (newton_steps(original, retain, forget, NEWTON_DAMPING, newton_reads) if "newton" in rows_wanted else ()):
             add(f"Gauss-Newton step, CG {iters} its (probe)", seed, (_mae(model, *forget), _mae(model, *test)), seconds, ref, orig, retrain_s)
 
     what = ("sample unlearning (144 of 1437)" if scenario == "sample" else
