@@ -103,7 +103,9 @@ def _interrupt_behind(e: BaseException) -> Optional[KeyboardInterrupt]:
 def _written_note() -> str:
     from unlearn_tool.checkpoint import PUBLISHED
 
-    return f"{PUBLISHED[-1]} was written before that" if PUBLISHED else "no output was written"
+    # the command's output is what it publishes first; a ledger, forgotten sets or reports may follow, and one of them may be
+    # written after the signal (apply --no-keep-on-fail records the ledger of an output whose audit was cut short)
+    return f"{PUBLISHED[0]} was written before that" if PUBLISHED else "no output was written"
 
 
 @contextmanager

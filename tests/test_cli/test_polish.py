@@ -103,3 +103,5 @@ def test_apply_no_keep_on_fail_cut_short_during_the_audit_keeps_output_and_ledge
                "-o", tmp_path / "u.safetensors", "--report-dir", tmp_path / "r")
     assert r.exit_code == 143 and "terminated by signal 15" in r.stderr
     assert (tmp_path / "u.safetensors").is_file() and (tmp_path / "u.ledger.jsonl").is_file()
+    # the note names the output, not the ledger this recorded only after the signal ("u.ledger.jsonl was written before that")
+    assert f"{tmp_path / 'u.safetensors'} was written before that" in r.stderr, r.stderr
