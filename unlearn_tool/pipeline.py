@@ -614,20 +614,26 @@ def check_adapter_output(name: str, adapter: bool) -> None:
         raise MethodError(f"method {name} changes weights directly, so it has no adapter output; drop --adapter-only (or output.mode: adapter)")
 
 
+def check_request_gates(req: Request) -> Optional[str]:
+    """The request's audit.gates, as apply --audit parses them (an input error names the fix); returns a note when gap
+    gates have no audit.reference, which `unlearn audit --reference` can still supply."""
+    from .audit.gates import parse_gates
+
+    gates = parse_gates(req.audit.gates, req.forget.scenario, True, req.task)
+    if req.audit_reference() is None and any(g.metric.endswith("_gap") for g in gates):
+        return ("the gap gates need a retrained reference: give audit.reference in the request (apply --audit), "
+                "or --reference to unlearn audit")
+    return None
+
+
 def validate_request(request: "str | Path | Request", checkpoint: Optional[str | Path] = None, code: CodePolicy = CodePolicy(),
                      allow_missing: bool = False) -> dict[str, Any]:
     """`unlearn validate`: schema, method and parameters, output mode, gates, data, classes/indices, checkpoint; no training."""
-    from .audit.gates import parse_gates
-
     req = load_request(request)  # schema first: no torch needed to reject a malformed request
     params = parse_params(req.method.name, req.method.params)
     check_applicable(req.method.name, req.task, req.forget.scenario, params)
     check_adapter_output(req.method.name, req.output.mode == "adapter")
-    gates = parse_gates(req.audit.gates, req.forget.scenario, True, req.task)  # a gap's reference may come from `audit --reference`
-    gap_note = None
-    if req.audit_reference() is None and any(g.metric.endswith("_gap") for g in gates):
-        gap_note = ("the gap gates need a retrained reference: give audit.reference in the request (apply --audit), "
-                    "or --reference to unlearn audit")
+    gap_note = check_request_gates(req)
     job = prepare(req, checkpoint, device="cpu", code=code, needs_labels=not get_method(req.method.name).label_free, allow_missing=allow_missing)
     info = {"ok": True, **describe_job(job), "checkpoint_matches": req.model.arch if checkpoint else None,
             "train_labelled": job.splits.train.labelled, "missing_ids": list(job.splits.missing_ids)}

@@ -226,6 +226,22 @@ def test_a_request_for_other_data_or_another_model_is_refused(art):
     rejected(_apply(art, request=req), "was trained with model")
 
 
+def test_validate_on_an_exact_artifact_checks_the_audit_gates_as_apply_audit_does(art):
+    """validate said ok of a request whose audit.gates apply --audit on the artifact refuses (exit 2): the checkpoint path
+    checked them, the exact path did not."""
+    import yaml
+
+    req = yaml.safe_load((art.parent / "delete.yaml").read_text())
+    req["audit"] = {"gates": ["bogus <= 1"]}
+    (art.parent / "gated.yaml").write_text(yaml.safe_dump(req))
+    rejected(_apply(art, "--audit", request=art.parent / "gated.yaml"), "unknown metric 'bogus'")
+    rejected(invoke("validate", "-r", art.parent / "gated.yaml", art), "unknown metric 'bogus'")
+    req["audit"] = {"gates": ["forget_acc_gap <= 0.05"]}  # no audit.reference: a note, as for a checkpoint
+    (art.parent / "gated.yaml").write_text(yaml.safe_dump(req))
+    r = invoke("validate", "-r", art.parent / "gated.yaml", art)
+    assert r.exit_code == 0 and "note: the gap gates need a retrained reference" in r.stdout, r.stdout + r.stderr
+
+
 def test_s3t_without_init_warns_in_one_line(exact_dir, tmp_path):
     r = invoke("train", "-r", exact_dir / "train.yaml", "-o", tmp_path / "art", *S3T, "--param", "epochs=1", "--quiet")
     assert r.exit_code == 0, r.stderr

@@ -558,8 +558,11 @@ def validate_exact_request(request: "str | Path | Request", artifact_path: str |
     """`unlearn validate -r R ART`: the artifact's integrity, the request against it, and what the deletion would do."""
     from ..job import describe_job
 
+    from ..pipeline import check_request_gates
+
     req = load_request(request)
     check_task(req)
+    gap_note = check_request_gates(req)  # what apply --audit on the artifact refuses, refused here too
     artifact = EnsembleArtifact(artifact_path)
     m = artifact.manifest
     refuse_exhausted(m, artifact_path)
@@ -574,6 +577,8 @@ def validate_exact_request(request: "str | Path | Request", artifact_path: str |
             "exact": {"would_delete": len(plan.indices), "would_deactivate": len(plan.deactivated),
                       "active_components": len(m.active_stages()), "shards_serving_after": len(after.served()),
                       "exhausts_budget": not after.served(), "budget_after": after.budget()}}
+    if job.notes or gap_note:
+        info["notes"] = job.notes + ([gap_note] if gap_note else [])
     e = info["exact"]
     info["exact_note"] = (f"exact artifact: the deletion would deactivate {e['would_deactivate']} of {e['active_components']} active components, "
                           f"{e['shards_serving_after']} of {len(m.shards)} shards would still serve"
