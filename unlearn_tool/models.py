@@ -258,20 +258,34 @@ def build_model(spec: ModelSpec, base_dir: Path = Path("."), policy: CodePolicy 
     return model
 
 
-def _mismatch_fix(error: str) -> str:
-    """The fix for a model that cannot run on the data: a channel count mismatch names both sides and the ways out."""
+def _mismatch_fix(error: str, input_shape: tuple[int, ...] = (), arch: str = "") -> str:
+    """The fix for a model that cannot run on the data: a mismatch at the model's first layer (the count it got is the
+    data's) names both channel counts and the ways out that fit the architecture; any other mismatch the generic fix."""
     import re
 
     found = re.search(r"to have (\d+) channels, but got (\d+) channels", error)
-    if found is None:
+    if found is None or len(input_shape) != 3 or int(found.group(2)) != input_shape[0]:  # inside the model: not the data's channels
         return "match the architecture to the data (kwargs, preprocess.resize)"
-    wants, has = found.groups()
-    return (f"the model takes {wants} input channel(s) and the data has {has}: give data with {wants} (grey images: repeat the "
-            f"channel when writing the tensors; colour images into a 1-channel model: preprocess.grayscale, imagefolder) or a "
-            f"model that takes {has} (builtin:small_cnn kwargs {{in_channels: {has}}}, timm kwargs {{in_chans: {has}}})")
+    wants, has = (int(n) for n in found.groups())
+    if wants > has:
+        data = "tensors: repeat the channel when writing them; image files: drop preprocess.grayscale"
+    elif wants == 1:
+        data = "image files: preprocess.grayscale: true; tensors: convert them to grey when writing them"
+    else:
+        data = "convert them when writing them"
+    kind = arch.partition(":")[0]
+    if arch == "builtin:small_cnn":
+        model = f"model.kwargs in_channels: {has}"
+    elif kind == "timm":
+        model = f"model.kwargs in_chans: {has}"
+    elif kind == "torchvision":
+        model = f"torchvision models take no channel count; timm: models take model.kwargs in_chans: {has}"
+    else:
+        model = f"one whose first layer takes {has}"
+    return f"the model takes {wants} input channel(s) and the data has {has}: give data with {wants} ({data}) or a model that takes {has} ({model})"
 
 
-def num_outputs_of(model: nn.Module, input_shape: tuple[int, ...]) -> int:
+def num_outputs_of(model: nn.Module, input_shape: tuple[int, ...], arch: str = "") -> int:
     """Width of the model's output on one input of the data's shape (the number of classes, for a classifier)."""
     was_training = model.training
     model.eval()
@@ -281,7 +295,7 @@ def num_outputs_of(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     except (Exception, SystemExit) as e:  # noqa: BLE001 - any failure here is a data/arch mismatch
         first = str(e).splitlines()[0] if str(e) else ""
         raise ModelError(f"model.arch: the model cannot run on inputs of shape {input_shape} ({type(e).__name__}: {first[:160]}); "
-                         f"{_mismatch_fix(first)}") from None
+                         f"{_mismatch_fix(first, input_shape, arch)}") from None
     finally:
         model.train(was_training)
     if out.dim() != 2:

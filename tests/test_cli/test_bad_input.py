@@ -204,5 +204,26 @@ def test_a_channel_mismatch_names_both_counts_and_the_ways_out(tmp_path):
     data (kwargs, preprocess.resize)', which names neither the channels nor a fix for them."""
     req = write_request(tmp_path, {"classes": [3]}, arch="builtin:small_cnn", kwargs={"num_classes": 10, "in_channels": 3})
     r = invoke("validate", "-r", req)
-    _assert_rejected(r, "takes 3 input channel(s) and the data has 1", "in_channels: 1", "in_chans: 1")
+    _assert_rejected(r, "takes 3 input channel(s) and the data has 1", "in_channels: 1")
     assert "preprocess.resize" not in r.stderr
+
+
+def test_a_channel_mismatch_inside_the_model_is_not_called_the_datas(tmp_path):
+    """A python: model whose second conv expects 16 channels and gets 8 read "the model takes 16 input channel(s) and the
+    data has 8" of 1-channel data: the count PyTorch reports is the data's only at the first layer."""
+    (tmp_path / "twoconv.py").write_text(
+        "import torch.nn as nn\n"
+        "class TwoConv(nn.Module):\n"
+        "    def __init__(self, num_classes=10):\n"
+        "        super().__init__()\n"
+        "        self.a, self.b, self.head = nn.Conv2d(1, 8, 3), nn.Conv2d(16, 8, 3), nn.LazyLinear(num_classes)\n"
+        "    def forward(self, x):\n"
+        "        return self.head(self.b(self.a(x)).flatten(1))\n")
+    req = write_request(tmp_path, {"classes": [3]}, arch="python:twoconv:TwoConv")
+    r = invoke("validate", "-r", req)
+    _assert_rejected(r, "to have 16 channels, but got 8", "match the architecture to the data")
+    assert "the data has 8" not in r.stderr
+    arch = write_request(tmp_path, {"classes": [3]}, arch="torchvision:resnet18", name="tv.yaml")  # no channel argument of its own
+    r = invoke("validate", "-r", arch)
+    _assert_rejected(r, "takes 3 input channel(s) and the data has 1", "in_chans: 1")
+    assert "in_channels" not in r.stderr
