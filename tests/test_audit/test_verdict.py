@@ -132,10 +132,14 @@ def test_the_blind_tests_caveat_is_said_only_of_a_pass_and_never_asks_for_a_refe
     for task in ("classification", "regression"):
         d = _decide_sample(task, unl_ks_p=0.01, reference=task == "regression")
         assert d["original_passes_policy"] is True and d["policy_verdict"] == "fail"
-        assert "still distinguishable" in d["sentence"] and "so was the original" not in d["sentence"], d["sentence"]
-        assert "the original's were not" in d["sentence"] and "--reference" not in d["sentence"], d["sentence"]
+        assert "now distinguishable" in d["sentence"] and "so was the original" not in d["sentence"], d["sentence"]
+        assert "unlearning made the forget set stand out" in d["sentence"] and "--reference" not in d["sentence"], d["sentence"]
+        # not "still": the original's were not distinguishable; and the remark follows the clause it is about, not the
+        # retrained-level one (the original's error is not at that level)
+        assert "still" not in d["sentence"] and "from held-out data (the original's" in d["sentence"], d["sentence"]
     passed = _decide_sample("regression", unl_ks_p=0.5, reference=True)
     assert "but so was the original's" in passed["sentence"] and "--reference" not in passed["sentence"], passed["sentence"]
     assert "retrained model" in passed["sentence"]
+    assert "held-out data (but so was the original's" in passed["sentence"], passed["sentence"]  # not "at the retrained level (but so was ...)"
     without = _decide_sample("regression", unl_ks_p=0.5)
     assert "but so was the original's" in without["sentence"] and "(--reference)" in without["sentence"]

@@ -277,6 +277,19 @@ def decide(scenario: str, models: dict[str, Any], gate_rows: list[dict[str, Any]
     population = [c for c in forgetting if c is not extra and c.name != "forget error at the retrained level"]
     level = next((c for c in forgetting if c.name == "forget error at the retrained level"), None)
     unmeasured = not any(c.passed is False for c in population) and any(c.passed is None for c in population)
+    # what the original's population tests say of these: they could not see its training data either (a pass means little),
+    # or they could not tell its forget set apart, so a failure now is unlearning's doing (said next to that clause, not
+    # after the retrained-level one, which the original's error does not share)
+    has_reference = models.get("reference") is not None
+    stands_out = blind and extra is None and any(c.passed is False for c in population)
+    still = "now" if stands_out else "still"
+    caveat = ""
+    if blind and extra is None and all(c.passed for c in population):
+        caveat = (f" (but so was the original's: these population tests cannot see this model's training data; "
+                  f"{_stronger_evidence(task, has_reference)})")
+    elif stands_out:
+        caveat = (f" (the original's {'were' if task == 'regression' else 'was'} not: unlearning made the forget set stand out "
+                  "from held-out data)")
     if unmeasured:  # nothing failed, but a check could not run (a one-sample deletion has no AUC): say so, not "distinguishable"
         what = (f"the forget set could not be fully compared with held-out data ({', '.join(c.name for c in population if c.passed is None)}: "
                 f"not measured), which the default policy counts as not passed; {_stronger_evidence(task, models.get('reference') is not None)}, "
@@ -286,15 +299,16 @@ def decide(scenario: str, models: dict[str, Any], gate_rows: list[dict[str, Any]
     elif task == "regression":
         unseen = "unseen samples of the same range" if scenario == "range" else "held-out data"
         what = (f"the forget set's errors are indistinguishable from {unseen}" if all(c.passed for c in population)
-                else f"the forget set's errors are still distinguishable from {unseen}")
+                else f"the forget set's errors are {still} distinguishable from {unseen}") + caveat
         if level is not None:
             what += ("; its error is at the retrained model's level" if level.passed else "; but its error is not at the retrained model's level")
     elif scenario == "class":
         what = "the forgotten classes are no longer recognised and show no membership signal" if all(c.passed for c in population) \
-            else "the forgotten classes are still " + ("recognised" if not population[0].passed else "visible to a membership attack")
+            else f"the forgotten classes are {still} " + ("recognised" if not population[0].passed else "visible to a membership attack")
+        what += caveat
     else:
-        what = "the forget set is indistinguishable from held-out data" if all(c.passed for c in population) \
-            else "the forget set is still distinguishable from held-out data"
+        what = ("the forget set is indistinguishable from held-out data" if all(c.passed for c in population)
+                else f"the forget set is {still} distinguishable from held-out data") + caveat
     if extra is not None:
         population_passed = all(c.passed for c in population)
         if extra.passed:
@@ -302,12 +316,6 @@ def decide(scenario: str, models: dict[str, Any], gate_rows: list[dict[str, Any]
                 else "; per example, though, it is as private as on the retrained model"
         else:
             what += ("; but" if population_passed else "; and") + " a per-example attack still tells it apart better than on the retrained model"
-    has_reference = models.get("reference") is not None
-    if blind and extra is None and all(c.passed for c in population):
-        what += (f" (but so was the original's: these population tests cannot see this model's training data; "
-                 f"{_stronger_evidence(task, has_reference)})")
-    elif blind and extra is None and any(c.passed is False for c in population):  # the original passed them: unlearning did this
-        what += " (the original's were not: unlearning made the forget set stand out from held-out data)"
     if gate_rows:
         failed = [g["expr"] for g in gate_rows if not g["passed"]]
         sentence = (f"{verdict.upper()} by the gates ({len(gate_rows) - len(failed)} of {len(gate_rows)} met"
