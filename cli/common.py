@@ -54,6 +54,7 @@ def handle_errors(fn: Callable) -> Callable:
             except typer.Exit:
                 raise
             except UnlearnError as e:
+                _exit_if_interrupted(_interrupt_behind(e))  # a signal during a lazy import that our code wrapped (usercode, timm)
                 err(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
                 raise typer.Exit(e.exit_code) from None
             except Terminated as e:
@@ -69,13 +70,7 @@ def handle_errors(fn: Callable) -> Callable:
                 err("error: input nested too deeply to process; simplify it")
                 raise typer.Exit(2) from None
             except Exception as e:  # noqa: BLE001 - the last line of defence: one line, exit 1
-                interrupt = _interrupt_behind(e)
-                if isinstance(interrupt, Terminated):
-                    err(f"error: terminated by signal {interrupt.signum}; {_written_note()}")
-                    raise typer.Exit(128 + interrupt.signum) from None
-                if interrupt is not None:
-                    err(f"error: interrupted; {_written_note()}")
-                    raise typer.Exit(130) from None
+                _exit_if_interrupted(_interrupt_behind(e))
                 if _is_cuda_oom(e):
                     err("error: CUDA out of memory; lower data.batch_size or the method's batch sizes, or use --device cpu")
                 else:
@@ -85,6 +80,18 @@ def handle_errors(fn: Callable) -> Callable:
                 raise typer.Exit(EXIT_UNEXPECTED) from None
 
     return wrapper
+
+
+def _exit_if_interrupted(interrupt: Optional[KeyboardInterrupt]) -> None:
+    """Exit as the signal (or Ctrl-C) found behind another exception would have."""
+    from unlearn_tool.errors import Terminated
+
+    if isinstance(interrupt, Terminated):
+        err(f"error: terminated by signal {interrupt.signum}; {_written_note()}")
+        raise typer.Exit(128 + interrupt.signum) from None
+    if interrupt is not None:
+        err(f"error: interrupted; {_written_note()}")
+        raise typer.Exit(130) from None
 
 
 def _interrupt_behind(e: BaseException) -> Optional[KeyboardInterrupt]:

@@ -251,6 +251,23 @@ def test_a_signal_during_an_extension_import_is_still_that_signal(work, monkeypa
     assert not [p.name for p in work.iterdir() if p.name.startswith(".")]
 
 
+def test_a_signal_during_a_python_models_import_is_not_a_model_error(work):
+    """The same pybind11 wrapping inside a `python:` model module (one that imports an extension of its own) reached
+    the user as exit 2 "model.arch: cannot import module ... (initialization failed)": usercode turns an ImportError
+    into a ModelError, which was reported before the signal behind it was looked for. It is the signal: exit 129."""
+    (work / "extmodel.py").write_text(
+        "import os, signal, time\n"
+        "try:  # what PYBIND11_MODULE does with an exception raised while the extension initialises\n"
+        "    os.kill(os.getpid(), signal.SIGHUP)\n"
+        "    time.sleep(0.5)\n"
+        "except BaseException as e:\n"
+        "    raise ImportError('initialization failed') from e\n")
+    req = write_request(work, {"classes": [3]}, arch="python:extmodel:Model", name="ext.yaml")
+    rejected(invoke("validate", "-r", req), "terminated by signal 1", "no output was written", code=129)
+    (work / "extmodel.py").write_text("raise ImportError('libfoo.so: cannot open shared object file')\n")  # a real error stays one
+    rejected(invoke("validate", "-r", req), "cannot import module 'extmodel'", "libfoo.so")
+
+
 def test_sigterm_to_a_real_process_exits_143_and_cleans_up(work):
     edit_request(work / "req.yaml", method={"name": "rfa", "params": {"epochs": 100000, "stop": "epochs"}})
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
