@@ -432,6 +432,8 @@ def apply_request(
               for r in requests[1:]]  # later requests share the run's output; their plans only fix method and parameters
     if len(requests) > 1 and plans[0].adapter:
         raise UnlearnError("several requests in one run give a merged output; drop --adapter-only (or output.mode: adapter)")
+    if plans[0].audit:  # a report folder that cannot hold the reports fails now, not after the output and ledger are written
+        check_audit_report_dir(plans[0].output, report_dir)
 
     for req, plan in zip(requests, plans):
         if anchor is not None and no_anchor:
@@ -553,6 +555,14 @@ def apply_request(
             record()
             timings["write_s"] += time.perf_counter() - t_ledger
     return outcome
+
+
+def check_audit_report_dir(output: Path, report_dir: Optional[str | Path]) -> None:
+    """apply --audit: the report folder (--report-dir, else beside the output) is checked with the other inputs."""
+    from .audit.report import AUDIT_FILES, report_dir_for
+    from .reporting import check_report_dir
+
+    check_report_dir(report_dir_for(output, report_dir), AUDIT_FILES)
 
 
 def ledger_anchor(entries: list[dict[str, Any]], parent: CheckpointArtifact, lineage: Any) -> tuple[Optional[CheckpointArtifact], str]:

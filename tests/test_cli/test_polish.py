@@ -105,3 +105,15 @@ def test_apply_no_keep_on_fail_cut_short_during_the_audit_keeps_output_and_ledge
     assert (tmp_path / "u.safetensors").is_file() and (tmp_path / "u.ledger.jsonl").is_file()
     # the note names the output, not the ledger this recorded only after the signal ("u.ledger.jsonl was written before that")
     assert f"{tmp_path / 'u.safetensors'} was written before that" in r.stderr, r.stderr
+
+
+def test_apply_audit_checks_the_report_dir_before_writing_anything(digits_dir, tmp_path):
+    """A --report-dir that cannot hold the reports (a file, a missing parent) was found only when the audit wrote
+    them: exit 2 'bad input' with the output and its ledger already written (under --no-keep-on-fail too)."""
+    (tmp_path / "afile").write_text("mine")
+    for bad, message in ((tmp_path / "afile", "is a file"), (tmp_path / "nowhere" / "r", "does not exist")):
+        r = invoke("apply", digits_dir / "mlp.safetensors", "-r", digits_dir / "class.yaml", "--audit", "--no-keep-on-fail", "--quiet",
+                   "-o", tmp_path / "u.safetensors", "--report-dir", bad)
+        assert r.exit_code == 2 and message in r.stderr, r.stderr
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+    assert (tmp_path / "afile").read_text() == "mine"

@@ -242,6 +242,12 @@ def test_validate_on_an_exact_artifact_checks_the_audit_gates_as_apply_audit_doe
     assert r.exit_code == 0 and "note: the gap gates need a retrained reference" in r.stdout, r.stdout + r.stderr
 
 
+def test_apply_audit_on_an_exact_artifact_checks_the_report_dir_first(art):
+    (art.parent / "afile").write_text("mine")
+    rejected(_apply(art, "--audit", "--report-dir", art.parent / "afile"), "is a file")
+    assert not (art.parent / "out").exists()
+
+
 def test_s3t_without_init_warns_in_one_line(exact_dir, tmp_path):
     r = invoke("train", "-r", exact_dir / "train.yaml", "-o", tmp_path / "art", *S3T, "--param", "epochs=1", "--quiet")
     assert r.exit_code == 0, r.stderr

@@ -398,6 +398,9 @@ def apply_exact_request(
     exprs: list[str] = []
     reference = None
     if audit:
+        from ..pipeline import check_audit_report_dir
+
+        check_audit_report_dir(out, report_dir)
         from ..audit.gates import parse_gates
 
         exprs = list(gates) if gates is not None else list(req.audit.gates)
