@@ -3,6 +3,7 @@
     python benchmarks/regression_frontier.py --cache DIR                     # sample unlearning; 3 seeds, ~10 min cached
     python benchmarks/regression_frontier.py --cache DIR --scenario range    # range unlearning (test MAE outside the range)
     python benchmarks/regression_frontier.py --plot-from S.json R.json       # only draw docs/regression_frontier.png
+                                                                             # (runs of one scenario are merged: one panel each)
 
 The issue's target for sample unlearning: forget-set MAE within 10% of the retrained model's, test MAE at most 5%
 above the original's, at most 10% of retraining time. On the converged rotated-digits CNN (benchmarks/regression.py,
@@ -164,7 +165,7 @@ def main() -> None:
     ap.add_argument("--png", type=Path, default=Path(__file__).resolve().parents[1] / "docs" / "regression_frontier.png")
     args = ap.parse_args()
     if args.plot_from:
-        plot([json.loads(f.read_text()) for f in args.plot_from], args.png)
+        plot(merged_by_scenario([json.loads(f.read_text()) for f in args.plot_from]), args.png)
         print(f"wrote {args.png}")
         return
     scenario = args.scenario
@@ -266,6 +267,17 @@ FAMILY_STYLE = (  # (name prefix, colour, marker): one per kind of approach
     ("rfa, solver", "#9467bd", "D"), ("rfa, oracle", "#e377c2", "X"), ("warm restart", "#1f77b4", "o"),
     ("noise", "#2ca02c", "^"), ("Gauss-Newton", "#8c564b", "P"),
 )
+
+
+def merged_by_scenario(runs: list[dict]) -> list[dict]:
+    """One run per scenario, in order of first appearance: a later run of the same scenario (e.g. `--rows newton
+    --newton-reads ...`) adds the rows the first lacks; a row both have keeps the first run's figures."""
+    merged: dict[str, dict] = {}
+    for run in runs:
+        into = merged.setdefault(run["scenario"], {**run, "rows": {}})
+        for name, rs in run["rows"].items():
+            into["rows"].setdefault(name, rs)
+    return list(merged.values())
 
 
 def plot(runs: list[dict], png: Path) -> None:
