@@ -258,17 +258,24 @@ def build_model(spec: ModelSpec, base_dir: Path = Path("."), policy: CodePolicy 
     return model
 
 
-def _mismatch_fix(error: str) -> str:
-    """The fix for a model that cannot run on the data: a channel count mismatch names both sides and the ways out."""
+def _mismatch_fix(error: str, input_shape: tuple[int, ...]) -> str:
+    """The fix for a model that cannot run on the data: a channel count, or a first Linear layer's width, that does not
+    match names both sides and the ways out."""
+    import math
     import re
 
-    found = re.search(r"to have (\d+) channels, but got (\d+) channels", error)
-    if found is None:
-        return "match the architecture to the data (kwargs, preprocess.resize)"
-    wants, has = found.groups()
-    return (f"the model takes {wants} input channel(s) and the data has {has}: give data with {wants} (grey images: repeat the "
-            f"channel when writing the tensors; colour images into a 1-channel model: preprocess.grayscale, imagefolder) or a "
-            f"model that takes {has} (builtin:small_cnn kwargs {{in_channels: {has}}}, timm kwargs {{in_chans: {has}}})")
+    channels = re.search(r"to have (\d+) channels, but got (\d+) channels", error)
+    if channels is not None:
+        wants, has = channels.groups()
+        return (f"the model takes {wants} input channel(s) and the data has {has}: give data with {wants} (grey images: repeat the "
+                f"channel when writing the tensors; colour images into a 1-channel model: preprocess.grayscale, imagefolder) or a "
+                f"model that takes {has} (builtin:small_cnn kwargs {{in_channels: {has}}}, timm kwargs {{in_chans: {has}}})")
+    widths = re.search(r"mat1 and mat2 shapes cannot be multiplied \(\d+x(\d+) and (\d+)x\d+\)", error)
+    if widths is not None and int(widths.group(1)) == math.prod(input_shape):  # the first Linear layer sees the flattened input
+        has, wants = widths.groups()
+        return (f"the model's first layer takes {wants} input features and the data has {has} per sample: builtin:mlp takes "
+                f"kwargs {{in_features: {has}}}; other models: match the architecture to the data")
+    return "match the architecture to the data (kwargs, preprocess.resize)"
 
 
 def num_outputs_of(model: nn.Module, input_shape: tuple[int, ...]) -> int:
@@ -281,7 +288,7 @@ def num_outputs_of(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     except (Exception, SystemExit) as e:  # noqa: BLE001 - any failure here is a data/arch mismatch
         first = str(e).splitlines()[0] if str(e) else ""
         raise ModelError(f"model.arch: the model cannot run on inputs of shape {input_shape} ({type(e).__name__}: {first[:160]}); "
-                         f"{_mismatch_fix(first)}") from None
+                         f"{_mismatch_fix(first, input_shape)}") from None
     finally:
         model.train(was_training)
     if out.dim() != 2:
