@@ -259,30 +259,37 @@ def build_model(spec: ModelSpec, base_dir: Path = Path("."), policy: CodePolicy 
 
 
 def _mismatch_fix(error: str, input_shape: tuple[int, ...] = (), arch: str = "") -> str:
-    """The fix for a model that cannot run on the data: a mismatch at the model's first layer (the count it got is the
-    data's) names both channel counts and the ways out that fit the architecture; any other mismatch the generic fix."""
+    """The fix for a model that cannot run on the data: a mismatch at the model's first layer (a channel count the data
+    has, or the flattened input's width) names both sides and the ways out that fit the architecture; any other the
+    generic fix."""
+    import math
     import re
 
-    found = re.search(r"to have (\d+) channels, but got (\d+) channels", error)
-    if found is None or len(input_shape) != 3 or int(found.group(2)) != input_shape[0]:  # inside the model: not the data's channels
-        return "match the architecture to the data (kwargs, preprocess.resize)"
-    wants, has = (int(n) for n in found.groups())
-    if wants > has:
-        data = "tensors: repeat the channel when writing them; image files: drop preprocess.grayscale"
-    elif wants == 1:
-        data = "image files: preprocess.grayscale: true; tensors: convert them to grey when writing them"
-    else:
-        data = "convert them when writing them"
-    kind = arch.partition(":")[0]
-    if arch == "builtin:small_cnn":
-        model = f"model.kwargs in_channels: {has}"
-    elif kind == "timm":
-        model = f"model.kwargs in_chans: {has}"
-    elif kind == "torchvision":
-        model = f"torchvision models take no channel count; timm: models take model.kwargs in_chans: {has}"
-    else:
-        model = f"one whose first layer takes {has}"
-    return f"the model takes {wants} input channel(s) and the data has {has}: give data with {wants} ({data}) or a model that takes {has} ({model})"
+    channels = re.search(r"to have (\d+) channels, but got (\d+) channels", error)
+    if channels is not None and len(input_shape) == 3 and int(channels.group(2)) == input_shape[0]:  # else inside the model
+        wants, has = (int(n) for n in channels.groups())
+        if wants > has:
+            data = "tensors: repeat the channel when writing them; image files: drop preprocess.grayscale"
+        elif wants == 1:
+            data = "image files: preprocess.grayscale: true; tensors: convert them to grey when writing them"
+        else:
+            data = "convert them when writing them"
+        kind = arch.partition(":")[0]
+        if arch == "builtin:small_cnn":
+            model = f"model.kwargs in_channels: {has}"
+        elif kind == "timm":
+            model = f"model.kwargs in_chans: {has}"
+        elif kind == "torchvision":
+            model = f"torchvision models take no channel count; timm: models take model.kwargs in_chans: {has}"
+        else:
+            model = f"one whose first layer takes {has}"
+        return f"the model takes {wants} input channel(s) and the data has {has}: give data with {wants} ({data}) or a model that takes {has} ({model})"
+    widths = re.search(r"mat1 and mat2 shapes cannot be multiplied \(\d+x(\d+) and (\d+)x\d+\)", error)
+    if widths is not None and int(widths.group(1)) == math.prod(input_shape):  # the first Linear layer sees the flattened input
+        has, wants = widths.groups()
+        return (f"the model's first layer takes {wants} input features and the data has {has} per sample: builtin:mlp takes "
+                f"kwargs {{in_features: {has}}}; other models: match the architecture to the data")
+    return "match the architecture to the data (kwargs, preprocess.resize)"
 
 
 def num_outputs_of(model: nn.Module, input_shape: tuple[int, ...], arch: str = "") -> int:

@@ -227,3 +227,10 @@ def test_a_channel_mismatch_inside_the_model_is_not_called_the_datas(tmp_path):
     r = invoke("validate", "-r", arch)
     _assert_rejected(r, "takes 3 input channel(s) and the data has 1", "in_chans: 1")
     assert "in_channels" not in r.stderr
+
+
+def test_a_first_layer_width_mismatch_names_in_features(tmp_path):
+    """A builtin:mlp left at its 64-feature default on 10-feature tabular data (sklearn:diabetes) said 'match the
+    architecture to the data (kwargs, preprocess.resize)'; the fix is kwargs in_features."""
+    req = write_request(tmp_path, {"classes": [3]}, kwargs={"num_classes": 10, "in_features": 32})
+    _assert_rejected(invoke("validate", "-r", req), "first layer takes 32 input features and the data has 64", "in_features: 64")
