@@ -192,6 +192,17 @@ def test_audit_flags_a_relapse(digits_dir, tmp_path):
     assert r.exit_code == 0, r.stderr
     report = json.loads(r.stdout)
     assert report["lineage"]["relapsed"] == [] and report["lineage"]["steps"][0]["forget_acc_now"] <= 0.05
+    # apply --audit re-checks the earlier deletion too, from the ledger it has just written (it passed none: 'the ledger
+    # None is missing'); with --no-keep-on-fail the ledger follows the verdict, and the report says where the re-check is
+    r = invoke("apply", tmp_path / "s1.safetensors", "-r", b, "-o", tmp_path / "s3.safetensors", "--audit", "--json", "--quiet",
+               "--report-dir", tmp_path / "fresh")
+    assert r.exit_code in (0, 3), r.stderr
+    lineage = json.loads((tmp_path / "fresh" / "report.json").read_text())["lineage"]
+    assert lineage["problem"] is None and lineage["steps"][0]["forget_acc_now"] <= 0.05
+    r = invoke("apply", tmp_path / "s1.safetensors", "-r", b, "-o", tmp_path / "s4.safetensors", "--audit", "--json", "--quiet",
+               "--report-dir", tmp_path / "deferred", "--no-keep-on-fail")
+    lineage = json.loads((tmp_path / "deferred" / "report.json").read_text())["lineage"]
+    assert "unlearn audit of the output re-checks them" in lineage["problem"] and (tmp_path / "s4.ledger.jsonl").is_file() == (r.exit_code == 0)
 
     # a model made to relearn the first deletion (class 3), keeping the lineage metadata
     from unlearn_tool.checkpoint import read_checkpoint

@@ -541,7 +541,8 @@ def apply_request(
         info = {"path": str(result.output.resolve()), "kind": result.mode, "sha256": result.output_sha256, "metadata": result.metadata}
         t_audit = time.perf_counter()
         try:
-            outcome.report, outcome.report_dir = audit_fresh_model(job, result.model, info, report_dir, plans[0].gates, ref)
+            outcome.report, outcome.report_dir = audit_fresh_model(job, result.model, info, report_dir, plans[0].gates, ref,
+                                                                   getattr(result, "ledger", None))
         except BaseException:  # an audit cut short (a signal, an error) gives no verdict: the output stays, with its ledger entry
             if ledger_after_audit:
                 record()

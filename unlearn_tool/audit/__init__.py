@@ -145,15 +145,17 @@ def _earlier_deletions(unlearned: str | Path, ledger: Optional[Path], request_sh
 
 def audit_fresh_model(job: "Job", model: "nn.Module", info: dict[str, Any], report_dir: Optional[str | Path] = None,
                       gates: Optional[Sequence[str]] = None,
-                      reference: Optional[tuple["nn.Module", dict[str, Any]]] = None) -> tuple[dict[str, Any], Path]:
+                      reference: Optional[tuple["nn.Module", dict[str, Any]]] = None,
+                      ledger: Optional[Path] = None) -> tuple[dict[str, Any], Path]:
     """`unlearn apply --audit`: audit the model just written (info: its path, kind, sha256, metadata) with the plan's
-    gates and the reference loaded before unlearning (default: the request's audit section)."""
+    gates and the reference loaded before unlearning (default: the request's audit section); `ledger`, once written,
+    lets the audit re-check the lineage's earlier deletions for a relapse."""
     spec = job.request.audit
     exprs = list(spec.gates) if gates is None else list(gates)
     if reference is None and spec.reference:
         reference = load_checkpoint(job.request.resolve(spec.reference), job)
     parsed = parse_gates(exprs, job.splits.scenario, reference is not None, job.task.name)
     ref_model, ref_info = reference if reference is not None else (None, None)
-    report = run_audit(job, job.original, model, ref_model, parsed, unlearned_info=info, reference_info=ref_info)
+    report = run_audit(job, job.original, model, ref_model, parsed, unlearned_info=info, reference_info=ref_info, ledger=ledger)
     folder = write_reports(report, report_dir_for(info["path"], report_dir))
     return report, folder

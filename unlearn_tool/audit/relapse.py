@@ -52,7 +52,11 @@ def relapse_check(job: Job, model: nn.Module, fields: dict[str, Any], ledger: Op
         section["problem"] = (f"the relapse re-check measures forget accuracy, so it covers classification only: the {len(earlier)} "
                               "earlier deletion(s) of this regression model were not re-checked")
         return section
-    if ledger is None or not ledger.is_file():
+    if ledger is None:  # apply --audit --no-keep-on-fail records the ledger after the verdict
+        section["problem"] = (f"no ledger yet: the {len(earlier)} earlier deletion(s) were not re-checked; "
+                              "unlearn audit of the output re-checks them from its ledger")
+        return section
+    if not ledger.is_file():
         section["problem"] = f"the ledger {ledger} is missing: the {len(earlier)} earlier deletion(s) could not be re-checked"
         return section
     try:
