@@ -71,6 +71,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from unlearn_tool.reporting import save_png  # noqa: E402
 from unlearn_tool.artifacts import EnsembleArtifact  # noqa: E402
 from unlearn_tool.checkpoint import load_into, save_canonical  # noqa: E402
 from unlearn_tool.data import Splits, load_split  # noqa: E402
@@ -642,11 +643,7 @@ def plot_prior(settings: list[dict], png: Path) -> None:
     fig.suptitle("Exact unlearning with a deletion prior (digits, MLP, strong base, 1000 deletable samples)\n"
                  "solid: trained with the prior (assignment by_weight; S3T also BMS orders); dashed: without", fontsize=11)
     fig.tight_layout(rect=(0, 0.14, 1, 0.93))
-    png.parent.mkdir(parents=True, exist_ok=True)
-    tmp = png.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(png)
+    save_png(fig, png)
 
 
 def main() -> None:
@@ -778,11 +775,7 @@ def plot(settings: list[dict], png: Path) -> None:
                frameon=False)
     fig.suptitle("Exact unlearning on digits (MLP, 1000 deletable samples), one sample deleted per request", fontsize=11)
     fig.tight_layout(rect=(0, 0.12 if len(settings) > 1 else 0.2, 1, 0.95))
-    png.parent.mkdir(parents=True, exist_ok=True)
-    tmp = png.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(png)
+    save_png(fig, png)
 
 
 if __name__ == "__main__":

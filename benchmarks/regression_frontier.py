@@ -53,6 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import regression as R  # noqa: E402
 
+from unlearn_tool.reporting import save_png  # noqa: E402
 from unlearn_tool import bench as B  # noqa: E402
 from unlearn_tool.methods import rfa_regression as RR, run_method  # noqa: E402
 from unlearn_tool.training import TrainConfig, fit  # noqa: E402
@@ -310,11 +311,7 @@ def plot(runs: list[dict], png: Path) -> None:
     fig.suptitle("Rotated digits, 300-epoch CNN: where each approach lands\n(large: mean of the seeds; faint: each seed; "
                  "numbers as in the legend)", fontsize=11)
     fig.tight_layout(rect=(0, 0.2, 1, 0.94))
-    png.parent.mkdir(parents=True, exist_ok=True)
-    tmp = png.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(png)
+    save_png(fig, png)
 
 
 if __name__ == "__main__":

@@ -80,6 +80,15 @@ def png_bytes(fig: Any, dpi: int = 100) -> bytes:
     return buf.getvalue()
 
 
+def save_png(fig: Any, path: Path, dpi: int = 110) -> None:
+    """A benchmark's figure written atomically to `path` (its folder created), as laid out (no tight crop); closes it."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    pyplot().close(fig)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_bytes(path, buf.getvalue())
+
+
 def png_data_uri(fig: Any, dpi: int = 90) -> str:
     """A figure as a data URI, so an HTML report is one self-contained file."""
     return "data:image/png;base64," + base64.b64encode(png_bytes(fig, dpi)).decode("ascii")
