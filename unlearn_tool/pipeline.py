@@ -433,6 +433,8 @@ def apply_request(
     if len(requests) > 1 and plans[0].adapter:
         raise UnlearnError("several requests in one run give a merged output; drop --adapter-only (or output.mode: adapter)")
     if plans[0].audit:  # a report folder that cannot hold the reports fails now, not after the output and ledger are written
+        from .audit.report import check_audit_report_dir
+
         check_audit_report_dir(plans[0].output, report_dir)
 
     for req, plan in zip(requests, plans):
@@ -558,14 +560,6 @@ def apply_request(
     return outcome
 
 
-def check_audit_report_dir(output: Path, report_dir: Optional[str | Path]) -> None:
-    """apply --audit: the report folder (--report-dir, else beside the output) is checked with the other inputs."""
-    from .audit.report import AUDIT_FILES, report_dir_for
-    from .reporting import check_report_dir
-
-    check_report_dir(report_dir_for(output, report_dir), AUDIT_FILES)
-
-
 def ledger_anchor(entries: list[dict[str, Any]], parent: CheckpointArtifact, lineage: Any) -> tuple[Optional[CheckpointArtifact], str]:
     """Without --anchor, on a checkpoint with earlier deletions: the original file its ledger names (first entry's
     `original`), if it is still there with the sha256 the lineage starts from; else None. Returns (artifact, note)."""
@@ -625,18 +619,6 @@ def check_adapter_output(name: str, adapter: bool) -> None:
         raise MethodError(f"method {name} changes weights directly, so it has no adapter output; drop --adapter-only (or output.mode: adapter)")
 
 
-def check_request_gates(req: Request) -> Optional[str]:
-    """The request's audit.gates, as apply --audit parses them (an input error names the fix); returns a note when gap
-    gates have no audit.reference, which `unlearn audit --reference` can still supply."""
-    from .audit.gates import parse_gates
-
-    gates = parse_gates(req.audit.gates, req.forget.scenario, True, req.task)
-    if req.audit_reference() is None and any(g.metric.endswith("_gap") for g in gates):
-        return ("the gap gates need a retrained reference: give audit.reference in the request (apply --audit), "
-                "or --reference to unlearn audit")
-    return None
-
-
 def validate_request(request: "str | Path | Request", checkpoint: Optional[str | Path] = None, code: CodePolicy = CodePolicy(),
                      allow_missing: bool = False) -> dict[str, Any]:
     """`unlearn validate`: schema, method and parameters, output mode, gates, data, classes/indices, checkpoint; no training."""
@@ -644,6 +626,8 @@ def validate_request(request: "str | Path | Request", checkpoint: Optional[str |
     params = parse_params(req.method.name, req.method.params)
     check_applicable(req.method.name, req.task, req.forget.scenario, params)
     check_adapter_output(req.method.name, req.output.mode == "adapter")
+    from .audit.gates import check_request_gates
+
     gap_note = check_request_gates(req)
     job = prepare(req, checkpoint, device="cpu", code=code, needs_labels=not get_method(req.method.name).label_free, allow_missing=allow_missing)
     info = {"ok": True, **describe_job(job), "checkpoint_matches": req.model.arch if checkpoint else None,

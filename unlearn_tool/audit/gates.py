@@ -107,3 +107,13 @@ def evaluate_gates(gates: Sequence[Gate], unlearned: Mapping[str, Any], original
 
 def _float(v: Any) -> Optional[float]:
     return finite(v)
+
+
+def check_request_gates(req: Any) -> Optional[str]:
+    """A request's audit.gates, as apply --audit parses them (an input error names the fix), for `validate`; returns a note
+    when gap gates have no audit.reference, which `unlearn audit --reference` can still supply."""
+    gates = parse_gates(req.audit.gates, req.forget.scenario, True, req.task)
+    if req.audit_reference() is None and any(g.metric.endswith("_gap") for g in gates):
+        return ("the gap gates need a retrained reference: give audit.reference in the request (apply --audit), "
+                "or --reference to unlearn audit")
+    return None

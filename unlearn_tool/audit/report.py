@@ -524,3 +524,11 @@ def report_dir_for(unlearned: Optional[str | Path], explicit: Optional[str | Pat
     if unlearned is None:
         raise OutputError("no report dir: give --report-dir")
     return default_report_dir(unlearned)
+
+
+def check_audit_report_dir(output: Path, report_dir: Optional[str | Path]) -> None:
+    """apply --audit: the report folder (--report-dir, else beside the output) is checked with the other inputs, so one
+    that cannot hold the reports fails before the output is written."""
+    from ..reporting import check_report_dir
+
+    check_report_dir(report_dir_for(output, report_dir), AUDIT_FILES)

@@ -292,7 +292,7 @@ def decide(scenario: str, models: dict[str, Any], gate_rows: list[dict[str, Any]
                   "from held-out data)")
     if unmeasured:  # nothing failed, but a check could not run (a one-sample deletion has no AUC): say so, not "distinguishable"
         what = (f"the forget set could not be fully compared with held-out data ({', '.join(c.name for c in population if c.passed is None)}: "
-                f"not measured), which the default policy counts as not passed; {_stronger_evidence(task, models.get('reference') is not None)}, "
+                f"not measured), which the default policy counts as not passed; {_stronger_evidence(task, has_reference)}, "
                 "or give --gate")
         if level is not None:
             what += ("; its error is at the retrained model's level" if level.passed else "; and its error is not at the retrained model's level")

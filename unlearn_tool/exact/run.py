@@ -398,7 +398,7 @@ def apply_exact_request(
     exprs: list[str] = []
     reference = None
     if audit:
-        from ..pipeline import check_audit_report_dir
+        from ..audit.report import check_audit_report_dir
 
         check_audit_report_dir(out, report_dir)
         from ..audit.gates import parse_gates
@@ -559,9 +559,8 @@ def _retrain_truncated(m: Manifest, artifact: EnsembleArtifact, job: Job, shard_
 def validate_exact_request(request: "str | Path | Request", artifact_path: str | Path, code: CodePolicy = CodePolicy(),
                            allow_missing: bool = False) -> dict[str, Any]:
     """`unlearn validate -r R ART`: the artifact's integrity, the request against it, and what the deletion would do."""
+    from ..audit.gates import check_request_gates
     from ..job import describe_job
-
-    from ..pipeline import check_request_gates
 
     req = load_request(request)
     check_task(req)
