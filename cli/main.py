@@ -48,7 +48,7 @@ def apply(
     report_dir: Optional[Path] = typer.Option(None, "--report-dir", help="With --audit: where to write the reports (default <output stem>.audit/)."),
     summary_samples: int = typer.Option(1000, "--summary-samples", min=0, help="Retain and test samples the before/after summary evaluates (seeded; the forget set is always whole; 0: every sample). The audit evaluates everything."),
     num_workers: int = NumWorkersOpt,
-    keep_on_fail: bool = typer.Option(True, "--keep-on-fail/--no-keep-on-fail", help="With --audit: keep the output when the verdict is fail (default; exit 3 either way), or remove it again."),
+    keep_on_fail: bool = typer.Option(True, "--keep-on-fail/--no-keep-on-fail", help="With --audit: keep the output when the verdict is fail (default; exit 3 either way), or publish it (and its ledger entry) only once the audit passes, leaving an earlier -o as it was."),
     ledger: Optional[Path] = typer.Option(None, "--ledger", metavar="FILE", help="The JSON-lines ledger to read the checkpoint's lineage from and to extend (default <stem>.ledger.jsonl beside the checkpoint / the output)."),
     ignore_lineage: bool = typer.Option(False, "--ignore-lineage", help="Do not exclude the checkpoint's earlier deletions from the data (when their ledger is lost)."),
     record_ids: bool = typer.Option(False, "--record-ids", help="Also record the forgotten record IDs themselves in the output and the ledger (default: count and digest only)."),
@@ -87,8 +87,11 @@ def apply(
             err(stop)
         if result.before.get("test_remaining_acc") is not None:
             err("test_acc counts every test sample, the forgotten classes included; test_remaining_acc is the utility on the classes kept")
-        err(f"wrote {result.output} ({result.mode}) in {result.wall_time_s:.2f}s of unlearning"
-            + (" — then removed it: the audit failed (--no-keep-on-fail)" if outcome.removed else ""))
+        if outcome.removed:
+            err(f"unlearned in {result.wall_time_s:.2f}s, but did not publish {result.output} ({result.mode}): the audit failed "
+                "(--no-keep-on-fail)" + ("; what was there before, and its ledger, are as they were" if result.output.exists() else ""))
+        else:
+            err(f"wrote {result.output} ({result.mode}) in {result.wall_time_s:.2f}s of unlearning")
         for note in getattr(result, "notes", []):  # an exact deletion's figures and guarantee
             err(note)
         summary = outcome.summary()

@@ -28,6 +28,7 @@ if TYPE_CHECKING:  # torch is imported where it is used, so `unlearn --help` and
 
 META_PREFIX = "unlearn."
 TMP_PREFIX = ".unlearn-"  # temporary names do not derive from the output's name, so a long name cannot overflow them
+STAGED_SUFFIX = ".staged"  # a StagedOutput's folder: an output written, not yet published
 HF_CONFIG, HF_WEIGHTS = "config.json", "model.safetensors"  # a transformers save_pretrained folder
 HF_EXTRA = ("preprocessor_config.json",)  # copied into a merged save_pretrained folder output when the input has it
 # Files `unlearn apply --adapter-only` writes (and, for a save_pretrained folder output, config.json, model.safetensors
@@ -255,7 +256,12 @@ def check_output(path: Path, kind: str, force: bool, protect: Mapping[str, Optio
 # ---------------------------------------------------------------- atomic, no-clobber publishing
 
 def _published(path: Path) -> None:
-    PUBLISHED.append(path)
+    if not _is_staging(path.parent):  # a staged output is published later, under its own name (StagedOutput)
+        PUBLISHED.append(path)
+
+
+def _is_staging(folder: Path) -> bool:
+    return folder.name.startswith(TMP_PREFIX) and folder.name.endswith(STAGED_SUFFIX)
 
 
 def _publish_file(tmp: Path, path: Path, force: bool, flag: str) -> None:
@@ -366,14 +372,30 @@ def write_directory(path: str | Path, fill: Callable[[Path], None], force: bool 
         tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, suffix=".tmp", dir=path.parent))
     except OSError as e:
         raise OutputError(f"cannot write {path} ({e.strerror}); choose another {flag}") from None
-    reserved = old = None
     try:
         fill(tmp)
         for f in tmp.iterdir():  # what a normal write gives (some writers, e.g. safetensors', create files 0600)
             if f.is_file() and not f.is_symlink():
                 os.chmod(f, _new_file_mode())
         os.chmod(tmp, 0o777 & ~_umask())
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError):
+            raise OutputError(f"cannot write {path} ({e.strerror or e}); choose another {flag}") from None
+        raise
+    _publish_folder(tmp, path, force, flag)
+    _published(path)
+    return path
+
+
+def _publish_folder(tmp: Path, path: Path, force: bool, flag: str) -> None:
+    """Move a finished temporary folder onto `path`: with force over a folder this tool wrote (the previous one is put
+    back if the move fails), without force only onto a name nobody took meanwhile. `tmp` is gone afterwards."""
+    reserved = old = None
+    try:
         if path.exists():
+            if not force:
+                raise OutputError(f"output {path} appeared while this run was writing (another run?); it was kept; pass --force or choose another {flag}")
             if not is_our_folder(path):  # checked again right before replacing
                 raise OutputError(f"output {path} changed while this run was writing; it was kept; choose another {flag}")
             old = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, suffix=".old", dir=path.parent))
@@ -395,15 +417,58 @@ def write_directory(path: str | Path, fill: Callable[[Path], None], force: bool 
             except OSError:
                 pass
         if old is not None and (old / "previous").exists() and not path.exists():
-            os.rename(old / "previous", path)  # put the previous adapter back
+            os.rename(old / "previous", path)  # put the previous folder back
         if isinstance(e, OSError):
             raise OutputError(f"cannot write {path} ({e.strerror or e}); choose another {flag}") from None
         raise
     finally:
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
-    _published(path)
-    return path
+
+
+class StagedOutput:
+    """An output written first into a private folder beside its destination, then published in one step, or discarded.
+
+    `apply` writes its output here and publishes it together with its ledger entries; with `--audit --no-keep-on-fail`
+    only once the verdict is in, so that a failing audit leaves an earlier output (--force) and its ledger as they
+    were. Leaving the `with` block discards what was not published (an error, Ctrl-C, a signal).
+    """
+
+    def __init__(self, path: str | Path, force: bool, protect: Mapping[str, Optional[Path]] = {}, flag: str = "--output"):
+        self.path, self.force, self.protect, self.flag = Path(path), force, dict(protect), flag
+        try:
+            self.folder = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, suffix=STAGED_SUFFIX, dir=Path(os.path.abspath(self.path)).parent))
+        except OSError as e:
+            raise OutputError(f"cannot write {self.path} ({e.strerror}); choose another {flag}") from None
+        self.staged = self.folder / self.path.name  # where the writer writes (a file or a folder); the same name as the output
+        self.published = False
+
+    def publish(self) -> None:
+        """Move the staged output onto its destination, as its writer would have published it (same rules for --force)."""
+        try:
+            # checked again: what is there now may not be what was there when the run began (a folder, a file of yours)
+            check_output(self.path, "dir" if self.staged.is_dir() else "file", self.force, self.protect, self.flag)
+            if self.staged.is_dir():
+                _publish_folder(self.staged, self.path, self.force, self.flag)
+            else:
+                if self.force and self.path.is_file():  # --force keeps the replaced file's mode, as a direct write does
+                    os.chmod(self.staged, stat.S_IMODE(os.stat(self.path).st_mode))
+                _publish_file(self.staged, self.path, self.force, self.flag)
+        except OSError as e:
+            raise OutputError(f"cannot write {self.path} ({e.strerror or e}); choose another {self.flag}") from None
+        finally:
+            self.discard()
+        self.published = True
+        _published(self.path)
+
+    def discard(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def __enter__(self) -> "StagedOutput":
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.discard()
 
 
 def metadata_for(fields: dict[str, object]) -> dict[str, str]:

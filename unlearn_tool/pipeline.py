@@ -24,10 +24,11 @@ from torch import nn
 from . import __version__
 from .artifacts import CheckpointArtifact, is_checkpoint, write_adapter, write_hf_folder, write_merged
 from .audit.registry import finite
-from .checkpoint import check_output, dtypes_of, load_into, non_finite
+from .checkpoint import StagedOutput, check_output, dtypes_of, load_into, non_finite
 from .data import SUMMARY_SETS, LabelledData, summary_seed
 from .errors import AuditError, CheckpointError, DivergedError, MethodError, UnlearnError
 from .evaluate import predict_logits, remember_predictions
+from .interrupts import signals_deferred
 from .job import Job, Progress, check_seed, describe_job, prepare, resolve_device, seed_everything  # noqa: F401 (re-exported)
 from .methods.common import divergence_hint
 from .methods import MethodParams, check_applicable, get_method, method_names, parse_params, run_method
@@ -293,8 +294,10 @@ def apply(
 
 
 def write_step(job: Job, plan: ApplyPlan, step: StepResult, parent_sha256: str, lineage: Optional[Any], record_ids: bool,
-               t0: float, extra_steps: Optional[list[dict[str, Any]]] = None) -> ApplyResult:
-    """Publish a step's result with its provenance and lineage (`extra_steps`: earlier in-run steps, multi-request apply)."""
+               t0: float, extra_steps: Optional[list[dict[str, Any]]] = None, write_to: Optional[Path] = None) -> ApplyResult:
+    """Publish a step's result with its provenance and lineage (`extra_steps`: earlier in-run steps, multi-request apply).
+
+    write_to: write there instead (a StagedOutput's path, published later as plan.output, which the result names)."""
     from .ledger import Lineage, forget_digest, new_step
 
     lineage = lineage or Lineage(original_sha256=parent_sha256, data_sha256=job.data_sha256)
@@ -308,13 +311,14 @@ def write_step(job: Job, plan: ApplyPlan, step: StepResult, parent_sha256: str, 
                            lineage=chain.to_json(), **({"forget_ids": list(job.splits.forget_ids)} if record_ids and job.splits.forget_ids else {}))
     warnings = list(step.log)
     protect = {"input checkpoint": job.checkpoint_path, "request": job.request.path}
+    target, force = (write_to, False) if write_to is not None else (plan.output, plan.force)
     if plan.adapter:
-        digest = write_adapter(plan.output, step.adapter_model, fields, force=plan.force, protect=protect)
+        digest = write_adapter(target, step.adapter_model, fields, force=force, protect=protect)
         warnings.insert(0, ADAPTER_WARNING)
     elif plan.hf_source is not None:
-        digest = write_hf_folder(plan.output, step.state, fields, plan.hf_source, force=plan.force, protect=protect)
+        digest = write_hf_folder(target, step.state, fields, plan.hf_source, force=force, protect=protect)
     else:
-        digest = write_merged(plan.output, step.state, fields, force=plan.force, protect=protect)
+        digest = write_merged(target, step.state, fields, force=force, protect=protect)
     result = ApplyResult(
         output=plan.output,
         mode="adapter" if plan.adapter else "merged",
@@ -358,7 +362,7 @@ class ApplyOutcome:
     result: ApplyResult
     report: Optional[dict[str, Any]] = None
     report_dir: Optional[Path] = None
-    removed: bool = False  # the output was removed again because the audit failed (keep_on_fail=False)
+    removed: bool = False  # the output was never published because the audit failed (keep_on_fail=False)
     timings: dict[str, float] = field(default_factory=dict)  # where the run's wall time went (s); *_cpu_s: CPU time, not a part of it
 
     def summary(self) -> dict[str, Any]:
@@ -413,7 +417,8 @@ def apply_request(
     Several requests (same model and data) are applied one after another in one run, each a step of the lineage.
     A checkpoint that carries a lineage has every earlier forgotten sample excluded from the data (resolved from the
     ledger: `ledger`, else `<checkpoint stem>.ledger.jsonl`); `ignore_lineage` skips that (said in the warnings).
-    keep_on_fail=False: when the audit's verdict is fail, the output this run wrote is removed again (the reports stay).
+    keep_on_fail=False: the output is published only once the audit passes; a fail leaves -o's earlier output and its
+    ledger as they were (the reports stay).
     """
     from . import ledger as L
 
@@ -511,52 +516,61 @@ def apply_request(
     if not is_writer():  # under torchrun, rank 0 writes the output, the ledger and the audit; the others are done
         return ApplyOutcome(job, None, timings=timings)  # type: ignore[arg-type]
     t_write = time.perf_counter()
-    result = write_step(job, final_plan, step, parent_sha, lineage, record_ids, t0, in_run_steps)
-    result.warnings[:0] = notes
+    # the output is written beside its destination and published together with its ledger entries; with --audit
+    # --no-keep-on-fail only once the verdict is in: a failing audit leaves an earlier output (--force) and its ledger as they were
+    verdict_first = plans[0].audit and not keep_on_fail
+    protect = {"input checkpoint": job.checkpoint_path, "request": job.request.path}
+    with StagedOutput(final_plan.output, final_plan.force, protect) as stage:
+        result = write_step(job, final_plan, step, parent_sha, lineage, record_ids, t0, in_run_steps, write_to=stage.staged)
+        result.warnings[:0] = notes
 
-    def record() -> None:
-        """The ledger: the earlier entries, then one hash-chained entry per step of this run, each with its forgotten set."""
-        ledger_out = Path(ledger) if ledger is not None else L.default_ledger(result.output)
-        written = entries
-        if ledger_out != ledger_in and written:
-            L.copy_forget_files(written, ledger_in, ledger_out)
-        new_steps = result.lineage.steps[len(lineage.steps):]
-        outputs = [s["parent_sha256"] for s in new_steps[1:]] + [result.output_sha256]
-        for s_job, s_step, out_sha in zip(step_jobs, new_steps, outputs):
-            where = result.output if out_sha == result.output_sha256 else Path(f"in-run step {s_step['step']}")
-            # the lineage's first entry names the original's file, so later requests can anchor to it (ledger_anchor)
-            extra = {"original": str(Path(checkpoint).resolve())} if not written else {}
-            written = written + [L.append(ledger_out, written, s_step, where, out_sha, L.store_forget_set(ledger_out, s_step, s_job.splits),
-                                          extra=extra)]
-        result.ledger = ledger_out  # type: ignore[attr-defined]
+        def record() -> None:
+            """The ledger: the earlier entries, then one hash-chained entry per step of this run, each with its forgotten set."""
+            ledger_out = Path(ledger) if ledger is not None else L.default_ledger(result.output)
+            written = entries
+            if ledger_out != ledger_in and written:
+                L.copy_forget_files(written, ledger_in, ledger_out)
+            new_steps = result.lineage.steps[len(lineage.steps):]
+            outputs = [s["parent_sha256"] for s in new_steps[1:]] + [result.output_sha256]
+            for s_job, s_step, out_sha in zip(step_jobs, new_steps, outputs):
+                where = result.output if out_sha == result.output_sha256 else Path(f"in-run step {s_step['step']}")
+                # the lineage's first entry names the original's file, so later requests can anchor to it (ledger_anchor)
+                extra = {"original": str(Path(checkpoint).resolve())} if not written else {}
+                written = written + [L.append(ledger_out, written, s_step, where, out_sha, L.store_forget_set(ledger_out, s_step, s_job.splits),
+                                              extra=extra)]
+            result.ledger = ledger_out  # type: ignore[attr-defined]
 
-    # with --no-keep-on-fail the ledger waits for the verdict: an output the audit removes again is no step of the lineage
-    ledger_after_audit = plans[0].audit and not keep_on_fail
-    if not ledger_after_audit:
-        record()
-    timings["write_s"] = time.perf_counter() - t_write
-    outcome = ApplyOutcome(job, result, timings=timings)
-    if plans[0].audit:
-        from .audit import audit_fresh_model
-
-        ref = (reference_model, reference.info()) if reference is not None else None
-        info = {"path": str(result.output.resolve()), "kind": result.mode, "sha256": result.output_sha256, "metadata": result.metadata}
-        t_audit = time.perf_counter()
-        try:
-            outcome.report, outcome.report_dir = audit_fresh_model(job, result.model, info, report_dir, plans[0].gates, ref,
-                                                                   getattr(result, "ledger", None))
-        except BaseException:  # an audit cut short (a signal, an error) gives no verdict: the output stays, with its ledger entry
-            if ledger_after_audit:
+        def publish() -> None:
+            """The output, then its ledger entries; a signal meanwhile waits, so an output exists exactly when its entry does."""
+            with signals_deferred():
+                stage.publish()
                 record()
-            raise
-        timings["audit_s"] = time.perf_counter() - t_audit
-        if outcome.report["verdict"] == "fail" and not keep_on_fail:
-            remove_output(result.output)
-            outcome.removed = True
-        elif ledger_after_audit:
-            t_ledger = time.perf_counter()
-            record()
-            timings["write_s"] += time.perf_counter() - t_ledger
+
+        if not verdict_first:
+            publish()
+        timings["write_s"] = time.perf_counter() - t_write
+        outcome = ApplyOutcome(job, result, timings=timings)
+        if plans[0].audit:
+            from .audit import audit_fresh_model
+
+            ref = (reference_model, reference.info()) if reference is not None else None
+            where = result.output.parent.resolve() / result.output.name  # its published path, also while it is staged
+            info = {"path": str(where), "kind": result.mode, "sha256": result.output_sha256, "metadata": result.metadata}
+            t_audit = time.perf_counter()
+            try:
+                outcome.report, outcome.report_dir = audit_fresh_model(job, result.model, info, report_dir, plans[0].gates, ref,
+                                                                       getattr(result, "ledger", None))
+            except BaseException:  # an audit cut short (a signal, an error) gives no verdict: the output is published, with its ledger entry
+                if verdict_first:
+                    publish()
+                raise
+            timings["audit_s"] = time.perf_counter() - t_audit
+            if verdict_first and outcome.report["verdict"] == "fail":
+                outcome.removed = True  # never published: the staged output goes with the `with` block
+            elif verdict_first:
+                t_publish = time.perf_counter()
+                publish()
+                timings["write_s"] += time.perf_counter() - t_publish
     return outcome
 
 
@@ -596,19 +610,6 @@ def check_anchor(anchor: str | Path, parent: CheckpointArtifact, lineage: Any) -
         raise LedgerError(f"--anchor {path} (sha256 {artifact.sha256[:12]}...) is not this checkpoint's original (the lineage starts from "
                           f"{expected[:12]}...); give the checkpoint the first request was applied to, or drop --anchor")
     return artifact
-
-
-def remove_output(path: Path) -> None:
-    """Remove an output this run published (a checkpoint, or an adapter folder of our files only)."""
-    import shutil
-
-    from .checkpoint import is_our_adapter_folder
-
-    if path.is_dir():
-        if is_our_adapter_folder(path):
-            shutil.rmtree(path)
-    elif path.is_file():
-        path.unlink()
 
 
 # ---------------------------------------------------------------- validate

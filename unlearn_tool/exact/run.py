@@ -20,7 +20,7 @@ import torch
 
 from .. import __version__
 from ..artifacts import CheckpointArtifact, EnsembleArtifact, is_checkpoint
-from ..checkpoint import check_output, load_into, save_canonical, sha256_file, write_directory
+from ..checkpoint import StagedOutput, check_output, load_into, save_canonical, sha256_file, write_directory
 from ..errors import CheckpointError, DataError, MethodError
 from ..job import Job, Progress, check_seed, prepare
 from ..models import CodePolicy
@@ -452,49 +452,62 @@ def apply_exact_request(
     copy_base, copy_assignment = copier(m.base.file, m.base.sha256), copier(m.assignment.file, m.assignment.sha256)
     latency_before_write = time.perf_counter() - t0
     deletion.figures = _volatile({"plan_and_deactivate_s": round(latency_before_write, 6), **retrain_figures})
-    digest = _publish(out, new, new_components, artifact_path, copy_base, copy_assignment, force,
-                      {"input artifact": artifact_path, "request": req.path})
-    latency = time.perf_counter() - t0
+    protect = {"input artifact": artifact_path, "request": req.path}
+    # written beside its destination and published at once; with --audit --no-keep-on-fail only once the verdict is in,
+    # so that a failing audit leaves an earlier output folder (--force) as it was
+    verdict_first = audit and not keep_on_fail
+    with StagedOutput(out, force, protect) as stage:
+        digest = _publish(stage.staged, new, new_components, artifact_path, copy_base, copy_assignment, False, protect)
+        if not verdict_first:
+            stage.publish()
+        latency = time.perf_counter() - t0
 
-    result_artifact = EnsembleArtifact(out)
-    model = result_artifact.load(job.load_context())
-    after = utility(model, job)
-    total_components = sum(len(seq.stages) for sh in m.shards for seq in sh.sequences)
-    budget_before, budget_after = m.budget(), new.budget()
-    info = {"deletion_id": did, "deleted_samples": len(plan.indices), "deletion_latency_s": round(latency, 6),
-            "deactivated": [list(t) for t in plan.deactivated], "deactivated_count": len(plan.deactivated),
-            "retrained": [list(t) for t in sorted(new_components)], "components": total_components,
-            "active_components_before": budget_before["active_components"], "active_components_after": budget_after["active_components"],
-            "shards_serving_before": len(m.served()), "shards_serving_after": len(new.served()),
-            "served_after": {str(k): {"sequence": b, "prefix": p} for k, (b, p) in sorted(new.served().items())},
-            "budget_before": budget_before, "budget_after": budget_after, "gradient_steps": bool(new_components),
-            **({"retrain": retrain_figures} if retrain_affected else {})}
-    warnings: list[str] = []
-    if job.splits.scenario == "class":
-        warnings.append(f"class deletion: the class's {len(plan.indices)} samples sit in many slices, so it deactivated {len(plan.deactivated)} "
-                        f"of {budget_before['active_components']} active components ({len(new.served())} of {len(m.served())} shards still serve)"
-                        + ("; the truncated stages were retrained" if retrain_affected else ""))
-    notes = [f"exact deletion {did}: {len(plan.indices)} sample(s) deleted in {latency * 1000:.1f} ms, "
-             + (f"{len(new_components)} stage(s) retrained on the remaining data" if retrain_affected else "no gradient step"),
-             f"deactivated {len(plan.deactivated)} of {total_components} components; active {budget_before['active_components']} -> "
-             f"{budget_after['active_components']}; shards serving {len(m.served())} -> {len(new.served())} of {len(m.shards)}",
-             f"deletion budget: {budget_after['deletions_left']} more worst-case single-sample deletions (was {budget_before['deletions_left']})"]
-    if retrain_affected:
-        notes.append(f"retraining cost: {retrain_figures['sample_epochs']:,} sample-epochs, {100 * retrain_figures['fraction_of_full_retrain']:.1f}% "
-                     f"of a full retrain of the artifact ({retrain_figures['full_retrain_sample_epochs']:,}), {retrain_figures['wall_time_s']:.2f}s")
-    notes.append(guarantee_text(new))
-    result = ExactApplyResult(output=out, method=m.method, params=m.params, wall_time_s=latency, total_time_s=time.perf_counter() - t_total,
-                              before=before, after=after, output_sha256=digest, info=info, warnings=warnings, notes=notes,
-                              metadata=result_artifact.fields, model=model)
-    outcome = ApplyOutcome(job, result)  # type: ignore[arg-type]
-    if audit:
-        from ..audit import audit_fresh_model
+        result_artifact = EnsembleArtifact(out if stage.published else stage.staged)
+        model = result_artifact.load(job.load_context())
+        after = utility(model, job)
+        total_components = sum(len(seq.stages) for sh in m.shards for seq in sh.sequences)
+        budget_before, budget_after = m.budget(), new.budget()
+        info = {"deletion_id": did, "deleted_samples": len(plan.indices), "deletion_latency_s": round(latency, 6),
+                "deactivated": [list(t) for t in plan.deactivated], "deactivated_count": len(plan.deactivated),
+                "retrained": [list(t) for t in sorted(new_components)], "components": total_components,
+                "active_components_before": budget_before["active_components"], "active_components_after": budget_after["active_components"],
+                "shards_serving_before": len(m.served()), "shards_serving_after": len(new.served()),
+                "served_after": {str(k): {"sequence": b, "prefix": p} for k, (b, p) in sorted(new.served().items())},
+                "budget_before": budget_before, "budget_after": budget_after, "gradient_steps": bool(new_components),
+                **({"retrain": retrain_figures} if retrain_affected else {})}
+        warnings: list[str] = []
+        if job.splits.scenario == "class":
+            warnings.append(f"class deletion: the class's {len(plan.indices)} samples sit in many slices, so it deactivated {len(plan.deactivated)} "
+                            f"of {budget_before['active_components']} active components ({len(new.served())} of {len(m.served())} shards still serve)"
+                            + ("; the truncated stages were retrained" if retrain_affected else ""))
+        notes = [f"exact deletion {did}: {len(plan.indices)} sample(s) deleted in {latency * 1000:.1f} ms, "
+                 + (f"{len(new_components)} stage(s) retrained on the remaining data" if retrain_affected else "no gradient step"),
+                 f"deactivated {len(plan.deactivated)} of {total_components} components; active {budget_before['active_components']} -> "
+                 f"{budget_after['active_components']}; shards serving {len(m.served())} -> {len(new.served())} of {len(m.shards)}",
+                 f"deletion budget: {budget_after['deletions_left']} more worst-case single-sample deletions (was {budget_before['deletions_left']})"]
+        if retrain_affected:
+            notes.append(f"retraining cost: {retrain_figures['sample_epochs']:,} sample-epochs, {100 * retrain_figures['fraction_of_full_retrain']:.1f}% "
+                         f"of a full retrain of the artifact ({retrain_figures['full_retrain_sample_epochs']:,}), {retrain_figures['wall_time_s']:.2f}s")
+        notes.append(guarantee_text(new))
+        result = ExactApplyResult(output=out, method=m.method, params=m.params, wall_time_s=latency, total_time_s=time.perf_counter() - t_total,
+                                  before=before, after=after, output_sha256=digest, info=info, warnings=warnings, notes=notes,
+                                  metadata=result_artifact.fields, model=model)
+        outcome = ApplyOutcome(job, result)  # type: ignore[arg-type]
+        if audit:
+            from ..audit import audit_fresh_model
 
-        ref = (reference_model, CheckpointArtifact(reference).info()) if reference is not None and reference_model is not None else None
-        outcome.report, outcome.report_dir = audit_fresh_model(job, model, result_artifact.info(), report_dir, exprs, ref)
-        if outcome.report.get("verdict") == "fail" and not keep_on_fail:
-            shutil.rmtree(out, ignore_errors=True)
-            outcome.removed = True
+            ref = (reference_model, CheckpointArtifact(reference).info()) if reference is not None and reference_model is not None else None
+            audited = {**result_artifact.info(), "path": str(out.parent.resolve() / out.name)}  # its published path, also while staged
+            try:
+                outcome.report, outcome.report_dir = audit_fresh_model(job, model, audited, report_dir, exprs, ref)
+            except BaseException:  # an audit cut short gives no verdict: the output is published, as without the flag
+                if verdict_first:
+                    stage.publish()
+                raise
+            if verdict_first and outcome.report.get("verdict") == "fail":
+                outcome.removed = True  # never published: the staged folder goes with the `with` block
+            elif verdict_first:
+                stage.publish()
     return outcome
 
 
