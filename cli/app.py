@@ -10,6 +10,8 @@ from typing import Any, Optional, Sequence
 import typer
 from typer.core import TyperGroup
 
+from unlearn_tool.interrupts import raise_interrupt_behind
+
 from .common import err, plain
 
 
@@ -19,7 +21,8 @@ def _exception_types(name: str) -> tuple[type, ...]:
     for module in ("click.exceptions", "typer._click.exceptions"):
         try:
             cls = getattr(__import__(module, fromlist=[name]), name, None)
-        except ImportError:
+        except ImportError as e:
+            raise_interrupt_behind(e)
             cls = None
         if isinstance(cls, type):
             found.append(cls)

@@ -12,6 +12,8 @@ from typing import Any, Callable, Iterator, Optional
 
 import typer
 
+from unlearn_tool.interrupts import interrupt_behind, raise_interrupt_behind
+
 EXIT_UNEXPECTED = 1
 LAST_ERROR: list[str] = []  # the last error line printed (validate --json reports it)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
@@ -54,7 +56,7 @@ def handle_errors(fn: Callable) -> Callable:
             except typer.Exit:
                 raise
             except UnlearnError as e:
-                _exit_if_interrupted(_interrupt_behind(e))  # a signal during a lazy import that our code wrapped (usercode, timm)
+                _exit_if_interrupted(interrupt_behind(e))  # a signal during a lazy import that our code wrapped (usercode, timm)
                 err(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
                 raise typer.Exit(e.exit_code) from None
             except Terminated as e:
@@ -70,7 +72,7 @@ def handle_errors(fn: Callable) -> Callable:
                 err("error: input nested too deeply to process; simplify it")
                 raise typer.Exit(2) from None
             except Exception as e:  # noqa: BLE001 - the last line of defence: one line, exit 1
-                _exit_if_interrupted(_interrupt_behind(e))
+                _exit_if_interrupted(interrupt_behind(e))
                 if _is_cuda_oom(e):
                     err("error: CUDA out of memory; lower data.batch_size or the method's batch sizes, or use --device cpu")
                 else:
@@ -92,19 +94,6 @@ def _exit_if_interrupted(interrupt: Optional[KeyboardInterrupt]) -> None:
     if interrupt is not None:
         err(f"error: interrupted; {_written_note()}")
         raise typer.Exit(130) from None
-
-
-def _interrupt_behind(e: BaseException) -> Optional[KeyboardInterrupt]:
-    """Ctrl-C or a signal that another exception wraps: an extension module's init (pybind11) turns any exception into
-    ImportError('initialization failed') raised from it, so a signal during a lazy import arrives dressed as that."""
-    seen: set[int] = set()
-    cur: Optional[BaseException] = e
-    while cur is not None and id(cur) not in seen:
-        if isinstance(cur, KeyboardInterrupt):
-            return cur
-        seen.add(id(cur))
-        cur = cur.__cause__ or cur.__context__
-    return None
 
 
 def _written_note() -> str:
@@ -157,8 +146,8 @@ def _json_default(o: Any) -> Any:
 
         if isinstance(o, np.generic):
             return o.item()
-    except ImportError:
-        pass
+    except ImportError as e:
+        raise_interrupt_behind(e)
     return str(o)
 
 

@@ -12,6 +12,8 @@ from typing import Any, Optional
 import typer
 
 from .app import CodePathOpt, DeviceOpt, NumWorkersOpt, PrecisionOpt, RequestOpt, TrustCodeOpt, app, code_policy
+from unlearn_tool.interrupts import raise_interrupt_behind
+
 from .common import err, handle_errors, headline, markup_safe, metric_text, plain, print_json, progress_bars
 
 
@@ -114,7 +116,8 @@ def _since_process_start() -> float:
         import psutil
 
         return time.time() - psutil.Process().create_time()
-    except Exception:  # noqa: BLE001 - psutil missing: from the first import of this module
+    except Exception as e:  # noqa: BLE001 - psutil missing: from the first import of this module
+        raise_interrupt_behind(e)
         return time.perf_counter() - _IMPORTED_AT
 
 

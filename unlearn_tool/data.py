@@ -25,6 +25,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .errors import DataError
+from .interrupts import raise_interrupt_behind
 from .request import DataSpec, Normalize, Request
 
 if TYPE_CHECKING:
@@ -235,7 +236,8 @@ def available_memory() -> int:
         import psutil
 
         return int(psutil.virtual_memory().available)
-    except Exception:  # noqa: BLE001 - psutil missing or unsupported
+    except Exception as e:  # noqa: BLE001 - psutil missing or unsupported
+        raise_interrupt_behind(e)
         try:
             return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
         except (ValueError, OSError, AttributeError):

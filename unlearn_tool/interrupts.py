@@ -3,18 +3,15 @@
 - `interrupt_behind(e)`: the interrupt another exception wraps. An extension module's init (pybind11) turns any
   exception into ImportError('initialization failed') raised from it, so a signal during a lazy import arrives
   dressed as an ImportError; whatever catches one must not take it for a missing package or a broken module.
-- `import_optional(name)`: an optional package, or None when it is not installed; an interrupt is raised as itself.
 - `signals_deferred()`: steps that must happen together (publish an output, record its ledger entry) finish before
   a signal that arrives meanwhile is acted on.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
 import signal
 from contextlib import contextmanager
-from types import ModuleType
 from typing import Any, Iterator, Optional
 
 
@@ -35,15 +32,6 @@ def raise_interrupt_behind(e: BaseException) -> None:
     interrupt = interrupt_behind(e)
     if interrupt is not None:
         raise interrupt
-
-
-def import_optional(name: str) -> Optional[ModuleType]:
-    """The module `name`, or None when it cannot be imported (not installed, too old); never a swallowed signal."""
-    try:
-        return importlib.import_module(name)
-    except ImportError as e:
-        raise_interrupt_behind(e)
-        return None
 
 
 DEFERRED_SIGNALS = tuple(s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None)

@@ -15,6 +15,7 @@ from torch import nn
 
 from .checkpoint import HF_CONFIG
 from .errors import ModelError
+from .interrupts import raise_interrupt_behind
 from .request import ModelSpec
 from .usercode import CodePolicy, import_model_module, one_line as _one_line  # noqa: F401 (CodePolicy re-exported)
 
@@ -135,7 +136,8 @@ def _saved_names(model: nn.Module, arch: str) -> dict[str, str]:
     """
     try:
         from transformers.core_model_loading import revert_weight_conversion
-    except ImportError:  # transformers 4: the saved names are the state_dict's
+    except ImportError as e:  # transformers 4: the saved names are the state_dict's (unless a signal hides behind it)
+        raise_interrupt_behind(e)
         return {}
     state = model.state_dict()
     saved = revert_weight_conversion(model, dict(state))
@@ -196,7 +198,8 @@ def _timm_model(name: str, kwargs: dict, arch: str) -> nn.Module:
     offline_hub()
     try:
         import timm
-    except ImportError:
+    except ImportError as e:
+        raise_interrupt_behind(e)
         raise ModelError(f"model.arch: {arch} needs the optional timm package; install it with pip install 'unlearn-tool[timm]'") from None
     kwargs = dict(kwargs)
     if kwargs.pop("pretrained", False) is not False:

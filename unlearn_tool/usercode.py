@@ -17,6 +17,7 @@ from types import ModuleType
 from typing import Optional
 
 from .errors import ModelError
+from .interrupts import raise_interrupt_behind
 
 
 @dataclass(frozen=True)
@@ -107,8 +108,10 @@ def import_model_module(module_name: str, base_dir: Path, policy: CodePolicy) ->
     except ModelError:
         raise
     except ImportError as e:
+        raise_interrupt_behind(e)  # a signal during an extension's init, not a broken module
         raise ModelError(f"model.arch: cannot import module '{module_name}' ({one_line(e)}); put it beside the request or pass --code-path") from None
     except (Exception, SystemExit) as e:  # noqa: BLE001 - the user's module failed while importing (syntax error, raise, exit)
+        raise_interrupt_behind(e)
         raise ModelError(f"model.arch: importing '{module_name}' failed ({type(e).__name__}: {one_line(e)}); fix the module") from None
 
 
