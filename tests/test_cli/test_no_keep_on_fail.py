@@ -52,3 +52,109 @@ def test_a_passing_audit_replaces_the_earlier_output_and_its_ledger(digits_dir, 
     assert [e["output_sha256"] for e in entries] == [summary["output_sha256"]]
     assert invoke("ledger", "verify", out, "--original", digits_dir / "mlp.safetensors").exit_code == 0
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_a_failing_audit_leaves_a_shared_ledger_as_it_was(digits_dir, tmp_path):
+    out, shared = tmp_path / "u.safetensors", tmp_path / "shared.ledger.jsonl"
+    assert _apply(digits_dir, out, "--ledger", shared).exit_code == 0
+    before = tree(tmp_path)
+    r = invoke("apply", digits_dir / "mlp.safetensors", "-r", digits_dir / "class.yaml", "-o", out, *NO_FORGETTING, "--ledger", shared,
+               "--force", "--audit", "--no-keep-on-fail", "--report-dir", tmp_path / "r")
+    assert r.exit_code == 3, r.stderr
+    assert f"did not publish {out}" in r.stderr and "are as they were" in r.stderr
+    assert _outside(tree(tmp_path), "r") == before
+    assert invoke("ledger", "verify", out, "--original", digits_dir / "mlp.safetensors", "--ledger", shared).exit_code == 0
+
+
+def test_a_signal_during_the_audit_over_an_earlier_output_publishes_the_new_one_with_its_ledger(digits_dir, tmp_path, monkeypatch):
+    """No verdict, so the output is published as without the flag (--force: over the earlier one), with its ledger entry."""
+    import unlearn_tool.audit as audit
+    from unlearn_tool.errors import Terminated
+
+    out = tmp_path / "u.safetensors"
+    assert _apply(digits_dir, out).exit_code == 0
+    earlier = tree(tmp_path)
+
+    def cut_short(*_args, **_kwargs):
+        raise Terminated(15)
+
+    monkeypatch.setattr(audit, "audit_fresh_model", cut_short)
+    r = _apply(digits_dir, out, "--seed", "1", "--force", "--audit", "--no-keep-on-fail", "--report-dir", tmp_path / "r")
+    assert r.exit_code == 143 and f"{out} was written before that" in r.stderr, r.stderr
+    now = tree(tmp_path)
+    assert now["u.safetensors"] != earlier["u.safetensors"] and now["u.ledger.jsonl"] != earlier["u.ledger.jsonl"]
+    assert invoke("ledger", "verify", out, "--original", digits_dir / "mlp.safetensors").exit_code == 0
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("audit", [[], ["--audit", "--no-keep-on-fail"]])
+def test_a_signal_while_the_ledger_is_written_waits_until_output_and_ledger_are_both_there(digits_dir, tmp_path, monkeypatch, audit):
+    """SIGTERM between publishing the output and recording its ledger entry left an output no ledger knew (ledger verify
+    failed): the signal now waits for the ledger, then exits 143."""
+    import os
+    import signal
+
+    import unlearn_tool.ledger as ledger
+
+    real = ledger.store_forget_set
+
+    def store_after_a_sigterm(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ledger, "store_forget_set", store_after_a_sigterm)
+    out = tmp_path / "u.safetensors"
+    r = _apply(digits_dir, out, *audit, "--report-dir", tmp_path / "r")
+    assert r.exit_code == 143 and "terminated by signal 15" in r.stderr, r.stderr
+    monkeypatch.setattr(ledger, "store_forget_set", real)
+    assert invoke("ledger", "verify", out, "--original", digits_dir / "mlp.safetensors").exit_code == 0
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("audit", [[], ["--audit", "--no-keep-on-fail"]])
+def test_an_output_that_became_a_folder_of_yours_during_the_run_is_kept(digits_dir, tmp_path, monkeypatch, audit):
+    """The output is checked again when it is published (it waited in its staging folder): --force never replaces
+    what appeared there meanwhile unless this tool wrote it."""
+    import unlearn_tool.pipeline as pipeline
+
+    out = tmp_path / "u.safetensors"
+    assert _apply(digits_dir, out).exit_code == 0
+    real = pipeline.unlearn_step
+
+    def step_then_the_user_acts(*args, **kwargs):
+        result = real(*args, **kwargs)
+        out.unlink()
+        out.mkdir()
+        (out / "thesis.tex").write_text("years of work")
+        return result
+
+    monkeypatch.setattr(pipeline, "unlearn_step", step_then_the_user_acts)
+    ledger = tree(tmp_path)["u.ledger.jsonl"]
+    r = _apply(digits_dir, out, *audit, "--force", "--report-dir", tmp_path / "r")
+    assert r.exit_code == 2 and "is a folder" in r.stderr, r.stderr
+    assert (out / "thesis.tex").read_text() == "years of work" and tree(tmp_path)["u.ledger.jsonl"] == ledger
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_signals_deferred_holds_a_signal_until_the_block_is_done():
+    import os
+    import signal
+
+    from unlearn_tool.errors import Terminated
+    from unlearn_tool.interrupts import signals_deferred
+
+    def raise_terminated(signum, _frame):
+        raise Terminated(signum)
+
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
+    done = []
+    try:
+        with pytest.raises(Terminated):
+            with signals_deferred():
+                os.kill(os.getpid(), signal.SIGTERM)
+                done.append("after the signal")
+        assert done == ["after the signal"] and signal.getsignal(signal.SIGTERM) is raise_terminated
+        with signals_deferred():  # nothing held: nothing raised
+            done.append("quiet")
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -24,3 +24,20 @@ def test_a_failing_audit_leaves_an_earlier_exact_output_as_it_was(exact_dir, tmp
     assert tree(out.parent) == before
     assert (tmp_path / "rep" / "report.json").is_file()
     assert not [p.name for p in out.parent.iterdir() if p.name.startswith(".")]
+
+
+def test_a_signal_during_the_audit_publishes_the_exact_output(exact_dir, tmp_path, monkeypatch):
+    """No verdict, so the staged folder is published as without --no-keep-on-fail (and nothing staged is left behind)."""
+    import unlearn_tool.audit as audit
+    from unlearn_tool.errors import Terminated
+
+    def cut_short(*_args, **_kwargs):
+        raise Terminated(15)
+
+    monkeypatch.setattr(audit, "audit_fresh_model", cut_short)
+    out = tmp_path / "deleted"
+    r = invoke("apply", exact_dir / "s3t", "-r", exact_dir / "delete.yaml", "-o", out, "--audit", "--no-keep-on-fail",
+               "--report-dir", tmp_path / "rep", "--quiet")
+    assert r.exit_code == 143 and f"{out} was written before that" in r.stderr, r.stderr
+    assert invoke("inspect", out, "--json").exit_code == 0
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
