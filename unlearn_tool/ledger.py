@@ -133,6 +133,38 @@ def entry_hash(entry: dict[str, Any]) -> str:
     return _sha(canonical({k: v for k, v in entry.items() if k != "entry_sha256"}))
 
 
+def check_ledger_output(path: Path, inputs: list[tuple[str, Optional[Path]]]) -> None:
+    """Where apply will record (--ledger, or beside the output), checked before any work: never one of the inputs or the
+    output (a ledger written there destroyed the input checkpoint), never a folder or a file that is not a ledger, and
+    in a folder that exists or can be made (the forgotten sets go beside it)."""
+    import os
+
+    absolute = Path(os.path.abspath(path))
+    for label, p in inputs:
+        if p is None:
+            continue
+        q = Path(os.path.abspath(p))
+        if q == absolute or (absolute.exists() and q.exists() and absolute.resolve() == q.resolve()):
+            raise LedgerError(f"ledger {path} is the {label}; a ledger is written there, choose another --ledger")
+        if q in absolute.parents or (q.is_dir() and q.resolve() in absolute.resolve().parents):
+            raise LedgerError(f"ledger {path} is inside the {label} {p}; choose another --ledger")
+    if absolute.is_dir():
+        raise LedgerError(f"ledger {path} is a folder; give a file name (e.g. model.ledger.jsonl) with --ledger")
+    if absolute.exists():
+        try:
+            read_ledger(absolute)
+        except LedgerError as e:
+            raise LedgerError(f"ledger {path} exists and is not a ledger ({str(e).split(': ', 1)[-1]}); choose another --ledger") from None
+    sets = forget_dir(absolute)
+    if sets.exists() and not sets.is_dir():
+        raise LedgerError(f"ledger {path}: {sets}, where its forgotten sets go, is not a folder; choose another --ledger")
+    folder = absolute.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise LedgerError(f"ledger {path}: {folder} is not a folder; choose another --ledger")
+
+
 def write_ledger(path: Path, entries: list[dict[str, Any]]) -> None:
     """The whole ledger, rewritten atomically (never half a line)."""
     from .checkpoint import replace_atomically

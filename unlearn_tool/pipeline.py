@@ -467,6 +467,10 @@ def apply_request(
                 anchor_artifact, note = ledger_anchor(entries, parent, lineage)
                 notes.append(note)
             resolve = lambda train, sha: L.resolve_excluded(lineage, entries, ledger_in, train.ids, sha)  # noqa: E731
+    # where this run will record, checked before any work (after reading the lineage's ledger, whose errors come first)
+    L.check_ledger_output(Path(ledger) if ledger is not None else L.default_ledger(plans[0].output),
+                          [("input checkpoint", Path(checkpoint)), ("output", plans[0].output), ("anchor", Path(anchor) if anchor else None),
+                           ("audit reference", plans[0].reference)] + [("request", r.path) for r in requests])
 
     label_free = get_method(plans[0].method).label_free
     t_prepare = time.perf_counter()

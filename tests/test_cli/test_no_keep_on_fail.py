@@ -158,3 +158,27 @@ def test_signals_deferred_holds_a_signal_until_the_block_is_done():
             done.append("quiet")
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+@pytest.mark.parametrize("ledger, fragment", [
+    ("model.safetensors", "is the input checkpoint"),  # it was overwritten with the ledger's JSON lines: the input destroyed
+    ("req.yaml", "is the request"),
+    ("u.safetensors", "is the output"),
+    ("afolder", "is a folder"),  # found only after the output was published: an output no ledger knew, exit 2
+    ("notes.txt/l.jsonl", "is not a folder"),  # exit 1 "unexpected NotADirectoryError", after the output was published
+    ("notes.txt", "exists and is not a ledger"),  # the user's file, replaced by a ledger
+])
+def test_a_ledger_that_cannot_or_must_not_be_written_fails_before_any_work(digits_dir, tmp_path, ledger, fragment):
+    import shutil
+
+    from helpers import rejected
+
+    shutil.copy(digits_dir / "mlp.safetensors", tmp_path / "model.safetensors")
+    shutil.copy(digits_dir / "class.yaml", tmp_path / "req.yaml")
+    (tmp_path / "afolder").mkdir()
+    (tmp_path / "notes.txt").write_text("the user's notes\n")
+    before = tree(tmp_path)
+    r = invoke("apply", tmp_path / "model.safetensors", "-r", tmp_path / "req.yaml", "-o", tmp_path / "u.safetensors",
+               "--ledger", tmp_path / ledger, "--quiet")
+    rejected(r, fragment, "--ledger")
+    assert tree(tmp_path) == before and sorted(p.name for p in tmp_path.iterdir()) == ["afolder", "model.safetensors", "notes.txt", "req.yaml"]
