@@ -100,7 +100,7 @@ def _written_note() -> str:
     from unlearn_tool.checkpoint import PUBLISHED
 
     # the command's output is what it publishes first; a ledger, forgotten sets or reports may follow, and one of them may be
-    # written after the signal (apply --no-keep-on-fail records the ledger of an output whose audit was cut short)
+    # written after the signal (apply --no-keep-on-fail publishes an output whose audit was cut short, with its ledger)
     return f"{PUBLISHED[0]} was written before that" if PUBLISHED else "no output was written"
 
 
