@@ -4,6 +4,10 @@
     python benchmarks/regression.py --datasets diabetes --seeds 1     # quick
     python benchmarks/regression.py --out bench_regression            # also bench.json/.csv/.md/.png per case
 
+A user's own model instead of the built-in one (a BatchNorm ResNet from benchmarks/rfa_user_models.py, 30 epochs):
+
+    python benchmarks/regression.py --datasets rotated-digits --epochs rotated-digits=30 --model 'rotated-digits={arch: "python:rfa_user_models:user_resnet", kwargs: {num_classes: 1}}'
+
 Data sets (built in, real data):
 * diabetes: scikit-learn's diabetes (353 train / 89 test, features and target z-scored), builtin MLP
   10-64-64-1, trained 60 epochs (Adam 1e-3, batch 64, MSE);
@@ -47,6 +51,9 @@ from unlearn_tool.job import prepare, seed_everything  # noqa: E402
 from unlearn_tool.methods import get_method, method_names  # noqa: E402
 from unlearn_tool.request import parse_key_values, parse_request  # noqa: E402
 from unlearn_tool.training import TrainConfig, fit  # noqa: E402
+from unlearn_tool.usercode import CodePolicy  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
 
 REQUEST = """
 version: 1
@@ -64,6 +71,7 @@ DATASETS = {
     "rotated-digits": {"source": "sklearn:digits-rotation", "model": '{arch: "builtin:small_cnn", kwargs: {in_channels: 1, num_outputs: 1}}',
                        "train": 1437, "epochs": 300, "lr_schedule": "cosine", "range": (0.5, 0.8), "units": "radians"},
 }
+DEFAULT_MODELS = {name: d["model"] for name, d in DATASETS.items()}
 DEFAULT_OVERRIDES = {"ssd": {"use_cache": False}}
 FORGET_GAP, UTILITY_RISE, TIME_FRACTION = 0.10, 0.05, 0.10  # the issue's targets
 
@@ -81,7 +89,16 @@ def forget_spec(dataset: str, scenario: str) -> str:
 def make_job(dataset: str, scenario: str, seed: int):
     d = DATASETS[dataset]
     text = REQUEST.format(dataset=dataset, scenario=scenario, model=d["model"], source=d["source"], forget=forget_spec(dataset, scenario), seed=seed)
-    return prepare(parse_request(text), None, device="cpu")
+    # a `python:` model (--model) is loaded from this folder, e.g. python:rfa_user_models:user_resnet, as a user's would be
+    return prepare(parse_request(text), None, device="cpu", code=CodePolicy(code_paths=(HERE,)))
+
+
+def model_tag(dataset: str) -> str:
+    """The cache key's model part: empty for the data set's built-in model, else a digest of the --model spec."""
+    import hashlib
+
+    spec = DATASETS[dataset]["model"]
+    return "" if spec == DEFAULT_MODELS[dataset] else "-" + hashlib.sha256(spec.encode()).hexdigest()[:8]
 
 
 TIME_REPEATS = 5  # --time-repeats: runs under a second (methods and retraining alike) are timed by the median of this many
@@ -127,9 +144,9 @@ def log(msg: str) -> None:
 def seed_setup(dataset: str, scenario: str, s: int, config: TrainConfig, originals: dict, cache: Optional[Path] = None) -> B.SeedSetup:
     job = make_job(dataset, scenario, s)
     if (dataset, s) not in originals:  # one original per data set and seed, shared by both scenarios
-        originals[(dataset, s)] = train(job, job.splits.train, s, config, cache, f"{dataset}-original")
+        originals[(dataset, s)] = train(job, job.splits.train, s, config, cache, f"{dataset}{model_tag(dataset)}-original")
     original, t_orig = originals[(dataset, s)]
-    retrained, t_retrain = train(job, job.splits.retain, s + 100, config, cache, f"{dataset}-{scenario}-retrained")
+    retrained, t_retrain = train(job, job.splits.retain, s + 100, config, cache, f"{dataset}{model_tag(dataset)}-{scenario}-retrained")
     job.original = original
     job.original_metadata = {"unlearn.train_config": json.dumps(config.model_dump())}
     ref = B.baseline_run(retrained, job, t_retrain)
@@ -209,6 +226,10 @@ def main() -> None:
     ap.add_argument("--cache", type=Path, default=None, help="Keep trained originals and references here and reuse them on a rerun "
                     "(their training seconds are those measured when they were trained).")
     ap.add_argument("--epochs", action="append", default=[], help="DATASET=N: train that data set's original and reference N epochs.")
+    ap.add_argument("--model", action="append", default=[], help="DATASET=SPEC: that data set's model as a request's model "
+                    "mapping instead of the built-in one, e.g. rotated-digits='{arch: \"python:rfa_user_models:user_resnet\", "
+                    "kwargs: {num_classes: 1}}' (a user's BatchNorm ResNet; python: modules are read from benchmarks/).")
+    ap.add_argument("--lr-schedule", action="append", default=[], help="DATASET=auto|cosine|...: that data set's training schedule.")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1: tiny models on a shared 2-core machine).")
     ap.add_argument("--time-repeats", type=int, default=TIME_REPEATS, help="A method run or a retraining that took under a second is "
                     f"run this many times in all and timed by the median (default {TIME_REPEATS}; 1: time each once).")
@@ -219,6 +240,10 @@ def main() -> None:
     overrides = B.split_overrides(parse_key_values(args.param), methods)
     seeds = list(range(args.seeds))
     epochs = {k: int(v) for k, v in (e.split("=", 1) for e in args.epochs)}
+    for k, v in (m.split("=", 1) for m in args.model):
+        DATASETS[k]["model"] = v
+    for k, v in (m.split("=", 1) for m in args.lr_schedule):
+        DATASETS[k]["lr_schedule"] = v
     started = time.perf_counter()
     results, originals = {}, {}
     for dataset in [d.strip() for d in args.datasets.split(",")]:
@@ -235,11 +260,12 @@ def main() -> None:
         d = DATASETS[dataset]
         what = (f"forget every target in [{d['range'][0]}, {d['range'][1]}] {d['units']}" if scenario == "range"
                 else "forget 10% random train samples")
+        model = "" if d["model"] == DEFAULT_MODELS[dataset] else f", model {d['model']}"
         print(f"## {dataset}, {scenario} unlearning: {what} ({bench['request']['forget_size']} of "
-              f"{bench['request']['forget_size'] + bench['request']['retain_size']}); errors in {d['units']}\n")
+              f"{bench['request']['forget_size'] + bench['request']['retain_size']}); errors in {d['units']}{model}\n")
         print(B.markdown_table(bench))
         rt = bench["retrain_time_s"]
-        print(f"Retraining ({epochs.get(dataset, d['epochs'])} epochs) {rt['mean']:.2f}±{rt['std'] or 0:.2f}s; MIA-Efficacy and time fractions in %, "
+        print(f"Retraining ({epochs.get(dataset, d['epochs'])} epochs, schedule {d.get('lr_schedule', 'auto')}) {rt['mean']:.2f}±{rt['std'] or 0:.2f}s; MIA-Efficacy and time fractions in %, "
               "regression Avg Gap in points (docs/audit.md).")
         print(target_line(bench) + "\n")
 

@@ -126,6 +126,14 @@ _IMPORTED_AT = __import__("time").perf_counter()
 
 def _stop_line(info: dict, params: dict) -> Optional[str]:
     """Why an iterative method stopped, in one line ("target reached after 7 of 30 passes")."""
+    line = _stop_reason_line(info, params)
+    backoffs = info.get("lr_backoffs")
+    if line and isinstance(backoffs, int) and backoffs:
+        line += f"; a pass overshot the forget target, so the lr was lowered tenfold {'once' if backoffs == 1 else f'{backoffs} times'}"
+    return line
+
+
+def _stop_reason_line(info: dict, params: dict) -> Optional[str]:
     reason, done = info.get("stop_reason"), info.get("epochs_run")
     if info.get("solver") == "gauss-newton":
         damping, read = info.get("damping"), info.get("dampings_read")

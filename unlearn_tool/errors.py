@@ -48,9 +48,18 @@ class GateFailure(UnlearnError):
 
 
 class DivergedError(UnlearnError):
-    """A method produced non-finite weights (exit code 1): nothing is written."""
+    """A method produced non-finite weights, or a model whose outputs are not finite (exit code 1): nothing is written."""
 
     exit_code = 1
+
+
+class NonFiniteOutputs(DivergedError):
+    """A model's outputs hold NaN/Inf on `where` ('283 of 283 forget samples'), its weights finite or not: no audit
+    metric exists for it. Callers that know more (the method, the file) say it in their own message."""
+
+    def __init__(self, where: str):
+        super().__init__(f"diverged: outputs not finite (NaN/Inf) on {where}")
+        self.where = where
 
 
 class Terminated(KeyboardInterrupt):

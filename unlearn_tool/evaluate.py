@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Iterator, Optional
+from typing import TYPE_CHECKING, Iterator, Mapping, Optional
 
 import numpy as np
 import torch
@@ -97,17 +97,39 @@ def stream(model: nn.Module, data: LabelledData, device: torch.device, batch_siz
     if keep is not None:
         keep_mask[keep] = True
     targets, stats, kept = [], [], []
-    start = 0
+    start = bad = 0
     for x, y in data.batches(batch_size):
         out = model(x.to(device)).float().cpu().numpy().astype(np.float64)
         yy = y.numpy()
         targets.append(yy)
-        stats.append(task.per_sample(out, yy))
-        mask = keep_mask[start:start + len(yy)]
-        if mask.any():
-            kept.append(task.rows(out[mask]))
+        bad += non_finite_rows(out)
+        with np.errstate(all="ignore"):  # NaN/Inf outputs are counted and refused by the caller, not warned about per batch
+            stats.append(task.per_sample(out, yy))
+            mask = keep_mask[start:start + len(yy)]
+            if mask.any():
+                kept.append(task.rows(out[mask]))
         start += len(yy)
     model.train(was_training)
     merged = {k: np.concatenate([s[k] for s in stats]) for k in (stats[0] if stats else {})}
     return SetOutputs(targets=np.concatenate(targets) if targets else np.zeros(0, dtype=np.int64), stats=merged,
-                      rows=np.concatenate(kept) if kept else np.zeros((0, 0)))
+                      rows=np.concatenate(kept) if kept else np.zeros((0, 0)), non_finite=bad)
+
+
+FINITE_OUTPUTS_FIX = "its training diverged or its weights overflow; give a checkpoint whose outputs are finite"
+
+
+def non_finite_rows(outputs: "np.ndarray | torch.Tensor") -> int:
+    """How many samples' output rows hold NaN or Inf: finite weights can still overflow (a diverged BatchNorm net)."""
+    a = outputs.numpy() if isinstance(outputs, torch.Tensor) else np.asarray(outputs)
+    return int((~np.isfinite(a.reshape(len(a), -1))).any(1).sum()) if len(a) else 0
+
+
+def non_finite_where(counts: "Mapping[str, tuple[int, int]] | Mapping[str, SetOutputs]") -> Optional[str]:
+    """'283 of 283 forget and 360 of 360 test samples': the sets (forget first) whose outputs hold NaN or Inf, as
+    (non-finite, total) per set or SetOutputs per set; None when every output is finite. The audit's metrics and
+    attacks cannot be computed on such outputs, so every caller refuses the model with this text."""
+    pairs = {k: (v.non_finite, len(v)) if isinstance(v, SetOutputs) else v for k, v in counts.items()}
+    parts = [f"{bad} of {total} {name}" for name, (bad, total) in sorted(pairs.items(), key=lambda kv: kv[0] != "forget") if bad]
+    if not parts:
+        return None
+    return (", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 else parts[0]) + " samples"

@@ -16,7 +16,7 @@ import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 from torch import nn
@@ -27,7 +27,7 @@ from .audit.registry import finite
 from .checkpoint import StagedOutput, check_output, dtypes_of, load_into, non_finite
 from .data import SUMMARY_SETS, LabelledData, summary_seed
 from .errors import AuditError, CheckpointError, DivergedError, MethodError, UnlearnError
-from .evaluate import predict_logits, remember_predictions
+from .evaluate import FINITE_OUTPUTS_FIX, non_finite_rows, non_finite_where, predict_logits, remember_predictions
 from .interrupts import signals_deferred
 from .job import Job, Progress, check_seed, describe_job, prepare, resolve_device, seed_everything  # noqa: F401 (re-exported)
 from .methods.common import divergence_hint
@@ -56,16 +56,21 @@ def summary_sizes(job: Job, sets: dict[str, LabelledData]) -> dict[str, int]:
 
 
 def utility(model: nn.Module, job: Job, batch_size: Optional[int] = None,
-            sets: Optional[dict[str, LabelledData]] = None) -> dict[str, Optional[float]]:
+            sets: Optional[dict[str, LabelledData]] = None,
+            refuse: Optional[Callable[[str], UnlearnError]] = None) -> dict[str, Optional[float]]:
     """The before/after summary: the task's utility metrics on retain, forget and test data (scalars only).
 
-    `sets` (from summary_sets) bounds what is evaluated; by default every sample of the three sets.
+    `sets` (from summary_sets) bounds what is evaluated; by default every sample of the three sets. `refuse`: when
+    the model's outputs hold NaN/Inf, raise refuse(where) (evaluate.non_finite_where) instead of summarising them.
     """
     bs = batch_size or job.request.data.batch_size
     sets = sets if sets is not None else {name: getattr(job.splits, name) for name in SUMMARY_SETS}
+    raw = {name: predict_logits(model, data, job.device, bs) for name, data in sets.items()}  # remembered for the original inside `apply`
+    where = non_finite_where({name: (non_finite_rows(logits), len(logits)) for name, (logits, _) in raw.items()})
+    if where and refuse is not None:
+        raise refuse(where)
     outputs = {}
-    for name, data in sets.items():
-        logits, y = predict_logits(model, data, job.device, bs)  # remembered for the original inside `apply`
+    for name, (logits, y) in raw.items():
         targets = y.numpy()
         outputs[name] = SetOutputs(targets=targets, stats=job.task.per_sample(logits.double().numpy(), targets))
     figures = job.task.utility(outputs, job.forget_info)
@@ -248,7 +253,8 @@ def unlearn_step(job: Job, plan: ApplyPlan, progress: Optional[Progress] = None)
     ctx = job.context(progress=progress)
     with remember_predictions(job.original):  # the method reuses the original's predictions the summary computed
         t = time.perf_counter()
-        before = utility(job.original, job, sets=sets)
+        before = utility(job.original, job, sets=sets, refuse=lambda where: CheckpointError(
+            f"checkpoint {job.checkpoint_path} gives NaN/Inf outputs on {where}; {FINITE_OUTPUTS_FIX}"))
         summary_s = time.perf_counter() - t
         job.seed_everything()
         cpu = time.process_time()
@@ -258,10 +264,13 @@ def unlearn_step(job: Job, plan: ApplyPlan, progress: Optional[Progress] = None)
     state = merged_state(model, job)
     bad = non_finite(state)
     if bad:
-        raise DivergedError(f"unlearning diverged: {len(bad)} tensor(s) of the result hold NaN/Inf (first: {bad[0][0]}); "
+        raise DivergedError(f"unlearning diverged: {len(bad)} tensor(s) of {plan.method}'s result hold NaN/Inf (first: {bad[0][0]}); "
                             f"nothing was written; {divergence_hint(plan.params, job.task.name if job.task else 'classification')}")
     t = time.perf_counter()
-    after = utility(model, job, sets=sets)
+    # finite weights can still overflow (a diverged BatchNorm net): the after-summary's pass is the check, before any write
+    after = utility(model, job, sets=sets, refuse=lambda where: DivergedError(
+        f"unlearning diverged: {plan.method}'s result gives NaN/Inf outputs on {where} (its weights are finite but too large); "
+        f"nothing was written; {divergence_hint(plan.params, job.task.name if job.task else 'classification')}"))
     summary_s += time.perf_counter() - t
     return StepResult(model, result.adapter_model, state, before, after, wall, result.info, list(ctx.log), summary_s,
                       summary_sizes(job, sets), method_cpu_s)
@@ -727,7 +736,8 @@ def train_checkpoint(
     if bad:
         raise DivergedError(f"training diverged: {len(bad)} tensor(s) hold NaN/Inf (first: {bad[0][0]}); nothing was written; lower --lr")
     sets = summary_sets(job)
-    figures = utility(model, job, sets=sets)
+    figures = utility(model, job, sets=sets, refuse=lambda where: DivergedError(
+        f"training diverged: the model gives NaN/Inf outputs on {where}; nothing was written; lower --lr"))
     fields = output_fields(job, trained_on="retain" if exclude_forget else "train", train_config=config.model_dump(),
                            wall_time_s=round(wall, 4), **({"init_sha256": init.sha256} if init is not None else {}))
     summary = {"output": str(output), "sha256": None, "train_size": len(data), "wall_time_s": wall,

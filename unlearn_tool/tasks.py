@@ -26,6 +26,7 @@ class SetOutputs:
     targets: np.ndarray
     stats: dict[str, np.ndarray] = field(default_factory=dict)
     rows: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))  # what distances compare (softmax rows)
+    non_finite: int = 0  # samples whose raw outputs hold NaN or Inf (a diverged model; evaluate.non_finite_where)
 
     def __getattr__(self, name: str) -> np.ndarray:  # out.loss, out.conf, ...: the task's per-sample arrays
         stats = self.__dict__.get("stats", {})

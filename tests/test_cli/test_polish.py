@@ -82,6 +82,17 @@ def test_stop_line_says_which_check_was_kept_at_the_cap():
     assert "kept" not in _stop_line({"stop_reason": "epochs", "epochs_run": 30, "kept_check": 30}, {"stop": "criterion"})
 
 
+def test_stop_line_names_the_lr_backoffs():
+    from cli.main import _stop_line
+
+    info = {"stop_reason": "epochs", "epochs_run": 30, "kept_check": 9, "lr_backoffs": 1}
+    line = _stop_line(info, {"stop": "criterion"})
+    assert "pass 9" in line and "lowered tenfold once" in line, line
+    line = _stop_line({**info, "stop_reason": "criterion", "epochs_run": 5, "lr_backoffs": 2}, {"stop": "criterion", "epochs": 30})
+    assert "target reached after 5 of 30 passes" in line and "2 times" in line, line
+    assert "lowered" not in _stop_line({**info, "lr_backoffs": 0}, {"stop": "criterion"})
+
+
 def test_stop_line_names_the_agreement_plateau():
     from cli.main import _stop_line
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 from torch import nn
 
 from ..artifacts import CheckpointArtifact
-from ..errors import CheckpointError, GateFailure
-from ..evaluate import stream
+from ..errors import CheckpointError, GateFailure, NonFiniteOutputs
+from ..evaluate import FINITE_OUTPUTS_FIX, non_finite_where, stream
 from ..job import Job
 from ..provenance import created_utc, versions
 from ..tasks import SetOutputs
@@ -101,10 +101,27 @@ def metrics_from_outputs(out: ModelOutputs, job: Job, seed: int, random_rows: Op
     return _clean(res)
 
 
+def finite_outputs(model: nn.Module, job: Job, seed: int, refuse: Callable[[str], Exception]) -> ModelOutputs:
+    """model_outputs, refused with refuse(where) when some hold NaN/Inf: no attack, MAE or distance exists for them
+    (scikit-learn's attacks would fail deep inside). The check counts rows in the pass the audit makes anyway."""
+    out = model_outputs(model, job, seed)
+    where = non_finite_where(out)
+    if where:
+        raise refuse(where)
+    return out
+
+
 def model_metrics(model: nn.Module, job: Job, seed: Optional[int] = None) -> dict[str, Any]:
-    """Every per-model metric of the audit for one model (the dict under report.json's models.*), for reuse by bench."""
+    """Every per-model metric of the audit for one model (the dict under report.json's models.*), for reuse by bench.
+    A model whose outputs hold NaN/Inf raises NonFiniteOutputs (a DivergedError saying where)."""
     seed = job.seed if seed is None else seed
-    return metrics_from_outputs(model_outputs(model, job, seed), job, seed)
+    return metrics_from_outputs(finite_outputs(model, job, seed, NonFiniteOutputs), job, seed)
+
+
+def non_finite_model(what: str, fix: str) -> Callable[[str], CheckpointError]:
+    """The one-line refusal of a model given to the audit whose outputs hold NaN/Inf (exit 2, no report written)."""
+    return lambda where: CheckpointError(f"{what} gives NaN/Inf outputs on {where}, so the audit cannot measure it "
+                                         f"(no report was written); {fix}")
 
 
 def gaps(unlearned_metrics: dict[str, Any], reference_metrics: dict[str, Any], task: str = "classification") -> dict[str, Optional[float]]:
@@ -279,9 +296,15 @@ def run_audit(
     unlearned_info = unlearned_info or {"path": None, "kind": "merged", "sha256": None, "metadata": {}}
 
     rand = random_forget_rows(job, seed) if task.probabilistic else None
-    outs = {"original": model_outputs(original_model, job, seed), "unlearned": model_outputs(unlearned_model, job, seed)}
+    outs = {"original": finite_outputs(original_model, job, seed, non_finite_model(
+                f"the original {job.checkpoint_path or ''}".rstrip(), FINITE_OUTPUTS_FIX)),
+            "unlearned": finite_outputs(unlearned_model, job, seed, non_finite_model(
+                f"the unlearned model {unlearned_info.get('path') or ''}".rstrip(),
+                "its unlearning diverged; unlearn again with a lower learning rate (--param lr=...)"))}
     if reference_model is not None:
-        outs["reference"] = model_outputs(reference_model, job, seed)
+        outs["reference"] = finite_outputs(reference_model, job, seed, non_finite_model(
+            f"the reference {(reference_info or {}).get('path') or ''}".rstrip(),
+            "its training diverged; retrain it (unlearn train --exclude-forget) with a lower --lr"))
     models: dict[str, Any] = {k: metrics_from_outputs(v, job, seed, rand) for k, v in outs.items()}
     baseline = "reference" if reference_model is not None else "original"
     for k in outs:

@@ -22,9 +22,10 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 import torch
 
 from ..audit.registry import finite, model_metric_names, summary_keys
-from ..errors import MethodError, UnlearnError
+from ..errors import MethodError, NonFiniteOutputs, UnlearnError
 from ..job import Job, Progress
 from ..methods import MethodParams, get_method, method_names, parse_params, run_method
+from ..methods.common import divergence_hint
 from ..provenance import created_utc, versions
 from ..request import Request, method_params_for
 from .exact_rows import EXACT_METHODS, exact_row_params, is_exact, run_exact
@@ -104,9 +105,17 @@ def audit_model(model: torch.nn.Module, job: Job) -> dict[str, Optional[float]]:
     return {k: finite(metrics.get(k)) for k in model_metric_names(job.task.name)}
 
 
-def baseline_run(model: torch.nn.Module, job: Job, time_s: Optional[float] = None) -> dict[str, Any]:
-    """A run record for a baseline model (the original, or the retrained reference) at the job's seed."""
-    metrics: dict[str, Optional[float]] = {**audit_model(model, job), "avg_gap": None, "wall_time_s": time_s, "time_fraction": None}
+def baseline_run(model: torch.nn.Module, job: Job, time_s: Optional[float] = None, what: str = "the baseline model") -> dict[str, Any]:
+    """A run record for a baseline model (the original, or the retrained reference) at the job's seed; one whose outputs
+    hold NaN/Inf is refused (CheckpointError naming `what`): every gap would be measured against it."""
+    from ..audit.core import non_finite_model
+    from ..evaluate import FINITE_OUTPUTS_FIX
+
+    try:
+        figures = audit_model(model, job)
+    except NonFiniteOutputs as e:
+        raise non_finite_model(what, FINITE_OUTPUTS_FIX)(e.where) from None
+    metrics: dict[str, Optional[float]] = {**figures, "avg_gap": None, "wall_time_s": time_s, "time_fraction": None}
     return {"seed": job.seed, "error": None, "metrics": metrics}
 
 
@@ -184,7 +193,7 @@ def run_one(setup: SeedSetup, name: str, params: MethodParams, progress: Optiona
     except KeyboardInterrupt:
         raise
     except Exception as e:  # noqa: BLE001 - a failing method is a row in the table, not the end of the bench
-        record["error"] = one_line(e)
+        record["error"] = f"{e}; {divergence_hint(params, job.task.name)}" if isinstance(e, NonFiniteOutputs) else one_line(e)
         if job.device.type == "cuda":
             torch.cuda.empty_cache()
         return record
@@ -309,7 +318,7 @@ def run_bench(
     if progress:
         progress("bench runs", 0, total)
     first = job.for_seed(seeds[0])
-    original_run = baseline_run(job.original, first)
+    original_run = baseline_run(job.original, first, what=f"the original {job.checkpoint_path}")
     ref_runs: dict[int, dict[str, Any]] = {}
     ref_entry, ref_info, baseline = None, None, "original"
     if reference is not None:
@@ -317,7 +326,7 @@ def run_bench(
 
         model, ref_info = load_checkpoint(reference, first)
         t = finite(ref_info["metadata"].get("wall_time_s"))
-        run = baseline_run(model, first, t)
+        run = baseline_run(model, first, t, what=f"the reference {reference}")
         if run["metrics"]["wall_time_s"]:
             run["metrics"]["time_fraction"] = 1.0
         ref_entry, baseline = summarize("reference", [run], kind="reference", task=job.task.name), "reference"
