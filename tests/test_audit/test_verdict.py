@@ -143,3 +143,24 @@ def test_the_blind_tests_caveat_is_said_only_of_a_pass_and_never_asks_for_a_refe
     assert "held-out data (but so was the original's" in passed["sentence"], passed["sentence"]  # not "at the retrained level (but so was ...)"
     without = _decide_sample("regression", unl_ks_p=0.5)
     assert "but so was the original's" in without["sentence"] and "(--reference)" in without["sentence"]
+
+
+def test_a_regression_verdict_states_the_utility_cost_in_the_tasks_units_with_one_but():
+    """A user ResNet's range audit read "...; but its error is not at the retrained model's level, but utility fell
+    more than 5 points.": two buts, and points for a regressor whose utility check is its test error rising by at most
+    5% (relative)."""
+    from unlearn_tool.audit.verdict import decide
+
+    stats = {"forget_size": 35, "test_size": 89, "ks_loss": {"statistic": 0.1, "pvalue": 0.5},
+             "loss_auc": {"auc": 0.48, "low": 0.38, "high": 0.58, "confidence": 0.95}}
+    orig = {"forget_mae": 0.45, "test_mae": 0.60, "retain_mae": 0.42}
+    unl = {"forget_mae": 0.50, "test_mae": 0.70, "retain_mae": 0.44}  # short of the reference's 0.63, test MAE +17%
+    d = decide("sample", {"original": orig, "unlearned": unl, "reference": {"forget_mae": 0.63, "test_mae": 0.61, "retain_mae": 0.41}},
+               [], stats, {}, original_stats=stats, task="regression", reference_stats=stats)
+    assert d["sentence"].count(" but ") == 1 and "points" not in d["sentence"], d["sentence"]
+    assert d["sentence"].endswith("not at the retrained model's level, and the test error rose more than 5%."), d["sentence"]
+    d = decide("sample", {"original": orig, "unlearned": {**unl, "forget_mae": 0.62}}, [], stats, {}, original_stats=stats,
+               task="regression")
+    assert d["sentence"].endswith(", but the test error rose more than 5%."), d["sentence"]
+    c = _decide_sample("classification", unl_ks_p=0.5)
+    assert "points" not in c["sentence"]  # 0.967 -> 0.958: within 5 points

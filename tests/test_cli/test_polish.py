@@ -91,6 +91,9 @@ def test_stop_line_names_the_lr_backoffs():
     line = _stop_line({**info, "stop_reason": "criterion", "epochs_run": 5, "lr_backoffs": 2}, {"stop": "criterion", "epochs": 30})
     assert "target reached after 5 of 30 passes" in line and "2 times" in line, line
     assert "lowered" not in _stop_line({**info, "lr_backoffs": 0}, {"stop": "criterion"})
+    line = _stop_line({**info, "kept_check_drift": 2.46}, {"stop": "criterion", "lr": 0.01})
+    assert "moved 2.5 times as far as RFA's bound allows: --param lr=0.001 may hold them" in line, line
+    assert "moved" not in _stop_line({**info, "kept_check_drift": 0.8}, {"stop": "criterion", "lr": 0.01})
 
 
 def test_stop_line_names_the_agreement_plateau():

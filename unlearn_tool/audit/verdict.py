@@ -252,6 +252,17 @@ def _stronger_evidence(task: str, has_reference: bool = False) -> str:
         "compare with a model retrained without the forget set (--reference)"
 
 
+def _utility_clause(task: str, scenario: str, what: str) -> str:
+    """The verdict sentence's ending when utility failed, in the task's own units (a regressor's error rises by a share, a
+    classifier's accuracy falls by points), joined by "and" when the sentence already has a "but"."""
+    if task == "regression":
+        where = "the error outside the range" if scenario == "range" else "the test error"
+        cost = f"{where} rose more than {100 * REGRESSION_MAX_UTILITY_RISE:.0f}%"
+    else:
+        cost = f"utility fell more than {100 * MAX_UTILITY_DROP:.0f} points"
+    return f"{', and' if ' but ' in what else ', but'} {cost}."
+
+
 def decide(scenario: str, models: dict[str, Any], gate_rows: list[dict[str, Any]], stats: Optional[dict[str, Any]],
            avg_gaps: dict[str, Optional[float]], original_stats: Optional[dict[str, Any]] = None,
            strong: Optional[dict[str, Any]] = None, task: str = "classification",
@@ -321,7 +332,7 @@ def decide(scenario: str, models: dict[str, Any], gate_rows: list[dict[str, Any]
         sentence = (f"{verdict.upper()} by the gates ({len(gate_rows) - len(failed)} of {len(gate_rows)} met"
                     + (f"; failed: {', '.join(failed[:3])}" if failed else "") + f"); by the default policy, {what}.")
     else:
-        sentence = f"{verdict.upper()}: {what}" + ("." if utility.passed else f", but utility fell more than {100 * MAX_UTILITY_DROP:.0f} points.")
+        sentence = f"{verdict.upper()}: {what}" + ("." if utility.passed else _utility_clause(task, scenario, what))
     evidence = [f"{c.name}: {c.value} (expected {c.expectation})" for c in forgetting][:3]
     if closer is not None and len(evidence) < 3:
         n = sum(r["closer"] for r in closer)
