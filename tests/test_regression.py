@@ -484,7 +484,7 @@ def test_rfa_gauss_newton_solver_is_refused_for_a_classifier_and_for_a_jacobian_
 
 
 def test_stop_line_when_the_original_already_meets_the_target():
-    from cli.main import _stop_line
+    from unlearn_tool.stop_text import stop_line as _stop_line
 
     line = _stop_line({"stop_reason": "criterion", "epochs_run": 0}, {})
     assert "already meets the stopping target" in line and "equals the original" in line
@@ -492,7 +492,7 @@ def test_stop_line_when_the_original_already_meets_the_target():
 
 
 def test_stop_line_of_the_gauss_newton_solver():
-    from cli.main import _stop_line
+    from unlearn_tool.stop_text import stop_line as _stop_line
 
     assert "target reached at damping 0.001" in _stop_line({"solver": "gauss-newton", "stop_reason": "criterion", "damping": 1e-3,
                                                             "dampings_read": 7}, {})
@@ -560,3 +560,24 @@ def test_divergence_hint_without_a_learning_rate_or_on_a_classifier():
 
     assert divergence_hint(parse_params("ssd", {}), "regression") == "lower the learning rate or check the method's parameters"
     assert "optimizer=adam" not in divergence_hint(parse_params("finetune", {}), "classification")
+
+
+def test_the_output_and_its_audit_report_say_how_the_run_ended(diabetes_dir, tmp_path):
+    """How RFA's run ended (target reached after N passes, the kept check, an lr backoff) was printed by the CLI only:
+    the output now records the method's scalar info as run_info, and the audit report shows it ("how it ended")."""
+    import json
+
+    from safetensors import safe_open
+
+    from unlearn_tool.audit.report import params_rows
+    from unlearn_tool.pipeline import apply, prepare
+
+    out = tmp_path / "out.safetensors"
+    result = apply(prepare(diabetes_dir / "sample.yaml", diabetes_dir / "mlp.safetensors", device="cpu"), output=out)
+    with safe_open(str(out), "pt") as f:
+        meta = f.metadata()
+    info = json.loads(meta["unlearn.run_info"])
+    assert info["stop_reason"] == result.info["stop_reason"] and info["epochs_run"] == result.info["epochs_run"], info
+    assert all(not k.endswith("_s") for k in info)
+    rows = dict(params_rows({"unlearning": {"method": "rfa", "params": result.params, "metadata": {"run_info": info}}}))
+    assert rows["how it ended"].startswith(("stopped early", "ran all")) and rows["run stop_reason"] == info["stop_reason"], rows

@@ -308,6 +308,7 @@ def write_step(job: Job, plan: ApplyPlan, step: StepResult, parent_sha256: str, 
 
     write_to: write there instead (a StagedOutput's path, published later as plan.output, which the result names)."""
     from .ledger import Lineage, forget_digest, new_step
+    from .stop_text import run_info
 
     lineage = lineage or Lineage(original_sha256=parent_sha256, data_sha256=job.data_sha256)
     steps = list(lineage.steps) + list(extra_steps or [])
@@ -317,7 +318,8 @@ def write_step(job: Job, plan: ApplyPlan, step: StepResult, parent_sha256: str, 
     fields = output_fields(job, parent_sha256=parent_sha256, method=plan.method, params=plan.params.model_dump(mode="json"),
                            scenario=job.splits.scenario, forget_size=len(job.splits.forget_idx),
                            forget_digest=forget_digest(job.splits, lineage.data_sha256), wall_time_s=round(step.wall_time_s, 4),
-                           lineage=chain.to_json(), **({"forget_ids": list(job.splits.forget_ids)} if record_ids and job.splits.forget_ids else {}))
+                           lineage=chain.to_json(), run_info=run_info(step.info),
+                           **({"forget_ids": list(job.splits.forget_ids)} if record_ids and job.splits.forget_ids else {}))
     warnings = list(step.log)
     protect = {"input checkpoint": job.checkpoint_path, "request": job.request.path}
     target, force = (write_to, False) if write_to is not None else (plan.output, plan.force)

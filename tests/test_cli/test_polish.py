@@ -73,7 +73,7 @@ def test_apply_says_why_rfa_stopped(digits_dir, tmp_path):
 
 
 def test_stop_line_says_which_check_was_kept_at_the_cap():
-    from cli.main import _stop_line
+    from unlearn_tool.stop_text import stop_line as _stop_line
 
     line = _stop_line({"stop_reason": "epochs", "epochs_run": 30, "kept_check": 14}, {"stop": "criterion"})
     assert "not reached" in line and "pass 14" in line
@@ -83,7 +83,7 @@ def test_stop_line_says_which_check_was_kept_at_the_cap():
 
 
 def test_stop_line_names_the_lr_backoffs():
-    from cli.main import _stop_line
+    from unlearn_tool.stop_text import stop_line as _stop_line
 
     info = {"stop_reason": "epochs", "epochs_run": 30, "kept_check": 9, "lr_backoffs": 1}
     line = _stop_line(info, {"stop": "criterion"})
@@ -97,7 +97,7 @@ def test_stop_line_names_the_lr_backoffs():
 
 
 def test_stop_line_names_the_agreement_plateau():
-    from cli.main import _stop_line
+    from unlearn_tool.stop_text import stop_line as _stop_line
 
     line = _stop_line({"stop_reason": "plateau", "epochs_run": 6, "retain_agreement": 0.836}, {"epochs": 30, "stop": "criterion"})
     assert line.startswith("stopped early after 6 of 30 passes") and "83.6%" in line and "not reached" not in line

@@ -202,6 +202,12 @@ def params_rows(report: dict[str, Any]) -> list[list[str]]:
     u = report["unlearning"]
     rows = [["method", str(u.get("method") or "-")], ["wall time (s)", str(u.get("wall_time_s") or "-")]]
     params = u.get("params")
+    info = (u.get("metadata") or {}).get("run_info")  # how the run went, as the output recorded it (none before this field)
+    if isinstance(info, dict):
+        from ..stop_text import stop_line
+
+        line = stop_line(info, params if isinstance(params, dict) else {})
+        rows += ([["how it ended", line]] if line else []) + [[f"run {k}", json.dumps(v) if not isinstance(v, str) else v] for k, v in info.items()]
     if isinstance(params, dict):
         rows += [[f"param {k}", json.dumps(v) if not isinstance(v, str) else v] for k, v in params.items()]
     return rows
