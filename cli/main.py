@@ -127,7 +127,7 @@ _IMPORTED_AT = __import__("time").perf_counter()
 def _stop_line(info: dict, params: dict) -> Optional[str]:
     """Why an iterative method stopped, in one line ("target reached after 7 of 30 passes")."""
     line = _stop_reason_line(info, params)
-    backoffs, drift, lr = info.get("lr_backoffs"), info.get("kept_check_drift"), params.get("lr")
+    backoffs, drift, lr = info.get("lr_backoffs"), info.get("kept_check_drift"), info.get("kept_check_lr", params.get("lr"))
     if line and isinstance(drift, (int, float)) and drift > 1 and info.get("kept_check"):
         lower = f"--param lr={lr / 10:g}" if isinstance(lr, (int, float)) else "a lower --param lr"
         line += (f"; its retained outputs moved {drift:.1f} times as far as RFA's bound allows: {lower} may hold them "

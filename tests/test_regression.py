@@ -560,3 +560,19 @@ def test_divergence_hint_without_a_learning_rate_or_on_a_classifier():
 
     assert divergence_hint(parse_params("ssd", {}), "regression") == "lower the learning rate or check the method's parameters"
     assert "optimizer=adam" not in divergence_hint(parse_params("finetune", {}), "classification")
+
+
+def test_rfa_regression_suggests_a_tenth_of_the_lr_its_kept_check_ran_at_after_backoffs(diabetes_sample_job):
+    """At lr 5 both backoffs happen (5 -> 0.5 -> 0.05) and the kept check's retained drift is above its bound: the
+    CLI suggested "--param lr=0.5", a tenth of the lr asked for, which is ten times the lr the kept check ran at and
+    exactly the lr that had already overshot."""
+    from cli.main import _stop_line
+    from unlearn_tool.methods import parse_params, run_method
+
+    params = {"lr": 5.0, "epochs": 5}
+    out, _ = run_method("rfa", diabetes_sample_job.context(), parse_params("rfa", params))
+    info = out.info
+    assert info["lr_backoffs"] == 2 and info["kept_check"] > 0 and info["kept_check_drift"] > 1, info
+    assert info["kept_check_lr"] == pytest.approx(0.05), info
+    line = _stop_line(info, {"stop": "criterion", **params})
+    assert "--param lr=0.005 may hold them" in line, line
