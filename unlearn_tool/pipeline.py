@@ -26,7 +26,7 @@ from .artifacts import CheckpointArtifact, is_checkpoint, write_adapter, write_h
 from .audit.registry import finite
 from .checkpoint import StagedOutput, check_output, dtypes_of, load_into, non_finite
 from .data import SUMMARY_SETS, LabelledData, summary_seed
-from .errors import AuditError, CheckpointError, DivergedError, MethodError, UnlearnError
+from .errors import AuditError, CheckpointError, DivergedError, MethodError, UnlearnError, UnmeasurableResult
 from .evaluate import FINITE_OUTPUTS_FIX, non_finite_rows, non_finite_where, predict_logits, remember_predictions
 from .interrupts import signals_deferred
 from .job import Job, Progress, check_seed, describe_job, prepare, resolve_device, seed_everything  # noqa: F401 (re-exported)
@@ -573,6 +573,11 @@ def apply_request(
             try:
                 outcome.report, outcome.report_dir = audit_fresh_model(job, result.model, info, report_dir, plans[0].gates, ref,
                                                                        getattr(result, "ledger", None))
+            except UnmeasurableResult as e:  # the audit refused the result itself (NaN/Inf outputs): a verdict, never published
+                if verdict_first:
+                    outcome.removed = True
+                    raise UnmeasurableResult(f"{e}; {result.output} was not published (--no-keep-on-fail)") from None
+                raise
             except BaseException:  # an audit cut short (a signal, an error) gives no verdict: the output is published, with its ledger entry
                 if verdict_first:
                     publish()
