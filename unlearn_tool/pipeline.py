@@ -77,6 +77,17 @@ def utility(model: nn.Module, job: Job, batch_size: Optional[int] = None,
     return {k: finite(figures.get(k)) for k in job.task.summary_keys(job.splits.scenario)}
 
 
+def check_reference_outputs(model: nn.Module, job: Job, path: Path, sets: Optional[dict[str, LabelledData]] = None) -> None:
+    """A retrained reference whose outputs hold NaN/Inf is refused before any work (on the summary's samples), not by
+    the audit after the output was written: the audit could not measure it."""
+    sets = sets if sets is not None else summary_sets(job)
+    where = non_finite_where({name: (non_finite_rows(predict_logits(model, data, job.device, job.request.data.batch_size)[0]), len(data))
+                              for name, data in sets.items()})
+    if where:
+        raise CheckpointError(f"the reference {path} gives NaN/Inf outputs on {where}, so the audit could not measure it; nothing was "
+                              "written; its training diverged; retrain it (unlearn train --exclude-forget) with a lower --lr")
+
+
 def output_fields(job: Job, **extra: Any) -> dict[str, Any]:
     """The provenance every written model carries (`unlearn.*` metadata), plus what the caller adds."""
     req = job.request
@@ -496,6 +507,7 @@ def apply_request(
     if plans[0].audit and plans[0].reference is not None:
         reference = CheckpointArtifact(plans[0].reference)
         reference_model = reference.load(job.load_context())  # a reference that does not fit fails before unlearning
+        check_reference_outputs(reference_model, job, plans[0].reference, summary_sets(job, plans[0].summary_samples))
     if plans[0].output.resolve() == job.checkpoint_path:
         raise UnlearnError(f"output {plans[0].output} is the input checkpoint; inputs are never overwritten, choose another --output")
 

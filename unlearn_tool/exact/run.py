@@ -430,6 +430,10 @@ def apply_exact_request(
     job.original, job.artifact = original, artifact  # type: ignore[assignment]
     before = utility(original, job)
     reference_model = CheckpointArtifact(reference).load(job.load_context()) if reference is not None else None
+    if reference_model is not None and audit:
+        from ..pipeline import check_reference_outputs
+
+        check_reference_outputs(reference_model, job, reference)
 
     t0 = time.perf_counter()
     new_components: dict[tuple[int, int, int], Tensors] = {}
