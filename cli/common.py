@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterator, Optional
 
 import typer
 
-from unlearn_tool.interrupts import interrupt_behind, raise_interrupt_behind
+from unlearn_tool.interrupts import handlers_swapped, interrupt_behind, raise_interrupt_behind
 
 EXIT_UNEXPECTED = 1
 LAST_ERROR: list[str] = []  # the last error line printed (validate --json reports it)
@@ -112,18 +112,8 @@ def _signals_as_exceptions() -> Iterator[None]:
     def raise_terminated(signum: int, _frame: Any) -> None:
         raise Terminated(signum)
 
-    previous = {}
-    try:
-        for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
-            if sig is not None:
-                previous[sig] = signal.signal(sig, raise_terminated)
-    except ValueError:  # not the main thread: leave the default handlers
-        pass
-    try:
+    with handlers_swapped((signal.SIGTERM, getattr(signal, "SIGHUP", None)), raise_terminated):
         yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 def _is_cuda_oom(e: Exception) -> bool:

@@ -47,21 +47,31 @@ def signals_deferred() -> Iterator[None]:
     def hold(signum: int, _frame: Any) -> None:
         held.append(signum)
 
+    try:
+        with handlers_swapped(DEFERRED_SIGNALS, hold) as previous:
+            yield
+    finally:  # also after an error in the block: the signal held is not lost
+        if held:
+            _deliver(held[0], previous[held[0]])
+
+
+@contextmanager
+def handlers_swapped(signals: tuple[Optional[int], ...], handler: Any) -> Iterator[dict[int, Any]]:
+    """`handler` for each of `signals` during the block, the previous handlers (yielded) put back after it. Outside the
+    main thread, where handlers cannot be set, nothing changes; a handler set outside Python (getsignal None) is left
+    alone, since it could not be put back."""
     previous: dict[int, Any] = {}
     try:
-        for sig in DEFERRED_SIGNALS:
-            handler = signal.getsignal(sig)
-            if handler is not None:  # None: set outside Python, which could not be put back
-                previous[sig] = signal.signal(sig, hold)
+        for sig in signals:
+            if sig is not None and signal.getsignal(sig) is not None:
+                previous[sig] = signal.signal(sig, handler)
     except ValueError:  # not the main thread
         pass
     try:
-        yield
+        yield previous
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        if held:
-            _deliver(held[0], previous[held[0]])
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def _deliver(signum: int, handler: Any) -> None:
