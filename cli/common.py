@@ -56,7 +56,7 @@ def handle_errors(fn: Callable) -> Callable:
             except typer.Exit:
                 raise
             except UnlearnError as e:
-                _exit_if_interrupted(interrupt_behind(e))  # a signal during a lazy import that our code wrapped (usercode, timm)
+                _exit_if_interrupted(interrupt_behind(e) or _received())  # a signal during a lazy import that our code wrapped (usercode, timm)
                 err(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
                 raise typer.Exit(e.exit_code) from None
             except Terminated as e:
@@ -66,13 +66,15 @@ def handle_errors(fn: Callable) -> Callable:
                 err(f"error: interrupted; {_written_note()}")
                 raise typer.Exit(130) from None
             except MemoryError:
+                _exit_if_interrupted(_received())
                 err("error: out of memory; lower data.batch_size or the method's batch sizes, or use a larger device")
                 raise typer.Exit(EXIT_UNEXPECTED) from None
             except RecursionError:
+                _exit_if_interrupted(_received())
                 err("error: input nested too deeply to process; simplify it")
                 raise typer.Exit(2) from None
             except Exception as e:  # noqa: BLE001 - the last line of defence: one line, exit 1
-                _exit_if_interrupted(interrupt_behind(e))
+                _exit_if_interrupted(interrupt_behind(e) or _received())
                 if _is_cuda_oom(e):
                     err("error: CUDA out of memory; lower data.batch_size or the method's batch sizes, or use --device cpu")
                 else:
@@ -104,16 +106,38 @@ def _written_note() -> str:
     return f"{PUBLISHED[0]} was written before that" if PUBLISHED else "no output was written"
 
 
+RECEIVED: list[int] = []  # the signals this command received: a library may lose the exception one raised (Ctrl-C during
+# numpy's lazy `import numpy.dtypes` inside scipy's import left it half-imported, and the command failed with a RecursionError)
+
+
 @contextmanager
 def _signals_as_exceptions() -> Iterator[None]:
-    """SIGTERM and SIGHUP raise Terminated in the main thread (restored afterwards), so cleanup code runs."""
+    """SIGTERM and SIGHUP raise Terminated in the main thread (restored afterwards), so cleanup code runs; each
+    signal, Ctrl-C included, is noted in RECEIVED."""
     from unlearn_tool.errors import Terminated
 
+    RECEIVED.clear()
+
     def raise_terminated(signum: int, _frame: Any) -> None:
+        RECEIVED.append(signum)
         raise Terminated(signum)
 
-    with handlers_swapped((signal.SIGTERM, getattr(signal, "SIGHUP", None)), raise_terminated):
+    def raise_interrupt(signum: int, frame: Any) -> None:
+        RECEIVED.append(signum)
+        signal.default_int_handler(signum, frame)
+
+    ctrl_c = (signal.SIGINT,) if signal.getsignal(signal.SIGINT) is signal.default_int_handler else ()  # not where it is ignored
+    with handlers_swapped((signal.SIGTERM, getattr(signal, "SIGHUP", None)), raise_terminated), handlers_swapped(ctrl_c, raise_interrupt):
         yield
+
+
+def _received() -> Optional[KeyboardInterrupt]:
+    """The first signal this command received, as the exception its handler raised (whatever became of that one)."""
+    from unlearn_tool.errors import Terminated
+
+    if not RECEIVED:
+        return None
+    return KeyboardInterrupt() if RECEIVED[0] == signal.SIGINT else Terminated(RECEIVED[0])
 
 
 def _is_cuda_oom(e: Exception) -> bool:

@@ -581,3 +581,19 @@ def test_the_output_and_its_audit_report_say_how_the_run_ended(diabetes_dir, tmp
     assert all(not k.endswith("_s") for k in info)
     rows = dict(params_rows({"unlearning": {"method": "rfa", "params": result.params, "metadata": {"run_info": info}}}))
     assert rows["how it ended"].startswith(("stopped early", "ran all")) and rows["run stop_reason"] == info["stop_reason"], rows
+
+
+def test_rfa_regression_suggests_a_tenth_of_the_lr_its_kept_check_ran_at_after_backoffs(diabetes_sample_job):
+    """At lr 5 both backoffs happen (5 -> 0.5 -> 0.05) and the kept check's retained drift is above its bound: the
+    CLI suggested "--param lr=0.5", a tenth of the lr asked for, which is ten times the lr the kept check ran at and
+    exactly the lr that had already overshot."""
+    from unlearn_tool.stop_text import stop_line as _stop_line
+    from unlearn_tool.methods import parse_params, run_method
+
+    params = {"lr": 5.0, "epochs": 5}
+    out, _ = run_method("rfa", diabetes_sample_job.context(), parse_params("rfa", params))
+    info = out.info
+    assert info["lr_backoffs"] == 2 and info["kept_check"] > 0 and info["kept_check_drift"] > 1, info
+    assert info["kept_check_lr"] == pytest.approx(0.05), info
+    line = _stop_line(info, {"stop": "criterion", **params})
+    assert "--param lr=0.005 may hold them" in line, line

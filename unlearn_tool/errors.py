@@ -62,6 +62,11 @@ class NonFiniteOutputs(DivergedError):
         self.where = where
 
 
+class UnmeasurableResult(CheckpointError):
+    """The audit refused the unlearned model itself (its outputs hold NaN/Inf): a verdict against it, not an audit
+    cut short, so `apply --audit --no-keep-on-fail` does not publish it."""
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM/SIGHUP, raised in the main thread so that every cleanup handler runs (like Ctrl-C)."""
 

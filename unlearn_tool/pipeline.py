@@ -26,7 +26,7 @@ from .artifacts import CheckpointArtifact, is_checkpoint, write_adapter, write_h
 from .audit.registry import finite
 from .checkpoint import StagedOutput, check_output, dtypes_of, load_into, non_finite
 from .data import SUMMARY_SETS, LabelledData, summary_seed
-from .errors import AuditError, CheckpointError, DivergedError, MethodError, UnlearnError
+from .errors import AuditError, CheckpointError, DivergedError, MethodError, UnlearnError, UnmeasurableResult
 from .evaluate import FINITE_OUTPUTS_FIX, non_finite_rows, non_finite_where, predict_logits, remember_predictions
 from .interrupts import signals_deferred
 from .job import Job, Progress, check_seed, describe_job, prepare, resolve_device, seed_everything  # noqa: F401 (re-exported)
@@ -75,6 +75,17 @@ def utility(model: nn.Module, job: Job, batch_size: Optional[int] = None,
         outputs[name] = SetOutputs(targets=targets, stats=job.task.per_sample(logits.double().numpy(), targets))
     figures = job.task.utility(outputs, job.forget_info)
     return {k: finite(figures.get(k)) for k in job.task.summary_keys(job.splits.scenario)}
+
+
+def check_reference_outputs(model: nn.Module, job: Job, path: Path, sets: Optional[dict[str, LabelledData]] = None) -> None:
+    """A retrained reference whose outputs hold NaN/Inf is refused before any work (on the summary's samples), not by
+    the audit after the output was written: the audit could not measure it."""
+    sets = sets if sets is not None else summary_sets(job)
+    where = non_finite_where({name: (non_finite_rows(predict_logits(model, data, job.device, job.request.data.batch_size)[0]), len(data))
+                              for name, data in sets.items()})
+    if where:
+        raise CheckpointError(f"the reference {path} gives NaN/Inf outputs on {where}, so the audit could not measure it; nothing was "
+                              "written; its training diverged; retrain it (unlearn train --exclude-forget) with a lower --lr")
 
 
 def output_fields(job: Job, **extra: Any) -> dict[str, Any]:
@@ -498,6 +509,7 @@ def apply_request(
     if plans[0].audit and plans[0].reference is not None:
         reference = CheckpointArtifact(plans[0].reference)
         reference_model = reference.load(job.load_context())  # a reference that does not fit fails before unlearning
+        check_reference_outputs(reference_model, job, plans[0].reference, summary_sets(job, plans[0].summary_samples))
     if plans[0].output.resolve() == job.checkpoint_path:
         raise UnlearnError(f"output {plans[0].output} is the input checkpoint; inputs are never overwritten, choose another --output")
 
@@ -575,6 +587,11 @@ def apply_request(
             try:
                 outcome.report, outcome.report_dir = audit_fresh_model(job, result.model, info, report_dir, plans[0].gates, ref,
                                                                        getattr(result, "ledger", None))
+            except UnmeasurableResult as e:  # the audit refused the result itself (NaN/Inf outputs): a verdict, never published
+                if verdict_first:
+                    outcome.removed = True
+                    raise UnmeasurableResult(f"{e}; {result.output} was not published (--no-keep-on-fail)") from None
+                raise
             except BaseException:  # an audit cut short (a signal, an error) gives no verdict: the output is published, with its ledger entry
                 if verdict_first:
                     publish()

@@ -20,7 +20,7 @@ def run_info(info: dict[str, Any]) -> dict[str, Any]:
 def stop_line(info: dict, params: dict) -> Optional[str]:
     """Why an iterative method stopped, in one line ("target reached after 7 of 30 passes")."""
     line = _reason_line(info, params)
-    backoffs, drift, lr = info.get("lr_backoffs"), info.get("kept_check_drift"), params.get("lr")
+    backoffs, drift, lr = info.get("lr_backoffs"), info.get("kept_check_drift"), info.get("kept_check_lr", params.get("lr"))
     if line and isinstance(drift, (int, float)) and drift > 1 and info.get("kept_check"):
         lower = f"--param lr={lr / 10:g}" if isinstance(lr, (int, float)) else "a lower --param lr"
         line += (f"; its retained outputs moved {drift:.1f} times as far as RFA's bound allows: {lower} may hold them "
@@ -44,22 +44,24 @@ def _reason_line(info: dict, params: dict) -> Optional[str]:
     if reason is None or done is None:
         return None
     of = f" of {total}" if total else ""
+    passes = "pass" if (total or done) == 1 else "passes"  # the noun agrees with the last number: "1 of 1 pass", "1 of 30 passes"
+    ran = "ran its one pass" if done == 1 else f"ran all {done} passes"
     if reason == "criterion" and done == 0:
         return ("the original already meets the stopping target (its forget-set error is at RFA's estimate of a model "
                 "that never saw them: no generalisation gap shows): no pass was run, the output equals the original")
     if reason == "criterion":
-        return f"stopped early: target reached after {done}{of} passes"
+        return f"stopped early: target reached after {done}{of} {passes}"
     if reason == "plateau":
         agree = info.get("retain_agreement")
         at = f" at {100 * agree:.1f}%" if isinstance(agree, (int, float)) else ""
-        return (f"stopped early after {done}{of} passes: forget target reached, retained agreement stopped "
+        return (f"stopped early after {done}{of} {passes}: forget target reached, retained agreement stopped "
                 f"improving{at}; the best check's adapters were kept")
     if reason == "diverged":
-        return f"stopped after {done}{of} passes: the loss diverged; the last finite weights were kept"
+        return f"stopped after {done}{of} {passes}: the loss diverged; the last finite weights were kept"
     kept = info.get("kept_check")
     if isinstance(kept, int) and kept != done:
         if kept == 0:
-            return (f"ran all {done} passes without reaching the stopping target, and none came nearer to it than the original "
+            return (f"{ran} without reaching the stopping target, and none came nearer to it than the original "
                     f"model: the output equals the original (nothing forgotten); try a lower lr or more epochs")
-        return f"ran all {done} passes (the stopping target was not reached); kept the check nearest to it: pass {kept}'s adapters"
-    return f"ran all {done} passes" + (" (the stopping target was not reached)" if params.get("stop") == "criterion" else "")
+        return f"{ran} (the stopping target was not reached); kept the check nearest to it: pass {kept}'s adapters"
+    return ran + (" (the stopping target was not reached)" if params.get("stop") == "criterion" else "")

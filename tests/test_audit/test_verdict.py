@@ -138,11 +138,11 @@ def test_the_blind_tests_caveat_is_said_only_of_a_pass_and_never_asks_for_a_refe
         # retrained-level one (the original's error is not at that level)
         assert "still" not in d["sentence"] and "from held-out data (the original's" in d["sentence"], d["sentence"]
     passed = _decide_sample("regression", unl_ks_p=0.5, reference=True)
-    assert "but so was the original's" in passed["sentence"] and "--reference" not in passed["sentence"], passed["sentence"]
+    assert "but so were the original's" in passed["sentence"] and "--reference" not in passed["sentence"], passed["sentence"]
     assert "retrained model" in passed["sentence"]
-    assert "held-out data (but so was the original's" in passed["sentence"], passed["sentence"]  # not "at the retrained level (but so was ...)"
+    assert "held-out data (but so were the original's" in passed["sentence"], passed["sentence"]  # not "at the retrained level (but so was ...)"
     without = _decide_sample("regression", unl_ks_p=0.5)
-    assert "but so was the original's" in without["sentence"] and "(--reference)" in without["sentence"]
+    assert "but so were the original's" in without["sentence"] and "(--reference)" in without["sentence"]
 
 
 def test_a_regression_verdict_states_the_utility_cost_in_the_tasks_units_with_one_but():
@@ -164,3 +164,38 @@ def test_a_regression_verdict_states_the_utility_cost_in_the_tasks_units_with_on
     assert d["sentence"].endswith(", but the test error rose more than 5%."), d["sentence"]
     c = _decide_sample("classification", unl_ks_p=0.5)
     assert "points" not in c["sentence"]  # 0.967 -> 0.958: within 5 points
+
+
+def test_every_regression_verdict_sentence_is_true_and_joins_failures_with_and():
+    """Read variant by variant: a perfect original (test MAE 0 -> 0) failed with "the test error rose more than 5%";
+    "still distinguishable ...; but its error is not at the retrained level" and "still distinguishable ..., but the
+    test error rose" joined one failure to another with "but"; "but so was the original's" had the plural errors as its
+    subject; and a range whose test split had too few samples in the range (compared with the whole test split) said
+    "unseen samples of the same range"."""
+    from unlearn_tool.audit.verdict import decide
+
+    def stats(p, heldout="test"):
+        return {"forget_size": 35, "test_size": 89, "heldout": heldout, "ks_loss": {"statistic": 0.1 if p > 0.05 else 0.5, "pvalue": p},
+                "loss_auc": {"auc": 0.48, "low": 0.38, "high": 0.58, "confidence": 0.95}}
+
+    perfect = decide("sample", {"original": {"forget_mae": 0.0, "test_mae": 0.0}, "unlearned": {"forget_mae": 0.3, "test_mae": 0.0}},
+                     [], stats(0.5), {}, original_stats=stats(0.01), task="regression")
+    assert perfect["verdict"] == "pass" and "rose" not in perfect["sentence"], (perfect["sentence"], perfect["utility"])
+    worse = decide("sample", {"original": {"forget_mae": 0.0, "test_mae": 0.0}, "unlearned": {"forget_mae": 0.3, "test_mae": 0.1}},
+                   [], stats(0.5), {}, original_stats=stats(0.01), task="regression")
+    assert worse["verdict"] == "fail" and worse["sentence"].endswith(", but the test error rose more than 5%."), worse["sentence"]
+    assert "inf" not in worse["utility"], worse["utility"]
+    orig, unl = {"forget_mae": 0.45, "test_mae": 0.6}, {"forget_mae": 0.5, "test_mae": 0.7}
+    ref = {"forget_mae": 0.63, "test_mae": 0.6}
+    d = decide("sample", {"original": orig, "unlearned": unl, "reference": ref}, [], stats(0.001), {}, original_stats=stats(0.001),
+               task="regression", reference_stats=stats(0.5))
+    assert d["sentence"] == ("FAIL: the forget set's errors are still distinguishable from held-out data; and its error is not at "
+                             "the retrained model's level, and the test error rose more than 5%."), d["sentence"]
+    d = decide("sample", {"original": orig, "unlearned": unl}, [], stats(0.001), {}, original_stats=stats(0.001), task="regression")
+    assert d["sentence"].endswith("still distinguishable from held-out data, and the test error rose more than 5%."), d["sentence"]
+    d = decide("range", {"original": orig, "unlearned": unl}, [], stats(0.5), {}, original_stats=stats(0.5), task="regression")
+    assert "from held-out data (but so were the original's" in d["sentence"], d["sentence"]
+    assert "range" not in d["sentence"].split(",")[0], d["sentence"]  # compared with the whole test split
+    d = decide("range", {"original": orig, "unlearned": unl}, [], stats(0.5, "range"), {}, original_stats=stats(0.01, "range"),
+               task="regression")
+    assert d["sentence"].startswith("FAIL: the forget set's errors are indistinguishable from unseen samples of the same range, but"), d["sentence"]

@@ -155,3 +155,24 @@ def test_sigterm_to_a_real_process_while_transformers_imports_exits_143(hf_work,
             p.kill()
     assert p.returncode == 143, (out, errors)
     assert "terminated by signal 15" in errors
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_a_library_loses_is_still_that_signal(digits_dir, tmp_path, monkeypatch, signum, code):
+    """Ctrl-C while scipy imported numpy lazily left numpy half-imported: its `__getattr__` then imported itself
+    until a RecursionError, and apply said "input nested too deeply to process; simplify it" (exit 2). The command
+    now exits as the signal it received, whatever the library made of it."""
+    import unlearn_tool.pipeline as pipeline
+
+    def import_that_loses_the_signal(*_args, **_kwargs):
+        try:
+            os.kill(os.getpid(), signum)
+            time.sleep(5)
+        except KeyboardInterrupt:  # Terminated too: a library's import machinery drops it
+            pass
+        raise RecursionError("maximum recursion depth exceeded")
+
+    monkeypatch.setattr(pipeline, "prepare", import_that_loses_the_signal)
+    r = invoke("apply", digits_dir / "mlp.safetensors", "-r", digits_dir / "class.yaml", "-o", tmp_path / "o.safetensors", "--quiet")
+    assert r.exit_code == code and "nested" not in r.stderr, r.stderr
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back after the command

@@ -182,3 +182,41 @@ def test_a_ledger_that_cannot_or_must_not_be_written_fails_before_any_work(digit
                "--ledger", tmp_path / ledger, "--quiet")
     rejected(r, fragment, "--ledger")
     assert tree(tmp_path) == before and sorted(p.name for p in tmp_path.iterdir()) == ["afolder", "model.safetensors", "notes.txt", "req.yaml"]
+
+
+@pytest.fixture
+def nan_on_one_retained_sample(digits_dir):
+    """A registered method whose result is the original with NaN outputs on one retained sample only (the one with
+    the largest pixel sum, which the --summary-samples 1 summary does not read); removed afterwards."""
+    from unlearn_tool.methods import MethodOutput, MethodParams, register_method, unregister_method
+
+    def run(ctx, p):
+        model = ctx.student()
+        x = ctx.retain.take(__import__("torch").arange(len(ctx.retain)))[0]
+        brightest = float(x.flatten(1).sum(1).max())
+
+        def nan_there(_module, args, out):
+            out = out.clone()
+            out[args[0].flatten(1).sum(1) >= brightest] = float("nan")
+            return out
+
+        model.register_forward_hook(nan_there)
+        return MethodOutput(model=model)
+
+    register_method("test-nan-one", MethodParams, run, summary="test only", tasks=("classification",), scenarios=("class", "sample"))
+    yield "test-nan-one"
+    unregister_method("test-nan-one")
+
+
+def test_an_audit_that_refuses_the_result_for_nan_outputs_does_not_publish_it(digits_dir, tmp_path, nan_on_one_retained_sample):
+    """The summary reads only some retained samples, so a result with NaN outputs on one of the others is written and
+    the audit refuses it (docs/audit.md, "Non-finite outputs"). Under --no-keep-on-fail that refusal was taken for an
+    audit cut short and the diverged result was published with --force over the earlier output."""
+    out = tmp_path / "u.safetensors"
+    assert _apply(digits_dir, out).exit_code == 0
+    before = tree(tmp_path)
+    r = _apply(digits_dir, out, "--method", nan_on_one_retained_sample, "--summary-samples", "1", "--force", "--audit",
+               "--no-keep-on-fail", "--report-dir", tmp_path / "r")
+    assert r.exit_code == 2 and "gives NaN/Inf outputs on 1 of" in r.stderr, r.stderr
+    assert f"{out} was not published (--no-keep-on-fail)" in r.stderr, r.stderr
+    assert tree(tmp_path) == before

@@ -128,3 +128,21 @@ def test_where_names_forget_first_and_only_the_sets_that_overflow():
     assert non_finite_where({"retain": (0, 9), "forget": (0, 3)}) is None
     assert non_finite_where({"retain": (4, 9), "forget": (3, 3), "test": (1, 5)}) == "3 of 3 forget, 4 of 9 retain and 1 of 5 test samples"
     assert non_finite_where({"test": (2, 5)}) == "2 of 5 test samples"
+
+
+@pytest.mark.parametrize("keep", ["--keep-on-fail", "--no-keep-on-fail"])
+def test_apply_audit_refuses_a_reference_whose_outputs_overflow_before_any_work(work, keep):
+    """The request's audit.reference gave NaN/Inf outputs: apply unlearned, published its output and ledger, then
+    the audit refused the reference with exit 2 (an input error, yet written files, and no word of them)."""
+    import yaml
+
+    work, n = work
+    request = yaml.safe_load((work / "req.yaml").read_text())
+    request["audit"] = {"reference": "huge.safetensors"}
+    (work / "req.yaml").write_text(yaml.safe_dump(request))
+    before = tree(work)
+    r = invoke("apply", work / "model.safetensors", "-r", work / "req.yaml", "-o", work / "out.safetensors", "--method", "finetune",
+               "--param", "epochs=1", "--audit", keep, "--report-dir", work / "rep", "--quiet")
+    rejected(r, f"the reference {work / 'huge.safetensors'} gives NaN/Inf outputs on ", f"{n} of {n} forget", "nothing was written",
+             "retrain it")
+    assert tree(work) == before

@@ -131,3 +131,15 @@ def test_apply_audit_checks_the_report_dir_before_writing_anything(digits_dir, t
         assert r.exit_code == 2 and message in r.stderr, r.stderr
         assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
     assert (tmp_path / "afile").read_text() == "mine"
+
+
+def test_stop_line_counts_one_pass_in_the_singular():
+    """`epochs: 1` read "ran all 1 passes" and "target reached after 1 of 1 passes"."""
+    from unlearn_tool.stop_text import stop_line as _stop_line
+
+    assert _stop_line({"stop_reason": "epochs", "epochs_run": 1}, {"stop": "epochs", "epochs": 1}) == "ran its one pass"
+    line = _stop_line({"stop_reason": "epochs", "epochs_run": 1, "kept_check": 0}, {"stop": "criterion", "epochs": 1})
+    assert line.startswith("ran its one pass without reaching the stopping target"), line
+    assert _stop_line({"stop_reason": "criterion", "epochs_run": 1}, {"stop": "criterion", "epochs": 1}).endswith("after 1 of 1 pass")
+    assert _stop_line({"stop_reason": "criterion", "epochs_run": 1}, {"stop": "criterion", "epochs": 30}).endswith("after 1 of 30 passes")
+    assert _stop_line({"stop_reason": "epochs", "epochs_run": 3}, {"stop": "epochs", "epochs": 3}) == "ran all 3 passes"

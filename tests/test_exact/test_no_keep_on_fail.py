@@ -41,3 +41,27 @@ def test_a_signal_during_the_audit_publishes_the_exact_output(exact_dir, tmp_pat
     assert r.exit_code == 143 and f"{out} was written before that" in r.stderr, r.stderr
     assert invoke("inspect", out, "--json").exit_code == 0
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_an_audit_that_refuses_the_exact_result_for_nan_outputs_does_not_publish_it(exact_dir, tmp_path, monkeypatch):
+    """The audit refusing the result itself (NaN/Inf outputs; here an ensemble made to give them) is a verdict against
+    it, not an audit cut short: under --no-keep-on-fail the earlier folder stays, as for a failing verdict."""
+    import unlearn_tool.exact.run as run
+
+    out = tmp_path / "work" / "deleted"
+    out.parent.mkdir()
+    assert invoke("apply", exact_dir / "s3t", "-r", exact_dir / "delete.yaml", "-o", out, "--quiet").exit_code == 0
+    before = tree(out.parent)
+
+    class Diverged(run.EnsembleArtifact):
+        def load(self, *args, **kwargs):
+            model = super().load(*args, **kwargs)
+            if ".staged" in str(self.path):  # the new result only: the input artifact is fine
+                model.register_forward_hook(lambda _m, _a, y: y * float("nan"))
+            return model
+
+    monkeypatch.setattr(run, "EnsembleArtifact", Diverged)
+    r = invoke("apply", exact_dir / "s3t", "-r", exact_dir / "delete.yaml", "-o", out, "--force", "--audit", "--no-keep-on-fail",
+               "--report-dir", tmp_path / "rep", "--quiet")
+    assert r.exit_code == 2 and "gives NaN/Inf outputs" in r.stderr and f"{out} was not published" in r.stderr, r.stderr
+    assert tree(out.parent) == before

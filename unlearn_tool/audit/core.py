@@ -10,7 +10,7 @@ import numpy as np
 from torch import nn
 
 from ..artifacts import CheckpointArtifact
-from ..errors import CheckpointError, GateFailure, NonFiniteOutputs
+from ..errors import CheckpointError, GateFailure, NonFiniteOutputs, UnmeasurableResult
 from ..evaluate import FINITE_OUTPUTS_FIX, non_finite_where, stream
 from ..job import Job
 from ..provenance import created_utc, versions
@@ -118,10 +118,10 @@ def model_metrics(model: nn.Module, job: Job, seed: Optional[int] = None) -> dic
     return metrics_from_outputs(finite_outputs(model, job, seed, NonFiniteOutputs), job, seed)
 
 
-def non_finite_model(what: str, fix: str) -> Callable[[str], CheckpointError]:
+def non_finite_model(what: str, fix: str, error: type[CheckpointError] = CheckpointError) -> Callable[[str], CheckpointError]:
     """The one-line refusal of a model given to the audit whose outputs hold NaN/Inf (exit 2, no report written)."""
-    return lambda where: CheckpointError(f"{what} gives NaN/Inf outputs on {where}, so the audit cannot measure it "
-                                         f"(no report was written); {fix}")
+    return lambda where: error(f"{what} gives NaN/Inf outputs on {where}, so the audit cannot measure it "
+                               f"(no report was written); {fix}")
 
 
 def gaps(unlearned_metrics: dict[str, Any], reference_metrics: dict[str, Any], task: str = "classification") -> dict[str, Optional[float]]:
@@ -300,7 +300,7 @@ def run_audit(
                 f"the original {job.checkpoint_path or ''}".rstrip(), FINITE_OUTPUTS_FIX)),
             "unlearned": finite_outputs(unlearned_model, job, seed, non_finite_model(
                 f"the unlearned model {unlearned_info.get('path') or ''}".rstrip(),
-                "its unlearning diverged; unlearn again with a lower learning rate (--param lr=...)"))}
+                "its unlearning diverged; unlearn again with a lower learning rate (--param lr=...)", UnmeasurableResult))}
     if reference_model is not None:
         outs["reference"] = finite_outputs(reference_model, job, seed, non_finite_model(
             f"the reference {(reference_info or {}).get('path') or ''}".rstrip(),

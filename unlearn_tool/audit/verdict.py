@@ -148,10 +148,10 @@ def regression_checks(scenario: str, unl: dict[str, Any], orig: dict[str, Any], 
                             f"within {100 * REGRESSION_MAX_FORGET_GAP:.0f}%", "a retrained model's error on the forget set is the target"))
     key = "test_remaining_mae" if scenario == "range" else "test_mae"
     a, b = finite(orig.get(key)), finite(unl.get(key))
-    rise = None if a is None or b is None or a == 0 else (b - a) / abs(a)
+    rise = None if a is None or b is None else (b - a) / abs(a) if a else (0.0 if b <= 0 else float("inf"))  # a perfect original: any error is a rise
     checks.append(Check("utility", None if rise is None else rise <= REGRESSION_MAX_UTILITY_RISE,
                         f"{METRICS[key].label} {'-' if a is None else f'{a:.4g}'} -> {'-' if b is None else f'{b:.4g}'}"
-                        + ("" if rise is None else f" ({100 * rise:+.1f}%)"),
+                        + ("" if rise is None else " (from zero)" if rise == float("inf") else f" ({100 * rise:+.1f}%)"),
                         f"rise at most {100 * REGRESSION_MAX_UTILITY_RISE:.0f}%", "what the deletion cost on data the model should still serve"))
     return checks
 
@@ -252,15 +252,15 @@ def _stronger_evidence(task: str, has_reference: bool = False) -> str:
         "compare with a model retrained without the forget set (--reference)"
 
 
-def _utility_clause(task: str, scenario: str, what: str) -> str:
+def _utility_clause(task: str, scenario: str, forgetting_passed: bool) -> str:
     """The verdict sentence's ending when utility failed, in the task's own units (a regressor's error rises by a share, a
-    classifier's accuracy falls by points), joined by "and" when the sentence already has a "but"."""
+    classifier's accuracy falls by points): "but" after forgetting that worked, "and" after one more failure."""
     if task == "regression":
         where = "the error outside the range" if scenario == "range" else "the test error"
         cost = f"{where} rose more than {100 * REGRESSION_MAX_UTILITY_RISE:.0f}%"
     else:
         cost = f"utility fell more than {100 * MAX_UTILITY_DROP:.0f} points"
-    return f"{', and' if ' but ' in what else ', but'} {cost}."
+    return f"{', but' if forgetting_passed else ', and'} {cost}."
 
 
 def decide(scenario: str, models: dict[str, Any], gate_rows: list[dict[str, Any]], stats: Optional[dict[str, Any]],
@@ -296,7 +296,7 @@ def decide(scenario: str, models: dict[str, Any], gate_rows: list[dict[str, Any]
     still = "now" if stands_out else "still"
     caveat = ""
     if blind and extra is None and all(c.passed for c in population):
-        caveat = (f" (but so was the original's: these population tests cannot see this model's training data; "
+        caveat = (f" (but so {'were' if task == 'regression' else 'was'} the original's: these population tests cannot see this model's training data; "
                   f"{_stronger_evidence(task, has_reference)})")
     elif stands_out:
         caveat = (f" (the original's {'were' if task == 'regression' else 'was'} not: unlearning made the forget set stand out "
@@ -308,11 +308,12 @@ def decide(scenario: str, models: dict[str, Any], gate_rows: list[dict[str, Any]
         if level is not None:
             what += ("; its error is at the retrained model's level" if level.passed else "; and its error is not at the retrained model's level")
     elif task == "regression":
-        unseen = "unseen samples of the same range" if scenario == "range" else "held-out data"
+        unseen = "unseen samples of the same range" if scenario == "range" and (stats or {}).get("heldout") == "range" else "held-out data"
         what = (f"the forget set's errors are indistinguishable from {unseen}" if all(c.passed for c in population)
                 else f"the forget set's errors are {still} distinguishable from {unseen}") + caveat
         if level is not None:
-            what += ("; its error is at the retrained model's level" if level.passed else "; but its error is not at the retrained model's level")
+            what += ("; its error is at the retrained model's level" if level.passed
+                     else f"; {'but' if all(c.passed for c in population) else 'and'} its error is not at the retrained model's level")
     elif scenario == "class":
         what = "the forgotten classes are no longer recognised and show no membership signal" if all(c.passed for c in population) \
             else f"the forgotten classes are {still} " + ("recognised" if not population[0].passed else "visible to a membership attack")
@@ -332,7 +333,7 @@ def decide(scenario: str, models: dict[str, Any], gate_rows: list[dict[str, Any]
         sentence = (f"{verdict.upper()} by the gates ({len(gate_rows) - len(failed)} of {len(gate_rows)} met"
                     + (f"; failed: {', '.join(failed[:3])}" if failed else "") + f"); by the default policy, {what}.")
     else:
-        sentence = f"{verdict.upper()}: {what}" + ("." if utility.passed else _utility_clause(task, scenario, what))
+        sentence = f"{verdict.upper()}: {what}" + ("." if utility.passed else _utility_clause(task, scenario, all(c.passed for c in forgetting)))
     evidence = [f"{c.name}: {c.value} (expected {c.expectation})" for c in forgetting][:3]
     if closer is not None and len(evidence) < 3:
         n = sum(r["closer"] for r in closer)

@@ -21,7 +21,7 @@ import torch
 from .. import __version__
 from ..artifacts import CheckpointArtifact, EnsembleArtifact, is_checkpoint
 from ..checkpoint import StagedOutput, check_output, load_into, save_canonical, sha256_file, write_directory
-from ..errors import CheckpointError, DataError, MethodError
+from ..errors import CheckpointError, DataError, MethodError, UnmeasurableResult
 from ..job import Job, Progress, check_seed, prepare
 from ..models import CodePolicy
 from ..provenance import created_utc, reproducible
@@ -430,6 +430,10 @@ def apply_exact_request(
     job.original, job.artifact = original, artifact  # type: ignore[assignment]
     before = utility(original, job)
     reference_model = CheckpointArtifact(reference).load(job.load_context()) if reference is not None else None
+    if reference_model is not None and audit:
+        from ..pipeline import check_reference_outputs
+
+        check_reference_outputs(reference_model, job, reference)
 
     t0 = time.perf_counter()
     new_components: dict[tuple[int, int, int], Tensors] = {}
@@ -500,6 +504,11 @@ def apply_exact_request(
             audited = {**result_artifact.info(), "path": str(out.parent.resolve() / out.name)}  # its published path, also while staged
             try:
                 outcome.report, outcome.report_dir = audit_fresh_model(job, model, audited, report_dir, exprs, ref)
+            except UnmeasurableResult as e:  # the audit refused the result itself (NaN/Inf outputs): a verdict, never published
+                if verdict_first:
+                    outcome.removed = True
+                    raise UnmeasurableResult(f"{e}; {out} was not published (--no-keep-on-fail)") from None
+                raise
             except BaseException:  # an audit cut short gives no verdict: the output is published, as without the flag
                 if verdict_first:
                     stage.publish()

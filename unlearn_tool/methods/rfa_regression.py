@@ -232,7 +232,7 @@ def run_regression(ctx: UnlearnContext, p: "RFAParams") -> MethodOutput:
         if already:
             stop_reason = "criterion"
         teacher_miss, lr_scale, backoffs, since_backoff, warmup = best[0], 1.0, 0, 0, max(3, steps_per_epoch)
-        best_drift = 0.0  # the teacher's
+        best_drift, best_lr = 0.0, p.lr  # the teacher's drift; the lr of the pass that reached the best check
         for epoch in range(1, 0 if already else epochs + 1):
             order = torch.randperm(n_f, generator=gen)
             for step in range(steps_per_epoch):
@@ -271,16 +271,16 @@ def run_regression(ctx: UnlearnContext, p: "RFAParams") -> MethodOutput:
                         stop_reason = "criterion"
                         break
                     if score < best[0]:
-                        best, best_drift = (score, epoch, _snapshot(params)), drift
+                        best, best_drift, best_lr = (score, epoch, _snapshot(params)), drift, p.lr * lr_scale
         if stop_reason == "epochs" and p.stop == "criterion" and best[1] != epoch:
             # the cap, with the rule never met: keep the check nearest to it, not wherever Adam's last step landed (on
             # one rotated-digits range seed the last passes diverged: test MAE x18; docs/rfa.md R5)
             _restore(params, best[2])
         if stop_reason == "epochs" and p.stop == "criterion":
             # the kept check's retained drift in shares of its bound: above 1, its retained outputs moved more than the rule
-            # allows, and a lower lr often holds them (the CLI says so; docs/rfa.md R10)
+            # allows, and a tenth of the lr its pass ran at (after any backoff) often holds them (the CLI says so; docs/rfa.md R10)
             info.update({"kept_check": best[1], "kept_check_score": round(best[0], 3),
-                         "kept_check_drift": round(best_drift / bound, 3) if bound > 0 else None})
+                         "kept_check_drift": round(best_drift / bound, 3) if bound > 0 else None, "kept_check_lr": best_lr})
         info["lr_backoffs"] = backoffs
     info.update({"epochs_run": epoch, "steps": epoch * steps_per_epoch, "stop_reason": stop_reason, "max_epochs": epochs})
     return MethodOutput(model=lora.merged_copy(model, teacher), adapter_model=model, info=info)
