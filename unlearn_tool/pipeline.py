@@ -583,27 +583,45 @@ def apply_request(
             ref = (reference_model, reference.info()) if reference is not None else None
             where = result.output.parent.resolve() / result.output.name  # its published path, also while it is staged
             info = {"path": str(where), "kind": result.mode, "sha256": result.output_sha256, "metadata": result.metadata}
-            t_audit = time.perf_counter()
-            try:
-                outcome.report, outcome.report_dir = audit_fresh_model(job, result.model, info, report_dir, plans[0].gates, ref,
-                                                                       getattr(result, "ledger", None))
-            except UnmeasurableResult as e:  # the audit refused the result itself (NaN/Inf outputs): a verdict, never published
-                if verdict_first:
-                    outcome.removed = True
-                    raise UnmeasurableResult(f"{e}; {result.output} was not published (--no-keep-on-fail)") from None
-                raise
-            except BaseException:  # an audit cut short (a signal, an error) gives no verdict: the output is published, with its ledger entry
-                if verdict_first:
-                    publish()
-                raise
-            timings["audit_s"] = time.perf_counter() - t_audit
-            if verdict_first and outcome.report["verdict"] == "fail":
-                outcome.removed = True  # never published: the staged output goes with the `with` block
-            elif verdict_first:
+            published_in = [0.0]
+
+            def timed_publish() -> None:
                 t_publish = time.perf_counter()
                 publish()
-                timings["write_s"] += time.perf_counter() - t_publish
+                published_in[0] = time.perf_counter() - t_publish
+
+            t_audit = time.perf_counter()
+            audit_then_publish(outcome, lambda: audit_fresh_model(job, result.model, info, report_dir, plans[0].gates, ref,
+                                                                  getattr(result, "ledger", None)),
+                               verdict_first, timed_publish, result.output)
+            timings["audit_s"] = time.perf_counter() - t_audit - published_in[0]
+            timings["write_s"] += published_in[0]
     return outcome
+
+
+def audit_then_publish(outcome: ApplyOutcome, run_audit: Callable[[], tuple[dict[str, Any], Path]], verdict_first: bool,
+                       publish: Callable[[], None], output: Path) -> None:
+    """Audit a fresh output (`run_audit` gives the report and its folder) and, with --no-keep-on-fail (`verdict_first`),
+    publish it only on a passing verdict; a staged output never published goes with its StagedOutput block.
+
+    A refusal of the result itself (NaN/Inf outputs) is a verdict: never published. An audit cut short (a signal, an
+    error) gives no verdict: the output is published, as without the flag, with its ledger entry. Shared by checkpoint
+    and exact-artifact outputs."""
+    try:
+        outcome.report, outcome.report_dir = run_audit()
+    except UnmeasurableResult as e:
+        if verdict_first:
+            outcome.removed = True
+            raise UnmeasurableResult(f"{e}; {output} was not published (--no-keep-on-fail)") from None
+        raise
+    except BaseException:
+        if verdict_first:
+            publish()
+        raise
+    if verdict_first and outcome.report.get("verdict") == "fail":
+        outcome.removed = True
+    elif verdict_first:
+        publish()
 
 
 def ledger_anchor(entries: list[dict[str, Any]], parent: CheckpointArtifact, lineage: Any) -> tuple[Optional[CheckpointArtifact], str]:

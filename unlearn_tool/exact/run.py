@@ -21,7 +21,7 @@ import torch
 from .. import __version__
 from ..artifacts import CheckpointArtifact, EnsembleArtifact, is_checkpoint
 from ..checkpoint import StagedOutput, check_output, load_into, save_canonical, sha256_file, write_directory
-from ..errors import CheckpointError, DataError, MethodError, UnmeasurableResult
+from ..errors import CheckpointError, DataError, MethodError
 from ..job import Job, Progress, check_seed, prepare
 from ..models import CodePolicy
 from ..provenance import created_utc, reproducible
@@ -501,22 +501,11 @@ def apply_exact_request(
             from ..audit import audit_fresh_model
 
             ref = (reference_model, CheckpointArtifact(reference).info()) if reference is not None and reference_model is not None else None
+            from ..pipeline import audit_then_publish
+
             audited = {**result_artifact.info(), "path": str(out.parent.resolve() / out.name)}  # its published path, also while staged
-            try:
-                outcome.report, outcome.report_dir = audit_fresh_model(job, model, audited, report_dir, exprs, ref)
-            except UnmeasurableResult as e:  # the audit refused the result itself (NaN/Inf outputs): a verdict, never published
-                if verdict_first:
-                    outcome.removed = True
-                    raise UnmeasurableResult(f"{e}; {out} was not published (--no-keep-on-fail)") from None
-                raise
-            except BaseException:  # an audit cut short gives no verdict: the output is published, as without the flag
-                if verdict_first:
-                    stage.publish()
-                raise
-            if verdict_first and outcome.report.get("verdict") == "fail":
-                outcome.removed = True  # never published: the staged folder goes with the `with` block
-            elif verdict_first:
-                stage.publish()
+            audit_then_publish(outcome, lambda: audit_fresh_model(job, model, audited, report_dir, exprs, ref), verdict_first,
+                               stage.publish, out)
     return outcome
 
 

@@ -278,7 +278,7 @@ def run_regression(ctx: UnlearnContext, p: "RFAParams") -> MethodOutput:
             _restore(params, best[2])
         if stop_reason == "epochs" and p.stop == "criterion":
             # the kept check's retained drift in shares of its bound: above 1, its retained outputs moved more than the rule
-            # allows, and a tenth of the lr its pass ran at (after any backoff) often holds them (the CLI says so; docs/rfa.md R10)
+            # allows, and a tenth of the lr its pass ran at (after any backoff) may hold them (the CLI says so; docs/rfa.md R10)
             info.update({"kept_check": best[1], "kept_check_score": round(best[0], 3),
                          "kept_check_drift": round(best_drift / bound, 3) if bound > 0 else None, "kept_check_lr": best_lr})
         info["lr_backoffs"] = backoffs
