@@ -63,12 +63,8 @@ def utility(model: nn.Module, job: Job, batch_size: Optional[int] = None,
     `sets` (from summary_sets) bounds what is evaluated; by default every sample of the three sets. `refuse`: when
     the model's outputs hold NaN/Inf, raise refuse(where) (evaluate.non_finite_where) instead of summarising them.
     """
-    bs = batch_size or job.request.data.batch_size
     sets = sets if sets is not None else {name: getattr(job.splits, name) for name in SUMMARY_SETS}
-    raw = {name: predict_logits(model, data, job.device, bs) for name, data in sets.items()}  # remembered for the original inside `apply`
-    where = non_finite_where({name: (non_finite_rows(logits), len(logits)) for name, (logits, _) in raw.items()})
-    if where and refuse is not None:
-        raise refuse(where)
+    raw = finite_predictions(model, job, sets, refuse, batch_size)
     outputs = {}
     for name, (logits, y) in raw.items():
         targets = y.numpy()
@@ -80,12 +76,21 @@ def utility(model: nn.Module, job: Job, batch_size: Optional[int] = None,
 def check_reference_outputs(model: nn.Module, job: Job, path: Path, sets: Optional[dict[str, LabelledData]] = None) -> None:
     """A retrained reference whose outputs hold NaN/Inf is refused before any work (on the summary's samples), not by
     the audit after the output was written: the audit could not measure it."""
-    sets = sets if sets is not None else summary_sets(job)
-    where = non_finite_where({name: (non_finite_rows(predict_logits(model, data, job.device, job.request.data.batch_size)[0]), len(data))
-                              for name, data in sets.items()})
-    if where:
-        raise CheckpointError(f"the reference {path} gives NaN/Inf outputs on {where}, so the audit could not measure it; nothing was "
-                              "written; its training diverged; retrain it (unlearn train --exclude-forget) with a lower --lr")
+    finite_predictions(model, job, sets if sets is not None else summary_sets(job), lambda where: CheckpointError(
+        f"the reference {path} gives NaN/Inf outputs on {where}, so the audit could not measure it; nothing was "
+        "written; its training diverged; retrain it (unlearn train --exclude-forget) with a lower --lr"))
+
+
+def finite_predictions(model: nn.Module, job: Job, sets: dict[str, LabelledData], refuse: Optional[Callable[[str], UnlearnError]],
+                       batch_size: Optional[int] = None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """The model's (outputs, targets) per set; with `refuse`, a model whose outputs hold NaN/Inf raises refuse(where)
+    (evaluate.non_finite_where) instead. The predictions are remembered for the original inside `apply`."""
+    bs = batch_size or job.request.data.batch_size
+    raw = {name: predict_logits(model, data, job.device, bs) for name, data in sets.items()}
+    where = non_finite_where({name: (non_finite_rows(logits), len(logits)) for name, (logits, _) in raw.items()})
+    if where and refuse is not None:
+        raise refuse(where)
+    return raw
 
 
 def output_fields(job: Job, **extra: Any) -> dict[str, Any]:
