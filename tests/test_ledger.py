@@ -324,3 +324,34 @@ def test_without_its_original_file_the_ledger_anchor_is_skipped_with_a_note(digi
     outcome = apply_request(_req(tmp_path, "b", {"indices": list(range(1, 141, 10))}), tmp_path / "s1.safetensors",
                             output=tmp_path / "s2.safetensors", device="cpu", summary_samples=None)
     assert any("ledger's original is unusable" in n and "--anchor ORIGINAL" in n for n in outcome.result.warnings)
+
+
+def test_a_shared_ledger_holds_one_chain_and_is_never_cut(digits_dir, tmp_path):
+    """`--ledger L` shared by two branches of one lineage (or two lineages): the second apply rewrote L as its own
+    chain, so the first branch's output lost its record (its `ledger verify` failed) and the second's chain ran through
+    the first's step. Now it is refused before any work, L byte-identical; a rerun over the same output (--force) and a
+    continuation of the chain still write L."""
+    a = _req(tmp_path, "a", {"indices": list(range(0, 200, 7))}, params={"epochs": 1, "stop": "epochs"})
+    b = _req(tmp_path, "b", {"indices": list(range(1, 200, 7))}, params={"epochs": 1, "stop": "epochs"})
+    c = _req(tmp_path, "c", {"indices": list(range(2, 200, 7))}, params={"epochs": 1, "stop": "epochs"})
+    shared = tmp_path / "shared.ledger.jsonl"
+    orig = digits_dir / "mlp.safetensors"
+    apply = lambda src, req, out, *more: invoke("apply", src, "-r", req, "-o", out, "--ledger", shared, "--quiet", *more)  # noqa: E731
+    verify = lambda ckpt: invoke("ledger", "verify", ckpt, "--original", orig, "--ledger", shared)  # noqa: E731
+    assert apply(orig, a, tmp_path / "s1.safetensors").exit_code == 0
+    assert apply(tmp_path / "s1.safetensors", b, tmp_path / "s2a.safetensors").exit_code == 0  # the chain goes on: allowed
+    assert verify(tmp_path / "s2a.safetensors").exit_code == 0
+    before = shared.read_bytes()
+
+    # a branch from s1 (the ledger's step 2 is s2a's) and a new lineage from the original: each would cut s2a's record
+    for src, out in ((tmp_path / "s1.safetensors", "s2b.safetensors"), (orig, "other.safetensors")):
+        r = apply(src, c, tmp_path / out)
+        rejected(r, f"ledger {shared}", "s2a.safetensors", "--ledger")
+        assert shared.read_bytes() == before and not (tmp_path / out).exists()
+    assert verify(tmp_path / "s2a.safetensors").exit_code == 0
+
+    # the same output again with --force replaces its own record, which is what --force asks for
+    r = apply(tmp_path / "s1.safetensors", c, tmp_path / "s2a.safetensors", "--force")
+    assert r.exit_code == 0, r.output
+    assert verify(tmp_path / "s2a.safetensors").exit_code == 0
+    assert [json.loads(line)["request_id"] for line in shared.read_text().splitlines()] == ["test-a.yaml", "test-c.yaml"]

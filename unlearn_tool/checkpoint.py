@@ -18,7 +18,8 @@ import stat
 import struct
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Mapping, Optional
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Callable, Iterator, Mapping, Optional
 
 from .errors import CheckpointError, OutputError
 
@@ -426,6 +427,43 @@ def _publish_folder(tmp: Path, path: Path, force: bool, flag: str) -> None:
             shutil.rmtree(old, ignore_errors=True)
 
 
+@contextmanager
+def publish_lock(*paths: Path) -> Iterator[None]:
+    """An exclusive lock on the folder of each path (the nearest one that exists) while an output and its record are
+    published: two runs writing the same output (--force) or the same --ledger publish one after the other, never
+    interleaved (the output of one beside the ledger of the other). POSIX advisory locks (flock); where there are
+    none, the block runs as is."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    folders = set()
+    for p in paths:
+        folder = Path(os.path.abspath(p)).parent
+        while not folder.is_dir() and folder != folder.parent:
+            folder = folder.parent
+        folders.add(folder)
+    fds: list[tuple[Path, int]] = []
+    try:
+        for folder in sorted(folders - _LOCKED, key=str):  # one order everywhere: two runs never wait on each other crosswise
+            try:
+                fd = os.open(folder, os.O_RDONLY)
+            except OSError:  # a folder we cannot open: publishing there fails with its own message
+                continue
+            fds.append((folder, fd))
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            _LOCKED.add(folder)
+        yield
+    finally:
+        for folder, fd in reversed(fds):
+            _LOCKED.discard(folder)
+            os.close(fd)  # closing the only descriptor releases its lock
+
+
+_LOCKED: set[Path] = set()  # folders this process holds (a nested publish_lock takes only the others: flock is per descriptor)
+
+
 class StagedOutput:
     """An output written first into a private folder beside its destination, then published in one step, or discarded.
 
@@ -446,6 +484,15 @@ class StagedOutput:
     def publish(self) -> None:
         """Move the staged output onto its destination, as its writer would have published it (same rules for --force)."""
         try:
+            with publish_lock(self.path):
+                self._publish()
+        finally:
+            self.discard()
+        self.published = True
+        _published(self.path)
+
+    def _publish(self) -> None:
+        try:
             # checked again: what is there now may not be what was there when the run began (a folder, a file of yours)
             check_output(self.path, "dir" if self.staged.is_dir() else "file", self.force, self.protect, self.flag)
             if self.staged.is_dir():
@@ -456,10 +503,6 @@ class StagedOutput:
                 _publish_file(self.staged, self.path, self.force, self.flag)
         except OSError as e:
             raise OutputError(f"cannot write {self.path} ({e.strerror or e}); choose another {self.flag}") from None
-        finally:
-            self.discard()
-        self.published = True
-        _published(self.path)
 
     def discard(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)

@@ -165,6 +165,55 @@ def check_ledger_output(path: Path, inputs: list[tuple[str, Optional[Path]]]) ->
         raise LedgerError(f"ledger {path}: {folder} is not a folder; choose another --ledger")
 
 
+def lineage_entries(entries: list[dict[str, Any]], lineage: Lineage, ledger: Path) -> list[dict[str, Any]]:
+    """The ledger's entries of this checkpoint's lineage, in chain order: what a run on it continues. Entries after them
+    (a further step taken from this checkpoint's output) are not part of its chain and are not carried into the new one."""
+    chain: list[dict[str, Any]] = []
+    for step in lineage.steps:
+        prev = chain[-1].get("entry_sha256") if chain else None
+        match = [e for e in entries if e.get("step") == step["step"] and e.get("forget_digest") == step.get("forget_digest")
+                 and e.get("prev_entry_sha256") == prev]
+        if not match:
+            raise LedgerError(f"lineage step {step['step']} (request {step.get('request_id')!r}, digest {str(step.get('forget_digest'))[:12]}) "
+                              f"has no matching entry in ledger {ledger}; give the ledger it was written to (--ledger FILE), "
+                              "or --ignore-lineage to proceed without excluding it")
+        chain.append(match[0])
+    return chain
+
+
+def check_one_chain(path: Path, base: list[dict[str, Any]], output: Path) -> None:
+    """A ledger holds one chain, rewritten whole as `base` plus this run's steps. Refused, before any work, when that
+    would drop entries of another output: a branch of the lineage or another lineage sharing `--ledger` lost its record
+    (its `ledger verify` failed) and this run's chain ran through the other's steps. Entries of the output this run
+    replaces (--force) may go: that is what --force asks for."""
+    import os
+
+    if not path.is_file():
+        return
+    existing = read_ledger(path)
+    kept = 0
+    while kept < min(len(existing), len(base)) and existing[kept].get("entry_sha256") == base[kept].get("entry_sha256"):
+        kept += 1
+    ours = os.path.abspath(output)
+    replaced: list[Optional[str]] = []  # the sha256 of the file --force replaces, read only when needed
+
+    def describes_ours(entry: dict[str, Any]) -> bool:
+        written = str(entry.get("output", ""))
+        if written.startswith("in-run step") or os.path.abspath(written) == ours:
+            return True
+        if not replaced:
+            from .checkpoint import sha256_file
+
+            replaced.append(sha256_file(output) if Path(output).is_file() else None)
+        return replaced[0] is not None and entry.get("output_sha256") == replaced[0]
+
+    for entry in existing[kept:]:
+        if not describes_ours(entry):
+            raise LedgerError(f"ledger {path} holds the chain of {existing[-1].get('output')} (step {existing[-1].get('step')}), which this "
+                              f"run would cut from its step {entry.get('step')}; a ledger holds one chain: omit --ledger (one is written "
+                              "beside the output) or give a new --ledger FILE")
+
+
 def write_ledger(path: Path, entries: list[dict[str, Any]]) -> None:
     """The whole ledger, rewritten atomically (never half a line)."""
     from .checkpoint import replace_atomically

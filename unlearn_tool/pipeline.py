@@ -24,7 +24,7 @@ from torch import nn
 from . import __version__
 from .artifacts import CheckpointArtifact, is_checkpoint, write_adapter, write_hf_folder, write_merged
 from .audit.registry import finite
-from .checkpoint import StagedOutput, check_output, dtypes_of, load_into, non_finite
+from .checkpoint import StagedOutput, check_output, dtypes_of, load_into, non_finite, publish_lock
 from .data import SUMMARY_SETS, LabelledData, summary_seed
 from .errors import AuditError, CheckpointError, DivergedError, MethodError, UnlearnError, UnmeasurableResult
 from .evaluate import FINITE_OUTPUTS_FIX, non_finite_rows, non_finite_where, predict_logits, remember_predictions
@@ -489,7 +489,7 @@ def apply_request(
             if not ledger_in.is_file():
                 raise L.LedgerError(f"the checkpoint has {len(lineage.steps)} earlier deletion(s) but its ledger {ledger_in} is missing; "
                                     "give it with --ledger FILE, or pass --ignore-lineage")
-            entries = L.read_ledger(ledger_in)
+            entries = L.lineage_entries(L.read_ledger(ledger_in), lineage, ledger_in)
             if anchor is None and not no_anchor and first.task in get_method(plans[0].method).anchor_tasks:
                 anchor_artifact, note = ledger_anchor(entries, parent, lineage)
                 notes.append(note)
@@ -498,6 +498,7 @@ def apply_request(
     L.check_ledger_output(Path(ledger) if ledger is not None else L.default_ledger(plans[0].output),
                           [("input checkpoint", Path(checkpoint)), ("output", plans[0].output), ("anchor", Path(anchor) if anchor else None),
                            ("audit reference", plans[0].reference)] + [("request", r.path) for r in requests])
+    L.check_one_chain(Path(ledger) if ledger is not None else L.default_ledger(plans[0].output), entries, plans[0].output)
 
     label_free = get_method(plans[0].method).label_free
     t_prepare = time.perf_counter()
@@ -573,8 +574,12 @@ def apply_request(
             result.ledger = ledger_out  # type: ignore[attr-defined]
 
         def publish() -> None:
-            """The output, then its ledger entries; a signal meanwhile waits, so an output exists exactly when its entry does."""
-            with signals_deferred():
+            """The output, then its ledger entries; a signal meanwhile waits, so an output exists exactly when its entry does.
+            Under a lock, so that a run publishing beside this one (the same output, the same ledger) goes before or after,
+            and with the ledger checked again: another run may have extended it since this one began."""
+            ledger_out = Path(ledger) if ledger is not None else L.default_ledger(final_plan.output)
+            with publish_lock(final_plan.output, ledger_out), signals_deferred():  # waiting for the lock stays interruptible
+                L.check_one_chain(ledger_out, entries, final_plan.output)
                 stage.publish()
                 record()
 
