@@ -259,7 +259,7 @@ def main() -> None:
 
             retrained, _ = R.train(job, job.splits.retain, seed + 100, config, args.cache, f"{DATASET}-{scenario}-retrained")
             own_targets = RR._targets
-            RR._targets = lambda ctx, teacher, kind, t_forget: retrained(forget[0]).detach().reshape(forget[1].shape)
+            RR._targets = lambda *_args: retrained(forget[0]).detach().reshape(forget[1].shape)
             try:
                 out, wall = run_method("rfa", job.context(), B.method_params("rfa", {}))
             finally:
