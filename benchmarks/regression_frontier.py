@@ -2,6 +2,9 @@
 
     python benchmarks/regression_frontier.py --cache DIR                     # sample unlearning; 3 seeds, ~10 min cached
     python benchmarks/regression_frontier.py --cache DIR --scenario range    # range unlearning (test MAE outside the range)
+    python benchmarks/regression_frontier.py --cache DIR --rows rfa,relabel --time-retrain-epochs 10  # RFA and relabelling,
+                                                                             # timed against a retraining under the same load
+    python benchmarks/regression_frontier.py ... --model SPEC --epochs 30 --relabel-epochs 2  # a user's model, short recipe
     python benchmarks/regression_frontier.py --plot-from S.json R.json       # only draw docs/regression_frontier.png
                                                                              # (runs of one scenario are merged: one panel each)
 
@@ -198,6 +201,11 @@ def main() -> None:
     ap.add_argument("--time-retrain-epochs", type=int, default=0, metavar="N",
                     help="time N epochs of the retraining in this run and scale them to the recipe, instead of the seconds cached "
                          "with the reference (trained under another load); 0: the cached seconds (default)")
+    ap.add_argument("--model", default=None, metavar="SPEC",
+                    help="the request's model mapping instead of the built-in CNN, as benchmarks/regression.py --model takes it")
+    ap.add_argument("--epochs", type=int, default=0, help="the original's and the reference's training epochs (default: the benchmark's 300)")
+    ap.add_argument("--relabel-epochs", type=int, default=0, metavar="N",
+                    help="epochs of the relabelling rows instead of their own (25 sample, 20 range: a tenth of 300 or less)")
     ap.add_argument("--json", type=Path, default=None, help="also write the per-seed figures here (what --plot-from reads)")
     ap.add_argument("--plot-from", type=Path, nargs="+", default=None, metavar="JSON",
                     help="only draw --png from saved --json runs (one panel each), no training")
@@ -213,7 +221,9 @@ def main() -> None:
         ap.error(f"--rows: unknown {sorted(rows_wanted - {'rfa', 'restart', 'newton', 'relabel'})}; choose from rfa, restart, newton, relabel")
     newton_reads = tuple(sorted(int(n) for n in args.newton_reads.split(",")))
     torch.set_num_threads(args.threads)
-    config = TrainConfig(epochs=R.DATASETS[DATASET]["epochs"], lr_schedule=R.DATASETS[DATASET]["lr_schedule"])
+    if args.model:  # a user's model, as benchmarks/regression.py --model (python: modules are read from benchmarks/)
+        R.DATASETS[DATASET]["model"] = args.model
+    config = TrainConfig(epochs=args.epochs or R.DATASETS[DATASET]["epochs"], lr_schedule=R.DATASETS[DATASET]["lr_schedule"])
     started = time.perf_counter()
     rows: dict[str, list[tuple[float, float, float, float, float]]] = {}
 
@@ -287,6 +297,7 @@ def main() -> None:
             calibrated = RR._targets(ctx, original, kind, t_forget, t_held, y_held).detach().reshape(forget[1].shape)
             t_targets = time.perf_counter() - t0
             for aim, weight, lr, epochs in RELABELS[scenario]:
+                epochs = args.relabel_epochs or epochs
                 t0 = time.perf_counter()
                 model = relabel_restart(job, original, forget[1] + aim * (calibrated - forget[1]), weight, lr, epochs, seed)
                 add(f"relabel: RFA's targets x{aim:g}, weight {weight:g}, then Adam {lr:g}, {epochs} epochs", seed,
@@ -297,7 +308,8 @@ def main() -> None:
 
     what = ("sample unlearning (144 of 1437)" if scenario == "sample" else
             f"range unlearning (every angle in {list(R.DATASETS[DATASET]['range'])} rad; test MAE outside the range)")
-    print(f"Rotated digits, {what}, the 300-epoch CNN; seeds 0..{args.seeds - 1}, mean±std of per-seed "
+    model = "the 300-epoch CNN" if not args.model else f"model {args.model} trained {config.epochs} epochs"
+    print(f"Rotated digits, {what}, {model}; seeds 0..{args.seeds - 1}, mean±std of per-seed "
           f"figures. {platform.machine()} CPU, torch {torch.__version__}, {torch.get_num_threads()} thread(s); total "
           f"{time.perf_counter() - started:.0f}s. Target: forget MAE within 10% of the retrained model's, test MAE <= +5%, "
           "time <= 10%.\n")
@@ -365,11 +377,19 @@ def plot(runs: list[dict], png: Path) -> None:
         ax.set_ylabel("test MAE, rise over the original's (%)" + (" (outside the range)" if run["scenario"] == "range" else ""))
         ax.set_ylim(-8, max(45.0, ax.get_ylim()[1]))
         ax.grid(alpha=0.3)
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=8, frameon=False)
+    same_rows = len({tuple(run["rows"]) for run in runs}) == 1
+    if same_rows:  # one legend for all panels
+        handles, labels = axes[0][0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=8, frameon=False)
+    else:  # the panels' rows differ (e.g. settings per scenario): a legend under each
+        for ax in axes[0]:
+            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), fontsize=7.5, frameon=False)
     fig.suptitle("Rotated digits, 300-epoch CNN: where each approach lands\n(large: mean of the seeds; faint: each seed; "
                  "numbers as in the legend)", fontsize=11)
-    fig.tight_layout(rect=(0, 0.2, 1, 0.94))
+    if same_rows:
+        fig.tight_layout(rect=(0, 0.2, 1, 0.94))
+    else:
+        fig.subplots_adjust(left=0.06, right=0.98, top=0.86, bottom=0.42, wspace=0.18)
     save_png(fig, png)
 
 
