@@ -154,6 +154,12 @@ def test_rfa_regression_backs_off_a_step_too_large_for_the_model_and_still_reach
     teacher, y = predict_logits(job.original, job.splits.retain, job.device, 256)
     student, _ = predict_logits(out.model, job.splits.retain, job.device, 256)
     assert float((student - teacher).abs().mean()) <= float((teacher.flatten() - y.float().flatten()).abs().mean())
+    # the same overshoot on the only pass: it is undone, and the line says no pass ran at the lower lr
+    from unlearn_tool.stop_text import stop_line
+
+    one, _ = run_method("rfa", job.context(), parse_params("rfa", {"lr": 0.3, "epochs": 1}))
+    assert one.info["lr_backoffs"] == 1 and one.info["last_backoff_pass"] == 1 and one.info["stop_reason"] == "epochs", one.info
+    assert "the last pass overshot the forget target and was undone" in stop_line(one.info, {"epochs": 1, "stop": "criterion"})
     # an overshoot: further from the target than the teacher was, and by more than the target itself
     assert overshot(0.25, 0.1, teacher_miss=10.0) and not overshot(0.19, 0.1, teacher_miss=10.0) and not overshot(0.25, 0.1, teacher_miss=40.0)
 

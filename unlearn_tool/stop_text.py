@@ -26,7 +26,14 @@ def stop_line(info: dict, params: dict) -> Optional[str]:
         line += (f"; its retained outputs moved {drift:.1f} times as far as RFA's bound allows: {lower} may hold them "
                  "(docs/rfa.md R10)")
     if line and isinstance(backoffs, int) and backoffs:
-        line += f"; a pass overshot the forget target, so the lr was lowered tenfold {'once' if backoffs == 1 else f'{backoffs} times'}"
+        last = info.get("last_backoff_pass")
+        if isinstance(last, int) and last == info.get("epochs_run") and info.get("stop_reason") == "epochs":
+            earlier = backoffs - 1
+            line += ("; the last pass overshot the forget target and was undone" +
+                     (f" (the lr had been lowered tenfold {'once' if earlier == 1 else f'{earlier} times'} before)" if earlier else "") +
+                     ": no pass was left to run at a lower lr, more epochs may reach the target")
+        else:
+            line += f"; a pass overshot the forget target, so the lr was lowered tenfold {'once' if backoffs == 1 else f'{backoffs} times'}"
     return line
 
 

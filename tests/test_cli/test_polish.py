@@ -94,6 +94,12 @@ def test_stop_line_names_the_lr_backoffs():
     line = _stop_line({**info, "kept_check_drift": 2.46}, {"stop": "criterion", "lr": 0.01})
     assert "moved 2.5 times as far as RFA's bound allows: --param lr=0.001 may hold them" in line, line
     assert "moved" not in _stop_line({**info, "kept_check_drift": 0.8}, {"stop": "criterion", "lr": 0.01})
+    # a backoff on the last pass: nothing ran at the lower lr, so the line does not say the lr was lowered for a pass
+    line = _stop_line({**info, "last_backoff_pass": 30}, {"stop": "criterion", "epochs": 30})
+    assert "the last pass overshot the forget target and was undone" in line and "lowered tenfold" not in line, line
+    line = _stop_line({**info, "lr_backoffs": 2, "last_backoff_pass": 30}, {"stop": "criterion", "epochs": 30})
+    assert "was undone (the lr had been lowered tenfold once before)" in line, line
+    assert "lowered tenfold once" in _stop_line({**info, "last_backoff_pass": 12}, {"stop": "criterion"})
 
 
 def test_stop_line_names_the_agreement_plateau():

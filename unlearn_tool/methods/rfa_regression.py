@@ -262,6 +262,7 @@ def run_regression(ctx: UnlearnContext, p: "RFAParams") -> MethodOutput:
                     # too large a step for this model: back to the best check so far, fresh Adam moments, a tenth of the lr
                     _restore(params, best[2])
                     opt, lr_scale, backoffs, since_backoff = _adam(params, p.lr), lr_scale / 10, backoffs + 1, 0
+                    info["last_backoff_pass"] = epoch  # on the last pass, no pass ran at the lower lr (the CLI says so)
                     continue
                 score = check_score(forget_mae, target_mae, None, bound)
                 if score <= 1 or score < best[0]:  # the rule may hold, or the check may beat the best: read its drift
