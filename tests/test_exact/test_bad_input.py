@@ -387,3 +387,38 @@ def test_a_sample_deleted_twice_is_named_by_its_record_id_too(art):
         plan_deletion(m, shard_of, slice_of, [5], ids=ids)
     with pytest.raises(DataError, match=r"sample\(s\) 5 already deleted"):
         plan_deletion(m, shard_of, slice_of, [5])
+
+
+@pytest.fixture
+def diverging_stage(monkeypatch):
+    """Every stage trained from now on comes back with a NaN in its weights, as a diverged stage does."""
+    import unlearn_tool.exact.run as run
+
+    real = run.train_sequence
+
+    def train_sequence(*args, **kwargs):
+        results = real(*args, **kwargs)
+        for res in results:
+            name = next(n for n, t in res.tensors.items() if t.is_floating_point())
+            res.tensors[name] = res.tensors[name].clone().fill_(float("nan"))
+        return results
+
+    monkeypatch.setattr(run, "train_sequence", train_sequence)
+
+
+def test_a_stage_that_diverged_is_never_published(exact_dir, tmp_path, diverging_stage):
+    """Training, and a deletion with --retrain-affected, published stages whose weights held NaN, then failed reading the
+    folder back ("the file is corrupt"), leaving a broken artifact behind. Now both refuse with exit 1, as a diverged
+    unlearning method does (a failed run, not bad input), and nothing is written."""
+    from .conftest import SISA
+
+    r = invoke("train", "-r", exact_dir / "train.yaml", "-o", tmp_path / "sisa", *SISA, "--param", "lr=0.5", "--quiet")
+    rejected(r, "sisa training diverged", "NaN/Inf", "nothing was written", "lower --param lr (it was 0.5: try 0.05)", code=1)
+    assert not (tmp_path / "sisa").exists()
+
+    shutil.copytree(exact_dir / "sisa", tmp_path / "art")
+    before = tree(tmp_path / "art")
+    r = invoke("apply", tmp_path / "art", "-r", exact_dir / "delete.yaml", "-o", tmp_path / "out", "--retrain-affected", "--quiet")
+    rejected(r, "training diverged", "nothing was written", code=1)
+    assert not (tmp_path / "out").exists() and tree(tmp_path / "art") == before
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]

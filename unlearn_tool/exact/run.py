@@ -20,8 +20,8 @@ import torch
 
 from .. import __version__
 from ..artifacts import CheckpointArtifact, EnsembleArtifact, is_checkpoint
-from ..checkpoint import StagedOutput, check_output, load_into, save_canonical, sha256_file, write_directory
-from ..errors import CheckpointError, DataError, MethodError
+from ..checkpoint import StagedOutput, check_output, load_into, non_finite, save_canonical, sha256_file, write_directory
+from ..errors import CheckpointError, DataError, DivergedError, MethodError
 from ..job import Job, Progress, check_seed, prepare
 from ..models import CodePolicy
 from ..provenance import created_utc, reproducible
@@ -102,7 +102,16 @@ def _component_metadata(m: Manifest, k: int, b: int, st: Stage) -> dict[str, str
 def _publish(output: Path, m: Manifest, new_components: dict[tuple[int, int, int], Tensors], copy_from: Optional[Path],
              base_write: Any, assignment_write: Any, force: bool, protect: dict[str, Optional[Path]]) -> str:
     """Write the folder atomically: base, assignment, the active components (new ones saved, kept ones copied byte for
-    byte from `copy_from`), then the manifest with every sha256. Returns the manifest's sha256."""
+    byte from `copy_from`), then the manifest with every sha256. Returns the manifest's sha256. A new component
+    holding NaN/Inf (a stage whose training diverged) is refused first: nothing is written."""
+    for (k, b, stage), tensors in sorted(new_components.items()):
+        bad = non_finite(tensors)
+        if bad:
+            lr = m.params.get("lr")
+            fix = f"lower --param lr (it was {lr:g}: try {lr / 10:g})" if isinstance(lr, (int, float)) and lr > 0 else "lower --param lr"
+            raise DivergedError(f"{m.method} training diverged: shard {k} sequence {b} stage {stage} holds NaN/Inf ({bad[0][0]}); "
+                                f"nothing was written; {fix}")
+
     def fill(tmp: Path) -> None:
         base_write(tmp / BASE_FILE)
         assignment_write(tmp / ASSIGNMENT_FILE)
