@@ -479,6 +479,7 @@ def apply_request(
     lineage = L.Lineage.from_metadata(parent.fields)
     anchor_artifact = check_anchor(anchor, parent, lineage) if anchor is not None else None
     ledger_in = Path(ledger) if ledger is not None else L.default_ledger(Path(checkpoint))
+    ledger_out = Path(ledger) if ledger is not None else L.default_ledger(plans[0].output)  # where this run records
     entries: list[dict[str, Any]] = []
     notes: list[str] = []
     resolve = None
@@ -495,10 +496,10 @@ def apply_request(
                 notes.append(note)
             resolve = lambda train, sha: L.resolve_excluded(lineage, entries, ledger_in, train.ids, sha)  # noqa: E731
     # where this run will record, checked before any work (after reading the lineage's ledger, whose errors come first)
-    L.check_ledger_output(Path(ledger) if ledger is not None else L.default_ledger(plans[0].output),
+    L.check_ledger_output(ledger_out,
                           [("input checkpoint", Path(checkpoint)), ("output", plans[0].output), ("anchor", Path(anchor) if anchor else None),
                            ("audit reference", plans[0].reference)] + [("request", r.path) for r in requests])
-    L.check_one_chain(Path(ledger) if ledger is not None else L.default_ledger(plans[0].output), entries, plans[0].output)
+    L.check_one_chain(ledger_out, entries, plans[0].output)
 
     label_free = get_method(plans[0].method).label_free
     t_prepare = time.perf_counter()
@@ -559,7 +560,6 @@ def apply_request(
 
         def record() -> None:
             """The ledger: the earlier entries, then one hash-chained entry per step of this run, each with its forgotten set."""
-            ledger_out = Path(ledger) if ledger is not None else L.default_ledger(result.output)
             written = entries
             if ledger_out != ledger_in and written:
                 L.copy_forget_files(written, ledger_in, ledger_out)
@@ -577,7 +577,6 @@ def apply_request(
             """The output, then its ledger entries; a signal meanwhile waits, so an output exists exactly when its entry does.
             Under a lock, so that a run publishing beside this one (the same output, the same ledger) goes before or after,
             and with the ledger checked again: another run may have extended it since this one began."""
-            ledger_out = Path(ledger) if ledger is not None else L.default_ledger(final_plan.output)
             with publish_lock(final_plan.output, ledger_out), signals_deferred():  # waiting for the lock stays interruptible
                 L.check_one_chain(ledger_out, entries, final_plan.output)
                 stage.publish()
