@@ -287,7 +287,8 @@ def _publish_file(tmp: Path, path: Path, force: bool, flag: str) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _write_atomically(path: Path, write: Callable[[Path], None], force: bool, fix: str, flag: str, mode: Optional[int] = None) -> str:
+def _write_atomically(path: Path, write: Callable[[Path], None], force: bool, fix: str, flag: str, mode: Optional[int] = None,
+                      noted: bool = True) -> str:
     """Write via `write(tmp)` into a temporary file beside `path`, publish it, return the sha256 of what was published."""
     if mode is None:
         mode = stat.S_IMODE(os.stat(path).st_mode) if force and path.is_file() else _new_file_mode()
@@ -307,7 +308,8 @@ def _write_atomically(path: Path, write: Callable[[Path], None], force: bool, fi
         if isinstance(e, OSError):
             raise OutputError(f"cannot write {path} ({e.strerror or e}); {fix}") from None
         raise
-    _published(path)
+    if noted:
+        _published(path)
     return digest
 
 
@@ -348,9 +350,11 @@ def write_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], metada
     return _write_atomically(path, lambda tmp: save_canonical(cpu, tmp, metadata), force, f"choose another {flag}", flag)
 
 
-def replace_atomically(path: str | Path, write: Callable[[Path], None], fix: str = "choose another output folder") -> str:
-    """Write a file via `write(tmp)` and replace any previous version in one step (caches, reports); returns its sha256."""
-    return _write_atomically(Path(path), write, force=True, fix=fix, flag="--output")
+def replace_atomically(path: str | Path, write: Callable[[Path], None], fix: str = "choose another output folder",
+                       noted: bool = True) -> str:
+    """Write a file via `write(tmp)` and replace any previous version in one step (caches, reports); returns its sha256.
+    `noted`: named by an interrupted command as what it wrote (not a part of a record written with its output)."""
+    return _write_atomically(Path(path), write, force=True, fix=fix, flag="--output", noted=noted)
 
 
 def write_bytes(path: str | Path, data: bytes, fix: str = "choose another output folder") -> Path:

@@ -214,12 +214,8 @@ def check_one_chain(path: Path, base: list[dict[str, Any]], output: Path) -> Non
                               "beside the output) or give a new --ledger FILE")
 
 
-def write_ledger(path: Path, entries: list[dict[str, Any]]) -> None:
-    """The whole ledger, rewritten atomically (never half a line)."""
-    from .checkpoint import replace_atomically
-
-    text = "".join(canonical(e) + "\n" for e in entries)
-    replace_atomically(path, lambda tmp: tmp.write_text(text), fix="choose another --ledger")
+def forget_set_name(step: dict[str, Any]) -> str:
+    return f"step-{step['step']}-{step['forget_digest'][:12]}.safetensors"
 
 
 def store_forget_set(ledger: Path, step: dict[str, Any], splits: "Splits") -> str:
@@ -230,27 +226,64 @@ def store_forget_set(ledger: Path, step: dict[str, Any], splits: "Splits") -> st
 
     folder = forget_dir(ledger)
     folder.mkdir(parents=True, exist_ok=True)
-    name = f"step-{step['step']}-{step['forget_digest'][:12]}.safetensors"
+    name = forget_set_name(step)
     tensors = {"positions": splits.forget_positions.to(torch.int64).contiguous()}
     if splits.forget_ids is not None:
         tensors["id_sha256"] = torch.tensor([list(bytes.fromhex(id_hash(i))) for i in splits.forget_ids], dtype=torch.uint8)
     replace_atomically(folder / name, lambda tmp: save_canonical(tensors, tmp, {"forget_digest": step["forget_digest"]}),
-                       fix="choose another --ledger")
+                       fix="choose another --ledger", noted=False)  # a part of the record apply publishes with its output
     return name
 
 
-def copy_forget_files(entries: list[dict[str, Any]], source: Path, target: Path) -> None:
-    """A new ledger carries the earlier steps' forgotten sets with it (self-contained, verifiable on its own)."""
+def copy_forget_files(entries: list[dict[str, Any]], source: Path, target: Path) -> list[Path]:
+    """A new ledger carries the earlier steps' forgotten sets with it (self-contained, verifiable on its own). Returns
+    the files it created."""
     import shutil
 
     src, dst = forget_dir(source), forget_dir(target)
     dst.mkdir(parents=True, exist_ok=True)
+    created = []
     for e in entries:
         name = str(e.get("forget_file", ""))
         if name and (src / name).is_file() and not (dst / name).exists():
             shutil.copyfile(src / name, dst / name)
-    if target != source:
-        write_ledger(target, entries)
+            created.append(dst / name)
+    return created
+
+
+class StagedLedger:
+    """A ledger written beside its place now and put there later by `commit`, a rename, which a full disk cannot fail:
+    `apply` writes its record before it publishes the output, so that an I/O error fails the run with nothing published
+    instead of leaving an output no ledger knows. Not committed, it is removed."""
+
+    def __init__(self, path: Path, entries: list[dict[str, Any]]):
+        import os
+        import stat
+        import tempfile
+
+        from .checkpoint import TMP_PREFIX, _new_file_mode
+        from .errors import OutputError
+
+        self.path = Path(path)
+        mode = stat.S_IMODE(os.stat(self.path).st_mode) if self.path.is_file() else _new_file_mode()
+        try:
+            fd, name = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=".tmp", dir=self.path.parent)
+            os.close(fd)
+            self.tmp = Path(name)
+            self.tmp.write_text("".join(canonical(e) + "\n" for e in entries))
+            os.chmod(self.tmp, mode)
+        except OSError as e:
+            if getattr(self, "tmp", None) is not None:
+                self.tmp.unlink(missing_ok=True)
+            raise OutputError(f"cannot write ledger {self.path} ({e.strerror or e}); free some space or choose another --ledger") from None
+
+    def commit(self) -> None:
+        import os
+
+        os.replace(self.tmp, self.path)
+
+    def discard(self) -> None:
+        self.tmp.unlink(missing_ok=True)
 
 
 def state_sha256(state: dict[str, "torch.Tensor"]) -> str:
@@ -269,14 +302,13 @@ def state_sha256(state: dict[str, "torch.Tensor"]) -> str:
         os.unlink(name)
 
 
-def append(ledger: Path, base_entries: list[dict[str, Any]], step: dict[str, Any], output: Path, output_sha256: str,
-           forget_file: str, extra: Optional[dict[str, Any]] = None) -> dict[str, Any]:
-    """Add a step to the ledger (hash-chained to the last entry) and write it. `extra`: more fields (covered by the hash)."""
+def new_entry(base_entries: list[dict[str, Any]], step: dict[str, Any], output: Path, output_sha256: str, forget_file: str,
+              extra: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """A step's ledger entry, hash-chained to the last of `base_entries`. `extra`: more fields (covered by the hash)."""
     prev = base_entries[-1]["entry_sha256"] if base_entries else None
     entry = {**step, **(extra or {}), "output": str(output), "output_sha256": output_sha256, "forget_file": forget_file,
              "prev_entry_sha256": prev}
     entry["entry_sha256"] = entry_hash(entry)
-    write_ledger(ledger, base_entries + [entry])
     return entry
 
 

@@ -558,29 +558,45 @@ def apply_request(
         result = write_step(job, final_plan, step, parent_sha, lineage, record_ids, t0, in_run_steps, write_to=stage.staged)
         result.warnings[:0] = notes
 
-        def record() -> None:
-            """The ledger: the earlier entries, then one hash-chained entry per step of this run, each with its forgotten set."""
+        def record(created: list[Path]) -> L.StagedLedger:
+            """The ledger, written but not yet in place: the earlier entries, then one hash-chained entry per step of this run,
+            each with its forgotten set beside the ledger (the sets this creates are listed in `created`)."""
             written = entries
             if ledger_out != ledger_in and written:
-                L.copy_forget_files(written, ledger_in, ledger_out)
+                created += L.copy_forget_files(written, ledger_in, ledger_out)
             new_steps = result.lineage.steps[len(lineage.steps):]
             outputs = [s["parent_sha256"] for s in new_steps[1:]] + [result.output_sha256]
             for s_job, s_step, out_sha in zip(step_jobs, new_steps, outputs):
                 where = result.output if out_sha == result.output_sha256 else Path(f"in-run step {s_step['step']}")
                 # the lineage's first entry names the original's file, so later requests can anchor to it (ledger_anchor)
                 extra = {"original": str(Path(checkpoint).resolve())} if not written else {}
-                written = written + [L.append(ledger_out, written, s_step, where, out_sha, L.store_forget_set(ledger_out, s_step, s_job.splits),
-                                              extra=extra)]
+                name = L.forget_set_name(s_step)
+                if not (L.forget_dir(ledger_out) / name).exists():
+                    created.append(L.forget_dir(ledger_out) / name)
+                L.store_forget_set(ledger_out, s_step, s_job.splits)
+                written = written + [L.new_entry(written, s_step, where, out_sha, name, extra=extra)]
             result.ledger = ledger_out  # type: ignore[attr-defined]
+            return L.StagedLedger(ledger_out, written)
 
         def publish() -> None:
-            """The output, then its ledger entries; a signal meanwhile waits, so an output exists exactly when its entry does.
-            Under a lock, so that a run publishing beside this one (the same output, the same ledger) goes before or after,
-            and with the ledger checked again: another run may have extended it since this one began."""
+            """The output and its ledger entries, together: a signal meanwhile waits, and the ledger is written before the
+            output is published and put in place right after (a rename), so an output exists exactly when its entry does,
+            also when the disk fills up. Under a lock, so that a run publishing beside this one (the same output, the same
+            ledger) goes before or after, and with the ledger checked again: another run may have extended it meanwhile."""
             with publish_lock(final_plan.output, ledger_out), signals_deferred():  # waiting for the lock stays interruptible
                 L.check_one_chain(ledger_out, entries, final_plan.output)
-                stage.publish()
-                record()
+                created: list[Path] = []
+                staged_ledger = None
+                try:
+                    staged_ledger = record(created)
+                    stage.publish()
+                except BaseException:
+                    for path in created:  # the forgotten sets of a record that never was
+                        path.unlink(missing_ok=True)
+                    if staged_ledger is not None:
+                        staged_ledger.discard()
+                    raise
+                staged_ledger.commit()
 
         if not verdict_first:
             publish()

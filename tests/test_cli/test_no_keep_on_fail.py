@@ -220,3 +220,30 @@ def test_an_audit_that_refuses_the_result_for_nan_outputs_does_not_publish_it(di
     assert r.exit_code == 2 and "gives NaN/Inf outputs on 1 of" in r.stderr, r.stderr
     assert f"{out} was not published (--no-keep-on-fail)" in r.stderr, r.stderr
     assert tree(tmp_path) == before
+
+
+def test_a_full_disk_while_the_ledger_is_written_publishes_nothing(digits_dir, tmp_path, monkeypatch):
+    """The ledger was written after the output was published: an I/O error there (a full disk) left an output, over the
+    earlier one (--force), that no ledger knew. Now the ledger is written first and put in place by a rename once the
+    output is: the run fails (exit 2, one line), the earlier output, its ledger and its forgotten sets stay as they were."""
+    import errno
+    from pathlib import Path
+
+    out = tmp_path / "u.safetensors"
+    assert _apply(digits_dir, out).exit_code == 0
+    before = tree(tmp_path)
+    real = Path.write_text
+
+    def full_disk_for_the_ledger(self, *args, **kwargs):
+        if self.name.startswith(".unlearn-") and self.parent == tmp_path:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", full_disk_for_the_ledger)
+    sample = digits_dir / "sample.yaml"  # another request: its forgotten set would be a new file beside the ledger
+    r = invoke("apply", digits_dir / "mlp.safetensors", "-r", sample, "-o", out, "--quiet", "--force")
+    monkeypatch.setattr(Path, "write_text", real)
+    assert tree(tmp_path) == before, r.stderr
+    assert r.exit_code == 2 and "cannot write ledger" in r.stderr and "No space left on device" in r.stderr, r.stderr
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert invoke("ledger", "verify", out, "--original", digits_dir / "mlp.safetensors").exit_code == 0
