@@ -587,12 +587,15 @@ def apply_request(
                 L.check_one_chain(ledger_out, entries, final_plan.output)
                 created: list[Path] = []
                 staged_ledger = None
+                sets_folder_was_there = L.forget_dir(ledger_out).exists()
                 try:
                     staged_ledger = record(created)
                     stage.publish()
                 except BaseException:
                     for path in created:  # the forgotten sets of a record that never was
                         path.unlink(missing_ok=True)
+                    if not sets_folder_was_there and L.forget_dir(ledger_out).is_dir() and not any(L.forget_dir(ledger_out).iterdir()):
+                        L.forget_dir(ledger_out).rmdir()
                     if staged_ledger is not None:
                         staged_ledger.discard()
                     raise

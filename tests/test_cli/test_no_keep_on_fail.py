@@ -247,3 +247,10 @@ def test_a_full_disk_while_the_ledger_is_written_publishes_nothing(digits_dir, t
     assert r.exit_code == 2 and "cannot write ledger" in r.stderr and "No space left on device" in r.stderr, r.stderr
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
     assert invoke("ledger", "verify", out, "--original", digits_dir / "mlp.safetensors").exit_code == 0
+
+    # a new output (no earlier one): nothing is left behind, not even the empty folder its forgotten sets would go in
+    monkeypatch.setattr(Path, "write_text", full_disk_for_the_ledger)
+    r = invoke("apply", digits_dir / "mlp.safetensors", "-r", sample, "-o", tmp_path / "v.safetensors", "--quiet")
+    monkeypatch.setattr(Path, "write_text", real)
+    assert r.exit_code == 2 and "cannot write ledger" in r.stderr, r.stderr
+    assert tree(tmp_path) == before and not (tmp_path / "v.ledger.d").exists()
