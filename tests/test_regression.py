@@ -159,7 +159,8 @@ def test_rfa_regression_backs_off_a_step_too_large_for_the_model_and_still_reach
 
     one, _ = run_method("rfa", job.context(), parse_params("rfa", {"lr": 0.3, "epochs": 1}))
     assert one.info["lr_backoffs"] == 1 and one.info["last_backoff_pass"] == 1 and one.info["stop_reason"] == "epochs", one.info
-    assert "the last pass overshot the forget target and was undone" in stop_line(one.info, {"epochs": 1, "stop": "criterion"})
+    line = stop_line(one.info, {"epochs": 1, "stop": "criterion"})
+    assert "the last pass overshot the forget target and was undone" in line and line.count("more epochs") == 1, line
     # an overshoot: further from the target than the teacher was, and by more than the target itself
     assert overshot(0.25, 0.1, teacher_miss=10.0) and not overshot(0.19, 0.1, teacher_miss=10.0) and not overshot(0.25, 0.1, teacher_miss=40.0)
 

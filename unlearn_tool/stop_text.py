@@ -29,9 +29,10 @@ def stop_line(info: dict, params: dict) -> Optional[str]:
         last = info.get("last_backoff_pass")
         if isinstance(last, int) and last == info.get("epochs_run") and info.get("stop_reason") == "epochs":
             earlier = backoffs - 1
+            advice = "" if "more epochs" in line else ", more epochs may reach the target"  # said once (a kept check 0 says it)
             line += ("; the last pass overshot the forget target and was undone" +
                      (f" (the lr had been lowered tenfold {'once' if earlier == 1 else f'{earlier} times'} before)" if earlier else "") +
-                     ": no pass was left to run at a lower lr, more epochs may reach the target")
+                     f": no pass was left to run at a lower lr{advice}")
         else:
             line += f"; a pass overshot the forget target, so the lr was lowered tenfold {'once' if backoffs == 1 else f'{backoffs} times'}"
     return line
