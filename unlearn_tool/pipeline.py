@@ -571,7 +571,7 @@ def apply_request(
                 # the lineage's first entry names the original's file, so later requests can anchor to it (ledger_anchor)
                 extra = {"original": str(Path(checkpoint).resolve())} if not written else {}
                 name = L.forget_set_name(s_step)
-                if not (L.forget_dir(ledger_out) / name).exists():
+                if not (L.forget_dir(ledger_out) / name).exists():  # a set this record creates (removed if it is never made)
                     created.append(L.forget_dir(ledger_out) / name)
                 L.store_forget_set(ledger_out, s_step, s_job.splits)
                 written = written + [L.new_entry(written, s_step, where, out_sha, name, extra=extra)]
@@ -587,15 +587,16 @@ def apply_request(
                 L.check_one_chain(ledger_out, entries, final_plan.output)
                 created: list[Path] = []
                 staged_ledger = None
-                sets_folder_was_there = L.forget_dir(ledger_out).exists()
+                sets = L.forget_dir(ledger_out)
+                sets_folder_was_there = sets.exists()
                 try:
                     staged_ledger = record(created)
                     stage.publish()
                 except BaseException:
                     for path in created:  # the forgotten sets of a record that never was
                         path.unlink(missing_ok=True)
-                    if not sets_folder_was_there and L.forget_dir(ledger_out).is_dir() and not any(L.forget_dir(ledger_out).iterdir()):
-                        L.forget_dir(ledger_out).rmdir()
+                    if not sets_folder_was_there and sets.is_dir() and not any(sets.iterdir()):
+                        sets.rmdir()
                     if staged_ledger is not None:
                         staged_ledger.discard()
                     raise

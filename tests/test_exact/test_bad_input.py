@@ -413,7 +413,7 @@ def test_a_stage_that_diverged_is_never_published(exact_dir, tmp_path, diverging
     from .conftest import SISA
 
     r = invoke("train", "-r", exact_dir / "train.yaml", "-o", tmp_path / "sisa", *SISA, "--param", "lr=0.5", "--quiet")
-    rejected(r, "sisa training diverged", "NaN/Inf", "nothing was written", "lower --param lr (it was 0.5: try 0.05)", code=1)
+    rejected(r, "sisa training diverged", "NaN/Inf", "nothing was written", "lower the learning rate (it was 0.5: try --param lr=0.05, or less)", code=1)
     assert not (tmp_path / "sisa").exists()
 
     shutil.copytree(exact_dir / "sisa", tmp_path / "art")

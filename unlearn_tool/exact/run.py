@@ -107,10 +107,10 @@ def _publish(output: Path, m: Manifest, new_components: dict[tuple[int, int, int
     for (k, b, stage), tensors in sorted(new_components.items()):
         bad = non_finite(tensors)
         if bad:
-            lr = m.params.get("lr")
-            fix = f"lower --param lr (it was {lr:g}: try {lr / 10:g})" if isinstance(lr, (int, float)) and lr > 0 else "lower --param lr"
+            from ..methods.common import lower_lr_hint
+
             raise DivergedError(f"{m.method} training diverged: shard {k} sequence {b} stage {stage} holds NaN/Inf ({bad[0][0]}); "
-                                f"nothing was written; {fix}")
+                                f"nothing was written; {lower_lr_hint(m.params.get('lr'))}")
 
     def fill(tmp: Path) -> None:
         base_write(tmp / BASE_FILE)

@@ -53,13 +53,17 @@ class RegressionLoss(MethodParams):
     )
 
 
+def lower_lr_hint(lr: object) -> str:
+    """What to change after a run that diverged at learning rate `lr` (a tenth of it, or less)."""
+    return (f"lower the learning rate (it was {lr:g}: try --param lr={lr / 10:g}, or less)" if isinstance(lr, (int, float)) and lr > 0
+            else "lower the learning rate or check the method's parameters")
+
+
 def divergence_hint(params: MethodParams, task: str) -> str:
     """What to change after a non-finite result: the learning rate the run used, and for a regression model trained
     with SGD defaults (MSE's gradients are unbounded; on a 4-epoch ResNet-18 regressor finetune's SGD diverged even at
     lr 0.01 and ran at 0.001, or with Adam at 1e-4) the steadier optimizer."""
-    lr = getattr(params, "lr", None)
-    hint = (f"lower the learning rate (it was {lr:g}: try --param lr={lr / 10:g}, or less)" if isinstance(lr, (int, float)) and lr > 0
-            else "lower the learning rate or check the method's parameters")
+    hint = lower_lr_hint(getattr(params, "lr", None))
     if task == "regression" and getattr(params, "optimizer", None) == "sgd":
         hint += "; on a regression model --param optimizer=adam --param lr=1e-4 is steadier"
     return hint
