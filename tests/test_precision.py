@@ -34,8 +34,27 @@ def test_on_cpu_every_choice_runs_fp32_and_gives_the_same_weights(digits_dir, tm
     assert all(torch.equal(runs["fp32"][k], runs[c][k]) for c in ("bf16", "fp16") for k in runs["fp32"])
 
 
+def test_a_whole_pass_under_the_tools_autocast_still_learns(digits_dir, tmp_path, monkeypatch):
+    """`unlearn train` and a method's run each step many times inside ONE autocast context. With autocast's weight
+    cache on, every forward of the pass reused the bf16 weights cast at the first step: on an H100, `unlearn train`
+    left the digits MLP at chance (10%) and no method moved (docs/benchmarks.md "On a GPU"). CPU autocast caches the
+    same way, so the tool's own context is run here in bf16 on CPU (the precision forced): the model must learn."""
+    from unlearn_tool import precision
+
+    monkeypatch.setattr(precision, "resolved", lambda device: "bf16")
+    r = invoke("train", "-r", digits_dir / "class.yaml", "-o", tmp_path / "m.safetensors", "--device", "cpu", "--json", "--quiet")
+    assert r.exit_code == 0, r.stderr
+    trained = json.loads(r.stdout)
+    assert trained["precision"] == "bf16" and trained["test_acc"] > 0.9, trained
+    r = invoke("apply", tmp_path / "m.safetensors", "-r", digits_dir / "class.yaml", "-o", tmp_path / "u.safetensors",
+               "--device", "cpu", "--json", "--quiet")
+    assert r.exit_code == 0, r.stderr
+    after = json.loads(r.stdout)["after"]
+    assert after["forget_acc"] < 0.1 and after["test_remaining_acc"] > 0.85, after
+
+
 @pytest.mark.skipif(not torch.cuda.is_available() or not torch.cuda.is_bf16_supported(), reason="needs a CUDA card with bfloat16")
-def test_on_cuda_training_passes_run_in_bf16_and_still_train():
+def test_on_cuda_training_passes_run_in_bf16_and_still_train(digits_dir, tmp_path):
     from unlearn_tool.precision import configure, training_autocast
 
     device = torch.device("cuda")
@@ -47,6 +66,16 @@ def test_on_cuda_training_passes_run_in_bf16_and_still_train():
     with training_autocast(device):
         assert layer(torch.randn(4, 8, device=device)).dtype == torch.float32
     configure("auto", None)
+    # and they train: the whole CLI on the card, in bf16
+    r = invoke("train", "-r", digits_dir / "class.yaml", "-o", tmp_path / "m.safetensors", "--device", "cuda", "--json", "--quiet")
+    assert r.exit_code == 0, r.stderr
+    trained = json.loads(r.stdout)
+    assert trained["precision"] == "bf16" and trained["test_acc"] > 0.9, trained
+    r = invoke("apply", tmp_path / "m.safetensors", "-r", digits_dir / "class.yaml", "-o", tmp_path / "u.safetensors",
+               "--device", "cuda", "--json", "--quiet")
+    assert r.exit_code == 0, r.stderr
+    after = json.loads(r.stdout)["after"]
+    assert after["forget_acc"] < 0.1 and after["test_remaining_acc"] > 0.85, after
 
 
 @pytest.mark.filterwarnings("ignore:CUDA is not available")

@@ -17,6 +17,12 @@ loss_scaling); every other method runs fp32 on such a card rather than unscaled 
 CPU and MPS always run fp32 (CPU autocast is slower than fp32 for these models). Evaluation passes
 (the summary, the audit) run in fp32 on every device, so reported figures do not depend on the card.
 
+The autocast context is entered once around a whole training pass (every step of a method's run), so its weight
+cache is OFF: with the cache on, the low-precision copy of each weight made at the first forward is reused by every
+later forward of the pass until the context exits, so the model never sees its own updates and the optimizer keeps
+pushing the weights along the first step's gradient (a trained model at chance accuracy; measured on an H100,
+docs/benchmarks.md "On a GPU"). Without the cache each forward casts the current weights.
+
 While the device is CUDA, batches are also copied from page-locked (pinned) host memory.
 """
 
@@ -63,7 +69,9 @@ def training_autocast(device: Any, scaled: bool = False) -> ContextManager[Any]:
     if precision == "bf16" or (precision == "fp16" and scaled):
         import torch
 
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+        # cache_enabled=False: the context spans many optimizer steps (see the module docstring)
+        return torch.autocast(device_type=getattr(device, "type", "cuda"), dtype=torch.bfloat16 if precision == "bf16" else torch.float16,
+                              cache_enabled=False)
     return nullcontext()
 
 

@@ -95,9 +95,10 @@ def test_every_layer_selection_runs_on_a_vit_including_its_patch_projection(hf_w
     failed with AttributeError until the LoRA layer answered for its base layer's attributes."""
     for selection in ("all", "mlp", "blocks:1", "head"):
         out = tmp_path / f"{selection.replace(':', '_')}.safetensors"
-        summary = apply_json(hf_work / "trained", "-r", hf_work / "req.yaml", "--param", f"target_layers={selection}", "-o", out)
+        summary = apply_json(hf_work / "trained", "-r", hf_work / "req.yaml", "--param", f"target_layers={selection}", "-o", out,
+                             "--device", "cpu")  # "all" is compared below with a second run: CPU runs repeat exactly
         assert summary["after"]["forget_acc"] < summary["before"]["forget_acc"], selection
-    summary = apply_json(hf_work / "trained", "-r", hf_work / "req.yaml", "--param", "target_layers=all", "--adapter-only",
+    summary = apply_json(hf_work / "trained", "-r", hf_work / "req.yaml", "--param", "target_layers=all", "--adapter-only", "--device", "cpu",
                          "-o", tmp_path / "adapter_all")
     config = json.loads((tmp_path / "adapter_all" / "adapter_config.json").read_text())
     assert "patch_embeddings" in str(config["target_modules"]), config["target_modules"]

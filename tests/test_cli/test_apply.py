@@ -68,12 +68,13 @@ def test_merged_output_is_a_drop_in_replacement(digits_dir, tmp_path):
 def test_adapter_output_loads_with_peft_and_matches_merged(digits_dir, tmp_path):
     from peft import PeftModel
 
-    r1 = invoke("apply", digits_dir / "mlp.safetensors", "-r", digits_dir / "class.yaml", "-o", tmp_path / "adapter", "--adapter-only", "--quiet")
+    cpu = ("--device", "cpu")  # two runs compared: only CPU runs repeat exactly
+    r1 = invoke("apply", digits_dir / "mlp.safetensors", "-r", digits_dir / "class.yaml", "-o", tmp_path / "adapter", "--adapter-only", *cpu, "--quiet")
     assert r1.exit_code == 0, r1.stderr
     assert "still in the base weights" in r1.stderr
     assert (tmp_path / "adapter" / "adapter_config.json").exists()
     assert (tmp_path / "adapter" / "adapter_model.safetensors").exists()
-    r2 = invoke("apply", digits_dir / "mlp.safetensors", "-r", digits_dir / "class.yaml", "-o", tmp_path / "merged.safetensors", "--quiet")
+    r2 = invoke("apply", digits_dir / "mlp.safetensors", "-r", digits_dir / "class.yaml", "-o", tmp_path / "merged.safetensors", *cpu, "--quiet")
     assert r2.exit_code == 0, r2.stderr
 
     base = MLP(num_classes=10)

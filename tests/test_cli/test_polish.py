@@ -23,7 +23,7 @@ def test_version_and_help_read_cleanly():
 
 
 def test_merge_folds_an_adapter_into_its_base(digits_dir, tmp_path):
-    args = ["apply", digits_dir / "mlp.safetensors", "-r", digits_dir / "class.yaml", "--quiet"]
+    args = ["apply", digits_dir / "mlp.safetensors", "-r", digits_dir / "class.yaml", "--device", "cpu", "--quiet"]  # two runs: CPU repeats exactly
     assert invoke(*args, "--adapter-only", "-o", tmp_path / "ad").exit_code == 0
     assert invoke(*args, "-o", tmp_path / "direct.safetensors").exit_code == 0
     r = invoke("merge", tmp_path / "ad", "--base", digits_dir / "mlp.safetensors", "-o", tmp_path / "merged.safetensors", "--json")

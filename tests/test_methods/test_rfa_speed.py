@@ -230,7 +230,7 @@ def test_class_unlearning_of_a_weak_teacher_stops_when_retained_agreement_platea
     from unlearn_tool.pipeline import prepare
 
     weak = tmp_path / "weak.safetensors"
-    assert invoke("train", "-r", digits_dir / "class.yaml", "-o", weak, "--epochs", "3", "--quiet").exit_code == 0
+    assert invoke("train", "-r", digits_dir / "class.yaml", "-o", weak, "--epochs", "3", "--device", "cpu", "--quiet").exit_code == 0
     job = prepare(digits_dir / "class.yaml", weak, device="cpu")
     test = job.splits.test
     kept = test.targets != 3
