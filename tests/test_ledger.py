@@ -150,6 +150,17 @@ def test_several_requests_in_one_run(digits_dir, tmp_path):
     assert invoke("ledger", "verify", tmp_path / "ab.safetensors", "--original", digits_dir / "mlp.safetensors").exit_code == 0
 
 
+def test_several_requests_mix_methods_rfa_then_gradient_methods(digits_dir, tmp_path):
+    """RFA's merged output had every parameter frozen (requires_grad False), and the next request's method trained a
+    copy of it: fine-tuning (or any gradient method) after RFA failed with "element 0 of tensors does not require grad"."""
+    a = _req(tmp_path, "a", {"classes": [3]}, params={"epochs": 3})
+    for method in ("finetune", "neggrad+"):
+        b = write_request(tmp_path, {"classes": [5]}, name=f"b_{method}.yaml", method={"name": method, "params": {"epochs": 1}})
+        r, out = _apply(digits_dir / "mlp.safetensors", "-r", a, "-r", b, "-o", tmp_path / f"ab_{method}.safetensors")
+        assert r.exit_code == 0, r.stderr
+        assert out["lineage_steps"] == 2 and out["method"] == method, out
+
+
 def test_ledger_verify_fails_on_tampering(digits_dir, tmp_path):
     a = _req(tmp_path, "a", {"indices": list(range(0, 200, 7))}, params={"epochs": 1, "stop": "epochs"})
     b = _req(tmp_path, "b", {"indices": list(range(1, 200, 7))}, params={"epochs": 1, "stop": "epochs"})

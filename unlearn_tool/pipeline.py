@@ -533,6 +533,9 @@ def apply_request(
                           num_workers=num_workers,
                           excluded_for=lambda train, sha, g=gone: torch.cat([resolve(train, sha), g]) if resolve else g)
             job.original, job.artifact = step.model, previous.artifact  # type: ignore[union-attr]  # the input's dtypes and file stay the reference
+            trainable = {n: p.requires_grad for n, p in previous.original.named_parameters()}
+            for n, p in job.original.named_parameters():  # a method may hand back frozen weights (RFA's merge): the next trains a copy
+                p.requires_grad_(trainable.get(n, True))
             reads_anchor = req.task in get_method(plan.method).anchor_tasks
             job.anchor = previous.anchor if previous.anchor is not None else (in_run_anchor if reads_anchor else None)
         step = unlearn_step(job, plan, progress)
