@@ -34,23 +34,71 @@ def test_on_cpu_every_choice_runs_fp32_and_gives_the_same_weights(digits_dir, tm
     assert all(torch.equal(runs["fp32"][k], runs[c][k]) for c in ("bf16", "fp16") for k in runs["fp32"])
 
 
-def test_a_whole_pass_under_the_tools_autocast_still_learns(digits_dir, tmp_path, monkeypatch):
+@pytest.mark.parametrize("half", ["bf16", "fp16"])
+def test_a_whole_pass_under_the_tools_autocast_still_learns(digits_dir, tmp_path, monkeypatch, half):
     """`unlearn train` and a method's run each step many times inside ONE autocast context. With autocast's weight
     cache on, every forward of the pass reused the bf16 weights cast at the first step: on an H100, `unlearn train`
     left the digits MLP at chance (10%) and no method moved (docs/benchmarks.md "On a GPU"). CPU autocast caches the
-    same way, so the tool's own context is run here in bf16 on CPU (the precision forced): the model must learn."""
+    same way, so the tool's own context is run here on CPU in bf16, and in fp16 with its loss scaling (a card without
+    bf16), the precision forced: the model must learn."""
     from unlearn_tool import precision
 
-    monkeypatch.setattr(precision, "resolved", lambda device: "bf16")
+    monkeypatch.setattr(precision, "resolved", lambda device: half)
     r = invoke("train", "-r", digits_dir / "class.yaml", "-o", tmp_path / "m.safetensors", "--device", "cpu", "--json", "--quiet")
     assert r.exit_code == 0, r.stderr
     trained = json.loads(r.stdout)
-    assert trained["precision"] == "bf16" and trained["test_acc"] > 0.9, trained
+    assert trained["precision"] == half and trained["test_acc"] > 0.9, trained
     r = invoke("apply", tmp_path / "m.safetensors", "-r", digits_dir / "class.yaml", "-o", tmp_path / "u.safetensors",
                "--device", "cpu", "--json", "--quiet")
     assert r.exit_code == 0, r.stderr
     after = json.loads(r.stdout)["after"]
     assert after["forget_acc"] < 0.1 and after["test_remaining_acc"] > 0.85, after
+
+
+def test_inside_a_bf16_pass_merges_and_evaluations_run_in_the_weights_precision(digits_job, monkeypatch):
+    """A method merges its adapters and reads outputs (teacher targets, stopping checks) inside its pass's autocast.
+    In bf16 the merge folded in a bf16-rounded B @ A (merged logits 6e-3 from the adapter's, 4e-6 in fp32) and the
+    evaluations gave bf16 figures. Both now run in the weights' precision (precision.full_precision)."""
+    from unlearn_tool import precision
+    from unlearn_tool.evaluate import predict_logits
+    from unlearn_tool.methods import parse_params, run_method
+
+    job = digits_job
+    exact, _ = predict_logits(job.original, job.splits.forget, torch.device("cpu"))
+    monkeypatch.setattr(precision, "resolved", lambda device: "bf16")
+    with precision.training_autocast(torch.device("cpu")):
+        inside, _ = predict_logits(job.original, job.splits.forget, torch.device("cpu"))
+    assert torch.equal(inside, exact)
+
+    out, _ = run_method("rfa", job.context(), parse_params("rfa", {"epochs": 3}))
+    x, _ = job.splits.forget.take(torch.arange(64))
+    with torch.no_grad():
+        gap = float((out.model(x) - out.adapter_model.eval()(x)).abs().max())
+    assert gap < 1e-4, gap
+
+
+def test_auto_is_fp32_for_regression_on_a_card(monkeypatch):
+    """bf16 outputs come in steps of 8 near 2000: a regression model's outputs would be rounded to a few values."""
+    from unlearn_tool import precision
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    card = torch.device("cuda")
+    try:
+        precision.configure("auto", card, task="regression")
+        assert precision.resolved(card) == "fp32"
+        precision.configure("bf16", card, task="regression")  # asked for: honoured
+        assert precision.resolved(card) == "bf16"
+        precision.configure("auto", card, task="classification")
+        assert precision.resolved(card) == "bf16"
+    finally:
+        precision.configure("auto", None)
+
+
+def test_ssd_cache_keeps_bf16_importances_apart_and_fp32_keys_unchanged():
+    from unlearn_tool.methods import ssd
+
+    assert ssd.cache_key("w", "d", 64) == ssd.cache_key("w", "d", 64, precision="fp32")
+    assert ssd.cache_key("w", "d", 64, precision="bf16") != ssd.cache_key("w", "d", 64)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available() or not torch.cuda.is_bf16_supported(), reason="needs a CUDA card with bfloat16")

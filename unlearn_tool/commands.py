@@ -16,12 +16,12 @@ if TYPE_CHECKING:
     from .pipeline import ApplyOutcome
 
 
-def _set_precision(options: dict[str, Any]) -> None:
-    """Check and set `--precision` (popped from the options) for the device the run will use."""
+def _set_precision(options: dict[str, Any], task: str = "classification") -> None:
+    """Check and set `--precision` (popped from the options) for the device and the task the run will use."""
     from .job import resolve_device
     from .precision import configure
 
-    configure(options.pop("precision", "auto"), resolve_device(options.get("device", "auto")))
+    configure(options.pop("precision", "auto"), resolve_device(options.get("device", "auto")), task=task)
 
 
 def apply(request: "str | Path | Sequence[str | Path]", checkpoint: str | Path, **options: Any) -> "ApplyOutcome":
@@ -30,7 +30,7 @@ def apply(request: "str | Path | Sequence[str | Path]", checkpoint: str | Path, 
     from .exact import is_exact_folder
 
     if is_exact_folder(checkpoint):  # an exact artifact is unlearned by deactivating what saw the data
-        _set_precision(options)
+        _set_precision(options, reqs[0].task)
         from .exact.run import apply_exact_request
 
         if len(reqs) > 1:
@@ -57,7 +57,7 @@ def apply(request: "str | Path | Sequence[str | Path]", checkpoint: str | Path, 
     imports_s = time.perf_counter() - t
     setup(options.get("device", "auto"))
     options["device"] = device_for(options.get("device", "auto"))
-    _set_precision(options)
+    _set_precision(options, reqs[0].task)
     outcome = apply_request(reqs if len(reqs) > 1 else reqs[0], checkpoint, **options)
     outcome.timings = {"imports_s": imports_s, **outcome.timings}
     return outcome
@@ -92,14 +92,14 @@ def train(request: str | Path, output: str | Path, exact: Optional[str] = None, 
 
         params = exact_train_params(options.pop("options", None) or {})
         options.pop("num_workers", None)  # its data are read in process
-        _set_precision(options)
+        _set_precision(options, req.task)
         return train_exact_request(req, output, exact, params=params, **options)
     from .distributed import device_for, setup
     from .pipeline import train_request
 
     setup(options.get("device", "auto"))
     options["device"] = device_for(options.get("device", "auto"))
-    _set_precision(options)
+    _set_precision(options, req.task)
     return train_request(req, output, **options)
 
 
@@ -108,6 +108,7 @@ def audit(request: str | Path, original: str | Path, unlearned: str | Path, **op
     req = load_request(request)
     from .audit import audit_request
 
+    _set_precision(options, req.task)  # the strong tier trains shadow models
     return audit_request(req, original, unlearned, **options)
 
 
@@ -123,7 +124,7 @@ def bench(request: str | Path, checkpoint: str | Path, methods: str | Sequence[s
                           "give the .safetensors checkpoint with --methods rfa,s3t,sisa (delete from the artifact with unlearn apply)")
     from .bench import bench_request
 
-    _set_precision(options)
+    _set_precision(options, req.task)
     return bench_request(req, checkpoint, methods, **options)
 
 

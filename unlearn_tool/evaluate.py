@@ -64,12 +64,15 @@ def remembered_logits(model: nn.Module, data: LabelledData) -> Optional[torch.Te
 
 @torch.no_grad()
 def _predict_logits(model: nn.Module, data: LabelledData, device: torch.device, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    from .precision import full_precision
+
     was_training = model.training
     model.eval()
     outs, ys = [], []
-    for x, y in data.batches(batch_size):
-        outs.append(model(x.to(device)).float().cpu())
-        ys.append(y)
+    with full_precision(device):  # also inside a method's bf16 pass: teacher targets and checks read these as numbers
+        for x, y in data.batches(batch_size):
+            outs.append(model(x.to(device)).float().cpu())
+            ys.append(y)
     model.train(was_training)
     if not outs:
         return torch.zeros(0, 0), torch.zeros(0, dtype=torch.long)
@@ -96,10 +99,13 @@ def stream(model: nn.Module, data: LabelledData, device: torch.device, batch_siz
     keep_mask = np.zeros(len(data), dtype=bool)
     if keep is not None:
         keep_mask[keep] = True
+    from .precision import full_precision
+
     targets, stats, kept = [], [], []
     start = bad = 0
     for x, y in data.batches(batch_size):
-        out = model(x.to(device)).float().cpu().numpy().astype(np.float64)
+        with full_precision(device):  # also inside a method's bf16 pass (a stopping rule's error)
+            out = model(x.to(device)).float().cpu().numpy().astype(np.float64)
         yy = y.numpy()
         targets.append(yy)
         bad += non_finite_rows(out)

@@ -493,12 +493,23 @@ def merged_copy(model: nn.Module, base: Optional[nn.Module] = None) -> nn.Module
     """
     if base is None:
         return _unwrapped(model, merge=True)
-    merged = copy.deepcopy(base).requires_grad_(False)
+    merged = copy.deepcopy(base)  # trainable as the base was: a later method may train it
     for name, layer in lora_layers(model):
         target = merged.get_submodule(name)
         with torch.no_grad():
-            target.weight += layer.delta_weight().to(target.weight.dtype)
+            target.weight += merge_delta(layer)
     return merged
+
+
+def merge_delta(layer: LoraLayer) -> torch.Tensor:
+    """The delta a merge folds in, computed in the weights' own precision. A method merges inside its training pass's
+    autocast context (bf16 on a card), where the B @ A product would come out bf16-rounded: the merged checkpoint then
+    differed from its own adapter (logits by 6e-3 on digits, against 4e-6 in fp32)."""
+    from .precision import full_precision
+
+    weight = layer.base_layer.weight
+    with full_precision(weight.device):
+        return layer.delta_weight().to(weight.dtype)
 
 
 def unadapted_copy(model: nn.Module) -> nn.Module:
@@ -512,7 +523,7 @@ def _unwrapped(model: nn.Module, merge: bool) -> nn.Module:
     for name, layer in lora_layers(plain):
         if merge:
             with torch.no_grad():
-                layer.base_layer.weight += layer.delta_weight().to(layer.base_layer.weight.dtype)
+                layer.base_layer.weight += merge_delta(layer)
         parent, _, child = name.rpartition(".")
         setattr(plain.get_submodule(parent) if parent else plain, child, layer.base_layer)
     return plain

@@ -14,8 +14,13 @@ train` (training.fit, which retrain and fine-tuning use too) and the LoRA method
 loss_scaling); every other method runs fp32 on such a card rather than unscaled fp16.
 `--precision fp32` turns autocast off everywhere.
 
-CPU and MPS always run fp32 (CPU autocast is slower than fp32 for these models). Evaluation passes
-(the summary, the audit) run in fp32 on every device, so reported figures do not depend on the card.
+Regression requests run fp32 under `auto`: bf16 keeps 8 significant bits, so a model's outputs near 2000 come in
+steps of 8 and targets of 2000 +- 10 collapse to three values (the tool does not standardise a user's targets).
+`--precision bf16` still forces it.
+
+CPU and MPS always run fp32 (CPU autocast is slower than fp32 for these models). Evaluation passes run in fp32 on
+every device, so reported figures do not depend on the card: the summary and the audit, which run outside any
+autocast, and, inside a method's pass, its own checks, teacher targets, solvers and merges (`full_precision`).
 
 The autocast context is entered once around a whole training pass (every step of a method's run), so its weight
 cache is OFF: with the cache on, the low-precision copy of each weight made at the first forward is reused by every
@@ -32,23 +37,27 @@ from contextlib import nullcontext
 from typing import Any, ContextManager, Optional
 
 CHOICES = ("auto", "bf16", "fp16", "fp32")
-_STATE: dict[str, Any] = {"choice": "auto", "pin": False}
+_STATE: dict[str, Any] = {"choice": "auto", "pin": False, "task": "classification"}
 
 
-def configure(choice: str = "auto", device: Any = None) -> None:
-    """Set this process's precision choice (checked) and whether batches go through pinned memory."""
+def configure(choice: str = "auto", device: Any = None, task: str = "classification") -> None:
+    """Set this process's precision choice (checked), the task it is for (`auto` is fp32 for regression) and whether
+    batches go through pinned memory."""
     from .errors import UnlearnError
 
     choice = "auto" if choice is None else str(choice).strip().lower()
     if choice not in CHOICES:
         raise UnlearnError(f"--precision {choice}: unknown; use one of {', '.join(CHOICES)}")
     _STATE["choice"] = choice
+    _STATE["task"] = task
     _STATE["pin"] = getattr(device, "type", None) == "cuda"
 
 
 def resolved(device: Any) -> str:
     """The precision the training passes actually use on `device`: 'bf16', 'fp16' (loss-scaled loops only) or 'fp32'."""
     if getattr(device, "type", None) != "cuda" or _STATE["choice"] == "fp32":
+        return "fp32"
+    if _STATE["choice"] == "auto" and _STATE["task"] == "regression":
         return "fp32"
     import torch
 
@@ -72,6 +81,18 @@ def training_autocast(device: Any, scaled: bool = False) -> ContextManager[Any]:
         # cache_enabled=False: the context spans many optimizer steps (see the module docstring)
         return torch.autocast(device_type=getattr(device, "type", "cuda"), dtype=torch.bfloat16 if precision == "bf16" else torch.float16,
                               cache_enabled=False)
+    return nullcontext()
+
+
+def full_precision(device: Any) -> ContextManager[Any]:
+    """The weights' own precision inside a training pass's autocast context: for passes that read outputs as numbers
+    (a method's evaluations and stopping checks, teacher targets, solvers, merges), so that they give the figures an
+    fp32 run gives. A no-op outside autocast."""
+    kind = getattr(device, "type", str(device))
+    if kind in ("cuda", "cpu"):
+        import torch
+
+        return torch.autocast(kind, enabled=False)
     return nullcontext()
 
 

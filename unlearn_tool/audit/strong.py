@@ -46,6 +46,7 @@ from torch import nn
 from ..data import LabelledData, Splits
 from ..evaluate import predict_logits
 from ..job import Job, UnlearnContext, seed_everything
+from ..precision import resolved
 from ..training import TrainConfig, fit
 
 DEFAULT_SHADOWS = 16
@@ -212,12 +213,15 @@ def shadow_statistics(job: Job, method: Optional[str], params: Optional[dict[str
         half[rng.permutation(n)[: n // 2]] = True
         masks += [half, ~half]
     data_key = data_fingerprint(train)
+    precision = resolved(job.device)  # shadows trained in bf16 on a card are other models than fp32 ones (CPU keys unchanged)
+    precision_part = () if precision == "fp32" else (f"precision={precision}",)
     method_params = parse_params(method, params or {}) if method else None
     stats, members, hits, started = [], [], 0, time.perf_counter()
     for i, mask in enumerate(masks):
         idx = torch.from_numpy(np.nonzero(mask)[0])
         sub = train.subset(idx)
-        base_key = _key("shadow/v1", data_key, job.request.model.arch, job.request.model.kwargs, recipe.model_dump(), job.seed, i)
+        base_key = _key("shadow/v1", data_key, job.request.model.arch, job.request.model.kwargs, recipe.model_dump(), job.seed, i,
+                        *precision_part)
 
         def train_shadow(sub=sub, i=i) -> nn.Module:
             seed_everything(job.seed * 31 + i)

@@ -19,6 +19,7 @@ from typing import Callable
 import torch
 
 from ..errors import MethodError
+from ..precision import full_precision
 
 JACOBIAN_BYTES = 1 << 30  # the rows x adapter-weights Jacobian is refused beyond this (lower the rank or the layers, or use adam)
 RETAINED_ROWS = 1024  # retained samples (never the held-back ones) in the least-squares problem
@@ -88,11 +89,12 @@ def solve(net, retain, z_forget: torch.Tensor, t_forget: torch.Tensor, targets: 
     if rows * dims * 8 > JACOBIAN_BYTES or min(rows, dims) ** 2 * 8 > JACOBIAN_BYTES:  # float64 Jacobian, and its square form
         raise MethodError(f"rfa solver gauss-newton: the Jacobian would take {rows * dims * 8 / 2**30:.1f} GiB ({rows} output rows x {dims} "
                           "adapter weights); lower rank, adapt fewer layers (target_layers), or use solver adam")
-    with torch.no_grad():
+    with torch.no_grad(), full_precision(z_r.device):
         r_forget = (targets - t_forget).reshape(-1)
         r_retain = (t_r.reshape(len(z_r), -1) - net.batched(z_r).reshape(len(z_r), -1)).reshape(-1)  # 0 unless anchored
     try:
-        jac = torch.cat([_jacobian(module, layers, z_forget, net.fused), _jacobian(module, layers, z_r, net.fused)]).double()
+        with full_precision(z_r.device):  # a least-squares solve: the Jacobian in the weights' precision, not bf16
+            jac = torch.cat([_jacobian(module, layers, z_forget, net.fused), _jacobian(module, layers, z_r, net.fused)]).double()
     except Exception as e:  # noqa: BLE001 - a model whose per-sample gradients cannot be read this way
         raise MethodError(f"rfa solver gauss-newton could not differentiate this model per sample ({type(e).__name__}: "
                           f"{str(e).splitlines()[0][:160] if str(e) else ''}); use solver adam") from e

@@ -38,7 +38,7 @@ import torch
 from .. import lora
 from ..errors import MethodError
 from ..evaluate import predict_logits
-from ..precision import ScaledSteps
+from ..precision import ScaledSteps, full_precision
 from .base import MethodOutput, UnlearnContext
 
 if TYPE_CHECKING:
@@ -132,7 +132,7 @@ def _targets(ctx: UnlearnContext, teacher, kind: str, t_forget: torch.Tensor, t_
 
 def _forget_mae(net, z_forget: torch.Tensor, y_forget: torch.Tensor) -> float:
     """The forget-set MAE of the model as it now is."""
-    with torch.no_grad():
+    with torch.no_grad(), full_precision(z_forget.device):
         return float((_matrix(net.batched(z_forget)) - y_forget).abs().mean())
 
 
@@ -145,7 +145,7 @@ def _drift(net, retain) -> float:
     zg, tg = retain.guard()
     if not len(zg):
         return 0.0
-    with torch.no_grad():
+    with torch.no_grad(), full_precision(zg.device):
         return float((_matrix(net.batched(zg)) - _matrix(tg)).abs().mean())
 
 

@@ -27,6 +27,7 @@ from torch import nn
 
 from ..data import LabelledData, fingerprint
 from ..errors import OutputError
+from ..precision import resolved
 from .base import MethodOutput, MethodParams, UnlearnContext, register_method
 from .common import task_loss, task_of
 
@@ -122,8 +123,9 @@ def default_cache_dir() -> Path:
     return (Path(root).expanduser() if root else Path.home() / ".cache" / "unlearn") / "ssd"
 
 
-def cache_key(weights_sha: str, data_sha: str, batch_size: int, task: str = "classification") -> str:
+def cache_key(weights_sha: str, data_sha: str, batch_size: int, task: str = "classification", precision: str = "fp32") -> str:
     extra = "" if task == "classification" else f"|task={task}"  # classification keys stay what they were
+    extra += "" if precision == "fp32" else f"|precision={precision}"  # I_D from a bf16 pass on a card differs from fp32's
     return hashlib.sha256(f"{CACHE_FORMAT}|{weights_sha}|{data_sha}|bs={batch_size}|seed={D_SHUFFLE_SEED}{extra}".encode()).hexdigest()
 
 
@@ -188,7 +190,8 @@ def run(ctx: UnlearnContext, p: SSDParams) -> MethodOutput:
     path = None
     if p.use_cache:
         cache_dir = Path(p.cache_dir).expanduser() if p.cache_dir else default_cache_dir()
-        key = cache_key(weights_fingerprint(ctx.original), data_fingerprint(ctx.splits.train), bs, task_of(ctx).name)
+        key = cache_key(weights_fingerprint(ctx.original), data_fingerprint(ctx.splits.train), bs, task_of(ctx).name,
+                        resolved(ctx.device))
         path = cache_dir / f"{key}.safetensors"
         imp_full, status = load_cached(path, key, model)
         info["cache"] = status
