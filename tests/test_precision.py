@@ -90,6 +90,9 @@ def test_auto_is_fp32_for_regression_on_a_card(monkeypatch):
         assert precision.resolved(card) == "bf16"
         precision.configure("auto", card, task="classification")
         assert precision.resolved(card) == "bf16"
+        with precision.for_task("regression"):  # what run_method enters for a regression job (library callers too)
+            assert precision.resolved(card) == "fp32"
+        assert precision.resolved(card) == "bf16"
     finally:
         precision.configure("auto", None)
 

@@ -33,8 +33,8 @@ While the device is CUDA, batches are also copied from page-locked (pinned) host
 
 from __future__ import annotations
 
-from contextlib import nullcontext
-from typing import Any, ContextManager, Optional
+from contextlib import contextmanager, nullcontext
+from typing import Any, ContextManager, Iterator, Optional
 
 CHOICES = ("auto", "bf16", "fp16", "fp32")
 _STATE: dict[str, Any] = {"choice": "auto", "pin": False, "task": "classification"}
@@ -82,6 +82,18 @@ def training_autocast(device: Any, scaled: bool = False) -> ContextManager[Any]:
         return torch.autocast(device_type=getattr(device, "type", "cuda"), dtype=torch.bfloat16 if precision == "bf16" else torch.float16,
                               cache_enabled=False)
     return nullcontext()
+
+
+@contextmanager
+def for_task(task: Optional[str]) -> Iterator[None]:
+    """Within the block `auto` resolves for `task` (None: as configured): a method run knows its own task, so a
+    library caller of run_method gets fp32 regression passes without configuring."""
+    before = _STATE["task"]
+    _STATE["task"] = task or before
+    try:
+        yield
+    finally:
+        _STATE["task"] = before
 
 
 def full_precision(device: Any) -> ContextManager[Any]:

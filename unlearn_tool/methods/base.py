@@ -160,13 +160,14 @@ def run_method(name: str, ctx: UnlearnContext, params: MethodParams) -> tuple[Me
     entry = get_method(name)
     from ..distributed import data_parallel
 
-    from ..precision import training_autocast
+    from ..precision import for_task, training_autocast
 
     seed_everything(ctx.seed)
     start = time.perf_counter()
     guard = single_sample_batchnorm() if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in ctx.original.modules()) \
         else contextlib.nullcontext()
-    with training_autocast(ctx.device, scaled=entry.loss_scaling), guard:
+    task = ctx.task.name if ctx.task is not None else None
+    with for_task(task), training_autocast(ctx.device, scaled=entry.loss_scaling), guard:  # for_task first: autocast reads it
         if entry.data_parallel:
             with data_parallel():
                 out = entry.run(ctx, params)
