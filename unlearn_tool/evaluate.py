@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from .data import LabelledData
+from .precision import full_precision
 from .tasks import CLASSIFICATION, SetOutputs, Task
 
 if TYPE_CHECKING:
@@ -64,8 +65,6 @@ def remembered_logits(model: nn.Module, data: LabelledData) -> Optional[torch.Te
 
 @torch.no_grad()
 def _predict_logits(model: nn.Module, data: LabelledData, device: torch.device, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    from .precision import full_precision
-
     was_training = model.training
     model.eval()
     outs, ys = [], []
@@ -99,8 +98,6 @@ def stream(model: nn.Module, data: LabelledData, device: torch.device, batch_siz
     keep_mask = np.zeros(len(data), dtype=bool)
     if keep is not None:
         keep_mask[keep] = True
-    from .precision import full_precision
-
     targets, stats, kept = [], [], []
     start = bad = 0
     for x, y in data.batches(batch_size):
