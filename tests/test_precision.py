@@ -97,6 +97,19 @@ def test_auto_is_fp32_for_regression_on_a_card(monkeypatch):
         precision.configure("auto", None)
 
 
+def test_gradient_restriction_training_stays_fp32_on_a_card_without_bf16(digits_dir, tmp_path, monkeypatch):
+    """The penalty differentiates the unscaled loss (autograd.grad), which fp16 would underflow: with it, `unlearn
+    train` on an fp16 card runs fp32 (here: fp16 forced on CPU gives the fp32 run's weights exactly)."""
+    from unlearn_tool import precision
+
+    args = ["-r", digits_dir / "class.yaml", "--device", "cpu", "--epochs", "2", "--regularizer", "gradient-restriction", "--quiet"]
+    assert invoke("train", *args, "-o", tmp_path / "fp32.safetensors").exit_code == 0
+    monkeypatch.setattr(precision, "resolved", lambda device: "fp16")
+    assert invoke("train", *args, "-o", tmp_path / "fp16.safetensors").exit_code == 0
+    a, b = load_file(str(tmp_path / "fp32.safetensors")), load_file(str(tmp_path / "fp16.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_ssd_cache_keeps_bf16_importances_apart_and_fp32_keys_unchanged():
     from unlearn_tool.methods import ssd
 

@@ -11,7 +11,8 @@ On a card without bfloat16 (before Ampere), `auto` means float16 with dynamic lo
 scaled up before backward and the gradients unscaled before the step (a step with inf/NaN gradients is
 skipped and the scale lowered). Only training loops that step through `ScaledSteps` get fp16: `unlearn
 train` (training.fit, which retrain and fine-tuning use too) and the LoRA methods (MethodSpecEntry.
-loss_scaling); every other method runs fp32 on such a card rather than unscaled fp16.
+loss_scaling); every other method runs fp32 on such a card rather than unscaled fp16, and so does `unlearn train
+--regularizer gradient-restriction`, whose penalty differentiates the unscaled loss.
 `--precision fp32` turns autocast off everywhere.
 
 Regression requests run fp32 under `auto`: bf16 keeps 8 significant bits, so a model's outputs near 2000 come in
@@ -110,7 +111,7 @@ def full_precision(device: Any) -> ContextManager[Any]:
 
 class ScaledSteps:
     """`backward_and_step(loss, optimizer)`: loss.backward(); optimizer.step(), with dynamic loss scaling when the pass
-    runs in fp16 (a no-op wrapper otherwise). `enabled` forces it on (tests run the scaler on CPU)."""
+    runs in fp16 (a no-op wrapper otherwise). `enabled` forces it on (tests run the scaler on CPU) or off."""
 
     def __init__(self, device: Any, enabled: Optional[bool] = None) -> None:
         import torch

@@ -86,16 +86,19 @@ def fit(
     config's regularizer if any; returns the model in eval mode."""
     from .precision import training_autocast
 
-    with training_autocast(device, scaled=True):
-        return _fit(model, data, config, device, generator, progress, task, loss_fn or nn.functional.cross_entropy)
+    # the gradient-restriction penalty differentiates the unscaled loss (autograd.grad), which fp16 would underflow:
+    # with it, a card without bf16 trains fp32 (as the loops that do not scale the loss do)
+    scaled = config.regularizer is None
+    with training_autocast(device, scaled=scaled):
+        return _fit(model, data, config, device, generator, progress, task, loss_fn or nn.functional.cross_entropy, scaled)
 
 
-def _fit(model, data, config, device, generator, progress, task, loss_fn) -> nn.Module:
+def _fit(model, data, config, device, generator, progress, task, loss_fn, scaled: bool = True) -> nn.Module:
     from .precision import ScaledSteps
 
     model.to(device).train()
     opt = make_optimizer(model.parameters(), config.optimizer, config.lr, config.weight_decay)
-    steps = ScaledSteps(device)
+    steps = ScaledSteps(device, enabled=None if scaled else False)
     cosine = config.lr_schedule == "cosine" or (config.lr_schedule == "auto" and config.optimizer == "sgd")
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, config.epochs) if cosine else None
     for epoch in range(config.epochs):
