@@ -77,3 +77,16 @@ def test_the_audit_needs_and_uses_a_labelled_test_split(unlabelled, digits_dir, 
     req["data"]["test"] = {"source": "tensors", "path": "test_noy.safetensors"}
     (folder / "notest.yaml").write_text(yaml.safe_dump(req))
     rejected(invoke("validate", "-r", folder / "notest.yaml"), "data.test", "lacks key(s) y")
+
+
+def test_laf_vae_initialisation_leaves_the_global_and_cuda_generators_alone(monkeypatch):
+    """train_vae seeds its VAE's initialisation from the run's generator inside fork_rng(devices=[]), which restores
+    the CPU generator only: torch.manual_seed there also reseeded every CUDA generator for the rest of the run."""
+    from unlearn_tool.methods.laf import train_vae
+
+    reseeded = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda seed: reseeded.append(seed))
+    before = torch.random.get_rng_state()
+    emb = torch.randn(32, 6, generator=torch.Generator().manual_seed(0))
+    train_vae(emb, 2, 1, 1e-3, 16, 1.0, torch.Generator().manual_seed(1), torch.device("cpu"))
+    assert reseeded == [] and torch.equal(torch.random.get_rng_state(), before)

@@ -129,7 +129,9 @@ def train_vae(emb: torch.Tensor, latent: int, epochs: int, lr: float, batch_size
               gen: torch.Generator, device: torch.device) -> tuple[EmbeddingVAE, float]:
     """Fit a VAE to fixed embeddings (CPU generator for shuffles and noise); returns (frozen VAE, last epoch's mean loss)."""
     with torch.random.fork_rng(devices=[]):  # the VAE's initialisation follows the run's seed, the global RNG is left alone
-        torch.manual_seed(int(torch.randint(2**31 - 1, (1,), generator=gen)))
+        # the CPU generator only (built on CPU, then moved): torch.manual_seed would also reseed every CUDA generator,
+        # which fork_rng(devices=[]) does not restore
+        torch.random.default_generator.manual_seed(int(torch.randint(2**31 - 1, (1,), generator=gen)))
         vae = EmbeddingVAE(emb.shape[1], latent).to(device)
     opt = torch.optim.Adam(vae.parameters(), lr=lr)
     n = len(emb)
