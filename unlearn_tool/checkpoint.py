@@ -293,14 +293,10 @@ def _write_atomically(path: Path, write: Callable[[Path], None], force: bool, fi
     if mode is None:
         mode = stat.S_IMODE(os.stat(path).st_mode) if force and path.is_file() else _new_file_mode()
     try:
-        fd, name = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=".tmp", dir=path.parent)
+        tmp = stage_beside(path, write, mode)
     except OSError as e:
-        raise OutputError(f"cannot write {path} ({e.strerror}); {fix}") from None
-    os.close(fd)
-    tmp = Path(name)
+        raise OutputError(f"cannot write {path} ({e.strerror or e}); {fix}") from None
     try:
-        write(tmp)
-        os.chmod(tmp, mode)
         digest = sha256_file(tmp)
         _publish_file(tmp, path, force, flag)
     except BaseException as e:
@@ -311,6 +307,21 @@ def _write_atomically(path: Path, write: Callable[[Path], None], force: bool, fi
     if noted:
         _published(path)
     return digest
+
+
+def stage_beside(path: Path, write: Callable[[Path], None], mode: int) -> Path:
+    """A temporary file beside `path` (same file system: publishing it is a rename) holding what `write(tmp)` wrote,
+    with `mode`. Removed again when anything fails; the OSError propagates for the caller's one-line message."""
+    fd, name = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        write(tmp)
+        os.chmod(tmp, mode)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
 
 
 def save_canonical(tensors: dict[str, torch.Tensor], path: str | Path, metadata: Optional[dict[str, str]] = None) -> None:

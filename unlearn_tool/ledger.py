@@ -259,22 +259,16 @@ class StagedLedger:
     def __init__(self, path: Path, entries: list[dict[str, Any]]):
         import os
         import stat
-        import tempfile
 
-        from .checkpoint import TMP_PREFIX, _new_file_mode
+        from .checkpoint import _new_file_mode, stage_beside
         from .errors import OutputError
 
         self.path = Path(path)
         mode = stat.S_IMODE(os.stat(self.path).st_mode) if self.path.is_file() else _new_file_mode()
+        text = "".join(canonical(e) + "\n" for e in entries)
         try:
-            fd, name = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=".tmp", dir=self.path.parent)
-            os.close(fd)
-            self.tmp = Path(name)
-            self.tmp.write_text("".join(canonical(e) + "\n" for e in entries))
-            os.chmod(self.tmp, mode)
+            self.tmp = stage_beside(self.path, lambda tmp: tmp.write_text(text), mode)
         except OSError as e:
-            if getattr(self, "tmp", None) is not None:
-                self.tmp.unlink(missing_ok=True)
             raise OutputError(f"cannot write ledger {self.path} ({e.strerror or e}); free some space or choose another --ledger") from None
 
     def commit(self) -> None:
