@@ -110,6 +110,32 @@ def test_gradient_restriction_training_stays_fp32_on_a_card_without_bf16(digits_
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_bf16_support_is_asked_of_the_card_named_not_the_current_one(monkeypatch):
+    """A machine with an Ampere card as cuda:1 beside an older cuda:0: `--device cuda:1` gets bf16, cuda:0 fp16."""
+    import contextlib
+
+    from unlearn_tool import precision
+
+    current = [0]
+
+    @contextlib.contextmanager
+    def on_card(index):
+        before, current[0] = current[0], index
+        try:
+            yield
+        finally:
+            current[0] = before
+
+    monkeypatch.setattr(torch.cuda, "device", on_card)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: current[0] == 1)
+    try:
+        precision.configure("auto", torch.device("cuda:1"))
+        assert precision.resolved(torch.device("cuda:1")) == "bf16"
+        assert precision.resolved(torch.device("cuda:0")) == "fp16"
+    finally:
+        precision.configure("auto", None)
+
+
 def test_ssd_cache_keeps_bf16_importances_apart_and_fp32_keys_unchanged():
     from unlearn_tool.methods import ssd
 

@@ -64,7 +64,12 @@ def resolved(device: Any) -> str:
 
     from .errors import UnlearnError
 
-    supported = torch.cuda.is_bf16_supported()
+    index = getattr(device, "index", None)
+    if index is None:
+        supported = torch.cuda.is_bf16_supported()
+    else:  # the card asked for (cuda:N), not the current one: a machine may hold an Ampere card beside an older one
+        with torch.cuda.device(index):
+            supported = torch.cuda.is_bf16_supported()
     if _STATE["choice"] == "bf16" and not supported:
         raise UnlearnError("--precision bf16: this GPU has no bfloat16 support; use --precision fp16 (loss-scaled) or fp32")
     if _STATE["choice"] == "fp16":
