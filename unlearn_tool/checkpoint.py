@@ -291,7 +291,7 @@ def _write_atomically(path: Path, write: Callable[[Path], None], force: bool, fi
                       noted: bool = True) -> str:
     """Write via `write(tmp)` into a temporary file beside `path`, publish it, return the sha256 of what was published."""
     if mode is None:
-        mode = stat.S_IMODE(os.stat(path).st_mode) if force and path.is_file() else _new_file_mode()
+        mode = file_mode(path, keep=force)
     try:
         tmp = stage_beside(path, write, mode)
     except OSError as e:
@@ -307,6 +307,12 @@ def _write_atomically(path: Path, write: Callable[[Path], None], force: bool, fi
     if noted:
         _published(path)
     return digest
+
+
+def file_mode(path: Path, keep: bool = True) -> int:
+    """The permissions a file written to `path` gets: those of the file it replaces (when `keep` and there is one),
+    else a new file's."""
+    return stat.S_IMODE(os.stat(path).st_mode) if keep and path.is_file() else _new_file_mode()
 
 
 def stage_beside(path: Path, write: Callable[[Path], None], mode: int) -> Path:

@@ -257,14 +257,11 @@ class StagedLedger:
     instead of leaving an output no ledger knows. Not committed, it is removed."""
 
     def __init__(self, path: Path, entries: list[dict[str, Any]]):
-        import os
-        import stat
-
-        from .checkpoint import _new_file_mode, stage_beside
+        from .checkpoint import file_mode, stage_beside
         from .errors import OutputError
 
         self.path = Path(path)
-        mode = stat.S_IMODE(os.stat(self.path).st_mode) if self.path.is_file() else _new_file_mode()
+        mode = file_mode(self.path)
         text = "".join(canonical(e) + "\n" for e in entries)
         try:
             self.tmp = stage_beside(self.path, lambda tmp: tmp.write_text(text), mode)
