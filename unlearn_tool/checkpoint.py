@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Callable, Iterator, Mapping, Optional
 
 from .errors import CheckpointError, OutputError
+from .interrupts import signals_deferred
 
 if TYPE_CHECKING:  # torch is imported where it is used, so `unlearn --help` and request checks stay instant
     import torch
@@ -238,7 +239,7 @@ def check_output(path: Path, kind: str, force: bool, protect: Mapping[str, Optio
         if kind == "file" and stat.S_ISDIR(st.st_mode):
             raise OutputError(f"output {path} is a folder; give a file name for the checkpoint ({flag})")
         if kind == "dir" and not stat.S_ISDIR(st.st_mode):
-            raise OutputError(f"output {path} exists and is not a folder; an adapter output is a folder, choose another {flag}")
+            raise OutputError(f"output {path} exists and is not a folder; this output is a folder, choose another {flag}")
         if not force:
             raise OutputError(f"output {path} exists; pass --force to overwrite it or choose another {flag}")
         if kind == "file" and not (stat.S_ISREG(st.st_mode) and looks_like_safetensors(absolute)):
@@ -298,14 +299,15 @@ def _write_atomically(path: Path, write: Callable[[Path], None], force: bool, fi
         raise OutputError(f"cannot write {path} ({e.strerror or e}); {fix}") from None
     try:
         digest = sha256_file(tmp)
-        _publish_file(tmp, path, force, flag)
+        with signals_deferred():  # published and noted together: a signal meanwhile is told the output exists
+            _publish_file(tmp, path, force, flag)
+            if noted:
+                _published(path)
     except BaseException as e:
         tmp.unlink(missing_ok=True)
         if isinstance(e, OSError):
             raise OutputError(f"cannot write {path} ({e.strerror or e}); {fix}") from None
         raise
-    if noted:
-        _published(path)
     return digest
 
 
@@ -396,7 +398,7 @@ def write_directory(path: str | Path, fill: Callable[[Path], None], force: bool 
         raise OutputError(f"cannot write {path} ({e.strerror}); choose another {flag}") from None
     try:
         fill(tmp)
-        for f in tmp.iterdir():  # what a normal write gives (some writers, e.g. safetensors', create files 0600)
+        for f in tmp.rglob("*"):  # what a normal write gives (some writers, e.g. safetensors', create files 0600)
             if f.is_file() and not f.is_symlink():
                 os.chmod(f, _new_file_mode())
         os.chmod(tmp, 0o777 & ~_umask())
@@ -405,8 +407,9 @@ def write_directory(path: str | Path, fill: Callable[[Path], None], force: bool 
         if isinstance(e, OSError):
             raise OutputError(f"cannot write {path} ({e.strerror or e}); choose another {flag}") from None
         raise
-    _publish_folder(tmp, path, force, flag)
-    _published(path)
+    with signals_deferred():  # the rename, the old folder's removal and the note: a signal meanwhile waits for all three
+        _publish_folder(tmp, path, force, flag)
+        _published(path)
     return path
 
 
@@ -505,12 +508,12 @@ class StagedOutput:
     def publish(self) -> None:
         """Move the staged output onto its destination, as its writer would have published it (same rules for --force)."""
         try:
-            with publish_lock(self.path):
+            with publish_lock(self.path), signals_deferred():  # waiting for the lock stays interruptible
                 self._publish()
+                self.published = True
+                _published(self.path)
         finally:
             self.discard()
-        self.published = True
-        _published(self.path)
 
     def _publish(self) -> None:
         try:
