@@ -604,3 +604,29 @@ def test_rfa_regression_suggests_a_tenth_of_the_lr_its_kept_check_ran_at_after_b
     assert info["kept_check_lr"] == pytest.approx(0.05), info
     line = _stop_line(info, {"stop": "criterion", **params})
     assert "--param lr=0.005 may hold them" in line, line
+
+
+@pytest.mark.parametrize("method", ["neggrad+", "finetune"])
+def test_targets_whose_loss_overflows_before_any_step_are_refused_naming_the_scale_not_the_learning_rate(tmp_path, method):
+    """Targets near 1e30: MSE squares them past float32, so the loss is Inf at the first step, on the original model.
+    neggrad+ stopped there as 'diverged' after 0 steps and wrote the original back, unchanged, with exit 0 and no
+    warning; finetune refused but blamed the learning rate. Both now refuse (exit 1, nothing written) naming the scale."""
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(60, 4, generator=g)
+    y = x @ torch.tensor([1.0, 2.0, -1.0, 0.5])
+    save_file({"x": x, "y": y}, str(tmp_path / "plain.safetensors"))
+    save_file({"x": x, "y": y * 1e30}, str(tmp_path / "huge.safetensors"))
+    model = {"arch": "builtin:mlp", "kwargs": {"in_features": 4, "hidden": [8], "num_outputs": 1}}
+
+    def request(data: str, name: str) -> str:
+        return write_regression_request(tmp_path, {"indices": [0, 1, 2]}, method={"name": method, "params": {}}, name=name, extra={
+            "model": model, "data": {"train": {"source": "tensors", "path": data}, "test": {"source": "tensors", "path": data}}})
+
+    assert invoke("train", "-r", request("plain.safetensors", "plain.yaml"), "-o", tmp_path / "m.safetensors", "--epochs", "2", "--quiet").exit_code == 0
+    out = tmp_path / "u.safetensors"
+    line = rejected(invoke("apply", tmp_path / "m.safetensors", "-r", request("huge.safetensors", "huge.yaml"), "-o", out, "--device", "cpu", "--quiet"),
+                    "cannot unlearn", "at the first step, before any update", "nothing was written", "standardise the regression targets", code=1)
+    assert "learning rate" not in line
+    assert not out.exists()

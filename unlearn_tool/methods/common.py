@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from ..data import LabelledData
+from ..errors import DivergedError
 from ..training import make_optimizer
 from .base import MethodParams
 
@@ -67,6 +68,17 @@ def divergence_hint(params: MethodParams, task: str) -> str:
     if task == "regression" and getattr(params, "optimizer", None) == "sgd":
         hint += "; on a regression model --param optimizer=adam --param lr=1e-4 is steadier"
     return hint
+
+
+def diverged_at(what: str, loss: float, step: int, params: MethodParams, task: str) -> DivergedError:
+    """The error for a loss that is not finite at `step` (1-based). At the first step no update has been made yet: the
+    original model's own loss overflows on this data (targets near 1e30 square past float32), which no learning rate
+    explains, so the fix named is the data's scale."""
+    if step == 1:
+        scale = "standardise the regression targets" if task == "regression" else "check the inputs' scale"
+        return DivergedError(f"cannot unlearn: {what} is {loss:g} at the first step, before any update (the original model's "
+                             f"loss on this data overflows); nothing was written; {scale}")
+    return DivergedError(f"unlearning diverged: {what} became {loss:g} at step {step}; nothing was written; {divergence_hint(params, task)}")
 
 
 def endless_batches(data: LabelledData, batch_size: int, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

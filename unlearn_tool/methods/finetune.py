@@ -13,9 +13,8 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from ..errors import DivergedError
 from .base import MethodOutput, UnlearnContext, register_method
-from .common import RegressionLoss, SGDParams, divergence_hint, task_loss, task_of
+from .common import RegressionLoss, SGDParams, diverged_at, task_loss, task_of
 
 
 class FinetuneParams(SGDParams, RegressionLoss):
@@ -46,8 +45,7 @@ def train_on_retain(ctx: UnlearnContext, p: FinetuneParams, task: str, penalty: 
             if extra is not None:
                 loss = loss + extra
             if not torch.isfinite(loss):  # descent on Dr does not recover from here: say so now, not after every epoch
-                raise DivergedError(f"unlearning diverged: {task}'s loss on the retain set became {loss.item():g} at step {steps + 1}; "
-                                    f"nothing was written; {divergence_hint(p, task_of(ctx).name)}")
+                raise diverged_at(f"{task}'s loss on the retain set", loss.item(), steps + 1, p, task_of(ctx).name)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

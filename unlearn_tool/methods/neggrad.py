@@ -18,7 +18,7 @@ from torch import nn
 
 from ..evaluate import accuracy, stream
 from .base import MethodOutput, UnlearnContext, register_method
-from .common import RegressionLoss, SGDParams, endless_batches, is_regression, task_loss
+from .common import RegressionLoss, SGDParams, diverged_at, endless_batches, is_regression, task_loss, task_of
 
 
 class _AscentParams(SGDParams):
@@ -102,6 +102,8 @@ def _train(ctx: UnlearnContext, p, task: str, model: nn.Module, opt, epoch_losse
     for epoch in range(1, p.epochs + 1):
         for loss in epoch_losses():
             if not torch.isfinite(loss):  # the ascent has diverged: keep the last finite weights
+                if steps == 0:  # none to keep: the output would be the original, unchanged, reported as a success
+                    raise diverged_at(f"{task}'s loss", loss.item(), 1, p, task_of(ctx).name)
                 stop_reason = "diverged"
                 break
             opt.zero_grad(set_to_none=True)
