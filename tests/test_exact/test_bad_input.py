@@ -62,6 +62,16 @@ def _borrow_component(art):
     (lambda a: _edit_manifest(a, lambda m: m["deletions"].append({"id": 1, "request_id": "x", "request_sha256": "0" * 64, "scenario": "sample",
                                                                   "indices": [-1], "deactivated": [], "parent_manifest_sha256": "0" * 64,
                                                                   "created_utc": "now"})), "manifest.json is corrupt (deletions.0.indices.0"),
+    # accepted before: true and 1.0 equal 1 in Python; a string where the tool writes a number; a task exact training
+    # refuses; exclusions and sample counts that are not what the assignment gives (weighted aggregation reads them)
+    (lambda a: _edit_manifest(a, lambda m: m.update(schema_version=True)), "schema_version true is not supported"),
+    (lambda a: _edit_manifest(a, lambda m: m.update(schema_version=1.0)), "schema_version 1.0 is not supported"),
+    (lambda a: _edit_manifest(a, lambda m: m["params"].update(shards="2")), "manifest.json is corrupt (params.shards"),
+    (lambda a: _edit_manifest(a, lambda m: m.update(task="regression")), "manifest.json is corrupt (task"),
+    (lambda a: _edit_manifest(a, lambda m: m["shards"][0]["sequences"][0]["stages"][0].update(excluded=[10**30])), "excluded names a sample beyond the"),
+    (lambda a: _edit_manifest(a, lambda m: m["shards"][0]["sequences"][0]["stages"][0].update(samples=999)), "stage 0 records 999 samples, its slices hold"),
+    (lambda a: _edit_manifest(a, lambda m: m["shards"][0]["sequences"][0]["stages"][0].update(
+        excluded=[int(np.nonzero(assignment(a)[0] == 1)[0][0])])), "which is not in its slices"),
 ])
 @pytest.mark.parametrize("command", ["apply", "inspect", "audit"])
 def test_a_corrupted_manifest_is_refused(art, corrupt, fragment, command):
@@ -422,3 +432,34 @@ def test_a_stage_that_diverged_is_never_published(exact_dir, tmp_path, diverging
     rejected(r, "training diverged", "nothing was written", code=1)
     assert not (tmp_path / "out").exists() and tree(tmp_path / "art") == before
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("kind", ["folder", "fifo", "link loop"])
+def test_a_manifest_that_is_not_a_file_is_named_as_the_artifacts_manifest(art, kind):
+    """A manifest.json that is a folder, a FIFO or a link loop made the folder read as an adapter folder ("lacks
+    adapter_model.safetensors"): the message named the wrong thing."""
+    import os
+
+    (art / "manifest.json").unlink()
+    if kind == "folder":
+        (art / "manifest.json").mkdir()
+    elif kind == "fifo":
+        os.mkfifo(art / "manifest.json")
+    else:
+        (art / "manifest.json").symlink_to("manifest.json")
+    for r in (_apply(art), invoke("inspect", art)):
+        line = rejected(r, "exact artifact manifest")
+        assert "adapter" not in line
+
+
+def test_an_exact_method_named_in_a_request_for_a_checkpoint_says_what_it_needs(tmp_path, exact_dir):
+    """`unlearn methods` lists s3t, so "unknown method 's3t'" sent the user in circles."""
+    import yaml
+
+    req = yaml.safe_load((exact_dir / "delete.yaml").read_text())
+    req["method"] = {"name": "s3t", "params": {}}
+    (tmp_path / "s3t.yaml").write_text(yaml.safe_dump(req))
+    for r in (invoke("validate", "-r", tmp_path / "s3t.yaml"),
+              invoke("apply", exact_dir / "base.safetensors", "-r", tmp_path / "s3t.yaml", "-o", tmp_path / "o.safetensors", "--quiet")):
+        rejected(r, "method 's3t' is exact unlearning", "unlearn train --exact s3t", "rfa")
+    assert not (tmp_path / "o.safetensors").exists()

@@ -14,6 +14,7 @@ Nothing here imports torch at module level, so the CLI can recognise an exact ar
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 EXACT_METHODS = ("s3t", "sisa")
@@ -25,6 +26,6 @@ def is_exact_folder(path: str | Path) -> bool:
     """A folder holding an exact artifact's manifest (checked properly when the artifact is opened)."""
     p = Path(path)
     try:
-        return p.is_dir() and (p / MANIFEST).is_file()
+        return p.is_dir() and os.path.lexists(p / MANIFEST)  # not only a file: one that is not is refused as this artifact's
     except OSError:
         return False

@@ -121,7 +121,7 @@ class Manifest(_Strict):
     schema_version: Literal[1]
     method: Literal["s3t", "sisa"]
     params: dict[str, Any]
-    task: str
+    task: Literal["classification"]  # exact training refuses regression requests (run.check_task)
     seed: int = Field(ge=0, le=2**32 - 1)  # MAX_SEED: a deletion replays it
     tool_version: str
     created_utc: str
@@ -159,6 +159,11 @@ class Manifest(_Strict):
                     own = f"{COMPONENTS}/k{k}_b{b}_s{i}_g{st.generation}.safetensors"
                     if st.file is not None and st.file != own:  # else one stage could serve another's (deactivated) weights
                         raise ValueError(f"{where}.stages.{i}.file {st.file[:60]!r} is not this stage's component ({own})")
+        n = self.data.train_size
+        beyond = [f"shards.{k}.sequences.{b}.stages.{st.stage}.excluded" for k, b, st in self.all_stages() if any(i >= n for i in st.excluded)]
+        beyond += [f"deletions.{j}.indices" for j, d in enumerate(self.deletions) if any(i >= n for i in d.indices)]
+        if beyond:
+            raise ValueError(f"{beyond[0]} names a sample beyond the {n} train samples")
         if self.base.file != BASE_FILE or self.assignment.file != ASSIGNMENT_FILE:
             raise ValueError(f"base.file and assignment.file must be {BASE_FILE} and {ASSIGNMENT_FILE}")
         return self
@@ -167,8 +172,11 @@ class Manifest(_Strict):
     def deleted(self) -> set[int]:
         return {i for d in self.deletions for i in d.indices}
 
+    def all_stages(self) -> list[tuple[int, int, Stage]]:
+        return [(sh.shard, seq.sequence, st) for sh in self.shards for seq in sh.sequences for st in seq.stages]
+
     def active_stages(self) -> list[tuple[int, int, Stage]]:
-        return [(sh.shard, seq.sequence, st) for sh in self.shards for seq in sh.sequences for st in seq.stages if st.status == "active"]
+        return [(k, b, st) for k, b, st in self.all_stages() if st.status == "active"]
 
     def served(self) -> dict[int, tuple[int, int]]:
         """Per surviving shard, (sequence, prefix) of its longest surviving prefix (ties: the lowest sequence)."""
@@ -211,7 +219,7 @@ def parse_manifest(text: str, where: str) -> Manifest:
         raise CheckpointError(f"exact artifact {where}: manifest.json is not a JSON object; {fix}")
     if raw.get("format") != FORMAT:
         raise CheckpointError(f"exact artifact {where}: manifest.json format is {str(raw.get('format'))[:40]!r}, not {FORMAT!r}; {fix}")
-    if raw.get("schema_version") != SCHEMA_VERSION:
+    if type(raw.get("schema_version")) is not int or raw["schema_version"] != SCHEMA_VERSION:  # true and 1.0 equal 1 in Python
         raise CheckpointError(f"exact artifact {where}: manifest schema_version {json.dumps(raw.get('schema_version'))[:20]} is not supported "
                               f"(this tool reads {SCHEMA_VERSION}); use the tool version that wrote it")
     try:
@@ -234,7 +242,7 @@ def params_problem(m: Manifest) -> Optional[str]:
     from .params import PARAMS
 
     try:
-        p = PARAMS[m.method].model_validate(m.params)
+        p = PARAMS[m.method].model_validate(m.params, strict=True)  # as written: "2" for shards is not what this tool writes
     except ValidationError as e:
         first = e.errors()[0]
         loc = "".join(f"{x}: " for x in first["loc"])  # a whole-model check names its field in the message
@@ -432,6 +440,12 @@ def read_assignment(folder: str | Path, m: Manifest) -> tuple["Any", "Any"]:
         if sh.size != len(mine) or sh.slice_sizes != sizes:
             raise CheckpointError(f"exact artifact {folder}: shard {sh.shard}'s size and slice sizes in the manifest differ from the "
                                   f"assignment's ({len(mine)} samples, slices {sizes[:5]}); {FIX}")
+    for k, b, st in m.all_stages():  # a stage's data: its slices of its shard, less the samples excluded from them
+        outside = [i for i in st.excluded if shard[i] != k or int(slc[i]) not in st.slices]
+        held = sum(m.shards[k].slice_sizes[s] for s in st.slices) - len(set(st.excluded))
+        if outside or st.samples != held:
+            why = f"excludes sample {outside[0]}, which is not in its slices" if outside else f"records {st.samples} samples, its slices hold {held}"
+            raise CheckpointError(f"exact artifact {folder}: shard {k} sequence {b} stage {st.stage} {why}; {FIX}")
     return shard, slc
 
 

@@ -101,6 +101,11 @@ def unregister_method(name: str) -> None:
 
 def get_method(name: str) -> MethodSpecEntry:
     if name not in _REGISTRY:
+        from ..exact import EXACT_METHODS
+
+        if name in EXACT_METHODS:  # `unlearn methods` lists it, so "unknown" would send the user in circles
+            raise UnknownMethodError(f"method '{name}' is exact unlearning: it deletes from an artifact trained by unlearn train --exact {name} "
+                                     f"(then unlearn apply ARTIFACT -r REQUEST); on a checkpoint use one of: {', '.join(sorted(_REGISTRY))}")
         raise UnknownMethodError(f"unknown method '{name}'; known methods: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name]
 
