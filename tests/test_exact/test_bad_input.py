@@ -463,3 +463,32 @@ def test_an_exact_method_named_in_a_request_for_a_checkpoint_says_what_it_needs(
               invoke("apply", exact_dir / "base.safetensors", "-r", tmp_path / "s3t.yaml", "-o", tmp_path / "o.safetensors", "--quiet")):
         rejected(r, "method 's3t' is exact unlearning", "unlearn train --exact s3t", "rfa")
     assert not (tmp_path / "o.safetensors").exists()
+
+
+def test_a_stage_whose_finite_weights_overflow_the_outputs_is_never_published(exact_dir, tmp_path, monkeypatch):
+    """Weights that are finite but huge (3e38, float32's edge) give Inf logits: training published such an artifact
+    (its accuracies then came out empty) and --retrain-affected published such stages. The artifact is now measured
+    before it is published: exit 1, nothing written."""
+    import unlearn_tool.exact.run as run
+
+    from .conftest import SISA
+
+    real = run.train_sequence
+
+    def train_sequence(*args, **kwargs):
+        results = real(*args, **kwargs)
+        for res in results:
+            res.tensors = {n: t.clone().fill_(3e38) if t.is_floating_point() else t for n, t in res.tensors.items()}
+        return results
+
+    monkeypatch.setattr(run, "train_sequence", train_sequence)
+    r = invoke("train", "-r", exact_dir / "train.yaml", "-o", tmp_path / "sisa", *SISA, "--quiet")
+    rejected(r, "sisa training diverged", "outputs are NaN/Inf on", "weights finite", "nothing was written", "lower the learning rate", code=1)
+    assert not (tmp_path / "sisa").exists()
+
+    shutil.copytree(exact_dir / "sisa", tmp_path / "art")
+    before = tree(tmp_path / "art")
+    r = invoke("apply", tmp_path / "art", "-r", exact_dir / "delete.yaml", "-o", tmp_path / "out", "--retrain-affected", "--quiet")
+    rejected(r, "sisa training diverged", "outputs are NaN/Inf on", "nothing was written", code=1)
+    assert not (tmp_path / "out").exists() and tree(tmp_path / "art") == before
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]

@@ -13,7 +13,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -130,6 +130,15 @@ def _publish(output: Path, m: Manifest, new_components: dict[tuple[int, int, int
 
     write_directory(output, fill, force=force, protect=protect)
     return sha256_file(output / MANIFEST)
+
+
+def overflow_refusal(method: str, lr: object) -> Callable[[str], DivergedError]:
+    """The error for an artifact whose outputs are NaN/Inf on `where` although every weight is finite (a stage trained
+    at too high a rate): the artifact could not serve, so it is not written."""
+    from ..methods.common import lower_lr_hint
+
+    return lambda where: DivergedError(f"{method} training diverged: the artifact's outputs are NaN/Inf on {where}, its weights finite; "
+                                       f"nothing was written; {lower_lr_hint(lr)}")
 
 
 def _volatile(figures: dict[str, Any]) -> dict[str, Any]:
@@ -292,11 +301,12 @@ def train_artifact(job: Job, method: str, p: ExactParams, output: Path, init: Op
         save_canonical(tmp_assignment, path, {"unlearn.format": FORMAT, "unlearn.rule": rule})
         m.assignment.sha256 = sha256_file(path)
 
-    manifest_sha = _publish(output, m, components, None, write_base, write_assignment, force,
-                            {"request": req.path, "init checkpoint": init})
-    artifact = EnsembleArtifact(output)
-    model = artifact.load(job.load_context())
-    figures = utility(model, job)
+    protect = {"request": req.path, "init checkpoint": init}
+    with StagedOutput(output, force, protect) as stage:  # measured before it is published: outputs that overflow refuse it
+        manifest_sha = _publish(stage.staged, m, components, None, write_base, write_assignment, False, protect)
+        model = EnsembleArtifact(stage.staged).load(job.load_context())
+        figures = utility(model, job, refuse=overflow_refusal(method, p.lr))
+        stage.publish()
     return {"output": str(output), "kind": "exact", "method": method, "params": m.params, "sha256": manifest_sha,
             "train_size": n, "excluded": len(excluded), "shards": p.shards, "slices": p.slices,
             "sequences": getattr(p, "sequences", 1), "components": len(components), "sample_epochs": sample_epochs,
@@ -471,6 +481,11 @@ def apply_exact_request(
     verdict_first = audit and not keep_on_fail
     with StagedOutput(out, force, protect) as stage:
         digest = _publish(stage.staged, new, new_components, artifact_path, copy_base, copy_assignment, False, protect)
+        if new_components:  # retrained stages whose weights are finite can still overflow: never published
+            from ..pipeline import finite_predictions, summary_sets
+
+            finite_predictions(EnsembleArtifact(stage.staged).load(job.load_context()), job, summary_sets(job),
+                               overflow_refusal(m.method, m.params.get("lr")))
         if not verdict_first:
             stage.publish()
         latency = time.perf_counter() - t0
