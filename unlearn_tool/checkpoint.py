@@ -248,9 +248,10 @@ def check_output(path: Path, kind: str, force: bool, protect: Mapping[str, Optio
             raise OutputError(f"output {path} is a folder holding files this tool did not write; --force replaces only an adapter folder "
                               f"written by `unlearn apply --adapter-only` or an exact artifact, choose another {flag}")
     try:  # the only reliable writability test (root ignores permission bits; read-only mounts; quotas)
-        fd, probe = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=".probe", dir=parent)
-        os.close(fd)
-        os.unlink(probe)
+        with signals_deferred():  # a signal between creating and removing the probe left it behind
+            fd, probe = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=".probe", dir=parent)
+            os.close(fd)
+            os.unlink(probe)
     except OSError as e:
         raise OutputError(f"output folder {path.parent} is not writable ({e.strerror}); choose another {flag}") from None
 

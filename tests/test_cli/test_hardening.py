@@ -231,6 +231,25 @@ def test_sigterm_during_the_write_leaves_no_temporary_file(work, monkeypatch):
     assert not [p.name for p in work.iterdir() if p.name.startswith(".")]
 
 
+def test_sigterm_while_the_output_folder_is_probed_leaves_no_probe_file(work, monkeypatch):
+    """The writability probe is a temporary file created and removed at once; a SIGTERM between the two left a 0-byte
+    `.unlearn-*.probe` beside the output."""
+    import tempfile
+
+    real = tempfile.mkstemp
+
+    def mkstemp_then_sigterm(*args, **kwargs):
+        made = real(*args, **kwargs)
+        if kwargs.get("suffix") == ".probe":
+            os.kill(os.getpid(), signal.SIGTERM)
+        return made
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp_then_sigterm)
+    r = invoke("apply", work / "model.safetensors", "-r", work / "req.yaml", "-o", work / "o.safetensors", "--quiet")
+    rejected(r, "terminated by signal 15", "no output was written", code=143)
+    assert not [p.name for p in work.iterdir() if p.name.startswith(".")]
+
+
 def test_a_signal_during_an_extension_import_is_still_that_signal(work, monkeypatch):
     """A SIGHUP sent to `unlearn train` a few seconds in exited 1 with "unexpected ImportError: initialization failed
     (please report this)": it arrived while a pybind11 extension was being imported, whose module init turns any
