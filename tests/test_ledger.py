@@ -366,3 +366,35 @@ def test_a_shared_ledger_holds_one_chain_and_is_never_cut(digits_dir, tmp_path):
     assert r.exit_code == 0, r.output
     assert verify(tmp_path / "s2a.safetensors").exit_code == 0
     assert [json.loads(line)["request_id"] for line in shared.read_text().splitlines()] == ["test-a.yaml", "test-c.yaml"]
+
+
+def test_ledger_verify_of_a_checkpoint_without_lineage_does_not_verify_in_one_line(digits_dir):
+    """It printed the problem, then crashed: "unexpected KeyError: 'original_sha256' (please report this)"."""
+    r = invoke("ledger", "verify", digits_dir / "mlp.safetensors", "--original", digits_dir / "mlp.safetensors")
+    assert r.exit_code == 3 and "carries no lineage" in r.stderr and "unexpected" not in r.stderr, r.stderr
+    assert "NOT VERIFIED: 0 step(s)" in r.stdout
+
+
+@pytest.mark.parametrize("lineage", ["not json{", "[]", '{"schema": "unlearn.lineage/v1", "steps": "x"}', "STEPS:[null]", "STEPS:[{}]"])
+def test_a_damaged_lineage_is_refused_never_taken_for_none(digits_dir, tmp_path, lineage):
+    """A lineage that was not JSON read as "no lineage": apply started a new chain from the damaged file (the deletions
+    recorded before it were lost) and `unlearn ledger` said it was not written by apply; steps of null or {} crashed
+    `unlearn ledger` and `ledger verify` ("unexpected TypeError"); a steps string was called a schema mismatch."""
+    from unlearn_tool.checkpoint import read_checkpoint
+
+    a = _req(tmp_path, "a", {"indices": list(range(0, 200, 7))}, params={"epochs": 1, "stop": "epochs"})
+    assert invoke("apply", digits_dir / "mlp.safetensors", "-r", a, "-o", tmp_path / "s1.safetensors", "--quiet").exit_code == 0
+    tensors, meta = read_checkpoint(tmp_path / "s1.safetensors")
+    if lineage.startswith("STEPS:"):
+        damaged = json.loads(meta["unlearn.lineage"])
+        damaged["steps"] = json.loads(lineage[len("STEPS:"):])
+        lineage = json.dumps(damaged)
+    save_file(tensors, str(tmp_path / "bad.safetensors"), metadata={**meta, "unlearn.lineage": lineage})
+    shutil.copy(tmp_path / "s1.ledger.jsonl", tmp_path / "bad.ledger.jsonl")
+    for r in (invoke("ledger", tmp_path / "bad.safetensors"),
+              invoke("ledger", "verify", tmp_path / "bad.safetensors", "--original", digits_dir / "mlp.safetensors"),
+              invoke("apply", tmp_path / "bad.safetensors", "-r", a, "-o", tmp_path / "out.safetensors", "--quiet")):
+        rejected(r, "lineage metadata (unlearn.lineage) is damaged", "--ignore-lineage")
+    assert not (tmp_path / "out.safetensors").exists()
+    r = invoke("apply", tmp_path / "bad.safetensors", "-r", a, "-o", tmp_path / "out.safetensors", "--ignore-lineage", "--json", "--quiet")
+    assert r.exit_code == 0 and any("a new chain starts from this checkpoint" in n for n in json.loads(r.stdout)["warnings"]), r.stderr

@@ -81,12 +81,29 @@ class Lineage:
 
     @classmethod
     def from_metadata(cls, fields: dict[str, Any]) -> Optional["Lineage"]:
-        raw = fields.get("lineage")
-        if not isinstance(raw, dict):
+        """The checkpoint's lineage; None when it has none. One that is there but damaged is an error, never "none":
+        a new chain would start from the damaged file and the deletions recorded before it would be lost."""
+        if "lineage" not in fields:
             return None
-        if raw.get("schema") != SCHEMA or not isinstance(raw.get("steps"), list):
+        raw = fields["lineage"]
+        damaged = "the checkpoint's lineage metadata (unlearn.lineage) is damaged"
+        fix = "restore the checkpoint from its ledger's last output, or pass --ignore-lineage to start a new chain from it"
+        if not isinstance(raw, dict):
+            raise LedgerError(f"{damaged} (not a JSON object); {fix}")
+        if raw.get("schema") != SCHEMA:
             raise LedgerError(f"the checkpoint's lineage has schema {raw.get('schema')!r}; this tool reads {SCHEMA}")
-        return cls(str(raw.get("original_sha256", "")), str(raw.get("data_sha256", "")), list(raw["steps"]))
+        steps = raw.get("steps")
+        if not isinstance(steps, list):
+            raise LedgerError(f"{damaged} (steps is not a list); {fix}")
+        for n, step in enumerate(steps, 1):
+            if not isinstance(step, dict) or step.get("step") != n or not all(isinstance(step.get(k), str) for k in STEP_TEXT):
+                raise LedgerError(f"{damaged} (step {n} is not a step record); {fix}")
+        if not all(isinstance(raw.get(k), str) for k in ("original_sha256", "data_sha256")):
+            raise LedgerError(f"{damaged} (no original or data sha256); {fix}")
+        return cls(raw["original_sha256"], raw["data_sha256"], list(steps))
+
+
+STEP_TEXT = ("request_id", "method", "scenario", "forget_digest", "parent_sha256", "created_utc")  # what `unlearn ledger` prints
 
 
 def new_step(lineage: Lineage, request: Any, method: str, splits: "Splits", parent_sha256: str, created: str,
@@ -351,7 +368,8 @@ def verify(checkpoint: Path, original: Path, ledger: Optional[Path] = None) -> d
     lineage = Lineage.from_metadata(art.fields)
     problems: list[str] = []
     if lineage is None:
-        return {"ok": False, "problems": [f"{checkpoint} carries no lineage (it was not written by `unlearn apply`)"], "steps": []}
+        return {"ok": False, "problems": [f"{checkpoint} carries no lineage (it was not written by `unlearn apply`)"], "steps": [],
+                "checkpoint_sha256": art.sha256, "original_sha256": orig.sha256, "ledger": str(ledger or default_ledger(checkpoint))}
     if lineage.original_sha256 != orig.sha256:
         problems.append(f"the lineage starts from {lineage.original_sha256[:12]}..., not the given original {orig.sha256[:12]}...")
     ledger = ledger or default_ledger(checkpoint)

@@ -476,12 +476,18 @@ def apply_request(
             readers = ", ".join(f"{n} ({'/'.join(get_method(n).anchor_tasks)})" for n in method_names() if get_method(n).anchor_tasks)
             raise UnlearnError(f"--anchor is not read by {plan.method} on {req.task} (only by: {readers}); drop --anchor")
     parent = CheckpointArtifact(checkpoint)
-    lineage = L.Lineage.from_metadata(parent.fields)
+    notes: list[str] = []
+    try:
+        lineage = L.Lineage.from_metadata(parent.fields)
+    except L.LedgerError as e:
+        if not ignore_lineage:
+            raise
+        lineage = None  # a new chain starts from this checkpoint, as the message of the error offered
+        notes.append(f"--ignore-lineage: {str(e).split(';')[0]}; a new chain starts from this checkpoint")
     anchor_artifact = check_anchor(anchor, parent, lineage) if anchor is not None else None
     ledger_in = Path(ledger) if ledger is not None else L.default_ledger(Path(checkpoint))
     ledger_out = Path(ledger) if ledger is not None else L.default_ledger(plans[0].output)  # where this run records
     entries: list[dict[str, Any]] = []
-    notes: list[str] = []
     resolve = None
     if lineage is not None and lineage.steps:
         if ignore_lineage:
