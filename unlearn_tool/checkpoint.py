@@ -63,6 +63,18 @@ def _regular_file(path: Path, what: str, fix: str) -> None:
         raise CheckpointError(f"{what} {path} is a folder; {fix}")
     if not stat.S_ISREG(st.st_mode):
         raise CheckpointError(f"{what} {path} is not a regular file; {fix}")
+    if not utf8_path(path):
+        raise CheckpointError(f"{what} {path}: its path is not valid UTF-8, which safetensors cannot open; rename it (or a folder above it)")
+
+
+def utf8_path(path: Path) -> bool:
+    """Whether `path` (made absolute) is valid UTF-8: safetensors opens and writes files by UTF-8 name only, and a name
+    of other bytes (os.fsdecode's surrogates) would fail there, after the work."""
+    try:
+        os.path.abspath(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -126,8 +138,13 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], arch: str, path:
     if diffs:
         shown = "; ".join(diffs[:4]) + (f"; +{len(diffs) - 4} more" if len(diffs) > 4 else "")
         raise CheckpointError(f"checkpoint {path} does not match {arch}: {shown}; set model.arch/kwargs to the architecture it was trained with")
-    check_finite(state, path)
     target = model.state_dict()
+    whole = [k for k, v in target.items() if v.is_floating_point() and not state[k].is_floating_point()]
+    if whole:  # cast on loading, weights under 1 became zeros: the model would predict one class and unlearn nothing
+        raise CheckpointError(f"checkpoint {path}: {whole[0]}{f' and {len(whole) - 1} more' if len(whole) > 1 else ''} hold "
+                              f"{str(state[whole[0]].dtype).removeprefix('torch.')} values where {arch} has floating-point weights; "
+                              "give the checkpoint as training saved it (float32, bfloat16 or float16), not an integer copy")
+    check_finite(state, path)
     model.load_state_dict({k: v.to(target[k].dtype) for k, v in state.items()}, strict=True)
     return model
 
@@ -218,6 +235,8 @@ def check_output(path: Path, kind: str, force: bool, protect: Mapping[str, Optio
     path = Path(path)
     absolute = Path(os.path.abspath(path))
     parent = absolute.parent
+    if not utf8_path(absolute):
+        raise OutputError(f"output {path}: its path is not valid UTF-8, which safetensors cannot write; choose a UTF-8 name for {flag}")
     if len(os.fsencode(path.name)) > _name_max(parent if parent.is_dir() else Path(".")):
         raise OutputError(f"output name {path.name[:40]}... is longer than the file system allows ({_name_max(parent)} bytes); choose a shorter {flag}")
     for label, p in dict(protect).items():
@@ -247,13 +266,22 @@ def check_output(path: Path, kind: str, force: bool, protect: Mapping[str, Optio
         if kind == "dir" and not is_our_folder(absolute):
             raise OutputError(f"output {path} is a folder holding files this tool did not write; --force replaces only an adapter folder "
                               f"written by `unlearn apply --adapter-only` or an exact artifact, choose another {flag}")
-    try:  # the only reliable writability test (root ignores permission bits; read-only mounts; quotas)
+    problem = not_writable(parent)
+    if problem:
+        raise OutputError(f"output folder {path.parent} is not writable ({problem}); choose another {flag}")
+
+
+def not_writable(folder: Path) -> Optional[str]:
+    """Why a file cannot be created in `folder`, or None. Creating one is the only reliable test (root ignores
+    permission bits; read-only mounts; quotas; /proc)."""
+    try:
         with signals_deferred():  # a signal between creating and removing the probe left it behind
-            fd, probe = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=".probe", dir=parent)
+            fd, probe = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=".probe", dir=folder)
             os.close(fd)
             os.unlink(probe)
     except OSError as e:
-        raise OutputError(f"output folder {path.parent} is not writable ({e.strerror}); choose another {flag}") from None
+        return str(e.strerror or e)
+    return None
 
 
 # ---------------------------------------------------------------- atomic, no-clobber publishing

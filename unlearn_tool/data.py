@@ -618,7 +618,15 @@ def _load_csv(spec: DataSpec, path: Path, where: str) -> LabelledData:
 
 
 def load_split(spec: DataSpec, role: str, base_dir: Path) -> LabelledData:
-    """Load one split (`role` is 'train' or 'test', the default split to read)."""
+    """Load one split (`role` is 'train' or 'test', the default split to read); an empty one is refused here, before
+    anything indexes its first sample."""
+    data = _read_split(spec, role, base_dir)
+    if len(data) == 0:
+        raise DataError(f"data.{role}: {spec.path or spec.root or spec.source} holds no samples; give a split with data")
+    return data
+
+
+def _read_split(spec: DataSpec, role: str, base_dir: Path) -> LabelledData:
     where = f"data.{role}"
     src = spec.source
     if src == "tensors":

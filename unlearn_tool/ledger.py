@@ -180,6 +180,11 @@ def check_ledger_output(path: Path, inputs: list[tuple[str, Optional[Path]]]) ->
         folder = folder.parent
     if not folder.is_dir():
         raise LedgerError(f"ledger {path}: {folder} is not a folder; choose another --ledger")
+    from .checkpoint import not_writable
+
+    problem = not_writable(folder)
+    if problem:  # found now, not when the output is about to be published
+        raise LedgerError(f"ledger {path}: its folder {folder} is not writable ({problem}); choose another --ledger")
 
 
 def lineage_entries(entries: list[dict[str, Any]], lineage: Lineage, ledger: Path) -> list[dict[str, Any]]:

@@ -486,3 +486,51 @@ def test_an_output_inside_an_input_folder_is_refused_also_through_a_link(tmp_pat
         with pytest.raises(OutputError, match="is inside the input checkpoint"):
             check_output(out, "file", False, protect={"input checkpoint": folder})
     check_output(tmp_path / "u.safetensors", "file", False, protect={"input checkpoint": folder})  # beside it is fine
+
+
+# ---------------------------------------------------------------- the second attack report (stop 28)
+
+def test_an_empty_data_split_is_refused_in_one_line(work):
+    """A tensors file of zero samples crashed validate and train: "unexpected IndexError ... (please report this)"."""
+    save_file({"x": torch.zeros(0, 1, 8, 8), "y": torch.zeros(0, dtype=torch.int64)}, str(work / "empty.safetensors"))
+    req = edit_request(work / "req.yaml", data__train={"source": "tensors", "path": "empty.safetensors"})
+    rejected(invoke("validate", "-r", req), "data.train", "holds no samples")
+    rejected(invoke("train", "-r", req, "-o", work / "t.safetensors", "--epochs", "1", "--quiet"), "holds no samples")
+    assert not (work / "t.safetensors").exists()
+
+
+def test_a_ledger_in_a_folder_that_cannot_be_written_is_refused_before_any_work(work, monkeypatch):
+    """--ledger /proc/l.jsonl passed every check, the run did its work, and publishing then failed with "unexpected
+    FileNotFoundError: '/proc/l.d' (please report this)"."""
+    import unlearn_tool.pipeline as pipeline
+
+    def no_work(*_a, **_k):
+        raise AssertionError("the run started its work")
+
+    monkeypatch.setattr(pipeline, "unlearn_step", no_work)
+    r = invoke("apply", work / "model.safetensors", "-r", work / "req.yaml", "-o", work / "o.safetensors", "--ledger", "/proc/l.jsonl", "--quiet")
+    rejected(r, "ledger /proc/l.jsonl", "is not writable", "choose another --ledger")
+    assert not (work / "o.safetensors").exists()
+
+
+def test_paths_that_are_not_utf8_are_refused_naming_the_name(work):
+    """safetensors opens and writes by UTF-8 name only: an output named in other bytes failed after the work ("unexpected
+    UnicodeEncodeError"), an input so named was called "not a valid safetensors file" with a fix to convert it."""
+    odd = os.fsdecode(b"\xff\xfe.safetensors")
+    r = invoke("apply", work / "model.safetensors", "-r", work / "req.yaml", "-o", work / odd, "--quiet")
+    rejected(r, "its path is not valid UTF-8", "choose a UTF-8 name for --output")
+    shutil.copy(work / "model.safetensors", work / odd)
+    line = rejected(invoke("apply", work / odd, "-r", work / "req.yaml", "-o", work / "o.safetensors", "--quiet"),
+                    "its path is not valid UTF-8", "rename it")
+    assert "convert it" not in line and not (work / "o.safetensors").exists()
+
+
+def test_an_integer_copy_of_a_float_checkpoint_is_refused(work):
+    """Cast on loading, int32 weights became zeros: validate said the checkpoint matched and apply 'unlearned' a model that
+    predicted one class, writing an int32 output."""
+    state = load_file(str(work / "model.safetensors"))
+    save_file({k: v.to(torch.int32) for k, v in state.items()}, str(work / "int.safetensors"))
+    for r in (invoke("validate", "-r", work / "req.yaml", work / "int.safetensors"),
+              invoke("apply", work / "int.safetensors", "-r", work / "req.yaml", "-o", work / "o.safetensors", "--quiet")):
+        rejected(r, "hold int32 values where builtin:mlp has floating-point weights", "not an integer copy")
+    assert not (work / "o.safetensors").exists()
