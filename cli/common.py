@@ -57,7 +57,7 @@ def handle_errors(fn: Callable) -> Callable:
                 raise
             except UnlearnError as e:
                 _exit_if_interrupted(interrupt_behind(e) or _received())  # a signal during a lazy import that our code wrapped (usercode, timm)
-                err(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+                err(f"error: {str(e) or type(e).__name__}")  # one line: a newline inside (a path's) is escaped, not cut
                 raise typer.Exit(e.exit_code) from None
             except Terminated as e:
                 err(f"error: terminated by signal {e.signum}; {_written_note()}")

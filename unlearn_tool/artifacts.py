@@ -182,6 +182,23 @@ class AdapterArtifact(Artifact):
             raise AuditError(f"adapter {self.path}: every LoRA B matrix is zero, so the adapter trained nothing; rerun `unlearn apply` (more epochs or a higher lr)")
         check_finite(tensors, self.path / self.WEIGHTS)
 
+    def check_config(self) -> None:
+        """The config must be a LoRA adapter's, as `apply --adapter-only` writes: on another tuner's (prompt tuning) peft
+        builds that tuner, with its own warnings on stderr, and fails deep inside."""
+        from .request import read_regular_file
+        from .errors import RequestError
+
+        fix = "give a folder written by `unlearn apply --adapter-only`"
+        try:
+            config = json.loads(read_regular_file(self.path / self.CONFIG, "adapter config", fix, 1 << 20))
+        except RequestError as e:
+            raise CheckpointError(str(e)) from None
+        except ValueError:
+            raise CheckpointError(f"adapter {self.path}: {self.CONFIG} is not valid JSON; {fix}") from None
+        kind = config.get("peft_type") if isinstance(config, dict) else None
+        if kind != "LORA":
+            raise CheckpointError(f"adapter {self.path}: {self.CONFIG} describes {'a ' + repr(kind)[:40] if kind else 'no'} peft adapter, not LoRA; {fix}")
+
     def load(self, ctx: LoadContext) -> "nn.Module":
         if ctx.base is None:
             raise AuditError("an adapter is evaluated as base + adapter; give the base checkpoint with --original")
@@ -189,6 +206,7 @@ class AdapterArtifact(Artifact):
         parent = self.fields.get("parent_sha256")
         if parent and ctx.base_sha256 and parent != ctx.base_sha256:
             raise AuditError(f"adapter {self.path} was made from a base with sha256 {str(parent)[:12]}..., not {ctx.base_sha256[:12]}...; give that base checkpoint (--original for audit, --base for merge)")
+        self.check_config()
         from peft import PeftModel
 
         from .lora import quiet_peft

@@ -858,7 +858,9 @@ def merge_adapter(adapter: str | Path, base: str | Path, output: str | Path, for
     state = {k: v.detach().to(base_art.dtypes[k]).cpu().contiguous() for k, v in merged.state_dict().items()}
     bad = non_finite(state)
     if bad:
-        raise DivergedError(f"the merged weights hold NaN/Inf (first: {bad[0][0]}); nothing was written")
+        raise CheckpointError(f"adapter {adapter}: merged into the base, the weights hold NaN/Inf (first: {bad[0][0]}), although the adapter's "
+                              f"own tensors are finite: its {AdapterArtifact.CONFIG} (lora_alpha, r) scales them past float range; nothing was written; "
+                              "give a folder written by `unlearn apply --adapter-only`")
     out_fields = {**{k: v for k, v in fields.items() if k not in ("created_utc",)}, "merged_from_adapter_sha256": adapter_art.sha256,
                   "created_utc": created_utc()}
     digest = write_merged(output, state, file_fields(out_fields), force=force)

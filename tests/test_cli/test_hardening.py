@@ -534,3 +534,10 @@ def test_an_integer_copy_of_a_float_checkpoint_is_refused(work):
               invoke("apply", work / "int.safetensors", "-r", work / "req.yaml", "-o", work / "o.safetensors", "--quiet")):
         rejected(r, "hold int32 values where builtin:mlp has floating-point weights", "not an integer copy")
     assert not (work / "o.safetensors").exists()
+
+
+def test_a_newline_in_a_path_is_escaped_not_the_end_of_the_error(work):
+    """The error line was cut at the newline: "error: checkpoint mi", the problem and the fix lost."""
+    line = rejected(invoke("apply", work / "mi\nssing.safetensors", "-r", work / "req.yaml", "--quiet"), "mi\\x0assing.safetensors not found",
+                    "give the path of a .safetensors file")
+    assert "\n" not in line

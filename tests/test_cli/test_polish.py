@@ -37,6 +37,23 @@ def test_merge_folds_an_adapter_into_its_base(digits_dir, tmp_path):
     assert not (tmp_path / "x.safetensors").exists()
 
 
+def test_merge_refuses_an_adapter_config_that_is_not_lora_or_scales_past_float_range(digits_dir, tmp_path):
+    """A prompt-tuning config printed peft's multi-line UserWarning before the error; a lora_alpha of 1e308 (finite)
+    merged into Inf weights and exited 1 as if a method had diverged. Both are the adapter folder's fault: exit 2."""
+    import shutil
+
+    assert invoke("apply", digits_dir / "mlp.safetensors", "-r", digits_dir / "class.yaml", "--device", "cpu", "--quiet",
+                  "--adapter-only", "-o", tmp_path / "ad").exit_code == 0
+    for name, change, fragment in (("prompt", {"peft_type": "PROMPT_TUNING"}, "describes a 'PROMPT_TUNING' peft adapter, not LoRA"),
+                                   ("huge", {"lora_alpha": 1e308}, "scales them past float range")):
+        shutil.copytree(tmp_path / "ad", tmp_path / name)
+        config = json.loads((tmp_path / name / "adapter_config.json").read_text())
+        (tmp_path / name / "adapter_config.json").write_text(json.dumps({**config, **change}))
+        r = invoke("merge", tmp_path / name, "--base", digits_dir / "mlp.safetensors", "-o", tmp_path / f"{name}.safetensors")
+        line = rejected(r, f"adapter {tmp_path / name}", fragment, "unlearn apply --adapter-only")
+        assert r.stderr.strip() == line and not (tmp_path / f"{name}.safetensors").exists(), r.stderr
+
+
 def test_apply_audit_fail_keeps_the_output_unless_asked(digits_dir, tmp_path):
     args = ["apply", digits_dir / "mlp.safetensors", "-r", digits_dir / "class.yaml", "--param", "epochs=1", "--param", "stop=epochs",
             "--param", "lr=1e-6", "--audit", "--json", "--quiet"]
