@@ -87,7 +87,7 @@ class Lineage:
             return None
         raw = fields["lineage"]
         damaged = "the checkpoint's lineage metadata (unlearn.lineage) is damaged"
-        fix = "restore the checkpoint from its ledger's last output, or pass --ignore-lineage to start a new chain from it"
+        fix = "restore the checkpoint from its ledger's last output (unlearn apply --ignore-lineage starts a new chain from it instead)"
         if not isinstance(raw, dict):
             raise LedgerError(f"{damaged} (not a JSON object); {fix}")
         if raw.get("schema") != SCHEMA:
