@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -166,3 +168,96 @@ def test_fashion_mnist_request_end_to_end(tmp_path):
     out = json.loads(r.stdout)
     assert out["before"]["forget_acc"] > 0.9  # random pixels: memorised
     assert out["after"]["forget_acc"] <= 0.05
+
+
+# ---------------------------------------------------------------- the data-loading attack report (stop 28)
+
+def test_mnist_never_loads_processed_pickles_and_reads_the_idx_files(tmp_path, monkeypatch):
+    """torchvision's MNIST class loaded root/MNIST/processed/*.pt with torch.load (an unpickler) when they existed, and
+    served their 5 samples instead of the 40 in the idx files."""
+    _mnist_like(tmp_path, "MNIST")
+    processed = tmp_path / "MNIST" / "processed"
+    processed.mkdir()
+    for f in ("training.pt", "test.pt"):
+        torch.save((torch.zeros(5, 8, 8, dtype=torch.uint8), torch.tensor([0, 1, 0, 1, 0])), processed / f)
+
+    def no_unpickling(*_a, **_k):
+        raise AssertionError("torch.load was called")
+
+    monkeypatch.setattr(torch, "load", no_unpickling)
+    assert len(load_split(_spec(source="torchvision:MNIST", root=str(tmp_path)), "train", tmp_path)) == 40
+
+
+@pytest.mark.parametrize("damage, fragment", [
+    (lambda p: p.write_bytes(b"\x00\x00\x08\x01" + p.read_bytes()[4:]), "is not an idx file of 3-dimensional 8-bit data"),
+    (lambda p: p.write_bytes(b"\x00\x00"), "is not an idx file"),
+    (lambda p: p.write_bytes(p.read_bytes()[:-7]), "the file is truncated or damaged"),
+    (lambda p: p.write_bytes(p.read_bytes()[:8] + (2**31).to_bytes(4, "big") + p.read_bytes()[12:]), "the file is truncated or damaged"),
+])
+def test_a_damaged_idx_file_is_named(tmp_path, damage, fragment):
+    """Wrong magic, a 2-byte file: "unexpected AssertionError" / ValueError (exit 1); a header of 2^31 images: "not found"."""
+    _mnist_like(tmp_path, "MNIST")
+    damage(tmp_path / "MNIST" / "raw" / "train-images-idx3-ubyte")
+    with pytest.raises(DataError, match=fragment):
+        load_split(_spec(source="torchvision:MNIST", root=str(tmp_path)), "train", tmp_path)
+
+
+def _image_folder(tmp_path, odd: dict) -> Path:
+    for cls in ("a", "b"):
+        (tmp_path / "imgs" / cls).mkdir(parents=True, exist_ok=True)
+        for i in range(3):
+            Image.fromarray(np.full((8, 8, 3), 30 * i, dtype=np.uint8)).save(tmp_path / "imgs" / cls / f"{i}.png")
+    for name, make in odd.items():
+        make(tmp_path / "imgs" / "b" / name)
+    return tmp_path / "imgs"
+
+
+def _truncated_png(p):
+    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(p)
+    p.write_bytes(p.read_bytes()[:40])
+
+
+@pytest.mark.parametrize("odd, fragment", [
+    ({"9.png": _truncated_png}, "cannot be read"),
+    ({"9.png": lambda p: p.write_bytes(b"")}, "cannot be read"),
+    ({"9.png": lambda p: p.write_text("not an image")}, "cannot be read"),
+    ({"9.png": lambda p: os.mkfifo(p)}, "is not a regular file"),
+    ({"9.png": lambda p: Image.fromarray(np.zeros((12, 9, 3), dtype=np.uint8)).save(p)}, "the images differ in size"),
+])
+def test_an_unreadable_or_odd_image_is_a_data_error_not_a_crash_or_a_hang(tmp_path, odd, fragment):
+    """Each exited 1 "unexpected ... (please report this)", and a FIFO named .png hung the read for ever."""
+    _image_folder(tmp_path, odd)
+    data = load_split(_spec(source="imagefolder", path="imgs"), "train", tmp_path)
+    with pytest.raises(DataError, match=fragment):
+        for _ in data.batches(16):
+            pass
+
+
+@pytest.mark.parametrize("label", ["\u00b9", "99999999999999999999"])
+def test_a_csv_label_that_is_not_a_small_ascii_number_is_refused(tmp_path, label):
+    """'¹' passes str.isdigit but not int(); a 20-digit label overflowed the tensor: both exited 1 "unexpected"."""
+    _image_folder(tmp_path, {})
+    (tmp_path / "m.csv").write_text(f"path,label\nimgs/a/0.png,0\nimgs/b/0.png,{label}\n", encoding="utf-8")
+    with pytest.raises(DataError, match="line 3: the label is not a whole number"):
+        load_split(_spec(source="csv", path="m.csv"), "train", tmp_path)
+
+
+def test_a_readers_own_error_on_malformed_tensors_is_a_data_error(tmp_path):
+    """Complex record IDs: "unexpected TypeError ... (please report this)", exit 1."""
+    np.savez(tmp_path / "d.npz", x=np.zeros((4, 3), np.float32), y=np.arange(4) % 2, ids=np.arange(4) + 0j)
+    with pytest.raises(DataError, match="data.train: d.npz cannot be read as tensors data"):
+        load_split(_spec(source="tensors", path="d.npz"), "train", tmp_path)
+
+
+def test_forgetting_an_image_whose_name_is_not_utf8(tmp_path):
+    """The record ID's hash encoded the name as UTF-8 and apply crashed: "unexpected UnicodeEncodeError"."""
+    from conftest import write_request
+
+    folder = _image_folder(tmp_path, {os.fsdecode(b"\xff.png"): lambda p: Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(p)})
+    images = {"source": "imagefolder", "path": folder.name}
+    req = write_request(tmp_path, {"indices": [6]}, arch="builtin:small_cnn", kwargs={"in_channels": 3, "num_classes": 2, "width": 4},
+                        method={"name": "finetune", "params": {"epochs": 1}}, extra={"data": {"train": images, "test": dict(images)}})
+    assert invoke("train", "-r", req, "-o", tmp_path / "m.safetensors", "--epochs", "1", "--device", "cpu", "--quiet").exit_code == 0
+    r = invoke("apply", tmp_path / "m.safetensors", "-r", req, "-o", tmp_path / "u.safetensors", "--device", "cpu", "--quiet", "--json")
+    assert r.exit_code == 0, r.stderr
+    assert load_split(_spec(**images), "train", tmp_path).ids[6] == os.fsdecode(b"b/\xff.png")  # the one forgotten

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .errors import DataError
+from .errors import DataError, UnlearnError
 from .interrupts import raise_interrupt_behind
 from .request import DataSpec, Normalize, Request
 
@@ -122,7 +122,8 @@ class LabelledData:
                 x, y = shard(x, y) if shuffle else (x, y)
                 yield (x.pin_memory(), y.pin_memory()) if pin else (x, y)
             return
-        loader = DataLoader(self.dataset, batch_sampler=[g.tolist() for g in groups], num_workers=self.num_workers, pin_memory=pin)
+        loader = DataLoader(self.dataset, batch_sampler=[g.tolist() for g in groups], num_workers=self.num_workers, pin_memory=pin,
+                            collate_fn=collate_images)
         for x, y in loader:
             y = torch.as_tensor(y)
             x, y = x.float(), (y.float() if y.dtype.is_floating_point else y.long())
@@ -268,6 +269,9 @@ def _uint8_images_to_tensor(images: np.ndarray, spec: DataSpec, where: str) -> t
     Converted in chunks into one preallocated tensor, so peak memory is the uint8 images plus the result
     (a whole-set conversion would hold three float copies at once: 1.8 GB more at 50k CIFAR images).
     """
+    if images.dtype != np.uint8 or images.ndim not in (3, 4):  # a float .mat can hold NaN; other layouts are not images
+        raise DataError(f"{where}: the images are {images.dtype} with {images.ndim} dimensions, not 8-bit images (N, H, W[, C]); "
+                        "give the data set's original files")
     n = images.shape[0]
     c = 1 if images.ndim == 3 else images.shape[3]
     size = spec.preprocess.resize
@@ -457,6 +461,8 @@ def _read_cifar_binary(folder: Path, files: list[str], label_bytes: int, label_o
     record = label_bytes + 3072
     xs, ys = [], []
     for name in files:
+        if not (folder / name).is_file():  # a folder, or a FIFO (reading it would hang) or device of that name
+            raise DataError(f"{folder / name} is not a regular file; extract the data set's binary archive there again")
         raw = np.fromfile(folder / name, dtype=np.uint8)
         if raw.size % record:
             raise DataError(f"{folder / name} has {raw.size} bytes, not a multiple of {record}; the file is truncated, download it again")
@@ -514,14 +520,47 @@ def _load_svhn(spec: DataSpec, root: Path, role: str, where: str) -> LabelledDat
 
 
 def _load_mnist_family(name: str, spec: DataSpec, root: Path, role: str, where: str) -> LabelledData:
+    """MNIST, FashionMNIST, KMNIST: the idx files in root/NAME/raw, read here. torchvision's class would load
+    root/NAME/processed/*.pt with torch.load (an unpickler) whenever they exist, and prefer them to the idx files."""
     import torchvision
 
-    cls = getattr(torchvision.datasets, name)
+    raw = root / name / "raw"
+    prefix = "train" if (spec.split or role) == "train" else "t10k"
+    files = [raw / f"{prefix}-images-idx3-ubyte", raw / f"{prefix}-labels-idx1-ubyte"]
+    if not all(f.exists() for f in files) and spec.download:
+        from torchvision.datasets.utils import download_and_extract_archive
+
+        cls = getattr(torchvision.datasets, name)
+        for filename, md5 in cls.resources:
+            download_and_extract_archive(f"{cls.mirrors[0]}{filename}", download_root=str(raw), filename=filename, md5=md5)
+    missing = [f.name for f in files if not f.exists()]
+    if missing:
+        raise DataError(f"{where}: {name} not found under {raw} (no {missing[0]}); put the idx files there or set download: true")
+    fix = f"put {name}'s original idx files in {raw}"
+    images, labels = _read_idx(files[0], 3, where, fix), _read_idx(files[1], 1, where, fix)
+    if len(images) != len(labels):
+        raise DataError(f"{where}: {files[0].name} holds {len(images)} images and {files[1].name} {len(labels)} labels; {fix}")
+    return LabelledData.from_tensors(_uint8_images_to_tensor(images, spec, where), torch.from_numpy(labels.astype(np.int64)))
+
+
+def _read_idx(path: Path, ndim: int, where: str, fix: str) -> np.ndarray:
+    """An idx file of uint8 values: magic 0x0000080N (N = ndim), N big-endian sizes, then the values, nothing more."""
+    from .errors import RequestError
+    from .request import read_regular_file
+
+    header = 4 + 4 * ndim
     try:
-        ds = cls(str(root), train=(spec.split or role) == "train", download=spec.download)
-    except RuntimeError as e:
-        raise DataError(f"{where}: {name} not found under {root / name / 'raw'} ({e}); put the idx files there or set download: true") from None
-    return LabelledData.from_tensors(_uint8_images_to_tensor(ds.data.numpy(), spec, where), ds.targets.clone())
+        raw = read_regular_file(path, f"{where}: idx file", fix)
+    except RequestError as e:
+        raise DataError(str(e)) from None
+    magic = struct.unpack(">I", raw[:4])[0] if len(raw) >= 4 else None
+    if len(raw) < header or magic != 0x800 + ndim:
+        raise DataError(f"{where}: {path.name} is not an idx file of {ndim}-dimensional 8-bit data; {fix}")
+    dims = struct.unpack(f">{ndim}I", raw[4:header])
+    if len(raw) - header != int(np.prod(dims, dtype=np.int64)):
+        raise DataError(f"{where}: {path.name} holds {len(raw) - header} values, its header says {' x '.join(map(str, dims))}; "
+                        f"the file is truncated or damaged; {fix}")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims).copy()  # writable: torch warns on a read-only array
 
 
 def _image_transform(spec: DataSpec):
@@ -545,11 +584,41 @@ def _load_imagefolder(spec: DataSpec, path: Path, where: str) -> LabelledData:
     if not path.is_dir():
         raise DataError(f"{where}.path: {path} is not a folder; give a folder with one sub-folder of images per class")
     try:
-        ds = torchvision.datasets.ImageFolder(str(path), transform=_image_transform(spec))
+        ds = torchvision.datasets.ImageFolder(str(path), transform=_image_transform(spec), loader=read_image)
     except (FileNotFoundError, RuntimeError) as e:
         raise DataError(f"{where}.path: {path}: {e}; give a folder with one sub-folder of images per class") from None
     ids = [Path(p).relative_to(path).as_posix() for p, _ in ds.samples]  # the record ID of an image is its path in the folder
     return LabelledData(ds, torch.tensor(ds.targets, dtype=torch.long), ids=check_unique_ids(ids, where))
+
+
+def collate_images(batch: list) -> tuple[torch.Tensor, torch.Tensor]:
+    """torch's default collation, with images of different sizes named as the data's problem, not a crash."""
+    from torch.utils.data import default_collate
+
+    try:
+        return default_collate(batch)
+    except RuntimeError as e:
+        if "equal size" not in str(e):
+            raise
+        sizes = sorted({tuple(x.shape[-2:]) for x, _ in batch})
+        raise DataError(f"the images differ in size ({' and '.join('x'.join(map(str, s)) for s in sizes[:2])}); "
+                        "set data.preprocess.resize to one size") from None
+
+
+def read_image(path: str):
+    """One image file as RGB, or a DataError naming it: a file that is not an image, truncated, a decompression bomb, or
+    not a regular file (a FIFO would hang the read). Used for imagefolder and csv, in DataLoader workers too."""
+    from PIL import Image
+
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise DataError(f"image {path} is not a regular file; remove it from the data or replace it with the image")
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except DataError:
+        raise
+    except Exception as e:  # noqa: BLE001 - PIL and the OS raise several types for a file that is not a readable image
+        raise DataError(f"image {path} cannot be read ({type(e).__name__}); fix or remove it") from None
 
 
 class ImageFiles(Dataset):
@@ -563,10 +632,7 @@ class ImageFiles(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int):
-        from PIL import Image
-
-        with Image.open(self.paths[i]) as im:
-            return self.transform(im.convert("RGB")), self.labels[i]
+        return self.transform(read_image(self.paths[i])), self.labels[i]
 
 
 CSV_FIX = "give a CSV with a header row path,label (and optionally id): one image per row, paths relative to the CSV"
@@ -596,8 +662,8 @@ def _load_csv(spec: DataSpec, path: Path, where: str) -> LabelledData:
     paths, labels, ids, names = [], [], [], []
     for line, r in rows:
         label = (r.get("label") or "").strip()
-        if not label.isdigit():
-            raise DataError(f"{where}.path: {path} line {line}: the label is not a non-negative whole number; labels are class indices 0..C-1")
+        if not (label.isascii() and label.isdigit()) or len(label) > 9:  # '¹' is a digit to isdigit, not to int()
+            raise DataError(f"{where}.path: {path} line {line}: the label is not a whole number from 0 to 999999999; labels are class indices 0..C-1")
         image = folder / (r.get("path") or "").strip()
         if not (r.get("path") or "").strip() or not image.is_file():
             raise DataError(f"{where}.path: {path} line {line}: the image file does not exist; paths are relative to the CSV's folder")
@@ -620,7 +686,15 @@ def _load_csv(spec: DataSpec, path: Path, where: str) -> LabelledData:
 def load_split(spec: DataSpec, role: str, base_dir: Path) -> LabelledData:
     """Load one split (`role` is 'train' or 'test', the default split to read); an empty one is refused here, before
     anything indexes its first sample."""
-    data = _read_split(spec, role, base_dir)
+    try:
+        data = _read_split(spec, role, base_dir)
+    except (UnlearnError, MemoryError):
+        raise
+    except Exception as e:  # a reader's own error on malformed files (an assertion, a dtype it cannot convert): bad input
+        raise_interrupt_behind(e)  # a signal during a reader's lazy import stays that signal
+        what = spec.path or spec.root or spec.source
+        raise DataError(f"data.{role}: {what} cannot be read as {spec.source} data ({type(e).__name__}: {str(e).splitlines()[0][:80] if str(e) else '-'}); "
+                        "check its files against the README's data sources") from e
     if len(data) == 0:
         raise DataError(f"data.{role}: {spec.path or spec.root or spec.source} holds no samples; give a split with data")
     return data

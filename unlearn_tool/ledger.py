@@ -40,7 +40,7 @@ class LedgerError(UnlearnError):
 
 
 def _sha(text: str | bytes) -> str:
-    return hashlib.sha256(text if isinstance(text, bytes) else text.encode()).hexdigest()
+    return hashlib.sha256(text if isinstance(text, bytes) else text.encode("utf-8", "surrogateescape")).hexdigest()  # file names of other bytes
 
 
 def id_hash(record_id: str) -> str:

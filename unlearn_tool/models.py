@@ -176,6 +176,9 @@ def _hf_model(spec: ModelSpec, base_dir: Path) -> nn.Module:
     if unused:
         raise ModelError(f"model.kwargs: {', '.join(sorted(unused))} is not a field of the '{config.model_type}' config in {folder}; "
                          "model.kwargs override config.json fields (e.g. num_labels)")
+    if not isinstance(config.num_labels, int) or config.num_labels < 1:  # transformers would put an Identity where the head is
+        raise ModelError(f"model.arch: {arch}: num_labels is {config.num_labels} (config.json or model.kwargs); an image classifier "
+                         "needs at least 1 output: set model.kwargs num_labels to the number of classes")
     base = MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING.get(type(config), None)
     if base is None:
         raise ModelError(f"model.arch: {arch}: {folder / HF_CONFIG} describes a '{config.model_type}' model, which is not an image "

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 
+import pytest
 import torch
 from safetensors import safe_open
 
@@ -139,3 +141,14 @@ def test_force_replaces_only_a_folder_this_tool_wrote(hf_work, tmp_path):
     rejected(invoke("apply", hf_work / "trained", "-r", hf_work / "req.yaml", "-o", hf_work / "vit", "--force", "--quiet"),
              "did not write")
     assert tree(hf_work / "vit") == before
+
+
+@pytest.mark.parametrize("labels", [0, -1])
+def test_num_labels_below_one_is_refused_not_a_headless_model(hf_work, tmp_path, labels):
+    """transformers puts an Identity where the head is: validate said ok with the hidden width as the class count, and
+    train wrote a headless model."""
+    from conftest import write_request
+
+    shutil.copytree(hf_work / "vit", tmp_path / "vit")
+    req = write_request(tmp_path, {"classes": [3]}, arch="hf:vit", kwargs={"num_labels": labels}, name="req.yaml")
+    rejected(invoke("validate", "-r", req), "num_labels is", "at least 1 output")
