@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from .checkpoint import TMP_PREFIX, write_bytes
 from .errors import OutputError
@@ -18,10 +19,18 @@ from .provenance import created_utc, versions  # noqa: F401 (re-exported: report
 FIX = "choose another --report-dir"
 
 
-def check_report_dir(folder: Path, our_files: Iterable[str]) -> Path:
-    """Fail before any work if `folder` cannot hold our reports; creates nothing."""
+def check_report_dir(folder: Path, our_files: Iterable[str], outputs: Iterable[Path] = ()) -> Path:
+    """Fail before any work if `folder` cannot hold our reports; creates nothing. `outputs`: paths the same run
+    publishes (apply's output), which the report folder may not be or be inside."""
     folder = Path(folder)
-    ours = set(our_files)
+    ours = list(our_files)
+    here = Path(os.path.abspath(folder))
+    for out in outputs:
+        there = Path(os.path.abspath(out))
+        if here == there or there in here.parents:
+            raise OutputError(f"report dir {folder} is the output {out} (or inside it); {FIX}")
+    if os.path.lexists(folder) and not folder.exists():
+        raise OutputError(f"report dir {folder} is a link to nothing; {FIX}")
     if folder.exists() and not folder.is_dir():
         raise OutputError(f"report dir {folder} is a file; {FIX}")
     if not folder.exists():
@@ -29,10 +38,24 @@ def check_report_dir(folder: Path, our_files: Iterable[str]) -> Path:
             raise OutputError(f"report dir parent {folder.parent} does not exist; create it or {FIX}")
         return folder
     foreign = sorted(p.name for p in folder.iterdir() if p.name not in ours and not p.name.startswith(TMP_PREFIX))
+    if not foreign:  # files with our names must be an earlier report's: its JSON (ours[0]) says so, and none is a link
+        named = [p for p in folder.iterdir() if p.name in ours]
+        if named and (any(p.is_symlink() or not p.is_file() for p in named) or not _our_json(folder / ours[0])):
+            foreign = sorted(p.name for p in named)
     if foreign:
         raise OutputError(f"report dir {folder} holds files this tool did not write ({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}); "
                           f"give a new or empty folder, or one a previous report wrote")
     return folder
+
+
+def _our_json(path: Path) -> bool:
+    """Whether `path` is a report JSON this tool wrote (its schema is one of ours)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(256)
+    except OSError:
+        return False
+    return head.lstrip().startswith(b"{") and b'"schema": "unlearn.' in head
 
 
 def prepare_report_dir(folder: Path, our_files: Iterable[str]) -> Path:
@@ -45,9 +68,30 @@ def prepare_report_dir(folder: Path, our_files: Iterable[str]) -> Path:
     return folder
 
 
-def write_report_file(path: Path, data: bytes) -> Path:
-    """One report file, written atomically (readers never see half a report)."""
-    return write_bytes(path, data, fix=FIX)
+def write_report_files(folder: Path, our_files: Iterable[str], files: dict[str, Callable[[], bytes]]) -> Path:
+    """A report's files, all or none: each rendered into a temporary file first, then all renamed into place together,
+    signals held and under the folder's lock, so that a signal, an error or a second run writing the same folder never
+    leaves one report's JSON beside another's HTML."""
+    from .checkpoint import _published, file_mode, publish_lock, stage_beside
+    from .interrupts import signals_deferred
+
+    folder = prepare_report_dir(folder, our_files)
+    staged: dict[Path, Path] = {}
+    try:
+        for name, render in files.items():
+            data = render()
+            staged[folder / name] = stage_beside(folder / name, lambda tmp, data=data: tmp.write_bytes(data), file_mode(folder / name))
+        with publish_lock(folder / next(iter(files))), signals_deferred():
+            check_report_dir(folder, our_files)  # again: another run may have put files there meanwhile
+            for final, tmp in staged.items():
+                os.replace(tmp, final)
+            _published(folder)  # a signal held meanwhile is told the reports were written
+    except OSError as e:
+        raise OutputError(f"cannot write the reports in {folder} ({e.strerror or e}); {FIX}") from None
+    finally:
+        for tmp in staged.values():
+            tmp.unlink(missing_ok=True)
+    return folder
 
 
 def samples_text(n: int) -> str:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from conftest import invoke, write_request
 from helpers import rejected
 
@@ -113,3 +115,88 @@ def test_cli_lets_torch_threads_sleep_unless_the_user_chose_a_wait_policy():
     assert seen() == "PASSIVE None"
     assert seen(OMP_WAIT_POLICY="ACTIVE") == "ACTIVE None"
     assert seen(GOMP_SPINCOUNT="10000") == "None 10000"
+
+
+# ---------------------------------------------------------------- the report-folder attack report (stop 28)
+
+def _audit(digits_dir, report_dir, **kw):
+    return invoke("audit", "-r", digits_dir / "class.yaml", "--original", digits_dir / "mlp.safetensors",
+                  "--unlearned", digits_dir / "mlp.retrain_class.safetensors", "--report-dir", report_dir, "--quiet", **kw)
+
+
+def test_a_users_file_named_like_a_report_is_never_replaced(digits_dir, tmp_path):
+    """The folder check went by name: notes/report.md of the user's was overwritten by the audit (and bench.md by bench)."""
+    from helpers import tree
+
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "report.md").write_text("my precious notes")
+    before = tree(tmp_path / "notes")
+    rejected(_audit(digits_dir, tmp_path / "notes"), "did not write (report.md)")
+    assert tree(tmp_path / "notes") == before
+    assert _audit(digits_dir, tmp_path / "ours").exit_code == 0
+    assert _audit(digits_dir, tmp_path / "ours").exit_code == 0  # a folder an earlier report wrote is reused
+
+
+def test_a_dangling_link_as_report_dir_is_refused_before_any_work(digits_dir, tmp_path, monkeypatch):
+    """It ran to the end, then said "cannot create report dir (File exists)"."""
+    import unlearn_tool.audit.core as core
+
+    def no_work(*_a, **_k):
+        raise AssertionError("the audit started its work")
+
+    monkeypatch.setattr(core, "finite_outputs", no_work)
+    (tmp_path / "dl").symlink_to(tmp_path / "nowhere")
+    rejected(_audit(digits_dir, tmp_path / "dl"), "is a link to nothing")
+
+
+@pytest.mark.parametrize("keep", [[], ["--no-keep-on-fail"]])
+def test_apply_audit_refuses_a_report_dir_at_the_outputs_path_before_any_work(digits_dir, tmp_path, keep):
+    """--report-dir equal to -o: the output was published, then the audit failed (exit 2); with --no-keep-on-fail the
+    reports took the output's path as a folder and the unlearned model was lost."""
+    from helpers import tree
+
+    out = tmp_path / "u.safetensors"
+    r = invoke("apply", digits_dir / "mlp.safetensors", "-r", digits_dir / "class.yaml", "-o", out, "--audit", *keep,
+               "--report-dir", out, "--quiet")
+    rejected(r, f"report dir {out} is the output")
+    assert tree(tmp_path) == {}
+
+
+def test_a_signal_while_the_reports_are_written_leaves_all_of_one_report_or_the_earlier_one(digits_dir, tmp_path, monkeypatch):
+    """report.json and report.md were renamed into place before report.html was rendered: a SIGTERM between left the
+    new JSON beside the earlier HTML. Now the three are rendered first, then renamed together with the signal held."""
+    import os
+    import signal
+
+    import unlearn_tool.audit.report as report
+    import unlearn_tool.reporting as reporting
+    from helpers import tree
+
+    assert _audit(digits_dir, tmp_path / "rep").exit_code == 0
+    earlier = tree(tmp_path / "rep")
+    again = ["audit", "-r", digits_dir / "class.yaml", "--original", digits_dir / "mlp.safetensors",
+             "--unlearned", digits_dir / "mlp.safetensors", "--report-dir", tmp_path / "rep", "--quiet"]
+    real_render, real_replace = report.render_html, os.replace
+
+    def render_then_sigterm(rep):  # while rendering: nothing is replaced
+        html = real_render(rep)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return html
+
+    monkeypatch.setattr(report, "render_html", render_then_sigterm)
+    r = invoke(*again)
+    assert r.exit_code == 143 and "no output was written" in r.stderr, r.stderr
+    assert tree(tmp_path / "rep") == earlier
+    monkeypatch.setattr(report, "render_html", real_render)
+
+    def replace_after_a_sigterm(src, dst):  # between the renames: all of them happen, then the signal
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(reporting.os, "replace", replace_after_a_sigterm)
+    r = invoke(*again)
+    monkeypatch.setattr(reporting.os, "replace", real_replace)
+    assert r.exit_code == 143 and f"{tmp_path / 'rep'} was written before that" in r.stderr, r.stderr
+    now = tree(tmp_path / "rep")
+    assert set(now) == set(earlier) and all(now[f] != earlier[f] for f in now), (now, earlier)
+    assert not [p.name for p in (tmp_path / "rep").iterdir() if p.name.startswith(".")]

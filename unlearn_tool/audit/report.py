@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..errors import OutputError
-from ..reporting import md_table, png_data_uri, prepare_report_dir, pyplot, samples_text, write_report_file
+from ..reporting import md_table, png_data_uri, pyplot, samples_text, write_report_files
 from .registry import format_gap, format_metric, format_value, model_metrics
 
 MODEL_NAMES = ("original", "unlearned", "reference")
@@ -28,11 +28,10 @@ def default_report_dir(unlearned: str | Path) -> Path:
 
 def write_reports(report: dict[str, Any], folder: str | Path) -> Path:
     """Write report.json, report.md and report.html into `folder` (created, or one this tool wrote before)."""
-    folder = prepare_report_dir(Path(folder), AUDIT_FILES)
-    write_report_file(folder / "report.json", (json.dumps(report, indent=2) + "\n").encode())
-    write_report_file(folder / "report.md", render_markdown(report).encode())
-    write_report_file(folder / "report.html", render_html(report).encode())
-    return folder
+    return write_report_files(Path(folder), AUDIT_FILES, {
+        "report.json": lambda: (json.dumps(report, indent=2) + "\n").encode(),
+        "report.md": lambda: render_markdown(report).encode(),
+        "report.html": lambda: render_html(report).encode()})
 
 
 # ---------------------------------------------------------------- shared pieces
@@ -537,4 +536,4 @@ def check_audit_report_dir(output: Path, report_dir: Optional[str | Path]) -> No
     that cannot hold the reports fails before the output is written."""
     from ..reporting import check_report_dir
 
-    check_report_dir(report_dir_for(output, report_dir), AUDIT_FILES)
+    check_report_dir(report_dir_for(output, report_dir), AUDIT_FILES, outputs=[output])

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from ..audit.registry import bench_columns, summary_keys
-from ..reporting import md_table, png_bytes, prepare_report_dir, pyplot, samples_text, write_report_file
+from ..reporting import md_table, png_bytes, pyplot, samples_text, write_report_files
 
 BENCH_FILES = ("bench.json", "bench.csv", "bench.md", "bench.png")
 
@@ -295,10 +295,9 @@ def _json_default(o: Any) -> Any:
 
 
 def write_bench(bench: dict[str, Any], folder: str | Path) -> Path:
-    """bench.json, bench.csv, bench.md and bench.png into `folder` (new, or one a previous bench wrote), each atomically."""
-    folder = prepare_report_dir(Path(folder), BENCH_FILES)
-    write_report_file(folder / "bench.json", (to_json(bench) + "\n").encode())
-    write_report_file(folder / "bench.csv", render_csv(bench).encode())
-    write_report_file(folder / "bench.md", render_markdown(bench).encode())
-    write_report_file(folder / "bench.png", plot_png(bench))
-    return folder
+    """bench.json, bench.csv, bench.md and bench.png into `folder` (new, or one a previous bench wrote), all or none."""
+    return write_report_files(Path(folder), BENCH_FILES, {
+        "bench.json": lambda: (to_json(bench) + "\n").encode(),
+        "bench.csv": lambda: render_csv(bench).encode(),
+        "bench.md": lambda: render_markdown(bench).encode(),
+        "bench.png": lambda: plot_png(bench)})
