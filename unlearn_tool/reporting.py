@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import io
 import os
+import re
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -99,11 +100,27 @@ def samples_text(n: int) -> str:
     return f"{n} sample{'' if n == 1 else 's'}"
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")  # and bidi overrides
+_TAG_START = re.compile(r"<(?=[A-Za-z/!?])")  # where CommonMark starts raw HTML; `<= 0.02` stays as it is
+
+
+def shown(text: object) -> str:
+    """Foreign text (request ids, paths, metadata) for a report: control characters (a newline, ANSI escapes) as
+    \\xNN, so that one value stays one line of a table or a title and writes no raw escape bytes."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 256 else f"\\u{ord(m.group()):04x}", str(text))
+
+
+def md_text(text: object) -> str:
+    """Foreign text for Markdown: shown(), a `|` that would end a table cell escaped, and `<` that would open raw HTML
+    (a `<script>` many renderers would run) escaped."""
+    return _TAG_START.sub("\\\\<", shown(text)).replace("|", "\\|")
+
+
 def md_table(header: list[str], rows: list[list[str]], align_right: bool = False) -> str:
-    """A markdown table; cells are escaped so a `|` in a value does not break the row."""
+    """A markdown table; cells are escaped (md_text) so a value stays in its cell."""
     sep = ["---"] + (["---:"] if align_right else ["---"]) * (len(header) - 1)
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(sep) + "|"]
-    lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in r) + " |" for r in rows]
+    lines += ["| " + " | ".join(md_text(c) for c in r) + " |" for r in rows]
     return "\n".join(lines) + "\n"
 
 

@@ -200,3 +200,56 @@ def test_a_signal_while_the_reports_are_written_leaves_all_of_one_report_or_the_
     now = tree(tmp_path / "rep")
     assert set(now) == set(earlier) and all(now[f] != earlier[f] for f in now), (now, earlier)
     assert not [p.name for p in (tmp_path / "rep").iterdir() if p.name.startswith(".")]
+
+
+def test_hostile_text_stays_text_in_the_markdown_and_html_reports(digits_dir, tmp_path):
+    """A request id (or metadata) with a newline, an ANSI escape, raw HTML and a `|`: the Markdown title gained a second
+    heading, table rows split, raw ESC bytes and a `<img onerror>` went into report.md and report.html."""
+    import yaml
+
+    req = yaml.safe_load((digits_dir / "class.yaml").read_text())
+    req["id"] = "x\n# H1 <img src=x onerror=alert(1)> | y \x1b[31mRED"
+    (tmp_path / "h.yaml").write_text(yaml.safe_dump(req))
+    r = invoke("audit", "-r", tmp_path / "h.yaml", "--original", digits_dir / "mlp.safetensors",
+               "--unlearned", digits_dir / "mlp.retrain_class.safetensors", "--report-dir", tmp_path / "rep", "--quiet")
+    assert r.exit_code == 0, r.stderr
+    md = (tmp_path / "rep" / "report.md").read_text()
+    page = (tmp_path / "rep" / "report.html").read_text()
+    assert [line for line in md.splitlines() if line.startswith("# ")] == [md.splitlines()[0]]
+    assert "\\<img" in md.splitlines()[0] and "\\x0a" in md.splitlines()[0]
+    import re
+
+    for text in (md, page):
+        assert "\x1b" not in text and not re.search(r"(?<!\\)<img src=x", text)
+
+
+def test_a_gate_number_is_an_ascii_decimal(digits_dir, tmp_path):
+    """'١' (Arabic-Indic one) matched \\d and float() read it as 1.0: the gate passed."""
+    rejected(invoke("audit", "-r", digits_dir / "class.yaml", "--original", digits_dir / "mlp.safetensors",
+                    "--unlearned", digits_dir / "mlp.retrain_class.safetensors", "--gate", "forget_acc <= \u0661",
+                    "--report-dir", tmp_path / "rep", "--quiet"), "gate")
+
+
+def test_a_reference_that_is_the_original_is_named_in_the_warnings(digits_dir, tmp_path):
+    """Accepted without comment: every gap was measured against the model that still knows the forget set."""
+    r = invoke("audit", "-r", digits_dir / "class.yaml", "--original", digits_dir / "mlp.safetensors",
+               "--unlearned", digits_dir / "mlp.retrain_class.safetensors", "--reference", digits_dir / "mlp.safetensors",
+               "--report-dir", tmp_path / "rep", "--json", "--quiet")
+    assert any("the reference is the original model itself" in w for w in json.loads(r.stdout)["warnings"]), r.stdout
+
+
+def test_a_negative_retraining_time_in_the_references_metadata_is_not_used(digits_dir, tmp_path):
+    """`unlearn.wall_time_s: -5` became "Retraining time: -5.00 s" and negative time fractions (NaN and Inf were ignored)."""
+    from safetensors.torch import load_file, save_file
+
+    from unlearn_tool.checkpoint import read_checkpoint
+
+    _, meta = read_checkpoint(digits_dir / "mlp.retrain_class.safetensors")
+    save_file(load_file(str(digits_dir / "mlp.retrain_class.safetensors")), str(tmp_path / "ref.safetensors"),
+              metadata={**meta, "unlearn.wall_time_s": "-5"})
+    r = invoke("bench", "-r", digits_dir / "class.yaml", digits_dir / "mlp.safetensors", "--methods", "finetune", "--seeds", "1",
+               "--param", "finetune.epochs=1", "--reference", tmp_path / "ref.safetensors", "--report-dir", tmp_path / "b", "--quiet")
+    assert r.exit_code == 0, r.stderr
+    bench = json.loads((tmp_path / "b" / "bench.json").read_text())
+    assert bench["retrain_time_s"] is None
+    assert bench["methods"]["finetune"]["metrics"]["time_fraction"]["mean"] is None

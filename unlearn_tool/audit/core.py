@@ -343,6 +343,11 @@ def run_audit(
         for k in lineage["relapsed"]:
             warnings.append(f"relapse: the deletion of lineage step {k} became visible again (its forget accuracy rose more than "
                             f"{lineage['tolerance']:.2f} since it was made)")
+    ref_sha = (reference_info or {}).get("sha256")
+    same = [name for name, sha in (("original", job.checkpoint_sha256), ("unlearned", unlearned_info.get("sha256"))) if ref_sha and sha == ref_sha]
+    if same:  # every gap is then measured against the wrong model: a retrained reference never saw the forget set
+        warnings.append(f"the reference is the {same[0]} model itself (same sha256), not a model retrained without the forget set: "
+                        "its gaps mean nothing; give a retrained reference (unlearn train --exclude-forget)")
     meta = unlearned_info.get("metadata") or {}
     parent = meta.get("parent_sha256")
     if parent and job.checkpoint_sha256 and parent != job.checkpoint_sha256:

@@ -13,7 +13,8 @@ from .registry import METRICS, finite, gate_metric, gate_names
 OPS = ("<=", ">=", "==", "<", ">")
 _GATE = re.compile(
     r"^\s*(?P<name>[A-Za-z_][A-Za-z0-9_]*)\s*(?P<op><=|>=|==|<|>)\s*"
-    r"(?P<num>[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?)\s*$"
+    r"(?P<num>[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?)\s*$",
+    re.ASCII,  # a decimal literal: '١' (Arabic-Indic one) is a digit to \d otherwise, and float() reads it as 1
 )
 
 def known_names(task: Optional[str] = None) -> tuple[str, ...]:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..errors import OutputError
-from ..reporting import md_table, png_data_uri, pyplot, samples_text, write_report_files
+from ..reporting import md_table, md_text, png_data_uri, pyplot, samples_text, shown, write_report_files
 from .registry import format_gap, format_metric, format_value, model_metrics
 
 MODEL_NAMES = ("original", "unlearned", "reference")
@@ -292,7 +292,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     p = report["provenance"]
     sentence, evidence, utility = verdict_block(report)
     d = report.get("verdict_detail") or {}
-    parts = [f"# {_title(report)}\n", f"**{sentence}**\n", "\n".join(f"- {line}" for line in evidence) + "\n", f"{utility}.\n"]
+    parts = [f"# {md_text(_title(report))}\n", f"**{sentence}**\n", "\n".join(f"- {line}" for line in evidence) + "\n", f"{utility}.\n"]
     parts += ["## How the verdict was decided\n", f"By the {d.get('decided_by', 'gates')}"
               + (" (the default policy's checks below are for information)" if report["gates"] else " (docs/audit.md; give --gate to set your own criteria)") + ".\n\n",
               _md_table(["check", "value", "expected", "result", "what it means"], check_rows(report))]
@@ -437,14 +437,19 @@ PLOTTERS = {"per_class": ("Per-class test accuracy", plot_per_class), "loss": ("
 
 # ---------------------------------------------------------------- html
 
+def _e(text: object) -> str:
+    """Foreign text for HTML: escaped, and its control characters shown as \\xNN (no raw escape bytes in the page)."""
+    return html.escape(shown(text))
+
+
 def _html_table(header: list[str], rows: list[list[str]], cls: str = "") -> str:
-    e = html.escape
+    e = _e
     head = "".join(f"<th>{e(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in rows)
     return f"<table class='{cls}'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222;line-height:1.4}
+CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222;line-height:1.4;overflow-wrap:anywhere}
 table{border-collapse:collapse;margin:.5em 0 1.5em;max-width:100%}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right;vertical-align:top}
 td:first-child,th:first-child{text-align:left}table.text td,table.text th{text-align:left}
 table.wrap{table-layout:fixed;width:100%}table.wrap td,table.wrap th{overflow-wrap:anywhere;word-break:break-all;text-align:left}
@@ -455,7 +460,7 @@ td.meaning,th.meaning{text-align:left;color:#555;font-size:.9em}
 
 def render_html(report: dict[str, Any]) -> str:
     """One self-contained page: inline CSS, plots as data URIs, no link or script to anywhere else."""
-    e = html.escape
+    e = _e
     models = present_models(report)
     verdict = report["verdict"]
     p = report["provenance"]

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from ..audit.registry import bench_columns, summary_keys
-from ..reporting import md_table, png_bytes, pyplot, samples_text, write_report_files
+from ..reporting import md_table, md_text, png_bytes, pyplot, samples_text, shown, write_report_files
 
 BENCH_FILES = ("bench.json", "bench.csv", "bench.md", "bench.png")
 
@@ -129,10 +129,10 @@ def render_markdown(bench: dict[str, Any]) -> str:
     what = f"classes {req['forget_classes']}" if req["scenario"] == "class" else samples_text(req["forget_size"])
     rt = bench.get("retrain_time_s")
     lines = [
-        f"# unlearn bench: request {req['id']}",
+        f"# unlearn bench: request {md_text(req['id'])}",
         "",
         f"{req['scenario']} unlearning of {what} ({req['forget_size']} of {req['forget_size'] + req['retain_size']} train samples); "
-        f"seeds {', '.join(map(str, bench['seeds']))}; device {bench['device']}; checkpoint {bench['checkpoint']['path']}.",
+        f"seeds {', '.join(map(str, bench['seeds']))}; device {bench['device']}; checkpoint {md_text(bench['checkpoint']['path'])}.",
         "",
         markdown_table(bench),
         "Mean ± sample std over seeds. " + _legend(bench)
@@ -274,7 +274,7 @@ def plot_png(bench: dict[str, Any]) -> bytes:
         handles.append(Line2D([], [], marker="o", color="0.6", ls="", label="retrain (the baseline's procedure)"))
     ax2.legend(handles=handles, fontsize=8, loc="best")
     _place_labels(ax2, pts2)
-    fig.suptitle(f"unlearn bench: {bench['request']['id']} ({bench['request']['scenario']} unlearning), {len(bench['seeds'])} seed(s)", fontsize=11)
+    fig.suptitle(f"unlearn bench: {shown(bench['request']['id'])} ({bench['request']['scenario']} unlearning), {len(bench['seeds'])} seed(s)", fontsize=11)
     fig.tight_layout()
     return png_bytes(fig)
 

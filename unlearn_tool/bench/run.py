@@ -326,6 +326,7 @@ def run_bench(
 
         model, ref_info = load_checkpoint(reference, first)
         t = finite(ref_info["metadata"].get("wall_time_s"))
+        t = t if isinstance(t, (int, float)) and not isinstance(t, bool) and t > 0 else None  # metadata: a time is positive
         run = baseline_run(model, first, t, what=f"the reference {reference}")
         if run["metrics"]["wall_time_s"]:
             run["metrics"]["time_fraction"] = 1.0
