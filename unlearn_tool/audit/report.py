@@ -449,7 +449,7 @@ def _html_table(header: list[str], rows: list[list[str]], cls: str = "") -> str:
     return f"<table class='{cls}'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222;line-height:1.4;overflow-wrap:anywhere}
+CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222;line-height:1.4;overflow-wrap:break-word}h1{overflow-wrap:anywhere}table.text td:last-child{overflow-wrap:anywhere}
 table{border-collapse:collapse;margin:.5em 0 1.5em;max-width:100%}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right;vertical-align:top}
 td:first-child,th:first-child{text-align:left}table.text td,table.text th{text-align:left}
 table.wrap{table-layout:fixed;width:100%}table.wrap td,table.wrap th{overflow-wrap:anywhere;word-break:break-all;text-align:left}
