@@ -104,7 +104,8 @@ class ModelSpec(_Strict):
     arch: str = Field(
         description="torchvision:<name> (e.g. torchvision:resnet18), builtin:<name> (mlp, small_cnn), hf:<folder> (a "
         "transformers image classifier's save_pretrained folder, relative to the request), timm:<name> (needs the timm "
-        "extra), or python:<module>:<callable> (runs your code; module found beside the request or on PYTHONPATH)."
+        "extra), or python:<module>:<callable> (runs your code; the module beside the request or in a --code-path folder; "
+        "an installed module only with --trust-code)."
     )
     kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the constructor.")
 
