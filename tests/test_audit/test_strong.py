@@ -70,3 +70,38 @@ def test_an_unlearned_shadow_is_cached_per_forget_set_not_only_per_method():
               unlearned_shadow_key(base, "finetune", params, "class", torch.tensor([1, 5, 9])),
               unlearned_shadow_key("shadow-1", "rfa", params, "class", torch.tensor([1, 5, 9]))]
     assert len({key, *others}) == 6
+
+
+def test_a_shadow_cache_entry_holding_nan_is_rebuilt_not_used(tmp_path, monkeypatch):
+    """A NaN in a cached shadow made `audit --tier strong` exit 1 ("unexpected ValueError: Input contains NaN") and the
+    shadows built on it were cached with NaN too. A non-finite entry is now a miss, and a non-finite shadow is not kept."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from unlearn_tool.audit import strong
+
+    monkeypatch.setenv("UNLEARN_CACHE_DIR", str(tmp_path))
+    make = lambda: torch.nn.Linear(3, 2)  # noqa: E731
+    built = []
+
+    def build():
+        built.append(1)
+        return make()
+
+    strong._cached("k", build, make)
+    path = tmp_path / "shadows" / "k.safetensors"
+    state = load_file(str(path))
+    state["weight"][0, 0] = float("nan")
+    save_file(state, str(path))
+    model, hit = strong._cached("k", build, make)
+    assert not hit and len(built) == 2 and all(torch.isfinite(p).all() for p in model.parameters())
+    assert all(torch.isfinite(t).all() for t in load_file(str(path)).values())  # the entry was rebuilt
+
+    def diverged():
+        m = make()
+        with torch.no_grad():
+            m.weight.fill_(float("nan"))
+        return m
+
+    strong._cached("d", diverged, make)
+    assert not (tmp_path / "shadows" / "d.safetensors").exists()

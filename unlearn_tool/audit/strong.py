@@ -176,21 +176,24 @@ def _cached(key: str, build: Callable[[], nn.Module], make: Callable[[], nn.Modu
     """A shadow from the cache (verified safetensors), or built and stored."""
     from safetensors.torch import load_file
 
-    from ..checkpoint import replace_atomically, save_canonical
+    from ..checkpoint import non_finite, replace_atomically, save_canonical
 
     path = _cache_dir() / f"{key}.safetensors"
     if path.is_file():
         try:
-            model = make()
-            model.load_state_dict(load_file(str(path)), strict=True)
-            return model.eval(), True
+            cached = load_file(str(path))
+            if not non_finite(cached):  # a NaN in a cached shadow crashed the attack (and spread to shadows built on it)
+                model = make()
+                model.load_state_dict(cached, strict=True)
+                return model.eval(), True
         except Exception:  # noqa: BLE001 - a damaged cache entry is rebuilt
             pass
     model = build()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        replace_atomically(path, lambda tmp: save_canonical(state, tmp, {"key": key}))
+        if not non_finite(state):  # a diverged shadow is not kept for the next audit
+            replace_atomically(path, lambda tmp: save_canonical(state, tmp, {"key": key}))
     except Exception:  # noqa: BLE001 - an unwritable cache only costs time
         pass
     return model.eval(), False
