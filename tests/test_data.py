@@ -261,3 +261,11 @@ def test_forgetting_an_image_whose_name_is_not_utf8(tmp_path):
     r = invoke("apply", tmp_path / "m.safetensors", "-r", req, "-o", tmp_path / "u.safetensors", "--device", "cpu", "--quiet", "--json")
     assert r.exit_code == 0, r.stderr
     assert load_split(_spec(**images), "train", tmp_path).ids[6] == os.fsdecode(b"b/\xff.png")  # the one forgotten
+
+
+def test_a_csv_saved_with_a_utf8_bom_reads(tmp_path):
+    """Excel's "CSV UTF-8" starts with a byte-order mark: it was told it had no path column."""
+    _image_folder(tmp_path, {})
+    (tmp_path / "m.csv").write_text("\ufeffpath,label\nimgs/a/0.png,0\nimgs/b/0.png,1\n", encoding="utf-8")
+    data = load_split(_spec(source="csv", path="m.csv"), "train", tmp_path)
+    assert len(data) == 2 and data.targets.tolist() == [0, 1]

@@ -646,7 +646,7 @@ def _load_csv(spec: DataSpec, path: Path, where: str) -> LabelledData:
     if not path.is_file():
         raise DataError(f"{where}.path: {path} is not a file; {CSV_FIX}")
     try:
-        with open(path, newline="", encoding="utf-8") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:  # Excel's "CSV UTF-8" starts with a BOM
             reader = csv.DictReader(f)
             missing = [c for c in ("path", "label") if c not in (reader.fieldnames or [])]
             if missing:
