@@ -269,3 +269,68 @@ def test_a_csv_saved_with_a_utf8_bom_reads(tmp_path):
     (tmp_path / "m.csv").write_text("\ufeffpath,label\nimgs/a/0.png,0\nimgs/b/0.png,1\n", encoding="utf-8")
     data = load_split(_spec(source="csv", path="m.csv"), "train", tmp_path)
     assert len(data) == 2 and data.targets.tolist() == [0, 1]
+
+
+def test_imagefolder_skips_hidden_names_and_walks_a_symlink_loop_once(tmp_path):
+    """torchvision's walk made `.ipynb_checkpoints` a class, read macOS `._0.png` resource forks as images, and followed a
+    link to a parent folder round and round: the data grew with every lap."""
+    folder = _image_folder(tmp_path, {})
+    plain = load_split(_spec(source="imagefolder", path="imgs"), "train", tmp_path)
+    (folder / ".ipynb_checkpoints").mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(folder / ".ipynb_checkpoints" / "0.png")
+    (folder / "a" / "._0.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    (folder / "b" / ".cache").mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(folder / "b" / ".cache" / "0.png")
+    os.symlink(folder / "a", folder / "a" / "loop")
+    data = load_split(_spec(source="imagefolder", path="imgs"), "train", tmp_path)
+    assert data.ids == plain.ids and data.targets.tolist() == plain.targets.tolist()
+    assert sum(1 for _ in data.batches(64)) == 1  # every image reads
+
+
+def test_imagefolder_order_is_torchvisions(tmp_path):
+    """Sample indices in earlier requests index torchvision's ImageFolder order: nested folders, upper-case suffixes."""
+    import torchvision
+
+    for c in ("cat", "dog"):
+        for sub in ("", "s", "s/t"):
+            (tmp_path / "imgs" / c / sub).mkdir(parents=True, exist_ok=True)
+            for i, suffix in enumerate((".png", ".PNG", ".jpg")):
+                Image.fromarray(np.full((8, 8, 3), 9 * i, dtype=np.uint8)).save(tmp_path / "imgs" / c / sub / f"{i}{suffix}")
+    data = load_split(_spec(source="imagefolder", path="imgs"), "train", tmp_path)
+    assert data.dataset.samples == torchvision.datasets.ImageFolder(str(tmp_path / "imgs")).samples
+
+
+def test_an_imagefolder_class_without_images_is_named(tmp_path):
+    folder = _image_folder(tmp_path, {})
+    (folder / "c").mkdir()
+    (folder / "c" / "notes.txt").write_text("x")
+    with pytest.raises(DataError, match=r"class folder\(s\) c hold no image files"):
+        load_split(_spec(source="imagefolder", path="imgs"), "train", tmp_path)
+
+
+def test_complex_inputs_are_refused_and_wide_integer_inputs_noted(tmp_path):
+    """Complex x lost its imaginary part behind a numpy warning; int16 x was cast to float without a word."""
+    from conftest import write_request
+
+    np.savez(tmp_path / "c.npz", x=np.ones((4, 3), np.complex64) * 1j, y=np.arange(4) % 2)
+    with pytest.raises(DataError, match=r"x is complex \(torch.complex64\); give real inputs"):
+        load_split(_spec(source="tensors", path="c.npz"), "train", tmp_path)
+    np.savez(tmp_path / "i.npz", x=np.arange(40 * 3, dtype=np.int16).reshape(40, 3), y=np.arange(40) % 2)
+    data = {"source": "tensors", "path": "i.npz"}
+    req = write_request(tmp_path, {"classes": [1]}, arch="builtin:mlp", kwargs={"in_features": 3, "hidden": [4], "num_classes": 2},
+                        extra={"data": {"train": data, "test": dict(data)}})
+    result = invoke("validate", "-r", req, "--json")
+    assert result.exit_code == 0, result.stderr
+    notes = json.loads(result.stdout)["notes"]
+    assert "data.train: x of int16 read as float values, unscaled (only uint8 is scaled to [0, 1])" in notes
+
+
+@pytest.mark.parametrize("pixels", [100, 60])  # 144 pixels: over PIL's limit (it warns), over twice it (it raises)
+def test_an_image_over_pils_decompression_bomb_limit_is_refused_in_one_line(tmp_path, monkeypatch, pixels):
+    """Between the limit and twice it PIL only warned: a raw DecompressionBombWarning on stderr, and the image was read."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", pixels)
+    (tmp_path / "imgs" / "a").mkdir(parents=True)
+    Image.fromarray(np.zeros((12, 12, 3), dtype=np.uint8)).save(tmp_path / "imgs" / "a" / "0.png")
+    data = load_split(_spec(source="imagefolder", path="imgs"), "train", tmp_path)
+    with pytest.raises(DataError, match=r"is too large to read safely \(Image size \(144 pixels\) exceeds limit of \d+ pixels"):
+        next(data.batches(4))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import stat
 import struct
+import warnings
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -52,6 +53,7 @@ class LabelledData:
         self._rows = rows  # a subset's positions in _x (None: all of _x, in order)
         self.ids = ids  # record IDs, one per sample, when the source has them (strings)
         self.labelled = True  # False: a train split without labels (targets are -1, or the original's predictions)
+        self.load_notes: list[str] = []  # what reading the source changed about the inputs, for the run's summary
         self.num_workers = num_workers  # DataLoader workers for lazily read data (ignored in memory)
         self._seeded: dict[tuple[int, int], "LabelledData"] = {}  # seeded_sample's results, one object per (k, seed)
 
@@ -164,7 +166,7 @@ def fingerprint(data: LabelledData) -> str:
         h.update(f"{data.x.dtype}|{tuple(data.x.shape)}\n".encode())
         h.update(_bytes_of(data.x))
     else:
-        samples = getattr(data.dataset, "samples", None)  # ImageFolder: (path, class) pairs
+        samples = getattr(data.dataset, "samples", None)  # imagefolder: (path, class) pairs
         if samples is not None:
             h.update(json.dumps([[str(a), int(b)] for a, b in samples]).encode())
         n = len(data)
@@ -329,8 +331,13 @@ def _load_tensors(spec: DataSpec, path: Path, where: str) -> LabelledData:
         raise DataError(f"{where}.path: {path}: x has {tuple(x.shape)} and y {tuple(y.shape)}; y must be (N,) with N = len(x)")
     if y.dtype == torch.bool:
         raise DataError(f"{where}.path: {path}: y has dtype {y.dtype}; class labels must be integers (int64)")
+    if x.dtype.is_complex:
+        raise DataError(f"{where}.path: {path}: x is complex ({x.dtype}); give real inputs (e.g. the real and imaginary parts as two channels)")
+    load_notes = []
     if x.dtype == torch.uint8:
         x = x.float().div_(255.0)
+    elif not x.dtype.is_floating_point:
+        load_notes.append(f"{where}: x of {str(x.dtype).replace('torch.', '')} read as float values, unscaled (only uint8 is scaled to [0, 1])")
     x = x.float()
     if not bool(torch.isfinite(x).all()):
         raise DataError(f"{where}.path: {path}: x holds NaN or Inf values; clean the data (every input must be finite)")
@@ -349,6 +356,7 @@ def _load_tensors(spec: DataSpec, path: Path, where: str) -> LabelledData:
     x = _normalize(x, spec.preprocess.normalize, where)
     data = LabelledData.from_tensors(x.contiguous(), y if y.dtype.is_floating_point else y.long(), check_unique_ids(ids, where))
     data.labelled = labelled
+    data.load_notes = load_notes
     return data
 
 
@@ -578,17 +586,46 @@ def _image_transform(spec: DataSpec):
     return T.Compose(steps)
 
 
-def _load_imagefolder(spec: DataSpec, path: Path, where: str) -> LabelledData:
-    import torchvision
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")  # torchvision's IMG_EXTENSIONS
 
+
+def image_folder_samples(path: Path) -> tuple[list[str], list[tuple[str, int]]]:
+    """(classes, [(image path, class index)]) of a folder laid out as torchvision's ImageFolder, in its order (classes
+    sorted, then each class's folders and files sorted), so sample indices mean what they meant before. Unlike it:
+    hidden names (``.ipynb_checkpoints``, macOS ``._x.png``) are neither classes nor samples, and each real folder is
+    walked once, so a symlink loop cannot repeat the images."""
+    classes = sorted(e.name for e in os.scandir(path) if e.is_dir() and not e.name.startswith("."))
+    samples: list[tuple[str, int]] = []
+    for index, name in enumerate(classes):
+        seen: set[tuple[int, int]] = set()
+        found = []
+        for root, dirs, files in os.walk(path / name, followlinks=True):
+            st = os.stat(root)
+            if (st.st_dev, st.st_ino) in seen:
+                dirs[:] = []
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            found.append((root, sorted(f for f in files if not f.startswith(".") and f.lower().endswith(IMAGE_SUFFIXES))))
+        samples += [(os.path.join(root, f), index) for root, files in sorted(found) for f in files]
+    return classes, samples
+
+
+def _load_imagefolder(spec: DataSpec, path: Path, where: str) -> LabelledData:
     if not path.is_dir():
         raise DataError(f"{where}.path: {path} is not a folder; give a folder with one sub-folder of images per class")
-    try:
-        ds = torchvision.datasets.ImageFolder(str(path), transform=_image_transform(spec), loader=read_image)
-    except (FileNotFoundError, RuntimeError) as e:
-        raise DataError(f"{where}.path: {path}: {e}; give a folder with one sub-folder of images per class") from None
-    ids = [Path(p).relative_to(path).as_posix() for p, _ in ds.samples]  # the record ID of an image is its path in the folder
-    return LabelledData(ds, torch.tensor(ds.targets, dtype=torch.long), ids=check_unique_ids(ids, where))
+    classes, samples = image_folder_samples(path)
+    if not classes:
+        raise DataError(f"{where}.path: {path} has no class sub-folders; give a folder with one sub-folder of images per class")
+    empty = sorted(set(classes) - {classes[c] for _, c in samples})
+    if empty:
+        raise DataError(f"{where}.path: {path}: class folder(s) {', '.join(empty[:3])} hold no image files "
+                        f"({', '.join(IMAGE_SUFFIXES)}); add images or remove the folder")
+    ids = [Path(p).relative_to(path).as_posix() for p, _ in samples]  # the record ID of an image is its path in the folder
+    labels = [c for _, c in samples]
+    ds = ImageFiles([p for p, _ in samples], labels, _image_transform(spec), ids)
+    ds.samples = samples  # as ImageFolder's: the data fingerprint hashes the file list, so recorded ones still match
+    return LabelledData(ds, torch.tensor(labels, dtype=torch.long), ids=check_unique_ids(ids, where))
 
 
 def collate_images(batch: list) -> tuple[torch.Tensor, torch.Tensor]:
@@ -613,10 +650,15 @@ def read_image(path: str):
     try:
         if not stat.S_ISREG(os.stat(path).st_mode):
             raise DataError(f"image {path} is not a regular file; remove it from the data or replace it with the image")
-        with Image.open(path) as im:
-            return im.convert("RGB")
+        with warnings.catch_warnings():  # PIL only warns between its limit and twice it; both are refused alike
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                return im.convert("RGB")
     except DataError:
         raise
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
+        raise DataError(f"image {path} is too large to read safely ({str(e).split(', could')[0]}, PIL's guard against "
+                        "decompression bombs); downscale the file") from None
     except Exception as e:  # noqa: BLE001 - PIL and the OS raise several types for a file that is not a readable image
         raise DataError(f"image {path} cannot be read ({type(e).__name__}); fix or remove it") from None
 
@@ -772,7 +814,8 @@ def load_splits(request: Request, num_outputs: int, task: "Task", train: Optiona
     """
     train = train if train is not None else load_split(request.data.train, "train", request.base_dir)
     test = load_split(request.data.test, "test", request.base_dir)
-    notes = [n for n in (task.adapt_targets(d, f"data.{role}") for d, role in ((train, "train"), (test, "test")) if d.labelled) if n]
+    notes = train.load_notes + test.load_notes
+    notes += [n for n in (task.adapt_targets(d, f"data.{role}") for d, role in ((train, "train"), (test, "test")) if d.labelled) if n]
     if train.labelled:
         task.check_targets(train.targets, num_outputs, "data.train")
     elif request.forget.classes is not None:
