@@ -16,6 +16,7 @@ from unlearn_tool.interrupts import handlers_swapped, interrupt_behind, raise_in
 
 EXIT_UNEXPECTED = 1
 LAST_ERROR: list[str] = []  # the last error line printed (validate --json reports it)
+_JSON_OUT: list[Any] = []  # the real stdout while a --json command runs; its other prints go to stderr
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
 
@@ -50,7 +51,7 @@ def handle_errors(fn: Callable) -> Callable:
         from unlearn_tool.errors import Terminated, UnlearnError
 
         PUBLISHED.clear()  # what this command writes (one process may run several commands, e.g. tests)
-        with _signals_as_exceptions():
+        with _signals_as_exceptions(), json_stdout(bool(kwargs.get("as_json"))):
             try:
                 return fn(*args, **kwargs)
             except typer.Exit:
@@ -150,8 +151,25 @@ def _debug() -> bool:
     return os.environ.get("UNLEARN_DEBUG") == "1"
 
 
+@contextmanager
+def json_stdout(active: bool) -> Iterator[None]:
+    """While a --json command runs, its stdout holds the JSON alone: anything else printed there (a `python:` model
+    module that prints at import or in forward) goes to stderr, so `| jq` still parses."""
+    if not active or _JSON_OUT:
+        yield
+        return
+    from contextlib import redirect_stdout
+
+    _JSON_OUT.append(sys.stdout)
+    try:
+        with redirect_stdout(sys.stderr):
+            yield
+    finally:
+        _JSON_OUT.pop()
+
+
 def print_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+    (_JSON_OUT[-1] if _JSON_OUT else sys.stdout).write(json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
 
 
 def _json_default(o: Any) -> Any:

@@ -14,7 +14,7 @@ import typer
 from .app import CodePathOpt, DeviceOpt, NumWorkersOpt, PrecisionOpt, RequestOpt, TrustCodeOpt, app, code_policy
 from unlearn_tool.interrupts import raise_interrupt_behind
 
-from .common import err, handle_errors, headline, markup_safe, metric_text, plain, print_json, progress_bars
+from .common import err, handle_errors, headline, json_stdout, markup_safe, metric_text, plain, print_json, progress_bars
 
 
 def _print_before_after(before: dict, after: dict, title: str) -> None:
@@ -143,12 +143,13 @@ def validate(
         return commands.validate(request, checkpoint, code=code_policy(code_path, trust_code), allow_missing=allow_missing)
 
     if as_json:  # a failing check is a JSON answer too, so pipelines can parse stdout either way
-        try:
-            info = handle_errors(run)()
-        except typer.Exit as e:
-            print_json({"ok": False, "exit_code": e.exit_code, "error": _last_error()})
-            raise
-        print_json(info)
+        with json_stdout(True):
+            try:
+                info = handle_errors(run)()
+            except typer.Exit as e:
+                print_json({"ok": False, "exit_code": e.exit_code, "error": _last_error()})
+                raise
+            print_json(info)
         return
     info = handle_errors(run)()
     typer.echo(plain(

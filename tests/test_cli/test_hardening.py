@@ -541,3 +541,25 @@ def test_a_newline_in_a_path_is_escaped_not_the_end_of_the_error(work):
     line = rejected(invoke("apply", work / "mi\nssing.safetensors", "-r", work / "req.yaml", "--quiet"), "mi\\x0assing.safetensors not found",
                     "give the path of a .safetensors file")
     assert "\n" not in line
+
+
+def test_a_python_model_that_prints_leaves_json_stdout_parseable(tmp_path):
+    """A module that printed at import (or in forward) put its text before validate/apply --json's object: jq failed."""
+    (tmp_path / "chatty.py").write_text(
+        "import torch.nn as nn\n"
+        "print('loading chatty nets')\n"
+        "class Net(nn.Sequential):\n"
+        "    def forward(self, x):\n"
+        "        print('forward', tuple(x.shape))\n"
+        "        return super().forward(x)\n"
+        "def net(num_classes=10):\n"
+        "    return Net(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, num_classes))\n")
+    req = write_request(tmp_path, {"indices": [0, 1, 2]}, arch="python:chatty:net",
+                        method={"name": "finetune", "params": {"epochs": 1}})
+    assert invoke("train", "-r", req, "-o", tmp_path / "m.safetensors", "--epochs", "1", "--device", "cpu", "--quiet").exit_code == 0
+    for args in (("validate", "-r", req, "--json"),
+                 ("apply", tmp_path / "m.safetensors", "-r", req, "-o", tmp_path / "u.safetensors", "--device", "cpu", "--json")):
+        result = invoke(*args)
+        assert result.exit_code == 0, result.stderr
+        assert isinstance(json.loads(result.stdout), dict)
+        assert "loading chatty nets" in result.stderr or "forward" in result.stderr
