@@ -168,14 +168,20 @@ def _hf_model(spec: ModelSpec, base_dir: Path) -> nn.Module:
     from transformers import AutoConfig
     from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING
 
-    try:
-        config, unused = AutoConfig.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False,
-                                                    return_unused_kwargs=True, **spec.kwargs)
+    try:  # no kwargs here: from_pretrained would take loader options among them (subfolder: another config.json, unchecked)
+        config = AutoConfig.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
     except (Exception, SystemExit) as e:  # noqa: BLE001 - bad JSON, unknown model_type, remote code: all the user's file
         raise ModelError(f"model.arch: {arch}: {folder / HF_CONFIG} cannot be read ({type(e).__name__}: {_one_line(e)}); {fix}") from None
+    unused = [k for k in spec.kwargs if k.startswith("_") or not hasattr(config, k)]
     if unused:
         raise ModelError(f"model.kwargs: {', '.join(sorted(unused))} is not a field of the '{config.model_type}' config in {folder}; "
                          "model.kwargs override config.json fields (e.g. num_labels)")
+    for key, value in spec.kwargs.items():  # as from_pretrained applies its overrides (num_labels rebuilds id2label)
+        try:
+            setattr(config, key, value)
+        except (Exception, SystemExit) as e:  # noqa: BLE001 - a value the config's own setter refuses
+            raise ModelError(f"model.kwargs.{key}: {value!r} is not accepted by the '{config.model_type}' config "
+                             f"({type(e).__name__}: {_one_line(e)}); give a value of the field's type") from None
     if not isinstance(config.num_labels, int) or config.num_labels < 1:  # transformers would put an Identity where the head is
         raise ModelError(f"model.arch: {arch}: num_labels is {config.num_labels} (config.json or model.kwargs); an image classifier "
                          "needs at least 1 output: set model.kwargs num_labels to the number of classes")

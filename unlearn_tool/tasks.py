@@ -124,7 +124,7 @@ class Classification(Task):
                             "are integers; give int64 labels, or set task: regression for a model that predicts numbers")
         lo, hi = int(targets.min()), int(targets.max())
         if lo < 0 or hi >= num_outputs:
-            raise DataError(f"{where}: labels range {lo}..{hi} but the model has {num_outputs} outputs; set model.kwargs num_classes to match the data")
+            raise DataError(f"{where}: labels range {lo}..{hi} but the model has {num_outputs} outputs; set model.kwargs num_classes (num_labels for hf: models) to match the data")
 
     def loss(self, outputs: "torch.Tensor", targets: "torch.Tensor") -> "torch.Tensor":
         import torch.nn.functional as F

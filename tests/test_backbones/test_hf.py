@@ -152,3 +152,22 @@ def test_num_labels_below_one_is_refused_not_a_headless_model(hf_work, tmp_path,
     shutil.copytree(hf_work / "vit", tmp_path / "vit")
     req = write_request(tmp_path, {"classes": [3]}, arch="hf:vit", kwargs={"num_labels": labels}, name="req.yaml")
     rejected(invoke("validate", "-r", req), "num_labels is", "at least 1 output")
+
+
+@pytest.mark.parametrize("kwargs, fragment", [
+    ({"subfolder": "sub"}, "subfolder is not a field of the 'vit' config"),
+    ({"revision": "main"}, "revision is not a field"),
+    ({"num_labels": "ten"}, "model.kwargs.num_labels: 'ten' is not accepted"),
+])
+def test_loader_options_in_model_kwargs_are_refused(hf_work, tmp_path, kwargs, fragment):
+    """kwargs went to from_pretrained, which took `subfolder` as a loader option: the model was built from sub/config.json,
+    which carried an auto_map (custom code) that the check on the folder's own config.json never saw."""
+    from conftest import write_request
+
+    shutil.copytree(hf_work / "vit", tmp_path / "vit")
+    shutil.copytree(hf_work / "vit", tmp_path / "vit" / "sub")
+    config = json.loads((tmp_path / "vit" / "sub" / "config.json").read_text())
+    config["auto_map"] = {"AutoConfig": "custom.Config", "AutoModelForImageClassification": "custom.Model"}
+    (tmp_path / "vit" / "sub" / "config.json").write_text(json.dumps(config))
+    req = write_request(tmp_path, {"classes": [3]}, arch="hf:vit", kwargs=kwargs, name="req.yaml")
+    rejected(invoke("validate", "-r", req), fragment)
