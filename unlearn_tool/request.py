@@ -120,6 +120,19 @@ class ModelSpec(_Strict):
             )
         return v
 
+    @model_validator(mode="after")
+    def _some_outputs(self) -> "ModelSpec":
+        """0 classes is no classifier: torchvision builds a zero-width head (with a raw warning) and timm a headless feature
+        model whose 512 features would be taken for 512 classes. A python: callable's kwargs mean what its author says."""
+        if self.arch.startswith("python:"):
+            return self
+        for key in ("num_classes", "num_outputs", "num_labels"):
+            value = self.kwargs.get(key)
+            if isinstance(value, int) and not isinstance(value, bool) and value < 1:
+                raise ValueError(f"kwargs.{key} is {value}, and a model needs at least 1 output; set it to the number of "
+                                 "classes (regression: the number of targets)")
+        return self
+
 
 class Normalize(_Strict):
     mean: list[float] = Field(description="Per-channel mean subtracted after scaling to [0, 1].")

@@ -234,3 +234,16 @@ def test_a_first_layer_width_mismatch_names_in_features(tmp_path):
     architecture to the data (kwargs, preprocess.resize)'; the fix is kwargs in_features."""
     req = write_request(tmp_path, {"classes": [3]}, kwargs={"num_classes": 10, "in_features": 32})
     _assert_rejected(invoke("validate", "-r", req), "first layer takes 32 input features and the data has 64", "in_features: 64")
+
+
+@pytest.mark.parametrize("arch, kwargs", [
+    ("torchvision:resnet18", {"num_classes": 0}),  # built a zero-width head behind a raw "zero-element tensors" warning
+    ("timm:resnet18", {"num_classes": 0}),  # timm's headless model: its 512 features were taken for 512 classes
+    ("builtin:mlp", {"num_outputs": -1}),
+])
+def test_a_model_without_outputs_is_refused_by_the_schema(tmp_path, arch, kwargs):
+    req = write_request(tmp_path, {"classes": [3]}, arch=arch, kwargs=kwargs)
+    result = invoke("validate", "-r", req)
+    assert result.exit_code == 2
+    assert f"kwargs.{next(iter(kwargs))} is {next(iter(kwargs.values()))}, and a model needs at least 1 output" in result.stderr
+    assert "Warning" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
