@@ -105,3 +105,32 @@ def test_a_shadow_cache_entry_holding_nan_is_rebuilt_not_used(tmp_path, monkeypa
 
     strong._cached("d", diverged, make)
     assert not (tmp_path / "shadows" / "d.safetensors").exists()
+
+
+def test_a_shadow_that_diverges_in_training_is_named_not_fed_to_the_attack(leaky, tmp_path, monkeypatch):
+    """A shadow that diverged while it was trained (not a cached one) reached the attack as NaN statistics:
+    "unexpected ValueError: Input contains NaN (please report this)", exit 1, and a report half-written in memory only."""
+    import torch
+
+    from unlearn_tool.audit import strong
+
+    folder, req = leaky
+    monkeypatch.setenv("UNLEARN_CACHE_DIR", str(tmp_path / "cache"))
+    real_fit = strong.fit
+
+    def fit_that_diverges_on_the_third_shadow(model, *args, **kwargs):
+        real_fit(model, *args, **kwargs)
+        calls.append(1)
+        if len(calls) == 3:
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.fill_(float("inf"))
+
+    calls: list[int] = []
+    monkeypatch.setattr(strong, "fit", fit_that_diverges_on_the_third_shadow)
+    r = invoke("audit", "-r", req, "--original", folder / "m.safetensors", "--unlearned", folder / "ref.safetensors",
+               "--tier", "strong", "--shadows", "4", "--report-dir", tmp_path / "rep", "--quiet")
+    assert r.exit_code == 1, r.stderr
+    assert "strong audit: shadow model 3 of 4 gives NaN/Inf outputs on the forget set" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "rep").exists()
+    assert len(list((tmp_path / "cache" / "shadows").glob("*.safetensors"))) == 2  # the diverged shadow is not cached

@@ -253,7 +253,15 @@ def shadow_statistics(job: Job, method: Optional[str], params: Optional[dict[str
                                                forget_idx[torch.from_numpy(in_forget)])
             model, hit = _cached(unlearn_key, unlearn_shadow, job.make_model)
             hits += hit
-        stats.append(logit_confidence(model.to(job.device), job.splits.forget, job.device, job.request.data.batch_size))
+        stat = logit_confidence(model.to(job.device), job.splits.forget, job.device, job.request.data.batch_size)
+        if not np.isfinite(stat).all():  # a shadow that diverged in training (cached ones are checked in _cached) poisons the attack
+            from ..errors import DivergedError
+
+            what = f"shadow model {i + 1} of {len(masks)}" + (f" after {method}" if method_params is not None and in_forget.any() else "")
+            raise DivergedError(f"strong audit: {what} gives NaN/Inf outputs on the forget set (it diverged training on the "
+                                "original's recipe), so the attack cannot be fitted; audit with --tier standard, or train the "
+                                "original with a recipe (lr, epochs) that converges")
+        stats.append(stat)
         members.append(in_forget)
         if progress:
             progress("strong audit: shadow models", i + 1, len(masks))
