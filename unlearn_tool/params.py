@@ -65,6 +65,8 @@ class SaneParams(BaseModel):
                 field = cls.model_fields.get(name)
                 if field is not None and isinstance(value, bool) and not _accepts_bool(field.annotation):
                     raise ValueError(f"{name}: {str(value).lower()} is a boolean; give a number")
+                if field is not None and isinstance(value, float) and not math.isfinite(value):  # before a bound says "> 0" of a NaN
+                    raise ValueError(f"{name}: {value} is not a finite number; give a finite value")
         return data
 
     @model_validator(mode="after")

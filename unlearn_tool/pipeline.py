@@ -31,7 +31,7 @@ from .evaluate import FINITE_OUTPUTS_FIX, non_finite_rows, non_finite_where, pre
 from .interrupts import signals_deferred
 from .job import Job, Progress, check_seed, describe_job, prepare, resolve_device, seed_everything  # noqa: F401 (re-exported)
 from .methods.common import divergence_hint
-from .methods import MethodParams, check_applicable, get_method, method_names, parse_params, run_method
+from .methods import MethodParams, check_applicable, get_method, method_names, parse_params, preflight, run_method
 from .models import CodePolicy, hf_folder
 from .provenance import created_utc, file_fields
 from .request import Request, load_request, method_params_for
@@ -267,6 +267,7 @@ def unlearn_step(job: Job, plan: ApplyPlan, progress: Optional[Progress] = None)
         raise UnlearnError("apply needs a checkpoint; give the trained model's .safetensors file")
     sets = summary_sets(job, plan.summary_samples)
     ctx = job.context(progress=progress)
+    preflight(plan.method, ctx, plan.params)  # layer names, folders: refused before the summary's passes
     with remember_predictions(job.original):  # the method reuses the original's predictions the summary computed
         t = time.perf_counter()
         before = utility(job.original, job, sets=sets, refuse=lambda where: CheckpointError(
@@ -288,8 +289,22 @@ def unlearn_step(job: Job, plan: ApplyPlan, progress: Optional[Progress] = None)
         f"unlearning diverged: {plan.method}'s result gives NaN/Inf outputs on {where} (its weights are finite but too large); "
         f"nothing was written; {divergence_hint(plan.params, job.task.name if job.task else 'classification')}"))
     summary_s += time.perf_counter() - t
+    unchanged_warning(plan, result.info, state, job.original, ctx.log)
     return StepResult(model, result.adapter_model, state, before, after, wall, result.info, list(ctx.log), summary_s,
                       summary_sizes(job, sets), method_cpu_s)
+
+
+def unchanged_warning(plan: ApplyPlan, info: dict[str, Any], state: dict[str, torch.Tensor], original: nn.Module, log: list[str]) -> None:
+    """Say so when every weight of the result equals the original's: the run changed nothing, so it forgot nothing (a
+    zero loss weight, a LoRA alpha or SalUn mask ratio too small to act). Not repeated where the stop note says it."""
+    from .stop_text import stop_line
+
+    if "equals the original" in (stop_line(info, plan.params.model_dump(mode="json")) or ""):
+        return
+    ref = original.state_dict()
+    if all(torch.equal(t, ref[k].detach().to(device="cpu", dtype=t.dtype)) for k, t in state.items()):
+        log.append(f"{plan.method} changed no weight: the output equals the original, so nothing was forgotten; check its "
+                   "parameters (a zero loss weight, a LoRA alpha or a mask ratio too small to act)")
 
 
 def apply(
@@ -719,6 +734,7 @@ def validate_request(request: "str | Path | Request", checkpoint: Optional[str |
 
     gap_note = check_request_gates(req)
     job = prepare(req, checkpoint, device="cpu", code=code, needs_labels=not get_method(req.method.name).label_free, allow_missing=allow_missing)
+    preflight(req.method.name, job.context(original=job.original if job.original is not None else job.make_model().eval()), params)
     info = {"ok": True, **describe_job(job), "checkpoint_matches": req.model.arch if checkpoint else None,
             "train_labelled": job.splits.train.labelled, "missing_ids": list(job.splits.missing_ids)}
     if job.notes or gap_note:
@@ -861,6 +877,10 @@ def merge_adapter(adapter: str | Path, base: str | Path, output: str | Path, for
         raise CheckpointError(f"adapter {adapter}: merged into the base, the weights hold NaN/Inf (first: {bad[0][0]}), although the adapter's "
                               f"own tensors are finite: its {AdapterArtifact.CONFIG} (lora_alpha, r) scales them past float range; nothing was written; "
                               "give a folder written by `unlearn apply --adapter-only`")
+    base_state = base_model.state_dict()
+    if all(torch.equal(t, base_state[k].detach().to(device="cpu", dtype=t.dtype)) for k, t in state.items()):
+        raise CheckpointError(f"adapter {adapter}: merged into the base, it changes no weight, so the output would be the base "
+                              "itself, the forgotten data still in it; nothing was written; give a folder written by `unlearn apply --adapter-only`")
     out_fields = {**{k: v for k, v in fields.items() if k not in ("created_utc",)}, "merged_from_adapter_sha256": adapter_art.sha256,
                   "created_utc": created_utc()}
     digest = write_merged(output, state, file_fields(out_fields), force=force)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 
 import pytest
+import torch
 import yaml
 
 from conftest import invoke, write_request
@@ -247,3 +249,48 @@ def test_a_model_without_outputs_is_refused_by_the_schema(tmp_path, arch, kwargs
     assert result.exit_code == 2
     assert f"kwargs.{next(iter(kwargs))} is {next(iter(kwargs.values()))}, and a model needs at least 1 output" in result.stderr
     assert "Warning" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("method, params, fragment", [
+    ("laf", {"feature_layer": "body.0"}, "no trainable parameter feeds 'body.0'; name a later module"),  # was exit 1 "unexpected"
+    ("laf", {"feature_layer": "nosuch"}, "the model has no module 'nosuch'"),
+    ("rfa", {"target_layers": ["nonexistent"]}, "target_layers 'nonexistent' match no adaptable layer"),
+    ("rfa", {"solver": "gauss-newton"}, "solver gauss-newton is for regression models"),
+    ("concept-poison", {"concept_dir": "/nonexistent"}, "concept_dir: /nonexistent is not a folder"),
+    ("salun", {"mask_ratio": 1e-300}, "mask_ratio: 1e-300 of the model's 17226 parameter entries selects none"),
+    ("rfa", {"w_forget": 0}, "w_forget 0 removes the forget term"),
+    ("rfa", {"temperature": 1e-300}, "temperature: Input should be greater than or equal to 0.01"),
+    ("rfa", {"lr": float("nan")}, "lr: nan is not a finite number"),
+])
+def test_parameters_apply_would_refuse_are_refused_by_validate(digits_dir, tmp_path, method, params, fragment):
+    """validate said ok to each, and apply refused it only after its summary passes (or crashed, or wrote the
+    unchanged original with exit 0: salun's empty mask); bench ran them as FAILED rows."""
+    req = write_request(tmp_path, {"classes": [3]}, method={"name": method, "params": params})
+    for args in (("validate", "-r", req, digits_dir / "mlp.safetensors"),
+                 ("apply", digits_dir / "mlp.safetensors", "-r", req, "-o", tmp_path / "u.safetensors", "--quiet")):
+        result = invoke(*args)
+        assert result.exit_code == 2, (args[0], result.stdout, result.stderr)
+        assert fragment in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "u.safetensors").exists()
+
+
+def test_bench_refuses_a_rows_parameters_before_any_run(digits_dir, tmp_path):
+    req = write_request(tmp_path, {"classes": [3]})
+    result = invoke("bench", digits_dir / "mlp.safetensors", "-r", req, "--methods", "rfa,finetune", "--seeds", "1",
+                    "--param", "rfa.target_layers=nosuch", "--report-dir", tmp_path / "b", "--quiet")
+    assert result.exit_code == 2, result.stderr
+    assert "rfa: target_layers 'nosuch' match no adaptable layer" in result.stderr and not (tmp_path / "b").exists()
+
+
+def test_a_run_that_changes_no_weight_says_so(digits_dir, tmp_path):
+    """LoRA alpha 5e-324 scales every adapter to zero: exit 0, "wrote ... (merged)", a deletion in the ledger, and not a
+    word that the output was the original bit for bit."""
+    from safetensors.torch import load_file
+
+    req = write_request(tmp_path, {"classes": [3]}, method={"name": "rfa", "params": {"alpha": 5e-324, "epochs": 1}})
+    result = invoke("apply", digits_dir / "mlp.safetensors", "-r", req, "-o", tmp_path / "u.safetensors", "--json")
+    assert result.exit_code == 0, result.stderr
+    before, after = load_file(str(digits_dir / "mlp.safetensors")), load_file(str(tmp_path / "u.safetensors"))
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert any("rfa changed no weight: the output equals the original, so nothing was forgotten" in w
+               for w in json.loads(result.stdout)["warnings"])

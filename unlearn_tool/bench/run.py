@@ -24,7 +24,7 @@ import torch
 from ..audit.registry import finite, model_metric_names, summary_keys
 from ..errors import MethodError, NonFiniteOutputs, UnlearnError
 from ..job import Job, Progress
-from ..methods import MethodParams, get_method, method_names, parse_params, run_method
+from ..methods import MethodParams, get_method, method_names, parse_params, preflight, run_method
 from ..methods.common import divergence_hint
 from ..provenance import created_utc, versions
 from ..request import Request, method_params_for
@@ -74,6 +74,18 @@ def method_params(name: str, overrides: dict[str, Any], request: Optional[Reques
         return parse_params(name, method_params_for(request, name, overrides) if request is not None else overrides)
     except MethodError as e:
         raise MethodError(f"{name}: {e}") from None
+
+
+def check_rows(names: Sequence[str], params: dict[str, MethodParams], job: Job) -> None:
+    """What apply would refuse about each row's parameters (the task, layer names, folders), before any row runs."""
+    for n in names:
+        if is_exact(n):
+            continue
+        try:
+            params[n].check_task(job.task.name)
+            preflight(n, job.context(), params[n])
+        except MethodError as e:
+            raise MethodError(f"{n}: {e}") from None
 
 
 # ---------------------------------------------------------------- per-seed setups
@@ -400,6 +412,7 @@ def bench_request(
     retrain_params = method_params("retrain", overrides.get("retrain", {}), req)
     folder = check_report_dir(Path(report_dir) if report_dir is not None else default_report_dir(checkpoint), BENCH_FILES)
     job = prepare(req, checkpoint, device=device, code=code or CodePolicy(), num_workers=num_workers)
+    check_rows(names, params, job)
     result = run_bench(job, names, [job.seed + i for i in range(seeds)], params, reference=reference, retrain=retrain,
                        retrain_params=retrain_params, progress=progress, on_run=on_run)
     return result, write_bench(result, folder)

@@ -17,6 +17,7 @@ from .base import (  # noqa: F401
     list_methods,
     method_names,
     parse_params,
+    preflight,
     register_method,
     run_method,
     unregister_method,

@@ -25,7 +25,7 @@ class BadTeacherParams(MethodParams):
     )
     lr: float = Field(1e-3, gt=0, description="Adam learning rate. Official: 1e-4 (ResNet on CIFAR); 1e-3 for the small models here.")
     batch_size: int = Field(64, ge=1, description="Batch size. Official: 256; 64 gives the small data sets enough steps.")
-    temperature: float = Field(1.0, gt=0, description="Softmax temperature of teachers and student (official: T = 1).")
+    temperature: float = Field(1.0, ge=0.01, description="Softmax temperature of teachers and student (official: T = 1). At least 0.01: logits / T overflow below.")
 
 
 def run(ctx: UnlearnContext, p: BadTeacherParams) -> MethodOutput:

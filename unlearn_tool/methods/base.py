@@ -22,7 +22,7 @@ from ..params import SaneParams, format_error
 from ..training import single_sample_batchnorm
 
 __all__ = ["MethodOutput", "MethodParams", "MethodSpecEntry", "UnlearnContext", "check_applicable", "describe_method",
-           "get_method", "list_methods", "method_names", "parse_params", "register_method", "run_method", "unregister_method"]
+           "get_method", "list_methods", "method_names", "parse_params", "preflight", "register_method", "run_method", "unregister_method"]
 
 
 class MethodParams(SaneParams):
@@ -62,6 +62,9 @@ class MethodSpecEntry:
     data_parallel: bool = False  # under torchrun its shuffled batches are split over the ranks (verified); else every rank repeats it
     loss_scaling: bool = False  # its steps go through precision.ScaledSteps, so it may train in fp16 on a card without bf16
     anchor_tasks: tuple[str, ...] = ()  # tasks on which it reads `UnlearnContext.anchor` (apply --anchor)
+    # checks of the parameters against the model and data that run need no training (layer names, folders): validate and
+    # bench run them before any work, so what apply would refuse after minutes is refused at once
+    preflight: Optional[Callable[[UnlearnContext, Any], None]] = None
 
 
 _REGISTRY: dict[str, MethodSpecEntry] = {}
@@ -80,6 +83,7 @@ def register_method(
     data_parallel: bool = False,
     loss_scaling: bool = False,
     anchor_tasks: tuple[str, ...] = (),
+    preflight: Optional[Callable[[UnlearnContext, Any], None]] = None,
 ) -> None:
     """Register a method by name; bad or duplicate names are errors (not asserts)."""
     if not name or name != name.strip().lower() or " " in name:
@@ -89,7 +93,7 @@ def register_method(
     if not (isinstance(params_cls, type) and issubclass(params_cls, MethodParams)):
         raise TypeError(f"params_cls of {name!r} must subclass MethodParams")
     _REGISTRY[name] = MethodSpecEntry(name, summary, params_cls, run, supports_adapter, reference, tuple(tasks),
-                                      tuple(scenarios), label_free, data_parallel, loss_scaling, tuple(anchor_tasks))
+                                      tuple(scenarios), label_free, data_parallel, loss_scaling, tuple(anchor_tasks), preflight)
 
 
 def unregister_method(name: str) -> None:
@@ -156,6 +160,13 @@ def check_applicable(name: str, task: str, scenario: str, params: Optional[Metho
                           f"choose another method" + (f" ({', '.join(able)})" if able else ""))
     if params is not None:
         params.check_task(task)
+
+
+def preflight(name: str, ctx: UnlearnContext, params: MethodParams) -> None:
+    """The method's checks against the model and data (MethodError when its parameters do not fit them); no training."""
+    check = get_method(name).preflight
+    if check is not None:
+        check(ctx, params)
 
 
 def run_method(name: str, ctx: UnlearnContext, params: MethodParams) -> tuple[MethodOutput, float]:

@@ -139,16 +139,22 @@ def _read_image(path: Path, input_shape: tuple[int, ...]) -> torch.Tensor:
     return t.unsqueeze(0) if t.dim() == 2 else t.permute(2, 0, 1).contiguous()
 
 
-def concepts_from_bank(ctx: UnlearnContext, model: nn.Module, module: nn.Module, train_feats: torch.Tensor,
-                       folder: Path, seed: int) -> tuple[list[str], torch.Tensor, list[dict]]:
-    """(names, unit concept vectors (K, d), per-concept notes): one logistic-regression CAV per sub-folder vs random samples."""
-    from sklearn.linear_model import LogisticRegression
-
+def concept_folders(folder: Path) -> list[Path]:
+    """The concept bank's sub-folders, one per concept (at least 2)."""
     if not folder.is_dir():
         raise MethodError(f"method.params.concept_dir: {folder} is not a folder; give a folder with one sub-folder of examples per concept")
     subdirs = sorted(p for p in folder.iterdir() if p.is_dir())
     if len(subdirs) < 2:
         raise MethodError(f"method.params.concept_dir: {folder} has {len(subdirs)} concept sub-folder(s); give at least 2")
+    return subdirs
+
+
+def concepts_from_bank(ctx: UnlearnContext, model: nn.Module, module: nn.Module, train_feats: torch.Tensor,
+                       folder: Path, seed: int) -> tuple[list[str], torch.Tensor, list[dict]]:
+    """(names, unit concept vectors (K, d), per-concept notes): one logistic-regression CAV per sub-folder vs random samples."""
+    from sklearn.linear_model import LogisticRegression
+
+    subdirs = concept_folders(folder)
     input_shape = ctx.splits.train.input_shape()
     gen = ctx.generator(73)
     names, vectors, notes = [], [], []
@@ -377,9 +383,16 @@ def _convergence_warning() -> type:
     return ConvergenceWarning
 
 
+def preflight(ctx: UnlearnContext, p: ConceptPoisonParams) -> None:
+    """The feature layer exists and the concept bank is laid out as one folder per concept (read in full when run)."""
+    feature_module(ctx.original, p.feature_layer)
+    if p.concept_dir:
+        concept_folders(Path(p.concept_dir).expanduser())
+
+
 register_method(
     "concept-poison", ConceptPoisonParams, run,
     summary="Class unlearning: find the forget class's concepts (post-hoc concept bottleneck + Integrated Gradients), poison its labels, fine-tune.",
     reference="Chang, Zhu et al. 2024, arXiv 2405.15662 (no public code; reconstructed, see docs/methods.md)",
-    scenarios=("class",),
+    scenarios=("class",), preflight=preflight,
 )

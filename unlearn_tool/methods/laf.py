@@ -92,7 +92,10 @@ def embed_all(model: nn.Module, module: nn.Module, data: LabelledData, device: t
 def split_params(model: nn.Module, module: nn.Module, x: torch.Tensor) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
     """(feature-extractor parameters: those the representation depends on, head parameters: the rest)."""
     model.zero_grad(set_to_none=True)
-    embed(model, module, x).float().pow(2).sum().backward()
+    e = embed(model, module, x)
+    if not e.requires_grad:  # the module's input is the data itself: nothing feeds it (the caller names the fix)
+        return [], [q for q in model.parameters() if q.requires_grad]
+    e.float().pow(2).sum().backward()
     body, head = [], []
     for q in model.parameters():
         if q.requires_grad:
@@ -198,11 +201,26 @@ def learning_rates(model: nn.Module, scenario: str, p: LAFParams) -> tuple[float
     return lr_ue, lr_ra
 
 
+def representation(ctx: UnlearnContext, model: nn.Module, p: LAFParams) -> tuple[str, nn.Module, list[nn.Parameter], list[nn.Parameter]]:
+    """(layer, module, feature-extractor parameters, head parameters) of a trainable `model`; MethodError when the
+    layer does not exist or no trainable parameter feeds it (its input is the data itself)."""
+    layer, module = feature_module(model, p.feature_layer)
+    probe, _ = ctx.forget.take(torch.arange(min(2, len(ctx.forget))))
+    body, head = split_params(model, module, probe.to(ctx.device))
+    if not body:
+        raise MethodError(f"method.params.feature_layer: no trainable parameter feeds {layer!r}; name a later module")
+    return layer, module, body, head
+
+
+def preflight(ctx: UnlearnContext, p: LAFParams) -> None:
+    representation(ctx, ctx.student(), p)
+
+
 def laf(ctx: UnlearnContext, p: LAFParams, task: str, use_labels: bool) -> MethodOutput:
     device = ctx.device
     original = ctx.original
     model = ctx.student().eval()  # eval mode: BatchNorm statistics and dropout frozen, as in the frozen original it is aligned with
-    layer, module = feature_module(model, p.feature_layer)
+    layer, module, body, head = representation(ctx, model, p)
     orig_module = dict(original.named_modules())[layer]
 
     # Stage 0: the two VAEs on the original's embeddings (computed once: the original is frozen)
@@ -219,10 +237,6 @@ def laf(ctx: UnlearnContext, p: LAFParams, task: str, use_labels: bool) -> Metho
     u_vae, u_loss = train_vae(emb_forget, latent, p.vae_epochs, p.vae_lr, p.vae_batch_size, p.kld_weight, ctx.generator(62), device)
     ctx.report(f"{task}: vae on Df", 2, 2)
 
-    probe, _ = ctx.forget.take(torch.arange(min(2, len(ctx.forget))))
-    body, head = split_params(model, module, probe.to(device))
-    if not body:
-        raise MethodError(f"method.params.feature_layer: no trainable parameter feeds {layer!r}; name a later module")
     lr_ue, lr_ra = learning_rates(model, ctx.scenario, p)
     opt_ue = torch.optim.Adam(body, lr=lr_ue)
     opt_ra = torch.optim.Adam(body, lr=lr_ra)
@@ -287,9 +301,11 @@ register_method(
     summary="LAF: label-free forgetting on the representation (two VAEs + contrastive alignment with the original); reads no label.",
     reference="Shen et al. ICLR 2024, Label-Agnostic Forgetting (ShaofeiShen768/LAF)",
     label_free=True,  # reads no label of Df or Dr (tests/test_methods/test_seed_methods.py proves it); laf+r does read them
+    preflight=preflight,
 )
 register_method(
     "laf+r", LAFRParams, run_r,
     summary="LAF+R: LAF plus cross-entropy on the classification head with the retain labels (semi-supervised).",
     reference="Shen et al. 2024, Label-Agnostic Forgetting, '+R' variant (ShaofeiShen768/LAF)",
+    preflight=preflight,
 )

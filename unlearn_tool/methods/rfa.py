@@ -26,7 +26,7 @@ from typing import Literal, Optional
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from .. import lora
 from ..errors import MethodError
@@ -78,7 +78,7 @@ class RFAParams(MethodParams):
         "(sample targets sit close to the teacher, so their pull is weaker; docs/rfa.md); regression: 10 for sample and 5 for "
         "range unlearning (docs/rfa.md R4)."
     )
-    temperature: float = Field(2.0, gt=0, description="Distillation temperature of the retain alignment.")
+    temperature: float = Field(2.0, ge=0.01, description="Distillation temperature of the retain alignment. At least 0.01: logits / T overflow below.")
     forget_target: Literal["auto", "other_classes", "heldout"] = Field(
         "auto", description="auto: other_classes for class unlearning, heldout for sample unlearning. Regression: auto is each "
         "forget sample's own error plus the teacher's generalisation gap (sample) or the mean target of its 10 nearest retained "
@@ -111,6 +111,22 @@ class RFAParams(MethodParams):
         "teacher's boundary samples flip too easily to ever reach retain_agreement; docs/rfa.md). None: wait for "
         "retain_agreement or the last epoch."
     )
+
+
+    @model_validator(mode="after")
+    def _forgets(self) -> "RFAParams":
+        if self.w_forget == 0:
+            raise ValueError("w_forget 0 removes the forget term, so nothing would be forgotten; give a positive weight "
+                             "(or leave it unset for the default)")
+        return self
+
+    def check_task(self, task: str) -> None:
+        super().check_task(task)
+        if self.solver != "adam" and task != "regression":
+            raise MethodError(f"rfa: solver {self.solver} is for regression models; a classifier trains its adapters with solver adam")
+        if self.forget_target == "other_classes" and task == "regression":
+            raise MethodError("rfa: forget_target other_classes is for classification; a regression model uses auto (sample: its own "
+                              "error plus the generalisation gap; range: retained neighbours), or heldout (quantile-matched held-out errors)")
 
 
 DEFAULT_EPOCHS = {"other_classes": 30, "heldout": 3}  # sample: more passes only over-shoot (docs/rfa.md)
@@ -263,6 +279,12 @@ def run(ctx: UnlearnContext, p: RFAParams) -> MethodOutput:
     return MethodOutput(model=lora.merged_copy(model, teacher), adapter_model=model, info=info)
 
 
+def preflight(ctx: UnlearnContext, p: RFAParams) -> None:
+    """target_layers name adaptable layers of this model (apply would refuse them only after loading everything)."""
+    if p.target_layers != "auto":
+        lora.select_layers(ctx.original, p.target_layers)
+
+
 register_method(
     "rfa",
     RFAParams,
@@ -271,5 +293,5 @@ register_method(
     supports_adapter=True,
     reference="Qin et al. 2024, arXiv 2411.08443 (design: docs/rfa.md)",
     tasks=("classification", "regression"), scenarios=("class", "sample", "range"),
-    loss_scaling=True, anchor_tasks=("classification",),
+    loss_scaling=True, anchor_tasks=("classification",), preflight=preflight,
 )

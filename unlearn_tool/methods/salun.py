@@ -19,6 +19,7 @@ from pydantic import Field
 from torch import nn
 
 from ..data import LabelledData
+from ..errors import MethodError
 from .base import MethodOutput, UnlearnContext, register_method
 from .random_label import RandomLabelParams, train_relabelled
 
@@ -29,6 +30,19 @@ class SalUnParams(RandomLabelParams):
         description="Share of parameter entries (global top-k by forget-gradient magnitude) that may change "
                     "(SalUn's example mask: with_0.5.pt).",
     )
+
+
+def salient_count(ratio: float, entries: int) -> int:
+    """How many of `entries` parameter entries the mask frees; none is refused (the output would be the original)."""
+    k = int(round(ratio * entries))
+    if k == 0:
+        raise MethodError(f"method.params.mask_ratio: {ratio:g} of the model's {entries} parameter entries selects none; "
+                          f"give at least {1 / max(entries, 1):.2g} (SalUn's default: 0.5)")
+    return k
+
+
+def preflight(ctx: UnlearnContext, p: SalUnParams) -> None:
+    salient_count(p.mask_ratio, sum(q.numel() for q in ctx.original.parameters()))
 
 
 def saliency_mask(model: nn.Module, forget: LabelledData, device: torch.device, batch_size: int, ratio: float) -> dict[str, torch.Tensor]:
@@ -48,7 +62,7 @@ def saliency_mask(model: nn.Module, forget: LabelledData, device: torch.device, 
                 g += gq
     model.train(was_training)
     scores = torch.cat([g.abs().flatten() for g in grads])
-    k = int(round(ratio * scores.numel()))
+    k = salient_count(ratio, scores.numel())
     flat = torch.zeros(scores.numel(), dtype=torch.bool, device=scores.device)
     flat[torch.argsort(scores, descending=True, stable=True)[:k]] = True
     return {n: m.view_as(q) for (n, q), m in zip(named, flat.split([q.numel() for _, q in named]))}
@@ -86,4 +100,5 @@ register_method(
     "salun", SalUnParams, run,
     summary="SalUn: random-label unlearning on the most forget-salient weights only (others stay bit-identical).",
     reference="Fan et al. 2024, ICLR (OPTML-Group/Unlearn-Saliency)",
+    preflight=preflight,
 )

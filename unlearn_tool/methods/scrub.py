@@ -24,7 +24,7 @@ from .common import kl_to_teacher
 class ScrubParams(MethodParams):
     epochs: int = Field(10, ge=1, description="Total epochs E (min-step passes over Dr). SCRUB small-scale setting: E = 10.")
     max_steps: int = Field(3, ge=0, description="The first `max_steps` epochs also make a max-step pass over Df. Small-scale setting: msteps = 3.")
-    temperature: float = Field(2.0, gt=0, description="Distillation temperature T of both KL terms. Small-scale setting: T = 2.")
+    temperature: float = Field(2.0, ge=0.01, description="Distillation temperature T of both KL terms. Small-scale setting: T = 2. At least 0.01: logits / T overflow below.")
     gamma: float = Field(1.0, ge=0, description="Weight of the retain cross-entropy in the min-step. Small-scale setting: gamma = 1.")
     alpha: float = Field(0.5, ge=0, description="Weight of the retain KL to the teacher in the min-step. Small-scale setting: alpha = 0.5.")
     optimizer: Literal["adam", "sgd"] = Field(
