@@ -141,6 +141,40 @@ class CheckpointArtifact(Artifact):
                 "metadata": self.fields, "raw_metadata": self.raw_metadata}
 
 
+# LoRA config keys that do not change what a merge computes; every other key must hold peft's default, as apply writes it
+FREE_LORA_KEYS = frozenset({"peft_type", "task_type", "peft_version", "auto_mapping", "base_model_name_or_path", "revision",
+                            "inference_mode", "target_modules", "r", "lora_alpha", "lora_dropout", "init_lora_weights"})
+MAX_LORA_ALPHA = 1e6
+
+
+def lora_config_problem(config: dict[str, Any], ranks: set[int]) -> Optional[str]:
+    """What in a LoRA adapter config would make a merge compute something other than B @ A * alpha / r on the layers its
+    weights name (None: nothing): a rank that is not the weights', an alpha that is not a positive sane number, DoRA,
+    rsLoRA, per-layer patterns, excluded modules, or a key peft does not know (it only warns and ignores it)."""
+    import dataclasses
+
+    from peft import LoraConfig
+
+    fields = {f.name: f for f in dataclasses.fields(LoraConfig)}
+    unknown = sorted(set(config) - set(fields))
+    if unknown:
+        return f"has key(s) peft's LoRA config does not know: {', '.join(repr(k)[:40] for k in unknown[:3])}"
+    for name, value in config.items():
+        if name in FREE_LORA_KEYS:
+            continue
+        f = fields[name]
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)  # type: ignore[misc]
+        if value != default and not (value in (None, [], {}, "") and default in (None, [], {}, "")):
+            return f"sets {name} to {json.dumps(value)[:40]}, which `unlearn apply` never writes (it changes what merging computes)"
+    r, alpha = config.get("r"), config.get("lora_alpha")
+    if not isinstance(r, int) or isinstance(r, bool) or ranks != {r}:
+        return f"says r {json.dumps(r)[:20]}, but the adapter's weights have rank {', '.join(map(str, sorted(ranks))) or 'none'}"
+    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not 0 < alpha <= MAX_LORA_ALPHA:
+        return f"says lora_alpha {json.dumps(alpha)[:20]}; it must be a number in (0, {MAX_LORA_ALPHA:g}] (apply writes the method's alpha)"
+    return None
+
+
 class AdapterArtifact(Artifact):
     """A PEFT adapter folder written by `apply --adapter-only`: evaluated as the original base + this adapter."""
 
@@ -178,6 +212,10 @@ class AdapterArtifact(Artifact):
         b_keys = [k for k in tensors if "lora_B" in k]
         if not b_keys:
             raise AuditError(f"adapter {self.path} has no LoRA B matrices (no key contains 'lora_B'); give a LoRA adapter written by `unlearn apply --adapter-only`")
+        odd = [k for k, t in tensors.items() if not t.dtype.is_floating_point]
+        if odd:
+            raise AuditError(f"adapter {self.path}: tensor {odd[0]} is {str(tensors[odd[0]].dtype).removeprefix('torch.')}, not floating point; "
+                             "give a LoRA adapter written by `unlearn apply --adapter-only`")
         if all(float(tensors[k].abs().max()) == 0.0 for k in b_keys):
             raise AuditError(f"adapter {self.path}: every LoRA B matrix is zero, so the adapter trained nothing; rerun `unlearn apply` (more epochs or a higher lr)")
         check_finite(tensors, self.path / self.WEIGHTS)
@@ -198,6 +236,14 @@ class AdapterArtifact(Artifact):
         kind = config.get("peft_type") if isinstance(config, dict) else None
         if kind != "LORA":
             raise CheckpointError(f"adapter {self.path}: {self.CONFIG} describes {'a ' + repr(kind)[:40] if kind else 'no'} peft adapter, not LoRA; {fix}")
+        recorded = self.fields.get("adapter_config_sha256")
+        if isinstance(recorded, str) and recorded != sha256_file(self.path / self.CONFIG):
+            raise CheckpointError(f"adapter {self.path}: {self.CONFIG} is not the one `unlearn apply` wrote with these weights (its sha256 "
+                                  f"differs from the one {self.WEIGHTS} records), so merging it would not give the unlearned model; "
+                                  "restore it, or write the adapter again with `unlearn apply --adapter-only`")
+        problem = lora_config_problem(config, {int(t.shape[0]) for k, t in self._contents[0].items() if "lora_A" in k and t.dim() >= 1})
+        if problem:
+            raise CheckpointError(f"adapter {self.path}: {self.CONFIG} {problem}; {fix}")
 
     def load(self, ctx: LoadContext) -> "nn.Module":
         if ctx.base is None:
@@ -216,6 +262,14 @@ class AdapterArtifact(Artifact):
                 peft_model = PeftModel.from_pretrained(copy.deepcopy(ctx.base).cpu(), str(self.path))
         except Exception as e:  # noqa: BLE001 - peft raises many types for a foreign adapter
             raise CheckpointError(f"adapter {self.path} does not fit the original model ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}); give the base it was trained on") from None
+        from peft import get_peft_model_state_dict
+
+        expected, saved = set(get_peft_model_state_dict(peft_model)), set(self._contents[0])
+        if expected != saved:  # peft only warns, and merges the layers it found (zero for the others)
+            odd = sorted(expected - saved) or sorted(saved - expected)
+            raise CheckpointError(f"adapter {self.path}: {self.WEIGHTS} {'lacks' if expected - saved else 'holds unused'} tensor(s) "
+                                  f"{', '.join(odd[:2])}{' ...' if len(odd) > 2 else ''} for the layers its config adapts; give a folder "
+                                  "written by `unlearn apply --adapter-only`")
         return peft_model.merge_and_unload().to(ctx.device).eval()
 
     def describe(self) -> dict[str, Any]:
@@ -223,7 +277,7 @@ class AdapterArtifact(Artifact):
         rows = [{"name": k, "shape": list(v.shape), "dtype": str(v.dtype).removeprefix("torch."), "numel": v.numel()} for k, v in tensors.items()]
         try:
             config = json.loads((self.path / self.CONFIG).read_text())
-        except ValueError:
+        except (OSError, ValueError):  # unreadable or not JSON: shown as absent; merge and audit name the problem
             config = None
         return {"path": str(self.path), "kind": self.kind, "tensors": rows, "parameters": sum(r["numel"] for r in rows),
                 "metadata": self.fields, "raw_metadata": raw, "adapter_config": config}
@@ -348,8 +402,10 @@ def write_adapter(path: Path, adapted: Optional["nn.Module"], fields: dict[str, 
 
         to_peft(adapted).save_pretrained(str(folder))
         weights = folder / AdapterArtifact.WEIGHTS
-        save_canonical(load_file(str(weights)), weights, metadata)
-        (folder / ADAPTER_MARKER).write_text(json.dumps(metadata, indent=2, sort_keys=True))
+        # the config decides what merging computes (alpha, r, targets): the weights' metadata pins it
+        pinned = {**metadata, **metadata_for({"adapter_config_sha256": sha256_file(folder / AdapterArtifact.CONFIG)})}
+        save_canonical(load_file(str(weights)), weights, pinned)
+        (folder / ADAPTER_MARKER).write_text(json.dumps(pinned, indent=2, sort_keys=True))
 
     write_directory(path, fill, force=force, protect=protect)
     return sha256_file(path / AdapterArtifact.WEIGHTS)

@@ -275,6 +275,8 @@ def quiet_peft() -> Iterator[None]:
     """peft reads transformers models' deprecated `is_gradient_checkpointing` (a FutureWarning on every wrap): not the user's concern."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        # missing or unexpected adapter keys: AdapterArtifact.load compares the keys itself and refuses in one line
+        warnings.filterwarnings("ignore", message="Found (missing|unexpected) adapter keys", category=UserWarning)
         yield
 
 

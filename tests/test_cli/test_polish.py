@@ -45,7 +45,7 @@ def test_merge_refuses_an_adapter_config_that_is_not_lora_or_scales_past_float_r
     assert invoke("apply", digits_dir / "mlp.safetensors", "-r", digits_dir / "class.yaml", "--device", "cpu", "--quiet",
                   "--adapter-only", "-o", tmp_path / "ad").exit_code == 0
     for name, change, fragment in (("prompt", {"peft_type": "PROMPT_TUNING"}, "describes a 'PROMPT_TUNING' peft adapter, not LoRA"),
-                                   ("huge", {"lora_alpha": 1e308}, "scales them past float range")):
+                                   ("huge", {"lora_alpha": 1e308}, "is not the one `unlearn apply` wrote with these weights")):
         shutil.copytree(tmp_path / "ad", tmp_path / name)
         config = json.loads((tmp_path / name / "adapter_config.json").read_text())
         (tmp_path / name / "adapter_config.json").write_text(json.dumps({**config, **change}))
@@ -166,3 +166,76 @@ def test_stop_line_counts_one_pass_in_the_singular():
     assert _stop_line({"stop_reason": "criterion", "epochs_run": 1}, {"stop": "criterion", "epochs": 1}).endswith("after 1 of 1 pass")
     assert _stop_line({"stop_reason": "criterion", "epochs_run": 1}, {"stop": "criterion", "epochs": 30}).endswith("after 1 of 30 passes")
     assert _stop_line({"stop_reason": "epochs", "epochs_run": 3}, {"stop": "epochs", "epochs": 3}) == "ran all 3 passes"
+
+
+def _adapter_variant(src, dst, config=None, tensors=None, keep_record=True):
+    """A copy of the adapter folder `src` with its config updated by `config` and its tensors replaced by
+    tensors(dict) (metadata kept; without keep_record, as an adapter written before configs were pinned)."""
+    import shutil
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    shutil.copytree(src, dst)
+    weights = dst / "adapter_model.safetensors"
+    with safe_open(str(weights), "pt") as f:
+        meta = f.metadata()
+    state = load_file(str(weights))
+    if not keep_record:
+        meta = {k: v for k, v in meta.items() if not k.endswith("adapter_config_sha256")}
+        (dst / "unlearn_metadata.json").write_text(json.dumps(meta))
+    save_file(tensors(state) if tensors else state, str(weights), metadata=meta)
+    if config:
+        (dst / "adapter_config.json").write_text(json.dumps({**json.loads((dst / "adapter_config.json").read_text()), **config}))
+    return dst
+
+
+def test_merge_refuses_an_adapter_whose_merge_would_not_be_the_unlearned_model(digits_dir, tmp_path):
+    """Each exited 0 with "the forgotten data is now out of the weights": lora_alpha 0 wrote the base bit for bit,
+    -16 reversed the deletion, use_rslora scaled it 2.8-fold, exclude_modules dropped a layer; renamed or missing
+    tensors merged as zero behind a raw peft warning; integer tensors merged as garbage."""
+    assert invoke("apply", digits_dir / "mlp.safetensors", "-r", digits_dir / "class.yaml", "--device", "cpu", "--quiet",
+                  "--adapter-only", "-o", tmp_path / "ad").exit_code == 0
+    pinned = "is not the one `unlearn apply` wrote with these weights"
+    first_b = lambda s: sorted(k for k in s if "lora_B" in k)[0]  # noqa: E731
+    cases = [
+        ("alpha0", {"lora_alpha": 0}, None, True, pinned),
+        ("rslora", {"use_rslora": True}, None, True, pinned),
+        ("old_alpha0", {"lora_alpha": 0}, None, False, "says lora_alpha 0; it must be a number in (0, 1e+06]"),
+        ("old_alphaneg", {"lora_alpha": -16}, None, False, "says lora_alpha -16"),
+        ("old_rslora", {"use_rslora": True}, None, False, "sets use_rslora to true, which `unlearn apply` never writes"),
+        ("old_exclude", {"exclude_modules": ["head"]}, None, False, 'sets exclude_modules to ["head"]'),
+        ("old_bogus", {"bogus_field": 1}, None, False, "has key(s) peft's LoRA config does not know: 'bogus_field'"),
+        ("old_rank", {"r": 2000000}, None, False, "says r 2000000, but the adapter's weights have rank 8"),
+        ("renamed", None, lambda s: {k.replace("base_model.model.", ""): v for k, v in s.items()}, True, "lacks tensor(s)"),
+        ("missing_b", None, lambda s: {k: v for k, v in s.items() if k != first_b(s)}, True, "lacks tensor(s)"),
+        ("ints", None, lambda s: {k: v.to(torch.int32) for k, v in s.items()}, True, "is int32, not floating point"),
+        ("tiny_b", None, lambda s: {k: v * 1e-38 if "lora_B" in k else v for k, v in s.items()}, True, "it changes no weight"),
+    ]
+    for name, config, tensors, record, fragment in cases:
+        folder = _adapter_variant(tmp_path / "ad", tmp_path / name, config, tensors, record)
+        r = invoke("merge", folder, "--base", digits_dir / "mlp.safetensors", "-o", tmp_path / f"{name}.safetensors")
+        assert r.exit_code == 2 and fragment in r.stderr and len(r.stderr.strip().splitlines()) == 1, (name, r.stderr)
+        assert not (tmp_path / f"{name}.safetensors").exists()
+    r = invoke("merge", _adapter_variant(tmp_path / "ad", tmp_path / "old", keep_record=False), "--base", digits_dir / "mlp.safetensors",
+               "-o", tmp_path / "old.safetensors")
+    assert r.exit_code == 0, r.stderr  # an adapter written before the config was pinned, untouched, still merges
+
+
+def test_inspect_shows_an_adapter_whose_config_cannot_be_read(digits_dir, tmp_path, monkeypatch):
+    """inspect crashed with "unexpected PermissionError ... (please report this)" on an unreadable adapter_config.json."""
+    from pathlib import Path
+
+    assert invoke("apply", digits_dir / "mlp.safetensors", "-r", digits_dir / "class.yaml", "--device", "cpu", "--quiet",
+                  "--adapter-only", "-o", tmp_path / "ad").exit_code == 0
+    real = Path.read_text
+
+    def read_text(self, *a, **k):
+        if self.name == "adapter_config.json":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Path, "read_text", read_text)
+    r = invoke("inspect", tmp_path / "ad", "--json")
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout)["adapter_config"] is None
