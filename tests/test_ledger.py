@@ -398,3 +398,17 @@ def test_a_damaged_lineage_is_refused_never_taken_for_none(digits_dir, tmp_path,
     assert not (tmp_path / "out.safetensors").exists()
     r = invoke("apply", tmp_path / "bad.safetensors", "-r", a, "-o", tmp_path / "out.safetensors", "--ignore-lineage", "--json", "--quiet")
     assert r.exit_code == 0 and any("a new chain starts from this checkpoint" in n for n in json.loads(r.stdout)["warnings"]), r.stderr
+
+
+@pytest.mark.parametrize("damage", ["cut", "list", "bytes"])
+def test_a_damaged_ledger_does_not_verify_exit_3(digits_dir, tmp_path, damage):
+    """A ledger cut mid-line, a JSON list line or bytes that are not UTF-8 gave exit 2 (bad input), where the README
+    promises exit 3 for a chain that does not verify."""
+    a = _req(tmp_path, "a", {"indices": list(range(0, 200, 7))}, params={"epochs": 1, "stop": "epochs"})
+    assert invoke("apply", digits_dir / "mlp.safetensors", "-r", a, "-o", tmp_path / "s1.safetensors", "--quiet").exit_code == 0
+    ledger = tmp_path / "s1.ledger.jsonl"
+    text = ledger.read_bytes()
+    ledger.write_bytes({"cut": text[: len(text) // 2], "list": b"[1, 2]\n", "bytes": b"\xff\xfe" + text}[damage])
+    r = invoke("ledger", "verify", tmp_path / "s1.safetensors", "--original", digits_dir / "mlp.safetensors")
+    assert r.exit_code == 3, r.stderr
+    assert "the ledger is damaged" in r.stderr and "NOT VERIFIED" in r.stdout

@@ -378,7 +378,13 @@ def verify(checkpoint: Path, original: Path, ledger: Optional[Path] = None) -> d
     if lineage.original_sha256 != orig.sha256:
         problems.append(f"the lineage starts from {lineage.original_sha256[:12]}..., not the given original {orig.sha256[:12]}...")
     ledger = ledger or default_ledger(checkpoint)
-    entries = read_ledger(ledger) if ledger.exists() else []
+    try:
+        entries = read_ledger(ledger) if ledger.exists() else []
+    except LedgerError as e:  # damaged (a line cut short, not JSON): the chain does not verify (exit 3), like an altered entry
+        if not ledger.is_file():
+            raise
+        return {"ok": False, "problems": [str(e)], "steps": [], "checkpoint_sha256": art.sha256, "original_sha256": orig.sha256,
+                "ledger": str(ledger)}
     if not entries:
         problems.append(f"ledger {ledger} is missing or empty")
     prev_entry, prev_output = None, lineage.original_sha256
