@@ -412,3 +412,20 @@ def test_a_damaged_ledger_does_not_verify_exit_3(digits_dir, tmp_path, damage):
     r = invoke("ledger", "verify", tmp_path / "s1.safetensors", "--original", digits_dir / "mlp.safetensors")
     assert r.exit_code == 3, r.stderr
     assert "the ledger is damaged" in r.stderr and "NOT VERIFIED" in r.stdout
+
+
+def test_an_adapter_outputs_ledger_reads_and_verifies(digits_dir, tmp_path):
+    """`unlearn ledger ADAPTER` and `ledger verify ADAPTER` said "a folder without config.json" (exit 2): the ledger apply
+    wrote for an adapter-only output could never be checked. A merge of it is named as such, not as "altered"."""
+    a = _req(tmp_path, "a", {"indices": list(range(0, 200, 7))}, params={"epochs": 1, "stop": "epochs"})
+    assert invoke("apply", digits_dir / "mlp.safetensors", "-r", a, "--adapter-only", "-o", tmp_path / "ad", "--quiet").exit_code == 0
+    r = invoke("ledger", tmp_path / "ad", "--json")
+    assert r.exit_code == 0, r.stderr
+    assert len(json.loads(r.stdout)["steps"]) == 1
+    r = invoke("ledger", "verify", tmp_path / "ad", "--original", digits_dir / "mlp.safetensors")
+    assert r.exit_code == 0 and "verified: 1 step(s)" in r.stdout, r.stderr
+    r = invoke("ledger", "verify", tmp_path / "ad", "--original", digits_dir / "mlp.retrain_class.safetensors")
+    assert r.exit_code == 3  # another original: does not verify
+    assert invoke("merge", tmp_path / "ad", "--base", digits_dir / "mlp.safetensors", "-o", tmp_path / "m.safetensors").exit_code == 0
+    r = invoke("ledger", "verify", tmp_path / "m.safetensors", "--original", digits_dir / "mlp.safetensors", "--ledger", tmp_path / "ad.ledger.jsonl")
+    assert r.exit_code == 3 and "is a merge of the chain's last output, the adapter" in r.stderr

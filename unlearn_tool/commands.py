@@ -137,11 +137,10 @@ def merge(adapter: str | Path, base: str | Path, output: str | Path, **options: 
 
 def ledger_show(checkpoint: Path, ledger: Optional[Path] = None) -> dict[str, Any]:
     """`unlearn ledger CKPT`: the checkpoint's lineage (from its metadata)."""
-    from .artifacts import CheckpointArtifact
     from .errors import UnlearnError
-    from .ledger import Lineage
+    from .ledger import Lineage, lineage_artifact
 
-    lineage = Lineage.from_metadata(CheckpointArtifact(checkpoint).fields)
+    lineage = Lineage.from_metadata(lineage_artifact(checkpoint).fields)
     if lineage is None:
         raise UnlearnError(f"{checkpoint} carries no lineage; it was not written by `unlearn apply`")
     return lineage.to_json()

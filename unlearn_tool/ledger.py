@@ -365,11 +365,23 @@ def resolve_excluded(lineage: Lineage, entries: list[dict[str, Any]], ledger: Pa
 
 # ---------------------------------------------------------------- verify
 
+def lineage_artifact(path: Path):
+    """What apply wrote at `path`: a merged checkpoint (file or save_pretrained folder) or an adapter folder, whose
+    weights file's sha256 is the output the ledger records. An exact artifact keeps its own deletion log."""
+    from .artifacts import EnsembleArtifact, open_artifact
+
+    art = open_artifact(path)
+    if isinstance(art, EnsembleArtifact):
+        raise LedgerError(f"{path} is an exact artifact: its deletions are logged in its manifest.json, not a ledger; "
+                          "see them with unlearn inspect")
+    return art
+
+
 def verify(checkpoint: Path, original: Path, ledger: Optional[Path] = None) -> dict[str, Any]:
-    """Every hash link of the chain, and that the checkpoint is its last output. Returns the findings (ok: bool)."""
+    """Every hash link of the chain, and that the checkpoint (or adapter) is its last output. Returns the findings (ok: bool)."""
     from .artifacts import CheckpointArtifact
 
-    art, orig = CheckpointArtifact(checkpoint), CheckpointArtifact(original)
+    art, orig = lineage_artifact(checkpoint), CheckpointArtifact(original)
     lineage = Lineage.from_metadata(art.fields)
     problems: list[str] = []
     if lineage is None:
@@ -407,7 +419,11 @@ def verify(checkpoint: Path, original: Path, ledger: Optional[Path] = None) -> d
     if len(entries) > len(lineage.steps):
         problems.append(f"the ledger has {len(entries) - len(lineage.steps)} step(s) after this checkpoint: it is not the chain's last output")
     if lineage.steps and prev_output != art.sha256:
-        problems.append(f"the checkpoint's sha256 {art.sha256[:12]}... is not the chain's last output {str(prev_output)[:12]}...: it was altered or replaced")
+        if art.fields.get("merged_from_adapter_sha256") == prev_output:  # unlearn merge of the chain's last output (an adapter)
+            problems.append(f"the checkpoint is a merge of the chain's last output, the adapter {str(prev_output)[:12]}..., which "
+                            "the ledger records instead of it: verify that adapter folder (unlearn ledger verify ADAPTER)")
+        else:
+            problems.append(f"the checkpoint's sha256 {art.sha256[:12]}... is not the chain's last output {str(prev_output)[:12]}...: it was altered or replaced")
     return {"ok": not problems, "problems": problems, "checkpoint_sha256": art.sha256, "original_sha256": orig.sha256,
             "ledger": str(ledger), "steps": [{k: s.get(k) for k in ("step", "request_id", "method", "scenario", "forget_count",
                                                                          "forget_digest", "parent_sha256", "created_utc")} for s in lineage.steps]}
