@@ -294,6 +294,12 @@ def unlearn_step(job: Job, plan: ApplyPlan, progress: Optional[Progress] = None)
                       summary_sizes(job, sets), method_cpu_s)
 
 
+def same_weights(state: dict[str, torch.Tensor], model: nn.Module) -> bool:
+    """Whether `state` (a result's weights, in the checkpoint's dtypes) equals `model`'s bit for bit: nothing changed."""
+    ref = model.state_dict()
+    return all(torch.equal(t, ref[k].detach().to(device="cpu", dtype=t.dtype)) for k, t in state.items())
+
+
 def unchanged_warning(plan: ApplyPlan, info: dict[str, Any], state: dict[str, torch.Tensor], original: nn.Module, log: list[str]) -> None:
     """Say so when every weight of the result equals the original's: the run changed nothing, so it forgot nothing (a
     zero loss weight, a LoRA alpha or SalUn mask ratio too small to act). Not repeated where the stop note says it."""
@@ -301,8 +307,7 @@ def unchanged_warning(plan: ApplyPlan, info: dict[str, Any], state: dict[str, to
 
     if "equals the original" in (stop_line(info, plan.params.model_dump(mode="json")) or ""):
         return
-    ref = original.state_dict()
-    if all(torch.equal(t, ref[k].detach().to(device="cpu", dtype=t.dtype)) for k, t in state.items()):
+    if same_weights(state, original):
         log.append(f"{plan.method} changed no weight: the output equals the original, so nothing was forgotten; check its "
                    "parameters (a zero loss weight, a LoRA alpha or a mask ratio too small to act)")
 
@@ -877,8 +882,7 @@ def merge_adapter(adapter: str | Path, base: str | Path, output: str | Path, for
         raise CheckpointError(f"adapter {adapter}: merged into the base, the weights hold NaN/Inf (first: {bad[0][0]}), although the adapter's "
                               f"own tensors are finite: its {AdapterArtifact.CONFIG} (lora_alpha, r) scales them past float range; nothing was written; "
                               "give a folder written by `unlearn apply --adapter-only`")
-    base_state = base_model.state_dict()
-    if all(torch.equal(t, base_state[k].detach().to(device="cpu", dtype=t.dtype)) for k, t in state.items()):
+    if same_weights(state, base_model):
         raise CheckpointError(f"adapter {adapter}: merged into the base, it changes no weight, so the output would be the base "
                               "itself, the forgotten data still in it; nothing was written; give a folder written by `unlearn apply --adapter-only`")
     out_fields = {**{k: v for k, v in fields.items() if k not in ("created_utc",)}, "merged_from_adapter_sha256": adapter_art.sha256,
