@@ -334,3 +334,30 @@ def test_an_image_over_pils_decompression_bomb_limit_is_refused_in_one_line(tmp_
     data = load_split(_spec(source="imagefolder", path="imgs"), "train", tmp_path)
     with pytest.raises(DataError, match=r"is too large to read safely \(Image size \(144 pixels\) exceeds limit of \d+ pixels"):
         next(data.batches(4))
+
+
+@pytest.mark.parametrize("link, fragment", [
+    (("..", "a/up"), "a/up links out of class folder a"),  # the other classes' images came again, labelled a
+    (("a", "c"), "class folders a and c are the same folder"),
+])
+def test_an_imagefolder_link_that_would_relabel_images_is_refused(tmp_path, link, fragment):
+    folder = _image_folder(tmp_path, {})
+    os.symlink(link[0], folder / link[1])
+    with pytest.raises(DataError, match=fragment):
+        load_split(_spec(source="imagefolder", path="imgs"), "train", tmp_path)
+
+
+def test_an_unreadable_imagefolder_subfolder_is_named_not_skipped(tmp_path, monkeypatch):
+    """os.walk dropped the PermissionError: a subfolder's images went missing from the data without a word."""
+    folder = _image_folder(tmp_path, {})
+    (folder / "b" / "sub").mkdir()
+    real_scandir = os.scandir
+
+    def scandir(p="."):
+        if str(p).endswith("sub"):
+            raise PermissionError(13, "Permission denied", str(p))
+        return real_scandir(p)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    with pytest.raises(DataError, match=r"folder .*sub cannot be read \(Permission denied\)"):
+        load_split(_spec(source="imagefolder", path="imgs"), "train", tmp_path)

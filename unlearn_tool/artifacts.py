@@ -143,7 +143,7 @@ class CheckpointArtifact(Artifact):
 
 # LoRA config keys that do not change what a merge computes; every other key must hold peft's default, as apply writes it
 FREE_LORA_KEYS = frozenset({"peft_type", "task_type", "peft_version", "auto_mapping", "base_model_name_or_path", "revision",
-                            "inference_mode", "target_modules", "r", "lora_alpha", "lora_dropout", "init_lora_weights"})
+                            "inference_mode", "target_modules", "r", "lora_alpha", "lora_dropout"})
 MAX_LORA_ALPHA = 1e6
 
 
@@ -160,8 +160,8 @@ def lora_config_problem(config: dict[str, Any], ranks: set[int]) -> Optional[str
     if unknown:
         return f"has key(s) peft's LoRA config does not know: {', '.join(repr(k)[:40] for k in unknown[:3])}"
     for name, value in config.items():
-        if name in FREE_LORA_KEYS:
-            continue
+        if name in FREE_LORA_KEYS or (name == "init_lora_weights" and value in (True, False, "gaussian")):
+            continue  # init_lora_weights: those only initialise the adapters the saved ones replace (pissa, olora ... rewrite the base)
         f = fields[name]
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None)  # type: ignore[misc]
@@ -197,14 +197,16 @@ class AdapterArtifact(Artifact):
 
     @property
     def fields(self) -> dict[str, Any]:
-        fields = read_metadata_fields(self._contents[1])
+        return read_metadata_fields(self._contents[1]) or self._marker_fields()
+
+    def _marker_fields(self) -> dict[str, Any]:
+        """The provenance apply also writes beside the weights (unlearn_metadata.json); {} when absent or unreadable."""
         side = self.path / ADAPTER_MARKER
-        if not fields and side.is_file():
-            try:
-                fields = read_metadata_fields(json.loads(side.read_text()))
-            except ValueError:
-                fields = {}
-        return fields
+        try:
+            raw = json.loads(side.read_text()) if side.is_file() else {}
+        except (OSError, ValueError):
+            return {}
+        return read_metadata_fields(raw) if isinstance(raw, dict) and all(isinstance(v, str) for v in raw.values()) else {}
 
     def check_trained(self) -> None:
         """An adapter whose LoRA B matrices are all zero changes nothing: refuse to audit it as a deletion."""
@@ -236,10 +238,11 @@ class AdapterArtifact(Artifact):
         kind = config.get("peft_type") if isinstance(config, dict) else None
         if kind != "LORA":
             raise CheckpointError(f"adapter {self.path}: {self.CONFIG} describes {'a ' + repr(kind)[:40] if kind else 'no'} peft adapter, not LoRA; {fix}")
-        recorded = self.fields.get("adapter_config_sha256")
-        if isinstance(recorded, str) and recorded != sha256_file(self.path / self.CONFIG):
+        records = {self.fields.get("adapter_config_sha256"), self._marker_fields().get("adapter_config_sha256")} - {None}
+        if records and records != {sha256_file(self.path / self.CONFIG)}:  # either record (weights' metadata, marker file)
             raise CheckpointError(f"adapter {self.path}: {self.CONFIG} is not the one `unlearn apply` wrote with these weights (its sha256 "
-                                  f"differs from the one {self.WEIGHTS} records), so merging it would not give the unlearned model; "
+                                  f"differs from the one {self.WEIGHTS} or {ADAPTER_MARKER} records; any edit counts), so merging it "
+                                  "may not give the unlearned model; "
                                   "restore it, or write the adapter again with `unlearn apply --adapter-only`")
         problem = lora_config_problem(config, {int(t.shape[0]) for k, t in self._contents[0].items() if "lora_A" in k and t.dim() >= 1})
         if problem:

@@ -592,14 +592,28 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tif
 def image_folder_samples(path: Path) -> tuple[list[str], list[tuple[str, int]]]:
     """(classes, [(image path, class index)]) of a folder laid out as torchvision's ImageFolder, in its order (classes
     sorted, then each class's folders and files sorted), so sample indices mean what they meant before. Unlike it:
-    hidden names (``.ipynb_checkpoints``, macOS ``._x.png``) are neither classes nor samples, and each real folder is
-    walked once, so a symlink loop cannot repeat the images."""
+    hidden names (``.ipynb_checkpoints``, macOS ``._x.png``) are neither classes nor samples; each real folder is
+    walked once, so a symlink loop cannot repeat the images; and a folder that cannot be read, a link out of its
+    class folder (into another class's images) or two classes that are one folder are DataErrors, not other data."""
     classes = sorted(e.name for e in os.scandir(path) if e.is_dir() and not e.name.startswith("."))
     samples: list[tuple[str, int]] = []
+    homes: dict[str, str] = {}
     for index, name in enumerate(classes):
+        home = os.path.realpath(path / name)
+        if home in homes:
+            raise DataError(f"{path}: class folders {homes[home]} and {name} are the same folder (a link); remove one")
+        homes[home] = name
         seen: set[tuple[int, int]] = set()
         found = []
-        for root, dirs, files in os.walk(path / name, followlinks=True):
+
+        def unreadable(e: OSError) -> None:
+            raise DataError(f"{path}: folder {e.filename} cannot be read ({e.strerror}); fix its permissions or remove it")
+
+        for root, dirs, files in os.walk(path / name, onerror=unreadable, followlinks=True):
+            real = os.path.realpath(root)
+            if real != home and not real.startswith(home + os.sep):
+                raise DataError(f"{path}: {Path(root).relative_to(path).as_posix()} links out of class folder {name} (to {real}), "
+                                "so other images would take its label; remove the link")
             st = os.stat(root)
             if (st.st_dev, st.st_ino) in seen:
                 dirs[:] = []

@@ -149,6 +149,9 @@ def _saved_names(model: nn.Module, arch: str) -> dict[str, str]:
     return {k: v for k, v in names.items() if k != v}  # type: ignore[misc]
 
 
+MAX_HF_LABELS = 1_000_000  # transformers builds an id2label entry per label: 1e8 ran out of memory
+
+
 def _hf_model(spec: ModelSpec, base_dir: Path) -> nn.Module:
     folder = hf_folder(spec, base_dir)
     assert folder is not None
@@ -172,10 +175,17 @@ def _hf_model(spec: ModelSpec, base_dir: Path) -> nn.Module:
         config = AutoConfig.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
     except (Exception, SystemExit) as e:  # noqa: BLE001 - bad JSON, unknown model_type, remote code: all the user's file
         raise ModelError(f"model.arch: {arch}: {folder / HF_CONFIG} cannot be read ({type(e).__name__}: {_one_line(e)}); {fix}") from None
-    unused = [k for k in spec.kwargs if k.startswith("_") or not hasattr(config, k)]
+    unused = [k for k in spec.kwargs if k.startswith("_") or not hasattr(config, k)
+              or callable(getattr(type(config), k, None)) or isinstance(getattr(type(config), k, None), property) and k != "num_labels"]
     if unused:
         raise ModelError(f"model.kwargs: {', '.join(sorted(unused))} is not a field of the '{config.model_type}' config in {folder}; "
                          "model.kwargs override config.json fields (e.g. num_labels)")
+    for key in ("id2label", "label2id"):
+        if key in spec.kwargs and not isinstance(spec.kwargs[key], dict):
+            raise ModelError(f"model.kwargs.{key}: give a mapping (label index to name), not {type(spec.kwargs[key]).__name__}")
+    labels = spec.kwargs.get("num_labels")
+    if isinstance(labels, int) and not isinstance(labels, bool) and labels > MAX_HF_LABELS:
+        raise ModelError(f"model.kwargs.num_labels: {labels} is more than {MAX_HF_LABELS:,} classes; give the number of classes")
     for key, value in spec.kwargs.items():  # as from_pretrained applies its overrides (num_labels rebuilds id2label)
         try:
             setattr(config, key, value)

@@ -8,6 +8,7 @@ request is rejected instantly.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import stat
@@ -128,8 +129,11 @@ class ModelSpec(_Strict):
             return self
         for key in ("num_classes", "num_outputs", "num_labels"):
             value = self.kwargs.get(key)
-            if isinstance(value, int) and not isinstance(value, bool) and value < 1:
-                raise ValueError(f"kwargs.{key} is {value}, and a model needs at least 1 output; set it to the number of "
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError(f"kwargs.{key} is {json.dumps(value)}; give a whole number of outputs (the number of classes, or "
+                                 "regression targets)")
+            if isinstance(value, (int, float)) and value < 1:
+                raise ValueError(f"kwargs.{key} is {value:g}, and a model needs at least 1 output; set it to the number of "
                                  "classes (regression: the number of targets)")
         return self
 

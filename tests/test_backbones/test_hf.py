@@ -158,6 +158,9 @@ def test_num_labels_below_one_is_refused_not_a_headless_model(hf_work, tmp_path,
     ({"subfolder": "sub"}, "subfolder is not a field of the 'vit' config"),
     ({"revision": "main"}, "revision is not a field"),
     ({"num_labels": "ten"}, "model.kwargs.num_labels: 'ten' is not accepted"),
+    ({"id2label": 5}, "model.kwargs.id2label: give a mapping"),  # was exit 1 "unexpected TypeError"
+    ({"num_labels": 100000000}, "is more than 1,000,000 classes"),  # built a 1e8-entry id2label: killed for memory
+    ({"to_dict": 1}, "to_dict is not a field"),  # replaced a config method with an int, and said ok
 ])
 def test_loader_options_in_model_kwargs_are_refused(hf_work, tmp_path, kwargs, fragment):
     """kwargs went to from_pretrained, which took `subfolder` as a loader option: the model was built from sub/config.json,

@@ -242,12 +242,13 @@ def test_a_first_layer_width_mismatch_names_in_features(tmp_path):
     ("torchvision:resnet18", {"num_classes": 0}),  # built a zero-width head behind a raw "zero-element tensors" warning
     ("timm:resnet18", {"num_classes": 0}),  # timm's headless model: its 512 features were taken for 512 classes
     ("builtin:mlp", {"num_outputs": -1}),
+    ("timm:resnet18", {"num_classes": 0.0}),  # 0.0 and false passed the first check: timm built its headless model again
 ])
 def test_a_model_without_outputs_is_refused_by_the_schema(tmp_path, arch, kwargs):
     req = write_request(tmp_path, {"classes": [3]}, arch=arch, kwargs=kwargs)
     result = invoke("validate", "-r", req)
     assert result.exit_code == 2
-    assert f"kwargs.{next(iter(kwargs))} is {next(iter(kwargs.values()))}, and a model needs at least 1 output" in result.stderr
+    assert f"kwargs.{next(iter(kwargs))} is {next(iter(kwargs.values())):g}, and a model needs at least 1 output" in result.stderr
     assert "Warning" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
@@ -294,3 +295,9 @@ def test_a_run_that_changes_no_weight_says_so(digits_dir, tmp_path):
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert any("rfa changed no weight: the output equals the original, so nothing was forgotten" in w
                for w in json.loads(result.stdout)["warnings"])
+
+
+def test_a_boolean_output_count_is_refused_by_the_schema(tmp_path):
+    req = write_request(tmp_path, {"classes": [3]}, arch="timm:resnet18", kwargs={"num_classes": False})
+    result = invoke("validate", "-r", req)
+    assert result.exit_code == 2 and "kwargs.num_classes is false; give a whole number of outputs" in result.stderr

@@ -181,9 +181,10 @@ def _adapter_variant(src, dst, config=None, tensors=None, keep_record=True):
     with safe_open(str(weights), "pt") as f:
         meta = f.metadata()
     state = load_file(str(weights))
-    if not keep_record:
+    if keep_record is not True:  # False: no record anywhere; "marker": only unlearn_metadata.json keeps it
         meta = {k: v for k, v in meta.items() if not k.endswith("adapter_config_sha256")}
-        (dst / "unlearn_metadata.json").write_text(json.dumps(meta))
+        if keep_record is False:
+            (dst / "unlearn_metadata.json").write_text(json.dumps(meta))
     save_file(tensors(state) if tensors else state, str(weights), metadata=meta)
     if config:
         (dst / "adapter_config.json").write_text(json.dumps({**json.loads((dst / "adapter_config.json").read_text()), **config}))
@@ -207,6 +208,8 @@ def test_merge_refuses_an_adapter_whose_merge_would_not_be_the_unlearned_model(d
         ("old_exclude", {"exclude_modules": ["head"]}, None, False, 'sets exclude_modules to ["head"]'),
         ("old_bogus", {"bogus_field": 1}, None, False, "has key(s) peft's LoRA config does not know: 'bogus_field'"),
         ("old_rank", {"r": 2000000}, None, False, "says r 2000000, but the adapter's weights have rank 8"),
+        ("old_pissa", {"init_lora_weights": "pissa"}, None, False, 'sets init_lora_weights to "pissa"'),  # rewrote the base on load
+        ("marker_pin", {"lora_alpha": 1000.0}, None, "marker", pinned),  # the weights' record removed, the marker's kept
         ("renamed", None, lambda s: {k.replace("base_model.model.", ""): v for k, v in s.items()}, True, "lacks tensor(s)"),
         ("missing_b", None, lambda s: {k: v for k, v in s.items() if k != first_b(s)}, True, "lacks tensor(s)"),
         ("ints", None, lambda s: {k: v.to(torch.int32) for k, v in s.items()}, True, "is int32, not floating point"),

@@ -85,7 +85,7 @@ def check_rows(names: Sequence[str], params: dict[str, MethodParams], job: Job) 
             params[n].check_task(job.task.name)
             preflight(n, job.context(), params[n])
         except MethodError as e:
-            raise MethodError(f"{n}: {e}") from None
+            raise MethodError(str(e) if str(e).startswith(f"{n}: ") else f"{n}: {e}") from None
 
 
 # ---------------------------------------------------------------- per-seed setups

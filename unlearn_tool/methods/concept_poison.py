@@ -143,7 +143,7 @@ def concept_folders(folder: Path) -> list[Path]:
     """The concept bank's sub-folders, one per concept (at least 2)."""
     if not folder.is_dir():
         raise MethodError(f"method.params.concept_dir: {folder} is not a folder; give a folder with one sub-folder of examples per concept")
-    subdirs = sorted(p for p in folder.iterdir() if p.is_dir())
+    subdirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))  # not .ipynb_checkpoints
     if len(subdirs) < 2:
         raise MethodError(f"method.params.concept_dir: {folder} has {len(subdirs)} concept sub-folder(s); give at least 2")
     return subdirs
