@@ -504,3 +504,18 @@ def test_cli_train_with_gradient_restriction_records_it_and_iau_stops_warning(di
     assert not [w for w in json.loads(r.stdout)["warnings"] if w.startswith("iau:")]
     r = invoke("train", "-r", digits_dir / "class.yaml", "-o", tmp_path / "x.safetensors", "--regularizer", "dropout")
     assert r.exit_code == 2 and r.stderr.count("\n") == 1 and "gradient-restriction" in r.stderr
+
+
+def test_a_concept_bank_skips_hidden_folders_and_refuses_a_bomb_image(tmp_path, monkeypatch):
+    """`.ipynb_checkpoints` counted as a concept (one real concept passed the "at least 2" check); a PNG over PIL's
+    limit printed a raw DecompressionBombWarning and was decoded (over twice it: exit 1 "unexpected")."""
+    from PIL import Image
+
+    (tmp_path / "bank" / "stripes").mkdir(parents=True)
+    (tmp_path / "bank" / ".ipynb_checkpoints").mkdir()
+    with pytest.raises(MethodError, match="has 1 concept sub-folder"):
+        cp.concept_folders(tmp_path / "bank")
+    Image.fromarray(np.zeros((12, 12), dtype=np.uint8)).save(tmp_path / "bank" / "stripes" / "0.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    with pytest.raises(MethodError, match=r"concept_dir: image .*0.png is too large to read safely"):
+        cp._read_image(tmp_path / "bank" / "stripes" / "0.png", (1, 8, 8))

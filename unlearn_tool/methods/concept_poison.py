@@ -129,12 +129,15 @@ def _read_image(path: Path, input_shape: tuple[int, ...]) -> torch.Tensor:
         raise MethodError(f"method.params.concept_dir: {path} is an image but the model's inputs have shape {input_shape}; give .safetensors tensors")
     from PIL import Image
 
-    try:
-        with Image.open(path) as im:
-            im = im.convert("L" if input_shape[0] == 1 else "RGB").resize((input_shape[2], input_shape[1]), Image.BILINEAR)
-            arr = np.asarray(im, dtype=np.float32) / 255.0
-    except OSError as e:
-        raise MethodError(f"method.params.concept_dir: {path} is not a readable image ({e})") from None
+    from ..data import read_image
+    from ..errors import DataError
+
+    try:  # the data's reader: a FIFO, a truncated file or a decompression bomb is one line, not a hang or a raw warning
+        im = read_image(str(path))
+    except DataError as e:
+        raise MethodError(f"method.params.concept_dir: {e}") from None
+    im = im.convert("L" if input_shape[0] == 1 else "RGB").resize((input_shape[2], input_shape[1]), Image.BILINEAR)
+    arr = np.asarray(im, dtype=np.float32) / 255.0
     t = torch.from_numpy(arr)
     return t.unsqueeze(0) if t.dim() == 2 else t.permute(2, 0, 1).contiguous()
 
