@@ -361,3 +361,19 @@ def test_an_unreadable_imagefolder_subfolder_is_named_not_skipped(tmp_path, monk
     monkeypatch.setattr(os, "scandir", scandir)
     with pytest.raises(DataError, match=r"folder .*sub cannot be read \(Permission denied\)"):
         load_split(_spec(source="imagefolder", path="imgs"), "train", tmp_path)
+
+
+def test_record_ids_from_a_name_that_is_not_utf8_reach_the_ledger_and_verify(tmp_path):
+    """apply --record-ids exited 1 "unexpected UnicodeEncodeError ... surrogates not allowed" writing the ledger."""
+    from conftest import write_request
+
+    folder = _image_folder(tmp_path, {os.fsdecode(b"\xff.png"): lambda p: Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(p)})
+    images = {"source": "imagefolder", "path": folder.name}
+    req = write_request(tmp_path, {"indices": [6]}, arch="builtin:small_cnn", kwargs={"in_channels": 3, "num_classes": 2, "width": 4},
+                        method={"name": "finetune", "params": {"epochs": 1}}, extra={"data": {"train": images, "test": dict(images)}})
+    assert invoke("train", "-r", req, "-o", tmp_path / "m.safetensors", "--epochs", "1", "--device", "cpu", "--quiet").exit_code == 0
+    r = invoke("apply", tmp_path / "m.safetensors", "-r", req, "-o", tmp_path / "u.safetensors", "--device", "cpu", "--quiet", "--record-ids")
+    assert r.exit_code == 0, r.stderr
+    assert b"\xff.png" in (tmp_path / "u.ledger.jsonl").read_bytes()  # the name's own bytes
+    r = invoke("ledger", "verify", tmp_path / "u.safetensors", "--original", tmp_path / "m.safetensors")
+    assert r.exit_code == 0 and "verified: 1 step(s)" in r.stdout, r.stderr

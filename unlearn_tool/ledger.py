@@ -133,7 +133,7 @@ def read_ledger(path: Path) -> list[dict[str, Any]]:
 
     raw = read_regular_file(path, "ledger", "give the ledger the lineage was written to (--ledger FILE)")
     entries = []
-    for n, line in enumerate(raw.decode("utf-8", errors="replace").splitlines(), 1):
+    for n, line in enumerate(raw.decode("utf-8", errors="surrogateescape").splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -286,7 +286,8 @@ class StagedLedger:
         mode = file_mode(self.path)
         text = "".join(canonical(e) + "\n" for e in entries)
         try:
-            self.tmp = stage_beside(self.path, lambda tmp: tmp.write_text(text), mode)
+            # surrogateescape: a record ID from a file name of other bytes is written as those bytes (read back alike)
+            self.tmp = stage_beside(self.path, lambda tmp: tmp.write_text(text, encoding="utf-8", errors="surrogateescape"), mode)
         except OSError as e:
             raise OutputError(f"cannot write ledger {self.path} ({e.strerror or e}); free some space or choose another --ledger") from None
 
