@@ -249,8 +249,9 @@ def test_a_readers_own_error_on_malformed_tensors_is_a_data_error(tmp_path):
         load_split(_spec(source="tensors", path="d.npz"), "train", tmp_path)
 
 
-def test_forgetting_an_image_whose_name_is_not_utf8(tmp_path):
-    """The record ID's hash encoded the name as UTF-8 and apply crashed: "unexpected UnicodeEncodeError"."""
+def _apply_to_a_name_that_is_not_utf8(tmp_path, *options: str):
+    """Train a small CNN on an image folder holding b/\xff.png, then apply a request forgetting it (index 6); returns
+    (the apply result, the data spec)."""
     from conftest import write_request
 
     folder = _image_folder(tmp_path, {os.fsdecode(b"\xff.png"): lambda p: Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(p)})
@@ -258,7 +259,12 @@ def test_forgetting_an_image_whose_name_is_not_utf8(tmp_path):
     req = write_request(tmp_path, {"indices": [6]}, arch="builtin:small_cnn", kwargs={"in_channels": 3, "num_classes": 2, "width": 4},
                         method={"name": "finetune", "params": {"epochs": 1}}, extra={"data": {"train": images, "test": dict(images)}})
     assert invoke("train", "-r", req, "-o", tmp_path / "m.safetensors", "--epochs", "1", "--device", "cpu", "--quiet").exit_code == 0
-    r = invoke("apply", tmp_path / "m.safetensors", "-r", req, "-o", tmp_path / "u.safetensors", "--device", "cpu", "--quiet", "--json")
+    return invoke("apply", tmp_path / "m.safetensors", "-r", req, "-o", tmp_path / "u.safetensors", "--device", "cpu", "--quiet", *options), images
+
+
+def test_forgetting_an_image_whose_name_is_not_utf8(tmp_path):
+    """The record ID's hash encoded the name as UTF-8 and apply crashed: "unexpected UnicodeEncodeError"."""
+    r, images = _apply_to_a_name_that_is_not_utf8(tmp_path, "--json")
     assert r.exit_code == 0, r.stderr
     assert load_split(_spec(**images), "train", tmp_path).ids[6] == os.fsdecode(b"b/\xff.png")  # the one forgotten
 
@@ -365,14 +371,7 @@ def test_an_unreadable_imagefolder_subfolder_is_named_not_skipped(tmp_path, monk
 
 def test_record_ids_from_a_name_that_is_not_utf8_reach_the_ledger_and_verify(tmp_path):
     """apply --record-ids exited 1 "unexpected UnicodeEncodeError ... surrogates not allowed" writing the ledger."""
-    from conftest import write_request
-
-    folder = _image_folder(tmp_path, {os.fsdecode(b"\xff.png"): lambda p: Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(p)})
-    images = {"source": "imagefolder", "path": folder.name}
-    req = write_request(tmp_path, {"indices": [6]}, arch="builtin:small_cnn", kwargs={"in_channels": 3, "num_classes": 2, "width": 4},
-                        method={"name": "finetune", "params": {"epochs": 1}}, extra={"data": {"train": images, "test": dict(images)}})
-    assert invoke("train", "-r", req, "-o", tmp_path / "m.safetensors", "--epochs", "1", "--device", "cpu", "--quiet").exit_code == 0
-    r = invoke("apply", tmp_path / "m.safetensors", "-r", req, "-o", tmp_path / "u.safetensors", "--device", "cpu", "--quiet", "--record-ids")
+    r, _ = _apply_to_a_name_that_is_not_utf8(tmp_path, "--record-ids")
     assert r.exit_code == 0, r.stderr
     assert b"\xff.png" in (tmp_path / "u.ledger.jsonl").read_bytes()  # the name's own bytes
     r = invoke("ledger", "verify", tmp_path / "u.safetensors", "--original", tmp_path / "m.safetensors")
