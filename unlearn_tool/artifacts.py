@@ -238,7 +238,7 @@ class AdapterArtifact(Artifact):
         kind = config.get("peft_type") if isinstance(config, dict) else None
         if kind != "LORA":
             raise CheckpointError(f"adapter {self.path}: {self.CONFIG} describes {'a ' + repr(kind)[:40] if kind else 'no'} peft adapter, not LoRA; {fix}")
-        records = {self.fields.get("adapter_config_sha256"), self._marker_fields().get("adapter_config_sha256")} - {None}
+        records = {fields.get("adapter_config_sha256") for fields in (read_metadata_fields(self._contents[1]), self._marker_fields())} - {None}
         if records and records != {sha256_file(self.path / self.CONFIG)}:  # either record (weights' metadata, marker file)
             raise CheckpointError(f"adapter {self.path}: {self.CONFIG} is not the one `unlearn apply` wrote with these weights (its sha256 "
                                   f"differs from the one {self.WEIGHTS} or {ADAPTER_MARKER} records; any edit counts), so merging it "

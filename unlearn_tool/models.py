@@ -175,8 +175,12 @@ def _hf_model(spec: ModelSpec, base_dir: Path) -> nn.Module:
         config = AutoConfig.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
     except (Exception, SystemExit) as e:  # noqa: BLE001 - bad JSON, unknown model_type, remote code: all the user's file
         raise ModelError(f"model.arch: {arch}: {folder / HF_CONFIG} cannot be read ({type(e).__name__}: {_one_line(e)}); {fix}") from None
-    unused = [k for k in spec.kwargs if k.startswith("_") or not hasattr(config, k)
-              or callable(getattr(type(config), k, None)) or isinstance(getattr(type(config), k, None), property) and k != "num_labels"]
+    def settable_field(key: str) -> bool:  # a config field, not a method or a read-only property (num_labels has a setter)
+        on_class = getattr(type(config), key, None)
+        return (not key.startswith("_") and hasattr(config, key) and not callable(on_class)
+                and (not isinstance(on_class, property) or key == "num_labels"))
+
+    unused = [k for k in spec.kwargs if not settable_field(k)]
     if unused:
         raise ModelError(f"model.kwargs: {', '.join(sorted(unused))} is not a field of the '{config.model_type}' config in {folder}; "
                          "model.kwargs override config.json fields (e.g. num_labels)")
