@@ -371,15 +371,19 @@ def write_merged(path: Path, state: Mapping[str, "torch.Tensor"], fields: dict[s
 
 
 def write_hf_folder(path: Path, state: Mapping[str, "torch.Tensor"], fields: dict[str, Any], source: Path, force: bool = False,
-                    protect: Mapping[str, Optional[Path]] = {}) -> str:
+                    protect: Mapping[str, Optional[Path]] = {}, config: Optional[bytes] = None) -> str:
     """A save_pretrained folder: the source folder's config.json (and preprocessor config), the weights under the keys
-    save_pretrained writes ("format": "pt", as transformers expects), our provenance; returns the weights' sha256."""
+    save_pretrained writes ("format": "pt", as transformers expects), our provenance; returns the weights' sha256.
+
+    config: config.json's bytes when the model was built with model.kwargs overrides (models.hf_output_config)."""
     metadata = {**metadata_for(fields), "format": "pt"}
     cpu = {k: v.detach().contiguous().cpu() for k, v in state.items()}
 
     def fill(folder: Path) -> None:
         for name in (HF_CONFIG, *HF_EXTRA):
-            if (source / name).is_file():
+            if name == HF_CONFIG and config is not None:
+                (folder / name).write_bytes(config)
+            elif (source / name).is_file():
                 (folder / name).write_bytes((source / name).read_bytes())
         save_canonical(cpu, folder / HF_WEIGHTS, metadata)
         (folder / ADAPTER_MARKER).write_text(json.dumps(metadata_for(fields), indent=2, sort_keys=True))

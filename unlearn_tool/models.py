@@ -152,7 +152,9 @@ def _saved_names(model: nn.Module, arch: str) -> dict[str, str]:
 MAX_HF_LABELS = 1_000_000  # transformers builds an id2label entry per label: 1e8 ran out of memory
 
 
-def _hf_model(spec: ModelSpec, base_dir: Path) -> nn.Module:
+def hf_config(spec: ModelSpec, base_dir: Path) -> Any:
+    """The transformers config an hf:<folder> model is built from: the folder's config.json, checked, with model.kwargs
+    applied as from_pretrained applies its overrides (num_labels rebuilds id2label)."""
     folder = hf_folder(spec, base_dir)
     assert folder is not None
     arch, fix = spec.arch, "give a folder written by save_pretrained (config.json and model.safetensors)"
@@ -169,7 +171,6 @@ def _hf_model(spec: ModelSpec, base_dir: Path) -> nn.Module:
                          "give a model class built into transformers")
     offline_hub()
     from transformers import AutoConfig
-    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING
 
     try:  # no kwargs here: from_pretrained would take loader options among them (subfolder: another config.json, unchecked)
         config = AutoConfig.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
@@ -199,6 +200,19 @@ def _hf_model(spec: ModelSpec, base_dir: Path) -> nn.Module:
     if not isinstance(config.num_labels, int) or config.num_labels < 1:  # transformers would put an Identity where the head is
         raise ModelError(f"model.arch: {arch}: num_labels is {config.num_labels} (config.json or model.kwargs); an image classifier "
                          "needs at least 1 output: set model.kwargs num_labels to the number of classes")
+    return config
+
+
+def hf_output_config(spec: ModelSpec, base_dir: Path) -> Optional[bytes]:
+    """config.json for a save_pretrained folder output: None (copy the source's bytes) when model.kwargs are empty, else
+    the config the model was built with, so from_pretrained on the output builds the same head (num_labels)."""
+    return hf_config(spec, base_dir).to_json_string().encode("utf-8") if spec.kwargs else None
+
+
+def _hf_model(spec: ModelSpec, base_dir: Path) -> nn.Module:
+    config, arch, folder = hf_config(spec, base_dir), spec.arch, hf_folder(spec, base_dir)
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING  # after offline_hub()
+
     base = MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING.get(type(config), None)
     if base is None:
         raise ModelError(f"model.arch: {arch}: {folder / HF_CONFIG} describes a '{config.model_type}' model, which is not an image "

@@ -32,7 +32,7 @@ from .interrupts import signals_deferred
 from .job import Job, Progress, check_seed, describe_job, prepare, resolve_device, seed_everything  # noqa: F401 (re-exported)
 from .methods.common import divergence_hint
 from .methods import MethodParams, check_applicable, get_method, method_names, parse_params, preflight, run_method
-from .models import CodePolicy, hf_folder
+from .models import CodePolicy, hf_folder, hf_output_config
 from .provenance import created_utc, file_fields
 from .request import Request, load_request, method_params_for
 from .tasks import SetOutputs
@@ -363,7 +363,8 @@ def write_step(job: Job, plan: ApplyPlan, step: StepResult, parent_sha256: str, 
         digest = write_adapter(target, step.adapter_model, fields, force=force, protect=protect)
         warnings.insert(0, ADAPTER_WARNING)
     elif plan.hf_source is not None:
-        digest = write_hf_folder(target, step.state, fields, plan.hf_source, force=force, protect=protect)
+        digest = write_hf_folder(target, step.state, fields, plan.hf_source, force=force, protect=protect,
+                                 config=hf_output_config(job.request.model, job.request.base_dir))
     else:
         digest = write_merged(target, step.state, fields, force=force, protect=protect)
     result = ApplyResult(
@@ -843,7 +844,8 @@ def train_checkpoint(
     if not is_writer():  # rank 0 writes; the other ranks' weights are the same
         return {**summary, "output": None}
     if hf_source is not None:
-        summary["sha256"] = write_hf_folder(output, model.state_dict(), fields, hf_source, force=force, protect=protect)
+        summary["sha256"] = write_hf_folder(output, model.state_dict(), fields, hf_source, force=force, protect=protect,
+                                            config=hf_output_config(job.request.model, job.request.base_dir))
     else:
         summary["sha256"] = write_merged(output, model.state_dict(), fields, force=force, protect=protect)
     from .precision import accelerator_stats

@@ -174,3 +174,24 @@ def test_loader_options_in_model_kwargs_are_refused(hf_work, tmp_path, kwargs, f
     (tmp_path / "vit" / "sub" / "config.json").write_text(json.dumps(config))
     req = write_request(tmp_path, {"classes": [3]}, arch="hf:vit", kwargs=kwargs, name="req.yaml")
     rejected(invoke("validate", "-r", req), fragment)
+
+
+def test_outputs_of_a_model_built_with_num_labels_in_kwargs_load_with_from_pretrained(hf_work, tmp_path):
+    """The output folder copied the source config.json (10 labels) next to 12-class weights: from_pretrained on it failed
+    with a size mismatch. It now carries the config the model was built with; without kwargs the source bytes stay."""
+    from transformers import AutoModelForImageClassification
+
+    from conftest import write_request
+
+    shutil.copytree(hf_work / "vit", tmp_path / "vit")
+    labels = {i: f"digit {i}" for i in range(12)}
+    req = write_request(tmp_path, {"classes": [3]}, arch="hf:vit", kwargs={"num_labels": 12, "id2label": labels},
+                        name="req.yaml", method={"name": "finetune", "params": {"epochs": 1}})
+    r = invoke("train", "-r", req, "-o", tmp_path / "trained", "--epochs", "1", "--quiet")
+    assert r.exit_code == 0, r.stderr
+    apply_json(tmp_path / "trained", "-r", req, "-o", tmp_path / "forgot")
+    for out in ("trained", "forgot"):
+        hf = AutoModelForImageClassification.from_pretrained(str(tmp_path / out)).eval()
+        assert hf.config.num_labels == 12 and hf.config.id2label[11] == "digit 11"
+        assert hf(pixel_values=torch.zeros(1, 1, 8, 8)).logits.shape == (1, 12)
+    assert tree(tmp_path / "vit") == tree(hf_work / "vit")  # the source folder is untouched
