@@ -1,5 +1,5 @@
 """`python -m cli` runs the same app as the `unlearn` console script."""
 
-from cli.main import app
+from cli.main import run
 
-app()
+run()

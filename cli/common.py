@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import re
 import signal
 import sys
@@ -105,6 +106,22 @@ def _written_note() -> str:
     # the command's output is what it publishes first; a ledger, forgotten sets or reports may follow, and one of them may be
     # written after the signal (apply --no-keep-on-fail publishes an output whose audit was cut short, with its ledger)
     return f"{PUBLISHED[0]} was written before that" if PUBLISHED else "no output was written"
+
+
+def report_signals_between_commands() -> None:
+    """SIGTERM and SIGHUP outside a command (while the process parses its arguments, or exits after the command finished)
+    end the process with the same line and exit code as inside one, instead of silently: a pipeline that sees 143 learns
+    whether the output was written (it then is complete: every write happens inside the command). Called by the real
+    entry point only; commands swap their own handlers in and put these back."""
+
+    def terminated(signum: int, _frame: Any) -> None:
+        err(f"error: terminated by signal {signum}; {_written_note()}")
+        sys.stdout.flush()
+        os._exit(128 + signum)
+
+    for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+        if sig is not None and signal.getsignal(sig) is signal.SIG_DFL:
+            signal.signal(sig, terminated)
 
 
 RECEIVED: list[int] = []  # the signals this command received: a library may lose the exception one raised (Ctrl-C during

@@ -405,5 +405,17 @@ def examples(folder: Path = typer.Argument(..., help="A new folder to copy the e
 from . import audit as _audit  # noqa: E402,F401  (registers the command)
 from . import bench as _bench  # noqa: E402,F401  (registers the command)
 
-if __name__ == "__main__":  # pragma: no cover
+
+
+def run() -> None:
+    """The `unlearn` console script and `python -m cli`: the app, with a SIGTERM or SIGHUP that lands outside a command
+    (argument parsing, the interpreter's exit after the command finished) reported in one line, not silent. In-process
+    runs (tests' CliRunner) call `app` and keep their own handlers."""
+    from .common import report_signals_between_commands
+
+    report_signals_between_commands()
     app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    run()

@@ -231,6 +231,21 @@ def test_sigterm_during_the_write_leaves_no_temporary_file(work, monkeypatch):
     assert not [p.name for p in work.iterdir() if p.name.startswith(".")]
 
 
+@pytest.mark.parametrize("entry", ["run", "module"])
+def test_sigterm_after_the_command_finished_is_reported_not_silent(work, entry):
+    """A SIGTERM that lands after apply finished (here: while the interpreter exits) ended the process with 143 and no
+    word, so a pipeline could not tell a complete output from a cut one. It now says the output was written."""
+    out = work / "o.safetensors"
+    argv = ["unlearn", "apply", str(work / "model.safetensors"), "-r", str(work / "req.yaml"), "-o", str(out), "--quiet"]
+    late_kill = "import atexit, os, signal, sys\natexit.register(lambda: os.kill(os.getpid(), signal.SIGTERM))\n"
+    start = "from cli.main import run\nrun()\n" if entry == "run" else "import runpy\nrunpy.run_module('cli', run_name='__main__')\n"
+    code = f"{late_kill}sys.argv = {argv!r}\n{start}"
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 143, (r.returncode, r.stderr)
+    assert r.stderr.strip().splitlines()[-1] == f"error: terminated by signal 15; {out} was written before that", r.stderr
+    assert invoke("inspect", out).exit_code == 0
+
+
 def test_sigterm_while_the_output_folder_is_probed_leaves_no_probe_file(work, monkeypatch):
     """The writability probe is a temporary file created and removed at once; a SIGTERM between the two left a 0-byte
     `.unlearn-*.probe` beside the output."""
