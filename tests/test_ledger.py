@@ -429,3 +429,38 @@ def test_an_adapter_outputs_ledger_reads_and_verifies(digits_dir, tmp_path):
     assert invoke("merge", tmp_path / "ad", "--base", digits_dir / "mlp.safetensors", "-o", tmp_path / "m.safetensors").exit_code == 0
     r = invoke("ledger", "verify", tmp_path / "m.safetensors", "--original", digits_dir / "mlp.safetensors", "--ledger", tmp_path / "ad.ledger.jsonl")
     assert r.exit_code == 3 and "is a merge of the chain's last output, the adapter" in r.stderr
+
+
+def test_force_over_an_output_removes_the_forgotten_set_only_its_replaced_entry_named(digits_dir, tmp_path):
+    """apply --force over an earlier output rewrote the ledger without the replaced entry but left its forgotten set in
+    <stem>.ledger.d/, named by no line (positions of a deletion the output no longer holds). The replaced set goes; the
+    kept chain's sets stay; an edited entry naming a file elsewhere never deletes it."""
+    params = {"epochs": 1, "stop": "epochs"}
+    a = _req(tmp_path, "a", {"indices": list(range(0, 200, 7))}, params=params)
+    b = _req(tmp_path, "b", {"indices": list(range(1, 200, 7))}, params=params)
+    c = _req(tmp_path, "c", {"indices": list(range(2, 200, 7))}, params=params)
+    orig, s1, s2 = digits_dir / "mlp.safetensors", tmp_path / "s1.safetensors", tmp_path / "s2.safetensors"
+    sets, ledger = tmp_path / "s2.ledger.d", tmp_path / "s2.ledger.jsonl"
+
+    def named() -> set[str]:
+        return {json.loads(line)["forget_file"] for line in ledger.read_text().splitlines()}
+
+    assert invoke("apply", orig, "-r", a, "-o", s1, "--quiet").exit_code == 0
+    assert invoke("apply", s1, "-r", b, "-o", s2, "--quiet").exit_code == 0
+    first = named()
+    assert {p.name for p in sets.iterdir()} == first and len(first) == 2
+    r = invoke("apply", s1, "-r", c, "-o", s2, "--force", "--quiet")
+    assert r.exit_code == 0, r.stderr
+    assert {p.name for p in sets.iterdir()} == named() and len(named()) == 2 and named() != first
+    assert invoke("ledger", "verify", s2, "--original", orig).exit_code == 0
+
+    # an entry edited to name a file outside the folder: --force drops the entry and leaves that file alone
+    victim = tmp_path / "victim.safetensors"
+    victim.write_bytes(b"the user's file")
+    lines = ledger.read_text().splitlines()
+    last = json.loads(lines[-1])
+    last["forget_file"] = "../victim.safetensors"
+    ledger.write_text("\n".join([*lines[:-1], json.dumps(last)]) + "\n")
+    r = invoke("apply", s1, "-r", b, "-o", s2, "--force", "--quiet")
+    assert r.exit_code == 0, r.stderr
+    assert victim.read_bytes() == b"the user's file"

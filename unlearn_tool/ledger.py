@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
@@ -240,6 +241,30 @@ def forget_set_name(step: dict[str, Any]) -> str:
     return f"step-{step['step']}-{step['forget_digest'][:12]}.safetensors"
 
 
+FORGET_SET_NAME = re.compile(r"step-[0-9]+-[0-9a-f]{12}\.safetensors")  # forget_set_name's form, nothing else
+
+
+def remove_dropped_sets(ledger: Path, before: list[dict[str, Any]], after: list[dict[str, Any]]) -> list[Path]:
+    """The forgotten sets of entries a rewrite dropped (--force replaced their output) that no kept entry names: a set
+    no ledger line names records nothing and would only keep positions of a deletion that no longer holds. Only
+    names of forget_set_name's form, in the ledger's own folder (an edited entry cannot point elsewhere); a file that
+    cannot be removed stays (the ledger is already right). Returns the files removed."""
+    kept = {str(e.get("forget_file", "")) for e in after}
+    removed = []
+    for entry in before:
+        name = str(entry.get("forget_file", ""))
+        if name in kept or not FORGET_SET_NAME.fullmatch(name):
+            continue
+        path = forget_dir(ledger) / name
+        try:
+            if path.is_file() and not path.is_symlink():
+                path.unlink()
+                removed.append(path)
+        except OSError:
+            pass
+    return removed
+
+
 def store_forget_set(ledger: Path, step: dict[str, Any], splits: "Splits") -> str:
     """The step's forgotten set beside the ledger: positions, and ID hashes when the data has IDs. Returns its file name."""
     import torch
@@ -282,7 +307,7 @@ class StagedLedger:
         from .checkpoint import file_mode, stage_beside
         from .errors import OutputError
 
-        self.path = Path(path)
+        self.path, self.entries = Path(path), entries
         mode = file_mode(self.path)
         text = "".join(canonical(e) + "\n" for e in entries)
         try:

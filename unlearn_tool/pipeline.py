@@ -617,6 +617,7 @@ def apply_request(
                 L.check_one_chain(ledger_out, entries, final_plan.output)
                 created: list[Path] = []
                 staged_ledger = None
+                replaced = L.read_ledger(ledger_out) if ledger_out.is_file() else []  # checked just above
                 sets = L.forget_dir(ledger_out)
                 sets_folder_was_there = sets.exists()
                 try:
@@ -631,6 +632,7 @@ def apply_request(
                         staged_ledger.discard()
                     raise
                 staged_ledger.commit()
+                L.remove_dropped_sets(ledger_out, replaced, staged_ledger.entries)
 
         if not verdict_first:
             publish()
