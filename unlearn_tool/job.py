@@ -224,6 +224,7 @@ def prepare(
     allow_missing: bool = False,
     needs_labels: bool = True,
     num_workers: int = 0,
+    labels_needed_by: Optional[str] = None,
 ) -> Job:
     """Validate everything a run needs, in the order that fails fastest, without training.
 
@@ -233,6 +234,7 @@ def prepare(
     unlabelled train split is given the original model's predictions as labels for the summary and the audit only
     (the method never reads them; the summary and the report say so).
     num_workers: DataLoader worker processes that read image files (imagefolder, csv) while batches are computed.
+    labels_needed_by: who needs the labels, for the refusal (default: the request's method).
     """
     req = request if isinstance(request, Request) else load_request(request)
     if isinstance(num_workers, bool) or not isinstance(num_workers, int) or not 0 <= num_workers <= 256:
@@ -247,7 +249,8 @@ def prepare(
     if not probe_train.labelled and needs_labels:
         from .errors import DataError
 
-        raise DataError(f"data.train: {req.data.train.path} has no labels (no y), and method {req.method.name} needs them; "
+        who = labels_needed_by or f"method {req.method.name}"
+        raise DataError(f"data.train: {req.data.train.path} has no labels (no y), and {who} needs them; "
                         "add y, or use a label-free method (unlearn methods lists them, e.g. laf)")
     torch.manual_seed(run_seed)
     num_outputs = _num_outputs(req, task, code, probe_train.input_shape())

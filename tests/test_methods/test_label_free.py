@@ -90,3 +90,20 @@ def test_laf_vae_initialisation_leaves_the_global_and_cuda_generators_alone(monk
     emb = torch.randn(32, 6, generator=torch.Generator().manual_seed(0))
     train_vae(emb, 2, 1, 1e-3, 16, 1.0, torch.Generator().manual_seed(1), torch.device("cpu"))
     assert reseeded == [] and torch.equal(torch.random.get_rng_state(), before)
+
+
+def test_bench_runs_laf_on_an_unlabelled_train_split_and_names_the_rows_that_need_labels(unlabelled, digits_dir, tmp_path):
+    """bench refused every method on a train split without y ("method laf needs them"), the label-free one too."""
+    folder, reqs = unlabelled
+    ckpt = digits_dir / "mlp.safetensors"
+    r = invoke("bench", ckpt, "-r", reqs["no_y"], "--methods", "laf", "--seeds", "1", "--report-dir", tmp_path / "b", "--json", "--quiet")
+    assert r.exit_code == 0, r.stderr
+    rows = json.loads(r.stdout)["methods"]
+    assert list(rows) == ["laf"] and rows["laf"]["error"] is None and rows["laf"]["seeds"] == [0]
+    figures = {k: v["mean"] for k, v in rows["laf"]["metrics"].items() if v}
+    assert figures["test_acc"] > 0.9 and figures["retain_acc"] > 0.95  # test: its own labels; retain: agreement with the original
+    assert figures["avg_gap"] > 0  # the row measured a changed model (its gap to the original, no reference given)
+    for extra, named in ((["--methods", "laf,rfa"], "bench (rfa)"), (["--methods", "laf", "--retrain"], "bench (--retrain)")):
+        rejected(invoke("bench", ckpt, "-r", reqs["no_y"], *extra, "--seeds", "1", "--report-dir", tmp_path / "c", "--quiet"),
+                 "has no labels", named, "label-free method")
+        assert not (tmp_path / "c").exists()

@@ -411,7 +411,9 @@ def bench_request(
     params = {n: method_params(n, overrides.get(n, {}), req) for n in names}
     retrain_params = method_params("retrain", overrides.get("retrain", {}), req)
     folder = check_report_dir(Path(report_dir) if report_dir is not None else default_report_dir(checkpoint), BENCH_FILES)
-    job = prepare(req, checkpoint, device=device, code=code or CodePolicy(), num_workers=num_workers)
+    labelled_rows = [n for n in names if is_exact(n) or not get_method(n).label_free] + (["--retrain"] if retrain else [])
+    job = prepare(req, checkpoint, device=device, code=code or CodePolicy(), num_workers=num_workers, needs_labels=bool(labelled_rows),
+                  labels_needed_by=f"bench ({', '.join(labelled_rows)})")
     check_rows(names, params, job)
     result = run_bench(job, names, [job.seed + i for i in range(seeds)], params, reference=reference, retrain=retrain,
                        retrain_params=retrain_params, progress=progress, on_run=on_run)
