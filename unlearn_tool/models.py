@@ -267,15 +267,43 @@ def _call_factory(factory: Callable[..., Any], kwargs: dict, arch: str) -> Any:
         raise ModelError(f"model.arch: building {arch} failed ({type(e).__name__}: {_one_line(e)}); fix the model code or model.kwargs") from None
 
 
-def builtin_kwargs(kwargs: dict) -> dict:
-    """Builtin models take `num_outputs` as another name for `num_classes` (a regressor's output width)."""
-    if "num_outputs" not in kwargs:
-        return kwargs
-    if "num_classes" in kwargs:
-        raise ModelError("model.kwargs: give num_outputs or num_classes, not both (num_outputs is the regression name of the same width)")
-    out = dict(kwargs)
-    out["num_classes"] = out.pop("num_outputs")
-    return out
+MAX_BUILTIN_WIDTH = 1_000_000  # any width, features or outputs of a builtin model: a typo, not a model, beyond it
+BUILTIN_INT_ARGS = {"mlp": ("in_features", "num_classes"), "small_cnn": ("in_channels", "num_classes", "width")}
+
+
+def builtin_kwargs(kwargs: dict, name: str = "mlp") -> dict:
+    """The builtin's constructor arguments, checked: whole positive numbers (mlp's `hidden` a list of them, [] for none).
+    `num_outputs` is another name for `num_classes` (a regressor's output width). Before, `hidden: 32` failed inside
+    the constructor ("'int' object is not iterable") and `hidden: [0]` built a zero-width layer with a raw warning."""
+    if "num_outputs" in kwargs:
+        if "num_classes" in kwargs:
+            raise ModelError("model.kwargs: give num_outputs or num_classes, not both (num_outputs is the regression name of the same width)")
+        kwargs = {("num_classes" if k == "num_outputs" else k): v for k, v in kwargs.items()}
+    known = BUILTIN_INT_ARGS.get(name, ()) + (("hidden",) if name == "mlp" else ())
+    unknown = sorted(set(kwargs) - set(known))
+    if unknown:
+        raise ModelError(f"model.kwargs: builtin:{name} takes no {', '.join(unknown)}; its arguments are {', '.join(known)}")
+
+    def whole(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_BUILTIN_WIDTH
+
+    def shown(value: Any) -> str:
+        text = json.dumps(value, default=str)
+        return text if len(text) <= 80 else text[:77] + "..."
+
+    for key in known:
+        if key not in kwargs:
+            continue
+        value = kwargs[key]
+        if key == "hidden":
+            if not isinstance(value, (list, tuple)) or not all(whole(h) for h in value):
+                raise ModelError(f"model.kwargs.hidden: {shown(value)} is not a list of layer widths; give e.g. [128, 64] "
+                                 f"(whole numbers from 1 to {MAX_BUILTIN_WIDTH:,}; [] for no hidden layer)")
+        elif isinstance(value, float) and value.is_integer() and whole(int(value)):  # 10.0, as the schema allows
+            kwargs = {**kwargs, key: int(value)}
+        elif not whole(value):
+            raise ModelError(f"model.kwargs.{key}: {shown(value)} is not a whole number from 1 to {MAX_BUILTIN_WIDTH:,}")
+    return kwargs
 
 
 def build_model(spec: ModelSpec, base_dir: Path = Path("."), policy: CodePolicy = CodePolicy()) -> nn.Module:
@@ -284,7 +312,7 @@ def build_model(spec: ModelSpec, base_dir: Path = Path("."), policy: CodePolicy 
     if kind == "builtin":
         if rest not in BUILTIN:
             raise ModelError(f"model.arch: unknown builtin '{rest}'; builtins are {', '.join(BUILTIN)}")
-        model = _call_factory(BUILTIN[rest], builtin_kwargs(spec.kwargs), spec.arch)
+        model = _call_factory(BUILTIN[rest], builtin_kwargs(spec.kwargs, rest), spec.arch)
     elif kind == "torchvision":
         model = _torchvision_model(rest, spec.kwargs)
     elif kind == "hf":

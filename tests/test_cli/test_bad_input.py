@@ -252,6 +252,21 @@ def test_a_model_without_outputs_is_refused_by_the_schema(tmp_path, arch, kwargs
     assert "Warning" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("arch, kwargs, fragment", [
+    ("builtin:mlp", {"hidden": 32}, "model.kwargs.hidden: 32 is not a list of layer widths"),  # was "'int' object is not iterable"
+    ("builtin:mlp", {"hidden": [0]}, "model.kwargs.hidden: [0] is not a list"),  # was ok, behind a raw zero-element warning
+    ("builtin:mlp", {"hidden": [64, "a"]}, "hidden: [64, \"a\"] is not a list"),  # was torch's "argument 'size' ... tuple of ints"
+    ("builtin:mlp", {"hidden": [10**9]}, "whole numbers from 1 to 1,000,000"),  # was an allocation of 256 GB, refused by the OS
+    ("builtin:mlp", {"depth": 3}, "builtin:mlp takes no depth; its arguments are in_features, num_classes, hidden"),
+    ("builtin:small_cnn", {"width": 2.5}, "model.kwargs.width: 2.5 is not a whole number"),
+])
+def test_builtin_model_arguments_are_checked_and_named(tmp_path, arch, kwargs, fragment):
+    req = write_request(tmp_path, {"classes": [3]}, arch=arch, kwargs={"num_classes": 10, **kwargs})
+    result = invoke("validate", "-r", req)
+    assert result.exit_code == 2 and fragment in result.stderr, result.stderr
+    assert "Warning" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
 @pytest.mark.parametrize("method, params, fragment", [
     ("laf", {"feature_layer": "body.0"}, "no trainable parameter feeds 'body.0'; name a later module"),  # was exit 1 "unexpected"
     ("laf", {"feature_layer": "nosuch"}, "the model has no module 'nosuch'"),
