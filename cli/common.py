@@ -49,43 +49,56 @@ def handle_errors(fn: Callable) -> Callable:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         from unlearn_tool.checkpoint import PUBLISHED
-        from unlearn_tool.errors import Terminated, UnlearnError
 
         PUBLISHED.clear()  # what this command writes (one process may run several commands, e.g. tests)
-        with _signals_as_exceptions(), json_stdout(bool(kwargs.get("as_json"))):
+        as_json, answers_before = bool(kwargs.get("as_json")), JSON_ANSWERS[0]
+        LAST_ERROR.clear()
+        with _signals_as_exceptions(), json_stdout(as_json):
             try:
-                return fn(*args, **kwargs)
-            except typer.Exit:
+                return _one_line_errors(fn, args, kwargs)
+            except typer.Exit as e:  # a --json command that failed before its answer answers with the error
+                if as_json and e.exit_code and LAST_ERROR and JSON_ANSWERS[0] == answers_before:
+                    print_json({"ok": False, "exit_code": e.exit_code, "error": LAST_ERROR[-1]})
                 raise
-            except UnlearnError as e:
-                _exit_if_interrupted(interrupt_behind(e) or _received())  # a signal during a lazy import that our code wrapped (usercode, timm)
-                err(f"error: {str(e) or type(e).__name__}")  # one line: a newline inside (a path's) is escaped, not cut
-                raise typer.Exit(e.exit_code) from None
-            except Terminated as e:
-                err(f"error: terminated by signal {e.signum}; {_written_note()}")
-                raise typer.Exit(128 + e.signum) from None
-            except KeyboardInterrupt:
-                err(f"error: interrupted; {_written_note()}")
-                raise typer.Exit(130) from None
-            except MemoryError:
-                _exit_if_interrupted(_received())
-                err("error: out of memory; lower data.batch_size or the method's batch sizes, or use a larger device")
-                raise typer.Exit(EXIT_UNEXPECTED) from None
-            except RecursionError:
-                _exit_if_interrupted(_received())
-                err("error: input nested too deeply to process; simplify it")
-                raise typer.Exit(2) from None
-            except Exception as e:  # noqa: BLE001 - the last line of defence: one line, exit 1
-                _exit_if_interrupted(interrupt_behind(e) or _received())
-                if _is_cuda_oom(e):
-                    err("error: CUDA out of memory; lower data.batch_size or the method's batch sizes, or use --device cpu")
-                else:
-                    err(f"error: unexpected {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''} (please report this)")
-                if _debug():
-                    raise
-                raise typer.Exit(EXIT_UNEXPECTED) from None
 
     return wrapper
+
+
+def _one_line_errors(fn: Callable, args: Any, kwargs: Any) -> Any:
+    """handle_errors' mapping: the command, with every error turned into one line on stderr and typer.Exit(code)."""
+    from unlearn_tool.errors import Terminated, UnlearnError
+
+    try:
+        return fn(*args, **kwargs)
+    except typer.Exit:
+        raise
+    except UnlearnError as e:
+        _exit_if_interrupted(interrupt_behind(e) or _received())  # a signal during a lazy import that our code wrapped (usercode, timm)
+        err(f"error: {str(e) or type(e).__name__}")  # one line: a newline inside (a path's) is escaped, not cut
+        raise typer.Exit(e.exit_code) from None
+    except Terminated as e:
+        err(f"error: terminated by signal {e.signum}; {_written_note()}")
+        raise typer.Exit(128 + e.signum) from None
+    except KeyboardInterrupt:
+        err(f"error: interrupted; {_written_note()}")
+        raise typer.Exit(130) from None
+    except MemoryError:
+        _exit_if_interrupted(_received())
+        err("error: out of memory; lower data.batch_size or the method's batch sizes, or use a larger device")
+        raise typer.Exit(EXIT_UNEXPECTED) from None
+    except RecursionError:
+        _exit_if_interrupted(_received())
+        err("error: input nested too deeply to process; simplify it")
+        raise typer.Exit(2) from None
+    except Exception as e:  # noqa: BLE001 - the last line of defence: one line, exit 1
+        _exit_if_interrupted(interrupt_behind(e) or _received())
+        if _is_cuda_oom(e):
+            err("error: CUDA out of memory; lower data.batch_size or the method's batch sizes, or use --device cpu")
+        else:
+            err(f"error: unexpected {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''} (please report this)")
+        if _debug():
+            raise
+        raise typer.Exit(EXIT_UNEXPECTED) from None
 
 
 def _exit_if_interrupted(interrupt: Optional[KeyboardInterrupt]) -> None:
@@ -185,7 +198,11 @@ def json_stdout(active: bool) -> Iterator[None]:
         _JSON_OUT.pop()
 
 
+JSON_ANSWERS = [0]  # JSON objects printed so far: a command that printed its answer adds no error object after it
+
+
 def print_json(obj: Any) -> None:
+    JSON_ANSWERS[0] += 1
     (_JSON_OUT[-1] if _JSON_OUT else sys.stdout).write(json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
 
 

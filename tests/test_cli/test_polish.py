@@ -242,3 +242,21 @@ def test_inspect_shows_an_adapter_whose_config_cannot_be_read(digits_dir, tmp_pa
     r = invoke("inspect", tmp_path / "ad", "--json")
     assert r.exit_code == 0, r.stderr
     assert json.loads(r.stdout)["adapter_config"] is None
+
+
+def test_a_json_command_that_fails_answers_with_a_json_error(digits_dir, tmp_path):
+    """--json commands printed nothing on stdout when they failed (validate alone answered {"ok": false, ...}), so
+    `| jq` read no input. One object now, the same line as on stderr; a command that printed its answer adds none."""
+    runs = [
+        ("apply", digits_dir / "mlp.safetensors", "-r", tmp_path / "missing.yaml", "-o", tmp_path / "o.safetensors"),
+        ("inspect", tmp_path / "missing.safetensors"),
+        ("merge", tmp_path / "no-adapter", "--base", digits_dir / "mlp.safetensors", "-o", tmp_path / "m.safetensors"),
+    ]
+    for args in runs:
+        r = invoke(*args, "--json")
+        answer = json.loads(r.stdout)
+        assert r.exit_code == 2 and answer == {"ok": False, "exit_code": 2, "error": r.stderr.strip()[len("error: "):]}, r.stdout
+    r = invoke("apply", digits_dir / "mlp.safetensors", "-r", digits_dir / "class.yaml", "--param", "epochs=1", "--param",
+               "stop=epochs", "--param", "lr=1e-6", "--audit", "--json", "--quiet", "-o", tmp_path / "k.safetensors",
+               "--report-dir", tmp_path / "r")
+    assert r.exit_code == 3 and "output_sha256" in json.loads(r.stdout)  # its answer, and only that
