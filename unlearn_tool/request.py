@@ -452,6 +452,30 @@ def _allowed_keys(loc: tuple) -> list[str]:
     return list(model.model_fields) if hasattr(model, "model_fields") else []
 
 
+def _not_text(raw: Any) -> Optional[tuple[str, str]]:
+    """(dotted place, character) of the first key or string in the parsed YAML that UTF-8 cannot encode: a "\\ud800"
+    escape gives a lone surrogate, which passed the schema and failed every later write (exit 1, "unexpected
+    UnicodeEncodeError"). Iterative: the YAML may be nested deeply."""
+    stack: list[tuple[str, Any]] = [("", raw)]
+    while stack:
+        where, value = stack.pop()
+        items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else None
+        if items is None:
+            if isinstance(value, str):
+                lone = next((c for c in value if "\ud800" <= c <= "\udfff"), None)
+                if lone is not None:
+                    return where, lone
+            continue
+        for key, item in items:
+            place = f"{where}.{key}" if where and isinstance(key, str) else f"{where}[{key}]" if where else str(key)
+            if isinstance(key, str):
+                lone = next((c for c in key if "\ud800" <= c <= "\udfff"), None)
+                if lone is not None:
+                    return f"{where or 'top level'} (a key)", lone
+            stack.append((place, item))
+    return None
+
+
 def parse_request(text: str, source: str = "request", base_dir: Path | None = None) -> Request:
     """Parse and validate request YAML text (yaml.safe_load only)."""
     try:
@@ -467,6 +491,11 @@ def parse_request(text: str, source: str = "request", base_dir: Path | None = No
         raise RequestError(f"{source}: the YAML is nested too deeply; a request is a few levels of keys") from None
     if not isinstance(raw, dict):
         raise RequestError(f"{source}: expected a mapping of keys (version, id, model, data, forget, ...), got {type(raw).__name__}")
+    bad = _not_text(raw)
+    if bad is not None:
+        where, char = bad
+        raise RequestError(f"{source}: {where or 'a key'}: holds a lone surrogate escape (\\u{ord(char):04x}), which is not text that "
+                           "can be written (reports, ledger, metadata are UTF-8); give valid Unicode")
     if "version" in raw and (type(raw["version"]) is not int or raw["version"] != SCHEMA_VERSION):
         raise RequestError(f"{source}: version: {_short(raw['version'])} is not supported; this tool reads version {SCHEMA_VERSION}")
     try:

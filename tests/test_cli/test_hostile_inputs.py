@@ -126,6 +126,9 @@ CASES = [
     ("merge key alias", lambda w: _text(w, "base: &b {x: 1}\nversion: 1\nid: y\nmodel:\n  <<: *b\n"), [], "aliases"),
     # --- types and ranges
     ("id is a number", _set("id", 12), [], "id"),
+    # "\ud800" in YAML is a lone surrogate: it passed the schema and every write failed (exit 1 "unexpected UnicodeEncodeError")
+    ("id with a lone surrogate", _set("id", "a\ud800b"), [], "id: holds a lone surrogate escape (\\ud800)"),
+    ("key with a lone surrogate", _set("method.params", {"x\udc80": 1}), [], "method.params (a key): holds a lone surrogate"),
     ("seed negative", _set("seed", -5), [], "seed"),
     ("seed fractional", _set("seed", 1.5), [], "seed"),
     ("batch_size zero", _set("data.batch_size", 0), [], "batch_size"),
