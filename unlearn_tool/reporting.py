@@ -7,6 +7,7 @@ report never lands among, or replaces, files of the user's.
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import os
 import re
@@ -35,6 +36,8 @@ def check_report_dir(folder: Path, our_files: Iterable[str], outputs: Iterable[P
     if folder.exists() and not folder.is_dir():
         raise OutputError(f"report dir {folder} is a file; {FIX}")
     if not folder.exists():
+        if folder.parent.exists() and not folder.parent.is_dir():
+            raise OutputError(f"report dir parent {folder.parent} is a file, not a folder; {FIX}")
         if not folder.parent.is_dir():
             raise OutputError(f"report dir parent {folder.parent} does not exist; create it or {FIX}")
         return folder
@@ -76,8 +79,10 @@ def write_report_files(folder: Path, our_files: Iterable[str], files: dict[str, 
     from .checkpoint import _published, file_mode, publish_lock, stage_beside
     from .interrupts import signals_deferred
 
+    made = not Path(folder).exists()
     folder = prepare_report_dir(folder, our_files)
     staged: dict[Path, Path] = {}
+    published = False
     try:
         for name, render in files.items():
             data = render()
@@ -86,12 +91,16 @@ def write_report_files(folder: Path, our_files: Iterable[str], files: dict[str, 
             check_report_dir(folder, our_files)  # again: another run may have put files there meanwhile
             for final, tmp in staged.items():
                 os.replace(tmp, final)
+            published = True
             _published(folder)  # a signal held meanwhile is told the reports were written
     except OSError as e:
         raise OutputError(f"cannot write the reports in {folder} ({e.strerror or e}); {FIX}") from None
     finally:
         for tmp in staged.values():
             tmp.unlink(missing_ok=True)
+        if made and not published:  # a render that failed (or a signal) leaves no empty folder it made
+            with contextlib.suppress(OSError):
+                folder.rmdir()
     return folder
 
 
@@ -110,10 +119,15 @@ def shown(text: object) -> str:
     return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 256 else f"\\u{ord(m.group()):04x}", str(text))
 
 
+_MD_PUNCT = re.compile(r"[\\`*\[\]&~|]|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])")  # what can start emphasis, code, a link or image, an
+# entity, strikethrough or a cell's end; an underscore inside a word (forget_acc) starts nothing and stays as it is
+
+
 def md_text(text: object) -> str:
-    """Foreign text for Markdown: shown(), a `|` that would end a table cell escaped, and `<` that would open raw HTML
-    (a `<script>` many renderers would run) escaped."""
-    return _TAG_START.sub("\\\\<", shown(text)).replace("|", "\\|")
+    """Foreign text for Markdown: shown(), `<` that would open raw HTML (a `<script>` many renderers would run) and
+    the punctuation that would make emphasis, code, a link or an image (a remote tracking pixel), an entity or a new
+    table cell backslash-escaped, so a request id or a metadata value renders as the characters it is."""
+    return _TAG_START.sub("\\\\<", _MD_PUNCT.sub(lambda m: "\\" + m.group(), shown(text)))  # backslashes first, then `<`
 
 
 def md_table(header: list[str], rows: list[list[str]], align_right: bool = False) -> str:

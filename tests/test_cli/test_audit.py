@@ -156,3 +156,44 @@ def test_schema_ships_with_the_package():
     assert json.loads(SCHEMA_PATH.read_text())["properties"]["schema"]["const"] == "unlearn.audit/v1"
     text = Path(__file__).resolve().parents[2].joinpath("pyproject.toml").read_text()
     assert '"audit/*.json"' in text and '"examples/*.yaml"' in text
+
+
+HOSTILE_ID = "x **PASS: forged** ![t](http://evil.example/t.png) [click](http://evil.example) `code` &amp; <b>b</b> $x^{$ forget_acc"
+
+
+def test_foreign_text_renders_as_itself_in_report_md_and_bench_png(digits_dir, outputs, tmp_path):
+    """report.md escaped only `<` and `|`: a request id made a remote image (a tracking pixel), a link and bold text
+    when the Markdown was rendered. bench read an unpaired `$` in the id as TeX and failed after all its runs
+    (exit 1, "unexpected ValueError"), leaving an empty report folder."""
+    from markdown_it import MarkdownIt
+
+    req = write_request(tmp_path, {"classes": [3]}, name="hostile.yaml", method={"name": "finetune", "params": {"epochs": 1}})
+    req.write_text(req.read_text().replace("id: test-hostile.yaml", f"id: {json.dumps(HOSTILE_ID)}"))
+    r = invoke("audit", "-r", req, "--original", digits_dir / "mlp.safetensors", "--unlearned", outputs["merged"],
+               "--report-dir", tmp_path / "rep", "--quiet")
+    assert r.exit_code == 0, r.stderr
+    html = MarkdownIt("commonmark").render((tmp_path / "rep" / "report.md").read_text())
+    title = html.split("</h1>")[0]
+    assert not re.search(r"<(img|a|strong|code|b)\b", title), title
+    assert "**PASS: forged** ![t](http://evil.example/t.png)" in title and "&amp;amp;" in title and "forget_acc" in title
+
+    r = invoke("bench", digits_dir / "mlp.safetensors", "-r", req, "--methods", "finetune", "--seeds", "1",
+               "--report-dir", tmp_path / "bench", "--quiet")
+    assert r.exit_code == 0, r.stderr
+    assert (tmp_path / "bench" / "bench.png").stat().st_size > 10_000
+    html = MarkdownIt("commonmark").render((tmp_path / "bench" / "bench.md").read_text())
+    assert not re.search(r"<(img|a|strong|code|b)\b", html.split("</h1>")[0])
+
+
+def test_a_report_that_fails_to_render_leaves_no_folder_and_a_file_parent_is_named(digits_dir, outputs, tmp_path, monkeypatch):
+    import unlearn_tool.audit.report as report
+
+    def broken(*args, **kwargs):
+        raise ValueError("a plot that cannot be drawn")
+
+    monkeypatch.setattr(report, "_distribution_panels", broken)
+    r = _audit(digits_dir, outputs["merged"], "--report-dir", tmp_path / "rep", "--quiet")
+    assert r.exit_code == 1 and not (tmp_path / "rep").exists(), r.stderr
+    (tmp_path / "afile").write_text("x")
+    r = _audit(digits_dir, outputs["merged"], "--report-dir", tmp_path / "afile" / "sub", "--quiet")
+    assert r.exit_code == 2 and f"report dir parent {tmp_path / 'afile'} is a file" in r.stderr, r.stderr

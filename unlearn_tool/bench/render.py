@@ -274,7 +274,8 @@ def plot_png(bench: dict[str, Any]) -> bytes:
         handles.append(Line2D([], [], marker="o", color="0.6", ls="", label="retrain (the baseline's procedure)"))
     ax2.legend(handles=handles, fontsize=8, loc="best")
     _place_labels(ax2, pts2)
-    fig.suptitle(f"unlearn bench: {shown(bench['request']['id'])} ({bench['request']['scenario']} unlearning), {len(bench['seeds'])} seed(s)", fontsize=11)
+    fig.suptitle(f"unlearn bench: {shown(bench['request']['id'])} ({bench['request']['scenario']} unlearning), {len(bench['seeds'])} seed(s)",
+                 fontsize=11, parse_math=False)  # the id is text: a $ in it is no TeX (an unpaired one failed the whole bench)
     fig.tight_layout()
     return png_bytes(fig)
 
