@@ -50,6 +50,18 @@ def test_bench_two_methods_with_reference(digits_dir, tmp_path):
     assert float(rows[2]["avg_gap_mean"]) == pytest.approx(rfa["avg_gap"]["mean"], rel=1e-4)
     md = (rep / "bench.md").read_text()
     assert "| rfa |" in md and "| finetune |" in md and "Avg Gap to reference" in md and "Lowest Avg Gap to reference: **rfa**" in md
+    assert "rfa" in bench["pareto_front"]
+
+
+def test_bench_without_a_reference_publishes_no_pareto_front(digits_dir, tmp_path):
+    """bench.json and bench.png ranked closeness to the original: a finetune that forgot nothing (gap 0 to the original)
+    was on the front, drawn red. The terminal already named no front there."""
+    r = _bench(digits_dir, "--methods", "rfa,finetune", "--param", "finetune.lr=1e-9", "--param", "finetune.epochs=1",
+               "--seeds", "1", "--report-dir", tmp_path / "rep", "--json")
+    assert r.exit_code == 0, r.stderr
+    bench = json.loads(r.stdout)
+    assert bench["baseline"] == "original" and bench["methods"]["finetune"]["metrics"]["avg_gap"]["mean"] < 0.5
+    assert bench["pareto_front"] == []
 
 
 @pytest.fixture

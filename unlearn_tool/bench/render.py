@@ -87,7 +87,11 @@ def pareto_front(bench: dict[str, Any], exclude: Sequence[str] = ("retrain",)) -
     """Methods no other method beats on both wall time and Avg Gap (lower is better on both).
 
     `retrain` is left out: it is the baseline's own procedure (with --retrain its gap to the same seed's run is 0).
+    None without a reference or --retrain: the gap is then the distance from the original, and the method nearest to it
+    is the one that forgot least, which a front would reward.
     """
+    if bench.get("baseline") == "original":
+        return []
     pts = {n: (e["metrics"]["wall_time_s"]["mean"], e["metrics"]["avg_gap"]["mean"]) for n, e in bench["methods"].items()
            if n not in exclude and e["metrics"]["wall_time_s"]["mean"] is not None and e["metrics"]["avg_gap"]["mean"] is not None}
     front = []
@@ -170,10 +174,12 @@ def render_csv(bench: dict[str, Any]) -> str:
 
 def _place_labels(ax: Any, points: list[tuple[float, float, str]], fontsize: int = 8) -> None:
     """Label points without overlaps: points at the same place share one label; each label takes the first of a few
-    offsets whose box does not overlap a label placed before it."""
+    offsets whose box does not overlap a label placed before it and stays inside the axes (a label of the rightmost
+    point went past the edge and was cut)."""
     fig = ax.figure
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
     merged: dict[tuple[float, float], list[str]] = {}
     for x, y, name in points:
         merged.setdefault((round(x, 6), round(y, 6)), []).append(name)
@@ -184,7 +190,7 @@ def _place_labels(ax: Any, points: list[tuple[float, float, str]], fontsize: int
         for dx, dy, ha in offsets:
             t = ax.annotate(", ".join(names), (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=fontsize, ha=ha)
             box = t.get_window_extent(renderer).expanded(1.05, 1.15)
-            if not any(box.overlaps(b) for b in placed):
+            if frame.x0 <= box.x0 and box.x1 <= frame.x1 and not any(box.overlaps(b) for b in placed):
                 placed.append(box)
                 break
             t.remove()
@@ -238,10 +244,11 @@ def plot_png(bench: dict[str, Any]) -> bytes:
     ax.set_ylabel(ylabel)
     ax.set_title("Forgetting against utility", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(handles=[Line2D([], [], marker="o", color="tab:blue", ls="", label="method (mean ± std over seeds)"),
-                       Line2D([], [], marker="X", color="gray", ls="", markersize=9, label="original (before unlearning)"),
-                       Line2D([], [], marker="*", color="black", ls="", markersize=13, label=f"{bench['baseline']} (the target)")],
-              fontsize=8, loc="best")
+    legend = [Line2D([], [], marker="o", color="tab:blue", ls="", label="method (mean ± std over seeds)"),
+              Line2D([], [], marker="X", color="gray", ls="", markersize=9, label="original (before unlearning)")]
+    if bench.get("reference"):  # drawn only then; without one the original is no target
+        legend.append(Line2D([], [], marker="*", color="black", ls="", markersize=13, label=f"{bench['baseline']} (the target)"))
+    ax.legend(handles=legend, fontsize=8, loc="best")
     _place_labels(ax, points)
 
     front = pareto_front(bench)
@@ -258,18 +265,27 @@ def plot_png(bench: dict[str, Any]) -> bytes:
         xy = sorted((bench["methods"][n]["metrics"]["wall_time_s"]["mean"], bench["methods"][n]["metrics"]["avg_gap"]["mean"]) for n in front)
         ax2.step([p[0] for p in xy], [p[1] for p in xy], where="post", color="tab:red", alpha=0.6)
     if pts2:
+        from matplotlib.ticker import LogLocator, NullFormatter
+
         ax2.set_xscale("log")
+        ax2.xaxis.set_minor_formatter(NullFormatter())  # minor labels (2x10^-1, 3x10^-1, ...) overlapped on a short span
+        ax2.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
         ax2.set_yscale("symlog", linthresh=1.0)  # gaps below 1 point stay readable next to a method that failed (tens)
         top = max(e["metrics"]["avg_gap"]["mean"] + (e["metrics"]["avg_gap"]["std"] or 0.0) for e in bench["methods"].values()
                   if e["metrics"]["avg_gap"]["mean"] is not None)
         ax2.set_ylim(bottom=0, top=max(2.0, top * 2.0))  # room above the highest error bar for the legend
     ax2.set_xlabel("method wall time (s, log scale; s3t/sisa: deletion latency, training not included)  [cost]"
                    if has_exact_rows(bench) else "method wall time (s, log scale)  [cost]")
-    ax2.set_ylabel(f"{gap_label(bench)} (points, linear below 1)  [lower is closer]")
-    ax2.set_title("Cost against closeness to the baseline (red: Pareto front)", fontsize=10)
+    if bench["baseline"] == "original":
+        ax2.set_ylabel(f"{gap_label(bench)} (points, linear below 1)")  # the label says from what
+        ax2.set_title("Cost against distance from the original (no reference: no Pareto front)", fontsize=10)
+    else:
+        ax2.set_ylabel(f"{gap_label(bench)} (points, linear below 1)  [lower is closer]")
+        ax2.set_title("Cost against closeness to the baseline (red: Pareto front)", fontsize=10)
     ax2.grid(alpha=0.3, which="both")
-    handles = [Line2D([], [], marker="o", color="tab:red", ls="-", label="Pareto front: nothing both faster and closer"),
-               Line2D([], [], marker="o", color="tab:blue", ls="", label="dominated")]
+    handles = ([Line2D([], [], marker="o", color="tab:red", ls="-", label="Pareto front: nothing both faster and closer"),
+                Line2D([], [], marker="o", color="tab:blue", ls="", label="dominated")] if front else
+               [Line2D([], [], marker="o", color="tab:blue", ls="", label="method (mean over seeds)")])
     if any(n == "retrain" for *_, n in pts2):  # only when a retrain run is plotted
         handles.append(Line2D([], [], marker="o", color="0.6", ls="", label="retrain (the baseline's procedure)"))
     ax2.legend(handles=handles, fontsize=8, loc="best")

@@ -283,16 +283,16 @@ def assemble(job: Job, seeds: Sequence[int], baseline: str, methods: dict[str, d
         "original": original,
         "reference": None if reference is None else {**reference, "info": reference_info},
         "methods": methods,
-        "pareto_front": _front(methods),
+        "pareto_front": _front(methods, baseline),  # [] without a reference or --retrain
         "versions": versions(),
         "created_utc": created_utc(),
     }
 
 
-def _front(methods: dict[str, dict[str, Any]]) -> list[str]:
+def _front(methods: dict[str, dict[str, Any]], baseline: str) -> list[str]:
     from .render import pareto_front
 
-    return pareto_front({"methods": methods})
+    return pareto_front({"methods": methods, "baseline": baseline})
 
 
 # ---------------------------------------------------------------- the whole bench
