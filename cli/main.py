@@ -6,6 +6,7 @@ bench commands live in cli/audit.py and cli/bench.py and register on the same ap
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any, Optional
 
@@ -409,12 +410,30 @@ from . import bench as _bench  # noqa: E402,F401  (registers the command)
 
 def run() -> None:
     """The `unlearn` console script and `python -m cli`: the app, with a SIGTERM or SIGHUP that lands outside a command
-    (argument parsing, the interpreter's exit after the command finished) reported in one line, not silent. In-process
-    runs (tests' CliRunner) call `app` and keep their own handlers."""
+    (while arguments are parsed, or once it returned) reported in one line, not silent. In-process runs (tests'
+    CliRunner) call `app` and keep their own handlers.
+
+    The process then ends at once (os._exit), without the interpreter's teardown: every output is published and closed
+    by then, and during the teardown (torch's takes up to a second) Python has put the default handlers back, so a
+    signal there ended the process with 143 and no word although the command had succeeded."""
+    import os
+
     from .common import report_signals_between_commands
 
     report_signals_between_commands()
-    app()
+    try:
+        app()
+        code = 0
+    except SystemExit as e:
+        if e.code is not None and not isinstance(e.code, int):  # sys.exit("message"): Python would print it
+            sys.stderr.write(f"{e.code}\n")
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe (| head): what was written is all the reader wanted
+            pass
+    os._exit(code)
 
 
 if __name__ == "__main__":  # pragma: no cover
