@@ -13,7 +13,7 @@ from conftest import invoke, write_request
 from helpers import rejected, tree
 from unlearn_tool.checkpoint import sha256_file
 
-from .conftest import S3T, assignment, pick
+from .conftest import S3T, SISA, assignment, pick
 
 
 @pytest.fixture
@@ -492,3 +492,27 @@ def test_a_stage_whose_finite_weights_overflow_the_outputs_is_never_published(ex
     rejected(r, "sisa training diverged", "outputs are NaN/Inf on", "nothing was written", code=1)
     assert not (tmp_path / "out").exists() and tree(tmp_path / "art") == before
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_a_shard_whose_data_is_all_deleted_serves_nothing(exact_dir, tmp_path):
+    """apply --retrain-affected on every sample of a shard "retrained" it on 0 samples: SISA's random initialisation,
+    averaged into the ensemble at full weight ("shards serving 2 -> 2", test accuracy down 17 points). A second request
+    for the other shard left no train sample at all and still exited 0, serving two untrained members."""
+    shutil.copytree(exact_dir / "sisa", tmp_path / "sisa")
+    shard, _ = assignment(tmp_path / "sisa")
+    reqs = [write_request(tmp_path, {"indices": [int(i) for i in np.nonzero(shard == k)[0]]}, name=f"shard{k}.yaml") for k in (0, 1)]
+    r = invoke("apply", tmp_path / "sisa", "-r", reqs[0], "-o", tmp_path / "one", "--retrain-affected", "--json", "--quiet")
+    assert r.exit_code == 0, r.stderr
+    info = json.loads(r.stdout)["info"]
+    assert info["shards_serving_after"] == 1 and list(info["served_after"]) == ["1"]
+    assert json.loads(invoke("inspect", tmp_path / "one", "--json").stdout)["budget"]["active_shards"] == 1
+    rejected(invoke("apply", tmp_path / "one", "-r", reqs[1], "-o", tmp_path / "two", "--retrain-affected", "--quiet"),
+             "no shard", "holds a train sample", "nothing was written")
+    assert not (tmp_path / "two").exists()
+    # the same at training time: --exclude-forget that empties a shard warns, and counts the samples it trained on
+    r = invoke("train", "-r", reqs[0], "-o", tmp_path / "ex", "--exclude-forget", *SISA, "--json", "--quiet")
+    assert r.exit_code == 0, r.stderr
+    summary = json.loads(r.stdout)
+    assert summary["train_size"] == int(np.sum(shard == 1)) and summary["budget"]["active_shards"] == 1
+    assert any("left shard(s) 0 without a train sample" in w for w in summary["warnings"])
+    assert invoke("inspect", tmp_path / "ex").exit_code == 0

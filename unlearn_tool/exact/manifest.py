@@ -63,6 +63,14 @@ class SequenceEntry(_Strict):
     stages: list[Stage]
 
 
+def serving_prefix(seq: SequenceEntry, prefix: Optional[int] = None) -> int:
+    """The sequence's active prefix (or `prefix`), or 0 when its last stage saw no sample: a stage's data holds every
+    earlier stage's slices, so that prefix learnt nothing from the data (an untrained head, or SISA's random
+    initialisation, that a deletion of a whole shard with --retrain-affected left "retrained" on 0 samples)."""
+    p = seq.prefix if prefix is None else prefix
+    return p if p > 0 and seq.stages[p - 1].samples > 0 else 0
+
+
 class ShardEntry(_Strict):
     shard: int = Field(ge=0)
     size: int = Field(ge=0)
@@ -182,8 +190,8 @@ class Manifest(_Strict):
         """Per surviving shard, (sequence, prefix) of its longest surviving prefix (ties: the lowest sequence)."""
         out = {}
         for sh in self.shards:
-            best = max(sh.sequences, key=lambda s: (s.prefix, -s.sequence))
-            if best.prefix > 0:
+            best = max(sh.sequences, key=lambda s: (serving_prefix(s), -s.sequence))
+            if serving_prefix(best) > 0:
                 out[sh.shard] = (best.sequence, best.prefix)
         return out
 
@@ -192,7 +200,7 @@ class Manifest(_Strict):
         first slice per shard, and a shard serves while a sequence's first stage is active."""
         per = []
         for sh in self.shards:
-            firsts = {seq.order[0] for seq in sh.sequences if seq.prefix > 0}
+            firsts = {seq.order[0] for seq in sh.sequences if serving_prefix(seq) > 0}
             per.append(len(firsts))
         total = sum(per)
         return {"deletions_left": max(0, total - 1), "exhausted_after": total, "per_shard": per,
@@ -272,8 +280,8 @@ class DeletionPlan:
     def served_after(self, m: Manifest) -> dict[int, tuple[int, int]]:
         out = {}
         for sh in m.shards:
-            best = max(sh.sequences, key=lambda s: (self.prefixes[(sh.shard, s.sequence)], -s.sequence))
-            p = self.prefixes[(sh.shard, best.sequence)]
+            best = max(sh.sequences, key=lambda s: (serving_prefix(s, self.prefixes[(sh.shard, s.sequence)]), -s.sequence))
+            p = serving_prefix(best, self.prefixes[(sh.shard, best.sequence)])
             if p > 0:
                 out[sh.shard] = (best.sequence, p)
         return out

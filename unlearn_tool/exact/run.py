@@ -241,6 +241,12 @@ def train_artifact(job: Job, method: str, p: ExactParams, output: Path, init: Op
         orders = [[list(range(p.slices))] for _ in range(p.shards)]
         head, groups = None, None
     excluded = {int(i) for i in job.splits.forget_idx} if exclude_forget else set()
+    kept = np.ones(n, dtype=bool)
+    kept[sorted(excluded)] = False
+    empty = [k for k in range(p.shards) if not np.any((shard_of == k) & kept)]  # not all: the whole split is refused before
+    if empty:  # a shard trained on nothing would serve its initialisation: it serves nothing (Manifest.served)
+        warnings.append(f"--exclude-forget left shard(s) {', '.join(map(str, empty))} without a train sample; they serve nothing "
+                        f"({p.shards - len(empty)} of {p.shards} shards serve)")
     stage_params = p.model_copy()
     total_stages = sum(len(o) for o in orders) * p.slices
     done = [0]
@@ -308,7 +314,7 @@ def train_artifact(job: Job, method: str, p: ExactParams, output: Path, init: Op
         figures = utility(model, job, refuse=overflow_refusal(method, p.lr))
         stage.publish()
     return {"output": str(output), "kind": "exact", "method": method, "params": m.params, "sha256": manifest_sha,
-            "train_size": n, "excluded": len(excluded), "shards": p.shards, "slices": p.slices,
+            "train_size": n - len(excluded), "excluded": len(excluded), "shards": p.shards, "slices": p.slices,
             "sequences": getattr(p, "sequences", 1), "components": len(components), "sample_epochs": sample_epochs,
             "steps": steps, "normal_run_sample_epochs": n * 40, "normal_run_steps": -(-n // 64) * 40, "wall_time_s": wall, "exclude_forget": exclude_forget,
             "budget": m.budget(), "warnings": warnings, **figures}
@@ -460,6 +466,10 @@ def apply_exact_request(
     excluded_all = m.deleted() | set(plan.indices)
     if retrain_affected:
         new_components, retrain_figures = _retrain_truncated(new, artifact, job, shard_of, slice_of, excluded_all, did, progress)
+        if not new.served():  # every shard's data is deleted: what was "retrained" saw no sample (a random or base model)
+            raise ExhaustedError(f"after this deletion no shard of {artifact_path} holds a train sample ({len(excluded_all)} of "
+                                 f"{m.data.train_size} deleted in all), so nothing can serve; nothing was written; train a new model "
+                                 "on the data that is left")
     deletion = Deletion(id=did, request_id=req.id, request_sha256=req.sha256, scenario=job.splits.scenario,
                         classes=list(job.splits.forget_classes), indices=plan.indices, deactivated=[list(t) for t in plan.deactivated],
                         retrained=[list(t) for t in sorted(new_components)], parent_manifest_sha256=artifact.sha256,
