@@ -19,7 +19,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Optional
 
 from .checkpoint import (
     ADAPTER_MARKER,
@@ -341,6 +341,12 @@ class EnsembleArtifact(Artifact):
 
     def info(self) -> dict[str, Any]:
         return {**super().info(), "notes": [self.guarantee()]}
+
+    def not_deleted(self, positions: Iterable[int]) -> list[int]:
+        """Of the train positions a request forgets, those its deletion log does not hold: the guarantee is stated for the
+        log, so it says nothing of these (an audit of a request this artifact never received)."""
+        gone = self.manifest.deleted()
+        return [int(i) for i in positions if int(i) not in gone]
 
 
 def open_artifact(path: str | Path) -> Artifact:

@@ -22,8 +22,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .artifacts import CheckpointArtifact, LoadContext, open_artifact
+from .artifacts import CheckpointArtifact, EnsembleArtifact, LoadContext, open_artifact
 from .data import LabelledData, Splits, load_split, load_splits, summary_seed
+from .exact.describe import exact_not_covered
 from .errors import UnlearnError
 from .models import CodePolicy, build_model, num_outputs_of
 from .request import MAX_SEED, Request, load_request
@@ -187,7 +188,14 @@ class Job:
     def load_artifact(self, path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
         """Any model artifact (a checkpoint, an adapter on this job's original) and the provenance a report records."""
         artifact = open_artifact(path)
-        return artifact.load(self.load_context()), artifact.info()
+        info = artifact.info()
+        if isinstance(artifact, EnsembleArtifact):  # its guarantee is for its deletion log: is this request in it?
+            forget = [int(i) for i in self.splits.forget_idx]
+            missing = artifact.not_deleted(forget)
+            if missing:
+                info["notes"] = [exact_not_covered(artifact.manifest.method, missing, len(forget))]
+                info["exact_not_deleted"] = len(missing)
+        return artifact.load(self.load_context()), info
 
     # ---- derived jobs and views
     def for_seed(self, seed: int) -> "Job":

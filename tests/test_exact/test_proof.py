@@ -129,6 +129,25 @@ def test_audit_states_the_guarantee_and_its_basis(deleted, exact_dir, tmp_path):
     assert report["models"]["unlearned"]["forget_acc"] is not None
 
 
+def test_audit_of_a_request_the_artifact_never_received_fails_and_states_no_guarantee(deleted, exact_dir, tmp_path):
+    """The audit printed "none of the active components was trained on any of the samples in the deletion log" for a
+    request whose sample was never deleted (it is still in served components), and let the statistics decide."""
+    from conftest import write_request
+
+    _, original, out, _ = deleted
+    shard, slc = assignment(out)
+    gone = set(manifest(out)["deletions"][0]["indices"])
+    other = next(i for i in range(len(shard)) if i not in gone)
+    req = write_request(tmp_path, {"indices": [other, *sorted(gone)]}, name="other.yaml")
+    r = invoke("audit", "-r", req, "--original", original, "--unlearned", out, "--report-dir", tmp_path / "rep",
+               "--gate", "forget_acc <= 1.0", "--quiet")
+    assert r.exit_code == 3 and "1 of 3 forget samples not deleted by this exact artifact" in r.stderr, r.stderr
+    report = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert report["verdict"] == "fail" and report["verdict_detail"]["checks"][0]["passed"] is False
+    assert not any("none of the" in w for w in report["warnings"])
+    assert any(f"train positions {other})" in w and "does not cover this request" in w for w in report["warnings"])
+
+
 def test_a_second_deletion_chains_the_log(deleted, exact_dir, tmp_path):
     from conftest import write_request
 

@@ -329,6 +329,10 @@ def run_audit(
         strong = strong_tier(job, unlearned_model, reference_model, unlearned_info.get("metadata") or {}, shadows, progress)
     detail = decide(scenario, models, gate_rows, stats["unlearned"], avg_gaps, stats["original"], strong, task.name, stats.get("reference"))
     detail["statistics"] = stats
+    if unlearned_info.get("exact_not_deleted"):
+        from .verdict import exact_log_check
+
+        exact_log_check(detail, unlearned_info["exact_not_deleted"], len(job.splits.forget_idx))
     warnings = []
     if unlearned_info.get("kind") == "adapter":
         warnings.append(ADAPTER_AUDIT_WARNING)
@@ -415,6 +419,10 @@ def check_verdict(report: dict[str, Any], where: str = "") -> None:
     if report.get("verdict") != "fail":
         return
     detail = report.get("verdict_detail") or {}
+    unlogged = next((c for c in detail.get("checks", []) if c["name"] == "request in the exact deletion log" and not c["passed"]), None)
+    if unlogged is not None:
+        raise GateFailure(f"audit verdict fail: {unlogged['value']} by this exact artifact (not in its deletion log); apply the "
+                          f"request to it first; see {where or 'the report'}")
     if report["gates"]:
         failed = [g for g in report["gates"] if not g["passed"]]
         shown = "; ".join(f"{g['expr']} (value {_fmt(g['value'])})" for g in failed[:3])

@@ -217,6 +217,19 @@ def strong_check(strong: Optional[dict[str, Any]]) -> Optional[Check]:
                  f"at most the retrained model's + {STRONG_AUC_MARGIN}", "a per-example likelihood-ratio attack with shadow models (--tier strong)")
 
 
+def exact_log_check(detail: dict[str, Any], not_deleted: int, total: int) -> None:
+    """An exact artifact audited on a request its deletion log does not hold: whatever the statistics and gates say, the
+    request was not carried out on it, so the verdict is fail (the first check says why)."""
+    check = Check("request in the exact deletion log", False, f"{not_deleted} of {total} forget samples not deleted",
+                  "every forget sample in the artifact's deletion log", "exact unlearning deletes by its log; these samples "
+                  "may still be in the data of active components")
+    detail["checks"].insert(0, asdict(check))
+    detail["verdict"] = "fail"
+    detail["sentence"] = (f"FAIL: {not_deleted} of the request's {total} forget samples are not in the exact artifact's deletion log "
+                          f"(apply the request to it first); the tests say: {detail['sentence']}")
+    detail["evidence"] = [f"{check.name}: {check.value} (expected {check.expectation})"] + detail["evidence"][:2]
+
+
 def _effect_size(check: Check, stats: dict[str, Any]) -> Optional[float]:
     """How distinguishable forget and held-out data are for a population check: KS D, or the loss AUC's distance from 0.5."""
     if check.name == "loss attack at chance":

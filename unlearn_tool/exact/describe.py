@@ -25,6 +25,14 @@ def guarantee_text(m: Manifest) -> str:
             f"the artifact was opened; {base}")
 
 
+def exact_not_covered(method: str, missing: list[int], total: int) -> str:
+    """The audit's note when the request's forget set is not (all) in the artifact's deletion log."""
+    shown = ", ".join(map(str, missing[:5])) + (", ..." if len(missing) > 5 else "")
+    return (f"exact unlearning ({method}): {len(missing)} of this request's {total} forget samples (train positions {shown}) are "
+            "not in the artifact's deletion log, so active components may have been trained on them and its guarantee does "
+            "not cover this request; apply the request to the artifact (unlearn apply ART -r REQUEST -o OUT) and audit OUT")
+
+
 def layout_of(m: Manifest) -> dict[str, Any]:
     """How samples were placed and slices ordered: the assignment rule (uniform / by_weight, read from the recorded
     rule text, so artifacts written before the parameter existed are named too), the order rule (cyclic / bms;
