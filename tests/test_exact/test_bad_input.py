@@ -72,18 +72,34 @@ def _borrow_component(art):
     (lambda a: _edit_manifest(a, lambda m: m["shards"][0]["sequences"][0]["stages"][0].update(samples=999)), "stage 0 records 999 samples, its slices hold"),
     (lambda a: _edit_manifest(a, lambda m: m["shards"][0]["sequences"][0]["stages"][0].update(
         excluded=[int(np.nonzero(assignment(a)[0] == 1)[0][0])])), "which is not in its slices"),
+    # 300 levels in data.source: inspect exited 1 "unexpected ValueError: Circular reference detected", validate said ok
+    (lambda a: _edit_manifest(a, lambda m: m["data"]["source"].update(x=json.loads("[" * 300 + "]" * 300))), "nested more than 32 levels"),
 ])
-@pytest.mark.parametrize("command", ["apply", "inspect", "audit"])
+@pytest.mark.parametrize("command", ["apply", "inspect", "audit", "validate"])
 def test_a_corrupted_manifest_is_refused(art, corrupt, fragment, command):
     corrupt(art)
     if command == "apply":
         r = _apply(art)
     elif command == "inspect":
         r = invoke("inspect", art)
+    elif command == "validate":
+        r = invoke("validate", "-r", art.parent / "delete.yaml", art)
     else:
         r = invoke("audit", "-r", art.parent / "delete.yaml", "--original", art, "--unlearned", art, "--report-dir", art.parent / "rep", "--quiet")
     rejected(r, "exact artifact", fragment)
     assert not (art.parent / "out").exists() and not (art.parent / "rep").exists()
+
+
+def test_a_linked_manifest_and_a_huge_kwargs_value_are_named_in_one_short_line(art, tmp_path):
+    """A manifest.json that links elsewhere was read (a symlinked base or component was refused); a 1 MB kwargs value in
+    the manifest made a 1 MB "one-line" error."""
+    shutil.copytree(art, tmp_path / "linked")
+    (tmp_path / "linked" / "manifest.json").unlink()
+    (tmp_path / "linked" / "manifest.json").symlink_to(art / "manifest.json")
+    rejected(invoke("inspect", tmp_path / "linked"), "manifest", "is a link")
+    _edit_manifest(art, lambda m: m["model"]["kwargs"].update(x="A" * 1_000_000))
+    line = rejected(invoke("validate", "-r", art.parent / "delete.yaml", art), "was trained with model", "set model.arch/kwargs")
+    assert len(line) < 600
 
 
 def test_a_component_whose_hash_does_not_match_is_refused(art):

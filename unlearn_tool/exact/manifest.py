@@ -217,6 +217,20 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
+MAX_MANIFEST_DEPTH = 32
+
+
+def _depth(value: Any) -> int:
+    """How deeply lists and objects nest in parsed JSON (iterative: the value may be deep)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        node, level = stack.pop()
+        if isinstance(node, (dict, list)):
+            deepest = max(deepest, level)
+            stack.extend((child, level + 1) for child in (node.values() if isinstance(node, dict) else node))
+    return deepest
+
+
 def parse_manifest(text: str, where: str) -> Manifest:
     fix = "restore the artifact from a backup or train it again (unlearn train --exact)"
     try:
@@ -225,6 +239,8 @@ def parse_manifest(text: str, where: str) -> Manifest:
         raise CheckpointError(f"exact artifact {where}: manifest.json is not valid JSON ({str(e).splitlines()[0][:100]}); {fix}") from None
     if not isinstance(raw, dict):
         raise CheckpointError(f"exact artifact {where}: manifest.json is not a JSON object; {fix}")
+    if _depth(raw) > MAX_MANIFEST_DEPTH:  # what this tool writes is a few levels deep; the model and pydantic recurse on it
+        raise CheckpointError(f"exact artifact {where}: manifest.json is corrupt (nested more than {MAX_MANIFEST_DEPTH} levels deep); {fix}")
     if raw.get("format") != FORMAT:
         raise CheckpointError(f"exact artifact {where}: manifest.json format is {str(raw.get('format'))[:40]!r}, not {FORMAT!r}; {fix}")
     if type(raw.get("schema_version")) is not int or raw["schema_version"] != SCHEMA_VERSION:  # true and 1.0 equal 1 in Python
@@ -397,6 +413,8 @@ def read_manifest(folder: str | Path) -> tuple[Manifest, str]:
 
     folder = Path(folder)
     path = folder / MANIFEST
+    if path.is_symlink():  # as the base and components: the artifact's own file, which a later edit elsewhere cannot change
+        raise CheckpointError(f"exact artifact manifest {path} is a link, not a file of the artifact; {FIX}")
     try:
         raw = read_regular_file(path, "exact artifact manifest", FIX, MAX_MANIFEST_BYTES)
     except RequestError as e:

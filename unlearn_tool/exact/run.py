@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -152,8 +153,13 @@ def check_compatible(artifact: EnsembleArtifact, job: Job) -> None:
     """The request must name the architecture and the train data the artifact was trained on."""
     m, req = artifact.manifest, job.request
     if m.model.arch != req.model.arch or m.model.kwargs != req.model.kwargs:
-        raise CheckpointError(f"exact artifact {artifact.path} was trained with model {m.model.arch} {m.model.kwargs}, the request names "
-                              f"{req.model.arch} {req.model.kwargs}; set model.arch/kwargs to the architecture it was trained with")
+        def short(value: Any) -> str:  # the manifest's kwargs may be anything (up to its 256 MiB): one line stays short
+            text = json.dumps(value, default=str)
+            return text if len(text) <= 120 else text[:117] + "..."
+
+        raise CheckpointError(f"exact artifact {artifact.path} was trained with model {short(m.model.arch)} {short(m.model.kwargs)}, the "
+                              f"request names {req.model.arch} {short(req.model.kwargs)}; set model.arch/kwargs to the architecture it was "
+                              "trained with")
     if m.model.num_classes != job.num_classes:
         raise CheckpointError(f"exact artifact {artifact.path} has {m.model.num_classes} outputs, the request's model {job.num_classes}; fix model.kwargs")
     digest, kind = fingerprint(job.splits.train)
