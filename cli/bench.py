@@ -74,6 +74,7 @@ def bench(
     num_workers: int = NumWorkersOpt,
     code_path: list[Path] = CodePathOpt,
     trust_code: bool = TrustCodeOpt,
+    time_repeats: int = typer.Option(3, "--time-repeats", help="A method (or --retrain) run shorter than 1 s is run this many times and timed by the median: the first run of a process pays a one-off warm-up."),
 ) -> None:
     """Compare unlearning methods on one request over several seeds: audit figures, Avg Gap, time (a failing method is a row, not an exit)."""
     from unlearn_tool import commands
@@ -97,7 +98,7 @@ def bench(
         result, folder = commands.bench(request, checkpoint, methods, seeds=seeds, reference=reference, retrain=retrain,
                                        report_dir=report_dir, param_overrides=parse_key_values(param), device=device, precision=precision,
                                        code=code_policy(code_path, trust_code), progress=progress, on_run=on_run,
-                                       num_workers=num_workers)
+                                       num_workers=num_workers, timing_repeats=time_repeats)
     if as_json:
         import json
 

@@ -162,6 +162,10 @@ def run_status(record: dict[str, Any], setup: SeedSetup, scenario: str) -> tuple
 
 
 REPEAT_BELOW_S = 1.0  # a run shorter than this is timed again (timing_repeats): a few ms of load decide a 20 ms run's ratio
+TIMING_REPEATS = 3  # bench's default (run_one)
+WARMUP_BELOW_S = 60.0  # the bench's first timed run, if shorter, is timed again: the process's first run pays one-off costs
+# (lazy imports, first kernels: 2-3 s on diabetes against 0.02-0.2 s runs), which made the first method of --methods, or
+# --retrain's first seed, read 20-100x its cost and the ratios change with the order of --methods
 
 
 def median_wall(first_wall: float, rerun: Callable[[], float], repeats: int) -> float:
@@ -172,19 +176,22 @@ def median_wall(first_wall: float, rerun: Callable[[], float], repeats: int) -> 
     return statistics.median([first_wall, *(rerun() for _ in range(repeats - 1))])
 
 
+def rerun_seconds(name: str, job: Job, params: MethodParams) -> float:
+    """The method run again at the job's seed (the same result on a CPU): its wall time."""
+    job.seed_everything()
+    return run_method(name, job.context(), params)[1]
+
+
 def timed_again(name: str, job: Job, params: MethodParams, first_wall: float, repeats: int) -> float:
     """A method run's wall time by median_wall: the method run again at the job's seed."""
-    def rerun() -> float:
-        job.seed_everything()
-        return run_method(name, job.context(), params)[1]
-
-    return median_wall(first_wall, rerun, repeats)
+    return median_wall(first_wall, lambda: rerun_seconds(name, job, params), repeats)
 
 
 def run_one(setup: SeedSetup, name: str, params: MethodParams, progress: Optional[Progress] = None,
-            timing_repeats: int = 1) -> dict[str, Any]:
+            timing_repeats: int = 1, warmup: bool = False) -> dict[str, Any]:
     """Run one method at the setup's seed and audit the result; never raises for a method's failure. With
-    timing_repeats > 1, a method that ran under REPEAT_BELOW_S is run that many times in all and timed by the median."""
+    timing_repeats > 1, a method that ran under REPEAT_BELOW_S is run that many times in all and timed by the median.
+    warmup: the bench's first timed run; under WARMUP_BELOW_S it is run once more and the first run's time dropped."""
     job = setup.job
     record: dict[str, Any] = {"seed": job.seed, "error": None, "metrics": {k: None for k in summary_keys(job.task.name)},
                               "gaps": None, "info": {}, "warnings": []}
@@ -196,6 +203,8 @@ def run_one(setup: SeedSetup, name: str, params: MethodParams, progress: Optiona
             record["metrics"]["train_time_s"] = out.info["train_time_s"]
         else:
             out, wall = run_method(name, ctx, params)
+            if warmup and wall < WARMUP_BELOW_S:  # the first run's one-off costs are the process's, not the method's
+                wall = rerun_seconds(name, job, params)
             wall = timed_again(name, job, params, wall, timing_repeats)
         record["metrics"]["wall_time_s"] = wall
         if setup.retrain_time_s:
@@ -217,13 +226,14 @@ def run_one(setup: SeedSetup, name: str, params: MethodParams, progress: Optiona
 
 def run_methods(setups: Sequence[SeedSetup], methods: Sequence[str], params: dict[str, MethodParams],
                 progress: Optional[Progress] = None, on_run: Optional[OnRun] = None,
-                tick: Optional[Callable[[], None]] = None, timing_repeats: int = 1) -> dict[str, dict[str, Any]]:
-    """Every method on every seed setup -> one summary entry per method (timing_repeats: see run_one)."""
+                tick: Optional[Callable[[], None]] = None, timing_repeats: int = 1,
+                warmup_first: bool = False) -> dict[str, dict[str, Any]]:
+    """Every method on every seed setup -> one summary entry per method (timing_repeats, warmup_first: see run_one)."""
     entries: dict[str, dict[str, Any]] = {}
-    for name in methods:
+    for m, name in enumerate(methods):
         runs = []
-        for setup in setups:
-            r = run_one(setup, name, params[name], progress, timing_repeats)
+        for i, setup in enumerate(setups):
+            r = run_one(setup, name, params[name], progress, timing_repeats, warmup=warmup_first and m == 0 and i == 0)
             runs.append(r)
             if tick:
                 tick()
@@ -307,11 +317,13 @@ def run_bench(
     retrain_params: Optional[MethodParams] = None,
     progress: Optional[Progress] = None,
     on_run: Optional[OnRun] = None,
+    timing_repeats: int = TIMING_REPEATS,
 ) -> dict[str, Any]:
     """Every method x seed on the job's checkpoint, audited; Avg Gap against the reference, retraining or the original.
 
     reference: a retrained checkpoint, audited once (at the first seed); its metadata's wall_time_s, when
     present, is the retraining time. retrain: run the `retrain` method once per seed instead (timed).
+    timing_repeats: a method or retraining run under REPEAT_BELOW_S is timed by the median of this many runs (run_one).
     """
     if reference is not None and retrain:
         raise UnlearnError("give --reference or --retrain, not both")
@@ -348,7 +360,7 @@ def run_bench(
         rp = retrain_params or parse_params("retrain", {})
         runs = []
         for s in seeds:
-            r = run_one(SeedSetup(job.for_seed(s), original_run, None), "retrain", rp, progress)
+            r = run_one(SeedSetup(job.for_seed(s), original_run, None), "retrain", rp, progress, timing_repeats, warmup=s == seeds[0])
             if r["error"]:
                 raise UnlearnError(f"--retrain: the retrain method failed at seed {s} ({r['error']})")
             r["metrics"]["time_fraction"] = 1.0
@@ -364,7 +376,7 @@ def run_bench(
     # Avg Gap against the original is measured at its one audited seed for every seed.
     setups = [SeedSetup(job.for_seed(s), original_run, ref_runs.get(s, ref_runs.get(seeds[0])),
                         ref_runs[s]["metrics"]["wall_time_s"] if baseline != "original" else None) for s in seeds]
-    entries = run_methods(setups, methods, params, progress, on_run, tick)
+    entries = run_methods(setups, methods, params, progress, on_run, tick, timing_repeats, warmup_first=not retrain)
     original = summarize("original", [original_run], kind="original", task=job.task.name)
     return assemble(job, seeds, baseline, entries, original, ref_entry, ref_info)
 
@@ -383,6 +395,7 @@ def bench_request(
     progress: Optional[Progress] = None,
     on_run: Optional[OnRun] = None,
     num_workers: int = 0,
+    timing_repeats: int = TIMING_REPEATS,
 ) -> tuple[dict[str, Any], Path]:
     """`unlearn bench`: every input checked first (methods, parameters, reference, report folder), then the runs."""
     from ..artifacts import is_checkpoint
@@ -403,6 +416,8 @@ def bench_request(
             raise MethodError(f"--methods: {n} cannot unlearn a {req.task} model; methods for {req.task}: {', '.join(able)}")
     if seeds < 1:
         raise UnlearnError(f"--seeds {seeds}: give at least 1")
+    if not 1 <= timing_repeats <= 100:
+        raise UnlearnError(f"--time-repeats {timing_repeats}: give 1 to 100 (runs of a short method, timed by their median)")
     if reference is not None and retrain:
         raise UnlearnError("give --reference or --retrain, not both")
     if reference is not None and not is_checkpoint(reference):
@@ -416,5 +431,5 @@ def bench_request(
                   labels_needed_by=f"bench ({', '.join(labelled_rows)})")
     check_rows(names, params, job)
     result = run_bench(job, names, [job.seed + i for i in range(seeds)], params, reference=reference, retrain=retrain,
-                       retrain_params=retrain_params, progress=progress, on_run=on_run)
+                       retrain_params=retrain_params, progress=progress, on_run=on_run, timing_repeats=timing_repeats)
     return result, write_bench(result, folder)
