@@ -330,7 +330,7 @@ def _load_tensors(spec: DataSpec, path: Path, where: str) -> LabelledData:
     elif y.dim() != 1 or x.shape[0] != y.shape[0]:
         raise DataError(f"{where}.path: {path}: x has {tuple(x.shape)} and y {tuple(y.shape)}; y must be (N,) with N = len(x)")
     if y.dtype == torch.bool:
-        raise DataError(f"{where}.path: {path}: y has dtype {y.dtype}; class labels must be integers (int64)")
+        raise DataError(f"{where}.path: {path}: y is boolean; give class labels as integers (int64), or regression targets as floats")
     if x.dtype.is_complex:
         raise DataError(f"{where}.path: {path}: x is complex ({x.dtype}); give real inputs (e.g. the real and imaginary parts as two channels)")
     load_notes = []
@@ -338,9 +338,9 @@ def _load_tensors(spec: DataSpec, path: Path, where: str) -> LabelledData:
         x = x.float().div_(255.0)
     elif not x.dtype.is_floating_point:
         load_notes.append(f"{where}: x of {str(x.dtype).replace('torch.', '')} read as float values, unscaled (only uint8 is scaled to [0, 1])")
-    x = x.float()
     if not bool(torch.isfinite(x).all()):
         raise DataError(f"{where}.path: {path}: x holds NaN or Inf values; clean the data (every input must be finite)")
+    x = _as_float32(x, "x", path, where, "the inputs")
     ids = None
     if "ids" in tensors:
         raw = tensors["ids"]
@@ -364,10 +364,19 @@ def _float_targets(y: torch.Tensor, x: torch.Tensor, path: Path, where: str) -> 
     """Float targets (regression): (N,) or (N, k), finite, as float32."""
     if y.dim() not in (1, 2) or y.shape[0] != x.shape[0]:
         raise DataError(f"{where}.path: {path}: x has {tuple(x.shape)} and y {tuple(y.shape)}; float targets must be (N,) or (N, k) with N = len(x)")
-    y = y.float()
     if not bool(torch.isfinite(y).all()):
         raise DataError(f"{where}.path: {path}: y holds NaN or Inf values; clean the data (every target must be finite)")
-    return y
+    return _as_float32(y, "y", path, where, "the targets")
+
+
+def _as_float32(t: torch.Tensor, name: str, path: Path, where: str, what: str) -> torch.Tensor:
+    """`t` as float32, refusing finite values that float32 cannot hold (a float64 1e39 became Inf, then read "holds
+    NaN or Inf", a NaN the user could not find)."""
+    out = t.float()
+    if not bool(torch.isfinite(out).all()):
+        big = float(t[torch.isfinite(t)].abs().max()) if t.numel() else 0.0
+        raise DataError(f"{where}.path: {path}: {name} holds values beyond float32's range (up to {big:.3g}); rescale {what}")
+    return out
 
 
 def read_id_lines(path: Path, where: str) -> list[str]:
@@ -819,6 +828,10 @@ def resolve_forget(request: Request, train: LabelledData, num_outputs: int, task
     return torch.nonzero(mask).flatten(), missing
 
 
+def _columns(targets: torch.Tensor) -> int:
+    return 1 if targets.dim() == 1 else int(targets.shape[1])
+
+
 def load_splits(request: Request, num_outputs: int, task: "Task", train: Optional[LabelledData] = None,
                 excluded: Optional[torch.Tensor] = None, allow_missing: bool = False) -> Splits:
     """Train and test splits plus the forget/retain partition, checked against the model's outputs.
@@ -836,6 +849,9 @@ def load_splits(request: Request, num_outputs: int, task: "Task", train: Optiona
         raise DataError("forget.classes: the train split has no labels (no y), so its classes are unknown; forget by indices or ids")
     elif request.forget.target_range is not None:
         raise DataError("forget.target_range: the train split has no targets (no y), so no range can be selected; forget by indices or ids")
+    if train.labelled and task.name == "regression" and _columns(train.targets) != _columns(test.targets):
+        raise DataError(f"data: the train split's targets have {_columns(train.targets)} column(s) and the test split's "
+                        f"{_columns(test.targets)}; give both splits the same target columns")
     task.check_targets(test.targets, num_outputs, "data.test")
     if train.input_shape() != test.input_shape():
         raise DataError(f"data: train inputs have shape {train.input_shape()} but test inputs {test.input_shape()}; preprocess both splits the same way")

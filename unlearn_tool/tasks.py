@@ -198,6 +198,9 @@ def range_column(targets: np.ndarray, column: int) -> np.ndarray:
     return t if t.ndim == 1 else t[:, column]
 
 
+MAX_TARGET = 1e18  # |target| beyond this: (target - output)^2 overflows float32 (3.4e38) within a few-fold error
+
+
 class Regression(Task):
     """Models that predict numbers: targets float, (N,) or (N, k), one output per target column.
 
@@ -244,6 +247,10 @@ class Regression(Task):
                             f"num_outputs (builtin models; num_classes for torchvision) to {width}")
         if not bool(torch.isfinite(targets).all()):
             raise DataError(f"{where}: the targets hold NaN or Inf; every target must be finite")
+        big = float(targets.abs().max())
+        if big > MAX_TARGET:  # finetune and neggrad+ stopped as diverged; train, retrain, rfa, ... fitted nothing and said ok
+            raise DataError(f"{where}: the targets reach {big:.3g}, whose squared error overflows float32 in training; standardise "
+                            "the targets (z-score) or give them in a larger unit")
 
     def loss(self, outputs: "torch.Tensor", targets: "torch.Tensor") -> "torch.Tensor":
         import torch.nn.functional as F
