@@ -743,6 +743,11 @@ def validate_request(request: "str | Path | Request", checkpoint: Optional[str |
     gap_note = check_request_gates(req)
     job = prepare(req, checkpoint, device="cpu", code=code, needs_labels=not get_method(req.method.name).label_free, allow_missing=allow_missing)
     preflight(req.method.name, job.context(original=job.original if job.original is not None else job.make_model().eval()), params)
+    reference = req.audit_reference()
+    if reference is not None:  # as apply --audit checks it, before any work: found, and a checkpoint of this model
+        if not is_checkpoint(reference):
+            raise AuditError(f"audit reference {reference} not found; give a retrained checkpoint (unlearn train --exclude-forget) or drop audit.reference")
+        CheckpointArtifact(reference).load(job.load_context())
     info = {"ok": True, **describe_job(job), "checkpoint_matches": req.model.arch if checkpoint else None,
             "train_labelled": job.splits.train.labelled, "missing_ids": list(job.splits.missing_ids)}
     if job.notes or gap_note:

@@ -12,6 +12,7 @@ import torch
 import yaml
 
 from conftest import invoke, write_request
+from helpers import rejected
 from unlearn_tool.checkpoint import sha256_file
 
 
@@ -316,3 +317,17 @@ def test_a_boolean_output_count_is_refused_by_the_schema(tmp_path):
     req = write_request(tmp_path, {"classes": [3]}, arch="timm:resnet18", kwargs={"num_classes": False})
     result = invoke("validate", "-r", req)
     assert result.exit_code == 2 and "kwargs.num_classes is false; give a whole number of outputs" in result.stderr
+
+
+def test_validate_checks_the_audit_reference_as_apply_audit_does(digits_dir, tmp_path):
+    """validate said ok for a request whose audit.reference was missing or did not fit the model; apply --audit then
+    refused the same request."""
+    wide = write_request(tmp_path, {"classes": [3]}, kwargs={"num_classes": 10, "hidden": [100, 64]}, name="wide.yaml",
+                         extra={"audit": {"reference": str(digits_dir / "mlp.retrain_class.safetensors")}})
+    missing = write_request(tmp_path, {"classes": [3]}, name="missing.yaml", extra={"audit": {"reference": "nope.safetensors"}})
+    rejected(invoke("validate", "-r", missing), "audit reference", "nope.safetensors not found")
+    line = rejected(invoke("validate", "-r", wide), "mlp.retrain_class.safetensors", "does not match builtin:mlp")
+    applied = rejected(invoke("apply", digits_dir / "mlp.safetensors", "-r", wide, "--audit", "-o", tmp_path / "o.safetensors", "--quiet"))
+    assert line.split(":")[0] == applied.split(":")[0]
+    ok = write_request(tmp_path, {"classes": [3]}, name="ok.yaml", extra={"audit": {"reference": str(digits_dir / "mlp.retrain_class.safetensors")}})
+    assert invoke("validate", "-r", ok).exit_code == 0
