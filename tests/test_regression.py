@@ -688,3 +688,18 @@ def test_bench_drops_the_processs_one_off_costs_from_its_first_timed_run(diabete
         walls = [v for e in bench["methods"].values() for v in e["metrics"]["wall_time_s"]["values"]]
         walls += bench["retrain_time_s"]["values"] if retrain else []
         assert max(walls) < 2.0, walls
+
+
+@pytest.mark.parametrize("method, param, fragment", [
+    ("neggrad+", "stop_forget_acc=0.5", "stop_forget_mae"),  # was exit 0: "target reached" at the default MAE level, 0.5 unread
+    ("rfa", "class_stop_acc=0.3", "forget-MAE target"),
+    ("rfa", "retain_target=teacher", "aligned with the teacher's"),
+    ("blindspot", "forget_loss=l1", "always matched with L1"),
+])
+def test_classification_only_parameters_in_a_regression_request_are_refused_not_ignored(tmp_path, method, param, fragment):
+    req = write_regression_request(tmp_path, {"indices": [0, 1, 2]}, method={"name": method, "params": {}})
+    key = param.split("=")[0]
+    rejected(invoke("apply", "missing.safetensors", "-r", req, "--param", param, "-o", tmp_path / "o.safetensors", "--quiet"),
+             f"method.params.{key} is read by classification only", fragment)
+    req.write_text(req.read_text().replace("params: {}", f"params: {{{key}: {param.split('=')[1]}}}"))
+    rejected(invoke("validate", "-r", req), f"method.params.{key} is read by classification only")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, ClassVar, Optional
 
 import torch
 from pydantic import ValidationError
@@ -26,10 +26,19 @@ __all__ = ["MethodOutput", "MethodParams", "MethodSpecEntry", "UnlearnContext", 
 
 
 class MethodParams(SaneParams):
-    """Base for method parameter models: unknown keys are errors, numbers finite and sane, a description per field."""
+    """Base for method parameter models: unknown keys are errors, numbers finite and sane, a description per field.
+
+    task_only: parameters that one task reads and the other ignores, {name: (task, what the other task uses)}; given
+    for the other task they are refused, not silently dropped (a stop_forget_acc on a regressor never stopped it)."""
+
+    task_only: ClassVar[dict[str, tuple[str, str]]] = {}
 
     def check_task(self, task: str) -> None:
         """Raise MethodError when a parameter does not fit the request's task (e.g. an MSE loss for classification)."""
+        for name in sorted(self.model_fields_set):
+            if name in self.task_only and self.task_only[name][0] != task:
+                owner, instead = self.task_only[name]
+                raise MethodError(f"method.params.{name} is read by {owner} only, and this is a {task} request; {instead}")
         loss = getattr(self, "loss", None)
         if loss is not None and loss != "auto":
             from ..tasks import get_task

@@ -34,6 +34,7 @@ from .common import is_regression, kl_to_teacher, task_loss
 
 
 class BlindspotParams(MethodParams):
+    task_only = {"forget_loss": ("classification", "a regressor's outputs on Df are always matched with L1 (DRU)")}
     blindspot_epochs: int = Field(2, ge=1, description="Epochs training the blindspot model B on Dr (DRU: 2, partially trained on purpose).")
     blindspot_lr: float = Field(1e-2, gt=0, description="Adam learning rate of B (DRU: 1e-2).")
     blindspot_batch_size: int = Field(64, ge=1, description="Batch size for training B (not fixed by the notes).")

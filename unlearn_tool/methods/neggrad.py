@@ -22,6 +22,7 @@ from .common import RegressionLoss, SGDParams, diverged_at, endless_batches, is_
 
 
 class _AscentParams(SGDParams):
+    task_only = {"stop_forget_acc": ("classification", "a regressor stops at stop_forget_mae (neggrad+)")}
     weight_decay: float = Field(0.0, ge=0, description="L2 weight decay (SCRUB's code: 0; its paper says 5e-4, issue #4).")
     stop: Literal["criterion", "epochs"] = Field(
         "criterion", description="criterion: stop after the first epoch that meets the forget target (see stop_forget_acc); "
@@ -48,6 +49,7 @@ class NegGradParams(_AscentParams):
 
 
 class NegGradPlusParams(_AscentParams, RegressionLoss):
+    task_only = {**_AscentParams.task_only, "stop_forget_mae": ("regression", "a classifier stops at stop_forget_acc")}
     epochs: int = Field(10, ge=1, description="Maximum passes over the retain set (SCRUB small-scale: 10).")
     lr: float = Field(0.01, gt=0, description="Learning rate (SCRUB small-scale NegGrad+: 0.01).")
     alpha: float = Field(

@@ -48,6 +48,14 @@ from .common import kl_to_teacher
 
 
 class RFAParams(MethodParams):
+    task_only = {
+        "class_stop_acc": ("classification", "a regressor stops by its forget-MAE target (docs/rfa.md R5)"),
+        "sample_conf_tolerance": ("classification", "a regressor stops by its forget-MAE target (docs/rfa.md R5)"),
+        "retain_target": ("classification", "a regressor's retained outputs are aligned with the teacher's (docs/rfa.md R1)"),
+        "retain_agreement": ("classification", "a regressor's retained drift is bounded instead (docs/rfa.md R5)"),
+        "agreement_patience": ("classification", "a regressor's retained drift is bounded instead (docs/rfa.md R5)"),
+        "temperature": ("classification", "a regressor's retained outputs are matched by squared error (docs/rfa.md R1)"),
+    }
     rank: int = Field(8, ge=1, description="LoRA rank r (capped at each layer's smallest dimension by peft's shapes).")
     alpha: float = Field(16.0, gt=0, description="LoRA alpha; the residual is scaled by alpha / rank.")
     target_layers: lora.TargetLayers = Field(

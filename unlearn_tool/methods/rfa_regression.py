@@ -24,8 +24,8 @@ trained on) drift from the teacher's by at most RETAIN_DRIFT times the teacher's
 agreement has no regression analogue; a drift in target sd allowed a CNN accurate to 0.08 sd to double its
 error). The loop runs on classification RFA's machinery (fused adapters, cached teacher outputs, retain pool,
 its Adam with beta1 0.5); `solver: gauss-newton` replaces the loop by one damped Gauss-Newton step in the adapters' B
-weights (_rfa_gauss_newton.py, docs/rfa.md R9). Parameters are RFAParams'; classification-only ones (temperature, retain_target,
-class_stop_acc, sample_conf_tolerance, retain_agreement) are not read.
+weights (_rfa_gauss_newton.py, docs/rfa.md R9). Parameters are RFAParams'; classification-only ones (RFAParams.task_only:
+temperature, retain_target, class_stop_acc, ...) are refused for a regression request, never silently dropped.
 """
 
 from __future__ import annotations
