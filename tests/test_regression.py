@@ -703,3 +703,14 @@ def test_classification_only_parameters_in_a_regression_request_are_refused_not_
              f"method.params.{key} is read by classification only", fragment)
     req.write_text(req.read_text().replace("params: {}", f"params: {{{key}: {param.split('=')[1]}}}"))
     rejected(invoke("validate", "-r", req), f"method.params.{key} is read by classification only")
+
+
+def test_a_range_forgotten_earlier_in_the_lineage_is_refused_naming_what_a_regression_request_can_forget(diabetes_dir, tmp_path):
+    """It said "name classes, indices or IDs", and classes are refused in a regression request."""
+    first = tmp_path / "once.safetensors"
+    r = invoke("apply", diabetes_dir / "mlp.safetensors", "-r", diabetes_dir / "range.yaml", "-o", first, "--method", "finetune",
+               "--param", "epochs=1", "--quiet")
+    assert r.exit_code == 0, r.stderr
+    line = rejected(invoke("apply", first, "-r", diabetes_dir / "range.yaml", "-o", tmp_path / "twice.safetensors", "--quiet"),
+                    "forgotten by earlier requests in the lineage", "name a target_range, indices or IDs")
+    assert "classes" not in line

@@ -877,7 +877,8 @@ def load_splits(request: Request, num_outputs: int, task: "Task", train: Optiona
     forget_idx, retain_idx = torch.nonzero(mask).flatten(), torch.nonzero(~mask).flatten()
     if len(forget_idx) == 0:
         why = f" (all {already} were forgotten by earlier requests in the lineage)" if already else ""
-        raise DataError(f"forget: the forget set is empty{why}; name classes, indices or IDs that exist in the train split")
+        kinds = "a target_range, indices or IDs" if task.name == "regression" else "classes, indices or IDs"  # classes: not a regressor's
+        raise DataError(f"forget: the forget set is empty{why}; name {kinds} that exist in the train split")
     if len(retain_idx) == 0:
         raise DataError("forget: the request forgets the whole train split, so nothing is retained; forget a subset")
     return Splits(
