@@ -714,3 +714,11 @@ def test_a_range_forgotten_earlier_in_the_lineage_is_refused_naming_what_a_regre
     line = rejected(invoke("apply", first, "-r", diabetes_dir / "range.yaml", "-o", tmp_path / "twice.safetensors", "--quiet"),
                     "forgotten by earlier requests in the lineage", "name a target_range, indices or IDs")
     assert "classes" not in line
+
+
+def test_a_misspelt_gate_in_a_regression_audit_lists_the_regression_gates(tmp_path, diabetes_dir):
+    """An unknown name listed every metric, the classification ones first ("known metrics: retain_acc, forget_acc, ...")."""
+    req = write_regression_request(tmp_path, {"indices": [0, 1]}, name="g.yaml")
+    line = rejected(invoke("audit", "-r", req, "--original", diabetes_dir / "mlp.safetensors", "--unlearned", diabetes_dir / "mlp.safetensors",
+                           "--gate", "forget_maee <= 1", "--report-dir", tmp_path / "rep"), "unknown metric 'forget_maee'", "regression gates: ")
+    assert "forget_mae" in line and "forget_acc" not in line

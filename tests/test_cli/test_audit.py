@@ -92,7 +92,7 @@ def test_failing_gate_exits_3_after_writing_reports(digits_dir, outputs, tmp_pat
 
 
 @pytest.mark.parametrize("gate, message", [
-    ("forget_accuracy <= 0.1", "known metrics: retain_acc, forget_acc"),
+    ("forget_accuracy <= 0.1", "classification gates: retain_acc, forget_acc"),
     ("forget_acc <= os.system('x')", "expected '<metric> <op> <number>'"),
     ("avg_gap <= 1", "give --reference"),
 ])

@@ -44,14 +44,16 @@ class Gate:
         return math.isclose(value, self.threshold, rel_tol=1e-9, abs_tol=1e-9)
 
 
-def parse_gate(expr: str) -> Gate:
-    """One gate; an unknown metric or malformed expression is an input error naming the fix."""
+def parse_gate(expr: str, task: Optional[str] = None) -> Gate:
+    """One gate; an unknown metric or malformed expression is an input error naming the fix (the task's metrics, when
+    known: a typo in a regression gate listed the classification metrics first)."""
     m = _GATE.match(expr or "")
     if not m:
         raise AuditError(f"gate {expr!r}: expected '<metric> <op> <number>' with op one of {' '.join(OPS)}, e.g. 'forget_acc <= 0.02'")
     name = m.group("name")
     if name not in known_names():
-        raise AuditError(f"gate {expr!r}: unknown metric '{name}'; known metrics: {', '.join(known_names())}")
+        which = f"{task} gates" if task else "known metrics"
+        raise AuditError(f"gate {expr!r}: unknown metric '{name}'; {which}: {', '.join(known_names(task))}")
     threshold = float(m.group("num"))
     if not math.isfinite(threshold):
         raise AuditError(f"gate {expr!r}: the threshold is not a finite number; give e.g. 'forget_acc <= 0.02'")
@@ -60,7 +62,7 @@ def parse_gate(expr: str) -> Gate:
 
 def parse_gates(exprs: Sequence[str], scenario: str, has_reference: bool, task: str = "classification") -> list[Gate]:
     """Parse every gate before any work, and reject gates this audit cannot measure."""
-    gates = [parse_gate(e) for e in exprs]
+    gates = [parse_gate(e, task) for e in exprs]
     for g in gates:
         metric = gate_metric(g.metric)
         if g.metric not in known_names(task):
