@@ -722,3 +722,18 @@ def test_a_misspelt_gate_in_a_regression_audit_lists_the_regression_gates(tmp_pa
     line = rejected(invoke("audit", "-r", req, "--original", diabetes_dir / "mlp.safetensors", "--unlearned", diabetes_dir / "mlp.safetensors",
                            "--gate", "forget_maee <= 1", "--report-dir", tmp_path / "rep"), "unknown metric 'forget_maee'", "regression gates: ")
     assert "forget_mae" in line and "forget_acc" not in line
+
+
+def test_neggrad_plus_reads_its_target_before_the_first_pass(diabetes_sample_job):
+    """When the original already met the stop level, neggrad+ still ran a pass and said "target reached after 1 of 10
+    passes" (its forget MAE even fell). Now no step is taken and the line says why the output equals the original."""
+    from unlearn_tool.methods import parse_params, run_method
+    from unlearn_tool.pipeline import same_weights
+    from unlearn_tool.stop_text import stop_line
+
+    params = {"stop_forget_mae": 0.01}  # the original's forget MAE (about 0.5 target sd) is far above it
+    out, _ = run_method("neggrad+", diabetes_sample_job.context(), parse_params("neggrad+", params))
+    assert out.info["epochs_run"] == 0 and out.info["steps"] == 0 and out.info["stop_reason"] == "criterion"
+    assert same_weights(out.model.state_dict(), diabetes_sample_job.original)
+    line = stop_line(out.info, {"stop": "criterion", "epochs": 10, **params})
+    assert line == "the original already meets the stopping target: no pass was run, the output equals the original"

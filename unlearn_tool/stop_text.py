@@ -55,8 +55,9 @@ def _reason_line(info: dict, params: dict) -> Optional[str]:
     passes = "pass" if (total or done) == 1 else "passes"  # the noun agrees with the last number: "1 of 1 pass", "1 of 30 passes"
     ran = "ran its one pass" if done == 1 else f"ran all {done} passes"
     if reason == "criterion" and done == 0:
-        return ("the original already meets the stopping target (its forget-set error is at RFA's estimate of a model "
-                "that never saw them: no generalisation gap shows): no pass was run, the output equals the original")
+        why = (" (its forget-set error is at RFA's estimate of a model that never saw them: no generalisation gap shows)"
+               if "target_forget_mae" in info else "")
+        return f"the original already meets the stopping target{why}: no pass was run, the output equals the original"
     if reason == "criterion":
         return f"stopped early: target reached after {done}{of} {passes}"
     if reason == "plateau":

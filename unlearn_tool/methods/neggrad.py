@@ -101,6 +101,10 @@ def _train(ctx: UnlearnContext, p, task: str, model: nn.Module, opt, epoch_losse
     """The loop both variants share: one step per loss; stop on divergence (keeping the last finite weights) or once
     forget accuracy reaches the target."""
     steps, epoch, stop_reason = 0, 0, "epochs"
+    key = "stop_forget_mae" if is_regression(ctx) else "stop_forget_acc"
+    if p.stop == "criterion" and _forgotten(model, ctx, target)[0]:  # read before any step: it said "target reached after 1 pass"
+        return MethodOutput(model=model.eval(), info={"epochs_run": 0, "steps": 0, "stop_reason": "criterion",
+                                                      key: None if target is None else round(target, 4)})
     for epoch in range(1, p.epochs + 1):
         for loss in epoch_losses():
             if not torch.isfinite(loss):  # the ascent has diverged: keep the last finite weights
@@ -118,7 +122,6 @@ def _train(ctx: UnlearnContext, p, task: str, model: nn.Module, opt, epoch_losse
         if p.stop == "criterion" and _forgotten(model, ctx, target)[0]:
             stop_reason = "criterion"
             break
-    key = "stop_forget_mae" if is_regression(ctx) else "stop_forget_acc"
     info = {"epochs_run": epoch, "steps": steps, "stop_reason": stop_reason, key: None if target is None else round(target, 4)}
     return MethodOutput(model=model.eval(), info=info)
 
