@@ -737,3 +737,22 @@ def test_neggrad_plus_reads_its_target_before_the_first_pass(diabetes_sample_job
     assert same_weights(out.model.state_dict(), diabetes_sample_job.original)
     line = stop_line(out.info, {"stop": "criterion", "epochs": 10, **params})
     assert line == "the original already meets the stopping target: no pass was run, the output equals the original"
+
+
+def test_a_finite_collapse_of_utility_is_warned_about(tmp_path):
+    """At lr 9 gaussian-amnesiac raised test MAE about 87-fold and exited 0 without a word: the outputs stay finite, so the
+    NaN/Inf guards never fire. The default run gets no such warning."""
+    req = write_regression_request(tmp_path, {"indices": [0, 1, 2, 3, 4]}, method={"name": "gaussian-amnesiac", "params": {}},
+                                   extra={"model": {"arch": "builtin:mlp", "kwargs": {"in_features": 10, "hidden": [16], "num_outputs": 1}}})
+    assert invoke("train", "-r", req, "-o", tmp_path / "m.safetensors", "--epochs", "20", "--device", "cpu", "--quiet").exit_code == 0
+
+    def warnings(*params):
+        r = invoke("apply", tmp_path / "m.safetensors", "-r", req, *params, "-o", tmp_path / f"o{len(params)}.safetensors",
+                   "--device", "cpu", "--json", "--quiet")
+        assert r.exit_code == 0, r.stderr
+        out = json.loads(r.stdout)
+        return out["warnings"], out["before"]["test_mae"], out["after"]["test_mae"]
+
+    collapsed, before, after = warnings("--param", "lr=9", "--param", "epochs=3")
+    assert after > 10 * before and any(w.startswith("utility collapsed: test_mae rose from") and "--param lr=0.9" in w for w in collapsed)
+    assert not any("collapsed" in w for w in warnings()[0])
