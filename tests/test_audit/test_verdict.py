@@ -95,6 +95,19 @@ def test_a_one_sample_deletion_says_what_could_not_be_measured_not_that_it_is_di
         assert ("--tier strong" in d["sentence"]) == (advice == "--tier strong")
 
 
+def test_a_deletion_too_small_for_the_population_tests_is_not_passed_on_no_evidence(digits_dir, tmp_path):
+    """Two forget samples passed the default sample policy: the KS tests and the loss AUC's bootstrap interval over 2
+    samples cannot reject, while the same report's loss attack (5 a side) said undefined. Below 5 the tests are not run."""
+    from conftest import write_request
+
+    req = write_request(tmp_path, {"indices": [0, 1]}, name="two.yaml")
+    r, report = _audit(req, digits_dir / "mlp.safetensors", digits_dir / "mlp.safetensors", tmp_path)
+    assert r.exit_code == 3 and report["verdict"] == "fail"
+    population = [c for c in report["verdict_detail"]["checks"] if c["name"] != "utility"]
+    assert population and all(c["passed"] is None and "2 forget samples; these tests need at least 5" in c["value"] for c in population)
+    assert "could not" in report["verdict_detail"]["sentence"]
+
+
 def test_a_report_title_counts_one_sample_in_the_singular():
     """A one-record deletion (a typical privacy request) read 'sample unlearning of 1 samples'."""
     from unlearn_tool.audit.report import forgotten_text

@@ -35,6 +35,7 @@ from .registry import METRICS, avg_gap_names, finite
 
 CLASS_MAX_FORGET_ACC = 0.05
 CLASS_MIN_MIA_EFFICACY = 0.90
+MIN_POPULATION = 5  # forget and held-out samples below which the population tests (KS, the loss AUC) are not run: as the loss attack (attacks.MIN_LOSS_SAMPLES)
 SAMPLE_ALPHA = 0.05
 AUC_CONFIDENCE = 0.95
 BOOTSTRAP = 1000
@@ -88,6 +89,12 @@ def distinguishability(forget: SetOutputs, test: SetOutputs, seed: int) -> dict[
     from scipy.stats import ks_2samp
 
     out: dict[str, Any] = {"forget_size": len(forget), "test_size": len(test)}
+    if min(len(forget), len(test)) < MIN_POPULATION:  # no test has power there: two samples "passed" the KS tests and the AUC's
+        # interval (a PASS on no evidence, while the report's loss attack, which needs 5 a side, said undefined)
+        out["loss_auc"] = {"auc": None, "low": None, "high": None, "confidence": AUC_CONFIDENCE}
+        if "loss" in forget.stats and len(forget) and len(test):
+            out["mean_loss"] = {"forget": float(forget.loss.mean()), "test": float(test.loss.mean())}
+        return out
     for key in ("loss", "conf", "ent"):
         if key in forget.stats and len(forget) and len(test):
             r = ks_2samp(forget.stats[key], test.stats[key])
@@ -115,10 +122,11 @@ def _utility_check(scenario: str, unl: dict[str, Any], orig: dict[str, Any]) -> 
 
 
 def _not_measured(stats: dict[str, Any]) -> str:
-    """Why the loss attack's AUC is missing: too few samples on a side (auc_with_interval needs 2 of each)."""
+    """Why a population test is missing: too few samples on a side (MIN_POPULATION of each)."""
     n_f, n_t = stats.get("forget_size"), stats.get("test_size")
-    sizes = [f"{n} {what} sample{'s' if n != 1 else ''}" for n, what in ((n_f, "forget"), (n_t, "held-out")) if n is not None and n < 2]
-    return "not measured" + (f" ({' and '.join(sizes)}; the AUC needs at least 2 of each)" if sizes else "")
+    sizes = [f"{n} {what} sample{'s' if n != 1 else ''}" for n, what in ((n_f, "forget"), (n_t, "held-out"))
+             if n is not None and n < MIN_POPULATION]
+    return "not measured" + (f" ({' and '.join(sizes)}; these tests need at least {MIN_POPULATION} of each)" if sizes else "")
 
 
 def _auc_check(stats: dict[str, Any], against: str = "test") -> Check:
@@ -137,7 +145,7 @@ def regression_checks(scenario: str, unl: dict[str, Any], orig: dict[str, Any], 
     held = "unseen test samples of the range" if scenario == "range" and stats.get("heldout") == "range" else "test"
     ks = stats.get("ks_loss")
     checks = [Check("errors like held-out data", None if ks is None else ks["pvalue"] >= SAMPLE_ALPHA,
-                    "-" if ks is None else f"KS p = {ks['pvalue']:.3f} (D = {ks['statistic']:.3f})", f"p >= {SAMPLE_ALPHA}",
+                    _not_measured(stats) if ks is None else f"KS p = {ks['pvalue']:.3f} (D = {ks['statistic']:.3f})", f"p >= {SAMPLE_ALPHA}",
                     f"forget-set absolute errors against {held} errors: a two-sample Kolmogorov-Smirnov test"),
               _auc_check(stats, held)]
     if ref is not None:
@@ -177,7 +185,7 @@ def policy_checks(scenario: str, unl: dict[str, Any], orig: dict[str, Any], stat
         for key, what in (("loss", "loss and confidence"), ("ent", "prediction entropy")):
             ks = stats.get(f"ks_{key}")
             checks.append(Check(f"{what} like held-out data", None if ks is None else ks["pvalue"] >= SAMPLE_ALPHA,
-                                "-" if ks is None else f"KS p = {ks['pvalue']:.3f} (D = {ks['statistic']:.3f})",
+                                _not_measured(stats) if ks is None else f"KS p = {ks['pvalue']:.3f} (D = {ks['statistic']:.3f})",
                                 f"p >= {SAMPLE_ALPHA}", f"forget-set {what} against the test set's: a two-sample Kolmogorov-Smirnov test"))
         checks.append(_auc_check(stats))
     checks.append(_utility_check(scenario, unl, orig))
