@@ -212,3 +212,16 @@ def test_every_regression_verdict_sentence_is_true_and_joins_failures_with_and()
     d = decide("range", {"original": orig, "unlearned": unl}, [], stats(0.5, "range"), {}, original_stats=stats(0.01, "range"),
                task="regression")
     assert d["sentence"].startswith("FAIL: the forget set's errors are indistinguishable from unseen samples of the same range, but"), d["sentence"]
+
+
+def test_a_strong_tier_without_a_reference_is_not_advised_again():
+    """A strong-tier report without a reference said "run --tier strong for per-example evidence"."""
+    from unlearn_tool.audit.verdict import decide
+
+    stats = {"forget_size": 50, "test_size": 300, "ks_loss": {"statistic": 0.1, "pvalue": 0.6}, "ks_ent": {"statistic": 0.1, "pvalue": 0.6},
+             "loss_auc": {"auc": 0.5, "low": 0.42, "high": 0.58, "confidence": 0.95}}
+    models = {"unlearned": {"test_acc": 0.95}, "original": {"test_acc": 0.95}, "reference": None}
+    standard = decide("sample", models, [], stats, {}, stats, None)["sentence"]
+    strong = decide("sample", models, [], stats, {}, stats, {"models": {"unlearned": {"auc": 0.6}}})["sentence"]
+    assert "run --tier strong" in standard
+    assert "run --tier strong" not in strong and "add --reference" in strong

@@ -264,10 +264,13 @@ def judged_against_reference(checks: list[Check], ref_checks: list[Check], stats
         c.expectation += f", or no more distinguishable than the retrained model (+{REFERENCE_MARGIN})"
 
 
-def _stronger_evidence(task: str, has_reference: bool = False) -> str:
+def _stronger_evidence(task: str, has_reference: bool = False, strong_ran: bool = False) -> str:
     """Where to look beyond the population tests: per-example U-LiRA (classification), a retrained reference (regression,
-    which --tier strong does not take; when one was given, its comparison is that evidence)."""
+    which --tier strong does not take; when one was given, its comparison is that evidence). A strong tier that ran
+    without a reference is not advised again: its U-LiRA row enters the verdict only against a retrained model."""
     if task == "classification":
+        if strong_ran and not has_reference:
+            return "the strong tier's per-example attack enters the verdict only against a retrained model: add --reference"
         return "run --tier strong for per-example evidence"
     return "the comparison with the retrained model is the evidence" if has_reference else \
         "compare with a model retrained without the forget set (--reference)"
@@ -318,13 +321,13 @@ def decide(scenario: str, models: dict[str, Any], gate_rows: list[dict[str, Any]
     caveat = ""
     if blind and extra is None and all(c.passed for c in population):
         caveat = (f" (but so {'were' if task == 'regression' else 'was'} the original's: these population tests cannot see this model's training data; "
-                  f"{_stronger_evidence(task, has_reference)})")
+                  f"{_stronger_evidence(task, has_reference, strong is not None)})")
     elif stands_out:
         caveat = (f" (the original's {'were' if task == 'regression' else 'was'} not: unlearning made the forget set stand out "
                   "from held-out data)")
     if unmeasured:  # nothing failed, but a check could not run (a one-sample deletion has no AUC): say so, not "distinguishable"
         what = (f"the forget set could not be fully compared with held-out data ({', '.join(c.name for c in population if c.passed is None)}: "
-                f"not measured), which the default policy counts as not passed; {_stronger_evidence(task, has_reference)}, "
+                f"not measured), which the default policy counts as not passed; {_stronger_evidence(task, has_reference, strong is not None)}, "
                 "or give --gate")
         if level is not None:
             what += ("; its error is at the retrained model's level" if level.passed else "; and its error is not at the retrained model's level")
