@@ -47,7 +47,11 @@ def check_report_dir(folder: Path, our_files: Iterable[str], outputs: Iterable[P
         if named and (any(p.is_symlink() or not p.is_file() for p in named) or not _our_json(folder / ours[0])):
             foreign = sorted(p.name for p in named)
     if foreign:
-        raise OutputError(f"report dir {folder} holds files this tool did not write ({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}); "
+        listed = f"{', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}"
+        if any(n.endswith(".json") and _our_json(folder / n) for n in foreign):  # an audit's folder given to bench, or the reverse
+            raise OutputError(f"report dir {folder} holds another kind of unlearn report ({listed}); give a new or empty folder, "
+                              "or one a previous report of this command wrote")
+        raise OutputError(f"report dir {folder} holds files this tool did not write ({listed}); "
                           f"give a new or empty folder, or one a previous report wrote")
     return folder
 

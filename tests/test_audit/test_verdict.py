@@ -225,3 +225,22 @@ def test_a_strong_tier_without_a_reference_is_not_advised_again():
     strong = decide("sample", models, [], stats, {}, stats, {"models": {"unlearned": {"auc": 0.6}}})["sentence"]
     assert "run --tier strong" in standard
     assert "run --tier strong" not in strong and "add --reference" in strong
+
+
+def test_report_wording_shares_in_percent_no_negative_zero_and_another_reports_folder_named(tmp_path):
+    """Warnings mixed fractions with points ("forget accuracy 0.825 is 13.0 points above test accuracy 0.695"); the
+    utility line read "(-0.0 points)"; a bench folder given to audit was said to hold "files this tool did not write"."""
+    import pytest as _pytest
+
+    from unlearn_tool.audit.core import audit_warnings
+    from unlearn_tool.audit.verdict import policy_checks
+    from unlearn_tool.errors import OutputError
+    from unlearn_tool.reporting import check_report_dir
+
+    w = audit_warnings({"forget_acc": 0.825, "test_acc": 0.695, "mia_efficacy": 0.1}, {"test_acc": 0.695}, None, "sample")
+    assert w[0].startswith("under-unlearning: forget accuracy 82.5% is 13.0 points above test accuracy 69.5%"), w
+    utility = policy_checks("sample", {"test_acc": 0.923}, {"test_acc": 0.923}, {})[-1]
+    assert utility.value.endswith("(0.0 points)"), utility.value
+    (tmp_path / "bench.json").write_text('{"schema": "unlearn.bench/v1"}')
+    with _pytest.raises(OutputError, match="holds another kind of unlearn report"):
+        check_report_dir(tmp_path, ["report.json", "report.md", "report.html"])

@@ -169,9 +169,9 @@ def regression_warnings(unl: dict[str, Any], orig: dict[str, Any], ref: Optional
         u, r = finite(unl.get("mia_error_efficacy")), finite(ref.get("mia_error_efficacy"))
         if u is not None and r is not None:
             if u - r < -MIA_TOLERANCE:
-                w.append(f"under-unlearning: MIA-Efficacy {u:.3f} is {100 * (r - u):.1f} points below the reference's {r:.3f}; the attack still calls the forget set members")
+                w.append(f"under-unlearning: MIA-Efficacy {100 * u:.1f}% is {100 * (r - u):.1f} points below the reference's {100 * r:.1f}%; the attack still calls the forget set members")
             elif u - r > MIA_TOLERANCE:
-                w.append(f"over-unlearning: MIA-Efficacy {u:.3f} is {100 * (u - r):.1f} points above the reference's {r:.3f}; the forget set looks less like training data than a retrained model's (Streisand effect)")
+                w.append(f"over-unlearning: MIA-Efficacy {100 * u:.1f}% is {100 * (u - r):.1f} points above the reference's {100 * r:.1f}%; the forget set looks less like training data than a retrained model's (Streisand effect)")
         losses = (unl.get("mean_loss") or {}).get("forget"), (ref.get("mean_loss") or {}).get("forget")
         if unl.get("mia_loss_auc") is not None and ref.get("mia_loss_auc") is not None and None not in losses:
             if unl["mia_loss_auc"] - ref["mia_loss_auc"] > LOSS_AUC_TOLERANCE:
@@ -205,18 +205,21 @@ def audit_warnings(unl: dict[str, Any], orig: dict[str, Any], ref: Optional[dict
     def pts(x: float) -> str:
         return f"{100 * x:.1f} points"
 
+    def pct(x: float) -> str:  # shares in percent, as the terminal and the report show them, next to their gap in points
+        return f"{100 * x:.1f}%"
+
     fa, ta = unl.get("forget_acc"), unl.get("test_acc")
     if ref is not None:
         d = fa - ref["forget_acc"]
         if d > ACC_TOLERANCE:
-            w.append(f"under-unlearning: forget accuracy {fa:.3f} is {pts(d)} above the reference's {ref['forget_acc']:.3f}; the forget set is still recognised")
+            w.append(f"under-unlearning: forget accuracy {pct(fa)} is {pts(d)} above the reference's {pct(ref['forget_acc'])}; the forget set is still recognised")
         elif d < -ACC_TOLERANCE:
-            w.append(f"over-unlearning: forget accuracy {fa:.3f} is {pts(-d)} below the reference's {ref['forget_acc']:.3f}; the deletion itself is detectable (Streisand effect)")
+            w.append(f"over-unlearning: forget accuracy {pct(fa)} is {pts(-d)} below the reference's {pct(ref['forget_acc'])}; the deletion itself is detectable (Streisand effect)")
         d = unl["mia_efficacy"] - ref["mia_efficacy"]
         if d < -MIA_TOLERANCE:
-            w.append(f"under-unlearning: MIA-Efficacy {unl['mia_efficacy']:.3f} is {pts(-d)} below the reference's {ref['mia_efficacy']:.3f}; the attack still calls the forget set members")
+            w.append(f"under-unlearning: MIA-Efficacy {pct(unl['mia_efficacy'])} is {pts(-d)} below the reference's {pct(ref['mia_efficacy'])}; the attack still calls the forget set members")
         elif d > MIA_TOLERANCE:
-            w.append(f"over-unlearning: MIA-Efficacy {unl['mia_efficacy']:.3f} is {pts(d)} above the reference's {ref['mia_efficacy']:.3f}; the forget set looks less like training data than a retrained model's (Streisand effect)")
+            w.append(f"over-unlearning: MIA-Efficacy {pct(unl['mia_efficacy'])} is {pts(d)} above the reference's {pct(ref['mia_efficacy'])}; the forget set looks less like training data than a retrained model's (Streisand effect)")
         losses = (unl.get("mean_loss") or {}).get("forget"), (ref.get("mean_loss") or {}).get("forget")
         if unl.get("mia_loss_auc") is not None and ref.get("mia_loss_auc") is not None and None not in losses:
             d = unl["mia_loss_auc"] - ref["mia_loss_auc"]
@@ -226,19 +229,19 @@ def audit_warnings(unl: dict[str, Any], orig: dict[str, Any], ref: Optional[dict
     elif scenario == "sample":
         d = fa - ta
         if d > ACC_TOLERANCE:
-            w.append(f"under-unlearning: forget accuracy {fa:.3f} is {pts(d)} above test accuracy {ta:.3f}; forgotten samples are still fitted better than unseen data (no reference given)")
+            w.append(f"under-unlearning: forget accuracy {pct(fa)} is {pts(d)} above test accuracy {pct(ta)}; forgotten samples are still fitted better than unseen data (no reference given)")
         elif d < -ACC_TOLERANCE:
-            w.append(f"over-unlearning: forget accuracy {fa:.3f} is {pts(-d)} below test accuracy {ta:.3f}; forgotten samples look worse than unseen data, a detectable deletion (Streisand effect; no reference given)")
+            w.append(f"over-unlearning: forget accuracy {pct(fa)} is {pts(-d)} below test accuracy {pct(ta)}; forgotten samples look worse than unseen data, a detectable deletion (Streisand effect; no reference given)")
         ml = unl.get("mean_loss") or {}
         if unl.get("mia_loss_auc") is not None and unl["mia_loss_auc"] > 0.5 + LOSS_AUC_TOLERANCE and "forget" in ml and "test" in ml:
             side = "under" if ml["forget"] < ml["test"] else "over"
             w.append(f"{side}-unlearning: the loss attack tells forget from test data apart (AUC {unl['mia_loss_auc']:.3f}; 0.5 is indistinguishable)")
     else:
         if fa > ACC_TOLERANCE:
-            w.append(f"under-unlearning: forget accuracy {fa:.3f} is above {ACC_TOLERANCE}; a model that never saw the class scores 0 (no reference given)")
+            w.append(f"under-unlearning: forget accuracy {pct(fa)} is above {pct(ACC_TOLERANCE)}; a model that never saw the class scores 0 (no reference given)")
     key = "test_remaining_acc" if scenario == "class" else "test_acc"
     if orig.get(key) is not None and unl.get(key) is not None and orig[key] - unl[key] > UTILITY_DROP:
-        w.append(f"utility: {key} fell {pts(orig[key] - unl[key])} from the original ({orig[key]:.3f} -> {unl[key]:.3f})")
+        w.append(f"utility: {key} fell {pts(orig[key] - unl[key])} from the original ({pct(orig[key])} -> {pct(unl[key])})")
     return w
 
 

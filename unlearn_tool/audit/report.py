@@ -236,9 +236,13 @@ def statistics_text(report: dict[str, Any]) -> str:
         range_ = any((v or {}).get("heldout") == "range" for v in stats.values())
         held = "test samples whose targets lie in the forgotten range" if range_ else "test samples"
         return (f"Two-sample Kolmogorov-Smirnov tests of the per-sample absolute error (forget set vs {held}; the squared error and the "
-                "loss give the same test), and the loss attack's AUC with its 95% bootstrap interval (0.5 = indistinguishable).")
+                f"loss give the same test), and the loss attack's AUC with its 95% bootstrap interval {AUC_DIRECTION}.")
     return ("Two-sample Kolmogorov-Smirnov tests (forget vs test) of per-sample loss and prediction entropy, and the loss attack's AUC "
-            "with its 95% bootstrap interval (0.5 = indistinguishable).")
+            f"with its 95% bootstrap interval {AUC_DIRECTION}.")
+
+
+AUC_DIRECTION = ("(0.5 = indistinguishable; above 0.5 the forget set's losses are lower than held-out data's, still fitted; below "
+                 "0.5 higher, a deletion that shows. The metrics table's loss MIA AUC is a trained attack's, direction-free: 0.5 or more)")
 
 
 def lineage_rows(report: dict[str, Any]) -> list[list[str]]:

@@ -112,11 +112,17 @@ def _pct(v: Optional[float]) -> str:
     return "-" if v is None else f"{100 * v:.1f}%"
 
 
+def _signed(value: float) -> str:
+    """+1.5, -0.3, and 0.0 for what rounds to zero (the utility line read "(-0.0 points)")."""
+    shown = round(value, 1) + 0.0  # -0.0 + 0.0 is 0.0
+    return "0.0" if shown == 0 else f"{shown:+.1f}"
+
+
 def _utility_check(scenario: str, unl: dict[str, Any], orig: dict[str, Any]) -> Check:
     key = "test_remaining_acc" if scenario == "class" else "test_acc"
     a, b = finite(orig.get(key)), finite(unl.get(key))
     drop = None if a is None or b is None else a - b
-    change = "-" if drop is None else f"{-100 * drop:+.1f} points"
+    change = "-" if drop is None else f"{_signed(-100 * drop)} points"
     return Check("utility", None if drop is None else drop <= MAX_UTILITY_DROP, f"{METRICS[key].label} {_pct(a)} -> {_pct(b)} ({change})",
                  f"drop at most {100 * MAX_UTILITY_DROP:.0f} points", "what the deletion cost on data the model should still serve")
 
@@ -159,7 +165,7 @@ def regression_checks(scenario: str, unl: dict[str, Any], orig: dict[str, Any], 
     rise = None if a is None or b is None else (b - a) / abs(a) if a else (0.0 if b <= 0 else float("inf"))  # a perfect original: any error is a rise
     checks.append(Check("utility", None if rise is None else rise <= REGRESSION_MAX_UTILITY_RISE,
                         f"{METRICS[key].label} {'-' if a is None else f'{a:.4g}'} -> {'-' if b is None else f'{b:.4g}'}"
-                        + ("" if rise is None else " (from zero)" if rise == float("inf") else f" ({100 * rise:+.1f}%)"),
+                        + ("" if rise is None else " (from zero)" if rise == float("inf") else f" ({_signed(100 * rise)}%)"),
                         f"rise at most {100 * REGRESSION_MAX_UTILITY_RISE:.0f}%", "what the deletion cost on data the model should still serve"))
     return checks
 
