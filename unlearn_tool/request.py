@@ -190,6 +190,9 @@ class DataSpec(_Strict):
             raise ValueError(f"unknown data source '{s}'; use one of: {', '.join(DATA_SOURCES)}")
         if self.split is not None and self.split not in ("train", "test", "extra"):
             raise ValueError(f"split '{self.split}' is not one of train, test, extra")
+        if self.ids_path is not None and s != "tensors":  # it was ignored, and forget.ids then said "give ... ids_path"
+            raise ValueError(f"ids_path is read for source 'tensors' only, not '{s}'; imagefolder and csv take their record IDs "
+                             "from the files (paths, or an id column); a built-in or torchvision source has none: forget by indices")
         return self
 
 

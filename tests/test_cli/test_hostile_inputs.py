@@ -140,6 +140,8 @@ CASES = [
     ("class as string", _set("forget", {"classes": ["3"]}), [], "forget.classes.0"),
     ("normalize std zero", _set("data.train.preprocess", {"normalize": {"mean": [0.5], "std": [0.0]}}), [], "std"),
     ("download as string", _set("data.train.download", "yes please"), [], "download"),
+    # ignored on a built-in source, after which forget.ids said "give ... ids_path" though it was given
+    ("ids_path on a built-in source", _set("data.train.ids_path", "ids.txt"), [], "ids_path is read for source 'tensors' only"),
     ("unknown output mode", _set("output.mode", "zip"), [], "output.mode"),
     # --- files the request points at
     ("indices file with 100-digit number", _indices_file(b"1\n" + b"9" * 100 + b"\n"), [], "line 2"),
