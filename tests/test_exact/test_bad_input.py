@@ -72,6 +72,14 @@ def _borrow_component(art):
     (lambda a: _edit_manifest(a, lambda m: m["shards"][0]["sequences"][0]["stages"][0].update(samples=999)), "stage 0 records 999 samples, its slices hold"),
     (lambda a: _edit_manifest(a, lambda m: m["shards"][0]["sequences"][0]["stages"][0].update(
         excluded=[int(np.nonzero(assignment(a)[0] == 1)[0][0])])), "which is not in its slices"),
+    # a tampered deletion log was accepted and copied into the next artifact
+    (lambda a: _edit_manifest(a, lambda m: m["deletions"].append({"id": 1, "request_id": "x", "request_sha256": "0" * 64, "scenario": "sample",
+                                                                  "indices": [], "deactivated": [], "parent_manifest_sha256": "0" * 64,
+                                                                  "created_utc": "now"})), "deletions.0.indices is empty"),
+    (lambda a: _edit_manifest(a, lambda m: m["deletions"].append({"id": 1, "request_id": "x", "request_sha256": "0" * 64, "scenario": "sample",
+                                                                  "indices": [0], "deactivated": [[-5, 10**9]], "parent_manifest_sha256": "0" * 64,
+                                                                  "created_utc": "now"})), "not a [shard, sequence, stage]"),
+    (lambda a: _edit_manifest(a, lambda m: m.update(aggregation="vote")), "contradicts params.aggregation"),
     # 300 levels in data.source: inspect exited 1 "unexpected ValueError: Circular reference detected", validate said ok
     (lambda a: _edit_manifest(a, lambda m: m["data"]["source"].update(x=json.loads("[" * 300 + "]" * 300))), "nested more than 32 levels"),
 ])
@@ -100,6 +108,22 @@ def test_a_linked_manifest_and_a_huge_kwargs_value_are_named_in_one_short_line(a
     _edit_manifest(art, lambda m: m["model"]["kwargs"].update(x="A" * 1_000_000))
     line = rejected(invoke("validate", "-r", art.parent / "delete.yaml", art), "was trained with model", "set model.arch/kwargs")
     assert len(line) < 600
+
+
+def test_components_swapped_with_their_hashes_are_refused(art):
+    """Two stages' files swapped, with their sha256s in the manifest: each was served as the other stage (the rule that a
+    stage serves only its own file was bypassed). Each component records the stage it was trained as."""
+    import os
+
+    def swap(m):
+        a, b = m["shards"][0]["sequences"][0]["stages"][0], m["shards"][1]["sequences"][0]["stages"][0]
+        os.rename(art / a["file"], art / "tmp")
+        os.rename(art / b["file"], art / a["file"])
+        os.rename(art / "tmp", art / b["file"])
+        a["sha256"], b["sha256"] = b["sha256"], a["sha256"]
+
+    _edit_manifest(art, swap)
+    rejected(invoke("inspect", art), "was trained as shard 1", "not as this stage")
 
 
 def test_a_component_whose_hash_does_not_match_is_refused(art):
@@ -174,13 +198,15 @@ def test_an_artifact_with_no_active_component_refuses_the_next_request(art):
     for p in (art / "components").iterdir():
         p.unlink()
 
-    def deactivate(m):
-        m["deletions"] = []
+    def deactivate(m):  # one deletion (of a sample in slice 0, so excluded from nothing trained since) took every stage
+        every = [[sh["shard"], seq["sequence"], st["stage"]] for sh in m["shards"] for seq in sh["sequences"] for st in seq["stages"]]
+        m["deletions"] = [{"id": 1, "request_id": "all", "request_sha256": "0" * 64, "scenario": "sample", "indices": [0],
+                           "deactivated": every, "parent_manifest_sha256": "0" * 64, "created_utc": "now"}]
         for sh in m["shards"]:
             for seq in sh["sequences"]:
                 seq["prefix"] = 0
                 for st in seq["stages"]:
-                    st.update(status="deactivated", file=None)
+                    st.update(status="deactivated", file=None, deactivated_by=1)
 
     _edit_manifest(art, deactivate)
     rejected(_apply(art), "cannot serve", "retraining is needed")

@@ -174,7 +174,30 @@ class Manifest(_Strict):
             raise ValueError(f"{beyond[0]} names a sample beyond the {n} train samples")
         if self.base.file != BASE_FILE or self.assignment.file != ASSIGNMENT_FILE:
             raise ValueError(f"base.file and assignment.file must be {BASE_FILE} and {ASSIGNMENT_FILE}")
+        self._log_consistent()
         return self
+
+    def _log_consistent(self) -> None:
+        """The deletion log agrees with itself and with the stages: ids 1..n in order, each deletion names samples, its
+        deactivated stages exist, and every deactivated stage names a deletion that lists it (a tampered log was
+        accepted and copied into the next artifact)."""
+        stages = {(sh.shard, seq.sequence, st.stage): st for sh in self.shards for seq in sh.sequences for st in seq.stages}
+        listed: dict[int, set[tuple[int, ...]]] = {}
+        for j, d in enumerate(self.deletions):
+            if d.id != j + 1:
+                raise ValueError(f"deletions.{j}.id is {d.id}, expected {j + 1}")
+            if not d.indices:
+                raise ValueError(f"deletions.{j}.indices is empty; a deletion deletes samples")
+            bad = [t for t in d.deactivated if tuple(t) not in stages]
+            if bad:
+                raise ValueError(f"deletions.{j}.deactivated names {str(bad[0])[:40]}, not a [shard, sequence, stage] of this artifact")
+            listed[d.id] = {tuple(t) for t in d.deactivated}
+        for key, st in stages.items():
+            if st.status == "deactivated" and (st.deactivated_by not in listed or key not in listed[st.deactivated_by]):
+                raise ValueError(f"shards.{key[0]}.sequences.{key[1]}.stages.{key[2]}: deactivated_by {st.deactivated_by} names no "
+                                 "deletion that deactivated it")
+        if self.params.get("aggregation", self.aggregation) != self.aggregation:
+            raise ValueError(f"aggregation {self.aggregation!r} contradicts params.aggregation {str(self.params.get('aggregation'))[:20]!r}")
 
     # ---- derived views
     def deleted(self) -> set[int]:
@@ -405,6 +428,24 @@ def _file_ok(folder: Path, rel: str, want: str, what: str) -> None:
                               f"the file was modified or replaced, {FIX}")
 
 
+def _names_its_stage(folder: Path, st: Stage, k: int, b: int, what: str) -> None:
+    """A component records the stage it was trained as (shard, sequence, stage, generation): two files swapped with their
+    sha256s in the manifest were served by each other's stage, past the rule that a stage serves only its own file."""
+    from safetensors import safe_open
+
+    want = {"unlearn.shard": str(k), "unlearn.sequence": str(b), "unlearn.stage": str(st.stage), "unlearn.generation": str(st.generation)}
+    try:
+        with safe_open(str(folder / (st.file or "")), framework="np") as f:
+            meta = f.metadata() or {}
+    except Exception:  # noqa: BLE001 - not readable: read_part names it when the weights are read
+        return
+    got = {key: meta.get(key) for key in want}
+    if got != want:
+        seen = ", ".join(f"{key.removeprefix('unlearn.')} {got[key]}" for key in want)
+        raise CheckpointError(f"exact artifact {folder}: {what} {st.file} was trained as {seen}, not as this stage; the manifest "
+                              f"was edited, {FIX}")
+
+
 def read_manifest(folder: str | Path) -> tuple[Manifest, str]:
     """The manifest and its sha256, after checking the schema, every listed file's sha256, and that the folder holds
     no component the manifest does not list as active (a stale component would still hold deleted data)."""
@@ -431,7 +472,9 @@ def read_manifest(folder: str | Path) -> tuple[Manifest, str]:
     _file_ok(folder, m.assignment.file, m.assignment.sha256, "assignment")
     listed = set()
     for k, b, st in m.active_stages():
-        _file_ok(folder, st.file or "", st.sha256, f"component (shard {k}, sequence {b}, stage {st.stage})")
+        what = f"component (shard {k}, sequence {b}, stage {st.stage})"
+        _file_ok(folder, st.file or "", st.sha256, what)
+        _names_its_stage(folder, st, k, b, what)
         listed.add(st.file)
     comp = folder / COMPONENTS
     if comp.is_symlink() or (comp.exists() and not comp.is_dir()):
