@@ -197,3 +197,35 @@ def test_a_report_that_fails_to_render_leaves_no_folder_and_a_file_parent_is_nam
     (tmp_path / "afile").write_text("x")
     r = _audit(digits_dir, outputs["merged"], "--report-dir", tmp_path / "afile" / "sub", "--quiet")
     assert r.exit_code == 2 and f"report dir parent {tmp_path / 'afile'} is a file" in r.stderr, r.stderr
+
+
+def test_warnings_and_a_failing_methods_error_render_as_text_in_the_markdown(digits_dir, outputs, tmp_path):
+    """The audit's warnings list and bench.md's failures list were left unescaped (a model's own exception text, a
+    ledger path or its error): bold text, a remote image and raw HTML when rendered."""
+    from markdown_it import MarkdownIt
+
+    from unlearn_tool.audit.report import render_markdown
+    from unlearn_tool.methods import MethodParams, register_method
+    from unlearn_tool.methods.base import _REGISTRY
+
+    hostile = "**bold** ![px](http://evil.example/p.png) <img src=x>"
+    r = _audit(digits_dir, outputs["merged"], "--report-dir", tmp_path / "rep", "--quiet")
+    assert r.exit_code == 0, r.stderr
+    report = json.loads((tmp_path / "rep" / "report.json").read_text())
+    report["warnings"].append(hostile)
+    html = MarkdownIt("commonmark").render(render_markdown(report))
+    assert not re.search(r"<(img|strong)\b", html.split("Warnings")[1]), html
+
+    def run(ctx, p):
+        raise RuntimeError(hostile)
+
+    register_method("boom-md", MethodParams, run, summary="always fails (test only)")
+    try:
+        r = invoke("bench", digits_dir / "mlp.safetensors", "-r", digits_dir / "class.yaml", "--methods", "boom-md", "--seeds", "1",
+                   "--report-dir", tmp_path / "bench", "--quiet")
+    finally:
+        _REGISTRY.pop("boom-md", None)
+    assert r.exit_code == 0, r.stderr
+    html = MarkdownIt("commonmark").render((tmp_path / "bench" / "bench.md").read_text())
+    failures = html.split("Failures")[1]
+    assert "boom-md" in failures and not re.search(r"<(img|strong)\b", failures), failures

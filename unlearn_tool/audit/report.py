@@ -296,13 +296,14 @@ def render_markdown(report: dict[str, Any]) -> str:
     p = report["provenance"]
     sentence, evidence, utility = verdict_block(report)
     d = report.get("verdict_detail") or {}
-    parts = [f"# {md_text(_title(report))}\n", f"**{sentence}**\n", "\n".join(f"- {line}" for line in evidence) + "\n", f"{utility}.\n"]
+    parts = [f"# {md_text(_title(report))}\n", f"**{md_text(sentence)}**\n", "\n".join(f"- {md_text(line)}" for line in evidence) + "\n",
+             f"{md_text(utility)}.\n"]  # all may hold foreign text (paths, metadata, a ledger's errors): escaped like the tables
     parts += ["## How the verdict was decided\n", f"By the {d.get('decided_by', 'gates')}"
               + (" (the default policy's checks below are for information)" if report["gates"] else " (docs/audit.md; give --gate to set your own criteria)") + ".\n\n",
               _md_table(["check", "value", "expected", "result", "what it means"], check_rows(report))]
     if report["gates"]:
         parts += ["\n## Gates\n", _md_table(["gate", "value", "result"], gate_rows(report))]
-    parts += ["\n## Warnings\n", ("\n".join(f"- {w}" for w in report["warnings"]) + "\n") if report["warnings"] else "None.\n"]
+    parts += ["\n## Warnings\n", ("\n".join(f"- {md_text(w)}" for w in report["warnings"]) + "\n") if report["warnings"] else "None.\n"]
     if closer_rows(report):
         parts += ["\n## Closer to the retrained model than the original was?\n",
                   _md_table(["metric", "reference", "original", "unlearned", "closer"], closer_rows(report))]

@@ -155,7 +155,7 @@ def render_markdown(bench: dict[str, Any]) -> str:
         lines += [f"Lowest {gap_label(bench)}: **{best}**" + (f" (retrain itself: {floor:.2f}, the seed-to-seed floor)." if floor is not None else "."), ""]
     failed = [e for e in bench["methods"].values() if e["error"]]
     if failed:
-        lines += ["## Failures", ""] + [f"- {e['method']} ({e['status']}): {e['error']}" for e in failed] + [""]
+        lines += ["## Failures", ""] + [f"- {e['method']} ({e['status']}): {md_text(e['error'])}" for e in failed] + [""]  # a model's own text
     return "\n".join(lines)
 
 
