@@ -464,3 +464,21 @@ def test_force_over_an_output_removes_the_forgotten_set_only_its_replaced_entry_
     r = invoke("apply", s1, "-r", b, "-o", s2, "--force", "--quiet")
     assert r.exit_code == 0, r.stderr
     assert victim.read_bytes() == b"the user's file"
+
+
+def test_force_never_removes_a_set_another_ledger_sharing_the_folder_names(digits_dir, tmp_path):
+    """x.ledger.jsonl and x.ledger keep their forgotten sets in one folder, x.ledger.d: apply --force with --ledger x.ledger
+    removed a set that x.ledger.jsonl still named, and the next request on x's lineage failed ("forgotten set missing")."""
+    params = {"epochs": 1, "stop": "epochs"}
+    a = _req(tmp_path, "a", {"indices": list(range(0, 200, 7))}, params=params)
+    b = _req(tmp_path, "b", {"indices": list(range(1, 200, 7))}, params=params)
+    c = _req(tmp_path, "c", {"indices": list(range(2, 200, 7))}, params=params)
+    orig, x, y = digits_dir / "mlp.safetensors", tmp_path / "x.safetensors", tmp_path / "y.safetensors"
+    assert invoke("apply", orig, "-r", a, "-o", x, "--quiet").exit_code == 0  # x.ledger.jsonl names a's set in x.ledger.d
+    assert invoke("apply", orig, "-r", a, "-o", y, "--ledger", tmp_path / "x.ledger", "--quiet").exit_code == 0  # the same set
+    r = invoke("apply", orig, "-r", b, "-o", y, "--ledger", tmp_path / "x.ledger", "--force", "--quiet")  # replaces y's entry
+    assert r.exit_code == 0, r.stderr
+    named = json.loads((tmp_path / "x.ledger.jsonl").read_text().splitlines()[0])["forget_file"]
+    assert (tmp_path / "x.ledger.d" / named).is_file()
+    r = invoke("apply", x, "-r", c, "-o", tmp_path / "z.safetensors", "--quiet")  # x's lineage still resolves its set
+    assert r.exit_code == 0, r.stderr

@@ -241,6 +241,15 @@ def forget_set_name(step: dict[str, Any]) -> str:
     return f"step-{step['step']}-{step['forget_digest'][:12]}.safetensors"
 
 
+def sharing_ledgers(ledger: Path) -> list[Path]:
+    """The other ledger files whose forgotten sets go to the same folder as `ledger`'s (forget_dir maps x.ledger.jsonl
+    and x.ledger both to x.ledger.d)."""
+    folder = forget_dir(ledger)
+    stem = folder.name[: -len(".d")]
+    candidates = (folder.with_name(stem + ".jsonl"), folder.with_name(stem))
+    return [c for c in candidates if c.is_file() and c.resolve() != Path(ledger).resolve() and forget_dir(c) == folder]
+
+
 FORGET_SET_NAME = re.compile(r"step-[0-9]+-[0-9a-f]{12}\.safetensors")  # forget_set_name's form, nothing else
 
 
@@ -250,12 +259,18 @@ def remove_dropped_sets(ledger: Path, before: list[dict[str, Any]], after: list[
     names of forget_set_name's form, in the ledger's own folder (an edited entry cannot point elsewhere); a file that
     cannot be removed stays (the ledger is already right). Returns the files removed."""
     kept = {str(e.get("forget_file", "")) for e in after}
+    folder = forget_dir(ledger)
+    for other in sharing_ledgers(ledger):  # x.ledger and x.ledger.jsonl keep their sets in one folder, x.ledger.d
+        try:
+            kept |= {str(e.get("forget_file", "")) for e in read_ledger(other)}
+        except UnlearnError:  # unreadable: what it names is unknown, so nothing of that folder is removed
+            return []
     removed = []
     for entry in before:
         name = str(entry.get("forget_file", ""))
         if name in kept or not FORGET_SET_NAME.fullmatch(name):
             continue
-        path = forget_dir(ledger) / name
+        path = folder / name
         try:
             if path.is_file() and not path.is_symlink():
                 path.unlink()
