@@ -39,7 +39,7 @@ def apply(
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output path (default <stem>.unlearned.safetensors beside the input; <folder>.unlearned/ for a save_pretrained folder)."),
     adapter_only: Optional[bool] = typer.Option(None, "--adapter-only/--merged", help="Write a PEFT adapter folder (LoRA methods) or merged weights; default: the request's output.mode.", show_default=False),
     method: Optional[str] = typer.Option(None, "--method", help="Override the request's method.name."),
-    param: list[str] = typer.Option([], "--param", metavar="K=V", help="Method parameter k=v (repeatable); overrides the request's."),
+    param: list[str] = typer.Option([], "--param", metavar="K=V", help="Method parameter k=v (repeatable; a later one of the same key wins); overrides the request's."),
     device: str = DeviceOpt,
     precision: str = PrecisionOpt,
     seed: Optional[int] = typer.Option(None, "--seed", help="Override the request's seed."),

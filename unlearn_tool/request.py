@@ -408,8 +408,6 @@ def parse_key_values(pairs: list[str]) -> dict[str, Any]:
         key = key.strip()
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.+-]*", key):
             raise RequestError(f"--param {key!r}: not a parameter name; expected key=value, e.g. --param lr=0.01")
-        if key in out:  # the last one won, silently: which did the user mean?
-            raise RequestError(f"--param {key} is given twice; give each parameter once")
         try:
             out[key] = safe_yaml(value) if value.strip() else ""
         except (yaml.YAMLError, RecursionError) as e:

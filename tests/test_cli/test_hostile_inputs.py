@@ -164,7 +164,6 @@ CASES = [
     ("--param rank=0", _same, ["--param", "rank=0"], "method.params.rank"),
     ("--param without key", _same, ["--param", "=5"], "--param"),
     ("--param key with spaces", _same, ["--param", "l r=5"], "--param"),
-    ("--param given twice", _same, ["--param", "epochs=2", "--param", "epochs=3"], "--param epochs is given twice"),  # the last won
     ("--device cuda:abc", _same, ["--device", "cuda:abc"], "--device"),
     ("--seed abc", _same, ["--seed", "abc"], "--seed"),
     ("unknown option", _same, ["--colour", "red"], "No such option"),
