@@ -37,3 +37,22 @@ def test_examples_command_copies_the_requests_where_they_work(tmp_path):
     assert r.exit_code == 0, r.stderr
     r = invoke("examples", tmp_path / "ex")
     assert r.exit_code == 2 and "exists" in r.stderr  # never overwrites the user's edited copies
+
+
+def test_an_emoji_written_as_a_json_surrogate_pair_is_text_a_lone_half_is_not():
+    """json.dumps writes an emoji as two escapes ("\\ud83d\\ude00"), which YAML reads as two halves: the lone-surrogate
+    check refused such a request, valid JSON and YAML, as "a lone surrogate"."""
+    import json
+
+    import yaml
+
+    from unlearn_tool.errors import RequestError
+    from unlearn_tool.request import parse_request
+
+    request = yaml.safe_load((SAMPLES / "digits_class.yaml").read_text())
+    request["id"] = "deletion \U0001F600 42"
+    assert "\\ud83d\\ude00" in json.dumps(request)
+    assert parse_request(json.dumps(request)).id == "deletion \U0001F600 42"
+    request["id"] = "half \ud83d only"
+    with pytest.raises(RequestError, match="lone surrogate"):
+        parse_request(json.dumps(request))

@@ -455,6 +455,27 @@ def _allowed_keys(loc: tuple) -> list[str]:
     return list(model.model_fields) if hasattr(model, "model_fields") else []
 
 
+def _pairs_joined(value: Any) -> Any:
+    """`value` with each surrogate pair in its strings and keys joined into its character: YAML reads the escapes that
+    JSON writers emit for an emoji ("\\ud83d\\ude00", json.dumps' default) as two separate halves. A lone half stays
+    (refused by _not_text)."""
+    def text(s: str) -> str:
+        if not any("\ud800" <= c <= "\udfff" for c in s):
+            return s
+        try:
+            return s.encode("utf-16", "surrogatepass").decode("utf-16")
+        except UnicodeDecodeError:
+            return s
+
+    if isinstance(value, str):
+        return text(value)
+    if isinstance(value, dict):
+        return {(text(k) if isinstance(k, str) else k): _pairs_joined(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_pairs_joined(v) for v in value]
+    return value
+
+
 def _not_text(raw: Any) -> Optional[tuple[str, str]]:
     """(dotted place, character) of the first key or string in the parsed YAML that UTF-8 cannot encode: a "\\ud800"
     escape gives a lone surrogate, which passed the schema and failed every later write (exit 1, "unexpected
@@ -494,6 +515,10 @@ def parse_request(text: str, source: str = "request", base_dir: Path | None = No
         raise RequestError(f"{source}: the YAML is nested too deeply; a request is a few levels of keys") from None
     if not isinstance(raw, dict):
         raise RequestError(f"{source}: expected a mapping of keys (version, id, model, data, forget, ...), got {type(raw).__name__}")
+    try:
+        raw = _pairs_joined(raw)
+    except RecursionError:
+        raise RequestError(f"{source}: the YAML is nested too deeply; a request is a few levels of keys") from None
     bad = _not_text(raw)
     if bad is not None:
         where, char = bad
