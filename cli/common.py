@@ -72,6 +72,9 @@ def _one_line_errors(fn: Callable, args: Any, kwargs: Any) -> Any:
         return fn(*args, **kwargs)
     except typer.Exit:
         raise
+    except BrokenPipeError:  # the reader left (| head): end quietly, as a process killed by SIGPIPE does
+        stdout_gone()
+        raise typer.Exit(EXIT_SIGPIPE) from None
     except UnlearnError as e:
         _exit_if_interrupted(interrupt_behind(e) or _received())  # a signal during a lazy import that our code wrapped (usercode, timm)
         err(f"error: {str(e) or type(e).__name__}")  # one line: a newline inside (a path's) is escaped, not cut
@@ -92,6 +95,10 @@ def _one_line_errors(fn: Callable, args: Any, kwargs: Any) -> Any:
         raise typer.Exit(2) from None
     except Exception as e:  # noqa: BLE001 - the last line of defence: one line, exit 1
         _exit_if_interrupted(interrupt_behind(e) or _received())
+        if isinstance(e, OSError) and e.errno == 28:  # ENOSPC: the library names its own file errors (OutputError), so
+            err(f"error: could not write ({e.strerror}); free some space or write the output elsewhere")  # here: stdout's
+            stdout_gone()
+            raise typer.Exit(EXIT_UNEXPECTED) from None
         if _is_cuda_oom(e):
             err("error: CUDA out of memory; lower data.batch_size or the method's batch sizes, or use --device cpu")
         else:
@@ -99,6 +106,21 @@ def _one_line_errors(fn: Callable, args: Any, kwargs: Any) -> Any:
         if _debug():
             raise
         raise typer.Exit(EXIT_UNEXPECTED) from None
+
+
+EXIT_SIGPIPE = 141  # 128 + SIGPIPE: what a shell reports for `yes | head`'s writer
+
+
+def stdout_gone() -> None:
+    """Point stdout at /dev/null: the reader closed the pipe, and a later write or the flush at exit must not raise."""
+    import os
+
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, sys.stdout.fileno())
+        os.close(null)
+    except (OSError, ValueError):
+        pass
 
 
 def _exit_if_interrupted(interrupt: Optional[KeyboardInterrupt]) -> None:

@@ -418,7 +418,7 @@ def run() -> None:
     signal there ended the process with 143 and no word although the command had succeeded."""
     import os
 
-    from .common import report_signals_between_commands
+    from .common import EXIT_SIGPIPE, report_signals_between_commands, stdout_gone
 
     report_signals_between_commands()
     try:
@@ -428,11 +428,25 @@ def run() -> None:
         if e.code is not None and not isinstance(e.code, int):  # sys.exit("message"): Python would print it
             sys.stderr.write(f"{e.code}\n")
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):  # a closed pipe (| head): what was written is all the reader wanted
-            pass
+    except BrokenPipeError:  # outside a command (validate's line, --version): the reader left
+        stdout_gone()
+        code = EXIT_SIGPIPE
+    except OSError as e:  # the same, where stdout cannot take the line (> /dev/full): one line, not a traceback
+        err(f"error: could not write to standard output ({e.strerror or e}); free some space or write elsewhere")
+        stdout_gone()
+        code = 1
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:  # a closed pipe (| head): what was written is all the reader wanted
+        stdout_gone()
+        code = code or EXIT_SIGPIPE
+    except (OSError, ValueError) as e:  # a full disk (> /dev/full): the output is lost, say so
+        err(f"error: could not write to standard output ({getattr(e, 'strerror', None) or e}); free some space or write elsewhere")
+        code = code or 1
+    try:
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
     os._exit(code)
 
 

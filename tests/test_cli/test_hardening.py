@@ -591,3 +591,19 @@ def test_a_python_model_that_prints_leaves_json_stdout_parseable(tmp_path):
         assert result.exit_code == 0, result.stderr
         assert isinstance(json.loads(result.stdout), dict)
         assert "loading chatty nets" in result.stderr or "forward" in result.stderr
+
+
+def test_a_reader_that_leaves_or_a_full_stdout_gets_one_line_not_a_traceback():
+    """`unlearn methods | head -1` exited 1 "unexpected BrokenPipeError ... (please report this)"; `unlearn --version >
+    /dev/full` and `validate > /dev/full` printed a traceback. Now: quiet 141 for a reader that left (as SIGPIPE
+    reports), one line and exit 1 for a full disk."""
+    entry = [sys.executable, "-m", "cli"]
+    gone = subprocess.Popen([*entry, "methods"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    gone.stdout.close()  # before it writes anything: it takes a second to start
+    _, stderr = gone.communicate(timeout=120)
+    assert gone.returncode == 141 and stderr.decode().strip() == "", stderr
+    for args in (["--version"], ["methods"], ["validate", "-r", str(ROOT / "unlearn_tool" / "examples" / "digits_class.yaml")]):
+        with open("/dev/full", "w") as full:
+            r = subprocess.run([*entry, *args], cwd=ROOT, stdout=full, stderr=subprocess.PIPE, text=True, timeout=120)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 1 and len(lines) == 1 and "No space left on device" in lines[0], (args, r.stderr)
