@@ -12,7 +12,7 @@ from typer.core import TyperGroup
 
 from unlearn_tool.interrupts import raise_interrupt_behind
 
-from .common import err, plain
+from .common import err, plain, print_json
 
 
 def _exception_types(name: str) -> tuple[type, ...]:
@@ -47,7 +47,10 @@ class OneLineErrors(TyperGroup):
         except USAGE_ERRORS as e:
             ctx = getattr(e, "ctx", None)
             where = ctx.command_path if ctx is not None else "unlearn"
-            err(f"error: {_one_line(e.format_message())}; see `{where} --help`")
+            line = f"{_one_line(e.format_message()).rstrip('.')}; see `{where} --help`"  # click's "... 'checkpoint'." then ";"
+            err(f"error: {line}")
+            if "--json" in (sys.argv[1:] if args is None else list(args)):  # as a --json command that fails answers (README)
+                print_json({"ok": False, "exit_code": 2, "error": plain(line)})
             sys.exit(2)
         except CLICK_ERRORS as e:
             err(f"error: {_one_line(e.format_message())}")

@@ -260,3 +260,13 @@ def test_a_json_command_that_fails_answers_with_a_json_error(digits_dir, tmp_pat
                "stop=epochs", "--param", "lr=1e-6", "--audit", "--json", "--quiet", "-o", tmp_path / "k.safetensors",
                "--report-dir", tmp_path / "r")
     assert r.exit_code == 3 and "output_sha256" in json.loads(r.stdout)  # its answer, and only that
+
+
+def test_a_usage_error_of_a_json_command_answers_in_json_too():
+    """`unlearn apply --json` with a missing argument printed nothing on stdout, though a failing --json command answers
+    {"ok": false, ...}; its line also read "Missing argument 'checkpoint'.; see ..."."""
+    r = invoke("apply", "--json")
+    answer = json.loads(r.stdout)
+    assert r.exit_code == 2 and answer == {"ok": False, "exit_code": 2, "error": "Missing argument 'checkpoint'; see `unlearn apply --help`"}
+    assert r.stderr.strip() == "error: Missing argument 'checkpoint'; see `unlearn apply --help`"
+    assert invoke("apply").stdout == ""  # without --json: stderr only
