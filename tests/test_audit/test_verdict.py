@@ -244,3 +244,14 @@ def test_report_wording_shares_in_percent_no_negative_zero_and_another_reports_f
     (tmp_path / "bench.json").write_text('{"schema": "unlearn.bench/v1"}')
     with _pytest.raises(OutputError, match="holds another kind of unlearn report"):
         check_report_dir(tmp_path, ["report.json", "report.md", "report.html"])
+
+
+def test_equal_distances_are_not_called_closer():
+    """An unchanged model read "closer to the retrained model's than the original's were (0.7078 vs 0.7078)"."""
+    from unlearn_tool.audit.report import distance_note
+
+    same = {"activation_distance": {"forget": 0.70781}}
+    report = {"baseline": "reference", "models": {"unlearned": same, "original": {"activation_distance": {"forget": 0.70781}}}}
+    assert "as far from the retrained model's as the original's were (activation distance 0.7078)" in distance_note(report)
+    report["models"]["unlearned"] = {"activation_distance": {"forget": 0.5}}
+    assert "closer" in distance_note(report)

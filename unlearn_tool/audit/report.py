@@ -187,6 +187,9 @@ def distance_note(report: dict[str, Any]) -> Optional[str]:
     if unl > orig:
         return (f"Note: on the forget set the unlearned model's outputs are farther from the retrained model's than the original's "
                 f"were (activation distance {unl:.4f} vs {orig:.4f}): unlearning moved them, but not towards retraining.")
+    if unl == orig or f"{unl:.4f}" == f"{orig:.4f}":  # the same outputs (an unchanged model) are not "closer"
+        return (f"On the forget set the unlearned model's outputs are as far from the retrained model's as the original's were "
+                f"(activation distance {unl:.4f}): unlearning did not move them.")
     return f"On the forget set the unlearned model's outputs are closer to the retrained model's than the original's were ({unl:.4f} vs {orig:.4f})."
 
 
