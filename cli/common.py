@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import os
@@ -95,7 +96,7 @@ def _one_line_errors(fn: Callable, args: Any, kwargs: Any) -> Any:
         raise typer.Exit(2) from None
     except Exception as e:  # noqa: BLE001 - the last line of defence: one line, exit 1
         _exit_if_interrupted(interrupt_behind(e) or _received())
-        if isinstance(e, OSError) and e.errno == 28:  # ENOSPC: the library names its own file errors (OutputError), so
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:  # the library names its own file errors (OutputError), so
             err(f"error: could not write ({e.strerror}); free some space or write the output elsewhere")  # here: stdout's
             stdout_gone()
             raise typer.Exit(EXIT_UNEXPECTED) from None
@@ -113,8 +114,6 @@ EXIT_SIGPIPE = 141  # 128 + SIGPIPE: what a shell reports for `yes | head`'s wri
 
 def stdout_gone() -> None:
     """Point stdout at /dev/null: the reader closed the pipe, and a later write or the flush at exit must not raise."""
-    import os
-
     try:
         null = os.open(os.devnull, os.O_WRONLY)
         os.dup2(null, sys.stdout.fileno())

@@ -407,7 +407,6 @@ from . import audit as _audit  # noqa: E402,F401  (registers the command)
 from . import bench as _bench  # noqa: E402,F401  (registers the command)
 
 
-
 def run() -> None:
     """The `unlearn` console script and `python -m cli`: the app, with a SIGTERM or SIGHUP that lands outside a command
     (while arguments are parsed, or once it returned) reported in one line, not silent. In-process runs (tests'
