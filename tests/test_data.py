@@ -376,3 +376,20 @@ def test_record_ids_from_a_name_that_is_not_utf8_reach_the_ledger_and_verify(tmp
     assert b"\xff.png" in (tmp_path / "u.ledger.jsonl").read_bytes()  # the name's own bytes
     r = invoke("ledger", "verify", tmp_path / "u.safetensors", "--original", tmp_path / "m.safetensors")
     assert r.exit_code == 0 and "verified: 1 step(s)" in r.stdout, r.stderr
+
+
+def test_an_npz_bomb_is_refused_before_it_is_unpacked(tmp_path):
+    """A 2 MB .npz whose x unpacks to 2 GiB was unpacked whole (a 525 KB one took 8.9 GB of memory), every key of it,
+    used or not. The member's recorded sizes are read first."""
+    import numpy as np
+
+    from unlearn_tool.data import load_split
+    from unlearn_tool.errors import DataError
+    from unlearn_tool.request import DataSpec
+
+    np.savez_compressed(tmp_path / "bomb.npz", x=np.zeros((2, 1, 1 << 14, 1 << 14), dtype=np.float32), y=np.zeros(2, dtype=np.int64))
+    with pytest.raises(DataError, match=r"x unpacks to 2\.0 GiB from \d+ KiB"):
+        load_split(DataSpec(source="tensors", path="bomb.npz"), "train", tmp_path)
+    np.savez_compressed(tmp_path / "ok.npz", x=np.zeros((4, 1, 8, 8), dtype=np.float32), y=np.arange(4), junk=np.zeros((1 << 12, 1 << 12)))
+    data = load_split(DataSpec(source="tensors", path="ok.npz"), "train", tmp_path)
+    assert len(data) == 4 and data.targets.tolist() == [0, 1, 2, 3]

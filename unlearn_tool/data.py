@@ -19,7 +19,7 @@ import warnings
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -303,6 +303,21 @@ def _affine(norm: Optional[Normalize], channels: int, where: str) -> tuple[torch
 
 # ---------------------------------------------------------------- sources
 
+NPZ_KEYS = ("x", "y", "ids")
+NPZ_BOMB_RATIO, NPZ_BOMB_BYTES = 1000, 1 << 30  # unpacked more than 1000x its packed size and over 1 GiB: a bomb, not data
+
+
+def _refuse_npz_bomb(npz: Any, path: Path, where: str) -> None:
+    """An .npz member that would unpack past NPZ_BOMB_BYTES at over NPZ_BOMB_RATIO times its compressed size is refused
+    before it is unpacked (a 525 KB file took 8.9 GB of memory, with nothing checked)."""
+    for info in npz.zip.infolist():
+        key = info.filename.removesuffix(".npy")
+        if key in NPZ_KEYS and info.file_size > NPZ_BOMB_BYTES and info.file_size > NPZ_BOMB_RATIO * max(info.compress_size, 1):
+            raise DataError(f"{where}.path: {path}: {key} unpacks to {info.file_size / 2**30:.1f} GiB from {info.compress_size / 2**10:.0f} KiB "
+                            "(a decompression bomb, or data that is almost all one value); save the data with np.savez (uncompressed) "
+                            "or safetensors")
+
+
 def _load_tensors(spec: DataSpec, path: Path, where: str) -> LabelledData:
     if not path.exists():
         raise DataError(f"{where}.path: {path} not found; give a .safetensors or .npz file with keys x and y")
@@ -311,12 +326,15 @@ def _load_tensors(spec: DataSpec, path: Path, where: str) -> LabelledData:
     try:
         if path.suffix == ".npz":
             with np.load(path, allow_pickle=False) as f:
-                arrays = {k: f[k] for k in f.files}
+                _refuse_npz_bomb(f, path, where)
+                arrays = {k: f[k] for k in f.files if k in NPZ_KEYS}  # only what is read: every key was unpacked
             tensors = {k: torch.from_numpy(np.asarray(v)) for k, v in arrays.items()}
         else:
             from safetensors.torch import load_file
 
             tensors = load_file(str(path))
+    except DataError:
+        raise
     except Exception as e:  # noqa: BLE001 - any parse failure is the user's file
         raise DataError(f"{where}.path: {path} is not a readable .safetensors/.npz file ({type(e).__name__}); save x and y with safetensors.torch.save_file") from None
     missing = [k for k in ("x", "y") if k not in tensors and not (k == "y" and where == "data.train")]

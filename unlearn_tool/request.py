@@ -24,6 +24,7 @@ SCHEMA_VERSION = 1
 MAX_REQUEST_BYTES = 1 << 20  # a deletion request is a short YAML file; anything larger is a mistake or an attack
 MAX_SEED = 2**32 - 1  # numpy's seed range; torch takes it too
 MAX_RESIZE = 4096
+MIN_NORMALIZE_STD = 1e-6  # preprocess.normalize: dividing [0, 1] pixels by less overflows float32 soon after
 
 
 # ---------------------------------------------------------------- YAML: safe, unambiguous
@@ -144,10 +145,14 @@ class Normalize(_Strict):
 
     @model_validator(mode="after")
     def _same_length(self) -> "Normalize":
+        import math
+
         if len(self.mean) != len(self.std) or not self.mean:
             raise ValueError("mean and std must be non-empty lists of the same length (one value per channel)")
-        if any(s <= 0 for s in self.std):
-            raise ValueError("std values must be > 0")
+        if not all(math.isfinite(v) for v in (*self.mean, *self.std)):  # NaN or Inf made every input NaN, 0 or Inf: validate said ok
+            raise ValueError("mean and std must be finite numbers")
+        if any(s < MIN_NORMALIZE_STD for s in self.std):
+            raise ValueError(f"std values must be at least {MIN_NORMALIZE_STD:g} (a channel's spread of [0, 1] pixel values; 1e-45 overflowed every input)")
         return self
 
 
@@ -190,6 +195,8 @@ class DataSpec(_Strict):
             raise ValueError(f"unknown data source '{s}'; use one of: {', '.join(DATA_SOURCES)}")
         if self.split is not None and self.split not in ("train", "test", "extra"):
             raise ValueError(f"split '{self.split}' is not one of train, test, extra")
+        if self.split == "extra" and s != "torchvision:SVHN":  # it read the test split as train (MNIST, CIFAR, sklearn)
+            raise ValueError(f"split 'extra' exists for torchvision:SVHN only, not '{s}'; give train or test")
         if self.ids_path is not None and s != "tensors":  # it was ignored, and forget.ids then said "give ... ids_path"
             raise ValueError(f"ids_path is read for source 'tensors' only, not '{s}'; imagefolder and csv take their record IDs "
                              "from the files (paths, or an id column); a built-in or torchvision source has none: forget by indices")

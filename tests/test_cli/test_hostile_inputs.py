@@ -139,6 +139,11 @@ CASES = [
     ("huge index", _set("forget", {"indices": [10**30]}), [], "out of range"),
     ("class as string", _set("forget", {"classes": ["3"]}), [], "forget.classes.0"),
     ("normalize std zero", _set("data.train.preprocess", {"normalize": {"mean": [0.5], "std": [0.0]}}), [], "std"),
+    # each made every input NaN, 0 or Inf, and validate said ok
+    ("normalize mean NaN", _set("data.train.preprocess", {"normalize": {"mean": [float("nan")], "std": [0.5]}}), [], "finite numbers"),
+    ("normalize std Inf", _set("data.train.preprocess", {"normalize": {"mean": [0.5], "std": [float("inf")]}}), [], "finite numbers"),
+    ("normalize std 1e-45", _set("data.train.preprocess", {"normalize": {"mean": [0.5], "std": [1e-45]}}), [], "at least 1e-06"),
+    ("split extra on digits", _set("data.train.split", "extra"), [], "split 'extra' exists for torchvision:SVHN only"),  # read test as train
     ("download as string", _set("data.train.download", "yes please"), [], "download"),
     # ignored on a built-in source, after which forget.ids said "give ... ids_path" though it was given
     ("ids_path on a built-in source", _set("data.train.ids_path", "ids.txt"), [], "ids_path is read for source 'tensors' only"),
