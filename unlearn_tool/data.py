@@ -136,7 +136,8 @@ class LabelledData:
         if self._x is not None:
             return self._inputs(idx), self.targets[idx]
         items = [self.dataset[int(i)] for i in idx]
-        return torch.stack([torch.as_tensor(a).float() for a, _ in items]), self.targets[idx]
+        x, _ = collate_images([(torch.as_tensor(a).float(), 0) for a, _ in items])  # images of two sizes: named, not a crash
+        return x, self.targets[idx]
 
     def sample(self, k: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """A random batch of k samples (with replacement only if k > len)."""

@@ -116,3 +116,19 @@ def test_train_and_apply_on_a_manifest_with_workers(images, tmp_path):
     assert r.exit_code == 0, r.stderr
     assert json.loads(r.stdout)["summary_samples"]["forget"] == 6
     rejected(invoke("apply", tmp_path / "m.safetensors", "-r", req, "-o", tmp_path / "o.safetensors", "--num-workers", "-1"), "--num-workers")
+
+
+def test_images_of_two_sizes_are_named_by_every_reader_not_a_crash(tmp_path):
+    """validate fingerprints the data through LabelledData.take, which stacked the images itself: a manifest with an 8x8
+    and a 12x12 image exited 1 "unexpected RuntimeError: stack expects each tensor to be equal size"."""
+    (tmp_path / "img").mkdir()
+    for i in range(10):
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "img" / f"{i}.png")
+    Image.fromarray(np.zeros((12, 12, 3), np.uint8)).save(tmp_path / "img" / "big.png")
+    (tmp_path / "m.csv").write_text("path,label\n" + "".join(f"img/{i}.png,{i}\n" for i in range(10)) + "img/big.png,1\n")
+    req = write_request(tmp_path, {"indices": [0]}, arch="builtin:small_cnn", kwargs={"in_channels": 3, "num_classes": 10},
+                        extra={"data": {"train": {"source": "csv", "path": "m.csv"}, "test": {"source": "csv", "path": "m.csv"}}})
+    rejected(invoke("validate", "-r", req), "the images differ in size (8x8 and 12x12)", "set data.preprocess.resize")
+    data = load_split(DataSpec(source="csv", path="m.csv"), "train", tmp_path)
+    with pytest.raises(DataError, match="differ in size"):
+        data.take(torch.arange(11))
