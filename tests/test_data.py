@@ -108,6 +108,17 @@ def test_svhn_mat_files(tmp_path):
     assert torch.allclose(data.x[2].permute(1, 2, 0), torch.from_numpy(x[:, :, :, 2]).float() / 255)
 
 
+@pytest.mark.parametrize("label", [1.7, float("nan"), 1e20, 0, 11])
+def test_svhn_labels_that_are_not_its_digits_are_refused_not_truncated(tmp_path, label):
+    """A label of 1.7 was read as 1, NaN and 1e20 as -9223372036854775808 (then blamed on num_classes)."""
+    from scipy.io import savemat
+
+    x = RNG.integers(0, 256, size=(32, 32, 3, 4), dtype=np.uint8)
+    savemat(tmp_path / "train_32x32.mat", {"X": x, "y": np.array([[1.0], [2.0], [label], [10.0]])})
+    with pytest.raises(DataError, match="not whole numbers from 1 to 10"):
+        load_split(_spec(source="torchvision:SVHN", root=str(tmp_path)), "train", tmp_path)
+
+
 def test_imagefolder(tmp_path):
     for c, cls in enumerate(["cat", "dog"]):
         (tmp_path / "imgs" / cls).mkdir(parents=True)

@@ -548,9 +548,14 @@ def _load_svhn(spec: DataSpec, root: Path, role: str, where: str) -> LabelledDat
     try:
         mat = loadmat(str(path))
         images = np.transpose(mat["X"], (3, 0, 1, 2))  # (32, 32, 3, N) -> (N, 32, 32, 3)
-        labels = mat["y"].astype(np.int64).reshape(-1)
+        raw = np.asarray(mat["y"]).reshape(-1)
+        whole = raw.astype(np.float64) if raw.dtype.kind in "iuf" else None
     except Exception as e:  # noqa: BLE001
         raise DataError(f"{where}: {path} is not a readable SVHN .mat file ({type(e).__name__}); download it again") from None
+    if whole is None or not (np.isfinite(whole).all() and (whole == np.round(whole)).all() and ((whole >= 1) & (whole <= 10)).all()):
+        raise DataError(f"{where}: {path}: y holds labels that are not whole numbers from 1 to 10 (SVHN's digits; 10 is 0); "
+                        "download the file again")  # 1.7 read as 1, NaN as -9223372036854775808, silently
+    labels = whole.astype(np.int64)
     labels[labels == 10] = 0  # SVHN stores digit 0 as label 10, like torchvision we map it to 0
     return LabelledData.from_tensors(_uint8_images_to_tensor(images, spec, where), torch.from_numpy(labels))
 
