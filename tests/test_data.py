@@ -119,6 +119,15 @@ def test_svhn_labels_that_are_not_its_digits_are_refused_not_truncated(tmp_path,
         load_split(_spec(source="torchvision:SVHN", root=str(tmp_path)), "train", tmp_path)
 
 
+def test_resize_on_inputs_that_are_not_images_is_refused_not_ignored(tmp_path):
+    """resize returned (N, F) or 5-D inputs unchanged, silently."""
+    from safetensors.torch import save_file
+
+    save_file({"x": torch.rand(6, 64), "y": torch.arange(6) % 3}, str(tmp_path / "flat.safetensors"))
+    with pytest.raises(DataError, match=r"preprocess.resize: the inputs have shape \(64,\) per sample, not images"):
+        load_split(_spec(source="tensors", path="flat.safetensors", preprocess={"resize": 4}), "train", tmp_path)
+
+
 def test_imagefolder(tmp_path):
     for c, cls in enumerate(["cat", "dog"]):
         (tmp_path / "imgs" / cls).mkdir(parents=True)

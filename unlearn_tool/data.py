@@ -257,8 +257,11 @@ def check_fits_in_memory(n_values: int, where: str, fix: str) -> None:
 
 
 def _resize(x: torch.Tensor, size: Optional[int], where: str = "data") -> torch.Tensor:
-    if size is None or x.dim() != 4:
+    if size is None:
         return x
+    if x.dim() != 4:  # it returned them unchanged, silently
+        raise DataError(f"{where}.preprocess.resize: the inputs have shape {tuple(x.shape)[1:]} per sample, not images (C, H, W); "
+                        "drop resize, or give x as (N, C, H, W)")
     check_fits_in_memory(x.shape[0] * x.shape[1] * size * size, where, "lower preprocess.resize")
     return torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
 

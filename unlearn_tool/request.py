@@ -195,6 +195,9 @@ class DataSpec(_Strict):
             raise ValueError(f"unknown data source '{s}'; use one of: {', '.join(DATA_SOURCES)}")
         if self.split is not None and self.split not in ("train", "test", "extra"):
             raise ValueError(f"split '{self.split}' is not one of train, test, extra")
+        if self.preprocess.grayscale and s not in ("imagefolder", "csv"):  # it was ignored, and the channel error then advised it
+            raise ValueError(f"preprocess.grayscale converts image files (imagefolder, csv), not '{s}' data; give the model the "
+                             "data's channels (e.g. model.kwargs in_channels: 3), or convert the data to one channel")
         if self.split == "extra" and s != "torchvision:SVHN":  # it read the test split as train (MNIST, CIFAR, sklearn)
             raise ValueError(f"split 'extra' exists for torchvision:SVHN only, not '{s}'; give train or test")
         if self.ids_path is not None and s != "tensors":  # it was ignored, and forget.ids then said "give ... ids_path"
