@@ -743,6 +743,9 @@ def _load_csv(spec: DataSpec, path: Path, where: str) -> LabelledData:
             missing = [c for c in ("path", "label") if c not in (reader.fieldnames or [])]
             if missing:
                 raise DataError(f"{where}.path: {path} has no {' or '.join(missing)} column in its header; {CSV_FIX}")
+            twice = sorted({c for c in reader.fieldnames if reader.fieldnames.count(c) > 1})
+            if twice:  # the last one won, silently
+                raise DataError(f"{where}.path: {path}: its header names the column {twice[0][:40]!r} twice; {CSV_FIX}")
             rows = [(reader.line_num, r) for r in reader]
     except UnicodeDecodeError:
         raise DataError(f"{where}.path: {path} is not UTF-8 text; {CSV_FIX}") from None
@@ -752,13 +755,20 @@ def _load_csv(spec: DataSpec, path: Path, where: str) -> LabelledData:
         raise DataError(f"{where}.path: {path} lists no images; {CSV_FIX}")
     folder = path.parent
     paths, labels, ids, names = [], [], [], []
+    first_label: dict[str, tuple[int, int]] = {}
     for line, r in rows:
+        if r.get(None):  # DictReader's place for fields beyond the header's: they were dropped, silently
+            raise DataError(f"{where}.path: {path} line {line}: more fields than the header has columns; {CSV_FIX}")
         label = (r.get("label") or "").strip()
         if not (label.isascii() and label.isdigit()) or len(label) > 9:  # '¹' is a digit to isdigit, not to int()
             raise DataError(f"{where}.path: {path} line {line}: the label is not a whole number from 0 to 999999999; labels are class indices 0..C-1")
         image = folder / (r.get("path") or "").strip()
         if not (r.get("path") or "").strip() or not image.is_file():
             raise DataError(f"{where}.path: {path} line {line}: the image file does not exist; paths are relative to the CSV's folder")
+        seen = first_label.setdefault(str(image), (line, int(label)))
+        if seen[1] != int(label):  # one image, two classes: forgetting one row by its path left the other
+            raise DataError(f"{where}.path: {path} line {line}: the image of line {seen[0]} again, with another label; list each "
+                            "image once")
         paths.append(str(image))
         labels.append(int(label))
         ids.append((r.get("id") or "").strip())
@@ -770,6 +780,8 @@ def _load_csv(spec: DataSpec, path: Path, where: str) -> LabelledData:
     ds = ImageFiles(paths, labels, _image_transform(spec), ids)
     try:
         ds[0]
+    except DataError as e:  # names the image's own problem and its fix (a decompression bomb, ...): it was hidden
+        raise DataError(f"{where}.path: {path} line {rows[0][0]}: {e}") from None
     except Exception as e:  # noqa: BLE001 - PIL raises several types for a file that is not an image
         raise DataError(f"{where}.path: {path} line {rows[0][0]}: the image cannot be read ({type(e).__name__}); list image files (PNG, JPEG, ...)") from None
     return LabelledData(ds, torch.tensor(labels, dtype=torch.long), ids=ids)

@@ -88,9 +88,13 @@ BAD = {
     "no label column": ("path\ntree/0/000.png\n", None, "no label column"),
     "label not a number": ("path,label\ntree/0/000.png,zero\n", None, "line 2: the label is not"),
     "image missing": ("path,label\ntree/0/000.png,0\nnope.png,1\n", None, "line 3: the image file does not exist"),
-    "not an image": ("path,label\nimages.csv,0\n", None, "the image cannot be read"),
+    "not an image": ("path,label\nimages.csv,0\n", None, r"line 2: image .*images.csv cannot be read \(UnidentifiedImageError\)"),
     "no rows": ("path,label\n", None, "lists no images"),
     "not UTF-8": (None, b"path,label\n\xff\xfe,0\n", "not UTF-8"),
+    # each was accepted silently: the last label column won; extra fields were dropped; one image in two classes
+    "a column twice": ("path,label,label\ntree/0/000.png,0,1\n", None, "names the column 'label' twice"),
+    "extra fields": ("path,label\ntree/0/000.png,0,zero\n", None, "line 2: more fields than the header"),
+    "an image in two classes": ("path,label\ntree/0/000.png,0\ntree/0/000.png,1\n", None, "line 3: the image of line 2 again"),
 }
 
 
