@@ -410,6 +410,17 @@ def test_an_npz_bomb_is_refused_before_it_is_unpacked(tmp_path):
     np.savez_compressed(tmp_path / "bomb.npz", x=np.zeros((2, 1, 1 << 14, 1 << 14), dtype=np.float32), y=np.zeros(2, dtype=np.int64))
     with pytest.raises(DataError, match=r"x unpacks to 2\.0 GiB from \d+ KiB"):
         load_split(DataSpec(source="tensors", path="bomb.npz"), "train", tmp_path)
+    # a header that promises more than memory holds (here with no data behind it): refused from the header alone
+    import io
+    import zipfile
+
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": (10**6, 3, 512, 512)})
+    with zipfile.ZipFile(tmp_path / "huge.npz", "w") as z:
+        z.writestr("x.npy", header.getvalue())
+        z.writestr("y.npy", header.getvalue())
+    with pytest.raises(DataError, match=r"x \(1000000, 3, 512, 512\): the data would need .* GiB in memory"):
+        load_split(DataSpec(source="tensors", path="huge.npz"), "train", tmp_path)
     np.savez_compressed(tmp_path / "ok.npz", x=np.zeros((4, 1, 8, 8), dtype=np.float32), y=np.arange(4), junk=np.zeros((1 << 12, 1 << 12)))
     data = load_split(DataSpec(source="tensors", path="ok.npz"), "train", tmp_path)
     assert len(data) == 4 and data.targets.tolist() == [0, 1, 2, 3]

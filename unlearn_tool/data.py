@@ -312,14 +312,25 @@ NPZ_BOMB_RATIO, NPZ_BOMB_BYTES = 1000, 1 << 30  # unpacked more than 1000x its p
 
 
 def _refuse_npz_bomb(npz: Any, path: Path, where: str) -> None:
-    """An .npz member that would unpack past NPZ_BOMB_BYTES at over NPZ_BOMB_RATIO times its compressed size is refused
-    before it is unpacked (a 525 KB file took 8.9 GB of memory, with nothing checked)."""
+    """Before anything is unpacked: an .npz member that would unpack past NPZ_BOMB_BYTES at over NPZ_BOMB_RATIO times its
+    compressed size is refused, and so is one whose array (its .npy header's shape) would not fit in memory once read as
+    float32 (a 525 KB file took 8.9 GB of memory, with nothing checked)."""
     for info in npz.zip.infolist():
         key = info.filename.removesuffix(".npy")
-        if key in NPZ_KEYS and info.file_size > NPZ_BOMB_BYTES and info.file_size > NPZ_BOMB_RATIO * max(info.compress_size, 1):
+        if key not in NPZ_KEYS:
+            continue
+        if info.file_size > NPZ_BOMB_BYTES and info.file_size > NPZ_BOMB_RATIO * max(info.compress_size, 1):
             raise DataError(f"{where}.path: {path}: {key} unpacks to {info.file_size / 2**30:.1f} GiB from {info.compress_size / 2**10:.0f} KiB "
                             "(a decompression bomb, or data that is almost all one value); save the data with np.savez (uncompressed) "
                             "or safetensors")
+        with npz.zip.open(info) as member:  # the header only: a few hundred bytes are unpacked
+            version = np.lib.format.read_magic(member)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read(member)
+        n = int(np.prod(shape, dtype=np.float64))
+        # the array as stored, its float32 copy and a float32 temporary (the finiteness check): values of 4 bytes
+        check_fits_in_memory(int(n * (dtype.itemsize / 4 + 2)), f"{where}.path: {path}: {key} {tuple(shape)}",
+                             "give a smaller data set, or more memory")
 
 
 def _load_tensors(spec: DataSpec, path: Path, where: str) -> LabelledData:
