@@ -119,6 +119,14 @@ def test_svhn_labels_that_are_not_its_digits_are_refused_not_truncated(tmp_path,
         load_split(_spec(source="torchvision:SVHN", root=str(tmp_path)), "train", tmp_path)
 
 
+def test_an_npz_file_is_known_by_its_suffix_in_any_case(tmp_path):
+    """UP.NPZ was read as safetensors and refused as unreadable."""
+    with open(tmp_path / "UP.NPZ", "wb") as f:  # (np.savez would append .npz to a name that does not end in it)
+        np.savez(f, x=np.zeros((4, 1, 8, 8), dtype=np.float32), y=np.arange(4))
+    data = load_split(_spec(source="tensors", path="UP.NPZ"), "train", tmp_path)
+    assert len(data) == 4 and data.targets.tolist() == [0, 1, 2, 3]
+
+
 def test_resize_on_inputs_that_are_not_images_is_refused_not_ignored(tmp_path):
     """resize returned (N, F) or 5-D inputs unchanged, silently."""
     from safetensors.torch import save_file

@@ -339,7 +339,7 @@ def _load_tensors(spec: DataSpec, path: Path, where: str) -> LabelledData:
     if not stat.S_ISREG(os.stat(path).st_mode):
         raise DataError(f"{where}.path: {path} is not a regular file; give a .safetensors or .npz file with keys x and y")
     try:
-        if path.suffix == ".npz":
+        if path.suffix.lower() == ".npz":  # UP.NPZ was read as safetensors
             with np.load(path, allow_pickle=False) as f:
                 _refuse_npz_bomb(f, path, where)
                 arrays = {k: f[k] for k in f.files if k in NPZ_KEYS}  # only what is read: every key was unpacked

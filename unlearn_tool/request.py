@@ -198,6 +198,9 @@ class DataSpec(_Strict):
         if self.preprocess.grayscale and s not in ("imagefolder", "csv"):  # it was ignored, and the channel error then advised it
             raise ValueError(f"preprocess.grayscale converts image files (imagefolder, csv), not '{s}' data; give the model the "
                              "data's channels (e.g. model.kwargs in_channels: 3), or convert the data to one channel")
+        if self.split is not None and s in ("tensors", "imagefolder", "csv"):  # one file or folder is one split: it was ignored
+            raise ValueError(f"split is for sources that hold several splits (torchvision, sklearn), not '{s}'; give each split "
+                             "its own path")
         if self.split == "extra" and s != "torchvision:SVHN":  # it read the test split as train (MNIST, CIFAR, sklearn)
             raise ValueError(f"split 'extra' exists for torchvision:SVHN only, not '{s}'; give train or test")
         if self.ids_path is not None and s != "tensors":  # it was ignored, and forget.ids then said "give ... ids_path"

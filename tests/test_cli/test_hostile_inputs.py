@@ -145,6 +145,8 @@ CASES = [
     ("normalize std 1e-45", _set("data.train.preprocess", {"normalize": {"mean": [0.5], "std": [1e-45]}}), [], "at least 1e-06"),
     ("split extra on digits", _set("data.train.split", "extra"), [], "split 'extra' exists for torchvision:SVHN only"),  # read test as train
     ("grayscale on a built-in source", _set("data.train.preprocess", {"grayscale": True}), [], "converts image files"),  # was ignored
+    ("split on a tensors file", _set("data.train", {"source": "tensors", "path": "d.safetensors", "split": "test"}), [],
+     "split is for sources that hold several splits"),  # was ignored
     ("download as string", _set("data.train.download", "yes please"), [], "download"),
     # ignored on a built-in source, after which forget.ids said "give ... ids_path" though it was given
     ("ids_path on a built-in source", _set("data.train.ids_path", "ids.txt"), [], "ids_path is read for source 'tensors' only"),
