@@ -468,12 +468,17 @@ def _allowed_keys(loc: tuple) -> list[str]:
     return list(model.model_fields) if hasattr(model, "model_fields") else []
 
 
+def _surrogate(text: str) -> Optional[str]:
+    """The first surrogate code point in `text` (half of a pair, or a lone one), else None."""
+    return next((c for c in text if "\ud800" <= c <= "\udfff"), None)
+
+
 def _pairs_joined(value: Any) -> Any:
     """`value` with each surrogate pair in its strings and keys joined into its character: YAML reads the escapes that
     JSON writers emit for an emoji ("\\ud83d\\ude00", json.dumps' default) as two separate halves. A lone half stays
     (refused by _not_text)."""
     def text(s: str) -> str:
-        if not any("\ud800" <= c <= "\udfff" for c in s):
+        if _surrogate(s) is None:
             return s
         try:
             return s.encode("utf-16", "surrogatepass").decode("utf-16")
@@ -499,14 +504,14 @@ def _not_text(raw: Any) -> Optional[tuple[str, str]]:
         items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else None
         if items is None:
             if isinstance(value, str):
-                lone = next((c for c in value if "\ud800" <= c <= "\udfff"), None)
+                lone = _surrogate(value)
                 if lone is not None:
                     return where, lone
             continue
         for key, item in items:
             place = f"{where}.{key}" if where and isinstance(key, str) else f"{where}[{key}]" if where else str(key)
             if isinstance(key, str):
-                lone = next((c for c in key if "\ud800" <= c <= "\udfff"), None)
+                lone = _surrogate(key)
                 if lone is not None:
                     return f"{where or 'top level'} (a key)", lone
             stack.append((place, item))
