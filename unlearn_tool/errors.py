@@ -3,6 +3,16 @@
 Every message is one line that names the problem and the fix.
 """
 
+import json
+from typing import Any
+
+
+def shown(value: Any, limit: int = 80, as_repr: bool = False) -> str:
+    """A value from the user's input, as JSON (or repr), cut to `limit` characters: a file may hold anything, and the
+    message that names it must stay one short line."""
+    text = repr(value) if as_repr else json.dumps(value, default=str)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
 
 class UnlearnError(Exception):
     """Base class: bad input the user can fix (exit code 2)."""

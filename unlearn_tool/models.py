@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .checkpoint import HF_CONFIG
-from .errors import ModelError
+from .errors import ModelError, shown
 from .interrupts import raise_interrupt_behind
 from .request import ModelSpec
 from .usercode import CodePolicy, import_model_module, one_line as _one_line  # noqa: F401 (CodePolicy re-exported)
@@ -286,10 +286,6 @@ def builtin_kwargs(kwargs: dict, name: str = "mlp") -> dict:
 
     def whole(value: Any) -> bool:
         return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_BUILTIN_WIDTH
-
-    def shown(value: Any) -> str:
-        text = json.dumps(value, default=str)
-        return text if len(text) <= 80 else text[:77] + "..."
 
     for key in known:
         if key not in kwargs:

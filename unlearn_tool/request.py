@@ -18,7 +18,7 @@ from typing import Any, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError, field_validator, model_validator
 
-from .errors import RequestError
+from .errors import RequestError, shown
 
 SCHEMA_VERSION = 1
 MAX_REQUEST_BYTES = 1 << 20  # a deletion request is a short YAML file; anything larger is a mistake or an attack
@@ -117,7 +117,7 @@ class ModelSpec(_Strict):
         if not re.fullmatch(r"(torchvision:[A-Za-z0-9_]+|builtin:[A-Za-z0-9_]+|python:[A-Za-z0-9_.]+:[A-Za-z0-9_]+"
                             r"|hf:[^\x00-\x1f]+|timm:[A-Za-z0-9_.-]+)", v):
             raise ValueError(
-                f"{_short(v)} is not a model source; use torchvision:<name>, builtin:<name>, hf:<folder>, timm:<name> "
+                f"{shown(v, 40, as_repr=True)} is not a model source; use torchvision:<name>, builtin:<name>, hf:<folder>, timm:<name> "
                 "or python:<module>:<callable>"
             )
         return v
@@ -429,12 +429,6 @@ def parse_key_values(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
-def _short(value: Any, limit: int = 40) -> str:
-    """A value from the user's file, shortened for a one-line message."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def _format_validation_error(err: ValidationError, source: str) -> str:
     first = err.errors()[0]
     loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
@@ -543,7 +537,7 @@ def parse_request(text: str, source: str = "request", base_dir: Path | None = No
         raise RequestError(f"{source}: {where or 'a key'}: holds a lone surrogate escape (\\u{ord(char):04x}), which is not text that "
                            "can be written (reports, ledger, metadata are UTF-8); give valid Unicode")
     if "version" in raw and (type(raw["version"]) is not int or raw["version"] != SCHEMA_VERSION):
-        raise RequestError(f"{source}: version: {_short(raw['version'])} is not supported; this tool reads version {SCHEMA_VERSION}")
+        raise RequestError(f"{source}: version: {shown(raw['version'], 40, as_repr=True)} is not supported; this tool reads version {SCHEMA_VERSION}")
     try:
         req = Request.model_validate(raw)
     except ValidationError as e:

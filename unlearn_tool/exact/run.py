@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ import torch
 from .. import __version__
 from ..artifacts import CheckpointArtifact, EnsembleArtifact, is_checkpoint
 from ..checkpoint import StagedOutput, check_output, load_into, non_finite, save_canonical, sha256_file, write_directory
-from ..errors import CheckpointError, DataError, DivergedError, MethodError
+from ..errors import CheckpointError, DataError, DivergedError, MethodError, shown
 from ..job import Job, Progress, check_seed, prepare
 from ..models import CodePolicy
 from ..provenance import created_utc, reproducible
@@ -153,12 +152,8 @@ def check_compatible(artifact: EnsembleArtifact, job: Job) -> None:
     """The request must name the architecture and the train data the artifact was trained on."""
     m, req = artifact.manifest, job.request
     if m.model.arch != req.model.arch or m.model.kwargs != req.model.kwargs:
-        def short(value: Any) -> str:  # the manifest's kwargs may be anything (up to its 256 MiB): one line stays short
-            text = json.dumps(value, default=str)
-            return text if len(text) <= 120 else text[:117] + "..."
-
-        raise CheckpointError(f"exact artifact {artifact.path} was trained with model {short(m.model.arch)} {short(m.model.kwargs)}, the "
-                              f"request names {req.model.arch} {short(req.model.kwargs)}; set model.arch/kwargs to the architecture it was "
+        raise CheckpointError(f"exact artifact {artifact.path} was trained with model {shown(m.model.arch, 120)} {shown(m.model.kwargs, 120)}, the "
+                              f"request names {req.model.arch} {shown(req.model.kwargs, 120)}; set model.arch/kwargs to the architecture it was "
                               "trained with")
     if m.model.num_classes != job.num_classes:
         raise CheckpointError(f"exact artifact {artifact.path} has {m.model.num_classes} outputs, the request's model {job.num_classes}; fix model.kwargs")
