@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import io
 import json
 import os
 import re
@@ -96,8 +97,8 @@ def _one_line_errors(fn: Callable, args: Any, kwargs: Any) -> Any:
         raise typer.Exit(2) from None
     except Exception as e:  # noqa: BLE001 - the last line of defence: one line, exit 1
         _exit_if_interrupted(interrupt_behind(e) or _received())
-        if isinstance(e, OSError) and e.errno == errno.ENOSPC:  # the library names its own file errors (OutputError), so
-            err(f"error: could not write ({e.strerror}); free some space or write the output elsewhere")  # here: stdout's
+        if isinstance(e, StdoutWriteError):  # the library names its own file errors (OutputError)
+            err(f"{stdout_error_line(e)}; {_written_note()}")
             stdout_gone()
             raise typer.Exit(EXIT_UNEXPECTED) from None
         if _is_cuda_oom(e):
@@ -110,6 +111,93 @@ def _one_line_errors(fn: Callable, args: Any, kwargs: Any) -> Any:
 
 
 EXIT_SIGPIPE = 141  # 128 + SIGPIPE: what a shell reports for `yes | head`'s writer
+
+
+class StdoutWriteError(OSError):
+    """Standard output refused the command's answer (a full disk, the file size limit, a closed descriptor)."""
+
+
+def stdout_error_line(e: OSError) -> str:
+    """One line naming why standard output could not take the answer, and the fix."""
+    fix = {errno.EFBIG: "raise the file size limit (ulimit -f) or write elsewhere",
+           errno.EBADF: "standard output is closed; redirect it to a file or to /dev/null"}.get(
+        e.errno or 0, "free some space or write elsewhere" if e.errno in (errno.ENOSPC, errno.EDQUOT) else "check where it goes")
+    return f"error: could not write to standard output ({e.strerror or e}); {fix}"
+
+
+class CheckedStdout(io.TextIOBase):
+    """The console script's sys.stdout: each write goes to the descriptor at once and in full, or raises
+    StdoutWriteError. Python's buffered stdout drops the tail of a partial write without an error (a file at its
+    `ulimit -f` limit: 1 KiB of a 6 KiB JSON answer, exit 0), so a pipeline would read a cut answer as a whole one.
+    `fd=None` stands for a descriptor that was closed (`>&-`): every write is refused."""
+
+    def __init__(self, fd: Optional[int], encoding: str = "utf-8", errors: str = "strict"):
+        super().__init__()
+        self._fd, self._encoding, self._errors = fd, encoding, errors
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return self._encoding
+
+    @property
+    def errors(self) -> str:  # type: ignore[override]
+        return self._errors
+
+    def writable(self) -> bool:
+        return True
+
+    def isatty(self) -> bool:
+        return self._fd is not None and os.isatty(self._fd)
+
+    def fileno(self) -> int:
+        if self._fd is None:
+            raise io.UnsupportedOperation("standard output is closed")
+        return self._fd
+
+    def write(self, text: str) -> int:
+        if not isinstance(text, str):  # as a text stream does: click tells text from binary streams by this
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+        if not text:
+            return 0
+        if self._fd is None:
+            raise StdoutWriteError(errno.EBADF, "Bad file descriptor")
+        view = memoryview(text.encode(self._encoding, self._errors))
+        while view:
+            try:
+                view = view[os.write(self._fd, view):]
+            except (BlockingIOError, InterruptedError):  # a non-blocking pipe that is full: wait until it drains
+                import select
+
+                select.select([], [self._fd], [])
+            except BrokenPipeError:
+                raise
+            except OSError as e:
+                raise StdoutWriteError(e.errno, e.strerror) from None
+        return len(text)
+
+
+def use_checked_stdout() -> None:
+    """Install CheckedStdout, and hold a closed standard descriptor (0, 1, 2) open on /dev/null: otherwise the next file
+    the command opens (an output's temporary file) takes its number, and whatever writes to that descriptor (a C
+    library's warning on fd 2) writes into the output."""
+    closed = []
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            closed.append(fd)
+    for fd in closed:  # lowest first: os.open returns the lowest free number, which is this one
+        os.open(os.devnull, os.O_RDONLY if fd == 0 else os.O_WRONLY)
+    if 2 in closed:
+        sys.stderr = open(2, "w", closefd=False)
+    old = sys.stdout
+    if old is not None:
+        try:
+            old.flush()
+        except (OSError, ValueError):
+            pass
+    sys.stdout = CheckedStdout(None if 1 in closed else 1, getattr(old, "encoding", None) or "utf-8",
+                               getattr(old, "errors", None) or "strict")
 
 
 def stdout_gone() -> None:

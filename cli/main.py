@@ -417,8 +417,9 @@ def run() -> None:
     signal there ended the process with 143 and no word although the command had succeeded."""
     import os
 
-    from .common import EXIT_SIGPIPE, report_signals_between_commands, stdout_gone
+    from .common import EXIT_SIGPIPE, report_signals_between_commands, stdout_error_line, stdout_gone, use_checked_stdout
 
+    use_checked_stdout()
     report_signals_between_commands()
     try:
         app()
@@ -431,7 +432,7 @@ def run() -> None:
         stdout_gone()
         code = EXIT_SIGPIPE
     except OSError as e:  # the same, where stdout cannot take the line (> /dev/full): one line, not a traceback
-        err(f"error: could not write to standard output ({e.strerror or e}); free some space or write elsewhere")
+        err(stdout_error_line(e))
         stdout_gone()
         code = 1
     try:
@@ -440,7 +441,7 @@ def run() -> None:
         stdout_gone()
         code = code or EXIT_SIGPIPE
     except (OSError, ValueError) as e:  # a full disk (> /dev/full): the output is lost, say so
-        err(f"error: could not write to standard output ({getattr(e, 'strerror', None) or e}); free some space or write elsewhere")
+        err(stdout_error_line(e) if isinstance(e, OSError) else f"error: could not write to standard output ({e})")
         code = code or 1
     try:
         sys.stderr.flush()

@@ -607,3 +607,32 @@ def test_a_reader_that_leaves_or_a_full_stdout_gets_one_line_not_a_traceback():
             r = subprocess.run([*entry, *args], cwd=ROOT, stdout=full, stderr=subprocess.PIPE, text=True, timeout=120)
         lines = r.stderr.strip().splitlines()
         assert r.returncode == 1 and len(lines) == 1 and "No space left on device" in lines[0], (args, r.stderr)
+
+
+def test_stdout_at_its_file_size_limit_or_closed_is_an_error_not_a_cut_answer():
+    """`unlearn methods --json > out` under `ulimit -f 1` wrote the first KiB of the JSON and exited 0 (Python's
+    buffered stdout lost the failed tail), so a pipeline read a cut answer as a whole one; without --json it said
+    "unexpected OSError ... (please report this)". `unlearn methods >&-` printed a traceback. Now each is one line naming
+    the cause and the fix, exit 1; a closed stderr does not change the answer on stdout."""
+    import resource
+
+    entry = [sys.executable, "-m", "cli"]
+
+    def capped() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1024, resource.RLIM_INFINITY))
+
+    import tempfile
+
+    for args in (["methods", "--json"], ["methods"]):
+        with tempfile.TemporaryFile() as out:
+            r = subprocess.run([*entry, *args], cwd=ROOT, stdout=out, stderr=subprocess.PIPE, text=True, timeout=120,
+                               preexec_fn=capped)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 1 and len(lines) == 1 and "File too large" in lines[0] and "ulimit -f" in lines[0], (args, r.stderr)
+    closed = subprocess.run(" ".join([*entry, "methods"]) + " >&-", shell=True, cwd=ROOT, stderr=subprocess.PIPE, text=True,
+                            timeout=120)
+    lines = closed.stderr.strip().splitlines()
+    assert closed.returncode == 1 and len(lines) == 1 and "standard output is closed" in lines[0], closed.stderr
+    no_stderr = subprocess.run(" ".join([*entry, "methods", "--json"]) + " 2>&-", shell=True, cwd=ROOT, stdout=subprocess.PIPE,
+                               text=True, timeout=120)
+    assert no_stderr.returncode == 0 and len(json.loads(no_stderr.stdout)) > 10
