@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from .checkpoint import TMP_PREFIX, write_bytes
+from .checkpoint import TMP_PREFIX, not_writable, write_bytes
 from .errors import OutputError
 from .provenance import created_utc, versions  # noqa: F401 (re-exported: reports stamp both)
 
@@ -40,6 +40,9 @@ def check_report_dir(folder: Path, our_files: Iterable[str], outputs: Iterable[P
             raise OutputError(f"report dir parent {folder.parent} is a file, not a folder; {FIX}")
         if not folder.parent.is_dir():
             raise OutputError(f"report dir parent {folder.parent} does not exist; create it or {FIX}")
+        problem = not_writable(folder.parent)  # before the work: apply had published its output, then failed here
+        if problem:
+            raise OutputError(f"cannot create report dir {folder}: {folder.parent} is not writable ({problem}); {FIX}")
         return folder
     foreign = sorted(p.name for p in folder.iterdir() if p.name not in ours and not p.name.startswith(TMP_PREFIX))
     if not foreign:  # files with our names must be an earlier report's: its JSON (ours[0]) says so, and none is a link
@@ -53,6 +56,9 @@ def check_report_dir(folder: Path, our_files: Iterable[str], outputs: Iterable[P
                               "or one a previous report of this command wrote")
         raise OutputError(f"report dir {folder} holds files this tool did not write ({listed}); "
                           f"give a new or empty folder, or one a previous report wrote")
+    problem = not_writable(folder)
+    if problem:
+        raise OutputError(f"report dir {folder} is not writable ({problem}); {FIX}")
     return folder
 
 

@@ -636,3 +636,31 @@ def test_stdout_at_its_file_size_limit_or_closed_is_an_error_not_a_cut_answer():
     no_stderr = subprocess.run(" ".join([*entry, "methods", "--json"]) + " 2>&-", shell=True, cwd=ROOT, stdout=subprocess.PIPE,
                                text=True, timeout=120)
     assert no_stderr.returncode == 0 and len(json.loads(no_stderr.stdout)) > 10
+
+
+def _unwritable_folder() -> Path:
+    """/sys/kernel: nothing, not even root, can create a file there (sysfs); skip where it can."""
+    folder = Path("/sys/kernel")
+    try:
+        probe = folder / "unlearn-test-probe"
+        probe.mkdir()
+        probe.rmdir()
+    except OSError:
+        return folder
+    pytest.skip("/sys/kernel is writable here")
+
+
+def test_an_uncreatable_report_dir_is_refused_before_any_work(digits_dir, tmp_path):
+    """`apply --audit --report-dir DIR` where DIR cannot be created ran the whole unlearning, published the output (with
+    --no-keep-on-fail too) and its ledger, then failed with exit 2; `audit` too ran first. Now both are refused before
+    any work, naming the folder, and nothing is written."""
+    bad = _unwritable_folder() / "rep"
+    out = tmp_path / "u.safetensors"
+    for extra in ((), ("--no-keep-on-fail",)):
+        r = invoke("apply", digits_dir / "mlp.safetensors", "-r", digits_dir / "class.yaml", "-o", out, "--device", "cpu",
+                   "--audit", "--report-dir", bad, *extra)
+        assert r.exit_code == 2 and "not writable" in r.stderr and str(bad) in r.stderr, r.stderr
+        assert sorted(p.name for p in tmp_path.iterdir()) == []
+    r = invoke("audit", "-r", digits_dir / "class.yaml", "--original", digits_dir / "mlp.safetensors",
+               "--unlearned", digits_dir / "mlp.safetensors", "--report-dir", bad, "--device", "cpu")
+    assert r.exit_code == 2 and "not writable" in r.stderr, r.stderr
