@@ -108,6 +108,23 @@ def test_svhn_mat_files(tmp_path):
     assert torch.allclose(data.x[2].permute(1, 2, 0), torch.from_numpy(x[:, :, :, 2]).float() / 255)
 
 
+def test_a_compressed_svhn_file_too_big_for_memory_is_refused_before_it_is_unpacked(tmp_path, monkeypatch):
+    """A 261 KB train_32x32.mat with a compressed X of 0.25 GiB took 1.9 GB of memory: nothing was checked before loadmat
+    (and scipy's whosmat unpacks X whole to tell its shape). X's declared shape is read from its element's first bytes."""
+    import scipy.io
+    import unlearn_tool.data as data_module
+
+    scipy.io.savemat(tmp_path / "train_32x32.mat", {"X": np.zeros((32, 32, 3, 400), dtype=np.uint8),
+                                                     "y": np.ones((400, 1), dtype=np.uint8)}, do_compression=True)
+    assert (tmp_path / "train_32x32.mat").stat().st_size < 20_000  # 1.2 MB of X packed small
+    monkeypatch.setattr(data_module, "available_memory", lambda: 1 << 20)
+    loaded = []
+    monkeypatch.setattr(scipy.io, "loadmat", lambda *a, **k: loaded.append(a))
+    with pytest.raises(DataError, match=r"train_32x32\.mat: X \(32, 32, 3, 400\): the data would need 0\.0 GiB in memory"):
+        load_split(_spec(source="torchvision:SVHN", root=str(tmp_path)), "train", tmp_path)
+    assert not loaded  # refused before anything was unpacked
+
+
 @pytest.mark.parametrize("label", [1.7, float("nan"), 1e20, 0, 11])
 def test_svhn_labels_that_are_not_its_digits_are_refused_not_truncated(tmp_path, label):
     """A label of 1.7 was read as 1, NaN and 1e20 as -9223372036854775808 (then blamed on num_classes)."""

@@ -560,10 +560,18 @@ def _load_svhn(spec: DataSpec, root: Path, role: str, where: str) -> LabelledDat
     from scipy.io import loadmat
 
     try:
-        mat = loadmat(str(path))
+        declared = mat_array_headers(path)
+        for key, (shape, itemsize) in declared.items():
+            if key in ("X", "y"):  # as stored, then X as float32 (y as float64 and int64): values of 4 bytes
+                n = int(np.prod(shape, dtype=np.float64))
+                check_fits_in_memory(int(n * (itemsize / 4 + (1 if key == "X" else 4))), f"{where}: {path}: {key} {shape}",
+                                     "give a smaller data set, or more memory")
+        mat = loadmat(str(path), variable_names=["X", "y"])
         images = np.transpose(mat["X"], (3, 0, 1, 2))  # (32, 32, 3, N) -> (N, 32, 32, 3)
         raw = np.asarray(mat["y"]).reshape(-1)
         whole = raw.astype(np.float64) if raw.dtype.kind in "iuf" else None
+    except DataError:
+        raise
     except Exception as e:  # noqa: BLE001
         raise DataError(f"{where}: {path} is not a readable SVHN .mat file ({type(e).__name__}); download it again") from None
     if whole is None or not (np.isfinite(whole).all() and (whole == np.round(whole)).all() and ((whole >= 1) & (whole <= 10)).all()):
@@ -572,6 +580,49 @@ def _load_svhn(spec: DataSpec, root: Path, role: str, where: str) -> LabelledDat
     labels = whole.astype(np.int64)
     labels[labels == 10] = 0  # SVHN stores digit 0 as label 10, like torchvision we map it to 0
     return LabelledData.from_tensors(_uint8_images_to_tensor(images, spec, where), torch.from_numpy(labels))
+
+
+MAT_CLASS_BYTES = {6: 8, 7: 4, 8: 1, 9: 1, 10: 2, 11: 2, 12: 4, 13: 4, 14: 8, 15: 8}  # mxDOUBLE_CLASS .. mxUINT64_CLASS
+
+
+def mat_array_headers(path: Path) -> dict[str, tuple[tuple[int, ...], int]]:
+    """{name: (shape, bytes per value)} of a MAT v5 file's arrays, from each element's first bytes only; {} for another
+    MAT version (loadmat judges those). scipy's whosmat unpacks a compressed array whole to tell its shape (a 261 KB
+    SVHN file held 0.25 GiB of X), so a decompression bomb is known here before anything is unpacked."""
+    import zlib
+
+    out: dict[str, tuple[tuple[int, ...], int]] = {}
+    with open(path, "rb") as f:
+        head = f.read(128)
+        if len(head) < 128 or head[126:128] not in (b"IM", b"MI"):
+            return out
+        order = "<" if head[126:128] == b"IM" else ">"
+        while len(tag := f.read(8)) == 8:
+            mdtype, nbytes = struct.unpack(order + "II", tag)
+            end = f.tell() + nbytes
+            if mdtype == 15:  # miCOMPRESSED: its first 1 KiB unpacked, no more (max_length)
+                body = zlib.decompressobj().decompress(f.read(min(nbytes, 1 << 16)), 1024)
+                mdtype, body = struct.unpack(order + "I", body[:4])[0], body[8:]
+            else:
+                body = f.read(min(nbytes, 1024))
+            f.seek(end)
+            if mdtype != 14:  # not a miMATRIX
+                continue
+            (flags, _), body = _mat_subelement(body, order)
+            (dims, dtype), body = _mat_subelement(body, order)
+            (name, _), body = _mat_subelement(body, order)
+            klass = struct.unpack(order + "I", flags[:4])[0] & 0xFF
+            shape = tuple(np.frombuffer(dims, dtype=order + ("i4" if dtype == 5 else "u4")).tolist())
+            out[name.decode("latin1")] = (shape, MAT_CLASS_BYTES.get(klass, 8))
+    return out
+
+
+def _mat_subelement(body: bytes, order: str) -> tuple[tuple[bytes, int], bytes]:
+    """((data, type), rest) of a MAT v5 sub-element: a tag then its data padded to 8 bytes, or the small form (4+4 bytes)."""
+    mdtype, nbytes = struct.unpack(order + "II", body[:8])
+    if mdtype >> 16:  # small data element: byte count in the upper 16 bits, data in the tag's second word
+        return (body[4:4 + (mdtype >> 16)], mdtype & 0xFFFF), body[8:]
+    return (body[8:8 + nbytes], mdtype), body[8 + nbytes + (-nbytes % 8):]
 
 
 def _load_mnist_family(name: str, spec: DataSpec, root: Path, role: str, where: str) -> LabelledData:
