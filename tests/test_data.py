@@ -153,6 +153,20 @@ def test_resize_on_inputs_that_are_not_images_is_refused_not_ignored(tmp_path):
         load_split(_spec(source="tensors", path="flat.safetensors", preprocess={"resize": 4}), "train", tmp_path)
 
 
+def test_a_resize_is_checked_against_its_peak_memory_and_a_size_that_fits_is_named(tmp_path, monkeypatch):
+    """resize 4096 on 20 tiny images peaked at 15 GB where the check had allowed 4 GB (one copy of one split)."""
+    import unlearn_tool.data as data_module
+
+    np.savez(tmp_path / "x3.npz", x=np.random.rand(20, 3, 8, 8).astype(np.float32), y=np.arange(20) % 10)
+    _cifar_bin(tmp_path / "cifar-10-batches-bin", [f"data_batch_{i}.bin" for i in range(1, 6)], 6, 1)
+    monkeypatch.setattr(data_module, "available_memory", lambda: 2 << 20)  # one copy of 20x3x64x64 floats (0.9 MiB) fits
+    with pytest.raises(DataError, match=r"data.train.preprocess.resize 64 would need ~0\.0 GiB .* use preprocess.resize 41 or smaller"):
+        load_split(_spec(source="tensors", path="x3.npz", preprocess={"resize": 64}), "train", tmp_path)
+    assert load_split(_spec(source="tensors", path="x3.npz", preprocess={"resize": 41}), "train", tmp_path).x.shape == (20, 3, 41, 41)
+    with pytest.raises(DataError, match=r"resize 128 would need .* use preprocess.resize 34 or smaller"):  # 30 CIFAR images
+        load_split(_spec(source="torchvision:CIFAR10", root=str(tmp_path), preprocess={"resize": 128}), "train", tmp_path)
+
+
 def test_imagefolder(tmp_path):
     for c, cls in enumerate(["cat", "dog"]):
         (tmp_path / "imgs" / cls).mkdir(parents=True)
