@@ -83,6 +83,22 @@ def test_cifar10_binary_edition(tmp_path):
     assert torch.allclose(both.x, expect, atol=1e-5)
 
 
+def test_a_cifar_file_too_big_for_memory_is_refused_by_name_before_it_is_read(tmp_path, monkeypatch):
+    """A sparse 8.6 GB data_batch_1.bin was read whole before any check; out of memory, the error advised a smaller
+    batch size. Its size on disk is checked first (here a 3 MB sparse file against 1 MiB of memory)."""
+    import unlearn_tool.data as data_module
+
+    _cifar_bin(tmp_path / "cifar-10-batches-bin", [f"data_batch_{i}.bin" for i in range(1, 6)], 2, 1)
+    os.truncate(tmp_path / "cifar-10-batches-bin" / "data_batch_1.bin", 3073 * 1000)
+    monkeypatch.setattr(data_module, "available_memory", lambda: 1 << 20)
+    read = []
+    monkeypatch.setattr(np, "fromfile", lambda *a, **k: read.append(a))
+    with pytest.raises(DataError, match=r"data_batch_1\.bin \(3,073,000 bytes\): the data would need 0\.0 GiB in memory .*"
+                                        "extract the data set's binary archive there again"):
+        load_split(_spec(source="torchvision:CIFAR10", root="."), "train", tmp_path)
+    assert not read
+
+
 def test_cifar100_binary_uses_the_fine_label(tmp_path):
     written = _cifar_bin(tmp_path / "cifar-100-binary", ["train.bin", "test.bin"], 5, 2)
     train = load_split(_spec(source="torchvision:CIFAR100", root=str(tmp_path)), "train", tmp_path)
@@ -252,6 +268,9 @@ def test_mnist_never_loads_processed_pickles_and_reads_the_idx_files(tmp_path, m
     (lambda p: p.write_bytes(b"\x00\x00"), "is not an idx file"),
     (lambda p: p.write_bytes(p.read_bytes()[:-7]), "the file is truncated or damaged"),
     (lambda p: p.write_bytes(p.read_bytes()[:8] + (2**31).to_bytes(4, "big") + p.read_bytes()[12:]), "the file is truncated or damaged"),
+    # dims whose product wraps int64 to 0, and no data: the check passed and reshape failed (ValueError)
+    (lambda p: p.write_bytes(b"\x00\x00\x08\x03" + (2**31).to_bytes(4, "big") * 2 + (4).to_bytes(4, "big")),
+     "train-images-idx3-ubyte holds 0 values, its header says 2147483648 x 2147483648 x 4; the file is truncated or damaged"),
 ])
 def test_a_damaged_idx_file_is_named(tmp_path, damage, fragment):
     """Wrong magic, a 2-byte file: "unexpected AssertionError" / ValueError (exit 1); a header of 2^31 images: "not found"."""

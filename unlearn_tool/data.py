@@ -12,6 +12,7 @@ when a batch needs it, by DataLoader workers when `num_workers` > 0 (`--num-work
 
 from __future__ import annotations
 
+import math
 import os
 import stat
 import struct
@@ -526,13 +527,24 @@ def _load_digits_rotation(spec: DataSpec, role: str, where: str) -> LabelledData
     return LabelledData.from_tensors(x.contiguous(), torch.from_numpy(angles[idx]).float())
 
 
+# a file of 8-bit images read whole: its bytes, their copy (concatenated, or made writable) and the float32 images, in
+# values of 4 bytes per byte on disk; checked from the file's size before reading it (a sparse 8.6 GB CIFAR batch was
+# read first, and running out of memory then advised a smaller batch size)
+FILE_READ_VALUES_PER_BYTE = 1.5
+
+
 def _read_cifar_binary(folder: Path, files: list[str], label_bytes: int, label_offset: int) -> tuple[np.ndarray, np.ndarray]:
     """CIFAR binary format: each record is label byte(s) then 3072 bytes (R, G, B planes of 32x32)."""
     record = label_bytes + 3072
-    xs, ys = [], []
     for name in files:
         if not (folder / name).is_file():  # a folder, or a FIFO (reading it would hang) or device of that name
             raise DataError(f"{folder / name} is not a regular file; extract the data set's binary archive there again")
+    sizes = {name: os.stat(folder / name).st_size for name in files}
+    biggest = max(sizes, key=sizes.__getitem__)
+    check_fits_in_memory(int(sum(sizes.values()) * FILE_READ_VALUES_PER_BYTE), f"{folder / biggest} ({sizes[biggest]:,} bytes)",
+                         "extract the data set's binary archive there again, or give more memory")
+    xs, ys = [], []
+    for name in files:
         raw = np.fromfile(folder / name, dtype=np.uint8)
         if raw.size % record:
             raise DataError(f"{folder / name} has {raw.size} bytes, not a multiple of {record}; the file is truncated, download it again")
@@ -676,6 +688,9 @@ def _read_idx(path: Path, ndim: int, where: str, fix: str) -> np.ndarray:
 
     header = 4 + 4 * ndim
     try:
+        if path.is_file():
+            size = os.stat(path).st_size
+            check_fits_in_memory(int(size * FILE_READ_VALUES_PER_BYTE), f"{where}: {path} ({size:,} bytes)", f"{fix}, or give more memory")
         raw = read_regular_file(path, f"{where}: idx file", fix)
     except RequestError as e:
         raise DataError(str(e)) from None
@@ -683,7 +698,7 @@ def _read_idx(path: Path, ndim: int, where: str, fix: str) -> np.ndarray:
     if len(raw) < header or magic != 0x800 + ndim:
         raise DataError(f"{where}: {path.name} is not an idx file of {ndim}-dimensional 8-bit data; {fix}")
     dims = struct.unpack(f">{ndim}I", raw[4:header])
-    if len(raw) - header != int(np.prod(dims, dtype=np.int64)):
+    if len(raw) - header != math.prod(dims):  # Python's ints: 2^31 x 2^31 x 4 wrapped to 0 in int64 and passed
         raise DataError(f"{where}: {path.name} holds {len(raw) - header} values, its header says {' x '.join(map(str, dims))}; "
                         f"the file is truncated or damaged; {fix}")
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims).copy()  # writable: torch warns on a read-only array
