@@ -124,6 +124,16 @@ def test_svhn_mat_files(tmp_path):
     assert torch.allclose(data.x[2].permute(1, 2, 0), torch.from_numpy(x[:, :, :, 2]).float() / 255)
 
 
+@pytest.mark.parametrize("y, shape", [(np.ones((25, 1)), r"\(25, 1\)"), (np.ones((30, 2)), r"\(30, 2\)")])
+def test_svhn_labels_that_are_not_one_per_image_are_named(tmp_path, y, shape):
+    """X of 30 images and y of 25 labels (or y (30, 2)) read as 'AssertionError: Size mismatch between tensors'."""
+    from scipy.io import savemat
+
+    savemat(tmp_path / "train_32x32.mat", {"X": np.zeros((32, 32, 3, 30), dtype=np.uint8), "y": y})
+    with pytest.raises(DataError, match=rf"X holds 30 images and y has shape {shape}; give one label per image"):
+        load_split(_spec(source="torchvision:SVHN", root=str(tmp_path)), "train", tmp_path)
+
+
 def test_a_compressed_svhn_file_too_big_for_memory_is_refused_before_it_is_unpacked(tmp_path, monkeypatch):
     """A 261 KB train_32x32.mat with a compressed X of 0.25 GiB took 1.9 GB of memory: nothing was checked before loadmat
     (and scipy's whosmat unpacks X whole to tell its shape). X's declared shape is read from its element's first bytes."""

@@ -600,12 +600,16 @@ def _load_svhn(spec: DataSpec, root: Path, role: str, where: str) -> LabelledDat
                                      "give a smaller data set, or more memory")
         mat = loadmat(str(path), variable_names=["X", "y"])
         images = np.transpose(mat["X"], (3, 0, 1, 2))  # (32, 32, 3, N) -> (N, 32, 32, 3)
-        raw = np.asarray(mat["y"]).reshape(-1)
+        y = np.asarray(mat["y"])
+        raw = y.reshape(-1)
         whole = raw.astype(np.float64) if raw.dtype.kind in "iuf" else None
     except DataError:
         raise
     except Exception as e:  # noqa: BLE001
         raise DataError(f"{where}: {path} is not a readable SVHN .mat file ({type(e).__name__}); download it again") from None
+    if y.ndim > 2 or raw.shape[0] != images.shape[0]:  # "AssertionError: Size mismatch between tensors"
+        raise DataError(f"{where}: {path}: X holds {images.shape[0]} images and y has shape {y.shape}; give one label per image "
+                        "(y of shape (N, 1)), or download the file again")
     if whole is None or not (np.isfinite(whole).all() and (whole == np.round(whole)).all() and ((whole >= 1) & (whole <= 10)).all()):
         raise DataError(f"{where}: {path}: y holds labels that are not whole numbers from 1 to 10 (SVHN's digits; 10 is 0); "
                         "download the file again")  # 1.7 read as 1, NaN as -9223372036854775808, silently
