@@ -232,6 +232,25 @@ def test_missing_torchvision_root_names_the_fix(tmp_path):
         load_split(_spec(source="torchvision:MNIST", root=str(tmp_path / "nothing")), "train", tmp_path)
 
 
+@pytest.mark.parametrize("name, by_hand", [("MNIST", r"put its idx files \(train-images-idx3-ubyte, ...\) in .*MNIST/raw"),
+                                           ("CIFAR10", r"extract cifar-10-binary\.tar\.gz .* into"),
+                                           ("SVHN", r"put torchvision's train_32x32\.mat .* in")])
+def test_a_failed_download_is_named_with_how_to_place_the_files_by_hand(tmp_path, monkeypatch, name, by_hand):
+    """Without network, download: true read "cannot be read as torchvision:MNIST data (URLError: ...)"."""
+    import urllib.error
+
+    import torchvision
+
+    def offline(*a, **k):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torchvision.datasets.utils, "download_and_extract_archive", offline)
+    monkeypatch.setattr(torchvision.datasets, "SVHN", offline)
+    with pytest.raises(DataError, match=rf"data.train: downloading {name} failed \(URLError: .*name resolution.*\); check the "
+                                        rf"network, or {by_hand}.* and drop download: true"):
+        load_split(_spec(source=f"torchvision:{name}", root=str(tmp_path), download=True), "train", tmp_path)
+
+
 def test_fashion_mnist_request_end_to_end(tmp_path):
     """A torchvision-format data set through the real CLI: train, validate, forget a class."""
     import yaml

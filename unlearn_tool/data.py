@@ -17,6 +17,7 @@ import os
 import stat
 import struct
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -563,6 +564,18 @@ CIFAR_LAYOUT = {
 }
 
 
+@contextmanager
+def _download_named(name: str, where: str, by_hand: str) -> Iterator[None]:
+    """A failed download (no network, a proxy, a checksum) is said to be one, with how to place the files by hand;
+    it read "cannot be read as torchvision:MNIST data (URLError: ...)"."""
+    try:
+        yield
+    except Exception as e:  # noqa: BLE001 - urllib, http and torchvision's checksum raise several types
+        raise_interrupt_behind(e)
+        raise DataError(f"{where}: downloading {name} failed ({type(e).__name__}: {str(e).splitlines()[0][:80] if str(e) else '-'}); "
+                        f"check the network, or {by_hand} and drop download: true") from None
+
+
 def _load_cifar(name: str, spec: DataSpec, root: Path, role: str, where: str) -> LabelledData:
     folder_name, train_files, test_files, label_bytes, label_offset, url = CIFAR_LAYOUT[name]
     folder = root / folder_name
@@ -570,7 +583,8 @@ def _load_cifar(name: str, spec: DataSpec, root: Path, role: str, where: str) ->
     if not all((folder / f).exists() for f in files) and spec.download:
         from torchvision.datasets.utils import download_and_extract_archive
 
-        download_and_extract_archive(url, download_root=str(root))
+        with _download_named(name, where, f"extract {url.rsplit('/', 1)[1]} ({url}) into {root}"):
+            download_and_extract_archive(url, download_root=str(root))
     missing = [f for f in files if not (folder / f).exists()]
     if missing:
         pickled = root / ("cifar-10-batches-py" if name == "CIFAR10" else "cifar-100-python")
@@ -586,7 +600,8 @@ def _load_svhn(spec: DataSpec, root: Path, role: str, where: str) -> LabelledDat
     if not path.exists() and spec.download:
         import torchvision
 
-        torchvision.datasets.SVHN(str(root), split=split, download=True)
+        with _download_named("SVHN", where, f"put torchvision's {path.name} (from http://ufldl.stanford.edu/housenumbers/) in {root}"):
+            torchvision.datasets.SVHN(str(root), split=split, download=True)
     if not path.exists():
         raise DataError(f"{where}: {path} not found; put torchvision's SVHN file {path.name} in root or set download: true")
     from scipy.io import loadmat
@@ -673,8 +688,9 @@ def _load_mnist_family(name: str, spec: DataSpec, root: Path, role: str, where: 
         from torchvision.datasets.utils import download_and_extract_archive
 
         cls = getattr(torchvision.datasets, name)
-        for filename, md5 in cls.resources:
-            download_and_extract_archive(f"{cls.mirrors[0]}{filename}", download_root=str(raw), filename=filename, md5=md5)
+        with _download_named(name, where, f"put its idx files ({files[0].name}, ...) in {raw}, unpacked"):
+            for filename, md5 in cls.resources:
+                download_and_extract_archive(f"{cls.mirrors[0]}{filename}", download_root=str(raw), filename=filename, md5=md5)
     missing = [f.name for f in files if not f.exists()]
     if missing:
         raise DataError(f"{where}: {name} not found under {raw} (no {missing[0]}); put the idx files there or set download: true")
