@@ -251,6 +251,18 @@ def test_a_failed_download_is_named_with_how_to_place_the_files_by_hand(tmp_path
         load_split(_spec(source=f"torchvision:{name}", root=str(tmp_path), download=True), "train", tmp_path)
 
 
+def test_mnist_files_still_gzipped_are_named_with_gunzip(tmp_path):
+    """A root holding only the downloaded *.gz files read "not found ... (no train-images-idx3-ubyte)"."""
+    import gzip
+
+    _mnist_like(tmp_path, "MNIST")
+    for f in (tmp_path / "MNIST" / "raw").iterdir():
+        (f.parent / f"{f.name}.gz").write_bytes(gzip.compress(f.read_bytes()))
+        f.unlink()
+    with pytest.raises(DataError, match=r"found .*train-images-idx3-ubyte\.gz but not train-images-idx3-ubyte; unpack it there \(gunzip -k"):
+        load_split(_spec(source="torchvision:MNIST", root=str(tmp_path)), "train", tmp_path)
+
+
 def test_fashion_mnist_request_end_to_end(tmp_path):
     """A torchvision-format data set through the real CLI: train, validate, forget a class."""
     import yaml

@@ -692,6 +692,8 @@ def _load_mnist_family(name: str, spec: DataSpec, root: Path, role: str, where: 
             for filename, md5 in cls.resources:
                 download_and_extract_archive(f"{cls.mirrors[0]}{filename}", download_root=str(raw), filename=filename, md5=md5)
     missing = [f.name for f in files if not f.exists()]
+    if missing and (raw / f"{missing[0]}.gz").exists():  # not read packed: its size on disk would not bound its size in memory
+        raise DataError(f"{where}: found {raw / missing[0]}.gz but not {missing[0]}; unpack it there (gunzip -k {raw / missing[0]}.gz)")
     if missing:
         raise DataError(f"{where}: {name} not found under {raw} (no {missing[0]}); put the idx files there or set download: true")
     fix = f"put {name}'s original idx files in {raw}"
