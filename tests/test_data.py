@@ -388,6 +388,21 @@ def test_forgetting_an_image_whose_name_is_not_utf8(tmp_path):
     assert load_split(_spec(**images), "train", tmp_path).ids[6] == os.fsdecode(b"b/\xff.png")  # the one forgotten
 
 
+def test_a_csv_header_with_spaces_reads_and_a_listed_folder_or_fifo_is_named(tmp_path):
+    """Header "path, label" read as "has no label column"; a folder or FIFO listed as an image as "does not exist"."""
+    (tmp_path / "img").mkdir()
+    for i in range(2):
+        Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(tmp_path / "img" / f"{i}.png")
+    (tmp_path / "m.csv").write_text("path, label\nimg/0.png, 0\nimg/1.png, 1\n")
+    assert load_split(_spec(source="csv", path="m.csv"), "train", tmp_path).targets.tolist() == [0, 1]
+    (tmp_path / "img" / "sub").mkdir()
+    os.mkfifo(tmp_path / "img" / "pipe.png")
+    for odd in ("img/sub", "img/pipe.png"):
+        (tmp_path / "m.csv").write_text(f"path,label\nimg/0.png,0\n{odd},1\n")
+        with pytest.raises(DataError, match=r"m\.csv line 3: the image path is not a regular file \(a folder, FIFO or device\)"):
+            load_split(_spec(source="csv", path="m.csv"), "train", tmp_path)
+
+
 def test_a_csv_saved_with_a_utf8_bom_reads(tmp_path):
     """Excel's "CSV UTF-8" starts with a byte-order mark: it was told it had no path column."""
     _image_folder(tmp_path, {})

@@ -859,6 +859,8 @@ def _load_csv(spec: DataSpec, path: Path, where: str) -> LabelledData:
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:  # Excel's "CSV UTF-8" starts with a BOM
             reader = csv.DictReader(f)
+            if reader.fieldnames:  # "path, label" (a space after the comma) read as no label column
+                reader.fieldnames = [name.strip() for name in reader.fieldnames]
             missing = [c for c in ("path", "label") if c not in (reader.fieldnames or [])]
             if missing:
                 raise DataError(f"{where}.path: {path} has no {' or '.join(missing)} column in its header; {CSV_FIX}")
@@ -882,6 +884,9 @@ def _load_csv(spec: DataSpec, path: Path, where: str) -> LabelledData:
         if not (label.isascii() and label.isdigit()) or len(label) > 9:  # '¹' is a digit to isdigit, not to int()
             raise DataError(f"{where}.path: {path} line {line}: the label is not a whole number from 0 to 999999999; labels are class indices 0..C-1")
         image = folder / (r.get("path") or "").strip()
+        if (r.get("path") or "").strip() and image.exists() and not image.is_file():  # it said "does not exist"
+            raise DataError(f"{where}.path: {path} line {line}: the image path is not a regular file (a folder, FIFO or device); "
+                            "list image files")
         if not (r.get("path") or "").strip() or not image.is_file():
             raise DataError(f"{where}.path: {path} line {line}: the image file does not exist; paths are relative to the CSV's folder")
         seen = first_label.setdefault(str(image), (line, int(label)))
