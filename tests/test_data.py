@@ -162,6 +162,38 @@ def test_svhn_labels_that_are_not_its_digits_are_refused_not_truncated(tmp_path,
         load_split(_spec(source="torchvision:SVHN", root=str(tmp_path)), "train", tmp_path)
 
 
+@pytest.mark.parametrize("arrays, fragment", [
+    ({"ids": np.array([f"id{i}" for i in range(4)])}, r"ids holds <U3 values \(shape \(4,\)\), not numbers; give record IDs as integers"),
+    ({"ids": np.array([1, "a", None, 2.0], dtype=object)}, r"ids holds \|O values"),
+    ({"x": np.zeros(4, dtype=[("a", "f4"), ("b", "i4")])}, r"x holds records values \(shape \(4,\)\), not numbers; save x as float32"),
+    ({"x": np.array(["2020-01-01"] * 4, dtype="datetime64[D]")}, r"x holds <M8\[D\] values"),
+    ({"x": np.float32(1.0)}, r"x is a single value \(shape \(\)\), not one per sample"),
+])
+def test_npz_arrays_that_are_not_numbers_per_sample_are_named_and_big_endian_ones_read(tmp_path, arrays, fragment):
+    """Each read as "not a readable .safetensors/.npz file (TypeError)" (or ValueError, IndexError), naming neither key
+    nor dtype; big-endian x, valid numpy, was refused too (ValueError)."""
+    base = {"x": np.zeros((4, 1, 8, 8), dtype=np.float32), "y": np.arange(4)}
+    np.savez(tmp_path / "odd.npz", **{**base, **arrays})
+    with pytest.raises(DataError, match=fragment):
+        load_split(_spec(source="tensors", path="odd.npz"), "train", tmp_path)
+    x = np.random.rand(4, 1, 8, 8).astype(">f4")
+    np.savez(tmp_path / "be.npz", x=x, y=np.arange(4).astype(">i8"))
+    data = load_split(_spec(source="tensors", path="be.npz"), "train", tmp_path)
+    assert torch.equal(data.x, torch.from_numpy(x.astype("<f4"))) and data.targets.tolist() == [0, 1, 2, 3]
+
+
+def test_safetensors_float8_inputs_read_and_a_scalar_is_named(tmp_path):
+    """float8 x: "(NotImplementedError: isfinite not implemented for Float8_e4m3fn)"; scalar x: "(IndexError)"."""
+    from safetensors.torch import save_file
+
+    x = torch.rand(4, 1, 8, 8).to(torch.float8_e4m3fn)
+    save_file({"x": x, "y": torch.arange(4)}, str(tmp_path / "f8.safetensors"))
+    assert torch.equal(load_split(_spec(source="tensors", path="f8.safetensors"), "train", tmp_path).x, x.float())
+    save_file({"x": torch.tensor(1.0), "y": torch.arange(4)}, str(tmp_path / "s.safetensors"))
+    with pytest.raises(DataError, match=r"x is a single value \(shape \(\)\), not one per sample"):
+        load_split(_spec(source="tensors", path="s.safetensors"), "train", tmp_path)
+
+
 def test_an_npz_file_is_known_by_its_suffix_in_any_case(tmp_path):
     """UP.NPZ was read as safetensors and refused as unreadable."""
     with open(tmp_path / "UP.NPZ", "wb") as f:  # (np.savez would append .npz to a name that does not end in it)
@@ -223,8 +255,8 @@ def test_tensor_files_npz_and_safetensors(tmp_path):
     with pytest.raises(DataError, match="integers"):  # ... and a classification request refuses them
         CLASSIFICATION.check_targets(floats.targets, 3, "data.train")
     np.savez(tmp_path / "obj.npz", x=np.array([object()], dtype=object), y=np.array([1]))
-    with pytest.raises(DataError, match="not a readable"):
-        load_split(_spec(source="tensors", path="obj.npz"), "train", tmp_path)  # allow_pickle=False
+    with pytest.raises(DataError, match=r"x holds \|O values \(shape \(1,\)\), not numbers"):  # from its header: never unpickled
+        load_split(_spec(source="tensors", path="obj.npz"), "train", tmp_path)
 
 
 def test_missing_torchvision_root_names_the_fix(tmp_path):

@@ -349,10 +349,25 @@ def _refuse_npz_bomb(npz: Any, path: Path, where: str) -> None:
             version = np.lib.format.read_magic(member)
             read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
             shape, _, dtype = read(member)
+        _refuse_odd_array(key, tuple(shape), dtype, path, where)
         n = int(np.prod(shape, dtype=np.float64))
         # the array as stored, its float32 copy and a float32 temporary (the finiteness check): values of 4 bytes
         check_fits_in_memory(int(n * (dtype.itemsize / 4 + 2)), f"{where}.path: {path}: {key} {tuple(shape)}",
                              "give a smaller data set, or more memory")
+
+
+def _refuse_odd_array(key: str, shape: tuple[int, ...], dtype: np.dtype, path: Path, where: str) -> None:
+    """An npz array of text, objects, records, dates or extended floats, or a scalar, named by key, dtype and shape (each
+    read as "not a readable .safetensors/.npz file (TypeError)", "(ValueError)" or "(IndexError)")."""
+    numbers = not dtype.fields and (dtype.kind in "biu" or (dtype.kind == "f" and dtype.itemsize <= 8)
+                                    or (dtype.kind == "c" and dtype.itemsize <= 16))
+    fix = ("give record IDs as integers, or one per line in a text file named by ids_path" if key == "ids"
+           else "save x as float32 (or uint8 images) and y as int64 labels or float targets")
+    if not numbers:
+        raise DataError(f"{where}.path: {path}: {key} holds {dtype.str if not dtype.fields else 'records'} values (shape {shape}), "
+                        f"not numbers; {fix}")
+    if not shape:
+        raise DataError(f"{where}.path: {path}: {key} is a single value (shape ()), not one per sample; {fix}, one row per sample")
 
 
 def _load_tensors(spec: DataSpec, path: Path, where: str) -> LabelledData:
@@ -365,11 +380,17 @@ def _load_tensors(spec: DataSpec, path: Path, where: str) -> LabelledData:
             with np.load(path, allow_pickle=False) as f:
                 _refuse_npz_bomb(f, path, where)
                 arrays = {k: f[k] for k in f.files if k in NPZ_KEYS}  # only what is read: every key was unpacked
-            tensors = {k: torch.from_numpy(np.asarray(v)) for k, v in arrays.items()}
+            # big-endian arrays (valid numpy, refused by torch) are read in this machine's byte order
+            tensors = {k: torch.from_numpy(v if v.dtype.isnative else v.astype(v.dtype.newbyteorder("="))) for k, v in arrays.items()}
         else:
             from safetensors.torch import load_file
 
             tensors = load_file(str(path))
+            for k, t in tensors.items():
+                if t.dim() == 0:  # "(IndexError: tuple index out of range)"
+                    raise DataError(f"{where}.path: {path}: {k} is a single value (shape ()), not one per sample; save it with one row per sample")
+                if t.dtype.is_floating_point and t.element_size() == 1:  # float8: isfinite is not implemented for it
+                    tensors[k] = t.float()
     except DataError:
         raise
     except Exception as e:  # noqa: BLE001 - any parse failure is the user's file
