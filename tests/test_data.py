@@ -83,6 +83,22 @@ def test_cifar10_binary_edition(tmp_path):
     assert torch.allclose(both.x, expect, atol=1e-5)
 
 
+def test_a_cifar_file_too_big_for_memory_is_refused_by_name_before_it_is_read(tmp_path, monkeypatch):
+    """A sparse 8.6 GB data_batch_1.bin was read whole before any check; out of memory, the error advised a smaller
+    batch size. Its size on disk is checked first (here a 3 MB sparse file against 1 MiB of memory)."""
+    import unlearn_tool.data as data_module
+
+    _cifar_bin(tmp_path / "cifar-10-batches-bin", [f"data_batch_{i}.bin" for i in range(1, 6)], 2, 1)
+    os.truncate(tmp_path / "cifar-10-batches-bin" / "data_batch_1.bin", 3073 * 1000)
+    monkeypatch.setattr(data_module, "available_memory", lambda: 1 << 20)
+    read = []
+    monkeypatch.setattr(np, "fromfile", lambda *a, **k: read.append(a))
+    with pytest.raises(DataError, match=r"data_batch_1\.bin \(3,073,000 bytes\): the data would need 0\.0 GiB in memory .*"
+                                        "extract the data set's binary archive there again"):
+        load_split(_spec(source="torchvision:CIFAR10", root="."), "train", tmp_path)
+    assert not read
+
+
 def test_cifar100_binary_uses_the_fine_label(tmp_path):
     written = _cifar_bin(tmp_path / "cifar-100-binary", ["train.bin", "test.bin"], 5, 2)
     train = load_split(_spec(source="torchvision:CIFAR100", root=str(tmp_path)), "train", tmp_path)
@@ -108,6 +124,33 @@ def test_svhn_mat_files(tmp_path):
     assert torch.allclose(data.x[2].permute(1, 2, 0), torch.from_numpy(x[:, :, :, 2]).float() / 255)
 
 
+@pytest.mark.parametrize("y, shape", [(np.ones((25, 1)), r"\(25, 1\)"), (np.ones((30, 2)), r"\(30, 2\)")])
+def test_svhn_labels_that_are_not_one_per_image_are_named(tmp_path, y, shape):
+    """X of 30 images and y of 25 labels (or y (30, 2)) read as 'AssertionError: Size mismatch between tensors'."""
+    from scipy.io import savemat
+
+    savemat(tmp_path / "train_32x32.mat", {"X": np.zeros((32, 32, 3, 30), dtype=np.uint8), "y": y})
+    with pytest.raises(DataError, match=rf"X holds 30 images and y has shape {shape}; give one label per image"):
+        load_split(_spec(source="torchvision:SVHN", root=str(tmp_path)), "train", tmp_path)
+
+
+def test_a_compressed_svhn_file_too_big_for_memory_is_refused_before_it_is_unpacked(tmp_path, monkeypatch):
+    """A 261 KB train_32x32.mat with a compressed X of 0.25 GiB took 1.9 GB of memory: nothing was checked before loadmat
+    (and scipy's whosmat unpacks X whole to tell its shape). X's declared shape is read from its element's first bytes."""
+    import scipy.io
+    import unlearn_tool.data as data_module
+
+    scipy.io.savemat(tmp_path / "train_32x32.mat", {"X": np.zeros((32, 32, 3, 400), dtype=np.uint8),
+                                                     "y": np.ones((400, 1), dtype=np.uint8)}, do_compression=True)
+    assert (tmp_path / "train_32x32.mat").stat().st_size < 20_000  # 1.2 MB of X packed small
+    monkeypatch.setattr(data_module, "available_memory", lambda: 1 << 20)
+    loaded = []
+    monkeypatch.setattr(scipy.io, "loadmat", lambda *a, **k: loaded.append(a))
+    with pytest.raises(DataError, match=r"train_32x32\.mat: X \(32, 32, 3, 400\): the data would need 0\.0 GiB in memory"):
+        load_split(_spec(source="torchvision:SVHN", root=str(tmp_path)), "train", tmp_path)
+    assert not loaded  # refused before anything was unpacked
+
+
 @pytest.mark.parametrize("label", [1.7, float("nan"), 1e20, 0, 11])
 def test_svhn_labels_that_are_not_its_digits_are_refused_not_truncated(tmp_path, label):
     """A label of 1.7 was read as 1, NaN and 1e20 as -9223372036854775808 (then blamed on num_classes)."""
@@ -117,6 +160,38 @@ def test_svhn_labels_that_are_not_its_digits_are_refused_not_truncated(tmp_path,
     savemat(tmp_path / "train_32x32.mat", {"X": x, "y": np.array([[1.0], [2.0], [label], [10.0]])})
     with pytest.raises(DataError, match="not whole numbers from 1 to 10"):
         load_split(_spec(source="torchvision:SVHN", root=str(tmp_path)), "train", tmp_path)
+
+
+@pytest.mark.parametrize("arrays, fragment", [
+    ({"ids": np.array([f"id{i}" for i in range(4)])}, r"ids holds <U3 values \(shape \(4,\)\), not numbers; give record IDs as integers"),
+    ({"ids": np.array([1, "a", None, 2.0], dtype=object)}, r"ids holds \|O values"),
+    ({"x": np.zeros(4, dtype=[("a", "f4"), ("b", "i4")])}, r"x holds records values \(shape \(4,\)\), not numbers; save x as float32"),
+    ({"x": np.array(["2020-01-01"] * 4, dtype="datetime64[D]")}, r"x holds <M8\[D\] values"),
+    ({"x": np.float32(1.0)}, r"x is a single value \(shape \(\)\), not one per sample"),
+])
+def test_npz_arrays_that_are_not_numbers_per_sample_are_named_and_big_endian_ones_read(tmp_path, arrays, fragment):
+    """Each read as "not a readable .safetensors/.npz file (TypeError)" (or ValueError, IndexError), naming neither key
+    nor dtype; big-endian x, valid numpy, was refused too (ValueError)."""
+    base = {"x": np.zeros((4, 1, 8, 8), dtype=np.float32), "y": np.arange(4)}
+    np.savez(tmp_path / "odd.npz", **{**base, **arrays})
+    with pytest.raises(DataError, match=fragment):
+        load_split(_spec(source="tensors", path="odd.npz"), "train", tmp_path)
+    x = np.random.rand(4, 1, 8, 8).astype(">f4")
+    np.savez(tmp_path / "be.npz", x=x, y=np.arange(4).astype(">i8"))
+    data = load_split(_spec(source="tensors", path="be.npz"), "train", tmp_path)
+    assert torch.equal(data.x, torch.from_numpy(x.astype("<f4"))) and data.targets.tolist() == [0, 1, 2, 3]
+
+
+def test_safetensors_float8_inputs_read_and_a_scalar_is_named(tmp_path):
+    """float8 x: "(NotImplementedError: isfinite not implemented for Float8_e4m3fn)"; scalar x: "(IndexError)"."""
+    from safetensors.torch import save_file
+
+    x = torch.rand(4, 1, 8, 8).to(torch.float8_e4m3fn)
+    save_file({"x": x, "y": torch.arange(4)}, str(tmp_path / "f8.safetensors"))
+    assert torch.equal(load_split(_spec(source="tensors", path="f8.safetensors"), "train", tmp_path).x, x.float())
+    save_file({"x": torch.tensor(1.0), "y": torch.arange(4)}, str(tmp_path / "s.safetensors"))
+    with pytest.raises(DataError, match=r"x is a single value \(shape \(\)\), not one per sample"):
+        load_split(_spec(source="tensors", path="s.safetensors"), "train", tmp_path)
 
 
 def test_an_npz_file_is_known_by_its_suffix_in_any_case(tmp_path):
@@ -134,6 +209,20 @@ def test_resize_on_inputs_that_are_not_images_is_refused_not_ignored(tmp_path):
     save_file({"x": torch.rand(6, 64), "y": torch.arange(6) % 3}, str(tmp_path / "flat.safetensors"))
     with pytest.raises(DataError, match=r"preprocess.resize: the inputs have shape \(64,\) per sample, not images"):
         load_split(_spec(source="tensors", path="flat.safetensors", preprocess={"resize": 4}), "train", tmp_path)
+
+
+def test_a_resize_is_checked_against_its_peak_memory_and_a_size_that_fits_is_named(tmp_path, monkeypatch):
+    """resize 4096 on 20 tiny images peaked at 15 GB where the check had allowed 4 GB (one copy of one split)."""
+    import unlearn_tool.data as data_module
+
+    np.savez(tmp_path / "x3.npz", x=np.random.rand(20, 3, 8, 8).astype(np.float32), y=np.arange(20) % 10)
+    _cifar_bin(tmp_path / "cifar-10-batches-bin", [f"data_batch_{i}.bin" for i in range(1, 6)], 6, 1)
+    monkeypatch.setattr(data_module, "available_memory", lambda: 2 << 20)  # one copy of 20x3x64x64 floats (0.9 MiB) fits
+    with pytest.raises(DataError, match=r"data.train.preprocess.resize 64 would need ~0\.0 GiB .* use preprocess.resize 41 or smaller"):
+        load_split(_spec(source="tensors", path="x3.npz", preprocess={"resize": 64}), "train", tmp_path)
+    assert load_split(_spec(source="tensors", path="x3.npz", preprocess={"resize": 41}), "train", tmp_path).x.shape == (20, 3, 41, 41)
+    with pytest.raises(DataError, match=r"resize 128 would need .* use preprocess.resize 34 or smaller"):  # 30 CIFAR images
+        load_split(_spec(source="torchvision:CIFAR10", root=str(tmp_path), preprocess={"resize": 128}), "train", tmp_path)
 
 
 def test_imagefolder(tmp_path):
@@ -166,13 +255,44 @@ def test_tensor_files_npz_and_safetensors(tmp_path):
     with pytest.raises(DataError, match="integers"):  # ... and a classification request refuses them
         CLASSIFICATION.check_targets(floats.targets, 3, "data.train")
     np.savez(tmp_path / "obj.npz", x=np.array([object()], dtype=object), y=np.array([1]))
-    with pytest.raises(DataError, match="not a readable"):
-        load_split(_spec(source="tensors", path="obj.npz"), "train", tmp_path)  # allow_pickle=False
+    with pytest.raises(DataError, match=r"x holds \|O values \(shape \(1,\)\), not numbers"):  # from its header: never unpickled
+        load_split(_spec(source="tensors", path="obj.npz"), "train", tmp_path)
 
 
 def test_missing_torchvision_root_names_the_fix(tmp_path):
     with pytest.raises(DataError, match="download: true"):
         load_split(_spec(source="torchvision:MNIST", root=str(tmp_path / "nothing")), "train", tmp_path)
+
+
+@pytest.mark.parametrize("name, by_hand", [("MNIST", r"put its idx files \(train-images-idx3-ubyte, ...\) in .*MNIST/raw"),
+                                           ("CIFAR10", r"extract cifar-10-binary\.tar\.gz .* into"),
+                                           ("SVHN", r"put torchvision's train_32x32\.mat .* in")])
+def test_a_failed_download_is_named_with_how_to_place_the_files_by_hand(tmp_path, monkeypatch, name, by_hand):
+    """Without network, download: true read "cannot be read as torchvision:MNIST data (URLError: ...)"."""
+    import urllib.error
+
+    import torchvision
+
+    def offline(*a, **k):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torchvision.datasets.utils, "download_and_extract_archive", offline)
+    monkeypatch.setattr(torchvision.datasets, "SVHN", offline)
+    with pytest.raises(DataError, match=rf"data.train: downloading {name} failed \(URLError: .*name resolution.*\); check the "
+                                        rf"network, or {by_hand}.* and drop download: true"):
+        load_split(_spec(source=f"torchvision:{name}", root=str(tmp_path), download=True), "train", tmp_path)
+
+
+def test_mnist_files_still_gzipped_are_named_with_gunzip(tmp_path):
+    """A root holding only the downloaded *.gz files read "not found ... (no train-images-idx3-ubyte)"."""
+    import gzip
+
+    _mnist_like(tmp_path, "MNIST")
+    for f in (tmp_path / "MNIST" / "raw").iterdir():
+        (f.parent / f"{f.name}.gz").write_bytes(gzip.compress(f.read_bytes()))
+        f.unlink()
+    with pytest.raises(DataError, match=r"found .*train-images-idx3-ubyte\.gz but not train-images-idx3-ubyte; unpack it there \(gunzip -k"):
+        load_split(_spec(source="torchvision:MNIST", root=str(tmp_path)), "train", tmp_path)
 
 
 def test_fashion_mnist_request_end_to_end(tmp_path):
@@ -221,6 +341,9 @@ def test_mnist_never_loads_processed_pickles_and_reads_the_idx_files(tmp_path, m
     (lambda p: p.write_bytes(b"\x00\x00"), "is not an idx file"),
     (lambda p: p.write_bytes(p.read_bytes()[:-7]), "the file is truncated or damaged"),
     (lambda p: p.write_bytes(p.read_bytes()[:8] + (2**31).to_bytes(4, "big") + p.read_bytes()[12:]), "the file is truncated or damaged"),
+    # dims whose product wraps int64 to 0, and no data: the check passed and reshape failed (ValueError)
+    (lambda p: p.write_bytes(b"\x00\x00\x08\x03" + (2**31).to_bytes(4, "big") * 2 + (4).to_bytes(4, "big")),
+     "train-images-idx3-ubyte holds 0 values, its header says 2147483648 x 2147483648 x 4; the file is truncated or damaged"),
 ])
 def test_a_damaged_idx_file_is_named(tmp_path, damage, fragment):
     """Wrong magic, a 2-byte file: "unexpected AssertionError" / ValueError (exit 1); a header of 2^31 images: "not found"."""
@@ -295,6 +418,21 @@ def test_forgetting_an_image_whose_name_is_not_utf8(tmp_path):
     r, images = _apply_to_a_name_that_is_not_utf8(tmp_path, "--json")
     assert r.exit_code == 0, r.stderr
     assert load_split(_spec(**images), "train", tmp_path).ids[6] == os.fsdecode(b"b/\xff.png")  # the one forgotten
+
+
+def test_a_csv_header_with_spaces_reads_and_a_listed_folder_or_fifo_is_named(tmp_path):
+    """Header "path, label" read as "has no label column"; a folder or FIFO listed as an image as "does not exist"."""
+    (tmp_path / "img").mkdir()
+    for i in range(2):
+        Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(tmp_path / "img" / f"{i}.png")
+    (tmp_path / "m.csv").write_text("path, label\nimg/0.png, 0\nimg/1.png, 1\n")
+    assert load_split(_spec(source="csv", path="m.csv"), "train", tmp_path).targets.tolist() == [0, 1]
+    (tmp_path / "img" / "sub").mkdir()
+    os.mkfifo(tmp_path / "img" / "pipe.png")
+    for odd in ("img/sub", "img/pipe.png"):
+        (tmp_path / "m.csv").write_text(f"path,label\nimg/0.png,0\n{odd},1\n")
+        with pytest.raises(DataError, match=r"m\.csv line 3: the image path is not a regular file \(a folder, FIFO or device\)"):
+            load_split(_spec(source="csv", path="m.csv"), "train", tmp_path)
 
 
 def test_a_csv_saved_with_a_utf8_bom_reads(tmp_path):

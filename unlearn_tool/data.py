@@ -12,10 +12,12 @@ when a batch needs it, by DataLoader workers when `num_workers` > 0 (`--num-work
 
 from __future__ import annotations
 
+import math
 import os
 import stat
 import struct
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -256,13 +258,30 @@ def check_fits_in_memory(n_values: int, where: str, fix: str) -> None:
         raise DataError(f"{where}: the data would need {need / 2**30:.1f} GiB in memory but {have / 2**30:.1f} GiB are available; {fix}")
 
 
+RESIZE_PEAK_COPIES = 4  # measured: resize 4096 on 20 images (4 GiB per split) peaked at 15 GB, where one copy was checked
+
+
+def check_resize_fits(n_images: int, channels: int, size: int, where: str) -> None:
+    """Refuse a resize whose images would not fit with RESIZE_PEAK_COPIES copies of them held at the peak (the split,
+    normalize's two temporaries or the chunk being converted, the other split and the model's first batch); the
+    message names the largest size that would."""
+    per_pixel = 4 * RESIZE_PEAK_COPIES * n_images * channels
+    need, have = per_pixel * size * size, available_memory()
+    if need > 0.8 * have:
+        fits = int((0.8 * have / per_pixel) ** 0.5)
+        fix = f"use preprocess.resize {fits} or smaller" if fits else "give a smaller data set"
+        raise DataError(f"{where}.preprocess.resize {size} would need ~{need / 2**30:.1f} GiB in memory ({n_images} images of "
+                        f"{channels}x{size}x{size} float32, {RESIZE_PEAK_COPIES} copies at the peak) but {have / 2**30:.1f} GiB "
+                        f"are available; {fix}")
+
+
 def _resize(x: torch.Tensor, size: Optional[int], where: str = "data") -> torch.Tensor:
     if size is None:
         return x
     if x.dim() != 4:  # it returned them unchanged, silently
         raise DataError(f"{where}.preprocess.resize: the inputs have shape {tuple(x.shape)[1:]} per sample, not images (C, H, W); "
                         "drop resize, or give x as (N, C, H, W)")
-    check_fits_in_memory(x.shape[0] * x.shape[1] * size * size, where, "lower preprocess.resize")
+    check_resize_fits(x.shape[0], x.shape[1], size, where)
     return torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
 
 
@@ -282,7 +301,10 @@ def _uint8_images_to_tensor(images: np.ndarray, spec: DataSpec, where: str) -> t
     c = 1 if images.ndim == 3 else images.shape[3]
     size = spec.preprocess.resize
     h, w = (size, size) if size else images.shape[1:3]
-    check_fits_in_memory(n * c * h * w, where, "lower preprocess.resize" if size else "use a smaller split")
+    if size:
+        check_resize_fits(n, c, size, where)
+    else:
+        check_fits_in_memory(n * c * h * w, where, "use a smaller split")
     out = torch.empty((n, c, h, w), dtype=torch.float32)
     scale, shift = _affine(spec.preprocess.normalize, c, where)
     for start in range(0, n, CONVERT_CHUNK):
@@ -327,10 +349,25 @@ def _refuse_npz_bomb(npz: Any, path: Path, where: str) -> None:
             version = np.lib.format.read_magic(member)
             read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
             shape, _, dtype = read(member)
+        _refuse_odd_array(key, tuple(shape), dtype, path, where)
         n = int(np.prod(shape, dtype=np.float64))
         # the array as stored, its float32 copy and a float32 temporary (the finiteness check): values of 4 bytes
         check_fits_in_memory(int(n * (dtype.itemsize / 4 + 2)), f"{where}.path: {path}: {key} {tuple(shape)}",
                              "give a smaller data set, or more memory")
+
+
+def _refuse_odd_array(key: str, shape: tuple[int, ...], dtype: np.dtype, path: Path, where: str) -> None:
+    """An npz array of text, objects, records, dates or extended floats, or a scalar, named by key, dtype and shape (each
+    read as "not a readable .safetensors/.npz file (TypeError)", "(ValueError)" or "(IndexError)")."""
+    numbers = not dtype.fields and (dtype.kind in "biu" or (dtype.kind == "f" and dtype.itemsize <= 8)
+                                    or (dtype.kind == "c" and dtype.itemsize <= 16))
+    fix = ("give record IDs as integers, or one per line in a text file named by ids_path" if key == "ids"
+           else "save x as float32 (or uint8 images) and y as int64 labels or float targets")
+    if not numbers:
+        raise DataError(f"{where}.path: {path}: {key} holds {dtype.str if not dtype.fields else 'records'} values (shape {shape}), "
+                        f"not numbers; {fix}")
+    if not shape:
+        raise DataError(f"{where}.path: {path}: {key} is a single value (shape ()), not one per sample; {fix}, one row per sample")
 
 
 def _load_tensors(spec: DataSpec, path: Path, where: str) -> LabelledData:
@@ -343,11 +380,17 @@ def _load_tensors(spec: DataSpec, path: Path, where: str) -> LabelledData:
             with np.load(path, allow_pickle=False) as f:
                 _refuse_npz_bomb(f, path, where)
                 arrays = {k: f[k] for k in f.files if k in NPZ_KEYS}  # only what is read: every key was unpacked
-            tensors = {k: torch.from_numpy(np.asarray(v)) for k, v in arrays.items()}
+            # big-endian arrays (valid numpy, refused by torch) are read in this machine's byte order
+            tensors = {k: torch.from_numpy(v if v.dtype.isnative else v.astype(v.dtype.newbyteorder("="))) for k, v in arrays.items()}
         else:
             from safetensors.torch import load_file
 
             tensors = load_file(str(path))
+            for k, t in tensors.items():
+                if t.dim() == 0:  # "(IndexError: tuple index out of range)"
+                    raise DataError(f"{where}.path: {path}: {k} is a single value (shape ()), not one per sample; save it with one row per sample")
+                if t.dtype.is_floating_point and t.element_size() == 1:  # float8: isfinite is not implemented for it
+                    tensors[k] = t.float()
     except DataError:
         raise
     except Exception as e:  # noqa: BLE001 - any parse failure is the user's file
@@ -506,13 +549,24 @@ def _load_digits_rotation(spec: DataSpec, role: str, where: str) -> LabelledData
     return LabelledData.from_tensors(x.contiguous(), torch.from_numpy(angles[idx]).float())
 
 
+# a file of 8-bit images read whole: its bytes, their copy (concatenated, or made writable) and the float32 images, in
+# values of 4 bytes per byte on disk; checked from the file's size before reading it (a sparse 8.6 GB CIFAR batch was
+# read first, and running out of memory then advised a smaller batch size)
+FILE_READ_VALUES_PER_BYTE = 1.5
+
+
 def _read_cifar_binary(folder: Path, files: list[str], label_bytes: int, label_offset: int) -> tuple[np.ndarray, np.ndarray]:
     """CIFAR binary format: each record is label byte(s) then 3072 bytes (R, G, B planes of 32x32)."""
     record = label_bytes + 3072
-    xs, ys = [], []
     for name in files:
         if not (folder / name).is_file():  # a folder, or a FIFO (reading it would hang) or device of that name
             raise DataError(f"{folder / name} is not a regular file; extract the data set's binary archive there again")
+    sizes = {name: os.stat(folder / name).st_size for name in files}
+    biggest = max(sizes, key=sizes.__getitem__)
+    check_fits_in_memory(int(sum(sizes.values()) * FILE_READ_VALUES_PER_BYTE), f"{folder / biggest} ({sizes[biggest]:,} bytes)",
+                         "extract the data set's binary archive there again, or give more memory")
+    xs, ys = [], []
+    for name in files:
         raw = np.fromfile(folder / name, dtype=np.uint8)
         if raw.size % record:
             raise DataError(f"{folder / name} has {raw.size} bytes, not a multiple of {record}; the file is truncated, download it again")
@@ -531,6 +585,18 @@ CIFAR_LAYOUT = {
 }
 
 
+@contextmanager
+def _download_named(name: str, where: str, by_hand: str) -> Iterator[None]:
+    """A failed download (no network, a proxy, a checksum) is said to be one, with how to place the files by hand;
+    it read "cannot be read as torchvision:MNIST data (URLError: ...)"."""
+    try:
+        yield
+    except Exception as e:  # noqa: BLE001 - urllib, http and torchvision's checksum raise several types
+        raise_interrupt_behind(e)
+        raise DataError(f"{where}: downloading {name} failed ({type(e).__name__}: {str(e).splitlines()[0][:80] if str(e) else '-'}); "
+                        f"check the network, or {by_hand} and drop download: true") from None
+
+
 def _load_cifar(name: str, spec: DataSpec, root: Path, role: str, where: str) -> LabelledData:
     folder_name, train_files, test_files, label_bytes, label_offset, url = CIFAR_LAYOUT[name]
     folder = root / folder_name
@@ -538,7 +604,8 @@ def _load_cifar(name: str, spec: DataSpec, root: Path, role: str, where: str) ->
     if not all((folder / f).exists() for f in files) and spec.download:
         from torchvision.datasets.utils import download_and_extract_archive
 
-        download_and_extract_archive(url, download_root=str(root))
+        with _download_named(name, where, f"extract {url.rsplit('/', 1)[1]} ({url}) into {root}"):
+            download_and_extract_archive(url, download_root=str(root))
     missing = [f for f in files if not (folder / f).exists()]
     if missing:
         pickled = root / ("cifar-10-batches-py" if name == "CIFAR10" else "cifar-100-python")
@@ -554,24 +621,80 @@ def _load_svhn(spec: DataSpec, root: Path, role: str, where: str) -> LabelledDat
     if not path.exists() and spec.download:
         import torchvision
 
-        torchvision.datasets.SVHN(str(root), split=split, download=True)
+        with _download_named("SVHN", where, f"put torchvision's {path.name} (from http://ufldl.stanford.edu/housenumbers/) in {root}"):
+            torchvision.datasets.SVHN(str(root), split=split, download=True)
     if not path.exists():
         raise DataError(f"{where}: {path} not found; put torchvision's SVHN file {path.name} in root or set download: true")
     from scipy.io import loadmat
 
     try:
-        mat = loadmat(str(path))
+        declared = mat_array_headers(path)
+        for key, (shape, itemsize) in declared.items():
+            if key in ("X", "y"):  # as stored, then X as float32 (y as float64 and int64): values of 4 bytes
+                n = int(np.prod(shape, dtype=np.float64))
+                check_fits_in_memory(int(n * (itemsize / 4 + (1 if key == "X" else 4))), f"{where}: {path}: {key} {shape}",
+                                     "give a smaller data set, or more memory")
+        mat = loadmat(str(path), variable_names=["X", "y"])
         images = np.transpose(mat["X"], (3, 0, 1, 2))  # (32, 32, 3, N) -> (N, 32, 32, 3)
-        raw = np.asarray(mat["y"]).reshape(-1)
+        y = np.asarray(mat["y"])
+        raw = y.reshape(-1)
         whole = raw.astype(np.float64) if raw.dtype.kind in "iuf" else None
+    except DataError:
+        raise
     except Exception as e:  # noqa: BLE001
         raise DataError(f"{where}: {path} is not a readable SVHN .mat file ({type(e).__name__}); download it again") from None
+    if y.ndim > 2 or raw.shape[0] != images.shape[0]:  # "AssertionError: Size mismatch between tensors"
+        raise DataError(f"{where}: {path}: X holds {images.shape[0]} images and y has shape {y.shape}; give one label per image "
+                        "(y of shape (N, 1)), or download the file again")
     if whole is None or not (np.isfinite(whole).all() and (whole == np.round(whole)).all() and ((whole >= 1) & (whole <= 10)).all()):
         raise DataError(f"{where}: {path}: y holds labels that are not whole numbers from 1 to 10 (SVHN's digits; 10 is 0); "
                         "download the file again")  # 1.7 read as 1, NaN as -9223372036854775808, silently
     labels = whole.astype(np.int64)
     labels[labels == 10] = 0  # SVHN stores digit 0 as label 10, like torchvision we map it to 0
     return LabelledData.from_tensors(_uint8_images_to_tensor(images, spec, where), torch.from_numpy(labels))
+
+
+MAT_CLASS_BYTES = {6: 8, 7: 4, 8: 1, 9: 1, 10: 2, 11: 2, 12: 4, 13: 4, 14: 8, 15: 8}  # mxDOUBLE_CLASS .. mxUINT64_CLASS
+
+
+def mat_array_headers(path: Path) -> dict[str, tuple[tuple[int, ...], int]]:
+    """{name: (shape, bytes per value)} of a MAT v5 file's arrays, from each element's first bytes only; {} for another
+    MAT version (loadmat judges those). scipy's whosmat unpacks a compressed array whole to tell its shape (a 261 KB
+    SVHN file held 0.25 GiB of X), so a decompression bomb is known here before anything is unpacked."""
+    import zlib
+
+    out: dict[str, tuple[tuple[int, ...], int]] = {}
+    with open(path, "rb") as f:
+        head = f.read(128)
+        if len(head) < 128 or head[126:128] not in (b"IM", b"MI"):
+            return out
+        order = "<" if head[126:128] == b"IM" else ">"
+        while len(tag := f.read(8)) == 8:
+            mdtype, nbytes = struct.unpack(order + "II", tag)
+            end = f.tell() + nbytes
+            if mdtype == 15:  # miCOMPRESSED: its first 1 KiB unpacked, no more (max_length)
+                body = zlib.decompressobj().decompress(f.read(min(nbytes, 1 << 16)), 1024)
+                mdtype, body = struct.unpack(order + "I", body[:4])[0], body[8:]
+            else:
+                body = f.read(min(nbytes, 1024))
+            f.seek(end)
+            if mdtype != 14:  # not a miMATRIX
+                continue
+            (flags, _), body = _mat_subelement(body, order)
+            (dims, dtype), body = _mat_subelement(body, order)
+            (name, _), body = _mat_subelement(body, order)
+            klass = struct.unpack(order + "I", flags[:4])[0] & 0xFF
+            shape = tuple(np.frombuffer(dims, dtype=order + ("i4" if dtype == 5 else "u4")).tolist())
+            out[name.decode("latin1")] = (shape, MAT_CLASS_BYTES.get(klass, 8))
+    return out
+
+
+def _mat_subelement(body: bytes, order: str) -> tuple[tuple[bytes, int], bytes]:
+    """((data, type), rest) of a MAT v5 sub-element: a tag then its data padded to 8 bytes, or the small form (4+4 bytes)."""
+    mdtype, nbytes = struct.unpack(order + "II", body[:8])
+    if mdtype >> 16:  # small data element: byte count in the upper 16 bits, data in the tag's second word
+        return (body[4:4 + (mdtype >> 16)], mdtype & 0xFFFF), body[8:]
+    return (body[8:8 + nbytes], mdtype), body[8 + nbytes + (-nbytes % 8):]
 
 
 def _load_mnist_family(name: str, spec: DataSpec, root: Path, role: str, where: str) -> LabelledData:
@@ -586,9 +709,12 @@ def _load_mnist_family(name: str, spec: DataSpec, root: Path, role: str, where: 
         from torchvision.datasets.utils import download_and_extract_archive
 
         cls = getattr(torchvision.datasets, name)
-        for filename, md5 in cls.resources:
-            download_and_extract_archive(f"{cls.mirrors[0]}{filename}", download_root=str(raw), filename=filename, md5=md5)
+        with _download_named(name, where, f"put its idx files ({files[0].name}, ...) in {raw}, unpacked"):
+            for filename, md5 in cls.resources:
+                download_and_extract_archive(f"{cls.mirrors[0]}{filename}", download_root=str(raw), filename=filename, md5=md5)
     missing = [f.name for f in files if not f.exists()]
+    if missing and (raw / f"{missing[0]}.gz").exists():  # not read packed: its size on disk would not bound its size in memory
+        raise DataError(f"{where}: found {raw / missing[0]}.gz but not {missing[0]}; unpack it there (gunzip -k {raw / missing[0]}.gz)")
     if missing:
         raise DataError(f"{where}: {name} not found under {raw} (no {missing[0]}); put the idx files there or set download: true")
     fix = f"put {name}'s original idx files in {raw}"
@@ -605,6 +731,9 @@ def _read_idx(path: Path, ndim: int, where: str, fix: str) -> np.ndarray:
 
     header = 4 + 4 * ndim
     try:
+        if path.is_file():
+            size = os.stat(path).st_size
+            check_fits_in_memory(int(size * FILE_READ_VALUES_PER_BYTE), f"{where}: {path} ({size:,} bytes)", f"{fix}, or give more memory")
         raw = read_regular_file(path, f"{where}: idx file", fix)
     except RequestError as e:
         raise DataError(str(e)) from None
@@ -612,7 +741,7 @@ def _read_idx(path: Path, ndim: int, where: str, fix: str) -> np.ndarray:
     if len(raw) < header or magic != 0x800 + ndim:
         raise DataError(f"{where}: {path.name} is not an idx file of {ndim}-dimensional 8-bit data; {fix}")
     dims = struct.unpack(f">{ndim}I", raw[4:header])
-    if len(raw) - header != int(np.prod(dims, dtype=np.int64)):
+    if len(raw) - header != math.prod(dims):  # Python's ints: 2^31 x 2^31 x 4 wrapped to 0 in int64 and passed
         raise DataError(f"{where}: {path.name} holds {len(raw) - header} values, its header says {' x '.join(map(str, dims))}; "
                         f"the file is truncated or damaged; {fix}")
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims).copy()  # writable: torch warns on a read-only array
@@ -751,6 +880,8 @@ def _load_csv(spec: DataSpec, path: Path, where: str) -> LabelledData:
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:  # Excel's "CSV UTF-8" starts with a BOM
             reader = csv.DictReader(f)
+            if reader.fieldnames:  # "path, label" (a space after the comma) read as no label column
+                reader.fieldnames = [name.strip() for name in reader.fieldnames]
             missing = [c for c in ("path", "label") if c not in (reader.fieldnames or [])]
             if missing:
                 raise DataError(f"{where}.path: {path} has no {' or '.join(missing)} column in its header; {CSV_FIX}")
@@ -774,6 +905,9 @@ def _load_csv(spec: DataSpec, path: Path, where: str) -> LabelledData:
         if not (label.isascii() and label.isdigit()) or len(label) > 9:  # '¹' is a digit to isdigit, not to int()
             raise DataError(f"{where}.path: {path} line {line}: the label is not a whole number from 0 to 999999999; labels are class indices 0..C-1")
         image = folder / (r.get("path") or "").strip()
+        if (r.get("path") or "").strip() and image.exists() and not image.is_file():  # it said "does not exist"
+            raise DataError(f"{where}.path: {path} line {line}: the image path is not a regular file (a folder, FIFO or device); "
+                            "list image files")
         if not (r.get("path") or "").strip() or not image.is_file():
             raise DataError(f"{where}.path: {path} line {line}: the image file does not exist; paths are relative to the CSV's folder")
         seen = first_label.setdefault(str(image), (line, int(label)))

@@ -159,7 +159,7 @@ CASES = [
     ("data file is a FIFO", lambda w: (os.mkfifo(w / "d.safetensors"), _set("data.train", {"source": "tensors", "path": "d.safetensors"})(w))[1], [], "not a regular file"),
     ("data with NaN inputs", _tensors(np.where(X > 0.5, np.nan, X).astype(np.float32), Y), [], "NaN"),
     ("data labels are floats", _tensors(X, Y.astype(np.float32)), [], "integers"),
-    ("npz with pickled objects", _tensors(X, OBJ, fmt="npz"), [], "not a readable"),
+    ("npz with pickled objects", _tensors(X, OBJ, fmt="npz"), [], "not numbers"),  # y, read from its header: never unpickled
     ("data file truncated", lambda w: ((w / "d.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{\"x\":"), _set("data.train", {"source": "tensors", "path": "d.safetensors"})(w))[1], [], "not a readable"),
     # --- model sources
     ("module name with dots up", _set("model.arch", "python:..evil:build"), [], "model.arch"),
