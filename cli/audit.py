@@ -10,7 +10,7 @@ from typing import Any, Optional
 
 import typer
 
-from .common import handle_errors, markup_safe, print_json, progress_bars
+from .common import err, handle_errors, markup_safe, print_json, progress_bars
 
 
 def gate_rows(report: dict[str, Any]) -> list[list[str]]:
@@ -61,6 +61,9 @@ def finish(report: dict[str, Any], folder: Path, as_json: bool, quiet: bool) -> 
         print_json(report)
     elif not quiet:
         print_summary(report, folder)
+    if as_json or quiet:  # the summary shows them otherwise; a warning always reaches stderr (an adapter-only output's, above all)
+        for w in report["warnings"]:
+            err(f"warning: {w}")
     check_verdict(report, str(folder / "report.md"))
 
 

@@ -664,3 +664,16 @@ def test_an_uncreatable_report_dir_is_refused_before_any_work(digits_dir, tmp_pa
     r = invoke("audit", "-r", digits_dir / "class.yaml", "--original", digits_dir / "mlp.safetensors",
                "--unlearned", digits_dir / "mlp.safetensors", "--report-dir", bad, "--device", "cpu")
     assert r.exit_code == 2 and "not writable" in r.stderr, r.stderr
+
+
+def test_quiet_and_json_audits_still_print_warnings(digits_dir, tmp_path):
+    """`audit -q` and `audit --json` printed nothing on stderr, the adapter-only warning (the forgotten data is still in
+    the base weights) included, though the README says warnings always go to stderr. -q drops the table only."""
+    adapter = tmp_path / "adapter"
+    assert invoke("apply", digits_dir / "mlp.safetensors", "-r", digits_dir / "class.yaml", "-o", adapter, "--adapter-only",
+                  "--device", "cpu", "-q").exit_code == 0
+    for flag in ("-q", "--json"):
+        r = invoke("audit", "-r", digits_dir / "class.yaml", "--original", digits_dir / "mlp.safetensors", "--unlearned", adapter,
+                   "--report-dir", tmp_path / f"rep{flag}", "--device", "cpu", flag)
+        assert "warning: adapter-only output: the forgotten data is still in the base weights" in r.stderr, (flag, r.stderr)
+        assert "┏" not in r.stderr  # no table
