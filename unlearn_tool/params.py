@@ -15,6 +15,11 @@ from pydantic import BaseModel, ConfigDict, model_validator
 MAX_ABS_FLOAT = 1e6  # weights, temperatures, epsilons, std: anything larger is a typo
 MAX_LR = 10.0  # no optimiser in this tool is stable above this learning rate
 MAX_INT = 10_000_000  # epochs, steps, batch sizes, ranks
+IS_PATH = {"path": True}  # Field(json_schema_extra=IS_PATH): a file or folder; relative in a request = to the request's folder
+
+
+def is_path_field(field: Any) -> bool:
+    return isinstance(field.json_schema_extra, dict) and bool(field.json_schema_extra.get("path"))
 
 
 def _accepts_bool(annotation: Any) -> bool:
@@ -107,5 +112,6 @@ def describe_params(params_cls: type[BaseModel]) -> list[dict[str, Any]]:
     out = []
     for name, field in params_cls.model_fields.items():
         default = field.get_default(call_default_factory=True)
-        out.append({"name": name, "type": type_text(field.annotation), "default": default, "description": field.description or ""})
+        out.append({"name": name, "type": type_text(field.annotation), "default": default, "description": field.description or "",
+                    **({"path": True} if is_path_field(field) else {})})
     return out

@@ -757,7 +757,7 @@ def validate_request(request: "str | Path | Request", checkpoint: Optional[str |
                      allow_missing: bool = False) -> dict[str, Any]:
     """`unlearn validate`: schema, method and parameters, output mode, gates, data, classes/indices, checkpoint; no training."""
     req = load_request(request)  # schema first: no torch needed to reject a malformed request
-    params = parse_params(req.method.name, req.method.params)
+    params = parse_params(req.method.name, method_params_for(req, req.method.name))
     check_applicable(req.method.name, req.task, req.forget.scenario, params)
     check_adapter_output(req.method.name, req.output.mode == "adapter")
     from .audit.gates import check_request_gates

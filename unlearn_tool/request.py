@@ -406,8 +406,16 @@ class Request(_Strict):
 
 def method_params_for(request: "Request", name: str, overrides: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """The parameters a run of method `name` gets: the request's method.params when the request names that
-    method (else none), then `overrides` (--param) on top. The one place this policy lives."""
+    method (else none), then `overrides` (--param) on top. The one place this policy lives.
+
+    A relative file or folder (a parameter marked IS_PATH) given in the request is relative to the request's folder,
+    as every path in it is; one given with --param, to the working folder, as every path on the command line is."""
     base = dict(request.method.params) if request.method.name == name else {}
+    if base:
+        from .method_catalog import describe
+
+        paths = {p["name"] for p in describe(name)["params"] if p.get("path")}
+        base = {k: str(request.resolve(v)) if k in paths and isinstance(v, str) and v.strip() else v for k, v in base.items()}
     return {**base, **(overrides or {})}
 
 

@@ -677,3 +677,29 @@ def test_quiet_and_json_audits_still_print_warnings(digits_dir, tmp_path):
                    "--report-dir", tmp_path / f"rep{flag}", "--device", "cpu", flag)
         assert "warning: adapter-only output: the forgotten data is still in the base weights" in r.stderr, (flag, r.stderr)
         assert "┏" not in r.stderr  # no table
+
+
+def test_a_relative_path_in_method_params_is_relative_to_the_request_not_the_working_folder(tmp_path, monkeypatch):
+    """README: paths in a request are relative to its folder. `method.params.concept_dir: concepts` was read from the
+    working folder instead, so the same request found its concepts from one folder and not from another. A --param
+    path stays relative to the working folder, as every path on the command line is."""
+    folder = tmp_path / "req"
+    for concept in ("a", "b"):  # each concept: a folder of examples (a tensors file of 8x8 digits-shaped inputs)
+        (folder / "concepts" / concept).mkdir(parents=True)
+        from safetensors.torch import save_file
+        import torch
+
+        save_file({"x": torch.rand(3, 64)}, str(folder / "concepts" / concept / "x.safetensors"))
+    req = write_request(folder, {"classes": [3]}, method={"name": "concept-poison", "params": {"concept_dir": "concepts"}})
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    r = invoke("validate", "-r", req)
+    assert r.exit_code == 0, r.stderr
+    r = invoke("validate", "-r", req, "--json")  # validate takes no --param: the request's value is what it checks
+    assert r.exit_code == 0, r.stderr
+    from unlearn_tool.request import load_request, method_params_for
+
+    request = load_request(req)
+    assert method_params_for(request, "concept-poison")["concept_dir"] == str(folder / "concepts")
+    assert method_params_for(request, "concept-poison", {"concept_dir": "bank"})["concept_dir"] == "bank"  # --param: as given

@@ -70,7 +70,7 @@ def exact_row_params(name: str, overrides: dict[str, Any], request: Optional["Re
     init_path = None
     if init is not None and str(init).strip().lower() not in ("checkpoint", "random", ""):
         init_path = Path(str(init)).expanduser()
-        if request is not None and request.base_dir is not None and not init_path.is_absolute():
+        if request is not None and "init" not in overrides and not init_path.is_absolute():  # the request's: its folder
             init_path = request.base_dir / init_path
         if not init_path.is_file():
             raise MethodError(f"--param {name}.init={init}: not found; give a .safetensors base checkpoint of the request's architecture")

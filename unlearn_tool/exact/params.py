@@ -7,7 +7,7 @@ from typing import Any, Literal, Optional
 from pydantic import Field, ValidationError, model_validator
 
 from ..errors import MethodError
-from ..params import SaneParams, format_error
+from ..params import IS_PATH, SaneParams, format_error
 
 MAX_PARTS = 4096  # shards x sequences x slices components: anything larger is a typo
 
@@ -35,7 +35,7 @@ class SISAParams(ExactParams):
     """SISA (Bourtoule et al. 2021): per shard one model, trained slice by slice with a checkpoint after each."""
 
     epochs: int = Field(40, ge=1, description="Budget in passes over the shard; stage r gets e_r = floor(r*a) - floor((r-1)*a) epochs, a = 2*epochs/(slices+1) (SISA's schedule).")
-    deletion_weights: Optional[str] = Field(None, description="A text file with one deletion probability in [0, 1] per train sample (# comments allowed): the likeliest deleted samples go to the last slices of each shard (assignment by_weight), so their deletion truncates only the tail of the shard's training sequence.")
+    deletion_weights: Optional[str] = Field(None, json_schema_extra=IS_PATH, description="A text file with one deletion probability in [0, 1] per train sample (# comments allowed): the likeliest deleted samples go to the last slices of each shard (assignment by_weight), so their deletion truncates only the tail of the shard's training sequence.")
     assignment: Optional[Literal["uniform", "by_weight"]] = Field(None, description="Samples -> slices within a shard: uniform (seeded), or by_weight (increasing deletion probability, so the likeliest deleted samples share the last slices). Default: by_weight with deletion_weights, else uniform.")
 
     @model_validator(mode="after")
@@ -49,7 +49,7 @@ class S3TParams(ExactParams):
 
     sequences: int = Field(3, ge=1, le=1024, description="Slice orders per shard (B); at most `slices`. Each is trained separately; a shard serves its longest surviving prefix.")
     order: Literal["cyclic", "bms"] = Field("cyclic", description="cyclic rotations of the slices, or BMS: per position a bipartite matching of sequences to slices, least likely deleted first (needs or uses deletion_weights).")
-    deletion_weights: Optional[str] = Field(None, description="With order=bms: a text file with one deletion probability in [0, 1] per train sample (# comments allowed); default uniform.")
+    deletion_weights: Optional[str] = Field(None, json_schema_extra=IS_PATH, description="With order=bms: a text file with one deletion probability in [0, 1] per train sample (# comments allowed); default uniform.")
     assignment: Optional[Literal["uniform", "by_weight"]] = Field(None, description="Samples -> slices within a shard: uniform (seeded), or by_weight (increasing deletion probability, so the likeliest deleted samples share the last slices, which BMS puts last). Default: by_weight with deletion_weights, else uniform.")
     epochs: int = Field(10, ge=1, description="Epochs per stage over the stage's data (the first i+1 slices).")
     lr: float = Field(5e-3, gt=0, description="Learning rate of the stage's LoRA and head.")

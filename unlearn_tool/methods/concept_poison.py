@@ -38,6 +38,7 @@ from pydantic import Field
 from torch import nn
 
 from ..data import LabelledData
+from ..params import IS_PATH
 from ..errors import MethodError
 from ..training import make_optimizer
 from .base import MethodOutput, MethodParams, UnlearnContext, register_method
@@ -49,7 +50,7 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 
 class ConceptPoisonParams(MethodParams):
     concept_dir: Optional[str] = Field(
-        None, description="Folder with one sub-folder per concept holding example images or .safetensors tensors (key x, or one tensor; "
+        None, json_schema_extra=IS_PATH, description="Folder with one sub-folder per concept holding example images or .safetensors tensors (key x, or one tensor; "
                           "already preprocessed like the model's inputs). Default: no bank, concepts are discovered from the model's features.",
     )
     discovery: Literal["auto", "nmf", "kmeans"] = Field(
