@@ -65,7 +65,7 @@ CLASS_FLOORS = {
     "scrub": (0.05, 0.97, 0.93),            # measured 0.00 / 0.997 / 0.966
     "bad-teacher": (0.40, 0.93, 0.90),      # measured 0.21 / 0.961 / 0.938
     "boundary-shrink": (0.40, 0.95, 0.92),  # measured 0.15 / 0.978 / 0.954
-    "ssd": (0.05, 0.95, 0.92),              # measured 0.00 / 0.978 / 0.947
+    "ssd": (0.05, 0.97, 0.95),              # measured 0.007 / 0.997 / 0.963 (seed 0; 0.00-0.01 on seeds 0-3)
     "blindspot": (0.05, 0.97, 0.94),        # measured 0.00 / 0.995 / 0.972
 }
 
@@ -91,7 +91,8 @@ SAMPLE_FLOORS = {
     "scrub": (0.0, 0.99),             # measured 0.970 -> 0.969 (SCRUB's min-steps mostly undo the max-steps here), retain 0.999
     "bad-teacher": (0.10, 0.95),      # measured 0.970 -> 0.748, retain 0.978
     "boundary-shrink": (0.15, 0.65),  # measured 0.970 -> 0.619, retain 0.756: relabelling random samples hurts (a class method)
-    "ssd": (0.01, 0.97),              # measured 0.970 -> 0.945, retain 0.990 (retrained reference: 0.946)
+    "ssd": (0.0, 0.99),               # measured 0.970 -> 0.970, retain 0.998: SSD singles out no weights for random samples here
+                                      # (retrained reference: 0.946; benchmarks/ssd_seeds.py)
     "blindspot": (0.01, 0.98),        # measured 0.970 -> 0.945, retain 0.999
 }
 
@@ -107,6 +108,18 @@ def test_sample_unlearning_lowers_forget_confidence(name, digits_sample_job):
     assert conf1 < conf0 - min_drop, (conf0, conf1)
     assert ce1 > ce0, (ce0, ce1)  # the forget loss rises for every method
     assert after["retain_acc"] >= min_retain, after
+
+
+def test_ssd_class_forgetting_does_not_hang_on_how_the_seed_batches_the_forget_set(digits_job):
+    """SSD read Df's importance from one pass of batches of 64 (146 samples: 64/64/18): seeds 0-3, which only reshuffle
+    those batches, left class 3's forget accuracy at 0.00, 0.99, 0.78 and 0.73 (benchmarks/ssd_seeds.py). Batches of
+    even size, read until 48 were, forget it on every seed."""
+    for seed in range(4):
+        ctx = make_ctx(digits_job)
+        ctx.seed = seed
+        out, _ = run_method("ssd", ctx, parse_params("ssd", {"use_cache": False}))
+        after = utility(out.model, digits_job)
+        assert after["forget_acc"] <= 0.05 and after["retain_acc"] >= 0.97, (seed, after)
 
 
 def test_same_seed_same_weights_on_cpu(digits_sample_job):
