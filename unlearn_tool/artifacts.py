@@ -371,13 +371,13 @@ def is_checkpoint(path: str | Path) -> bool:
 # ---------------------------------------------------------------- writers
 
 def write_merged(path: Path, state: Mapping[str, "torch.Tensor"], fields: dict[str, Any], force: bool = False,
-                 protect: Mapping[str, Optional[Path]] = {}) -> str:
+                 protect: Mapping[str, Any] = {}) -> str:
     """A drop-in checkpoint (same keys, shapes, dtypes as the caller's state) with our provenance; returns its sha256."""
     return write_safetensors(path, dict(state), metadata_for(fields), force=force, protect=protect)
 
 
 def write_hf_folder(path: Path, state: Mapping[str, "torch.Tensor"], fields: dict[str, Any], source: Path, force: bool = False,
-                    protect: Mapping[str, Optional[Path]] = {}, config: Optional[bytes] = None) -> str:
+                    protect: Mapping[str, Any] = {}, config: Optional[bytes] = None) -> str:
     """A save_pretrained folder: the source folder's config.json (and preprocessor config), the weights under the keys
     save_pretrained writes ("format": "pt", as transformers expects), our provenance; returns the weights' sha256.
 
@@ -399,7 +399,7 @@ def write_hf_folder(path: Path, state: Mapping[str, "torch.Tensor"], fields: dic
 
 
 def write_adapter(path: Path, adapted: Optional["nn.Module"], fields: dict[str, Any], force: bool = False,
-                  protect: Mapping[str, Optional[Path]] = {}) -> str:
+                  protect: Mapping[str, Any] = {}) -> str:
     """PEFT's layout (adapter_config.json, adapter_model.safetensors), written by peft from the method's adapted model
     (lora.to_peft), plus our provenance; returns the weights' sha256."""
     if adapted is None:

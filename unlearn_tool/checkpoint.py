@@ -19,7 +19,7 @@ import struct
 import tempfile
 from pathlib import Path
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Callable, Iterator, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, NamedTuple, Optional
 
 from .errors import CheckpointError, OutputError
 from .interrupts import signals_deferred
@@ -224,7 +224,19 @@ def is_our_folder(path: Path) -> bool:
     return is_our_adapter_folder(path) or is_our_exact_folder(path)
 
 
-def check_output(path: Path, kind: str, force: bool, protect: Mapping[str, Optional[Path]] = {}, flag: str = "--output") -> None:
+class Protected(NamedTuple):
+    """An input folder an output may not be or hold, but may be written inside (a data folder, a torchvision root).
+    A plain Path in `protect` may not be inside either."""
+
+    path: Path
+
+
+def protected_inputs(request: Any) -> dict[str, Any]:
+    """The request's inputs (Request.inputs) as check_output's `protect` entries."""
+    return {label: Protected(p) if inside_ok else p for label, (p, inside_ok) in request.inputs().items()}
+
+
+def check_output(path: Path, kind: str, force: bool, protect: Mapping[str, Any] = {}, flag: str = "--output") -> None:
     """Fail before any work if the output cannot or must not be written.
 
     kind is "file" (a checkpoint) or "dir" (an adapter folder). With `force`, an existing output is
@@ -242,14 +254,15 @@ def check_output(path: Path, kind: str, force: bool, protect: Mapping[str, Optio
     for label, p in dict(protect).items():
         if p is None:
             continue
-        q = Path(os.path.abspath(p))
+        inside_ok = isinstance(p, Protected)
+        q = Path(os.path.abspath(p.path if inside_ok else p))
         if q == absolute:
             raise OutputError(f"output {path} is the {label}; inputs are never overwritten, choose another {flag}")
         if os.path.exists(absolute) and os.path.exists(q) and absolute.resolve() == q.resolve():
             raise OutputError(f"output {path} is a link to the {label}; inputs are never overwritten, choose another {flag}")
         if absolute in q.parents:
             raise OutputError(f"output {path} is a folder that holds the {label} {p}; inputs are never overwritten, choose another {flag}")
-        if q.is_dir() and q.resolve() in absolute.resolve().parents:  # resolved: a link into the input counts too
+        if not inside_ok and q.is_dir() and q.resolve() in absolute.resolve().parents:  # resolved: a link into the input counts too
             raise OutputError(f"output {path} is inside the {label} {p}; inputs are never modified, choose another {flag}")
     if not parent.is_dir():
         raise OutputError(f"output folder {path.parent} does not exist; create it or choose another {flag}")
@@ -390,7 +403,7 @@ def save_canonical(tensors: dict[str, torch.Tensor], path: str | Path, metadata:
 
 
 def write_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str], force: bool = False,
-                      protect: Mapping[str, Optional[Path]] = {}, flag: str = "--output") -> str:
+                      protect: Mapping[str, Any] = {}, flag: str = "--output") -> str:
     """Write tensors + metadata atomically; returns the sha256 of the published file."""
     path = Path(path)
     check_output(path, "file", force, protect, flag)
@@ -413,7 +426,7 @@ def write_bytes(path: str | Path, data: bytes, fix: str = "choose another output
 
 
 def write_directory(path: str | Path, fill: Callable[[Path], None], force: bool = False,
-                    protect: Mapping[str, Optional[Path]] = {}, flag: str = "--output") -> Path:
+                    protect: Mapping[str, Any] = {}, flag: str = "--output") -> Path:
     """Write a folder atomically: `fill` writes into a temporary sibling, which is then published as `path`.
 
     Without force the name is reserved with mkdir (fails if it exists) and the finished folder renamed onto
@@ -525,7 +538,7 @@ class StagedOutput:
     were. Leaving the `with` block discards what was not published (an error, Ctrl-C, a signal).
     """
 
-    def __init__(self, path: str | Path, force: bool, protect: Mapping[str, Optional[Path]] = {}, flag: str = "--output"):
+    def __init__(self, path: str | Path, force: bool, protect: Mapping[str, Any] = {}, flag: str = "--output"):
         self.path, self.force, self.protect, self.flag = Path(path), force, dict(protect), flag
         try:
             self.folder = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, suffix=STAGED_SUFFIX, dir=Path(os.path.abspath(self.path)).parent))

@@ -24,7 +24,7 @@ from torch import nn
 from . import __version__
 from .artifacts import CheckpointArtifact, is_checkpoint, write_adapter, write_hf_folder, write_merged
 from .audit.registry import finite
-from .checkpoint import StagedOutput, check_output, dtypes_of, load_into, non_finite, publish_lock
+from .checkpoint import StagedOutput, check_output, dtypes_of, load_into, non_finite, protected_inputs, publish_lock
 from .data import SUMMARY_SETS, LabelledData, summary_seed
 from .errors import AuditError, CheckpointError, DivergedError, MethodError, UnlearnError, UnmeasurableResult
 from .evaluate import FINITE_OUTPUTS_FIX, non_finite_rows, non_finite_where, predict_logits, remember_predictions
@@ -185,7 +185,7 @@ def plan_apply(
         _ = CheckpointArtifact(ckpt).file
     out_path = Path(output) if output else (req.resolve(req.output.path) if req.output.path else default_output_path(ckpt, adapter))
     hf_source = None if adapter else hf_output_folder(req, out_path)
-    check_output(out_path, "dir" if adapter or hf_source else "file", force, protect={"input checkpoint": ckpt, "request": req.path})
+    check_output(out_path, "dir" if adapter or hf_source else "file", force, protect={**protected_inputs(req), "input checkpoint": ckpt, "request": req.path})
     plan = ApplyPlan(method=name, params=method_params, adapter=adapter, output=out_path, force=force, audit=audit,
                      hf_source=hf_source, summary_samples=summary_samples)
     if audit:
@@ -379,7 +379,7 @@ def write_step(job: Job, plan: ApplyPlan, step: StepResult, parent_sha256: str, 
                            lineage=chain.to_json(), run_info=run_info(step.info),
                            **({"forget_ids": list(job.splits.forget_ids)} if record_ids and job.splits.forget_ids else {}))
     warnings = list(step.log)
-    protect = {"input checkpoint": job.checkpoint_path, "request": job.request.path}
+    protect = {**protected_inputs(job.request), "input checkpoint": job.checkpoint_path, "request": job.request.path}
     target, force = (write_to, False) if write_to is not None else (plan.output, plan.force)
     if plan.adapter:
         digest = write_adapter(target, step.adapter_model, fields, force=force, protect=protect)
@@ -605,7 +605,7 @@ def apply_request(
     # the output is written beside its destination and published together with its ledger entries; with --audit
     # --no-keep-on-fail only once the verdict is in: a failing audit leaves an earlier output (--force) and its ledger as they were
     verdict_first = plans[0].audit and not keep_on_fail
-    protect = {"input checkpoint": job.checkpoint_path, "request": job.request.path}
+    protect = {**protected_inputs(job.request), "input checkpoint": job.checkpoint_path, "request": job.request.path}
     with StagedOutput(final_plan.output, final_plan.force, protect) as stage:
         result = write_step(job, final_plan, step, parent_sha, lineage, record_ids, t0, in_run_steps, write_to=stage.staged)
         result.warnings[:0] = notes
@@ -809,7 +809,7 @@ def train_request(
     if init is not None and not is_checkpoint(init):
         raise CheckpointError(f"--init {init}: not found; give a pre-trained checkpoint (.safetensors or a save_pretrained folder)")
     check_output(Path(output), "dir" if hf_output_folder(req, Path(output)) else "file", force,
-                 protect={"request": req.path, "init checkpoint": Path(init) if init else None})
+                 protect={**protected_inputs(req), "request": req.path, "init checkpoint": Path(init) if init else None})
     start = CheckpointArtifact(init) if init is not None else None
     if start is not None:
         start.tensors  # noqa: B018 - a missing or unreadable --init fails before any work
@@ -844,7 +844,7 @@ def train_checkpoint(
     from .training import fit
 
     output = Path(output)
-    protect = {"request": job.request.path, "init checkpoint": init.path if init is not None else None}
+    protect = {**protected_inputs(job.request), "request": job.request.path, "init checkpoint": init.path if init is not None else None}
     hf_source = hf_output_folder(job.request, output)
     check_output(output, "dir" if hf_source else "file", force, protect=protect)
     data = job.splits.retain if exclude_forget else job.splits.train

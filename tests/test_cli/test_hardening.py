@@ -703,3 +703,45 @@ def test_a_relative_path_in_method_params_is_relative_to_the_request_not_the_wor
     request = load_request(req)
     assert method_params_for(request, "concept-poison")["concept_dir"] == str(folder / "concepts")
     assert method_params_for(request, "concept-poison", {"concept_dir": "bank"})["concept_dir"] == "bank"  # --param: as given
+
+
+def test_force_never_overwrites_a_file_the_request_reads(tmp_path):
+    """`apply ... -o train.safetensors --force` replaced the request's training data (a safetensors file too) with the
+    unlearned weights, exit 0; `train -o test.safetensors --force` the test data. Only the checkpoint and the request
+    were protected. Now every file the request reads is, and a data folder may still hold outputs."""
+    import torch
+    from safetensors.torch import save_file
+
+    from unlearn_tool.checkpoint import Protected, check_output, protected_inputs
+    from unlearn_tool.errors import OutputError
+    from unlearn_tool.request import load_request
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(60) % 3
+    x = torch.rand(60, 8, generator=g) + y[:, None]
+    save_file({"x": x, "y": y}, str(tmp_path / "train.safetensors"))
+    save_file({"x": x[:30], "y": y[:30]}, str(tmp_path / "test.safetensors"))
+    (tmp_path / "forget.txt").write_text("0\n1\n")
+    req = write_request(tmp_path, {"indices_file": "forget.txt"}, kwargs={"in_features": 8, "num_classes": 3},
+                        method={"name": "finetune", "params": {"epochs": 1}},
+                        extra={"data": {"train": {"source": "tensors", "path": "train.safetensors"},
+                                        "test": {"source": "tensors", "path": "test.safetensors"}}})
+    model = tmp_path / "m.safetensors"
+    assert invoke("train", "-r", req, "-o", model, "--epochs", "1", "--device", "cpu", "-q").exit_code == 0
+    kept = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    for args in (("apply", model, "-r", req, "-o", tmp_path / "train.safetensors"),
+                 ("train", "-r", req, "-o", tmp_path / "test.safetensors", "--epochs", "1"),
+                 ("apply", model, "-r", req, "-o", tmp_path / "forget.txt")):
+        r = invoke(*args, "--force", "--device", "cpu", "-q")
+        assert r.exit_code == 2 and "inputs are never overwritten" in r.stderr, (args, r.stderr)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == kept
+    inputs = protected_inputs(load_request(req))
+    assert inputs["request's data.train.path"] == tmp_path / "train.safetensors"
+    assert inputs["request's forget.indices_file"] == tmp_path / "forget.txt"
+    data_root = tmp_path / "root"
+    data_root.mkdir()
+    check_output(data_root / "u.safetensors", "file", False, {"data root": Protected(data_root)})  # inside: allowed
+    with pytest.raises(OutputError, match="is the data root"):
+        check_output(data_root, "dir", True, {"data root": Protected(data_root)})
+    with pytest.raises(OutputError, match="folder that holds the data root"):
+        check_output(tmp_path, "dir", True, {"data root": Protected(data_root)})

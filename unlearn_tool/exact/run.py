@@ -20,7 +20,7 @@ import torch
 
 from .. import __version__
 from ..artifacts import CheckpointArtifact, EnsembleArtifact, is_checkpoint
-from ..checkpoint import StagedOutput, check_output, load_into, non_finite, save_canonical, sha256_file, write_directory
+from ..checkpoint import StagedOutput, check_output, load_into, non_finite, protected_inputs, save_canonical, sha256_file, write_directory
 from ..errors import CheckpointError, DataError, DivergedError, MethodError, shown
 from ..job import Job, Progress, check_seed, prepare
 from ..models import CodePolicy
@@ -100,7 +100,7 @@ def _component_metadata(m: Manifest, k: int, b: int, st: Stage) -> dict[str, str
 
 
 def _publish(output: Path, m: Manifest, new_components: dict[tuple[int, int, int], Tensors], copy_from: Optional[Path],
-             base_write: Any, assignment_write: Any, force: bool, protect: dict[str, Optional[Path]]) -> str:
+             base_write: Any, assignment_write: Any, force: bool, protect: dict[str, Any]) -> str:
     """Write the folder atomically: base, assignment, the active components (new ones saved, kept ones copied byte for
     byte from `copy_from`), then the manifest with every sha256. Returns the manifest's sha256. A new component
     holding NaN/Inf (a stage whose training diverged) is refused first: nothing is written."""
@@ -200,7 +200,7 @@ def train_exact_request(
         check_seed(seed)
     output = Path(output)
     init_path = Path(init) if init is not None else None
-    protect = {"request": req.path, "init checkpoint": init_path}
+    protect = {**protected_inputs(req), "request": req.path, "init checkpoint": init_path}
     check_output(output, "dir", force, protect=protect)
     if init_path is not None:
         CheckpointArtifact(init_path).tensors  # noqa: B018 - a missing or unreadable --init fails before any work
@@ -308,7 +308,7 @@ def train_artifact(job: Job, method: str, p: ExactParams, output: Path, init: Op
         save_canonical(tmp_assignment, path, {"unlearn.format": FORMAT, "unlearn.rule": rule})
         m.assignment.sha256 = sha256_file(path)
 
-    protect = {"request": req.path, "init checkpoint": init}
+    protect = {**protected_inputs(req), "request": req.path, "init checkpoint": init}
     with StagedOutput(output, force, protect) as stage:  # measured before it is published: outputs that overflow refuse it
         manifest_sha = _publish(stage.staged, m, components, None, write_base, write_assignment, False, protect)
         model = EnsembleArtifact(stage.staged).load(job.load_context())
@@ -370,7 +370,7 @@ def plan_exact_output(artifact_path: Path, req: Request, output: Optional[str | 
     from ..pipeline import default_output_path
 
     out = Path(output) if output else (req.resolve(req.output.path) if req.output.path else default_output_path(artifact_path, adapter=True))
-    check_output(out, "dir", force, protect={"input artifact": artifact_path, "request": req.path})
+    check_output(out, "dir", force, protect={**protected_inputs(req), "input artifact": artifact_path, "request": req.path})
     return out
 
 
@@ -486,7 +486,7 @@ def apply_exact_request(
     copy_base, copy_assignment = copier(m.base.file, m.base.sha256), copier(m.assignment.file, m.assignment.sha256)
     latency_before_write = time.perf_counter() - t0
     deletion.figures = _volatile({"plan_and_deactivate_s": round(latency_before_write, 6), **retrain_figures})
-    protect = {"input artifact": artifact_path, "request": req.path}
+    protect = {**protected_inputs(req), "input artifact": artifact_path, "request": req.path}
     # written beside its destination and published at once; with --audit --no-keep-on-fail only once the verdict is in,
     # so that a failing audit leaves an earlier output folder (--force) as it was
     verdict_first = audit and not keep_on_fail
