@@ -99,6 +99,8 @@ def non_finite(tensors: dict[str, torch.Tensor]) -> list[tuple[str, int, int]]:
     out = []
     for name, t in tensors.items():
         if t.is_floating_point() or t.is_complex():
+            if t.is_floating_point() and t.element_size() == 1:  # float8: torch has no isfinite for it
+                t = t.float()
             bad = int((~torch.isfinite(t)).sum())
             if bad:
                 out.append((name, bad, t.numel()))
