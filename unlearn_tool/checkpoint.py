@@ -376,6 +376,23 @@ def stage_beside(path: Path, write: Callable[[Path], None], mode: int) -> Path:
     return tmp
 
 
+def _unshared(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Each tensor with a storage of its own: safetensors refuses tensors that share memory, which a model with tied
+    weights (one module under two names, an embedding reused as the output layer) has in its state_dict. Every key is
+    kept, so the output has the input's keys; loading it ties them again."""
+    seen: set[int] = set()
+    out = {}
+    for name in sorted(tensors):
+        t = tensors[name]
+        if t.numel():
+            ptr = t.untyped_storage().data_ptr()
+            if ptr in seen:
+                t = t.clone()
+            seen.add(ptr)
+        out[name] = t
+    return out
+
+
 def save_canonical(tensors: dict[str, torch.Tensor], path: str | Path, metadata: Optional[dict[str, str]] = None) -> None:
     """safetensors.torch.save_file, then the header rewritten with sorted keys.
 
@@ -384,7 +401,7 @@ def save_canonical(tensors: dict[str, torch.Tensor], path: str | Path, metadata:
     """
     from safetensors.torch import save_file
 
-    save_file(tensors, str(path), metadata=metadata)
+    save_file(_unshared(tensors), str(path), metadata=metadata)
     with open(path, "r+b") as f:
         (n,) = struct.unpack("<Q", f.read(8))
         header = json.loads(f.read(n))

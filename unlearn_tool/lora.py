@@ -28,15 +28,20 @@ def lora_capable_layers(model: nn.Module) -> list[str]:
 
     Excluded: grouped/depthwise and dilated convolutions (peft cannot adapt the former; its LoRA branch of the
     latter drops the dilation, so its output no longer matches the layer's), and projections owned by
-    nn.MultiheadAttention (it reads their weights directly, so an adapter there would be silently ignored).
+    nn.MultiheadAttention (it reads their weights directly, so an adapter there would be silently ignored), and a
+    module registered under two names (`self.head2 = self.head`, tied layers): peft replaces it under one name, so a
+    forward that calls it by the other skips the adapter (RFA then failed with "unexpected KeyError: 'head'").
     """
+    counts: dict[int, int] = {}
+    for _, m in model.named_modules(remove_duplicate=False):
+        counts[id(m)] = counts.get(id(m), 0) + 1
     owned_by_mha = set()
     for name, m in model.named_modules():
         if isinstance(m, nn.MultiheadAttention):
             owned_by_mha.update(f"{name}.{child}" if name else child for child, _ in m.named_children())
     names = []
     for name, m in model.named_modules():
-        if not name or name in owned_by_mha:
+        if not name or name in owned_by_mha or counts[id(m)] > 1:
             continue
         if isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d) and m.groups == 1 and m.dilation == (1, 1)):
             names.append(name)
@@ -147,12 +152,19 @@ def _select_one(model: nn.Module, capable: list[str], spec: str) -> list[str]:
     return [n for n in capable if n == spec or re.fullmatch(spec, n)]
 
 
+def capable_or_refuse(model: nn.Module) -> list[str]:
+    """lora_capable_layers, or the named refusal when there is none (it read "internal: ... please report this")."""
+    capable = lora_capable_layers(model)
+    if not capable:
+        raise MethodError("the model has no Linear or Conv2d layer that LoRA can adapt (a layer called under two names is not "
+                          "adapted); use a method that edits weights directly")
+    return capable
+
+
 def select_layers(model: nn.Module, targets: str | Sequence[str]) -> list[str]:
     """Resolve a target spec, a keyword (KEYWORDS, 'last:N', 'blocks:N') or layer names/regexes, or a list of them
     (their union), to adaptable layer names in model order."""
-    capable = lora_capable_layers(model)
-    if not capable:
-        raise MethodError("the model has no Linear or Conv2d layer that LoRA can adapt; use a method that edits weights directly")
+    capable = capable_or_refuse(model)
     specs = [targets] if isinstance(targets, str) else list(targets)
     for t in specs:
         if re.fullmatch(r"(last|blocks):\d+", t) and int(t.split(":")[1]) < 1:
@@ -451,7 +463,7 @@ def auto_layers(model: nn.Module, probe: torch.Tensor, min_prefix_share: float =
     """The adaptable layers after the earliest single-tensor cut whose frozen prefix holds at least
     `min_prefix_share` of the forward multiply-accumulates of the adaptable layers (Linear / Conv2d), if that
     suffix keeps at least `min_layers` of them; otherwise every adaptable layer (no cut pays off)."""
-    capable = lora_capable_layers(model)
+    capable = capable_or_refuse(model)
     macs: dict[str, float] = {}  # in execution order
     modules = dict(model.named_modules())
 

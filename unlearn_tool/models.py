@@ -6,6 +6,7 @@ Every model is built with random weights (the checkpoint supplies them): nothing
 from __future__ import annotations
 
 import json
+import warnings
 import os
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -73,7 +74,9 @@ def _torchvision_model(name: str, kwargs: dict) -> nn.Module:
         if kwargs.get(key) is not None:  # would download a pickled .pth file; the checkpoint supplies the weights
             raise ModelError(f"model.kwargs.{key}: pre-trained weights are never downloaded (the checkpoint supplies them); drop {key}")
     kwargs["weights"] = None
-    return _call_factory(lambda **kw: torchvision.models.get_model(name, **kw), kwargs, f"torchvision:{name}")
+    with warnings.catch_warnings():  # GoogLeNet / Inception v3: a notice about torchvision's future init, not the user's concern
+        warnings.filterwarnings("ignore", message="The default weight initialization", category=FutureWarning)
+        return _call_factory(lambda **kw: torchvision.models.get_model(name, **kw), kwargs, f"torchvision:{name}")
 
 
 # ---------------------------------------------------------------- Hugging Face transformers (hf:<folder>)
@@ -319,7 +322,21 @@ def build_model(spec: ModelSpec, base_dir: Path = Path("."), policy: CodePolicy 
         model = _python_model(spec.arch, spec.kwargs, base_dir, policy)
     if not isinstance(model, nn.Module):
         raise ModelError(f"model.arch: {spec.arch} returned {type(model).__name__}, not a torch nn.Module; return the model itself")
+    model.register_forward_hook(logits_only)
     return model
+
+
+def logits_only(module: nn.Module, args: Any, output: Any) -> Any:
+    """The model's output as the (batch, outputs) tensor every method and the audit take. torchvision's GoogLeNet and
+    Inception v3 return their logits with auxiliary ones in training mode (GoogLeNetOutputs), and a model may return
+    {"logits": ...}: their logits are used. Anything else is named; it crashed as "unexpected" mid-run."""
+    if isinstance(output, torch.Tensor):
+        return None
+    logits = output.get("logits") if isinstance(output, dict) else getattr(output, "logits", None)
+    if isinstance(logits, torch.Tensor):
+        return logits
+    raise ModelError(f"model.arch: the model's forward returns {type(output).__name__}, not a tensor of outputs; return the "
+                     "(batch, outputs) logits tensor, or an object whose .logits (or key 'logits') holds it")
 
 
 def _mismatch_fix(error: str, input_shape: tuple[int, ...] = (), arch: str = "") -> str:
@@ -363,6 +380,8 @@ def num_outputs_of(model: nn.Module, input_shape: tuple[int, ...], arch: str = "
     try:
         with torch.no_grad():
             out = model(torch.zeros(1, *input_shape))
+    except ModelError:  # logits_only's: the output's kind, not a mismatch
+        raise
     except (Exception, SystemExit) as e:  # noqa: BLE001 - any failure here is a data/arch mismatch
         first = str(e).splitlines()[0] if str(e) else ""
         raise ModelError(f"model.arch: the model cannot run on inputs of shape {input_shape} ({type(e).__name__}: {first[:160]}); "

@@ -67,6 +67,13 @@ def train_config(**options: object) -> TrainConfig:
 
 
 def make_optimizer(params, name: str, lr: float, weight_decay: float = 0.0, momentum: float = 0.9) -> torch.optim.Optimizer:
+    params = list(params)
+    flat = [q for g in params for q in (g["params"] if isinstance(g, dict) else [g])]
+    if not any(q.requires_grad for q in flat):  # torch said "empty parameter list", or failed in backward
+        from .errors import MethodError
+
+        raise MethodError("the model has no trainable parameters (requires_grad is False on every one, or it has none); this "
+                          "trains the model's weights: unfreeze them in the model's code, or use rfa, which trains adapters")
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
