@@ -768,3 +768,15 @@ def test_a_float8_checkpoint_is_read_and_its_nan_named(digits_dir, tmp_path):
     save_file(broken, str(tmp_path / "nan.safetensors"))
     r = invoke("validate", "-r", digits_dir / "class.yaml", tmp_path / "nan.safetensors")
     assert r.exit_code == 2 and first in r.stderr and "NaN" in r.stderr, r.stderr
+
+
+def test_class_unlearning_that_leaves_the_class_known_says_so(digits_dir, tmp_path):
+    """laf on a timm ResNet raised forget accuracy from 65% to 97% and exited 0 with no warning; finetune or l1-sparse
+    with weak settings left half the class, silently. Now apply warns when forget accuracy stays at half the original's
+    or more (a retrained model scores 0%); a run that forgets says nothing of the kind."""
+    weak = invoke("apply", digits_dir / "mlp.safetensors", "-r", digits_dir / "class.yaml", "-o", tmp_path / "weak.safetensors",
+                  "--method", "finetune", "--param", "epochs=1", "--param", "lr=0.00001", "--device", "cpu", "-q")
+    assert weak.exit_code == 0 and "warning: the class is largely not forgotten: forget_acc stayed at" in weak.stderr, weak.stderr
+    good = invoke("apply", digits_dir / "mlp.safetensors", "-r", digits_dir / "class.yaml", "-o", tmp_path / "rfa.safetensors",
+                  "--device", "cpu", "-q")
+    assert good.exit_code == 0 and "largely not forgotten" not in good.stderr, good.stderr
