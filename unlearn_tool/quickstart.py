@@ -21,7 +21,7 @@ seed: 0
 
 def run_quickstart(folder: Path, device: str = "auto", progress: Optional[Callable[[str, int, int], None]] = None) -> dict[str, Any]:
     """Returns the apply summary; re-running reuses the trained model and overwrites only the unlearned output."""
-    from .pipeline import apply, prepare, train_checkpoint
+    from .pipeline import prepare, train_checkpoint
     from .training import TrainConfig
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -33,9 +33,11 @@ def run_quickstart(folder: Path, device: str = "auto", progress: Optional[Callab
     if not model.exists():
         train_checkpoint(prepare(request, None, device=device), model, TrainConfig(), progress=progress)
         trained = True
-    job = prepare(request, model, device=device)
-    result = apply(job, output=folder / "digits_mlp.unlearned.safetensors", force=True, progress=progress)
-    return {**result.as_dict(job), "trained_original": trained}
+    from .commands import apply as apply_command  # as `unlearn apply --force` does it: with its ledger, so `ledger verify` works
+
+    outcome = apply_command(request, model, output=folder / "digits_mlp.unlearned.safetensors", force=True, device=device,
+                            progress=progress)
+    return {**outcome.summary(), "trained_original": trained}
 
 
 def copy_examples(folder: Path) -> list[Path]:

@@ -780,3 +780,18 @@ def test_class_unlearning_that_leaves_the_class_known_says_so(digits_dir, tmp_pa
     good = invoke("apply", digits_dir / "mlp.safetensors", "-r", digits_dir / "class.yaml", "-o", tmp_path / "rfa.safetensors",
                   "--device", "cpu", "-q")
     assert good.exit_code == 0 and "largely not forgotten" not in good.stderr, good.stderr
+
+
+def test_quickstart_forgets_digit_3_and_its_output_verifies_against_its_ledger(tmp_path):
+    """The README's first command. It wrote no ledger beside its output, so `unlearn ledger verify` on the demo said
+    NOT VERIFIED (exit 3). Now it applies as `unlearn apply --force` does; a second run reuses the trained model."""
+    folder = tmp_path / "qs"
+    first = invoke("quickstart", "--dir", folder, "--device", "cpu", "--json")
+    assert first.exit_code == 0, first.stderr
+    summary = json.loads(first.stdout)
+    assert summary["trained_original"] and summary["before"]["forget_acc"] > 0.95 and summary["after"]["forget_acc"] < 0.05
+    assert summary["after"]["test_remaining_acc"] > summary["before"]["test_remaining_acc"] - 0.03
+    again = invoke("quickstart", "--dir", folder, "--device", "cpu", "--json")
+    assert again.exit_code == 0 and not json.loads(again.stdout)["trained_original"], again.stderr
+    r = invoke("ledger", "verify", folder / "digits_mlp.unlearned.safetensors", "--original", folder / "digits_mlp.safetensors")
+    assert r.exit_code == 0 and "verified: 1 step(s)" in r.stdout + r.stderr, r.stdout + r.stderr
