@@ -68,7 +68,7 @@ def _one_line(message: str) -> str:
 app = typer.Typer(
     name="unlearn",
     cls=OneLineErrors,
-    help="Make a trained PyTorch classifier forget part of its training data, and show that it did.",
+    help="Make a trained PyTorch model (a classifier or a regressor) forget part of its training data, and show that it did.",
     no_args_is_help=True,
     add_completion=True,  # --install-completion / --show-completion for bash, zsh, fish, PowerShell
     pretty_exceptions_enable=False,
@@ -86,7 +86,7 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version and exit.")) -> None:
-    """Make a trained PyTorch classifier forget part of its training data, and show that it did."""
+    """Make a trained PyTorch model (a classifier or a regressor) forget part of its training data, and show that it did."""
 
 DeviceOpt = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps.")
 PrecisionOpt = typer.Option("auto", "--precision", help="Training passes on CUDA: auto (bf16 autocast where the GPU supports it, else fp16 with loss scaling in the loops that support it), bf16, fp16 or fp32. CPU and MPS always run fp32.")

@@ -46,7 +46,7 @@ def apply(
     force: bool = typer.Option(False, "--force", help="Overwrite an existing output (only a checkpoint, or an adapter folder this tool wrote)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or tables."),
-    audit: bool = typer.Option(False, "--audit", help="Audit the result right away (request's audit.gates and audit.reference); exit 3 if a gate fails."),
+    audit: bool = typer.Option(False, "--audit", help="Audit the result right away (request's audit.gates and audit.reference); exit 3 if the verdict is fail (a gate, or the default policy when there is none)."),
     retrain_affected: bool = typer.Option(False, "--retrain-affected", help="Exact artifacts (train --exact): retrain the truncated stages on the remaining data (SISA's deletion) instead of only deactivating them."),
     report_dir: Optional[Path] = typer.Option(None, "--report-dir", help="With --audit: where to write the reports (default <output stem>.audit/)."),
     summary_samples: int = typer.Option(1000, "--summary-samples", min=0, help="Retain and test samples the before/after summary evaluates (seeded; the forget set is always whole; 0: every sample). The audit evaluates everything."),

@@ -157,8 +157,8 @@ class Normalize(_Strict):
 
 
 class Preprocess(_Strict):
-    resize: Optional[int] = Field(None, gt=0, le=MAX_RESIZE, description="Resize images to this square size (torchvision, imagefolder).")
-    grayscale: bool = Field(False, description="Convert images to one channel (imagefolder).")
+    resize: Optional[int] = Field(None, gt=0, le=MAX_RESIZE, description="Resize images to this square size (torchvision, imagefolder, csv, tensors of images).")
+    grayscale: bool = Field(False, description="Convert images to one channel (imagefolder, csv).")
     normalize: Optional[Normalize] = Field(None, description="Channel normalisation applied last.")
 
 

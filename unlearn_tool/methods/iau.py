@@ -74,7 +74,7 @@ def training_warning(ctx: UnlearnContext) -> Optional[str]:
         return (f"iau: the checkpoint does not record its training regularizer; IAU's approximation assumes an original trained with "
                 f"{GRADIENT_RESTRICTION} (it still ran); {fix}")
     if reg.get("regularizer") != GRADIENT_RESTRICTION:
-        return (f"iau: the original was trained without {GRADIENT_RESTRICTION} (regularizer: {reg.get('regularizer')}); "
+        return (f"iau: the original was trained without {GRADIENT_RESTRICTION} (regularizer: {reg.get('regularizer') or 'none'}); "
                 f"IAU's approximation assumes it (it still ran); {fix}")
     return None
 

@@ -9,6 +9,8 @@ paper's order of magnitude) and is capped at 0.05.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from pydantic import Field
 from torch import nn
@@ -18,6 +20,7 @@ from .finetune import FinetuneParams, train_on_retain
 
 
 class L1SparseParams(FinetuneParams):
+    loss: Literal["auto"] = Field("auto", description="Cross-entropy: l1-sparse unlearns classifiers only.")
     gamma: float = Field(
         5e-4, ge=0, le=0.05,
         description="Initial l1 weight gamma, decayed linearly to 0 over the epochs. The paper searches about 1e-5..1e-3; "
