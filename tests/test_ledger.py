@@ -482,3 +482,14 @@ def test_force_never_removes_a_set_another_ledger_sharing_the_folder_names(digit
     assert (tmp_path / "x.ledger.d" / named).is_file()
     r = invoke("apply", x, "-r", c, "-o", tmp_path / "z.safetensors", "--quiet")  # x's lineage still resolves its set
     assert r.exit_code == 0, r.stderr
+
+
+def test_verify_without_a_ledger_names_the_missing_ledger_not_an_altered_checkpoint(digits_dir, tmp_path):
+    """With the ledger gone, verify also said "the checkpoint's sha256 ... is not the chain's last output <the
+    original's sha256>: it was altered or replaced": a wrong accusation, the chain having no entry to compare with."""
+    out = tmp_path / "u.safetensors"
+    assert invoke("apply", digits_dir / "mlp.safetensors", "-r", digits_dir / "class.yaml", "-o", out, "--device", "cpu", "-q").exit_code == 0
+    (tmp_path / "u.ledger.jsonl").unlink()
+    r = invoke("ledger", "verify", out, "--original", digits_dir / "mlp.safetensors")
+    text = r.stdout + r.stderr
+    assert r.exit_code == 3 and "missing or empty" in text and "altered or replaced" not in text, text

@@ -459,7 +459,7 @@ def verify(checkpoint: Path, original: Path, ledger: Optional[Path] = None) -> d
         prev_entry, prev_output = e.get("entry_sha256"), e.get("output_sha256")
     if len(entries) > len(lineage.steps):
         problems.append(f"the ledger has {len(entries) - len(lineage.steps)} step(s) after this checkpoint: it is not the chain's last output")
-    if lineage.steps and prev_output != art.sha256:
+    if lineage.steps and len(entries) >= len(lineage.steps) and prev_output != art.sha256:  # else the missing entries are the problem
         if art.fields.get("merged_from_adapter_sha256") == prev_output:  # unlearn merge of the chain's last output (an adapter)
             problems.append(f"the checkpoint is a merge of the chain's last output, the adapter {str(prev_output)[:12]}..., which "
                             "the ledger records instead of it: verify that adapter folder (unlearn ledger verify ADAPTER)")
