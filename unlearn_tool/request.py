@@ -331,21 +331,18 @@ class Request(_Strict):
 
     def inputs(self) -> dict[str, tuple[Path, bool]]:
         """Every file or folder this request reads, by name, with whether outputs may be written inside it (a data
-        folder or torchvision root may hold them; none of these may be an output, or inside one). `--force` had
-        replaced a tensors data file or an hf: folder with a checkpoint."""
+        folder or torchvision root may hold them, and a file named where a folder is (its own check names that); none
+        of these may be an output, or inside one). `--force` had replaced a tensors data file or an hf: folder with a
+        checkpoint."""
         out: dict[str, tuple[Path, bool]] = {}
         for role in ("train", "test"):
             spec = getattr(self.data, role)
-            if spec.path:
-                folder = spec.source == "imagefolder"
-                out[f"request's data.{role}.path"] = (self.resolve(spec.path), folder)
-            if spec.root:
-                out[f"request's data.{role}.root"] = (self.resolve(spec.root), True)
-            if spec.ids_path:
-                out[f"request's data.{role}.ids_path"] = (self.resolve(spec.ids_path), False)
+            for key in ("path", "root", "ids_path"):
+                if getattr(spec, key):
+                    out[f"request's data.{role}.{key}"] = (self.resolve(getattr(spec, key)), True)
         for key in ("indices_file", "ids_file"):
             if getattr(self.forget, key):
-                out[f"request's forget.{key}"] = (self.resolve(getattr(self.forget, key)), False)
+                out[f"request's forget.{key}"] = (self.resolve(getattr(self.forget, key)), True)
         if self.audit.reference:
             out["request's audit.reference"] = (self.resolve(self.audit.reference), False)
         kind, _, rest = self.model.arch.partition(":")

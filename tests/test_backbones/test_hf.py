@@ -139,7 +139,7 @@ def test_force_replaces_only_a_folder_this_tool_wrote(hf_work, tmp_path):
     apply_json(hf_work / "trained", "-r", hf_work / "req.yaml", "-o", out, "--force", "--seed", "1")
     before = tree(hf_work / "vit")
     rejected(invoke("apply", hf_work / "trained", "-r", hf_work / "req.yaml", "-o", hf_work / "vit", "--force", "--quiet"),
-             "did not write")
+             "is the request's hf: model folder")  # an input: refused before the check that it is not a folder the tool wrote
     assert tree(hf_work / "vit") == before
 
 

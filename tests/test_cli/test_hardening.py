@@ -736,8 +736,8 @@ def test_force_never_overwrites_a_file_the_request_reads(tmp_path):
         assert r.exit_code == 2 and "inputs are never overwritten" in r.stderr, (args, r.stderr)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == kept
     inputs = protected_inputs(load_request(req))
-    assert inputs["request's data.train.path"] == tmp_path / "train.safetensors"
-    assert inputs["request's forget.indices_file"] == tmp_path / "forget.txt"
+    assert inputs["request's data.train.path"] == Protected(tmp_path / "train.safetensors")
+    assert inputs["request's forget.indices_file"] == Protected(tmp_path / "forget.txt")
     data_root = tmp_path / "root"
     data_root.mkdir()
     check_output(data_root / "u.safetensors", "file", False, {"data root": Protected(data_root)})  # inside: allowed
