@@ -6,8 +6,8 @@ Every model is built with random weights (the checkpoint supplies them): nothing
 from __future__ import annotations
 
 import json
-import warnings
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Optional
 
