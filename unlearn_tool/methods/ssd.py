@@ -53,7 +53,7 @@ class SSDParams(MethodParams):
     )
     forget_batches: int = Field(
         48, ge=1, description="Df's importance is averaged over at least this many batches: a small Df is reshuffled into new "
-        "batches until it has. With Df's 3 batches read once, class 3 of the digits MLP kept forget accuracy 0.00, 0.99, 0.78 "
+        "batches until it has. In the published batching (64/64/18, read once), class 3 of the digits MLP kept forget accuracy 0.00, 0.99, 0.78 "
         "or 0.73 by the seed alone; with 48, 0.00-0.01 on each (benchmarks/ssd_seeds.py). [ours]",
     )
     use_cache: bool = Field(True, description="Reuse (and store) the full-data importances I_D for this checkpoint, data and batch size.")
