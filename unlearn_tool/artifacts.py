@@ -399,9 +399,15 @@ def write_hf_folder(path: Path, state: Mapping[str, "torch.Tensor"], fields: dic
 
 
 def write_adapter(path: Path, adapted: Optional["nn.Module"], fields: dict[str, Any], force: bool = False,
-                  protect: Mapping[str, Any] = {}) -> str:
+                  protect: Mapping[str, Any] = {}, base: Optional[Path] = None) -> str:
     """PEFT's layout (adapter_config.json, adapter_model.safetensors), written by peft from the method's adapted model
-    (lora.to_peft), plus our provenance; returns the weights' sha256."""
+    (lora.to_peft), plus our provenance; returns the weights' sha256.
+
+    base: the checkpoint the adapter was trained on. A save_pretrained folder is recorded (absolute) as the config's
+    base_model_name_or_path, where PEFT's from_pretrained looks for the base; peft had written the config's own
+    _name_or_path, the hf:<folder> the architecture came from (untrained weights: loaded that way, a random model).
+    Another base (a .safetensors file, which from_pretrained cannot load) is recorded as none; the weights' metadata
+    pins the base by sha256 either way."""
     if adapted is None:
         from .errors import UnlearnError
 
@@ -413,7 +419,15 @@ def write_adapter(path: Path, adapted: Optional["nn.Module"], fields: dict[str, 
 
         from .lora import to_peft
 
-        to_peft(adapted).save_pretrained(str(folder))
+        peft_model = to_peft(adapted)
+        name = str(base.resolve()) if base is not None and is_hf_folder(base) else None
+        for config in peft_model.peft_config.values():
+            config.base_model_name_or_path = name
+        plain = peft_model.get_base_model()  # a copy: peft fills a None name, and its model card, from these
+        plain.name_or_path = name or ""
+        if getattr(getattr(plain, "config", None), "_name_or_path", None) is not None:
+            plain.config._name_or_path = name or ""
+        peft_model.save_pretrained(str(folder))
         weights = folder / AdapterArtifact.WEIGHTS
         # the config decides what merging computes (alpha, r, targets): the weights' metadata pins it
         pinned = {**metadata, **metadata_for({"adapter_config_sha256": sha256_file(folder / AdapterArtifact.CONFIG)})}

@@ -382,7 +382,7 @@ def write_step(job: Job, plan: ApplyPlan, step: StepResult, parent_sha256: str, 
     protect = {**protected_inputs(job.request), "input checkpoint": job.checkpoint_path, "request": job.request.path}
     target, force = (write_to, False) if write_to is not None else (plan.output, plan.force)
     if plan.adapter:
-        digest = write_adapter(target, step.adapter_model, fields, force=force, protect=protect)
+        digest = write_adapter(target, step.adapter_model, fields, force=force, protect=protect, base=job.checkpoint_path)
         warnings.insert(0, ADAPTER_WARNING)
     elif plan.hf_source is not None:
         digest = write_hf_folder(target, step.state, fields, plan.hf_source, force=force, protect=protect,

@@ -195,3 +195,31 @@ def test_outputs_of_a_model_built_with_num_labels_in_kwargs_load_with_from_pretr
         assert hf.config.num_labels == 12 and hf.config.id2label[11] == "digit 11"
         assert hf(pixel_values=torch.zeros(1, 1, 8, 8)).logits.shape == (1, 12)
     assert tree(tmp_path / "vit") == tree(hf_work / "vit")  # the source folder is untouched
+
+
+def test_adapter_config_names_the_checkpoint_it_was_trained_on(hf_work, tmp_path):
+    """base_model_name_or_path named the hf:<folder> the architecture came from (untrained weights): PEFT's own loading
+    (from_pretrained of that base, then the adapter) gave a random model. It names the checkpoint folder given to apply;
+    a .safetensors checkpoint, which from_pretrained cannot load, is named as none."""
+    from peft import PeftModel
+    from transformers import AutoModelForImageClassification
+
+    from unlearn_tool.job import prepare
+
+    apply_json(hf_work / "trained", "-r", hf_work / "req.yaml", "--adapter-only", "-o", tmp_path / "ad")
+    config = json.loads((tmp_path / "ad" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str((hf_work / "trained").resolve())
+    assert str(hf_work / "vit") not in (tmp_path / "ad" / "README.md").read_text()  # peft's model card names the same base
+    base = AutoModelForImageClassification.from_pretrained(config["base_model_name_or_path"])
+    peft = PeftModel.from_pretrained(base, str(tmp_path / "ad")).eval()
+    job = prepare(hf_work / "req.yaml", hf_work / "trained", device="cpu")
+    ours, _ = job.load_artifact(tmp_path / "ad")
+    x = job.splits.forget.x[:16]
+    with torch.no_grad():
+        torch.testing.assert_close(peft(pixel_values=x).logits, ours(x), rtol=1e-4, atol=1e-5)
+    r = invoke("merge", tmp_path / "ad", "--base", hf_work / "trained", "-o", tmp_path / "merged.safetensors")
+    assert r.exit_code == 0, r.stderr  # merge still checks the base by sha256 and takes the folder
+
+    shutil.copy(hf_work / "trained" / "model.safetensors", tmp_path / "file.safetensors")
+    apply_json(tmp_path / "file.safetensors", "-r", hf_work / "req.yaml", "--adapter-only", "-o", tmp_path / "ad_file")
+    assert json.loads((tmp_path / "ad_file" / "adapter_config.json").read_text())["base_model_name_or_path"] is None
