@@ -137,10 +137,13 @@ def test_force_replaces_only_a_folder_this_tool_wrote(hf_work, tmp_path):
     out = hf_work / "trained.forced"
     apply_json(hf_work / "trained", "-r", hf_work / "req.yaml", "-o", out)
     apply_json(hf_work / "trained", "-r", hf_work / "req.yaml", "-o", out, "--force", "--seed", "1")
-    before = tree(hf_work / "vit")
-    rejected(invoke("apply", hf_work / "trained", "-r", hf_work / "req.yaml", "-o", hf_work / "vit", "--force", "--quiet"),
+    shutil.copytree(hf_work / "vit", tmp_path / "foreign")  # a save_pretrained folder this tool did not write
+    before, foreign = tree(hf_work / "vit"), tree(tmp_path / "foreign")
+    rejected(invoke("apply", hf_work / "trained", "-r", hf_work / "req.yaml", "-o", tmp_path / "foreign", "--force", "--quiet"),
              "did not write")
-    assert tree(hf_work / "vit") == before
+    rejected(invoke("apply", hf_work / "trained", "-r", hf_work / "req.yaml", "-o", hf_work / "vit", "--force", "--quiet"),
+             "is the request's hf: model folder")  # an input, whoever wrote it
+    assert tree(hf_work / "vit") == before and tree(tmp_path / "foreign") == foreign
 
 
 @pytest.mark.parametrize("labels", [0, -1])
