@@ -893,7 +893,8 @@ def train_checkpoint(
 
 def merge_adapter(adapter: str | Path, base: str | Path, output: str | Path, force: bool = False,
                   code: CodePolicy = CodePolicy()) -> dict[str, Any]:
-    """`unlearn merge`: fold an adapter folder into its base checkpoint, giving a drop-in merged checkpoint.
+    """`unlearn merge`: fold an adapter folder into its base checkpoint, giving a drop-in merged checkpoint: for an hf:
+    model a save_pretrained folder, as apply writes it, unless the output is named *.safetensors.
 
     The adapter's metadata names the architecture and its base's sha256; a different base is refused.
     The output keeps the base's keys, shapes and dtypes and carries the adapter's provenance.
@@ -907,9 +908,16 @@ def merge_adapter(adapter: str | Path, base: str | Path, output: str | Path, for
     if not isinstance(fields.get("model_arch"), str):
         raise UnlearnError(f"adapter {adapter} records no model architecture (unlearn_metadata.json); merge an adapter written by `unlearn apply --adapter-only`")
     output = Path(output)
-    check_output(output, "file", force, protect={"base checkpoint": Path(base), "adapter": Path(adapter)})
     spec = ModelSpec(arch=fields["model_arch"], kwargs=fields.get("model_kwargs") or {})
-    policy = CodePolicy(code_paths=tuple(code.code_paths) + (Path(base).resolve().parent,), trust_code=code.trust_code)
+    # an hf: model merges, as apply writes it, into a save_pretrained folder unless the output is named *.safetensors:
+    # the base folder's config.json (checked against the architecture when the base loads), else the hf: folder's
+    base_dir = Path(base).resolve().parent
+    hf_source = None
+    if hf_folder(spec, base_dir) is not None and not output.name.endswith(".safetensors"):
+        hf_source = Path(base) if is_hf_folder(Path(base)) else hf_folder(spec, base_dir)
+    protect = {"base checkpoint": Path(base), "adapter": Path(adapter), "hf: model folder": hf_folder(spec, base_dir)}
+    check_output(output, "dir" if hf_source is not None else "file", force, protect=protect)
+    policy = CodePolicy(code_paths=tuple(code.code_paths) + (base_dir,), trust_code=code.trust_code)
     make = lambda: build_model(spec, Path(base).resolve().parent, policy)  # noqa: E731
     device = torch.device("cpu")
     base_model = base_art.load(LoadContext(make_model=make, arch=spec.arch, device=device))
@@ -925,6 +933,10 @@ def merge_adapter(adapter: str | Path, base: str | Path, output: str | Path, for
                               "itself, the forgotten data still in it; nothing was written; give a folder written by `unlearn apply --adapter-only`")
     out_fields = {**{k: v for k, v in fields.items() if k not in ("created_utc",)}, "merged_from_adapter_sha256": adapter_art.sha256,
                   "created_utc": created_utc()}
-    digest = write_merged(output, state, file_fields(out_fields), force=force)
-    return {"output": str(output), "sha256": digest, "base_sha256": base_art.sha256, "adapter_sha256": adapter_art.sha256,
+    if hf_source is not None:
+        config = None if hf_source == Path(base) else hf_output_config(spec, base_dir)
+        digest = write_hf_folder(output, state, file_fields(out_fields), hf_source, force=force, protect=protect, config=config)
+    else:
+        digest = write_merged(output, state, file_fields(out_fields), force=force, protect=protect)
+    return {"output": str(output), "output_kind": "save_pretrained folder" if hf_source is not None else "safetensors file", "sha256": digest, "base_sha256": base_art.sha256, "adapter_sha256": adapter_art.sha256,
             "method": fields.get("method"), "request_id": fields.get("request_id")}

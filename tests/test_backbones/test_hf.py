@@ -253,3 +253,29 @@ def test_a_checkpoint_folder_whose_config_differs_is_refused_naming_the_keys(hf_
     apply_json(tmp_path / "half", "-r", hf_work / "req.yaml", "-o", tmp_path / "half_out")
     assert (tmp_path / "half_out" / "config.json").read_bytes() == (tmp_path / "half" / "config.json").read_bytes()
     assert json.loads((tmp_path / "half_out" / "config.json").read_text())["dtype"] == "float16"  # was float32 over F16 weights
+
+
+def test_merge_of_an_hf_adapter_writes_a_save_pretrained_folder(hf_work, tmp_path):
+    """merge wrote a bare safetensors file named like a folder (no config.json), which from_pretrained cannot load; it
+    writes the folder apply writes (the base folder's config.json), and a file only when OUT is named *.safetensors."""
+    from transformers import AutoModelForImageClassification
+
+    from unlearn_tool.job import prepare
+
+    apply_json(hf_work / "trained", "-r", hf_work / "req.yaml", "--adapter-only", "-o", tmp_path / "ad")
+    r = invoke("merge", tmp_path / "ad", "--base", hf_work / "trained", "-o", tmp_path / "merged")
+    assert r.exit_code == 0, r.stderr
+    out = tmp_path / "merged"
+    assert out.is_dir() and {p.name for p in out.iterdir()} == {"config.json", "model.safetensors", "unlearn_metadata.json"}
+    assert "(save_pretrained folder)" in r.stderr
+    assert (out / "config.json").read_bytes() == (hf_work / "trained" / "config.json").read_bytes()
+    assert keys_of(out / "model.safetensors") == keys_of(hf_work / "trained" / "model.safetensors")
+    hf = AutoModelForImageClassification.from_pretrained(str(out)).eval()
+    job = prepare(hf_work / "req.yaml", hf_work / "trained", device="cpu")
+    ours, _ = job.load_artifact(tmp_path / "ad")
+    x = job.splits.forget.x[:16]
+    with torch.no_grad():
+        torch.testing.assert_close(hf(pixel_values=x).logits, ours(x), rtol=1e-4, atol=1e-5)
+    r = invoke("merge", tmp_path / "ad", "--base", hf_work / "trained", "-o", tmp_path / "merged.safetensors", "--json")
+    assert r.exit_code == 0 and (tmp_path / "merged.safetensors").is_file(), r.stderr
+    assert json.loads(r.stdout)["output_kind"] == "safetensors file"
