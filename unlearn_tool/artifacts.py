@@ -180,6 +180,23 @@ def lora_config_problem(config: dict[str, Any], ranks: set[int]) -> Optional[str
     return None
 
 
+def _load_failure(error: Exception) -> str:
+    """peft's failure to load an adapter, in one line: torch's load_state_dict error puts its cause (the tensor, the
+    shapes) on the lines after "Error(s) in loading state_dict", which the message had cut off."""
+    import re
+
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    size = re.search(r"size mismatch for (\S+): copying a param with shape torch\.Size\(\[([^\]]*)\]\) from checkpoint, "
+                     r"the shape in current model is torch\.Size\(\[([^\]]*)\]\)", str(error))
+    if size is not None:
+        key, theirs, ours = size.groups()
+        return f"its tensor {key.replace('.default.', '.')} has shape ({theirs}), the layer it adapts takes ({ours})"
+    text = " ".join(lines[1:]) if len(lines) > 1 and lines[0].startswith("Error(s) in loading state_dict") else lines[0]
+    return f"{type(error).__name__}: {text[:200]}"
+
+
 class AdapterArtifact(Artifact):
     """A PEFT adapter folder written by `apply --adapter-only`: evaluated as the original base + this adapter."""
 
@@ -269,7 +286,11 @@ class AdapterArtifact(Artifact):
             with quiet_peft():
                 peft_model = PeftModel.from_pretrained(copy.deepcopy(ctx.base).cpu(), str(self.path))
         except Exception as e:  # noqa: BLE001 - peft raises many types for a foreign adapter
-            raise CheckpointError(f"adapter {self.path} does not fit the original model ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}); give the base it was trained on") from None
+            same_base = bool(parent and ctx.base_sha256 and parent == ctx.base_sha256)
+            fix = ("the base is the one it was made from (sha256), so the adapter folder is the problem (edited or damaged); give a "
+                   "folder written by `unlearn apply --adapter-only`" if same_base else
+                   "give the base it was trained on, or a folder written by `unlearn apply --adapter-only`")
+            raise CheckpointError(f"adapter {self.path} does not fit the original model ({_load_failure(e)}); {fix}") from None
         from peft import get_peft_model_state_dict
 
         expected, saved = set(get_peft_model_state_dict(peft_model)), set(self._contents[0])
