@@ -406,7 +406,16 @@ def _mismatch_fix(error: str, input_shape: tuple[int, ...] = (), arch: str = "")
     return "match the architecture to the data (kwargs, preprocess.resize)"
 
 
-def num_outputs_of(model: nn.Module, input_shape: tuple[int, ...], arch: str = "") -> int:
+def _kwarg_in_error(error: str, kwargs: dict) -> Optional[str]:
+    """The model.kwargs key whose (text) value the error quotes: a library stores a kwarg as given and fails on it only
+    when the model runs (timm's drop_rate: x, "could not convert string to float: 'x'"), which read as a shape problem."""
+    for key, value in kwargs.items():
+        if isinstance(value, str) and value and (repr(value) in error or json.dumps(value) in error):
+            return key
+    return None
+
+
+def num_outputs_of(model: nn.Module, input_shape: tuple[int, ...], arch: str = "", kwargs: Optional[dict] = None) -> int:
     """Width of the model's output on one input of the data's shape (the number of classes, for a classifier)."""
     was_training = model.training
     model.eval()
@@ -417,6 +426,11 @@ def num_outputs_of(model: nn.Module, input_shape: tuple[int, ...], arch: str = "
         raise
     except (Exception, SystemExit) as e:  # noqa: BLE001 - any failure here is a data/arch mismatch
         first = str(e).splitlines()[0] if str(e) else ""
+        key = _kwarg_in_error(str(e), kwargs or {})
+        if key is not None:
+            raise ModelError(f"model.kwargs.{key}: {shown(kwargs[key], 40)} is not a value {arch or 'the model'} can use: the model was "
+                             f"built, and failed when it ran ({type(e).__name__}: {first[:160]}); give model.kwargs.{key} a value of "
+                             "the type the model expects (a number, for a rate)") from None
         raise ModelError(f"model.arch: the model cannot run on inputs of shape {input_shape} ({type(e).__name__}: {first[:160]}); "
                          f"{_mismatch_fix(first, input_shape, arch)}") from None
     finally:
