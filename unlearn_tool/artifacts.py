@@ -102,6 +102,11 @@ class CheckpointArtifact(Artifact):
             raise CheckpointError(f"checkpoint {self.path} is a folder without {HF_CONFIG}; give a .safetensors file or a save_pretrained "
                                   f"folder ({HF_CONFIG} and {HF_WEIGHTS})")
         if not (self.path / HF_WEIGHTS).is_file():
+            pickles = sorted(p.name for p in self.path.glob("*.bin"))
+            if pickles and not any(self.path.glob("*.safetensors.index.json")):
+                raise CheckpointError(f"checkpoint folder {self.path} holds {pickles[0]}{' ...' if len(pickles) > 1 else ''}, a pickle file, which "
+                                      f"this tool never reads (unpickling can run code), and no {HF_WEIGHTS}; convert it where you trust it: "
+                                      "model.save_pretrained(folder, safe_serialization=True) writes model.safetensors")
             sharded = " (sharded checkpoints are not supported: save with a larger max_shard_size)" if any(self.path.glob("*.index.json")) else ""
             raise CheckpointError(f"checkpoint folder {self.path} has no {HF_WEIGHTS}{sharded}; give a save_pretrained folder or a .safetensors file")
         return self.path / HF_WEIGHTS

@@ -279,3 +279,15 @@ def test_merge_of_an_hf_adapter_writes_a_save_pretrained_folder(hf_work, tmp_pat
     r = invoke("merge", tmp_path / "ad", "--base", hf_work / "trained", "-o", tmp_path / "merged.safetensors", "--json")
     assert r.exit_code == 0 and (tmp_path / "merged.safetensors").is_file(), r.stderr
     assert json.loads(r.stdout)["output_kind"] == "safetensors file"
+
+
+def test_a_folder_holding_only_pytorch_model_bin_says_pickle_is_never_read_and_how_to_convert(hf_work, tmp_path):
+    """It said 'has no model.safetensors; give a save_pretrained folder': it is one, written with pickle weights."""
+    (tmp_path / "bin").mkdir()
+    shutil.copy(hf_work / "trained" / "config.json", tmp_path / "bin" / "config.json")
+    (tmp_path / "bin" / "pytorch_model.bin").write_bytes(b"not read")
+    for command in (("validate", "-r", hf_work / "req.yaml", tmp_path / "bin"),
+                    ("apply", tmp_path / "bin", "-r", hf_work / "req.yaml", "-o", tmp_path / "out", "--quiet")):
+        rejected(invoke(*command), "holds pytorch_model.bin, a pickle file", "never reads",
+                 "model.save_pretrained(folder, safe_serialization=True)")
+    assert not (tmp_path / "out").exists()
