@@ -339,7 +339,7 @@ def quickstart(
 def merge(
     adapter: Path = typer.Argument(..., help="An adapter folder written by `unlearn apply --adapter-only`."),
     base: Path = typer.Option(..., "--base", help="The checkpoint the adapter was trained on (its sha256 is checked).", show_default=False),
-    output: Path = typer.Option(..., "--output", "-o", help="Where to write the merged checkpoint (.safetensors).", show_default=False),
+    output: Path = typer.Option(..., "--output", "-o", help="Where to write the merged checkpoint: a .safetensors file; for an hf: model, a save_pretrained folder unless named *.safetensors.", show_default=False),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing output (only a checkpoint)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
     code_path: list[Path] = CodePathOpt,
@@ -352,7 +352,7 @@ def merge(
     if as_json:
         print_json(summary)
     else:
-        err(f"wrote {output}: {base} + adapter {adapter} merged (sha256 {summary['sha256'][:12]}...); the forgotten data is now out of the weights")
+        err(f"wrote {output} ({summary['output_kind']}): {base} + adapter {adapter} merged (sha256 {summary['sha256'][:12]}...); the forgotten data is now out of the weights")
 
 
 @app.command()

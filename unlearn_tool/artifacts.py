@@ -102,6 +102,11 @@ class CheckpointArtifact(Artifact):
             raise CheckpointError(f"checkpoint {self.path} is a folder without {HF_CONFIG}; give a .safetensors file or a save_pretrained "
                                   f"folder ({HF_CONFIG} and {HF_WEIGHTS})")
         if not (self.path / HF_WEIGHTS).is_file():
+            pickles = sorted(p.name for p in self.path.glob("*.bin"))
+            if pickles and not any(self.path.glob("*.safetensors.index.json")):
+                raise CheckpointError(f"checkpoint folder {self.path} holds {pickles[0]}{' ...' if len(pickles) > 1 else ''}, a pickle file, which "
+                                      f"this tool never reads (unpickling can run code), and no {HF_WEIGHTS}; convert it where you trust it: "
+                                      "model.save_pretrained(folder, safe_serialization=True) writes model.safetensors")
             sharded = " (sharded checkpoints are not supported: save with a larger max_shard_size)" if any(self.path.glob("*.index.json")) else ""
             raise CheckpointError(f"checkpoint folder {self.path} has no {HF_WEIGHTS}{sharded}; give a save_pretrained folder or a .safetensors file")
         return self.path / HF_WEIGHTS
@@ -131,7 +136,12 @@ class CheckpointArtifact(Artifact):
         return dtypes_of(self.tensors)
 
     def load(self, ctx: LoadContext) -> "nn.Module":
-        model = load_into(ctx.make_model(), self.tensors, ctx.arch, self.path)
+        model = ctx.make_model()
+        if is_hf_folder(self.path) and ctx.arch.startswith("hf:"):  # a save_pretrained folder: its config.json is the request's
+            from .models import check_hf_checkpoint_config
+
+            check_hf_checkpoint_config(model, self.path, ctx.arch)
+        model = load_into(model, self.tensors, ctx.arch, self.path)
         return model.to(ctx.device).eval()
 
     def describe(self) -> dict[str, Any]:
@@ -173,6 +183,23 @@ def lora_config_problem(config: dict[str, Any], ranks: set[int]) -> Optional[str
     if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not 0 < alpha <= MAX_LORA_ALPHA:
         return f"says lora_alpha {json.dumps(alpha)[:20]}; it must be a number in (0, {MAX_LORA_ALPHA:g}] (apply writes the method's alpha)"
     return None
+
+
+def _load_failure(error: Exception) -> str:
+    """peft's failure to load an adapter, in one line: torch's load_state_dict error puts its cause (the tensor, the
+    shapes) on the lines after "Error(s) in loading state_dict", which the message had cut off."""
+    import re
+
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    size = re.search(r"size mismatch for (\S+): copying a param with shape torch\.Size\(\[([^\]]*)\]\) from checkpoint, "
+                     r"the shape in current model is torch\.Size\(\[([^\]]*)\]\)", str(error))
+    if size is not None:
+        key, theirs, ours = size.groups()
+        return f"its tensor {key.replace('.default.', '.')} has shape ({theirs}), the layer it adapts takes ({ours})"
+    text = " ".join(lines[1:]) if len(lines) > 1 and lines[0].startswith("Error(s) in loading state_dict") else lines[0]
+    return f"{type(error).__name__}: {text[:200]}"
 
 
 class AdapterArtifact(Artifact):
@@ -264,7 +291,11 @@ class AdapterArtifact(Artifact):
             with quiet_peft():
                 peft_model = PeftModel.from_pretrained(copy.deepcopy(ctx.base).cpu(), str(self.path))
         except Exception as e:  # noqa: BLE001 - peft raises many types for a foreign adapter
-            raise CheckpointError(f"adapter {self.path} does not fit the original model ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}); give the base it was trained on") from None
+            same_base = bool(parent and ctx.base_sha256 and parent == ctx.base_sha256)
+            fix = ("the base is the one it was made from (sha256), so the adapter folder is the problem (edited or damaged); give a "
+                   "folder written by `unlearn apply --adapter-only`" if same_base else
+                   "give the base it was trained on, or a folder written by `unlearn apply --adapter-only`")
+            raise CheckpointError(f"adapter {self.path} does not fit the original model ({_load_failure(e)}); {fix}") from None
         from peft import get_peft_model_state_dict
 
         expected, saved = set(get_peft_model_state_dict(peft_model)), set(self._contents[0])
@@ -399,9 +430,15 @@ def write_hf_folder(path: Path, state: Mapping[str, "torch.Tensor"], fields: dic
 
 
 def write_adapter(path: Path, adapted: Optional["nn.Module"], fields: dict[str, Any], force: bool = False,
-                  protect: Mapping[str, Any] = {}) -> str:
+                  protect: Mapping[str, Any] = {}, base: Optional[Path] = None) -> str:
     """PEFT's layout (adapter_config.json, adapter_model.safetensors), written by peft from the method's adapted model
-    (lora.to_peft), plus our provenance; returns the weights' sha256."""
+    (lora.to_peft), plus our provenance; returns the weights' sha256.
+
+    base: the checkpoint the adapter was trained on. A save_pretrained folder is recorded (absolute) as the config's
+    base_model_name_or_path, where PEFT's from_pretrained looks for the base; peft had written the config's own
+    _name_or_path, the hf:<folder> the architecture came from (untrained weights: loaded that way, a random model).
+    Another base (a .safetensors file, which from_pretrained cannot load) is recorded as none; the weights' metadata
+    pins the base by sha256 either way."""
     if adapted is None:
         from .errors import UnlearnError
 
@@ -413,7 +450,15 @@ def write_adapter(path: Path, adapted: Optional["nn.Module"], fields: dict[str, 
 
         from .lora import to_peft
 
-        to_peft(adapted).save_pretrained(str(folder))
+        peft_model = to_peft(adapted)
+        name = str(base.resolve()) if base is not None and is_hf_folder(base) else None
+        for config in peft_model.peft_config.values():
+            config.base_model_name_or_path = name
+        plain = peft_model.get_base_model()  # a copy: peft fills a None name, and its model card, from these
+        plain.name_or_path = name or ""
+        if getattr(getattr(plain, "config", None), "_name_or_path", None) is not None:
+            plain.config._name_or_path = name or ""
+        peft_model.save_pretrained(str(folder))
         weights = folder / AdapterArtifact.WEIGHTS
         # the config decides what merging computes (alpha, r, targets): the weights' metadata pins it
         pinned = {**metadata, **metadata_for({"adapter_config_sha256": sha256_file(folder / AdapterArtifact.CONFIG)})}

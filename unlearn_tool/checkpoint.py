@@ -143,9 +143,11 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], arch: str, path:
     target = model.state_dict()
     whole = [k for k, v in target.items() if v.is_floating_point() and not state[k].is_floating_point()]
     if whole:  # cast on loading, weights under 1 became zeros: the model would predict one class and unlearn nothing
+        dtype = state[whole[0]].dtype  # complex: cast to real, the imaginary part was dropped
+        copy = "a complex" if dtype.is_complex else "a boolean" if str(dtype) == "torch.bool" else "an integer"
         raise CheckpointError(f"checkpoint {path}: {whole[0]}{f' and {len(whole) - 1} more' if len(whole) > 1 else ''} hold "
-                              f"{str(state[whole[0]].dtype).removeprefix('torch.')} values where {arch} has floating-point weights; "
-                              "give the checkpoint as training saved it (float32, bfloat16 or float16), not an integer copy")
+                              f"{str(dtype).removeprefix('torch.')} values where {arch} has floating-point weights; "
+                              f"give the checkpoint as training saved it (float32, bfloat16 or float16), not {copy} copy")
     check_finite(state, path)
     model.load_state_dict({k: v.to(target[k].dtype) for k, v in state.items()}, strict=True)
     return model

@@ -287,7 +287,7 @@ def _num_outputs(req: Request, task: Task, code: CodePolicy, input_shape: tuple[
     from .errors import ModelError
 
     try:
-        return num_outputs_of(build_model(req.model, req.base_dir, code), input_shape, req.model.arch)
+        return num_outputs_of(build_model(req.model, req.base_dir, code), input_shape, req.model.arch, req.model.kwargs)
     except ModelError as e:
         if task.name == "regression" and "must output (batch, classes)" in str(e):
             raise ModelError(str(e).replace("a classifier must output (batch, classes) logits",

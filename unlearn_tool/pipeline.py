@@ -22,9 +22,9 @@ import torch
 from torch import nn
 
 from . import __version__
-from .artifacts import CheckpointArtifact, is_checkpoint, write_adapter, write_hf_folder, write_merged
+from .artifacts import CheckpointArtifact, is_checkpoint, is_hf_folder, write_adapter, write_hf_folder, write_merged
 from .audit.registry import finite
-from .checkpoint import StagedOutput, check_output, dtypes_of, load_into, non_finite, protected_inputs, publish_lock
+from .checkpoint import HF_CONFIG, StagedOutput, check_output, dtypes_of, load_into, non_finite, protected_inputs, publish_lock
 from .data import SUMMARY_SETS, LabelledData, summary_seed
 from .errors import AuditError, CheckpointError, DivergedError, MethodError, UnlearnError, UnmeasurableResult
 from .evaluate import FINITE_OUTPUTS_FIX, non_finite_rows, non_finite_where, predict_logits, remember_predictions
@@ -379,6 +379,14 @@ def apply(
     return write_step(job, plan, step, job.checkpoint_sha256, lineage, record_ids, t0)
 
 
+def apply_output_config(job: Job) -> Optional[bytes]:
+    """config.json for apply's save_pretrained folder output: the checkpoint folder's own (which loading checked against
+    the request's: it may say another dtype, float16 for fp16 weights), else the request's (models.hf_output_config)."""
+    if isinstance(job.artifact, CheckpointArtifact) and is_hf_folder(job.artifact.path):
+        return (job.artifact.path / HF_CONFIG).read_bytes()
+    return hf_output_config(job.request.model, job.request.base_dir)
+
+
 def write_step(job: Job, plan: ApplyPlan, step: StepResult, parent_sha256: str, lineage: Optional[Any], record_ids: bool,
                t0: float, extra_steps: Optional[list[dict[str, Any]]] = None, write_to: Optional[Path] = None) -> ApplyResult:
     """Publish a step's result with its provenance and lineage (`extra_steps`: earlier in-run steps, multi-request apply).
@@ -401,11 +409,10 @@ def write_step(job: Job, plan: ApplyPlan, step: StepResult, parent_sha256: str, 
     protect = {**protected_inputs(job.request), "input checkpoint": job.checkpoint_path, "request": job.request.path}
     target, force = (write_to, False) if write_to is not None else (plan.output, plan.force)
     if plan.adapter:
-        digest = write_adapter(target, step.adapter_model, fields, force=force, protect=protect)
+        digest = write_adapter(target, step.adapter_model, fields, force=force, protect=protect, base=job.checkpoint_path)
         warnings.insert(0, ADAPTER_WARNING)
     elif plan.hf_source is not None:
-        digest = write_hf_folder(target, step.state, fields, plan.hf_source, force=force, protect=protect,
-                                 config=hf_output_config(job.request.model, job.request.base_dir))
+        digest = write_hf_folder(target, step.state, fields, plan.hf_source, force=force, protect=protect, config=apply_output_config(job))
     else:
         digest = write_merged(target, step.state, fields, force=force, protect=protect)
     result = ApplyResult(
@@ -905,7 +912,8 @@ def train_checkpoint(
 
 def merge_adapter(adapter: str | Path, base: str | Path, output: str | Path, force: bool = False,
                   code: CodePolicy = CodePolicy()) -> dict[str, Any]:
-    """`unlearn merge`: fold an adapter folder into its base checkpoint, giving a drop-in merged checkpoint.
+    """`unlearn merge`: fold an adapter folder into its base checkpoint, giving a drop-in merged checkpoint: for an hf:
+    model a save_pretrained folder, as apply writes it, unless the output is named *.safetensors.
 
     The adapter's metadata names the architecture and its base's sha256; a different base is refused.
     The output keeps the base's keys, shapes and dtypes and carries the adapter's provenance.
@@ -919,9 +927,16 @@ def merge_adapter(adapter: str | Path, base: str | Path, output: str | Path, for
     if not isinstance(fields.get("model_arch"), str):
         raise UnlearnError(f"adapter {adapter} records no model architecture (unlearn_metadata.json); merge an adapter written by `unlearn apply --adapter-only`")
     output = Path(output)
-    check_output(output, "file", force, protect={"base checkpoint": Path(base), "adapter": Path(adapter)})
     spec = ModelSpec(arch=fields["model_arch"], kwargs=fields.get("model_kwargs") or {})
-    policy = CodePolicy(code_paths=tuple(code.code_paths) + (Path(base).resolve().parent,), trust_code=code.trust_code)
+    # an hf: model merges, as apply writes it, into a save_pretrained folder unless the output is named *.safetensors:
+    # the base folder's config.json (checked against the architecture when the base loads), else the hf: folder's
+    base_dir = Path(base).resolve().parent
+    hf_source = None
+    if hf_folder(spec, base_dir) is not None and not output.name.endswith(".safetensors"):
+        hf_source = Path(base) if is_hf_folder(Path(base)) else hf_folder(spec, base_dir)
+    protect = {"base checkpoint": Path(base), "adapter": Path(adapter), "hf: model folder": hf_folder(spec, base_dir)}
+    check_output(output, "dir" if hf_source is not None else "file", force, protect=protect)
+    policy = CodePolicy(code_paths=tuple(code.code_paths) + (base_dir,), trust_code=code.trust_code)
     make = lambda: build_model(spec, Path(base).resolve().parent, policy)  # noqa: E731
     device = torch.device("cpu")
     base_model = base_art.load(LoadContext(make_model=make, arch=spec.arch, device=device))
@@ -937,6 +952,10 @@ def merge_adapter(adapter: str | Path, base: str | Path, output: str | Path, for
                               "itself, the forgotten data still in it; nothing was written; give a folder written by `unlearn apply --adapter-only`")
     out_fields = {**{k: v for k, v in fields.items() if k not in ("created_utc",)}, "merged_from_adapter_sha256": adapter_art.sha256,
                   "created_utc": created_utc()}
-    digest = write_merged(output, state, file_fields(out_fields), force=force)
-    return {"output": str(output), "sha256": digest, "base_sha256": base_art.sha256, "adapter_sha256": adapter_art.sha256,
+    if hf_source is not None:
+        config = None if hf_source == Path(base) else hf_output_config(spec, base_dir)
+        digest = write_hf_folder(output, state, file_fields(out_fields), hf_source, force=force, protect=protect, config=config)
+    else:
+        digest = write_merged(output, state, file_fields(out_fields), force=force, protect=protect)
+    return {"output": str(output), "output_kind": "save_pretrained folder" if hf_source is not None else "safetensors file", "sha256": digest, "base_sha256": base_art.sha256, "adapter_sha256": adapter_art.sha256,
             "method": fields.get("method"), "request_id": fields.get("request_id")}

@@ -50,6 +50,10 @@ CASES = {
     "timm pretrained weights": ("timm:resnet18", {"pretrained": True}, None, None, ["model.kwargs.pretrained", "never downloaded"]),
     "timm checkpoint_path": ("timm:resnet18", {"checkpoint_path": "w.pth"}, None, None, ["model.kwargs.checkpoint_path", "drop"]),
     "timm kwargs rejected": ("timm:resnet18", {"num_classes": 10, "no_such_option": 1}, None, None, ["model.kwargs", "timm:resnet18"]),
+    # timm stores drop_rate as given and fails on it only when the model runs: it was called an input-shape problem
+    "timm kwarg value the model cannot use": ("timm:resnet18", {"num_classes": 10, "in_chans": 1, "drop_rate": "x"}, None, None,
+                                              ['model.kwargs.drop_rate: "x" is not a value timm:resnet18 can use', "failed when it ran",
+                                               "give model.kwargs.drop_rate a value"]),
     "arch form": ("timm:a/b", {}, None, None, ["is not a model source", "hf:<folder>", "timm:<name>"]),
 }
 

@@ -137,10 +137,13 @@ def test_force_replaces_only_a_folder_this_tool_wrote(hf_work, tmp_path):
     out = hf_work / "trained.forced"
     apply_json(hf_work / "trained", "-r", hf_work / "req.yaml", "-o", out)
     apply_json(hf_work / "trained", "-r", hf_work / "req.yaml", "-o", out, "--force", "--seed", "1")
-    before = tree(hf_work / "vit")
+    shutil.copytree(hf_work / "vit", tmp_path / "foreign")  # a save_pretrained folder this tool did not write
+    before, foreign = tree(hf_work / "vit"), tree(tmp_path / "foreign")
+    rejected(invoke("apply", hf_work / "trained", "-r", hf_work / "req.yaml", "-o", tmp_path / "foreign", "--force", "--quiet"),
+             "did not write")
     rejected(invoke("apply", hf_work / "trained", "-r", hf_work / "req.yaml", "-o", hf_work / "vit", "--force", "--quiet"),
-             "is the request's hf: model folder")  # an input: refused before the check that it is not a folder the tool wrote
-    assert tree(hf_work / "vit") == before
+             "is the request's hf: model folder")  # an input, whoever wrote it
+    assert tree(hf_work / "vit") == before and tree(tmp_path / "foreign") == foreign
 
 
 @pytest.mark.parametrize("labels", [0, -1])
@@ -195,3 +198,96 @@ def test_outputs_of_a_model_built_with_num_labels_in_kwargs_load_with_from_pretr
         assert hf.config.num_labels == 12 and hf.config.id2label[11] == "digit 11"
         assert hf(pixel_values=torch.zeros(1, 1, 8, 8)).logits.shape == (1, 12)
     assert tree(tmp_path / "vit") == tree(hf_work / "vit")  # the source folder is untouched
+
+
+def test_adapter_config_names_the_checkpoint_it_was_trained_on(hf_work, tmp_path):
+    """base_model_name_or_path named the hf:<folder> the architecture came from (untrained weights): PEFT's own loading
+    (from_pretrained of that base, then the adapter) gave a random model. It names the checkpoint folder given to apply;
+    a .safetensors checkpoint, which from_pretrained cannot load, is named as none."""
+    from peft import PeftModel
+    from transformers import AutoModelForImageClassification
+
+    from unlearn_tool.job import prepare
+
+    apply_json(hf_work / "trained", "-r", hf_work / "req.yaml", "--adapter-only", "-o", tmp_path / "ad")
+    config = json.loads((tmp_path / "ad" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str((hf_work / "trained").resolve())
+    assert str(hf_work / "vit") not in (tmp_path / "ad" / "README.md").read_text()  # peft's model card names the same base
+    base = AutoModelForImageClassification.from_pretrained(config["base_model_name_or_path"])
+    peft = PeftModel.from_pretrained(base, str(tmp_path / "ad")).eval()
+    job = prepare(hf_work / "req.yaml", hf_work / "trained", device="cpu")
+    ours, _ = job.load_artifact(tmp_path / "ad")
+    x = job.splits.forget.x[:16]
+    with torch.no_grad():
+        torch.testing.assert_close(peft(pixel_values=x).logits, ours(x), rtol=1e-4, atol=1e-5)
+    r = invoke("merge", tmp_path / "ad", "--base", hf_work / "trained", "-o", tmp_path / "merged.safetensors")
+    assert r.exit_code == 0, r.stderr  # merge still checks the base by sha256 and takes the folder
+
+    shutil.copy(hf_work / "trained" / "model.safetensors", tmp_path / "file.safetensors")
+    apply_json(tmp_path / "file.safetensors", "-r", hf_work / "req.yaml", "--adapter-only", "-o", tmp_path / "ad_file")
+    assert json.loads((tmp_path / "ad_file" / "adapter_config.json").read_text())["base_model_name_or_path"] is None
+
+
+def test_a_checkpoint_folder_whose_config_differs_is_refused_naming_the_keys(hf_work, tmp_path):
+    """The checkpoint folder's config.json was never read: one saying relu and digit labels ran as the hf: folder's
+    gelu model, and the output folder got gelu and LABEL_n, exit 0. Keys that never change the model's function
+    (transformers_version, architectures, dtype) are not refused, and the output carries the checkpoint's config."""
+    from transformers import AutoModelForImageClassification
+
+    shutil.copytree(hf_work / "trained", tmp_path / "relu")
+    config = json.loads((tmp_path / "relu" / "config.json").read_text())
+    config.update(hidden_act="relu", id2label={str(i): f"digit{i}" for i in range(10)}, label2id={f"digit{i}": i for i in range(10)})
+    (tmp_path / "relu" / "config.json").write_text(json.dumps(config))
+    before = tree(tmp_path / "relu")
+    for command in (("validate", "-r", hf_work / "req.yaml", tmp_path / "relu"),
+                    ("apply", tmp_path / "relu", "-r", hf_work / "req.yaml", "-o", tmp_path / "out", "--quiet")):
+        rejected(invoke(*command), "relu/config.json differs", "in hidden_act, id2label, label2id", '"relu" here, "gelu" in hf:vit',
+                 f"model.arch to hf:{tmp_path / 'relu'}")
+    assert not (tmp_path / "out").exists() and tree(tmp_path / "relu") == before
+
+    half = AutoModelForImageClassification.from_pretrained(str(hf_work / "trained")).half()
+    half.save_pretrained(str(tmp_path / "half"))  # dtype: float16, and this transformers' version
+    config = json.loads((tmp_path / "half" / "config.json").read_text())
+    config.update(transformers_version="4.0.0", architectures=["ViTForImageClassification", "ViTModel"])
+    (tmp_path / "half" / "config.json").write_text(json.dumps(config))
+    apply_json(tmp_path / "half", "-r", hf_work / "req.yaml", "-o", tmp_path / "half_out")
+    assert (tmp_path / "half_out" / "config.json").read_bytes() == (tmp_path / "half" / "config.json").read_bytes()
+    assert json.loads((tmp_path / "half_out" / "config.json").read_text())["dtype"] == "float16"  # was float32 over F16 weights
+
+
+def test_merge_of_an_hf_adapter_writes_a_save_pretrained_folder(hf_work, tmp_path):
+    """merge wrote a bare safetensors file named like a folder (no config.json), which from_pretrained cannot load; it
+    writes the folder apply writes (the base folder's config.json), and a file only when OUT is named *.safetensors."""
+    from transformers import AutoModelForImageClassification
+
+    from unlearn_tool.job import prepare
+
+    apply_json(hf_work / "trained", "-r", hf_work / "req.yaml", "--adapter-only", "-o", tmp_path / "ad")
+    r = invoke("merge", tmp_path / "ad", "--base", hf_work / "trained", "-o", tmp_path / "merged")
+    assert r.exit_code == 0, r.stderr
+    out = tmp_path / "merged"
+    assert out.is_dir() and {p.name for p in out.iterdir()} == {"config.json", "model.safetensors", "unlearn_metadata.json"}
+    assert "(save_pretrained folder)" in r.stderr
+    assert (out / "config.json").read_bytes() == (hf_work / "trained" / "config.json").read_bytes()
+    assert keys_of(out / "model.safetensors") == keys_of(hf_work / "trained" / "model.safetensors")
+    hf = AutoModelForImageClassification.from_pretrained(str(out)).eval()
+    job = prepare(hf_work / "req.yaml", hf_work / "trained", device="cpu")
+    ours, _ = job.load_artifact(tmp_path / "ad")
+    x = job.splits.forget.x[:16]
+    with torch.no_grad():
+        torch.testing.assert_close(hf(pixel_values=x).logits, ours(x), rtol=1e-4, atol=1e-5)
+    r = invoke("merge", tmp_path / "ad", "--base", hf_work / "trained", "-o", tmp_path / "merged.safetensors", "--json")
+    assert r.exit_code == 0 and (tmp_path / "merged.safetensors").is_file(), r.stderr
+    assert json.loads(r.stdout)["output_kind"] == "safetensors file"
+
+
+def test_a_folder_holding_only_pytorch_model_bin_says_pickle_is_never_read_and_how_to_convert(hf_work, tmp_path):
+    """It said 'has no model.safetensors; give a save_pretrained folder': it is one, written with pickle weights."""
+    (tmp_path / "bin").mkdir()
+    shutil.copy(hf_work / "trained" / "config.json", tmp_path / "bin" / "config.json")
+    (tmp_path / "bin" / "pytorch_model.bin").write_bytes(b"not read")
+    for command in (("validate", "-r", hf_work / "req.yaml", tmp_path / "bin"),
+                    ("apply", tmp_path / "bin", "-r", hf_work / "req.yaml", "-o", tmp_path / "out", "--quiet")):
+        rejected(invoke(*command), "holds pytorch_model.bin, a pickle file", "never reads",
+                 "model.save_pretrained(folder, safe_serialization=True)")
+    assert not (tmp_path / "out").exists()

@@ -564,6 +564,15 @@ def test_an_integer_copy_of_a_float_checkpoint_is_refused(work):
     assert not (work / "o.safetensors").exists()
 
 
+def test_a_complex_copy_of_a_float_checkpoint_is_called_complex(work):
+    """complex64 weights were refused as 'not an integer copy'."""
+    state = load_file(str(work / "model.safetensors"))
+    save_file({k: v.to(torch.complex64) for k, v in state.items()}, str(work / "complex.safetensors"))
+    line = rejected(invoke("validate", "-r", work / "req.yaml", work / "complex.safetensors"),
+                    "hold complex64 values where builtin:mlp has floating-point weights", "not a complex copy")
+    assert "integer" not in line
+
+
 def test_a_newline_in_a_path_is_escaped_not_the_end_of_the_error(work):
     """The error line was cut at the newline: "error: checkpoint mi", the problem and the fix lost."""
     line = rejected(invoke("apply", work / "mi\nssing.safetensors", "-r", work / "req.yaml", "--quiet"), "mi\\x0assing.safetensors not found",

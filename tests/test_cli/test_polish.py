@@ -270,3 +270,26 @@ def test_a_usage_error_of_a_json_command_answers_in_json_too():
     assert r.exit_code == 2 and answer == {"ok": False, "exit_code": 2, "error": "Missing argument 'checkpoint'; see `unlearn apply --help`"}
     assert r.stderr.strip() == "error: Missing argument 'checkpoint'; see `unlearn apply --help`"
     assert invoke("apply").stdout == ""  # without --json: stderr only
+
+
+def test_merge_names_the_adapter_tensor_that_does_not_fit_and_blames_the_adapter(digits_dir, tmp_path):
+    """An adapter tensor of the wrong shape said 'does not fit the original model (RuntimeError: Error(s) in loading
+    state_dict for PeftModel:); give the base it was trained on': the tensor was cut off, and the base was the right one."""
+    import shutil
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    assert invoke("apply", digits_dir / "mlp.safetensors", "-r", digits_dir / "class.yaml", "--device", "cpu", "--quiet",
+                  "--adapter-only", "-o", tmp_path / "ad").exit_code == 0
+    shutil.copytree(tmp_path / "ad", tmp_path / "bad")
+    weights = tmp_path / "bad" / "adapter_model.safetensors"
+    with safe_open(str(weights), framework="pt") as f:
+        metadata, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    key = "base_model.model.head.lora_A.weight"
+    tensors[key] = torch.ones(tensors[key].shape[0], 4)  # rank kept: only the layer's input width is wrong
+    save_file(tensors, str(weights), metadata=metadata)
+    line = rejected(invoke("merge", tmp_path / "bad", "--base", digits_dir / "mlp.safetensors", "-o", tmp_path / "m.safetensors"),
+                    f"its tensor {key} has shape (8, 4), the layer it adapts takes (8, 64)", "the adapter folder is the problem",
+                    "unlearn apply --adapter-only")
+    assert "give the base it was trained on" not in line and not (tmp_path / "m.safetensors").exists()
