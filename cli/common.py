@@ -196,15 +196,29 @@ def use_checked_stdout() -> None:
             old.flush()
         except (OSError, ValueError):
             pass
-    sys.stdout = CheckedStdout(None if 1 in closed else 1, getattr(old, "encoding", None) or "utf-8",
-                               getattr(old, "errors", None) or "strict")
+    sys.stdout = CheckedStdout(None if 1 in closed else 1, *_output_encoding(old))
+
+
+def _output_encoding(stream: Any) -> tuple[str, str]:
+    """stdout's encoding and error handler. ASCII (LC_ALL=C, PYTHONIOENCODING=ascii) is read as UTF-8, as click does for
+    a misconfigured stream; another encoding that cannot show a character shows its escape, not an error."""
+    import codecs
+
+    try:
+        name = codecs.lookup(getattr(stream, "encoding", None) or "utf-8").name
+    except LookupError:
+        name = "utf-8"
+    if name == "ascii":
+        name = "utf-8"
+    return name, "surrogateescape" if name == "utf-8" else "backslashreplace"
 
 
 def stdout_gone() -> None:
     """Point stdout at /dev/null: the reader closed the pipe, and a later write or the flush at exit must not raise."""
     try:
+        real = _JSON_OUT[-1] if _JSON_OUT else sys.stdout  # under --json sys.stdout is stderr (json_stdout): never null that
         null = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(null, sys.stdout.fileno())
+        os.dup2(null, real.fileno())
         os.close(null)
     except (OSError, ValueError):
         pass

@@ -151,6 +151,32 @@ def test_a_compressed_svhn_file_too_big_for_memory_is_refused_before_it_is_unpac
     assert not loaded  # refused before anything was unpacked
 
 
+@pytest.mark.parametrize("layout", ["cell", "twice"])
+def test_an_svhn_x_hidden_in_a_cell_or_named_twice_is_refused_before_it_is_unpacked(tmp_path, monkeypatch, layout):
+    """The size check read X's own header: an X wrapped in a cell declared (1, 1), and of two elements named X the check
+    kept the last (small) one while loadmat reads the first. A 1.2 MB file was unpacked to 1.2 GB before a refusal."""
+    import io
+
+    import scipy.io
+
+    x, y = np.zeros((32, 32, 3, 40), dtype=np.uint8), np.ones((40, 1), dtype=np.uint8)
+    path = tmp_path / "train_32x32.mat"
+    if layout == "cell":
+        cell = np.empty((1, 1), dtype=object)
+        cell[0, 0] = x
+        scipy.io.savemat(path, {"X": cell, "y": y}, do_compression=True)
+    else:
+        big, small = io.BytesIO(), io.BytesIO()
+        scipy.io.savemat(big, {"X": x, "y": y}, do_compression=True)
+        scipy.io.savemat(small, {"X": x[..., :1], "y": y[:1]}, do_compression=True)
+        path.write_bytes(big.getvalue() + small.getvalue()[128:])
+    loaded = []
+    monkeypatch.setattr(scipy.io, "loadmat", lambda *a, **k: loaded.append(a))
+    with pytest.raises(DataError, match="X is not a numeric array" if layout == "cell" else "X appears 2 times"):
+        load_split(_spec(source="torchvision:SVHN", root=str(tmp_path)), "train", tmp_path)
+    assert not loaded
+
+
 @pytest.mark.parametrize("label", [1.7, float("nan"), 1e20, 0, 11])
 def test_svhn_labels_that_are_not_its_digits_are_refused_not_truncated(tmp_path, label):
     """A label of 1.7 was read as 1, NaN and 1e20 as -9223372036854775808 (then blamed on num_classes)."""

@@ -259,7 +259,8 @@ def check_output(path: Path, kind: str, force: bool, protect: Mapping[str, Any] 
         if p is None:
             continue
         inside_ok = isinstance(p, Protected)
-        q = Path(os.path.abspath(p.path if inside_ok else p))
+        p = p.path if inside_ok else p
+        q = Path(os.path.abspath(p))
         if q == absolute:
             raise OutputError(f"output {path} is the {label}; inputs are never overwritten, choose another {flag}")
         if os.path.exists(absolute) and os.path.exists(q) and absolute.resolve() == q.resolve():

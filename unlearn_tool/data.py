@@ -629,11 +629,15 @@ def _load_svhn(spec: DataSpec, root: Path, role: str, where: str) -> LabelledDat
 
     try:
         declared = mat_array_headers(path)
-        for key, (shape, itemsize) in declared.items():
-            if key in ("X", "y"):  # as stored, then X as float32 (y as float64 and int64): values of 4 bytes
-                n = int(np.prod(shape, dtype=np.float64))
-                check_fits_in_memory(int(n * (itemsize / 4 + (1 if key == "X" else 4))), f"{where}: {path}: {key} {shape}",
-                                     "give a smaller data set, or more memory")
+        for key in ("X", "y") if declared else ():
+            found = [(shape, klass) for name, shape, klass in declared if name == key]
+            if len(found) != 1 or found[0][1] not in MAT_CLASS_BYTES:  # a cell or struct hides its content's size
+                what = "is missing" if not found else f"appears {len(found)} times" if len(found) > 1 else "is not a numeric array"
+                raise DataError(f"{where}: {path}: {key} {what}; SVHN's files hold one numeric X and one y, download the file again")
+            shape, klass = found[0]  # as stored, then X as float32 (y as float64 and int64): values of 4 bytes
+            n = int(np.prod(shape, dtype=np.float64))
+            check_fits_in_memory(int(n * (MAT_CLASS_BYTES[klass] / 4 + (1 if key == "X" else 4))), f"{where}: {path}: {key} {shape}",
+                                 "give a smaller data set, or more memory")
         mat = loadmat(str(path), variable_names=["X", "y"])
         images = np.transpose(mat["X"], (3, 0, 1, 2))  # (32, 32, 3, N) -> (N, 32, 32, 3)
         y = np.asarray(mat["y"])
@@ -657,13 +661,14 @@ def _load_svhn(spec: DataSpec, root: Path, role: str, where: str) -> LabelledDat
 MAT_CLASS_BYTES = {6: 8, 7: 4, 8: 1, 9: 1, 10: 2, 11: 2, 12: 4, 13: 4, 14: 8, 15: 8}  # mxDOUBLE_CLASS .. mxUINT64_CLASS
 
 
-def mat_array_headers(path: Path) -> dict[str, tuple[tuple[int, ...], int]]:
-    """{name: (shape, bytes per value)} of a MAT v5 file's arrays, from each element's first bytes only; {} for another
-    MAT version (loadmat judges those). scipy's whosmat unpacks a compressed array whole to tell its shape (a 261 KB
-    SVHN file held 0.25 GiB of X), so a decompression bomb is known here before anything is unpacked."""
+def mat_array_headers(path: Path) -> list[tuple[str, tuple[int, ...], int]]:
+    """(name, shape, MAT class) of each top-level array of a MAT v5 file, in file order, from each element's first bytes
+    only; [] for another MAT version (loadmat judges those). scipy's whosmat unpacks a compressed array whole to tell its
+    shape (a 261 KB SVHN file held 0.25 GiB of X), so a decompression bomb is known here before anything is unpacked.
+    A cell or struct (class 1, 2) tells only its own shape, and a name may appear twice: the caller refuses both."""
     import zlib
 
-    out: dict[str, tuple[tuple[int, ...], int]] = {}
+    out: list[tuple[str, tuple[int, ...], int]] = []
     with open(path, "rb") as f:
         head = f.read(128)
         if len(head) < 128 or head[126:128] not in (b"IM", b"MI"):
@@ -685,7 +690,7 @@ def mat_array_headers(path: Path) -> dict[str, tuple[tuple[int, ...], int]]:
             (name, _), body = _mat_subelement(body, order)
             klass = struct.unpack(order + "I", flags[:4])[0] & 0xFF
             shape = tuple(np.frombuffer(dims, dtype=order + ("i4" if dtype == 5 else "u4")).tolist())
-            out[name.decode("latin1")] = (shape, MAT_CLASS_BYTES.get(klass, 8))
+            out.append((name.decode("latin1"), shape, klass))
     return out
 
 

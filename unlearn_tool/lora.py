@@ -30,18 +30,24 @@ def lora_capable_layers(model: nn.Module) -> list[str]:
     latter drops the dilation, so its output no longer matches the layer's), and projections owned by
     nn.MultiheadAttention (it reads their weights directly, so an adapter there would be silently ignored), and a
     module registered under two names (`self.head2 = self.head`, tied layers): peft replaces it under one name, so a
-    forward that calls it by the other skips the adapter (RFA then failed with "unexpected KeyError: 'head'").
+    forward that calls it by the other skips the adapter (RFA then failed with "unexpected KeyError: 'head'"); and a
+    module whose weight another module shares (`self.b.weight = self.a.weight`): both adapters' deltas would be merged
+    into the one tensor, a model other than the one trained.
     """
     counts: dict[int, int] = {}
     for _, m in model.named_modules(remove_duplicate=False):
         counts[id(m)] = counts.get(id(m), 0) + 1
+    owners: dict[int, int] = {}  # a weight shared by two modules (`self.b.weight = self.a.weight`): merging adds both deltas to it
+    for m in {id(m): m for _, m in model.named_modules()}.values():
+        for q in m.parameters(recurse=False):
+            owners[id(q)] = owners.get(id(q), 0) + 1
     owned_by_mha = set()
     for name, m in model.named_modules():
         if isinstance(m, nn.MultiheadAttention):
             owned_by_mha.update(f"{name}.{child}" if name else child for child, _ in m.named_children())
     names = []
     for name, m in model.named_modules():
-        if not name or name in owned_by_mha or counts[id(m)] > 1:
+        if not name or name in owned_by_mha or counts[id(m)] > 1 or any(owners[id(q)] > 1 for q in m.parameters(recurse=False)):
             continue
         if isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d) and m.groups == 1 and m.dilation == (1, 1)):
             names.append(name)

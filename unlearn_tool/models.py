@@ -355,7 +355,8 @@ def build_model(spec: ModelSpec, base_dir: Path = Path("."), policy: CodePolicy 
         model = _python_model(spec.arch, spec.kwargs, base_dir, policy)
     if not isinstance(model, nn.Module):
         raise ModelError(f"model.arch: {spec.arch} returned {type(model).__name__}, not a torch nn.Module; return the model itself")
-    model.register_forward_hook(logits_only)
+    if not isinstance(model, torch.jit.ScriptModule):  # which takes no hooks (a scripted forward returns what it declares)
+        model.register_forward_hook(logits_only)
     return model
 
 

@@ -338,8 +338,9 @@ class Request(_Strict):
         for role in ("train", "test"):
             spec = getattr(self.data, role)
             for key in ("path", "root", "ids_path"):
-                if getattr(spec, key):
-                    out[f"request's data.{role}.{key}"] = (self.resolve(getattr(spec, key)), True)
+                if getattr(spec, key):  # an imagefolder reads every sub-folder as a class: an output there (a ledger.d) would be one
+                    inside_ok = not (key == "path" and spec.source == "imagefolder")
+                    out[f"request's data.{role}.{key}"] = (self.resolve(getattr(spec, key)), inside_ok)
         for key in ("indices_file", "ids_file"):
             if getattr(self.forget, key):
                 out[f"request's forget.{key}"] = (self.resolve(getattr(self.forget, key)), True)

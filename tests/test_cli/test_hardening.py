@@ -804,3 +804,52 @@ def test_quickstart_forgets_digit_3_and_its_output_verifies_against_its_ledger(t
     assert again.exit_code == 0 and not json.loads(again.stdout)["trained_original"], again.stderr
     r = invoke("ledger", "verify", folder / "digits_mlp.unlearned.safetensors", "--original", folder / "digits_mlp.safetensors")
     assert r.exit_code == 0 and "verified: 1 step(s)" in r.stdout + r.stderr, r.stdout + r.stderr
+
+
+def test_an_ascii_stdout_still_shows_a_non_ascii_request_id(tmp_path):
+    """With PYTHONIOENCODING=ascii (or LC_ALL=C without UTF-8 mode) `validate` of a request whose id is not ASCII ended
+    in a traceback once stdout was written unbuffered: click had re-encoded an ASCII stream as UTF-8, as it does again."""
+    import os
+
+    req = write_request(tmp_path, {"classes": [3]}, extra={"id": "löschung-3"})
+    env = {**os.environ, "PYTHONIOENCODING": "ascii", "PYTHONPATH": str(ROOT)}
+    r = subprocess.run([sys.executable, "-m", "cli", "validate", "-r", str(req)], cwd=ROOT, capture_output=True, env=env, timeout=120)
+    assert r.returncode == 0 and "löschung-3".encode() in r.stdout, (r.stdout, r.stderr)
+
+
+def test_outputs_may_not_go_inside_an_imagefolder_and_refusals_name_paths(tmp_path):
+    """An output inside an imagefolder's root (its .ledger.d, or an adapter folder) became a new class folder, and the next
+    run on the request failed; a refusal printed Protected(path=PosixPath(...)) instead of the path."""
+    from unlearn_tool.checkpoint import Protected, check_output, protected_inputs
+    from unlearn_tool.errors import OutputError
+    from unlearn_tool.request import load_request
+
+    (tmp_path / "images").mkdir()
+    req = write_request(tmp_path, {"classes": [1]}, extra={"data": {"train": {"source": "imagefolder", "path": "images"},
+                                                                     "test": {"source": "imagefolder", "path": "images"}}})
+    inputs = protected_inputs(load_request(req))
+    with pytest.raises(OutputError, match="is inside the request's data.train.path"):
+        check_output(tmp_path / "images" / "u.safetensors", "file", False, inputs)
+    check_output(tmp_path / "u.safetensors", "file", False, inputs)  # beside it: fine
+    with pytest.raises(OutputError) as e:
+        check_output(tmp_path / "root", "dir", True, {"data root": Protected(tmp_path / "root" / "x")})
+    assert "Protected(" not in str(e.value) and str(tmp_path / "root" / "x") in str(e.value)
+
+
+def test_ssd_reads_a_forget_set_of_one_batch_once():
+    """A forget set that fits in one batch was read 48 times (forget_batches) for the same importance: the reshuffle
+    changes nothing when every sample is in the one batch."""
+    import torch
+    from torch import nn
+
+    from unlearn_tool.data import LabelledData
+    from unlearn_tool.methods.ssd import importances
+
+    calls = []
+    model = nn.Linear(4, 3)
+    model.register_forward_hook(lambda *_: calls.append(1))
+    data = LabelledData.from_tensors(torch.rand(20, 4), torch.arange(20) % 3)
+    importances(model, data, 64, torch.device("cpu"), torch.Generator().manual_seed(0), min_batches=48)
+    assert len(calls) == 1
+    importances(model, data, 8, torch.device("cpu"), torch.Generator().manual_seed(0), min_batches=48)
+    assert len(calls) == 1 + 48  # 3 batches of 7/7/6 per pass, 16 passes

@@ -85,7 +85,7 @@ def importances(model: nn.Module, data: LabelledData, batch_size: int, device: t
     acc = {n: torch.zeros_like(q, dtype=torch.float32) for n, q in params}
     size = even_batch_size(len(data), batch_size)
     per_pass = max(1, math.ceil(len(data) / size))
-    passes = max(1, math.ceil(min_batches / per_pass)) if generator is not None else 1
+    passes = max(1, math.ceil(min_batches / per_pass)) if generator is not None and per_pass > 1 else 1  # one batch: the same each pass
     n_batches = 0
     for _ in range(passes):
         for x, y in data.batches(size, shuffle=generator is not None, generator=generator):
