@@ -57,13 +57,13 @@ def finish(report: dict[str, Any], folder: Path, as_json: bool, quiet: bool) -> 
     """Print the outcome, then turn a failed gate into exit 3 (reports are already written)."""
     from unlearn_tool.audit import check_verdict
 
+    if as_json or quiet:  # the summary shows them otherwise; a warning always reaches stderr (an adapter-only output's, above all),
+        for w in report["warnings"]:  # before the JSON: a reader that leaves early (| head) does not take them with it
+            err(f"warning: {w}")
     if as_json:
         print_json(report)
     elif not quiet:
         print_summary(report, folder)
-    if as_json or quiet:  # the summary shows them otherwise; a warning always reaches stderr (an adapter-only output's, above all)
-        for w in report["warnings"]:
-            err(f"warning: {w}")
     check_verdict(report, str(folder / "report.md"))
 
 
