@@ -191,6 +191,23 @@ def looks_like_safetensors(path: Path) -> bool:
     return 0 < n <= size - 8 and head[8:9] == b"{"
 
 
+DATA_FILE_KEYS = {"x", "y", "ids"}  # a `tensors` data file (unlearn_tool.data): x and y, maybe ids
+
+
+def looks_like_data_file(path: Path) -> bool:
+    """A safetensors file holding a data set (keys x and y, maybe ids), not a model: `merge --force`, which has no
+    request to tell its data files, replaced one with a checkpoint."""
+    try:
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            if n > 1 << 20:  # a data file's header holds three names; a long one is a model's
+                return False
+            keys = set(json.loads(f.read(n))) - {"__metadata__"}
+    except (OSError, ValueError, struct.error):
+        return False
+    return "x" in keys and keys <= DATA_FILE_KEYS
+
+
 def is_our_adapter_folder(path: Path) -> bool:
     """A folder `unlearn apply --adapter-only` wrote: only its files, with our metadata marker."""
     try:
@@ -281,6 +298,9 @@ def check_output(path: Path, kind: str, force: bool, protect: Mapping[str, Any] 
             raise OutputError(f"output {path} exists; pass --force to overwrite it or choose another {flag}")
         if kind == "file" and not (stat.S_ISREG(st.st_mode) and looks_like_safetensors(absolute)):
             raise OutputError(f"output {path} exists and is not a safetensors checkpoint; --force replaces only checkpoints, choose another {flag}")
+        if kind == "file" and looks_like_data_file(absolute):
+            raise OutputError(f"output {path} is a data file (safetensors with keys x and y), not a checkpoint; --force replaces only "
+                              f"checkpoints, choose another {flag}")
         if kind == "dir" and not is_our_folder(absolute):
             raise OutputError(f"output {path} is a folder holding files this tool did not write; --force replaces only an adapter folder "
                               f"written by `unlearn apply --adapter-only` or an exact artifact, choose another {flag}")

@@ -853,3 +853,23 @@ def test_ssd_reads_a_forget_set_of_one_batch_once():
     assert len(calls) == 1
     importances(model, data, 8, torch.device("cpu"), torch.Generator().manual_seed(0), min_batches=48)
     assert len(calls) == 1 + 48  # 3 batches of 7/7/6 per pass, 16 passes
+
+
+def test_merge_force_does_not_replace_a_data_file(digits_dir, tmp_path):
+    """`unlearn merge ADAPTER --base B -o train.safetensors --force` replaced a tensors data file (keys x, y) with the
+    merged weights: merge has no request to tell its data files. A safetensors file of keys x and y (and ids) is data."""
+    import torch
+    from safetensors.torch import save_file
+
+    adapter = tmp_path / "adapter"
+    assert invoke("apply", digits_dir / "mlp.safetensors", "-r", digits_dir / "class.yaml", "-o", adapter, "--adapter-only",
+                  "--device", "cpu", "-q").exit_code == 0
+    data = tmp_path / "train.safetensors"
+    save_file({"x": torch.rand(4, 64), "y": torch.arange(4)}, str(data))
+    kept = data.read_bytes()
+    r = invoke("merge", adapter, "--base", digits_dir / "mlp.safetensors", "-o", data, "--force")
+    assert r.exit_code == 2 and "is a data file" in r.stderr, r.stderr
+    assert data.read_bytes() == kept
+    r = invoke("merge", adapter, "--base", digits_dir / "mlp.safetensors", "-o", tmp_path / "m.safetensors")
+    assert r.exit_code == 0 and invoke("merge", adapter, "--base", digits_dir / "mlp.safetensors", "-o", tmp_path / "m.safetensors",
+                                       "--force").exit_code == 0  # a checkpoint is still replaced
