@@ -116,7 +116,11 @@ class UnlearnContext:
 
     def student(self) -> nn.Module:
         """A trainable copy of the original model."""
-        return copy.deepcopy(self.original).to(self.device)
+        student = copy.deepcopy(self.original).to(self.device)
+        for q in student.parameters():
+            if not q.is_leaf:  # a deep-copied ScriptModule's are not: "can't optimize a non-leaf Tensor" (finetune on it)
+                q.detach_().requires_grad_(True)
+        return student
 
     def report(self, task: str, done: int, total: int) -> None:
         if self.progress is not None:
