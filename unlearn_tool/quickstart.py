@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from .errors import UnlearnError
+
 DEFAULT_REQUEST = """\
 # Written by `unlearn quickstart`: forget every sample of digit 3 (scikit-learn digits, built in).
 version: 1
@@ -35,9 +37,20 @@ def run_quickstart(folder: Path, device: str = "auto", progress: Optional[Callab
         trained = True
     from .commands import apply as apply_command  # as `unlearn apply --force` does it: with its ledger, so `ledger verify` works
 
-    outcome = apply_command(request, model, output=folder / "digits_mlp.unlearned.safetensors", force=True, device=device,
-                            progress=progress)
+    try:
+        outcome = apply_command(request, model, output=folder / "digits_mlp.unlearned.safetensors", force=True, device=device,
+                                progress=progress)
+    except UnlearnError as e:  # apply's fixes name its options (--ledger, --output), which quickstart does not have
+        raise type(e)(quickstart_fix(str(e))) from None
     return {**outcome.summary(), "trained_original": trained}
+
+
+def quickstart_fix(message: str) -> str:
+    """An apply error's fix in quickstart's terms: its only choice is the folder (--dir)."""
+    for option in ("--ledger", "--output"):
+        message = message.replace(f"pass --force to overwrite it or choose another {option}", "remove it or choose another --dir")
+        message = message.replace(f"choose another {option}", "remove it or choose another --dir")
+    return message
 
 
 def copy_examples(folder: Path) -> list[Path]:

@@ -873,3 +873,14 @@ def test_merge_force_does_not_replace_a_data_file(digits_dir, tmp_path):
     r = invoke("merge", adapter, "--base", digits_dir / "mlp.safetensors", "-o", tmp_path / "m.safetensors")
     assert r.exit_code == 0 and invoke("merge", adapter, "--base", digits_dir / "mlp.safetensors", "-o", tmp_path / "m.safetensors",
                                        "--force").exit_code == 0  # a checkpoint is still replaced
+
+
+def test_quickstart_errors_name_its_own_choice_not_apply_options():
+    """quickstart has no --ledger or --output: an unrelated ledger file in its folder ended "choose another --ledger", two
+    runs in one folder "pass --force to overwrite it or choose another --output"."""
+    from unlearn_tool.quickstart import quickstart_fix
+
+    assert quickstart_fix("error: ledger q/x.ledger.jsonl exists and is not a ledger (line 1 is not JSON); choose another "
+                          "--ledger").endswith("remove it or choose another --dir")
+    fixed = quickstart_fix("output q/digits_mlp.safetensors exists; pass --force to overwrite it or choose another --output")
+    assert fixed == "output q/digits_mlp.safetensors exists; remove it or choose another --dir"
