@@ -136,12 +136,7 @@ class CheckpointArtifact(Artifact):
         return dtypes_of(self.tensors)
 
     def load(self, ctx: LoadContext) -> "nn.Module":
-        model = ctx.make_model()
-        if is_hf_folder(self.path) and ctx.arch.startswith("hf:"):  # a save_pretrained folder: its config.json is the request's
-            from .models import check_hf_checkpoint_config
-
-            check_hf_checkpoint_config(model, self.path, ctx.arch)
-        model = load_into(model, self.tensors, ctx.arch, self.path)
+        model = load_into(ctx.make_model(), self.tensors, ctx.arch, self.path)
         return model.to(ctx.device).eval()
 
     def describe(self) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .checkpoint import HF_CONFIG
-from .errors import CheckpointError, ModelError, shown
+from .errors import ModelError, shown
 from .interrupts import raise_interrupt_behind
 from .request import ModelSpec
 from .usercode import CodePolicy, import_model_module, one_line as _one_line  # noqa: F401 (CodePolicy re-exported)
@@ -210,39 +210,6 @@ def hf_output_config(spec: ModelSpec, base_dir: Path) -> Optional[bytes]:
     """config.json for a save_pretrained folder output: None (copy the source's bytes) when model.kwargs are empty, else
     the config the model was built with, so from_pretrained on the output builds the same head (num_labels)."""
     return hf_config(spec, base_dir).to_json_string().encode("utf-8") if spec.kwargs else None
-
-
-# config.json keys that never change what the model computes or what its outputs are called: transformers' own
-# bookkeeping, the class names (the model is built by model_type), the weights' dtype (each tensor keeps its own) and
-# which extra outputs forward returns (the logits are taken either way); keys starting with "_" are private too
-HF_FREE_CONFIG_KEYS = frozenset({"transformers_version", "architectures", "dtype", "torch_dtype", "output_attentions",
-                                 "output_hidden_states", "return_dict", "use_return_dict"})
-
-
-def check_hf_checkpoint_config(model: nn.Module, folder: Path, arch: str) -> None:
-    """A save_pretrained checkpoint folder's config.json must describe the model the request builds (the hf: folder's
-    config with model.kwargs): its weights were otherwise run, and written out, as another model (hidden_act, labels)."""
-    from transformers import AutoConfig, PretrainedConfig
-
-    built = getattr(model, "config", None)
-    if not isinstance(built, PretrainedConfig):
-        return
-    offline_hub()
-    path = folder / HF_CONFIG
-    try:
-        own = AutoConfig.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
-    except (Exception, SystemExit) as e:  # noqa: BLE001 - bad JSON, unknown model_type, remote code: all the user's file
-        raise CheckpointError(f"checkpoint {path} cannot be read ({type(e).__name__}: {_one_line(e)}); give a save_pretrained "
-                              f"folder of {arch}") from None
-    ours, theirs = (json.loads(c.to_json_string(use_diff=False)) for c in (built, own))
-    differ = sorted(k for k in set(ours) | set(theirs)
-                    if not k.startswith("_") and k not in HF_FREE_CONFIG_KEYS and ours.get(k) != theirs.get(k))
-    if differ:
-        first = differ[0]
-        raise CheckpointError(f"checkpoint {path} differs from the {arch} config the request builds (its config.json with model.kwargs) "
-                              f"in {', '.join(differ[:6])}{' ...' if len(differ) > 6 else ''} ({first}: {shown(theirs.get(first), 30)} here, "
-                              f"{shown(ours.get(first), 30)} in {arch}), so its weights would run as that other model; set model.arch "
-                              f"to hf:{folder} (or those keys in model.kwargs), or give a checkpoint of {arch}")
 
 
 def _hf_model(spec: ModelSpec, base_dir: Path) -> nn.Module:

@@ -24,7 +24,7 @@ from torch import nn
 from . import __version__
 from .artifacts import CheckpointArtifact, is_checkpoint, is_hf_folder, write_adapter, write_hf_folder, write_merged
 from .audit.registry import finite
-from .checkpoint import HF_CONFIG, StagedOutput, check_output, dtypes_of, load_into, non_finite, protected_inputs, publish_lock
+from .checkpoint import StagedOutput, check_output, dtypes_of, load_into, non_finite, protected_inputs, publish_lock
 from .data import SUMMARY_SETS, LabelledData, summary_seed
 from .errors import AuditError, CheckpointError, DivergedError, MethodError, UnlearnError, UnmeasurableResult
 from .evaluate import FINITE_OUTPUTS_FIX, non_finite_rows, non_finite_where, predict_logits, remember_predictions
@@ -379,14 +379,6 @@ def apply(
     return write_step(job, plan, step, job.checkpoint_sha256, lineage, record_ids, t0)
 
 
-def apply_output_config(job: Job) -> Optional[bytes]:
-    """config.json for apply's save_pretrained folder output: the checkpoint folder's own (which loading checked against
-    the request's: it may say another dtype, float16 for fp16 weights), else the request's (models.hf_output_config)."""
-    if isinstance(job.artifact, CheckpointArtifact) and is_hf_folder(job.artifact.path):
-        return (job.artifact.path / HF_CONFIG).read_bytes()
-    return hf_output_config(job.request.model, job.request.base_dir)
-
-
 def write_step(job: Job, plan: ApplyPlan, step: StepResult, parent_sha256: str, lineage: Optional[Any], record_ids: bool,
                t0: float, extra_steps: Optional[list[dict[str, Any]]] = None, write_to: Optional[Path] = None) -> ApplyResult:
     """Publish a step's result with its provenance and lineage (`extra_steps`: earlier in-run steps, multi-request apply).
@@ -412,7 +404,8 @@ def write_step(job: Job, plan: ApplyPlan, step: StepResult, parent_sha256: str, 
         digest = write_adapter(target, step.adapter_model, fields, force=force, protect=protect, base=job.checkpoint_path)
         warnings.insert(0, ADAPTER_WARNING)
     elif plan.hf_source is not None:
-        digest = write_hf_folder(target, step.state, fields, plan.hf_source, force=force, protect=protect, config=apply_output_config(job))
+        digest = write_hf_folder(target, step.state, fields, plan.hf_source, force=force, protect=protect,
+                                 config=hf_output_config(job.request.model, job.request.base_dir))
     else:
         digest = write_merged(target, step.state, fields, force=force, protect=protect)
     result = ApplyResult(
