@@ -132,8 +132,11 @@ class CheckedStdout(io.TextIOBase):
     `fd=None` stands for a descriptor that was closed (`>&-`): every write is refused."""
 
     def __init__(self, fd: Optional[int], encoding: str = "utf-8", errors: str = "strict"):
+        import codecs
+
         super().__init__()
         self._fd, self._encoding, self._errors = fd, encoding, errors
+        self._encoder = codecs.getincrementalencoder(encoding)(errors)  # one stream: utf-16's byte-order mark once, not per write
 
     @property
     def encoding(self) -> str:  # type: ignore[override]
@@ -161,7 +164,7 @@ class CheckedStdout(io.TextIOBase):
             return 0
         if self._fd is None:
             raise StdoutWriteError(errno.EBADF, "Bad file descriptor")
-        view = memoryview(text.encode(self._encoding, self._errors))
+        view = memoryview(self._encoder.encode(text))
         while view:
             try:
                 view = view[os.write(self._fd, view):]

@@ -191,21 +191,20 @@ def looks_like_safetensors(path: Path) -> bool:
     return 0 < n <= size - 8 and head[8:9] == b"{"
 
 
-DATA_FILE_KEYS = {"x", "y", "ids"}  # a `tensors` data file (unlearn_tool.data): x and y, maybe ids
-
-
 def looks_like_data_file(path: Path) -> bool:
-    """A safetensors file holding a data set (keys x and y, maybe ids), not a model: `merge --force`, which has no
-    request to tell its data files, replaced one with a checkpoint."""
+    """A safetensors file holding a data set (keys x and y, as the `tensors` source reads them), not a model this tool
+    wrote (its metadata says so, whatever its tensors are named): `merge --force`, which has no request to tell its data
+    files, replaced one with a checkpoint."""
     try:
         with open(path, "rb") as f:
             (n,) = struct.unpack("<Q", f.read(8))
-            if n > 1 << 20:  # a data file's header holds three names; a long one is a model's
+            if n > 16 << 20:  # no safetensors header is that long (the reader refuses it too)
                 return False
-            keys = set(json.loads(f.read(n))) - {"__metadata__"}
+            header = json.loads(f.read(n))
     except (OSError, ValueError, struct.error):
         return False
-    return "x" in keys and keys <= DATA_FILE_KEYS
+    ours = any(str(k).startswith(META_PREFIX) for k in (header.get("__metadata__") or {}))
+    return not ours and {"x", "y"} <= set(header)
 
 
 def is_our_adapter_folder(path: Path) -> bool:

@@ -161,6 +161,9 @@ def _select_one(model: nn.Module, capable: list[str], spec: str) -> list[str]:
 def capable_or_refuse(model: nn.Module) -> list[str]:
     """lora_capable_layers, or the named refusal when there is none (it read "internal: ... please report this")."""
     capable = lora_capable_layers(model)
+    if not capable and isinstance(model, torch.jit.ScriptModule):
+        raise MethodError("the model is scripted (torch.jit), whose layers LoRA cannot adapt; give the unscripted module, or use a "
+                          "method that edits weights directly (finetune, ssd, ...)")
     if not capable:
         raise MethodError("the model has no Linear or Conv2d layer that LoRA can adapt (a layer called under two names is not "
                           "adapted); use a method that edits weights directly")

@@ -128,7 +128,7 @@ def hf_output_folder(req: Request, output: Path) -> Optional[Path]:
     """For an hf:<folder> model, a merged output not named *.safetensors is a save_pretrained folder: the source folder
     whose config it copies; None when the output is a single safetensors file."""
     source = hf_folder(req.model, req.base_dir)
-    return source if source is not None and not output.name.endswith(".safetensors") else None
+    return source if source is not None and not output.name.lower().endswith(".safetensors") else None
 
 
 UNLABELLED_NOTE = ("the train split has no labels: the method read none, and the forget/retain figures here are agreement with the "
@@ -925,7 +925,7 @@ def merge_adapter(adapter: str | Path, base: str | Path, output: str | Path, for
     # the base folder's config.json (checked against the architecture when the base loads), else the hf: folder's
     base_dir = Path(base).resolve().parent
     hf_source = None
-    if hf_folder(spec, base_dir) is not None and not output.name.endswith(".safetensors"):
+    if hf_folder(spec, base_dir) is not None and not output.name.lower().endswith(".safetensors"):
         hf_source = Path(base) if is_hf_folder(Path(base)) else hf_folder(spec, base_dir)
     protect = {"base checkpoint": Path(base), "adapter": Path(adapter), "hf: model folder": hf_folder(spec, base_dir)}
     check_output(output, "dir" if hf_source is not None else "file", force, protect=protect)

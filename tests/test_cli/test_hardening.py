@@ -870,9 +870,28 @@ def test_merge_force_does_not_replace_a_data_file(digits_dir, tmp_path):
     r = invoke("merge", adapter, "--base", digits_dir / "mlp.safetensors", "-o", data, "--force")
     assert r.exit_code == 2 and "is a data file" in r.stderr, r.stderr
     assert data.read_bytes() == kept
+    save_file({"x": torch.rand(4, 64), "y": torch.arange(4), "mean": torch.zeros(64)}, str(data))  # data with one more key
+    r = invoke("merge", adapter, "--base", digits_dir / "mlp.safetensors", "-o", data, "--force")
+    assert r.exit_code == 2 and "is a data file" in r.stderr, r.stderr
     r = invoke("merge", adapter, "--base", digits_dir / "mlp.safetensors", "-o", tmp_path / "m.safetensors")
     assert r.exit_code == 0 and invoke("merge", adapter, "--base", digits_dir / "mlp.safetensors", "-o", tmp_path / "m.safetensors",
                                        "--force").exit_code == 0  # a checkpoint is still replaced
+    from unlearn_tool.checkpoint import looks_like_data_file, metadata_for
+
+    ours = tmp_path / "xy.safetensors"  # a model whose parameters are named x and y, written by this tool: not data
+    save_file({"x": torch.rand(2), "y": torch.rand(2)}, str(ours), metadata=metadata_for({"method": "rfa"}))
+    assert not looks_like_data_file(ours)
+
+
+def test_a_utf16_stdout_gets_one_byte_order_mark():
+    """Each write was encoded on its own, so PYTHONIOENCODING=utf-16 put a byte-order mark before every piece of output,
+    one in the middle of the JSON."""
+    import os
+
+    env = {**os.environ, "PYTHONIOENCODING": "utf-16", "PYTHONPATH": str(ROOT)}
+    r = subprocess.run([sys.executable, "-m", "cli", "methods"], cwd=ROOT, capture_output=True, env=env, timeout=120)
+    text = r.stdout.decode("utf-16")  # one line per write
+    assert r.returncode == 0 and len(text.splitlines()) > 10 and "\ufeff" not in text, r.stderr
 
 
 def test_quickstart_errors_name_its_own_choice_not_apply_options():

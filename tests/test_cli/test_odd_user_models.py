@@ -159,3 +159,5 @@ def test_a_scripted_model_still_runs(folder):
                 "--method", method)
         assert r.exit_code == 0, (method, r.stderr)
     assert not torch.equal(load_file(str(folder / "u-finetune.safetensors"))["head.weight"], load_file(str(folder / "s.safetensors"))["head.weight"])
+    r = run(folder, "apply", folder / "s.safetensors", "-r", folder / "scripted.yaml", "-o", folder / "u-rfa.safetensors")
+    assert r.exit_code == 2 and "scripted (torch.jit)" in r.stderr, r.stderr  # it said "no Linear or Conv2d layer"
