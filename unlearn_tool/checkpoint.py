@@ -256,6 +256,19 @@ def protected_inputs(request: Any) -> dict[str, Any]:
     return {label: Protected(p) if inside_ok else p for label, (p, inside_ok) in request.inputs().items()}
 
 
+def refuse_inside_inputs(path: Path, request: Any, what: str, flag: str) -> None:
+    """A folder this run creates (a report folder, a ledger and its forgotten sets) may not lie inside an input folder
+    whose every sub-folder is read (an imagefolder, an hf: model folder): in an imagefolder it became a new class, and
+    the next run on the request failed."""
+    here = Path(os.path.abspath(path)).resolve()
+    for label, p in protected_inputs(request).items():
+        if p is None or isinstance(p, Protected):
+            continue
+        q = Path(os.path.abspath(p))
+        if q.is_dir() and q.resolve() in here.parents:
+            raise OutputError(f"{what} {path} is inside the {label} {p}; inputs are never modified, choose another {flag}")
+
+
 def check_output(path: Path, kind: str, force: bool, protect: Mapping[str, Any] = {}, flag: str = "--output") -> None:
     """Fail before any work if the output cannot or must not be written.
 

@@ -24,7 +24,7 @@ from torch import nn
 from . import __version__
 from .artifacts import CheckpointArtifact, is_checkpoint, is_hf_folder, write_adapter, write_hf_folder, write_merged
 from .audit.registry import finite
-from .checkpoint import StagedOutput, check_output, dtypes_of, load_into, non_finite, protected_inputs, publish_lock
+from .checkpoint import StagedOutput, check_output, dtypes_of, load_into, non_finite, protected_inputs, publish_lock, refuse_inside_inputs
 from .data import SUMMARY_SETS, LabelledData, summary_seed
 from .errors import AuditError, CheckpointError, DivergedError, MethodError, UnlearnError, UnmeasurableResult
 from .evaluate import FINITE_OUTPUTS_FIX, non_finite_rows, non_finite_where, predict_logits, remember_predictions
@@ -530,6 +530,9 @@ def apply_request(
         from .audit.report import check_audit_report_dir
 
         check_audit_report_dir(plans[0].output, report_dir)
+        from .audit.report import report_dir_for
+
+        refuse_inside_inputs(report_dir_for(plans[0].output, report_dir), first, "report dir", "--report-dir")
 
     for req, plan in zip(requests, plans):
         if anchor is not None and no_anchor:
@@ -568,6 +571,7 @@ def apply_request(
                           [("input checkpoint", Path(checkpoint)), ("output", plans[0].output), ("anchor", Path(anchor) if anchor else None),
                            ("audit reference", plans[0].reference)] + [("request", r.path) for r in requests])
     L.check_one_chain(ledger_out, entries, plans[0].output)
+    refuse_inside_inputs(ledger_out, first, "ledger", "--ledger")
 
     label_free = get_method(plans[0].method).label_free
     t_prepare = time.perf_counter()

@@ -903,3 +903,22 @@ def test_quickstart_errors_name_its_own_choice_not_apply_options():
                           "--ledger").endswith("remove it or choose another --dir")
     fixed = quickstart_fix("output q/digits_mlp.safetensors exists; pass --force to overwrite it or choose another --output")
     assert fixed == "output q/digits_mlp.safetensors exists; remove it or choose another --dir"
+
+
+def test_a_report_dir_or_ledger_inside_an_imagefolder_is_refused(digits_dir, tmp_path):
+    """`--report-dir` or `--ledger` inside the request's imagefolder was accepted: the folder it made became a new class,
+    and the next run on the request failed."""
+    (tmp_path / "images" / "a").mkdir(parents=True)
+    req = write_request(tmp_path, {"classes": [1]}, extra={"data": {"train": {"source": "imagefolder", "path": "images"},
+                                                                     "test": {"source": "imagefolder", "path": "images"}}})
+    inside = tmp_path / "images"
+    r = invoke("apply", digits_dir / "mlp.safetensors", "-r", req, "-o", tmp_path / "u.safetensors", "--audit",
+               "--report-dir", inside / "rep", "--device", "cpu", "-q")
+    assert r.exit_code == 2 and "report dir" in r.stderr and "is inside the request's data.train.path" in r.stderr, r.stderr
+    r = invoke("apply", digits_dir / "mlp.safetensors", "-r", req, "-o", tmp_path / "u.safetensors", "--ledger",
+               inside / "u.ledger.jsonl", "--device", "cpu", "-q")
+    assert r.exit_code == 2 and "ledger" in r.stderr and "is inside the request's data.train.path" in r.stderr, r.stderr
+    r = invoke("audit", "-r", req, "--original", digits_dir / "mlp.safetensors", "--unlearned", digits_dir / "mlp.safetensors",
+               "--report-dir", inside / "rep", "--device", "cpu")
+    assert r.exit_code == 2 and "is inside the request's data.train.path" in r.stderr, r.stderr
+    assert sorted(p.name for p in inside.iterdir()) == ["a"]

@@ -101,6 +101,9 @@ def audit_request(
     ref = Path(reference) if reference is not None else req.audit_reference()
     parsed = parse_gates(exprs, req.forget.scenario, ref is not None, req.task)
     check_report_dir(report_dir_for(unlearned, report_dir), AUDIT_FILES)
+    from ..checkpoint import refuse_inside_inputs
+
+    refuse_inside_inputs(report_dir_for(unlearned, report_dir), req, "report dir", "--report-dir")
     if seed is not None:
         check_seed(seed)
     if tier not in ("standard", "strong"):
