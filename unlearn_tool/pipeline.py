@@ -934,7 +934,7 @@ def merge_adapter(adapter: str | Path, base: str | Path, output: str | Path, for
     protect = {"base checkpoint": Path(base), "adapter": Path(adapter), "hf: model folder": hf_folder(spec, base_dir)}
     check_output(output, "dir" if hf_source is not None else "file", force, protect=protect)
     policy = CodePolicy(code_paths=tuple(code.code_paths) + (base_dir,), trust_code=code.trust_code)
-    make = lambda: build_model(spec, Path(base).resolve().parent, policy)  # noqa: E731
+    make = lambda: build_model(spec, base_dir, policy)  # noqa: E731
     device = torch.device("cpu")
     base_model = base_art.load(LoadContext(make_model=make, arch=spec.arch, device=device))
     merged = adapter_art.load(LoadContext(make_model=make, arch=spec.arch, device=device, base=base_model, base_sha256=base_art.sha256))
@@ -954,5 +954,6 @@ def merge_adapter(adapter: str | Path, base: str | Path, output: str | Path, for
         digest = write_hf_folder(output, state, file_fields(out_fields), hf_source, force=force, protect=protect, config=config)
     else:
         digest = write_merged(output, state, file_fields(out_fields), force=force, protect=protect)
-    return {"output": str(output), "output_kind": "save_pretrained folder" if hf_source is not None else "safetensors file", "sha256": digest, "base_sha256": base_art.sha256, "adapter_sha256": adapter_art.sha256,
+    return {"output": str(output), "output_kind": "save_pretrained folder" if hf_source is not None else "safetensors file",
+            "sha256": digest, "base_sha256": base_art.sha256, "adapter_sha256": adapter_art.sha256,
             "method": fields.get("method"), "request_id": fields.get("request_id")}
