@@ -260,13 +260,14 @@ def refuse_inside_inputs(path: Path, request: Any, what: str, flag: str) -> None
     """A folder this run creates (a report folder, a ledger and its forgotten sets) may not lie inside an input folder
     whose every sub-folder is read (an imagefolder, an hf: model folder): in an imagefolder it became a new class, and
     the next run on the request failed."""
-    here = Path(os.path.abspath(path)).resolve()
     for label, p in protected_inputs(request).items():
-        if p is None or isinstance(p, Protected):
-            continue
-        q = Path(os.path.abspath(p))
-        if q.is_dir() and q.resolve() in here.parents:
+        if p is not None and not isinstance(p, Protected) and _inside(Path(os.path.abspath(path)), Path(os.path.abspath(p))):
             raise OutputError(f"{what} {path} is inside the {label} {p}; inputs are never modified, choose another {flag}")
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    """`path` lies in the existing `folder`; resolved, so a link into the folder counts too."""
+    return folder.is_dir() and folder.resolve() in path.resolve().parents
 
 
 def check_output(path: Path, kind: str, force: bool, protect: Mapping[str, Any] = {}, flag: str = "--output") -> None:
@@ -296,7 +297,7 @@ def check_output(path: Path, kind: str, force: bool, protect: Mapping[str, Any] 
             raise OutputError(f"output {path} is a link to the {label}; inputs are never overwritten, choose another {flag}")
         if absolute in q.parents:
             raise OutputError(f"output {path} is a folder that holds the {label} {p}; inputs are never overwritten, choose another {flag}")
-        if not inside_ok and q.is_dir() and q.resolve() in absolute.resolve().parents:  # resolved: a link into the input counts too
+        if not inside_ok and _inside(absolute, q):
             raise OutputError(f"output {path} is inside the {label} {p}; inputs are never modified, choose another {flag}")
     if not parent.is_dir():
         raise OutputError(f"output folder {path.parent} does not exist; create it or choose another {flag}")
